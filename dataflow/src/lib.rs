@@ -1,1 +1,4 @@
-//! placeholder
+//! encore's incremental engine (work in progress: the lead engineer is writing it).
+#![warn(missing_docs)]
+
+pub mod tables;

@@ -1,0 +1,85 @@
+//! The SPEC §3 tables as plain Rust values: what the dataflow's outputs mean, what the
+//! sequential oracle computes, what the sinks write.
+//!
+//! Scores are kept as integers in units of 10^-P ("score units", SPEC §2 step 4); only a sink
+//! turns them into `DOUBLE PRECISION` (`units / 10^P`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The SPEC §2 parameters (SPEC §4 flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// `K`, `--history-cap`: tracks kept in a user's history.
+    pub history_cap: usize,
+    /// `C`, `--min-co`: minimum co-listening count for a similarity.
+    pub min_co: u64,
+    /// `k`, `--neighbors`: neighbours kept per track.
+    pub neighbors: usize,
+    /// `N`, `--recommendations`: recommendations kept per user.
+    pub recommendations: usize,
+    /// `P`, `--score-precision`: decimal digits of a score.
+    pub score_precision: u32,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { history_cap: 50, min_co: 2, neighbors: 20, recommendations: 10, score_precision: 4 }
+    }
+}
+
+/// One row of `track_stats` without its key (SPEC §2 step 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TrackStats {
+    /// Listen events of the track, repeats included.
+    pub plays: u64,
+    /// Distinct users with at least one listen of the track.
+    pub listeners: u64,
+    /// `"like"` events of the track.
+    pub likes: u64,
+}
+
+/// One row of `dead_letters`: an invalid message and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Kafka topic, or `file` for `--input`.
+    pub topic: String,
+    /// Kafka partition (0 for a file).
+    pub partition: i32,
+    /// Kafka offset, or the 0-based line number of a file.
+    pub offset: i64,
+    /// The message as received.
+    pub payload: Vec<u8>,
+    /// The parser's one-line reason.
+    pub error: String,
+}
+
+/// The complete current value of every SPEC §3 table (but `dead_letters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tables {
+    /// `(track_id, neighbor_id) → score units`: the rows of N(i).
+    pub track_neighbors: BTreeMap<(u64, u64), i64>,
+    /// `(user_id, track_id) → score units`: the rows of R(u).
+    pub user_recommendations: BTreeMap<(u64, u64), i64>,
+    /// `track_id → stats`, for every track with at least one listen.
+    pub track_stats: BTreeMap<u64, TrackStats>,
+    /// `(track_a, track_b) → c`, `track_a < track_b`, `c ≥ 1`.
+    pub co_listens: BTreeMap<(u64, u64), u64>,
+}
+
+/// Every change of one closed timestamp, as `(key, value, diff)` triples: a changed row shows
+/// as its old value with diff -1 and its new value with diff +1. This is what a sink commits
+/// in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Changes of `track_neighbors`.
+    pub track_neighbors: Vec<((u64, u64), i64, i64)>,
+    /// Changes of `user_recommendations`.
+    pub user_recommendations: Vec<((u64, u64), i64, i64)>,
+    /// Changes of `track_stats`.
+    pub track_stats: Vec<(u64, TrackStats, i64)>,
+    /// Changes of `co_listens` (empty unless `--emit-co-listens`).
+    pub co_listens: Vec<((u64, u64), u64, i64)>,
+    /// New dead letters (they are only ever added).
+    pub dead_letters: Vec<DeadLetter>,
+}
