@@ -1,1 +1,50 @@
-//! placeholder
+//! Real servers for encore's integration tests: a Kafka-protocol broker (Tansu) and a
+//! PostgreSQL 15 cluster, each started on its own free port and torn down on drop.
+//!
+//! encore's guarantees (exactly-once delivery into Postgres, restart after a crash) can only be
+//! tested against the real things, so tests start them rather than mocking them. Every handle
+//! owns its ports and its temporary directory, which lets `cargo test` run tests in parallel
+//! without any manual setup once the binaries are installed (`deploy/test.sh` installs them).
+//!
+//! ```no_run
+//! use encore_testkit::{Postgres, Tansu};
+//!
+//! # fn main() -> Result<(), encore_testkit::Error> {
+//! let postgres = Postgres::start()?;
+//! let tansu = Tansu::start()?;
+//! tansu.create_topic("music_streaming_data", 4)?;
+//! // Hand `tansu.brokers()` and `postgres.url()` to the code under test.
+//! # Ok(()) }
+//! ```
+//!
+//! # How the servers run
+//!
+//! * **PostgreSQL**: `initdb` creates a cluster in a temporary directory with trust
+//!   authentication, `pg_ctl` starts it listening on 127.0.0.1 with its unix socket inside the
+//!   same directory (so no system path is touched) and `fsync` off, because a test's data is
+//!   thrown away anyway. PostgreSQL refuses to run as root, so when the tests run as root (CI)
+//!   the directory is handed to the `postgres` user and every server command runs through
+//!   `runuser -u postgres --`.
+//! * **Tansu**: the `tansu broker` process with in-memory storage (or a libsql file in a
+//!   temporary directory, for tests that restart the broker), listening *and advertising*
+//!   `127.0.0.1`: clients connect to the advertised address, and `localhost` may resolve to
+//!   `::1`, where nothing listens. Topics are created explicitly through the Kafka admin API.
+//!
+//! # Ports
+//!
+//! A free port is found by binding port 0 and releasing it; another process can take it
+//! before the server binds it, so a server that fails to start is retried on a fresh port
+//! a few times before the error is returned.
+
+mod error;
+mod ports;
+mod postgres;
+mod process;
+mod tansu;
+
+pub use error::Error;
+pub use postgres::Postgres;
+pub use tansu::{Tansu, TansuStorage};
+
+/// The result type of every fallible testkit call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,298 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, `pg_ctl` to start and
+//! stop it, everything removed on drop.
+//!
+//! Layout of the temporary directory (owned by the `postgres` user when we run as root):
+//!
+//! ```text
+//! encore-pg-XXXXXX/
+//!   data/          the cluster (PGDATA)
+//!   socket/        unix socket directory, so no system path such as /var/run is needed
+//!   postgres.log   the server's log, quoted in errors
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use crate::ports::free_port;
+use crate::process::{command_as, describe, find_binary, is_root, log_tail, run};
+use crate::{Error, Result};
+
+/// How many fresh ports a start tries before giving up (see the crate docs on ports).
+const START_ATTEMPTS: u32 = 5;
+/// Seconds `pg_ctl` waits for the server to accept connections.
+const START_TIMEOUT_SECS: &str = "60";
+/// The user that owns the cluster when the tests run as root.
+const POSTGRES_USER: &str = "postgres";
+const MISSING_HINT: &str =
+    "install PostgreSQL 15 server binaries (apt-get install postgresql-15) or run deploy/test.sh";
+
+/// Settings appended to `postgresql.conf`. Durability settings are off because a test's data
+/// dies with the test; everything else keeps the server private to this cluster.
+const SETTINGS: &str = "
+# Written by encore-testkit.
+listen_addresses = '127.0.0.1'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+# Tests run many clients at once (several workers, pools); the default of 100 is enough but
+# shared_buffers stays small so that parallel clusters fit in memory.
+shared_buffers = 32MB
+max_connections = 100
+";
+
+/// A running (or stopped) PostgreSQL cluster owned by one test.
+///
+/// Dropping it stops the server (immediately: the data is discarded) and removes its directory.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Deleted on drop, after `Drop::drop` has stopped the server.
+    dir: TempDir,
+    bin_dir: PathBuf,
+    /// `Some("postgres")` when commands must run through `runuser`.
+    run_as: Option<&'static str>,
+    port: u16,
+    running: bool,
+}
+
+impl Postgres {
+    /// Creates a cluster in a new temporary directory and starts it on a free port.
+    ///
+    /// Fails with [`Error::MissingBinary`] when `initdb`/`pg_ctl` cannot be found (on `PATH`,
+    /// in `$PG_BIN`, or in `/usr/lib/postgresql/*/bin`).
+    pub fn start() -> Result<Postgres> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = is_root().then_some(POSTGRES_USER);
+        let dir = tempfile::Builder::new()
+            .prefix("encore-pg-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                action: "creating a temporary directory in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let socket_dir = dir.path().join("socket");
+        fs::create_dir(&socket_dir).map_err(|source| Error::Io {
+            action: "creating",
+            path: socket_dir.clone(),
+            source,
+        })?;
+        if let Some(user) = run_as {
+            // The server process must own its data directory and be able to write its log and
+            // socket; `TempDir` creates the directory as mode 0700 for us (root).
+            run(std::process::Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(dir.path()))?;
+        }
+        let mut postgres = Postgres {
+            dir,
+            bin_dir,
+            run_as,
+            port: 0,
+            running: false,
+        };
+        postgres.init()?;
+        postgres.start_on_free_port()?;
+        Ok(postgres)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`: trust authentication, no password.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{POSTGRES_USER}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// The TCP port the server listens on (the same across [`stop`](Self::stop) and
+    /// [`start_again`](Self::start_again)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server log, useful when a test fails.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Whether the server is currently running (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Stops the server with a fast shutdown (clients are disconnected, the data is kept), so
+    /// that a test can observe how the code under test copes with a database going away.
+    pub fn stop(&mut self) -> Result<()> {
+        self.pg_ctl_stop("fast")?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port and data directory.
+    pub fn start_again(&mut self) -> Result<()> {
+        if !self.running {
+            self.pg_ctl_start()?;
+            self.running = true;
+        }
+        Ok(())
+    }
+
+    fn init(&self) -> Result<()> {
+        let mut initdb = command_as(self.run_as, &self.bin_dir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-U", POSTGRES_USER, "--auth=trust", "-E", "UTF8"])
+            // C locale: independent of the host's locale settings, which CI may lack.
+            .args(["--locale=C", "--no-sync", "--no-instructions"]);
+        run(&mut initdb)?;
+        let conf = self.data_dir().join("postgresql.conf");
+        let socket_line = format!(
+            "unix_socket_directories = '{}'\n",
+            self.dir.path().join("socket").display()
+        );
+        let appended = OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut file| file.write_all(format!("{SETTINGS}{socket_line}").as_bytes()));
+        appended.map_err(|source| Error::Io {
+            action: "appending settings to",
+            path: conf,
+            source,
+        })
+    }
+
+    fn start_on_free_port(&mut self) -> Result<()> {
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            self.port = free_port()?;
+            match self.pg_ctl_start() {
+                Ok(()) => {
+                    self.running = true;
+                    return Ok(());
+                }
+                // Most likely the port was taken between `free_port` and the bind: retry.
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| self.not_ready("no start attempted".into())))
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let mut pg_ctl = command_as(self.run_as, &self.bin_dir.join("pg_ctl"));
+        pg_ctl
+            .arg("start")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", START_TIMEOUT_SECS])
+            // The port is a command-line option rather than a setting so that a retry on a
+            // new port does not have to edit the configuration.
+            .arg("-o")
+            .arg(format!("-p {}", self.port));
+        match pg_ctl.output() {
+            Ok(output) if output.status.success() => Ok(()),
+            Ok(output) => Err(self.not_ready(format!(
+                "{} exited with {}: {}",
+                describe(&pg_ctl),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))),
+            Err(source) => Err(Error::Spawn {
+                command: describe(&pg_ctl),
+                source,
+            }),
+        }
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
+        let mut pg_ctl = command_as(self.run_as, &self.bin_dir.join("pg_ctl"));
+        pg_ctl.arg("stop").arg("-D").arg(self.data_dir()).args([
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            START_TIMEOUT_SECS,
+        ]);
+        run(&mut pg_ctl).map(drop)
+    }
+
+    fn not_ready(&self, reason: String) -> Error {
+        Error::NotReady {
+            server: "postgres",
+            port: self.port,
+            reason,
+            log: self.log_path(),
+            log_tail: log_tail(&self.log_path(), 20),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            // Immediate: the data is about to be deleted, so there is nothing to flush. A
+            // failure cannot be returned from `drop`; the directory is removed anyway, and a
+            // server left behind shuts itself down once it notices (within about a minute)
+            // that its `postmaster.pid` lock file is gone.
+            if let Err(error) = self.pg_ctl_stop("immediate") {
+                eprintln!(
+                    "encore-testkit: stopping postgres on port {}: {error}",
+                    self.port
+                );
+            }
+        }
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`: `$PG_BIN`, then `PATH`, then the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+fn find_bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BIN").map(PathBuf::from) {
+        if dir.join("pg_ctl").is_file() && dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+    }
+    let mut versioned: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Newest version first; directory names are major versions ("15", "16").
+    versioned.sort_by_key(|dir| {
+        std::cmp::Reverse(
+            dir.parent()
+                .and_then(Path::file_name)
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    let pg_ctl = find_binary("pg_ctl", &versioned).ok_or(Error::MissingBinary {
+        binary: "pg_ctl",
+        hint: MISSING_HINT,
+    })?;
+    let dir = pg_ctl
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    if dir.join("initdb").is_file() {
+        Ok(dir)
+    } else {
+        Err(Error::MissingBinary {
+            binary: "initdb",
+            hint: MISSING_HINT,
+        })
+    }
+}

@@ -1,0 +1,361 @@
+//! A Tansu broker (Kafka protocol) as a child process on a free port.
+//!
+//! The command line is
+//!
+//! ```text
+//! tansu broker --listener-url tcp://127.0.0.1:PORT --advertised-listener-url tcp://127.0.0.1:PORT
+//!              --storage-engine memory://tansu/     (or sqlite://tansu.db, relative to the cwd)
+//! ```
+//!
+//! run with its working directory in a temporary directory: Tansu resolves a `sqlite://` path
+//! relative to its working directory (even one written as absolute), and reads a `.env` file
+//! from there. Its output goes to `tansu.log` in the same directory, quoted in errors.
+//!
+//! Readiness is a Kafka metadata request answered by the broker, not merely an open port:
+//! clients get the advertised address from that answer, so it proves the whole bootstrap path.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use tempfile::TempDir;
+
+use crate::ports::free_port;
+use crate::process::{describe, find_binary, log_tail};
+use crate::{Error, Result};
+
+/// How many fresh ports a start tries before giving up (see the crate docs on ports).
+const START_ATTEMPTS: u32 = 5;
+/// How long a start may take before the broker counts as broken. Tansu starts in well under a
+/// second; the margin is for a loaded 2-core CI machine running many tests at once.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of a single Kafka request made by the harness.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const MISSING_HINT: &str =
+    "run deploy/test.sh or cargo install tansu --locked --features dynostore,libsql";
+
+/// Where the broker keeps its topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TansuStorage {
+    /// In memory: fastest; everything is lost when the process stops.
+    #[default]
+    Memory,
+    /// A libsql (SQLite) file in the broker's temporary directory: survives
+    /// [`Tansu::kill`] + [`Tansu::restart`], for tests of a broker restart.
+    Sqlite,
+}
+
+impl TansuStorage {
+    fn url(self) -> &'static str {
+        match self {
+            TansuStorage::Memory => "memory://tansu/",
+            // Relative to the process's working directory, the broker's temporary directory.
+            TansuStorage::Sqlite => "sqlite://tansu.db",
+        }
+    }
+}
+
+/// A running (or killed) Tansu broker owned by one test. Dropping it kills the process and
+/// removes its directory.
+#[derive(Debug)]
+pub struct Tansu {
+    binary: PathBuf,
+    storage: TansuStorage,
+    port: u16,
+    child: Option<Child>,
+    /// Working directory: log file and, with [`TansuStorage::Sqlite`], the data.
+    dir: TempDir,
+}
+
+impl Tansu {
+    /// Starts a broker with in-memory storage on a free port.
+    pub fn start() -> Result<Tansu> {
+        Tansu::start_with(TansuStorage::Memory)
+    }
+
+    /// Starts a broker with the given storage on a free port.
+    ///
+    /// Fails with [`Error::MissingBinary`] when `tansu` is neither on `PATH` nor in
+    /// `$TANSU_BIN`, `$CARGO_HOME/bin` or `~/.cargo/bin`.
+    pub fn start_with(storage: TansuStorage) -> Result<Tansu> {
+        let binary = find_tansu()?;
+        let dir = tempfile::Builder::new()
+            .prefix("encore-tansu-")
+            .tempdir()
+            .map_err(|source| Error::Io {
+                action: "creating a temporary directory in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let mut tansu = Tansu {
+            binary,
+            storage,
+            port: 0,
+            child: None,
+            dir,
+        };
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            tansu.port = free_port()?;
+            match tansu.spawn_and_wait() {
+                Ok(()) => return Ok(tansu),
+                // Most likely the port was taken between `free_port` and the bind: retry.
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| tansu.not_ready("no start attempted".into())))
+    }
+
+    /// The bootstrap address for Kafka clients, `127.0.0.1:PORT`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port the broker listens on (the same across [`kill`](Self::kill) and
+    /// [`restart`](Self::restart)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The storage this broker was started with.
+    pub fn storage(&self) -> TansuStorage {
+        self.storage
+    }
+
+    /// The broker's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("tansu.log")
+    }
+
+    /// Whether the broker process is running (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Creates `name` with `partitions` partitions (replication factor 1) and waits until the
+    /// broker's metadata lists all of them.
+    ///
+    /// Topics are always created explicitly: Tansu with file storage stalls on auto-creation.
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(|source| self.kafka_error(source))?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = futures_executor::block_on(admin.create_topics([&topic], &options))
+            .map_err(|source| self.kafka_error(source))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                return Err(Error::CreateTopic {
+                    topic,
+                    reason: format!("{code:?}: {code}"),
+                });
+            }
+        }
+        // The admin call returns once the broker accepted the request; wait until metadata
+        // shows every partition so that producers started next see the full topic.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(name), REQUEST_TIMEOUT)
+                .map_err(|source| self.kafka_error(source))?;
+            let listed = metadata
+                .topics()
+                .iter()
+                .find(|topic| topic.name() == name)
+                .filter(|topic| topic.error().is_none())
+                .map_or(0, |topic| topic.partitions().len());
+            if usize::try_from(partitions).is_ok_and(|wanted| listed >= wanted) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::CreateTopic {
+                    topic: name.to_owned(),
+                    reason: format!("metadata lists {listed} of {partitions} partitions after {REQUEST_TIMEOUT:?}"),
+                });
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Kills the broker process (SIGKILL: no clean shutdown), keeping its port and directory so
+    /// that [`restart`](Self::restart) brings it back at the same address.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // An error means the process already exited, which is what we want.
+            let _already_exited = child.kill();
+            child.wait().map_err(|source| Error::Io {
+                action: "waiting for tansu to exit, pid",
+                path: child.id().to_string().into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed broker again on the same port. With [`TansuStorage::Memory`] its topics
+    /// and messages are gone; with [`TansuStorage::Sqlite`] they survive.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn_and_wait()
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<()> {
+        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("broker")
+            .args(["--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", self.storage.url()])
+            .current_dir(self.dir.path())
+            // Tansu logs through `RUST_LOG`; a test run's own setting would flood its log.
+            .env(
+                "RUST_LOG",
+                std::env::var("ENCORE_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        let log_path = self.log_path();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| Error::Io {
+                action: "opening",
+                path: log_path.clone(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| Error::Io {
+            action: "duplicating the handle of",
+            path: log_path,
+            source,
+        })?;
+        command.stdout(log).stderr(log_err);
+        let child = command.spawn().map_err(|source| Error::Spawn {
+            command: describe(&command),
+            source,
+        })?;
+        self.child = Some(child);
+        match self.wait_until_ready() {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Do not leave a half-started broker behind for the retry to collide with.
+                let _ = self.kill();
+                Err(error)
+            }
+        }
+    }
+
+    fn wait_until_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        // First the port (cheap to poll), then one metadata round trip.
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(self.not_ready(format!("tansu exited with {status}")));
+                }
+            }
+            if TcpStream::connect_timeout(&address, POLL_INTERVAL).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(self.not_ready(format!("port closed after {READY_TIMEOUT:?}")));
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(|source| self.kafka_error(source))?;
+        match admin.inner().fetch_metadata(None, REQUEST_TIMEOUT) {
+            Ok(metadata)
+                if metadata
+                    .brokers()
+                    .iter()
+                    .any(|broker| broker.port() == i32::from(self.port)) =>
+            {
+                Ok(())
+            }
+            Ok(metadata) => Err(self.not_ready(format!(
+                "metadata advertises {:?}, not this port",
+                metadata
+                    .brokers()
+                    .iter()
+                    .map(|broker| format!("{}:{}", broker.host(), broker.port()))
+                    .collect::<Vec<_>>()
+            ))),
+            Err(error) => Err(self.not_ready(format!("metadata request failed: {error}"))),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.brokers())
+            // The harness's own requests should fail fast rather than retry for minutes.
+            .set("socket.timeout.ms", REQUEST_TIMEOUT.as_millis().to_string())
+            // Keep librdkafka's connection-refused chatter out of the test output.
+            .set("log_level", "3");
+        config
+    }
+
+    fn kafka_error(&self, source: rdkafka::error::KafkaError) -> Error {
+        Error::Kafka {
+            brokers: self.brokers(),
+            source,
+        }
+    }
+
+    fn not_ready(&self, reason: String) -> Error {
+        Error::NotReady {
+            server: "tansu",
+            port: self.port,
+            reason,
+            log: self.log_path(),
+            log_tail: log_tail(&self.log_path(), 20),
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Err(error) = self.kill() {
+            eprintln!(
+                "encore-testkit: stopping tansu on port {}: {error}",
+                self.port
+            );
+        }
+    }
+}
+
+/// `$TANSU_BIN`, then `tansu` on `PATH`, in `$CARGO_HOME/bin`, or in `~/.cargo/bin` (where
+/// `cargo install` puts it).
+fn find_tansu() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU_BIN").map(PathBuf::from) {
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let cargo_dirs: Vec<PathBuf> = [
+        std::env::var_os("CARGO_HOME").map(|home| Path::new(&home).join("bin")),
+        std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo/bin")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    find_binary("tansu", &cargo_dirs).ok_or(Error::MissingBinary {
+        binary: "tansu",
+        hint: MISSING_HINT,
+    })
+}
