@@ -1,0 +1,809 @@
+//! The Postgres sink: the SPEC §3 tables kept exactly equal to their definitions, one
+//! transaction per closed timestamp.
+//!
+//! # Delivery guarantee
+//!
+//! **Exactly once per table row, given deterministic replay from the stored offsets.** Every
+//! [`PgSink::commit`] writes the net changes of one closed timestamp *and* the Kafka offsets
+//! they were computed from in a single transaction, so Postgres always holds the tables of
+//! some prefix of the topic together with the offsets that say which prefix. A job that
+//! restarts reads [`PgSink::committed_offsets`], rebuilds its state from the topic and writes
+//! only what comes after: nothing is lost (uncommitted offsets are consumed again) and nothing
+//! is counted twice (committed offsets are never consumed again for output). Kafka's own
+//! consumer-group offsets play no part.
+//!
+//! # How
+//!
+//! ```text
+//!  Changes (key, value, ±1)       offsets {partition → next offset}
+//!        │ consolidate per key: +1 wins → upsert; only -1 → delete      (before BEGIN)
+//!        │ encode binary COPY once (retries resend the same bytes)
+//!        ▼
+//!  BEGIN ─► upsert encore_progress (refuses to move an offset backwards → fenced)
+//!        ─► COPY pg_temp.encore_stage_<table> FROM STDIN (FORMAT binary)   per non-empty table
+//!        ─► one batch: DELETE … USING stage WHERE NOT upsert
+//!                      INSERT … SELECT … WHERE upsert ON CONFLICT DO UPDATE
+//!                      INSERT INTO dead_letters … ON CONFLICT DO NOTHING
+//!        ─► COMMIT                        (synchronous_commit = on: durable when acknowledged)
+//!        │
+//!        └─ connection error anywhere: the transaction is rolled back (by Postgres, since the
+//!           session is gone), we reconnect with backoff, then read encore_progress:
+//!             offsets already = the new ones → the COMMIT landed, only its ack was lost: done
+//!             offsets = the ones before      → retry the same commit
+//!             anything else                  → Diverged error (another writer, lost data)
+//! ```
+//!
+//! The merge is state-based (a row is set to its new value or deleted, never incremented) and
+//! dead letters are unique per `(topic, kafka_partition, kafka_offset)`, so even applying the
+//! same commit twice leaves the same tables: the ack check above is a shortcut and a
+//! consistency check, not the only line of defence.
+//!
+//! One sink writes through one connection. Several sinks (say, one per worker) may write
+//! disjoint partitions of one topic, but then each sink's rows must depend only on its own
+//! partitions, or a crash between their commits leaves tables of two different prefixes; the
+//! simple way to keep the guarantee is one writer that commits every timestamp for all
+//! partitions.
+//!
+//! # How it can fail
+//!
+//! * Postgres unreachable (at connect or mid-run): [`RetryPolicy`] bounds the attempts, with
+//!   exponential backoff between them; then [`SinkError::Unreachable`] or
+//!   [`SinkError::Retries`] with a one-line reason. The caller exits non-zero; a restart
+//!   resumes from the stored offsets.
+//! * The caller's replay is not deterministic (different changes for the same offsets): the
+//!   tables are then wrong, and nothing in the sink can tell. This is the assumption above.
+//! * Incoherent changes (two new values for one key, a diff of +2): refused before any write
+//!   with [`SinkError::InvalidChanges`].
+//! * Another process writes the same partitions ([`SinkError::Fenced`] when it is ahead of
+//!   us, [`SinkError::Diverged`] when the stored offsets match neither side of a retried
+//!   commit), or Postgres loses acknowledged commits (an asynchronous replica promoted):
+//!   detected at the next retry or when offsets move backwards, never repaired silently.
+//! * Someone edits the tables by hand: later deltas apply on top of the edit.
+//!
+//! # Postgres settings
+//!
+//! Sent as startup options, so every connection (including reconnects) has them before its
+//! first statement:
+//!
+//! * `synchronous_commit=on`: an acknowledged COMMIT survives a server crash. With `off`, a
+//!   crash could drop a commit we already acknowledged upstream; the running job would then
+//!   write the next deltas on top of tables that miss the previous ones.
+//! * `statement_timeout=300s`: a statement stuck behind something unexpected fails (and is
+//!   retried) instead of stalling the pipeline forever; 300 s leaves room for a COPY of
+//!   millions of rows in a catch-up commit.
+//! * `lock_timeout=30s`: waiting for a lock held by someone else (a manual `ALTER TABLE`, a
+//!   long `LOCK`) becomes a retryable error with backoff, with a clear reason.
+//! * `idle_in_transaction_session_timeout=60s`: if this process freezes mid-transaction, the
+//!   server aborts the transaction and frees its row locks for the next writer.
+//! * TCP keepalives (10 s idle, 5 s interval, 3 probes) and `tcp_user_timeout` 30 s: a server
+//!   that vanished without closing the connection is noticed in seconds, not hours.
+//! * `application_name=encore-flow`: the sink is recognisable in `pg_stat_activity`.
+//! * Isolation stays the default READ COMMITTED: each key has one writer, and the offsets
+//!   upsert serialises two writers of one partition on its row lock. A serialization or
+//!   deadlock error (40001, 40P01) is retried like a connection error.
+//!
+//! Each of these is set only if the URL does not set it already (`options` are appended to).
+
+mod sql;
+mod staging;
+
+pub use sql::quote_ident;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::thread::sleep;
+use std::time::Duration;
+
+use postgres::{Client, IsolationLevel, NoTls, Row, Statement};
+use tracing::{info, warn};
+
+use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
+use sql::{Statements, CO_LISTENS, SCHEMA_LOCK_KEY, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use staging::Staged;
+
+/// Larger `P` cannot be represented: scores are `i64` units.
+const MAX_SCORE_PRECISION: u32 = 18;
+/// See the module docs, "Postgres settings".
+const SESSION_OPTIONS: &str = "-c synchronous_commit=on -c statement_timeout=300s \
+                               -c lock_timeout=30s -c idle_in_transaction_session_timeout=60s";
+
+/// Why the sink failed; `Display` is one line, fit for `encore-flow`'s exit message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The URL does not parse as a Postgres connection string.
+    #[error("invalid Postgres URL: {0}")]
+    InvalidUrl(String),
+    /// `--score-precision` is beyond what `i64` score units can hold.
+    #[error("score precision {0} is larger than {MAX_SCORE_PRECISION}")]
+    InvalidPrecision(u32),
+    /// No connection could be opened within the retry policy.
+    #[error("Postgres unreachable after {attempts} attempts: {reason}")]
+    Unreachable {
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        reason: String,
+    },
+    /// A transient failure (connection lost, serialization failure) kept recurring.
+    #[error("Postgres {context} failed after {attempts} attempts: {reason}")]
+    Retries {
+        /// What the sink was doing.
+        context: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        reason: String,
+    },
+    /// Postgres refused a statement for a reason retrying cannot fix (permissions, a table
+    /// with other columns, disk full, ...).
+    #[error("Postgres {context} failed: {reason}")]
+    Postgres {
+        /// What the sink was doing.
+        context: &'static str,
+        /// Postgres's message and SQLSTATE.
+        reason: String,
+    },
+    /// The stored offset of a partition is ahead of the one being committed.
+    #[error(
+        "commit fenced: topic {topic:?} partition {partition} is already committed beyond offset \
+         {offset} (another writer, or the topic was recreated: clear encore_progress to start over)"
+    )]
+    Fenced {
+        /// Topic.
+        topic: String,
+        /// Partition whose offset would move backwards.
+        partition: i32,
+        /// The offset this commit tried to store.
+        offset: i64,
+    },
+    /// After a lost connection the stored offsets matched neither the commit being retried nor
+    /// the state before it.
+    #[error(
+        "stored offsets diverged: topic {topic:?} partition {partition} holds {stored:?}, \
+         expected {before:?} or {after} (another writer, or Postgres lost committed data)"
+    )]
+    Diverged {
+        /// Topic.
+        topic: String,
+        /// The first partition that differs.
+        partition: i32,
+        /// Its stored next offset.
+        stored: Option<i64>,
+        /// Its next offset before this commit.
+        before: Option<i64>,
+        /// Its next offset after this commit.
+        after: i64,
+    },
+    /// The changes do not describe a keyed table (see [`PgSink::commit`]).
+    #[error("invalid changes for {table}: {reason}")]
+    InvalidChanges {
+        /// Table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value does not fit its column.
+    #[error("{what} {value} does not fit a BIGINT")]
+    OutOfRange {
+        /// Column or field.
+        what: &'static str,
+        /// The value.
+        value: u64,
+    },
+    /// A stored row cannot be a value of its table (negative id, NULL, ...).
+    #[error("unexpected row in {table}: {reason}")]
+    BadRow {
+        /// Table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// How persistently the sink retries transient failures.
+///
+/// Attempt `n` (1-based) that fails waits `min(initial_backoff · 2^(n-1), max_backoff)` before
+/// attempt `n + 1`; after `attempts` attempts the last error is returned. With the default,
+/// the sink gives up about 20 s after Postgres went away (plus up to `connect_timeout` per
+/// attempt when packets are dropped rather than refused). No jitter: writers are few.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, at least 1.
+    pub attempts: u32,
+    /// Wait after the first failure.
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// Bound on one TCP connect + startup (unless the URL sets `connect_timeout`).
+    pub connect_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts.max(1)
+    }
+}
+
+/// What one [`PgSink::commit`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Rows inserted or updated (net, over all tables).
+    pub upserted: u64,
+    /// Rows deleted (net, over all tables).
+    pub deleted: u64,
+    /// Dead letters appended.
+    pub dead_letters: u64,
+    /// Bytes of binary COPY data sent (per attempt).
+    pub copy_bytes: u64,
+    /// Attempts it took (1 unless a connection was lost).
+    pub attempts: u32,
+    /// The connection broke after COMMIT was sent and the stored offsets showed that it
+    /// had landed, so it was not retried.
+    pub ack_lost: bool,
+}
+
+/// A connection with its per-session objects: staging tables and prepared statements.
+struct Session {
+    client: Client,
+    upsert_offsets: Statement,
+    select_offsets: Statement,
+}
+
+/// Why one attempt failed; transient kinds are retried.
+enum Failure {
+    Pg(postgres::Error),
+    /// Writing COPY data to the connection.
+    Io(std::io::Error),
+    Sink(SinkError),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(err: postgres::Error) -> Self {
+        Failure::Pg(err)
+    }
+}
+
+impl Failure {
+    fn is_transient(&self) -> bool {
+        match self {
+            Failure::Pg(err) => is_transient(err),
+            Failure::Io(_) => true,
+            Failure::Sink(_) => false,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Failure::Pg(err) => describe(err),
+            Failure::Io(err) => one_line(&err.to_string()),
+            Failure::Sink(err) => err.to_string(),
+        }
+    }
+
+    fn into_error(self, context: &'static str, attempts: u32) -> SinkError {
+        match self {
+            Failure::Sink(err) => err,
+            failure if failure.is_transient() => {
+                SinkError::Retries { context, attempts, reason: failure.reason() }
+            }
+            failure => SinkError::Postgres { context, reason: failure.reason() },
+        }
+    }
+}
+
+/// Writes the SPEC §3 tables of one schema; see the module docs.
+pub struct PgSink {
+    config: postgres::Config,
+    retry: RetryPolicy,
+    sql: Statements,
+    score_precision: u32,
+    emit_co_listens: bool,
+    /// `None` after a connection was lost, until the next operation reconnects.
+    session: Option<Session>,
+    /// Offsets stored before the next commit, per topic, as far as this sink knows (from
+    /// `committed_offsets` and its own commits); used to judge a commit whose ack was lost.
+    known_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl std::fmt::Debug for PgSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSink")
+            .field("schema", &self.sql.schema)
+            .field("score_precision", &self.score_precision)
+            .field("emit_co_listens", &self.emit_co_listens)
+            .field("connected", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgSink {
+    /// Connects (retrying per `retry`) and creates, if missing, the schema, the SPEC §3 tables
+    /// (`co_listens` only with `emit_co_listens`: without the flag nothing fills it, and an
+    /// empty table would claim there are no co-listens), the ranked views and
+    /// `encore_progress`. Safe when several processes start at once.
+    pub fn connect(
+        url: &str,
+        schema: &str,
+        score_precision: u32,
+        emit_co_listens: bool,
+        retry: RetryPolicy,
+    ) -> Result<PgSink, SinkError> {
+        if score_precision > MAX_SCORE_PRECISION {
+            return Err(SinkError::InvalidPrecision(score_precision));
+        }
+        let config = session_config(url, &retry)?;
+        let sql = Statements::new(schema, emit_co_listens);
+        let session = open_session(&config, &sql, &retry, Some(schema))?;
+        info!(schema, "postgres sink connected");
+        Ok(PgSink {
+            config,
+            retry,
+            sql,
+            score_precision,
+            emit_co_listens,
+            session: Some(session),
+            known_offsets: BTreeMap::new(),
+        })
+    }
+
+    /// The next offset to consume per partition of `topic`, as committed (empty for a topic
+    /// never committed).
+    pub fn committed_offsets(&mut self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        let offsets = self.with_session("reading offsets", |session, _| {
+            select_offsets(session, topic).map_err(Failure::from)
+        })?;
+        self.known_offsets.insert(topic.to_string(), offsets.clone());
+        Ok(offsets)
+    }
+
+    /// Commits one closed timestamp: `changes` and the `offsets` (next offset to consume per
+    /// partition of `topic`) they were computed from, in one transaction.
+    ///
+    /// Per key of each table the triples are netted first: the value with diff +1 is written,
+    /// a key with only a -1 is deleted, a value that comes and goes is ignored. Changes with
+    /// more than one +1 or -1 left for a key are refused ([`SinkError::InvalidChanges`])
+    /// before anything is written. Scores are stored as `units as f64 / 10f64.powi(P)`.
+    /// `co_listens` changes are ignored unless the sink was connected with `emit_co_listens`.
+    ///
+    /// Partitions missing from `offsets` keep their stored offset; an offset lower than the
+    /// stored one aborts the commit with [`SinkError::Fenced`]. A lost connection is retried
+    /// per the [`RetryPolicy`], as described in the module docs.
+    pub fn commit(
+        &mut self,
+        topic: &str,
+        changes: &Changes,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<CommitStats, SinkError> {
+        let staged = Staged::new(changes, self.score_precision, self.emit_co_listens)?;
+        let mut stats = CommitStats {
+            upserted: staged.tables.iter().map(|t| t.upserts).sum(),
+            deleted: staged.tables.iter().map(|t| t.deletes).sum(),
+            dead_letters: staged.dead_letter_count,
+            copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
+                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64),
+            attempts: 0,
+            ack_lost: false,
+        };
+        let attempts = self.retry.attempts();
+        loop {
+            stats.attempts += 1;
+            let result = match ensure_session(&mut self.session, &self.config, &self.sql, &self.retry) {
+                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets),
+                Err(err) => return Err(err),
+            };
+            let failure = match result {
+                Ok(()) => {
+                    self.remember(topic, offsets);
+                    return Ok(stats);
+                }
+                Err(failure) => failure,
+            };
+            if !failure.is_transient() || stats.attempts >= attempts {
+                return Err(failure.into_error("commit", stats.attempts));
+            }
+            warn!(
+                attempt = stats.attempts,
+                error = %failure.reason(),
+                "postgres commit failed; reconnecting to retry it"
+            );
+            self.session = None;
+            sleep(self.retry.backoff(stats.attempts));
+            // The failure may have hit after COMMIT reached the server: look before retrying.
+            let stored = self.with_session("checking a lost commit", |session, _| {
+                select_offsets(session, topic).map_err(Failure::from)
+            })?;
+            match commit_landed(&stored, offsets, self.known_offsets.get(topic)) {
+                Landed::Yes => {
+                    info!(attempt = stats.attempts, "postgres commit had landed; its ack was lost");
+                    self.remember(topic, offsets);
+                    stats.ack_lost = true;
+                    return Ok(stats);
+                }
+                Landed::No => {}
+                Landed::Diverged { partition, stored, before, after } => {
+                    return Err(SinkError::Diverged {
+                        topic: topic.to_string(),
+                        partition,
+                        stored,
+                        before,
+                        after,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads every table back (in one snapshot), scores converted to units with
+    /// `(score * 10^P).round()`, and the dead letters in insertion order. `co_listens` is
+    /// empty unless the sink was connected with `emit_co_listens`. For tests and tools: this
+    /// reads whole tables.
+    pub fn read_tables(&mut self) -> Result<(Tables, Vec<DeadLetter>), SinkError> {
+        let scale = 10f64.powi(self.score_precision as i32);
+        let emit_co_listens = self.emit_co_listens;
+        self.with_session("reading the tables", |session, sql| {
+            let mut tx = session
+                .client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let mut tables = Tables::default();
+            for row in tx.query(&sql.select_table(&TRACK_NEIGHBORS), &[])? {
+                let key = (id(&row, 0, TRACK_NEIGHBORS.name)?, id(&row, 1, TRACK_NEIGHBORS.name)?);
+                let score: f64 = row.try_get(2)?;
+                tables.track_neighbors.insert(key, (score * scale).round() as i64);
+            }
+            for row in tx.query(&sql.select_table(&USER_RECOMMENDATIONS), &[])? {
+                let table = USER_RECOMMENDATIONS.name;
+                let key = (id(&row, 0, table)?, id(&row, 1, table)?);
+                let score: f64 = row.try_get(2)?;
+                tables.user_recommendations.insert(key, (score * scale).round() as i64);
+            }
+            for row in tx.query(&sql.select_table(&TRACK_STATS), &[])? {
+                let table = TRACK_STATS.name;
+                let stats = TrackStats {
+                    plays: id(&row, 1, table)?,
+                    listeners: id(&row, 2, table)?,
+                    likes: id(&row, 3, table)?,
+                };
+                tables.track_stats.insert(id(&row, 0, table)?, stats);
+            }
+            if emit_co_listens {
+                for row in tx.query(&sql.select_table(&CO_LISTENS), &[])? {
+                    let table = CO_LISTENS.name;
+                    let key = (id(&row, 0, table)?, id(&row, 1, table)?);
+                    tables.co_listens.insert(key, id(&row, 2, table)?);
+                }
+            }
+            let mut dead_letters = Vec::new();
+            for row in tx.query(&sql.select_dead_letters, &[])? {
+                dead_letters.push(DeadLetter {
+                    topic: row.try_get(0)?,
+                    partition: row.try_get(1)?,
+                    offset: row.try_get(2)?,
+                    payload: row.try_get(3)?,
+                    error: row.try_get(4)?,
+                });
+            }
+            tx.commit()?;
+            Ok((tables, dead_letters))
+        })
+    }
+
+    /// Runs `op` on a live session, reconnecting and retrying on transient failures.
+    fn with_session<T>(
+        &mut self,
+        context: &'static str,
+        mut op: impl FnMut(&mut Session, &Statements) -> Result<T, Failure>,
+    ) -> Result<T, SinkError> {
+        let attempts = self.retry.attempts();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let session = ensure_session(&mut self.session, &self.config, &self.sql, &self.retry)?;
+            match op(session, &self.sql) {
+                Ok(value) => return Ok(value),
+                Err(failure) if failure.is_transient() && attempt < attempts => {
+                    warn!(attempt, error = %failure.reason(), "postgres {context} failed; reconnecting");
+                    self.session = None;
+                    sleep(self.retry.backoff(attempt));
+                }
+                Err(failure) => return Err(failure.into_error(context, attempt)),
+            }
+        }
+    }
+
+    fn remember(&mut self, topic: &str, offsets: &BTreeMap<i32, i64>) {
+        let known = self.known_offsets.entry(topic.to_string()).or_default();
+        known.extend(offsets.iter().map(|(&p, &o)| (p, o)));
+    }
+}
+
+/// One attempt of a commit; see the diagram in the module docs.
+fn commit_once(
+    session: &mut Session,
+    sql: &Statements,
+    topic: &str,
+    staged: &Staged,
+    offsets: &BTreeMap<i32, i64>,
+) -> Result<(), Failure> {
+    // Dropping `tx` on any early return rolls the transaction back.
+    let mut tx = session.client.transaction()?;
+    if !offsets.is_empty() {
+        let partitions: Vec<i32> = offsets.keys().copied().collect();
+        let next: Vec<i64> = offsets.values().copied().collect();
+        let rows = tx.query(&session.upsert_offsets, &[&topic, &partitions, &next])?;
+        if rows.len() != partitions.len() {
+            let mut advanced = BTreeSet::new();
+            for row in &rows {
+                advanced.insert(row.try_get::<_, i32>(0)?);
+            }
+            if let Some((&partition, &offset)) = offsets.iter().find(|(p, _)| !advanced.contains(*p)) {
+                return Err(Failure::Sink(SinkError::Fenced { topic: topic.to_string(), partition, offset }));
+            }
+        }
+    }
+    // All merges go to the server as one simple-query batch: one round trip for the lot.
+    let mut merge = String::new();
+    for table in &staged.tables {
+        copy_in(&mut tx, sql.copy(table.spec.name), &table.copy_data)?;
+        if table.deletes > 0 {
+            merge.push_str(sql.merge_delete(table.spec.name));
+        }
+        if table.upserts > 0 {
+            merge.push_str(sql.merge_upsert(table.spec.name));
+        }
+    }
+    if let Some(data) = &staged.dead_letters {
+        copy_in(&mut tx, &sql.copy_dead_letters, data)?;
+        merge.push_str(&sql.merge_dead_letters);
+    }
+    if !merge.is_empty() {
+        tx.batch_execute(&merge)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Streams pre-encoded binary COPY data; `finish` completes the COPY (dropping the writer
+/// without it would abort the COPY, and with it the transaction).
+fn copy_in(tx: &mut postgres::Transaction<'_>, statement: &str, data: &[u8]) -> Result<u64, Failure> {
+    let mut writer = tx.copy_in(statement)?;
+    writer.write_all(data).map_err(Failure::Io)?;
+    Ok(writer.finish()?)
+}
+
+fn select_offsets(session: &mut Session, topic: &str) -> Result<BTreeMap<i32, i64>, postgres::Error> {
+    let mut offsets = BTreeMap::new();
+    for row in session.client.query(&session.select_offsets, &[&topic])? {
+        offsets.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    Ok(offsets)
+}
+
+/// A stored BIGINT that must be a SPEC id or count (≥ 0).
+fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| {
+        Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") })
+    })
+}
+
+/// What the stored offsets say about a commit whose outcome is unknown.
+#[derive(Debug, PartialEq, Eq)]
+enum Landed {
+    /// They equal the commit's offsets, which differ from the ones before: it landed.
+    Yes,
+    /// It did not land, or it cannot be told (no offset moved); retrying is safe either way.
+    No,
+    /// They are neither before nor after the commit.
+    Diverged { partition: i32, stored: Option<i64>, before: Option<i64>, after: i64 },
+}
+
+fn commit_landed(
+    stored: &BTreeMap<i32, i64>,
+    new: &BTreeMap<i32, i64>,
+    before: Option<&BTreeMap<i32, i64>>,
+) -> Landed {
+    let all_new = new.iter().all(|(p, o)| stored.get(p) == Some(o));
+    let moved = before.is_none_or(|before| new.iter().any(|(p, o)| before.get(p) != Some(o)));
+    if !new.is_empty() && all_new && moved {
+        return Landed::Yes;
+    }
+    if let Some(before) = before {
+        for (&partition, &after) in new {
+            let stored = stored.get(&partition).copied();
+            let before = before.get(&partition).copied();
+            if stored != Some(after) && stored != before {
+                return Landed::Diverged { partition, stored, before, after };
+            }
+        }
+    }
+    Landed::No
+}
+
+/// The URL's settings plus ours (module docs, "Postgres settings").
+fn session_config(url: &str, retry: &RetryPolicy) -> Result<postgres::Config, SinkError> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|err: postgres::Error| SinkError::InvalidUrl(describe(&err)))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(retry.connect_timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("encore-flow");
+    }
+    let options = match config.get_options() {
+        Some(theirs) => format!("{theirs} {SESSION_OPTIONS}"),
+        None => SESSION_OPTIONS.to_string(),
+    };
+    config.options(&options);
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3);
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    Ok(config)
+}
+
+/// Returns the live session, opening one (with retries) if the last was lost.
+fn ensure_session<'a>(
+    slot: &'a mut Option<Session>,
+    config: &postgres::Config,
+    sql: &Statements,
+    retry: &RetryPolicy,
+) -> Result<&'a mut Session, SinkError> {
+    let session = match slot.take() {
+        Some(session) => session,
+        None => open_session(config, sql, retry, None)?,
+    };
+    Ok(slot.insert(session))
+}
+
+/// Connects with retries; with `create_schema`, also creates the tables (first connect only:
+/// a reconnect must not recreate tables someone dropped, which would silently restart them
+/// empty while the job continues from its in-memory state).
+fn open_session(
+    config: &postgres::Config,
+    sql: &Statements,
+    retry: &RetryPolicy,
+    create_schema: Option<&str>,
+) -> Result<Session, SinkError> {
+    let attempts = retry.attempts();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_open_session(config, sql, create_schema) {
+            Ok(session) => return Ok(session),
+            Err(err) if is_transient(&err) => {
+                if attempt >= attempts {
+                    return Err(SinkError::Unreachable { attempts, reason: describe(&err) });
+                }
+                warn!(attempt, error = %describe(&err), "cannot reach postgres; retrying");
+                sleep(retry.backoff(attempt));
+            }
+            Err(err) => return Err(SinkError::Postgres { context: "setup", reason: describe(&err) }),
+        }
+    }
+}
+
+fn try_open_session(
+    config: &postgres::Config,
+    sql: &Statements,
+    create_schema: Option<&str>,
+) -> Result<Session, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    if let Some(schema) = create_schema {
+        let mut tx = client.transaction()?;
+        // Held to the end of the transaction: concurrent starts create the objects one after
+        // the other, and the second finds them all.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
+        // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database before it
+        // checks existence, so look first: a role may own its schema without that privilege.
+        if tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])?.is_none() {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", sql.schema))?;
+        }
+        tx.batch_execute(&sql.create_tables)?;
+        tx.commit()?;
+    }
+    client.batch_execute(&sql.create_staging)?;
+    let upsert_offsets = client.prepare(&sql.upsert_offsets)?;
+    let select_offsets = client.prepare(&sql.select_offsets)?;
+    Ok(Session { client, upsert_offsets, select_offsets })
+}
+
+/// Whether a fresh connection and another attempt may succeed.
+fn is_transient(err: &postgres::Error) -> bool {
+    if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        // 08: connection exceptions; 57P01-3: admin/crash shutdown, server starting up;
+        // 40001/40P01: serialization failure, deadlock; 55P03: lock_timeout;
+        // 53300: too many connections (another client may leave).
+        return code.starts_with("08")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "53300");
+    }
+    if err.is_closed() {
+        return true;
+    }
+    match std::error::Error::source(err) {
+        // Connect, read and write failures carry the socket's io::Error.
+        Some(source) => source.is::<std::io::Error>(),
+        // Timeouts and protocol desynchronisation: a new connection is the cure.
+        None => true,
+    }
+}
+
+/// Postgres's own message and SQLSTATE, or the client error with its cause, on one line.
+fn describe(err: &postgres::Error) -> String {
+    let text = match (err.as_db_error(), std::error::Error::source(err)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{err}: {source}"),
+        (None, None) => err.to_string(),
+    };
+    one_line(&text)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn lost_ack_is_recognised() {
+        let before = offsets(&[(0, 10), (1, 20)]);
+        let new = offsets(&[(0, 15), (1, 20)]);
+        assert_eq!(commit_landed(&new, &new, Some(&before)), Landed::Yes);
+        assert_eq!(commit_landed(&before, &new, Some(&before)), Landed::No);
+        assert_eq!(commit_landed(&new, &new, None), Landed::Yes);
+        // Nothing moved: cannot tell, retry (idempotent).
+        assert_eq!(commit_landed(&before, &before, Some(&before)), Landed::No);
+        assert_eq!(
+            commit_landed(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
+            Landed::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let waits: Vec<u128> = (1..=4).map(|n| policy.backoff(n).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 350, 350]);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let err = SinkError::Unreachable { attempts: 3, reason: one_line("a\nb  c") };
+        assert_eq!(err.to_string(), "Postgres unreachable after 3 attempts: a b c");
+    }
+}

@@ -1,0 +1,270 @@
+//! The SQL text of the sink: SPEC §3 tables and views, the progress table, the per-session
+//! staging tables and the set-based merge.
+//!
+//! Every statement is built once, at connect, from constant table descriptions and the
+//! schema name quoted as an identifier ([`quote_ident`]). No data value is ever formatted
+//! into SQL: values travel as statement parameters or inside binary COPY streams.
+
+/// Columns of one keyed SPEC §3 table.
+#[derive(Debug)]
+pub(super) struct TableSpec {
+    /// Table name (unquoted; all are lower-case SQL identifiers).
+    pub(super) name: &'static str,
+    /// Primary key columns, all `BIGINT`.
+    pub(super) keys: &'static [&'static str],
+    /// Value columns with their SQL types.
+    pub(super) values: &'static [(&'static str, &'static str)],
+}
+
+impl TableSpec {
+    /// Fields of a staging row: `upsert`, the keys, the values.
+    pub(super) fn staging_fields(&self) -> usize {
+        1 + self.keys.len() + self.values.len()
+    }
+
+    fn staging_table(&self) -> String {
+        format!("pg_temp.encore_stage_{}", self.name)
+    }
+
+    fn columns(&self) -> String {
+        let mut columns: Vec<&str> = self.keys.to_vec();
+        columns.extend(self.values.iter().map(|(name, _)| *name));
+        columns.join(", ")
+    }
+
+    fn create_table(&self, schema: &str) -> String {
+        let mut columns: Vec<String> = self.keys.iter().map(|k| format!("{k} BIGINT")).collect();
+        columns.extend(self.values.iter().map(|(name, ty)| format!("{name} {ty}")));
+        format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({}));\n",
+            self.name,
+            columns.join(", "),
+            self.keys.join(", ")
+        )
+    }
+
+    /// A temporary table per connection, emptied by every commit (`ON COMMIT DELETE ROWS`) and
+    /// by every rollback: creating it once per session saves a catalog insert per commit.
+    fn create_staging(&self) -> String {
+        let mut columns = vec!["upsert BOOLEAN NOT NULL".to_string()];
+        columns.extend(self.keys.iter().map(|k| format!("{k} BIGINT NOT NULL")));
+        columns.extend(self.values.iter().map(|(name, ty)| format!("{name} {ty}")));
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS encore_stage_{} ({}) ON COMMIT DELETE ROWS;\n",
+            self.name,
+            columns.join(", ")
+        )
+    }
+
+    fn copy_staging(&self) -> String {
+        format!("COPY {} (upsert, {}) FROM STDIN (FORMAT binary)", self.staging_table(), self.columns())
+    }
+
+    /// Deletes the rows whose key was only retracted.
+    fn merge_delete(&self, schema: &str) -> String {
+        let join: Vec<String> = self.keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
+        format!(
+            "DELETE FROM {schema}.{} AS t USING {} AS s WHERE NOT s.upsert AND {};\n",
+            self.name,
+            self.staging_table(),
+            join.join(" AND ")
+        )
+    }
+
+    /// Inserts new keys and updates changed ones. The `WHERE ... IS DISTINCT FROM` skips a
+    /// row version (and its WAL) when the value is already there, as in a retried commit.
+    fn merge_upsert(&self, schema: &str) -> String {
+        let set: Vec<String> =
+            self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
+        let old: Vec<String> = self.values.iter().map(|(v, _)| format!("t.{v}")).collect();
+        let new: Vec<String> = self.values.iter().map(|(v, _)| format!("EXCLUDED.{v}")).collect();
+        format!(
+            "INSERT INTO {schema}.{name} AS t ({columns}) SELECT {columns} FROM {stage} WHERE upsert \
+             ON CONFLICT ({keys}) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new});\n",
+            name = self.name,
+            columns = self.columns(),
+            stage = self.staging_table(),
+            keys = self.keys.join(", "),
+            set = set.join(", "),
+            old = old.join(", "),
+            new = new.join(", "),
+        )
+    }
+}
+
+/// `track_neighbors`: the rows of N(i).
+pub(super) const TRACK_NEIGHBORS: TableSpec = TableSpec {
+    name: "track_neighbors",
+    keys: &["track_id", "neighbor_id"],
+    values: &[("score", "DOUBLE PRECISION")],
+};
+/// `user_recommendations`: the rows of R(u).
+pub(super) const USER_RECOMMENDATIONS: TableSpec = TableSpec {
+    name: "user_recommendations",
+    keys: &["user_id", "track_id"],
+    values: &[("score", "DOUBLE PRECISION")],
+};
+/// `track_stats`: plays, listeners and likes per track.
+pub(super) const TRACK_STATS: TableSpec = TableSpec {
+    name: "track_stats",
+    keys: &["track_id"],
+    values: &[("plays", "BIGINT"), ("listeners", "BIGINT"), ("likes", "BIGINT")],
+};
+/// `co_listens`: c(i,j) for i < j (only with `--emit-co-listens`).
+pub(super) const CO_LISTENS: TableSpec = TableSpec {
+    name: "co_listens",
+    keys: &["track_a", "track_b"],
+    values: &[("users", "BIGINT")],
+};
+
+/// The keyed tables in the order a commit merges them.
+const KEYED: [&TableSpec; 4] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS];
+
+/// Any fixed number works as long as every encore process uses the same one: it serialises
+/// concurrent schema creation (two `CREATE TABLE IF NOT EXISTS` racing can both pass the
+/// existence check and one then fails on a duplicate catalog row). ASCII "encore".
+pub(super) const SCHEMA_LOCK_KEY: i64 = 0x656e_636f_7265;
+
+/// Quotes an SQL identifier: wrapped in `"` with every `"` doubled, so that any schema name,
+/// including one with quotes, spaces or upper case, names exactly itself.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// All SQL of one sink, for one schema.
+#[derive(Debug)]
+pub(super) struct Statements {
+    pub(super) create_tables: String,
+    pub(super) create_staging: String,
+    pub(super) upsert_offsets: String,
+    pub(super) select_offsets: String,
+    pub(super) copy_dead_letters: String,
+    pub(super) merge_dead_letters: String,
+    pub(super) select_dead_letters: String,
+    copy: Vec<(&'static str, String)>,
+    merge_delete: Vec<(&'static str, String)>,
+    merge_upsert: Vec<(&'static str, String)>,
+    pub(super) schema: String,
+}
+
+impl Statements {
+    /// `schema` is the unquoted name (`--pg-schema`).
+    pub(super) fn new(schema: &str, emit_co_listens: bool) -> Statements {
+        let s = quote_ident(schema);
+        let keyed: Vec<&TableSpec> = KEYED
+            .into_iter()
+            .filter(|spec| emit_co_listens || spec.name != CO_LISTENS.name)
+            .collect();
+
+        let mut create_tables = String::new();
+        for spec in &keyed {
+            create_tables.push_str(&spec.create_table(&s));
+        }
+        create_tables.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {s}.dead_letters (id BIGSERIAL PRIMARY KEY, topic TEXT, \
+             kafka_partition INT, kafka_offset BIGINT, payload BYTEA, error TEXT, \
+             received_at TIMESTAMPTZ DEFAULT now());\n\
+             -- Not in SPEC §3's column list but no change to it: a message is dead-lettered at \
+             most once even if a commit is replayed (ON CONFLICT DO NOTHING below).\n\
+             CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_source ON {s}.dead_letters \
+             (topic, kafka_partition, kafka_offset);\n\
+             -- The next Kafka offset to consume per partition, committed with the deltas.\n\
+             CREATE TABLE IF NOT EXISTS {s}.encore_progress (topic TEXT NOT NULL, \
+             kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL, \
+             committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, kafka_partition));\n\
+             CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT track_id, neighbor_id, \
+             score, row_number() OVER (PARTITION BY track_id ORDER BY score DESC, neighbor_id ASC) \
+             AS rank FROM {s}.track_neighbors;\n\
+             CREATE OR REPLACE VIEW {s}.user_recommendations_ranked AS SELECT user_id, track_id, \
+             score, row_number() OVER (PARTITION BY user_id ORDER BY score DESC, track_id ASC) \
+             AS rank FROM {s}.user_recommendations;\n"
+        ));
+
+        let mut create_staging = String::new();
+        for spec in &keyed {
+            create_staging.push_str(&spec.create_staging());
+        }
+        create_staging.push_str(
+            "CREATE TEMP TABLE IF NOT EXISTS encore_stage_dead_letters (topic TEXT NOT NULL, \
+             kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL, payload BYTEA, \
+             error TEXT) ON COMMIT DELETE ROWS;\n",
+        );
+
+        Statements {
+            create_tables,
+            create_staging,
+            // The WHERE refuses to move an offset backwards: the row is then not returned, and
+            // the commit is aborted as fenced (another writer got further, or the topic was
+            // recreated under the same name).
+            upsert_offsets: format!(
+                "INSERT INTO {s}.encore_progress AS p (topic, kafka_partition, next_offset) \
+                 SELECT $1::text, u.kafka_partition, u.next_offset \
+                 FROM unnest($2::int4[], $3::int8[]) AS u(kafka_partition, next_offset) \
+                 ON CONFLICT (topic, kafka_partition) DO UPDATE \
+                 SET next_offset = EXCLUDED.next_offset, committed_at = now() \
+                 WHERE p.next_offset <= EXCLUDED.next_offset RETURNING kafka_partition"
+            ),
+            select_offsets: format!(
+                "SELECT kafka_partition, next_offset FROM {s}.encore_progress WHERE topic = $1::text"
+            ),
+            copy_dead_letters: "COPY pg_temp.encore_stage_dead_letters (topic, kafka_partition, \
+                                kafka_offset, payload, error) FROM STDIN (FORMAT binary)"
+                .to_string(),
+            // ORDER BY: ids follow the source order within a commit.
+            merge_dead_letters: format!(
+                "INSERT INTO {s}.dead_letters (topic, kafka_partition, kafka_offset, payload, error) \
+                 SELECT topic, kafka_partition, kafka_offset, payload, error \
+                 FROM pg_temp.encore_stage_dead_letters ORDER BY topic, kafka_partition, kafka_offset \
+                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING;\n"
+            ),
+            select_dead_letters: format!(
+                "SELECT topic, kafka_partition, kafka_offset, payload, error FROM {s}.dead_letters ORDER BY id"
+            ),
+            copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
+            merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
+            merge_upsert: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s))).collect(),
+            schema: s,
+        }
+    }
+
+    fn lookup<'a>(list: &'a [(&'static str, String)], table: &str) -> &'a str {
+        list.iter().find(|(name, _)| *name == table).map_or("", |(_, sql)| sql.as_str())
+    }
+
+    /// `COPY` into the staging table of `table`.
+    pub(super) fn copy(&self, table: &str) -> &str {
+        Self::lookup(&self.copy, table)
+    }
+
+    /// The merge of `table`'s staged deletes.
+    pub(super) fn merge_delete(&self, table: &str) -> &str {
+        Self::lookup(&self.merge_delete, table)
+    }
+
+    /// The merge of `table`'s staged upserts.
+    pub(super) fn merge_upsert(&self, table: &str) -> &str {
+        Self::lookup(&self.merge_upsert, table)
+    }
+
+    /// `SELECT` of a whole keyed table, keys first, in key order.
+    pub(super) fn select_table(&self, spec: &TableSpec) -> String {
+        format!("SELECT {} FROM {}.{} ORDER BY {}", spec.columns(), self.schema, spec.name, spec.keys.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("public"), "\"public\"");
+        assert_eq!(quote_ident("a\"b; DROP"), "\"a\"\"b; DROP\"");
+    }
+
+    #[test]
+    fn co_listens_only_when_emitted() {
+        assert!(!Statements::new("public", false).create_tables.contains("co_listens"));
+        assert!(Statements::new("public", true).create_tables.contains("co_listens"));
+    }
+}

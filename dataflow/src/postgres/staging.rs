@@ -1,0 +1,341 @@
+//! From [`Changes`] to the bytes a commit sends: consolidation of the `(key, value, diff)`
+//! triples into one action per key, and their encoding in PostgreSQL's binary `COPY` format.
+//!
+//! Both happen before the transaction opens, once per [`commit`](super::PgSink::commit): the
+//! transaction stays short, bad changes are refused before any I/O, and a retried commit
+//! resends exactly the same bytes.
+//!
+//! # Binary COPY format (PostgreSQL docs, "COPY", section "Binary Format")
+//!
+//! ```text
+//! header   "PGCOPY\n\xff\r\n\0"  i32 flags = 0  i32 extension length = 0
+//! row      i16 field count, then per field: i32 byte length (-1 = NULL) + the value in its
+//!          type's binary send format: int8 = 8 bytes big-endian, float8 = IEEE-754 bits
+//!          big-endian, int4 = 4 bytes big-endian, bool = 1 byte, text = UTF-8, bytea = raw
+//! trailer  i16 -1
+//! ```
+//!
+//! We encode it ourselves instead of using `postgres::binary_copy::BinaryCopyInWriter`, which
+//! would cost one trip through the client's runtime (`block_on`) per row inside the open
+//! transaction; the `pg_copy` benchmark measures both.
+
+use super::sql::{TableSpec, CO_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use super::SinkError;
+use crate::tables::{score_value, Changes, DeadLetter, TrackStats};
+
+/// The fixed start of every binary COPY stream: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// What a key becomes after consolidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Action<V> {
+    /// The key's row now has this value (insert or update).
+    Upsert(V),
+    /// The key's row is gone.
+    Delete,
+}
+
+/// Nets the triples of one table to one action per key, sorted by key.
+///
+/// Per key, equal `(key, value)` pairs are summed first, so that a value that came and went
+/// within the batch cancels out. What remains must describe a keyed table: at most one value
+/// with diff +1 (the new row) and at most one with diff -1 (the old row). Anything else means
+/// the producer of the changes is broken, and writing it would corrupt the table, so it is
+/// refused with [`SinkError::InvalidChanges`].
+pub(super) fn consolidate<K, V>(
+    table: &'static str,
+    triples: &[(K, V, i64)],
+) -> Result<Vec<(K, Action<V>)>, SinkError>
+where
+    K: Ord + Copy + std::fmt::Debug,
+    V: Ord + Copy,
+{
+    let mut sorted: Vec<(K, V, i64)> = triples.to_vec();
+    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut actions = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let key = sorted[i].0;
+        let (mut added, mut removed) = (None, 0usize);
+        while i < sorted.len() && sorted[i].0 == key {
+            let value = sorted[i].1;
+            let mut diff = 0i64;
+            while i < sorted.len() && sorted[i].0 == key && sorted[i].1 == value {
+                diff = diff.saturating_add(sorted[i].2);
+                i += 1;
+            }
+            match diff {
+                0 => {}
+                1 if added.is_none() => added = Some(value),
+                -1 => removed += 1,
+                _ => {
+                    return Err(SinkError::InvalidChanges {
+                        table,
+                        reason: format!("key {key:?} nets to diff {diff} for one of its values"),
+                    })
+                }
+            }
+        }
+        if removed > 1 {
+            return Err(SinkError::InvalidChanges {
+                table,
+                reason: format!("key {key:?} retracts {removed} different values"),
+            });
+        }
+        match added {
+            Some(value) => actions.push((key, Action::Upsert(value))),
+            None if removed == 1 => actions.push((key, Action::Delete)),
+            None => {}
+        }
+    }
+    Ok(actions)
+}
+
+/// A binary COPY stream under construction.
+struct CopyEncoder {
+    bytes: Vec<u8>,
+}
+
+impl CopyEncoder {
+    fn new(rows: usize, row_bytes: usize) -> CopyEncoder {
+        let mut bytes = Vec::with_capacity(COPY_HEADER.len() + rows * row_bytes + 2);
+        bytes.extend_from_slice(COPY_HEADER);
+        CopyEncoder { bytes }
+    }
+
+    fn row(&mut self, fields: i16) {
+        self.bytes.extend_from_slice(&fields.to_be_bytes());
+    }
+
+    fn int8(&mut self, value: i64) {
+        self.bytes.extend_from_slice(&8i32.to_be_bytes());
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn int4(&mut self, value: i32) {
+        self.bytes.extend_from_slice(&4i32.to_be_bytes());
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn float8(&mut self, value: f64) {
+        self.bytes.extend_from_slice(&8i32.to_be_bytes());
+        self.bytes.extend_from_slice(&value.to_bits().to_be_bytes());
+    }
+
+    fn boolean(&mut self, value: bool) {
+        self.bytes.extend_from_slice(&1i32.to_be_bytes());
+        self.bytes.push(u8::from(value));
+    }
+
+    fn null(&mut self) {
+        self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// `text` and `bytea` share the layout: length, then the bytes.
+    fn varlena(&mut self, value: &[u8]) -> Result<(), SinkError> {
+        let len = i32::try_from(value.len()).map_err(|_| SinkError::OutOfRange {
+            what: "dead letter field length",
+            value: value.len() as u64,
+        })?;
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        self.bytes.extend_from_slice(value);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes.extend_from_slice(&(-1i16).to_be_bytes());
+        self.bytes
+    }
+}
+
+/// One table's consolidated changes, encoded for `COPY pg_temp.encore_stage_<table>`.
+#[derive(Debug)]
+pub(super) struct StagedTable {
+    pub(super) spec: &'static TableSpec,
+    pub(super) copy_data: Vec<u8>,
+    pub(super) upserts: u64,
+    pub(super) deletes: u64,
+}
+
+/// Everything one commit writes besides the offsets.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    /// Only tables with at least one action: empty tables skip their COPY and merge.
+    pub(super) tables: Vec<StagedTable>,
+    /// `COPY pg_temp.encore_stage_dead_letters` data, when there are dead letters.
+    pub(super) dead_letters: Option<Vec<u8>>,
+    pub(super) dead_letter_count: u64,
+}
+
+impl Staged {
+    /// Consolidates and encodes `changes`; `co_listens` is left out unless `emit_co_listens`
+    /// (its table does not exist then).
+    pub(super) fn new(
+        changes: &Changes,
+        score_precision: u32,
+        emit_co_listens: bool,
+    ) -> Result<Staged, SinkError> {
+        let mut staged = Staged::default();
+        let score = |units: i64| score_value(units, score_precision);
+        let pairs = |spec: &'static TableSpec, triples: &[((u64, u64), i64, i64)], staged: &mut Staged| {
+            let actions = consolidate(spec.name, triples)?;
+            staged.push(spec, &actions, |encoder, &(a, b), value| {
+                encoder.int8(bigint(a, spec.keys[0])?);
+                encoder.int8(bigint(b, spec.keys[1])?);
+                match value {
+                    Some(units) => encoder.float8(score(units)),
+                    None => encoder.null(),
+                }
+                Ok(())
+            })
+        };
+        pairs(&TRACK_NEIGHBORS, &changes.track_neighbors, &mut staged)?;
+        pairs(&USER_RECOMMENDATIONS, &changes.user_recommendations, &mut staged)?;
+
+        let actions = consolidate(TRACK_STATS.name, &changes.track_stats)?;
+        staged.push(&TRACK_STATS, &actions, |encoder, &track, value: Option<TrackStats>| {
+            encoder.int8(bigint(track, "track_id")?);
+            match value {
+                Some(stats) => {
+                    encoder.int8(bigint(stats.plays, "plays")?);
+                    encoder.int8(bigint(stats.listeners, "listeners")?);
+                    encoder.int8(bigint(stats.likes, "likes")?);
+                }
+                None => (0..3).for_each(|_| encoder.null()),
+            }
+            Ok(())
+        })?;
+
+        if emit_co_listens {
+            let actions = consolidate(CO_LISTENS.name, &changes.co_listens)?;
+            staged.push(&CO_LISTENS, &actions, |encoder, &(a, b), value: Option<u64>| {
+                encoder.int8(bigint(a, "track_a")?);
+                encoder.int8(bigint(b, "track_b")?);
+                match value {
+                    Some(users) => encoder.int8(bigint(users, "users")?),
+                    None => encoder.null(),
+                }
+                Ok(())
+            })?;
+        }
+
+        if !changes.dead_letters.is_empty() {
+            staged.dead_letters = Some(encode_dead_letters(&changes.dead_letters)?);
+            staged.dead_letter_count = changes.dead_letters.len() as u64;
+        }
+        Ok(staged)
+    }
+
+    /// Encodes one table's actions as staging rows `(upsert, keys.., values..)`; a delete
+    /// carries NULL values.
+    fn push<K, V>(
+        &mut self,
+        spec: &'static TableSpec,
+        actions: &[(K, Action<V>)],
+        mut encode: impl FnMut(&mut CopyEncoder, &K, Option<V>) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError>
+    where
+        V: Copy,
+    {
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let fields = spec.staging_fields();
+        // 2 bytes of field count, then 4 bytes of length and at most 8 of value per field.
+        let mut encoder = CopyEncoder::new(actions.len(), 2 + 12 * fields);
+        let (mut upserts, mut deletes) = (0, 0);
+        for (key, action) in actions {
+            encoder.row(fields as i16);
+            match *action {
+                Action::Upsert(value) => {
+                    upserts += 1;
+                    encoder.boolean(true);
+                    encode(&mut encoder, key, Some(value))?;
+                }
+                Action::Delete => {
+                    deletes += 1;
+                    encoder.boolean(false);
+                    encode(&mut encoder, key, None)?;
+                }
+            }
+        }
+        self.tables.push(StagedTable { spec, copy_data: encoder.finish(), upserts, deletes });
+        Ok(())
+    }
+}
+
+/// Dead letters as staging rows `(topic, kafka_partition, kafka_offset, payload, error)`.
+fn encode_dead_letters(dead_letters: &[DeadLetter]) -> Result<Vec<u8>, SinkError> {
+    let mut encoder = CopyEncoder::new(dead_letters.len(), 64);
+    for letter in dead_letters {
+        encoder.row(5);
+        // TEXT cannot hold NUL; a reason quoting a payload might. U+FFFD marks the spot.
+        encoder.varlena(letter.topic.replace('\0', "\u{fffd}").as_bytes())?;
+        encoder.int4(letter.partition);
+        encoder.int8(letter.offset);
+        encoder.varlena(&letter.payload)?;
+        encoder.varlena(letter.error.replace('\0', "\u{fffd}").as_bytes())?;
+    }
+    Ok(encoder.finish())
+}
+
+/// SPEC §1 keeps ids below 2^63 and counts never get near it, but a `BIGINT` column must
+/// refuse, not wrap, anything larger.
+fn bigint(value: u64, what: &'static str) -> Result<i64, SinkError> {
+    i64::try_from(value).map_err(|_| SinkError::OutOfRange { what, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_insert_delete_and_cancellation() {
+        let triples = vec![
+            (1u64, 10i64, -1i64), // update 1: 10 -> 11
+            (1, 11, 1),
+            (2, 20, 1), // insert 2
+            (3, 30, -1), // delete 3
+            (4, 40, 1), // 4 appears and disappears within the batch
+            (4, 40, -1),
+            (5, 50, -1), // 5 changes and changes back
+            (5, 51, 1),
+            (5, 51, -1),
+            (5, 50, 1),
+        ];
+        let actions = consolidate("t", &triples).unwrap();
+        assert_eq!(
+            actions,
+            vec![(1, Action::Upsert(11)), (2, Action::Upsert(20)), (3, Action::Delete)]
+        );
+    }
+
+    #[test]
+    fn incoherent_changes_are_refused() {
+        assert!(consolidate("t", &[(1u64, 1i64, 1i64), (1, 2, 1)]).is_err());
+        assert!(consolidate("t", &[(1u64, 1i64, 2i64)]).is_err());
+        assert!(consolidate("t", &[(1u64, 1i64, -1i64), (1, 2, -1)]).is_err());
+    }
+
+    #[test]
+    fn copy_stream_layout() {
+        let mut encoder = CopyEncoder::new(1, 0);
+        encoder.row(2);
+        encoder.int8(-2);
+        encoder.null();
+        let bytes = encoder.finish();
+        let mut expected = COPY_HEADER.to_vec();
+        expected.extend_from_slice(&[0, 2, 0, 0, 0, 8, 255, 255, 255, 255, 255, 255, 255, 254]);
+        expected.extend_from_slice(&[255, 255, 255, 255, 255, 255]);
+        assert_eq!(bytes, expected);
+        assert_eq!(COPY_HEADER.len(), 19);
+    }
+
+    #[test]
+    fn ids_beyond_bigint_are_refused() {
+        let changes = Changes {
+            track_stats: vec![(u64::MAX, TrackStats::default(), 1)],
+            ..Changes::default()
+        };
+        assert!(matches!(Staged::new(&changes, 4, false), Err(SinkError::OutOfRange { .. })));
+    }
+}
