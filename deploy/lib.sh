@@ -1,0 +1,158 @@
+# Shared functions of the deploy scripts (start.sh, stop.sh, test.sh, run.sh).
+# Sourced, not executed: the caller has already set `set -euo pipefail`.
+#
+# Configuration (environment variables, defaults in brackets):
+#   ENCORE_STATE_DIR   where the local stack keeps data, pid files and logs [deploy/state]
+#   ENCORE_KAFKA_PORT  Tansu's Kafka port on 127.0.0.1 [9092]
+#   ENCORE_PG_PORT     PostgreSQL's port on 127.0.0.1 [55432]
+#   ENCORE_STORAGE     Tansu storage: "sqlite" (a libsql file in the state dir) or "memory" [sqlite]
+#   ENCORE_TOPIC       the topic to create [music_streaming_data]
+#   ENCORE_PARTITIONS  its partition count [4]
+#   PG_BIN             directory of initdb/pg_ctl, when they are not found on their own
+#   TANSU_BIN          path of the tansu binary, when it is not on PATH or in ~/.cargo/bin
+
+DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$DEPLOY_DIR")"
+
+ENCORE_STATE_DIR="${ENCORE_STATE_DIR:-$DEPLOY_DIR/state}"
+ENCORE_KAFKA_PORT="${ENCORE_KAFKA_PORT:-9092}"
+ENCORE_PG_PORT="${ENCORE_PG_PORT:-55432}"
+ENCORE_STORAGE="${ENCORE_STORAGE:-sqlite}"
+ENCORE_TOPIC="${ENCORE_TOPIC:-music_streaming_data}"
+ENCORE_PARTITIONS="${ENCORE_PARTITIONS:-4}"
+
+# Listen and advertise on 127.0.0.1, never "localhost": clients connect to the advertised
+# address, and localhost may resolve to ::1 where nothing listens.
+ENCORE_BROKERS="127.0.0.1:${ENCORE_KAFKA_PORT}"
+ENCORE_POSTGRES_URL="postgres://postgres@127.0.0.1:${ENCORE_PG_PORT}/postgres"
+
+TANSU_INSTALL=(cargo install tansu --locked --features dynostore,libsql)
+
+say() { printf 'encore: %s\n' "$*" >&2; }
+die() { printf 'encore: error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [[ "$(id -u)" == 0 ]]; }
+
+# Runs a command as the postgres user when we are root (PostgreSQL refuses to run as root).
+as_pg() {
+    if is_root; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Prints the path of the tansu binary, or nothing.
+find_tansu() {
+    local candidate
+    for candidate in "${TANSU_BIN:-}" "$(command -v tansu || true)" \
+        "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" "$HOME/.cargo/bin/tansu"; do
+        if [[ -n "$candidate" && -x "$candidate" ]]; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 0
+}
+
+# Prints the tansu binary, installing it first when missing. The default build has no storage
+# engine, hence the features; the build takes about 11 minutes on 2 cores.
+ensure_tansu() {
+    local tansu
+    tansu="$(find_tansu)"
+    if [[ -z "$tansu" ]]; then
+        command -v cargo >/dev/null || die "tansu is missing and cargo is not installed (https://rustup.rs)"
+        say "tansu not found: running ${TANSU_INSTALL[*]} (about 11 minutes)"
+        "${TANSU_INSTALL[@]}" >&2
+        tansu="$(find_tansu)"
+        [[ -n "$tansu" ]] || die "tansu still not found after ${TANSU_INSTALL[*]}"
+    fi
+    printf '%s\n' "$tansu"
+}
+
+# Prints the directory holding initdb and pg_ctl, or nothing. Same search as encore-testkit:
+# $PG_BIN, then PATH, then the newest /usr/lib/postgresql/<version>/bin.
+find_pg_bin() {
+    local dir
+    local -a candidates=("${PG_BIN:-}")
+    if command -v pg_ctl >/dev/null; then
+        candidates+=("$(dirname "$(command -v pg_ctl)")")
+    fi
+    if [[ -d /usr/lib/postgresql ]]; then
+        while IFS= read -r dir; do
+            candidates+=("$dir/bin")
+        done < <(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -type d | sort -t/ -k4 -rn)
+    fi
+    for dir in "${candidates[@]}"; do
+        if [[ -n "$dir" && -x "$dir/pg_ctl" && -x "$dir/initdb" ]]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    done
+    return 0
+}
+
+# Prints the PostgreSQL binary directory, installing postgresql-15 with apt-get when missing.
+ensure_pg_bin() {
+    local dir
+    dir="$(find_pg_bin)"
+    if [[ -z "$dir" ]]; then
+        if is_root && command -v apt-get >/dev/null; then
+            say "PostgreSQL server binaries not found: apt-get install postgresql-15"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >&2
+            dir="$(find_pg_bin)"
+        fi
+        [[ -n "$dir" ]] || die "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql-15 or set PG_BIN"
+    fi
+    if is_root; then
+        id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server (PostgreSQL refuses root)"
+    fi
+    printf '%s\n' "$dir"
+}
+
+# Succeeds when something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Waits up to $2 seconds for 127.0.0.1:$1 to accept connections.
+wait_for_port() {
+    local port="$1" seconds="$2" waited=0
+    until port_open "$port"; do
+        sleep 0.2
+        waited=$((waited + 1))
+        ((waited < seconds * 5)) || return 1
+    done
+}
+
+# Prints the pid stored in file $1 when that process is alive and its command line contains $2
+# (a recycled pid belonging to another program does not count), or nothing.
+live_pid() {
+    local pid
+    [[ -f "$1" ]] || return 0
+    pid="$(cat "$1")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"; then
+        printf '%s\n' "$pid"
+    fi
+    return 0
+}
+
+# The PostgreSQL cluster directory. The server runs as the postgres user, which must be able
+# to reach it; a clone under /root is not reachable, so the stack then keeps its cluster in
+# /var/tmp and remembers where in the state directory.
+pg_cluster_dir() {
+    local pointer="$ENCORE_STATE_DIR/pg.location" dir="$ENCORE_STATE_DIR/pg"
+    if [[ -f "$pointer" ]]; then
+        cat "$pointer"
+        return 0
+    fi
+    if is_root && ! runuser -u postgres -- test -x "$ENCORE_STATE_DIR"; then
+        dir="/var/tmp/encore-pg-$(printf '%s' "$ENCORE_STATE_DIR" | cksum | cut -d' ' -f1)"
+    fi
+    printf '%s\n' "$dir"
+}
+
+# Last lines of a log file, for error messages.
+log_tail() { tail -n 20 "$1" 2>/dev/null || true; }
