@@ -14,7 +14,9 @@ fn count_rows(url: &str) -> Result<i64, postgres::Error> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     client.batch_execute("CREATE TABLE IF NOT EXISTS listens (user_id BIGINT, track_id BIGINT)")?;
     client.execute("INSERT INTO listens VALUES ($1, $2)", &[&7_i64, &42_i64])?;
-    client.query_one("SELECT count(*) FROM listens", &[])?.try_get(0)
+    client
+        .query_one("SELECT count(*) FROM listens", &[])?
+        .try_get(0)
 }
 
 #[test]
@@ -41,7 +43,10 @@ fn two_clusters_run_side_by_side_and_vanish_on_drop() {
     let data_dir = first.data_dir();
     assert!(data_dir.join("PG_VERSION").is_file());
     drop(first);
-    assert!(!data_dir.exists(), "the cluster's directory is removed on drop");
+    assert!(
+        !data_dir.exists(),
+        "the cluster's directory is removed on drop"
+    );
     assert_eq!(count_rows(&second.url()).expect("second still serves"), 1);
 }
 
@@ -84,7 +89,9 @@ fn consume(brokers: &str, topic: &str, partition: i32, count: usize) -> Vec<(Vec
 fn tansu_round_trips_a_message_on_an_explicit_topic() {
     let tansu = Tansu::start().expect("tansu starts");
     assert_eq!(tansu.brokers(), format!("127.0.0.1:{}", tansu.port()));
-    tansu.create_topic("music_streaming_data", 4).expect("topic created");
+    tansu
+        .create_topic("music_streaming_data", 4)
+        .expect("topic created");
 
     let producer = producer(&tansu.brokers());
     producer
@@ -131,7 +138,11 @@ fn a_sqlite_broker_keeps_its_messages_across_a_kill() {
     tansu.kill().expect("killed");
     assert!(!tansu.is_running());
     tansu.restart().expect("restarted");
-    assert_eq!(tansu.port(), port, "the broker comes back at the same address");
+    assert_eq!(
+        tansu.port(),
+        port,
+        "the broker comes back at the same address"
+    );
     assert_eq!(
         consume(&tansu.brokers(), "durable", 0, 1),
         vec![(b"k".to_vec(), b"kept".to_vec())]

@@ -1,0 +1,220 @@
+//! `deploy/docker-compose.yml` cannot be run here (no Docker engine), so this test checks what
+//! can go wrong without running it: the file parses, names the services, builds encore from the
+//! Dockerfile in this repository, and wires every program to the same broker, topic and database.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+const TOPIC: &str = "music_streaming_data";
+
+#[derive(Debug, Deserialize)]
+struct Compose {
+    services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+struct Service {
+    image: Option<String>,
+    build: Option<Build>,
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    depends_on: BTreeMap<String, DependsOn>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Build {
+    context: String,
+    dockerfile: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DependsOn {
+    condition: String,
+}
+
+fn compose() -> Compose {
+    let path = Path::new(DEPLOY_DIR).join("docker-compose.yml");
+    let text = std::fs::read_to_string(&path).expect("deploy/docker-compose.yml is readable");
+    serde_norway::from_str(&text).expect("deploy/docker-compose.yml parses as a compose file")
+}
+
+impl Compose {
+    fn service(&self, name: &str) -> &Service {
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("service {name} is missing"))
+    }
+}
+
+impl Service {
+    /// The value following `flag` in the command line.
+    fn flag(&self, flag: &str) -> &str {
+        let position = self
+            .command
+            .iter()
+            .position(|arg| arg == flag)
+            .unwrap_or_else(|| panic!("{flag} missing from {:?}", self.command));
+        self.command
+            .get(position + 1)
+            .unwrap_or_else(|| panic!("{flag} has no value in {:?}", self.command))
+    }
+
+    fn waits_for(&self, service: &str, condition: &str) -> bool {
+        self.depends_on
+            .get(service)
+            .is_some_and(|dependency| dependency.condition == condition)
+    }
+}
+
+#[test]
+fn the_compose_file_names_the_services() {
+    let compose = compose();
+    let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "catalog",
+            "create-topic",
+            "flow",
+            "generator",
+            "kafka",
+            "postgres"
+        ]
+    );
+}
+
+#[test]
+fn kafka_is_the_official_image_in_single_node_kraft_mode() {
+    let compose = compose();
+    let kafka = compose.service("kafka");
+    assert!(kafka
+        .image
+        .as_deref()
+        .is_some_and(|image| image.starts_with("apache/kafka:")));
+    assert_eq!(
+        kafka.environment["KAFKA_PROCESS_ROLES"],
+        "broker,controller"
+    );
+    assert_eq!(
+        kafka.environment["KAFKA_CONTROLLER_QUORUM_VOTERS"],
+        "1@kafka:9093"
+    );
+    assert!(!kafka
+        .environment
+        .keys()
+        .any(|key| key.contains("ZOOKEEPER")));
+    // Explicit topic creation only, as with Tansu.
+    assert_eq!(
+        kafka.environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"],
+        "false"
+    );
+
+    let postgres = compose.service("postgres");
+    assert!(postgres
+        .image
+        .as_deref()
+        .is_some_and(|image| image.starts_with("postgres:15")));
+}
+
+/// The address other containers use: the PLAINTEXT entry of the advertised listeners.
+fn advertised_broker(compose: &Compose) -> String {
+    let listeners = &compose.service("kafka").environment["KAFKA_ADVERTISED_LISTENERS"];
+    listeners
+        .split(',')
+        .find_map(|listener| listener.strip_prefix("PLAINTEXT://"))
+        .expect("a PLAINTEXT advertised listener")
+        .to_owned()
+}
+
+#[test]
+fn every_program_uses_the_same_broker_topic_and_database() {
+    let compose = compose();
+    let broker = advertised_broker(&compose);
+    assert_eq!(broker, "kafka:9092");
+
+    let create_topic = compose.service("create-topic");
+    assert!(create_topic.entrypoint[0].ends_with("kafka-topics.sh"));
+    assert_eq!(create_topic.flag("--bootstrap-server"), broker);
+    assert_eq!(create_topic.flag("--topic"), TOPIC);
+    assert!(create_topic
+        .flag("--partitions")
+        .parse::<u32>()
+        .is_ok_and(|n| n > 0));
+
+    let generator = compose.service("generator");
+    assert_eq!(generator.command[..2], ["encore-gen", "stream"]);
+    assert_eq!(generator.flag("--brokers"), broker);
+    assert_eq!(generator.flag("--topic"), TOPIC);
+    assert_eq!(generator.flag("--events"), "0");
+    assert!(generator.waits_for("create-topic", "service_completed_successfully"));
+
+    let flow = compose.service("flow");
+    assert_eq!(flow.command[0], "encore-flow");
+    assert_eq!(flow.flag("--brokers"), broker);
+    assert_eq!(flow.flag("--topic"), TOPIC);
+    assert!(flow.waits_for("create-topic", "service_completed_successfully"));
+    assert!(flow.waits_for("postgres", "service_healthy"));
+
+    let catalog = compose.service("catalog");
+    assert_eq!(catalog.command[..2], ["encore-gen", "catalog"]);
+    assert_eq!(catalog.flag("--postgres"), flow.flag("--postgres"));
+    assert_eq!(
+        catalog.flag("--seed"),
+        generator.flag("--seed"),
+        "catalog and events from one seed"
+    );
+    assert!(catalog.waits_for("postgres", "service_healthy"));
+    // The database URL names the postgres service.
+    assert!(flow.flag("--postgres").contains("@postgres:5432/"));
+}
+
+#[test]
+fn encore_is_built_from_the_dockerfile_in_this_repository() {
+    let compose = compose();
+    for name in ["catalog", "generator", "flow"] {
+        let service = compose.service(name);
+        let build = service
+            .build
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} is built from this repository"));
+        let context = Path::new(DEPLOY_DIR).join(&build.context);
+        let dockerfile = context.join(&build.dockerfile);
+        assert!(dockerfile.is_file(), "{} exists", dockerfile.display());
+        assert!(
+            context.join("Cargo.toml").is_file(),
+            "the context is the workspace root"
+        );
+        assert_eq!(service.image.as_deref(), Some("encore:local"));
+    }
+
+    let dockerfile = std::fs::read_to_string(Path::new(DEPLOY_DIR).join("Dockerfile"))
+        .expect("deploy/Dockerfile is readable");
+    assert!(dockerfile.contains("cargo build --release"));
+    for (binary, krate) in [("encore-gen", "generator"), ("encore-flow", "dataflow")] {
+        assert!(
+            dockerfile.contains(&format!("--bin {binary}")),
+            "the image builds {binary}"
+        );
+        let manifest =
+            std::fs::read_to_string(Path::new(DEPLOY_DIR).join(format!("../{krate}/Cargo.toml")))
+                .expect("the crate's manifest is readable");
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "{krate} defines the binary {binary}"
+        );
+    }
+    assert_eq!(
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")),
+        2,
+        "multi-stage: a builder and a slim runtime"
+    );
+}
