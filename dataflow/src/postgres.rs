@@ -84,162 +84,30 @@
 //!
 //! Each of these is set only if the URL does not set it already (`options` are appended to).
 
+mod error;
+mod session;
 mod sql;
 mod staging;
 
+pub use error::SinkError;
+pub use session::RetryPolicy;
 pub use sql::quote_ident;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::thread::sleep;
-use std::time::Duration;
 
-use postgres::{Client, IsolationLevel, NoTls, Row, Statement};
+use postgres::{IsolationLevel, Row};
 use tracing::{info, warn};
 
 use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
-use sql::{Statements, CO_LISTENS, SCHEMA_LOCK_KEY, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use error::Failure;
+use session::{ensure_session, open_session, select_offsets, session_config, Session};
+use sql::{Statements, CO_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
 use staging::Staged;
 
 /// Larger `P` cannot be represented: scores are `i64` units.
 const MAX_SCORE_PRECISION: u32 = 18;
-/// See the module docs, "Postgres settings".
-const SESSION_OPTIONS: &str = "-c synchronous_commit=on -c statement_timeout=300s \
-                               -c lock_timeout=30s -c idle_in_transaction_session_timeout=60s";
-
-/// Why the sink failed; `Display` is one line, fit for `encore-flow`'s exit message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SinkError {
-    /// The URL does not parse as a Postgres connection string.
-    #[error("invalid Postgres URL: {0}")]
-    InvalidUrl(String),
-    /// `--score-precision` is beyond what `i64` score units can hold.
-    #[error("score precision {0} is larger than {MAX_SCORE_PRECISION}")]
-    InvalidPrecision(u32),
-    /// No connection could be opened within the retry policy.
-    #[error("Postgres unreachable after {attempts} attempts: {reason}")]
-    Unreachable {
-        /// Connection attempts made.
-        attempts: u32,
-        /// The last attempt's error.
-        reason: String,
-    },
-    /// A transient failure (connection lost, serialization failure) kept recurring.
-    #[error("Postgres {context} failed after {attempts} attempts: {reason}")]
-    Retries {
-        /// What the sink was doing.
-        context: &'static str,
-        /// Attempts made.
-        attempts: u32,
-        /// The last attempt's error.
-        reason: String,
-    },
-    /// Postgres refused a statement for a reason retrying cannot fix (permissions, a table
-    /// with other columns, disk full, ...).
-    #[error("Postgres {context} failed: {reason}")]
-    Postgres {
-        /// What the sink was doing.
-        context: &'static str,
-        /// Postgres's message and SQLSTATE.
-        reason: String,
-    },
-    /// The stored offset of a partition is ahead of the one being committed.
-    #[error(
-        "commit fenced: topic {topic:?} partition {partition} is already committed beyond offset \
-         {offset} (another writer, or the topic was recreated: clear encore_progress to start over)"
-    )]
-    Fenced {
-        /// Topic.
-        topic: String,
-        /// Partition whose offset would move backwards.
-        partition: i32,
-        /// The offset this commit tried to store.
-        offset: i64,
-    },
-    /// After a lost connection the stored offsets matched neither the commit being retried nor
-    /// the state before it.
-    #[error(
-        "stored offsets diverged: topic {topic:?} partition {partition} holds {stored:?}, \
-         expected {before:?} or {after} (another writer, or Postgres lost committed data)"
-    )]
-    Diverged {
-        /// Topic.
-        topic: String,
-        /// The first partition that differs.
-        partition: i32,
-        /// Its stored next offset.
-        stored: Option<i64>,
-        /// Its next offset before this commit.
-        before: Option<i64>,
-        /// Its next offset after this commit.
-        after: i64,
-    },
-    /// The changes do not describe a keyed table (see [`PgSink::commit`]).
-    #[error("invalid changes for {table}: {reason}")]
-    InvalidChanges {
-        /// Table.
-        table: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A value does not fit its column.
-    #[error("{what} {value} does not fit a BIGINT")]
-    OutOfRange {
-        /// Column or field.
-        what: &'static str,
-        /// The value.
-        value: u64,
-    },
-    /// A stored row cannot be a value of its table (negative id, NULL, ...).
-    #[error("unexpected row in {table}: {reason}")]
-    BadRow {
-        /// Table.
-        table: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// How persistently the sink retries transient failures.
-///
-/// Attempt `n` (1-based) that fails waits `min(initial_backoff · 2^(n-1), max_backoff)` before
-/// attempt `n + 1`; after `attempts` attempts the last error is returned. With the default,
-/// the sink gives up about 20 s after Postgres went away (plus up to `connect_timeout` per
-/// attempt when packets are dropped rather than refused). No jitter: writers are few.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in total, at least 1.
-    pub attempts: u32,
-    /// Wait after the first failure.
-    pub initial_backoff: Duration,
-    /// Longest wait between two attempts.
-    pub max_backoff: Duration,
-    /// Bound on one TCP connect + startup (unless the URL sets `connect_timeout`).
-    pub connect_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
-    }
-
-    fn attempts(&self) -> u32 {
-        self.attempts.max(1)
-    }
-}
 
 /// What one [`PgSink::commit`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -257,55 +125,6 @@ pub struct CommitStats {
     /// The connection broke after COMMIT was sent and the stored offsets showed that it
     /// had landed, so it was not retried.
     pub ack_lost: bool,
-}
-
-/// A connection with its per-session objects: staging tables and prepared statements.
-struct Session {
-    client: Client,
-    upsert_offsets: Statement,
-    select_offsets: Statement,
-}
-
-/// Why one attempt failed; transient kinds are retried.
-enum Failure {
-    Pg(postgres::Error),
-    /// Writing COPY data to the connection.
-    Io(std::io::Error),
-    Sink(SinkError),
-}
-
-impl From<postgres::Error> for Failure {
-    fn from(err: postgres::Error) -> Self {
-        Failure::Pg(err)
-    }
-}
-
-impl Failure {
-    fn is_transient(&self) -> bool {
-        match self {
-            Failure::Pg(err) => is_transient(err),
-            Failure::Io(_) => true,
-            Failure::Sink(_) => false,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            Failure::Pg(err) => describe(err),
-            Failure::Io(err) => one_line(&err.to_string()),
-            Failure::Sink(err) => err.to_string(),
-        }
-    }
-
-    fn into_error(self, context: &'static str, attempts: u32) -> SinkError {
-        match self {
-            Failure::Sink(err) => err,
-            failure if failure.is_transient() => {
-                SinkError::Retries { context, attempts, reason: failure.reason() }
-            }
-            failure => SinkError::Postgres { context, reason: failure.reason() },
-        }
-    }
 }
 
 /// Writes the SPEC §3 tables of one schema; see the module docs.
@@ -590,14 +409,6 @@ fn copy_in(tx: &mut postgres::Transaction<'_>, statement: &str, data: &[u8]) -> 
     Ok(writer.finish()?)
 }
 
-fn select_offsets(session: &mut Session, topic: &str) -> Result<BTreeMap<i32, i64>, postgres::Error> {
-    let mut offsets = BTreeMap::new();
-    for row in session.client.query(&session.select_offsets, &[&topic])? {
-        offsets.insert(row.try_get(0)?, row.try_get(1)?);
-    }
-    Ok(offsets)
-}
-
 /// A stored BIGINT that must be a SPEC id or count (≥ 0).
 fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
     let value: i64 = row.try_get(column)?;
@@ -639,133 +450,6 @@ fn commit_landed(
     Landed::No
 }
 
-/// The URL's settings plus ours (module docs, "Postgres settings").
-fn session_config(url: &str, retry: &RetryPolicy) -> Result<postgres::Config, SinkError> {
-    let mut config: postgres::Config =
-        url.parse().map_err(|err: postgres::Error| SinkError::InvalidUrl(describe(&err)))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(retry.connect_timeout);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("encore-flow");
-    }
-    let options = match config.get_options() {
-        Some(theirs) => format!("{theirs} {SESSION_OPTIONS}"),
-        None => SESSION_OPTIONS.to_string(),
-    };
-    config.options(&options);
-    config
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3);
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(30));
-    }
-    Ok(config)
-}
-
-/// Returns the live session, opening one (with retries) if the last was lost.
-fn ensure_session<'a>(
-    slot: &'a mut Option<Session>,
-    config: &postgres::Config,
-    sql: &Statements,
-    retry: &RetryPolicy,
-) -> Result<&'a mut Session, SinkError> {
-    let session = match slot.take() {
-        Some(session) => session,
-        None => open_session(config, sql, retry, None)?,
-    };
-    Ok(slot.insert(session))
-}
-
-/// Connects with retries; with `create_schema`, also creates the tables (first connect only:
-/// a reconnect must not recreate tables someone dropped, which would silently restart them
-/// empty while the job continues from its in-memory state).
-fn open_session(
-    config: &postgres::Config,
-    sql: &Statements,
-    retry: &RetryPolicy,
-    create_schema: Option<&str>,
-) -> Result<Session, SinkError> {
-    let attempts = retry.attempts();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_open_session(config, sql, create_schema) {
-            Ok(session) => return Ok(session),
-            Err(err) if is_transient(&err) => {
-                if attempt >= attempts {
-                    return Err(SinkError::Unreachable { attempts, reason: describe(&err) });
-                }
-                warn!(attempt, error = %describe(&err), "cannot reach postgres; retrying");
-                sleep(retry.backoff(attempt));
-            }
-            Err(err) => return Err(SinkError::Postgres { context: "setup", reason: describe(&err) }),
-        }
-    }
-}
-
-fn try_open_session(
-    config: &postgres::Config,
-    sql: &Statements,
-    create_schema: Option<&str>,
-) -> Result<Session, postgres::Error> {
-    let mut client = config.connect(NoTls)?;
-    if let Some(schema) = create_schema {
-        let mut tx = client.transaction()?;
-        // Held to the end of the transaction: concurrent starts create the objects one after
-        // the other, and the second finds them all.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
-        // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database before it
-        // checks existence, so look first: a role may own its schema without that privilege.
-        if tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])?.is_none() {
-            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", sql.schema))?;
-        }
-        tx.batch_execute(&sql.create_tables)?;
-        tx.commit()?;
-    }
-    client.batch_execute(&sql.create_staging)?;
-    let upsert_offsets = client.prepare(&sql.upsert_offsets)?;
-    let select_offsets = client.prepare(&sql.select_offsets)?;
-    Ok(Session { client, upsert_offsets, select_offsets })
-}
-
-/// Whether a fresh connection and another attempt may succeed.
-fn is_transient(err: &postgres::Error) -> bool {
-    if let Some(db) = err.as_db_error() {
-        let code = db.code().code();
-        // 08: connection exceptions; 57P01-3: admin/crash shutdown, server starting up;
-        // 40001/40P01: serialization failure, deadlock; 55P03: lock_timeout;
-        // 53300: too many connections (another client may leave).
-        return code.starts_with("08")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "53300");
-    }
-    if err.is_closed() {
-        return true;
-    }
-    match std::error::Error::source(err) {
-        // Connect, read and write failures carry the socket's io::Error.
-        Some(source) => source.is::<std::io::Error>(),
-        // Timeouts and protocol desynchronisation: a new connection is the cure.
-        None => true,
-    }
-}
-
-/// Postgres's own message and SQLSTATE, or the client error with its cause, on one line.
-fn describe(err: &postgres::Error) -> String {
-    let text = match (err.as_db_error(), std::error::Error::source(err)) {
-        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        (None, Some(source)) => format!("{err}: {source}"),
-        (None, None) => err.to_string(),
-    };
-    one_line(&text)
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -787,23 +471,5 @@ mod tests {
             commit_landed(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
             Landed::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let policy = RetryPolicy {
-            attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(350),
-            connect_timeout: Duration::from_secs(1),
-        };
-        let waits: Vec<u128> = (1..=4).map(|n| policy.backoff(n).as_millis()).collect();
-        assert_eq!(waits, vec![100, 200, 350, 350]);
-    }
-
-    #[test]
-    fn errors_are_one_line() {
-        let err = SinkError::Unreachable { attempts: 3, reason: one_line("a\nb  c") };
-        assert_eq!(err.to_string(), "Postgres unreachable after 3 attempts: a b c");
     }
 }
