@@ -1,0 +1,394 @@
+//! The Postgres sink against a real PostgreSQL (started by `encore-testkit`): schema creation,
+//! exact merges of random changes, ranked views, offsets, dead letters, odd schema names, and
+//! the failure paths (unreachable server, server restarted between and during commits, a
+//! commit whose acknowledgement is lost).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use encore_dataflow::postgres::{PgSink, RetryPolicy, SinkError};
+use encore_dataflow::tables::{Changes, DeadLetter, Tables, TrackStats};
+use encore_testkit::Postgres;
+use postgres::{Client, NoTls};
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+
+const TOPIC: &str = "music_streaming_data";
+
+/// Short waits so that failure tests finish quickly, enough attempts to ride out a restart.
+fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn start_postgres() -> Postgres {
+    Postgres::start().expect("start a test PostgreSQL (see encore-testkit)")
+}
+
+fn sink(pg: &Postgres, schema: &str, emit_co_listens: bool) -> PgSink {
+    PgSink::connect(&pg.url(), schema, 4, emit_co_listens, quick_retry(10)).expect("connect the sink")
+}
+
+fn client(pg: &Postgres) -> Client {
+    Client::connect(&pg.url(), NoTls).expect("connect a plain client")
+}
+
+fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+    pairs.iter().copied().collect()
+}
+
+fn dead_letter(partition: i32, offset: i64, payload: &[u8], error: &str) -> DeadLetter {
+    DeadLetter {
+        topic: TOPIC.to_string(),
+        partition,
+        offset,
+        payload: payload.to_vec(),
+        error: error.to_string(),
+    }
+}
+
+/// Random changes of one keyed table relative to `table`, which is updated to the state they
+/// lead to: inserts, updates (old -1, new +1), deletes, plus values that come and go within
+/// the batch, all shuffled.
+fn random_changes<K: Ord + Copy, V: PartialEq + Copy>(
+    rng: &mut ChaCha8Rng,
+    table: &mut BTreeMap<K, V>,
+    count: usize,
+    mut key: impl FnMut(&mut ChaCha8Rng) -> K,
+    mut value: impl FnMut(&mut ChaCha8Rng) -> V,
+) -> Vec<(K, V, i64)> {
+    let mut triples = Vec::new();
+    let mut touched = Vec::new();
+    for _ in 0..count {
+        let k = key(rng);
+        if touched.contains(&k) {
+            continue;
+        }
+        touched.push(k);
+        match table.get(&k).copied() {
+            Some(old) if rng.random_bool(0.3) => {
+                triples.push((k, old, -1));
+                table.remove(&k);
+            }
+            Some(old) => {
+                let new = value(rng);
+                if new != old {
+                    triples.extend([(k, old, -1), (k, new, 1)]);
+                    table.insert(k, new);
+                }
+            }
+            None => {
+                let new = value(rng);
+                triples.push((k, new, 1));
+                table.insert(k, new);
+            }
+        }
+        if rng.random_bool(0.1) {
+            let transient = value(rng);
+            triples.extend([(k, transient, 1), (k, transient, -1)]);
+        }
+    }
+    triples.shuffle(rng);
+    triples
+}
+
+fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Changes {
+    let pair = |rng: &mut ChaCha8Rng| (rng.random_range(0..40u64), rng.random_range(0..40u64));
+    let units = |rng: &mut ChaCha8Rng| rng.random_range(1..300_000i64);
+    Changes {
+        track_neighbors: random_changes(rng, &mut model.track_neighbors, rows, pair, units),
+        user_recommendations: random_changes(rng, &mut model.user_recommendations, rows, pair, units),
+        track_stats: random_changes(
+            rng,
+            &mut model.track_stats,
+            rows,
+            |rng| rng.random_range(0..80u64),
+            |rng| TrackStats {
+                plays: rng.random_range(1..1000),
+                listeners: rng.random_range(1..100),
+                likes: rng.random_range(0..100),
+            },
+        ),
+        co_listens: random_changes(
+            rng,
+            &mut model.co_listens,
+            rows,
+            |rng| {
+                let a = rng.random_range(0..40u64);
+                (a, a + rng.random_range(1..40u64))
+            },
+            |rng| rng.random_range(1..50u64),
+        ),
+        dead_letters: Vec::new(),
+    }
+}
+
+#[test]
+fn random_commits_equal_the_same_changes_applied_in_memory() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", true);
+    let mut rng = ChaCha8Rng::seed_from_u64(20261127);
+    let mut model = Tables::default();
+    let mut letters = Vec::new();
+    for commit in 0..25i64 {
+        let rows = rng.random_range(0..60);
+        let mut changes = random_commit(&mut rng, &mut model, rows);
+        if commit % 4 == 1 {
+            changes.dead_letters.push(dead_letter(1, commit, b"{\"user_id\":", "truncated JSON"));
+            letters.extend(changes.dead_letters.clone());
+        }
+        let stats = sink
+            .commit(TOPIC, &changes, &offsets(&[(0, 10 * commit + 3), (1, commit + 1)]))
+            .expect("commit");
+        assert_eq!(stats.attempts, 1);
+        let (tables, dead_letters) = sink.read_tables().expect("read back");
+        assert_eq!(tables, model, "after commit {commit}");
+        assert_eq!(dead_letters, letters);
+    }
+    assert!(!model.track_neighbors.is_empty() && !model.co_listens.is_empty());
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 243), (1, 25)]));
+}
+
+#[test]
+fn schema_creation_is_idempotent_and_survives_a_race() {
+    let pg = start_postgres();
+    let mut first = sink(&pg, "public", false);
+    let changes = Changes { track_stats: vec![(7, TrackStats { plays: 3, listeners: 2, likes: 1 }, 1)], ..Changes::default() };
+    first.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    // A second process starting later finds everything in place, data included.
+    let mut second = sink(&pg, "public", false);
+    assert_eq!(second.read_tables().unwrap().0.track_stats.len(), 1);
+    assert_eq!(second.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 1)]));
+
+    // Several processes creating a fresh schema at the same moment.
+    let url = pg.url();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgSink::connect(&url, "raced", 4, true, quick_retry(5)).map(|_| ()))
+        })
+        .collect();
+    for racer in racers {
+        racer.join().expect("racer thread").expect("concurrent schema creation");
+    }
+
+    let mut client = client(&pg);
+    let objects = |client: &mut Client, schema: &str| -> Vec<String> {
+        client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+                &[&schema],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let mut expected = vec![
+        "dead_letters",
+        "encore_progress",
+        "track_neighbors",
+        "track_neighbors_ranked",
+        "track_stats",
+        "user_recommendations",
+        "user_recommendations_ranked",
+    ];
+    assert_eq!(objects(&mut client, "public"), expected, "co_listens only with --emit-co-listens");
+    expected.insert(0, "co_listens");
+    assert_eq!(objects(&mut client, "raced"), expected);
+}
+
+#[test]
+fn ranked_views_order_by_score_then_id() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let changes = Changes {
+        track_neighbors: vec![((1, 4), 5000, 1), ((1, 2), 5000, 1), ((1, 3), 7000, 1), ((1, 5), 1, 1), ((2, 9), 10, 1)],
+        user_recommendations: vec![((8, 30), 12, 1), ((8, 10), 12, 1), ((8, 20), 13, 1), ((9, 1), 1, 1)],
+        ..Changes::default()
+    };
+    sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    let mut client = client(&pg);
+    let ranks = |client: &mut Client, sql: &str| -> Vec<(i64, i64, i64)> {
+        client.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    };
+    assert_eq!(
+        ranks(&mut client, "SELECT track_id, neighbor_id, rank FROM track_neighbors_ranked ORDER BY 1, 3"),
+        vec![(1, 3, 1), (1, 2, 2), (1, 4, 3), (1, 5, 4), (2, 9, 1)]
+    );
+    assert_eq!(
+        ranks(&mut client, "SELECT user_id, track_id, rank FROM user_recommendations_ranked ORDER BY 1, 3"),
+        vec![(8, 20, 1), (8, 10, 2), (8, 30, 3), (9, 1, 1)]
+    );
+    let score: f64 = client
+        .query_one("SELECT score FROM track_neighbors WHERE track_id = 1 AND neighbor_id = 3", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(score, 7000f64 / 10f64.powi(4), "scores are units / 10^P");
+}
+
+#[test]
+fn offsets_round_trip_per_topic_and_never_move_backwards() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    assert!(sink.committed_offsets(TOPIC).unwrap().is_empty());
+    sink.commit(TOPIC, &Changes::default(), &offsets(&[(0, 5), (1, 7), (3, 0)])).unwrap();
+    // Partitions left out keep their offset; other topics are separate.
+    sink.commit(TOPIC, &Changes::default(), &offsets(&[(1, 9)])).unwrap();
+    sink.commit("other", &Changes::default(), &offsets(&[(0, 100)])).unwrap();
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 5), (1, 9), (3, 0)]));
+    assert_eq!(sink.committed_offsets("other").unwrap(), offsets(&[(0, 100)]));
+
+    // A commit that would move partition 0 back is refused as a whole.
+    let changes = Changes { track_stats: vec![(1, TrackStats::default(), 1)], ..Changes::default() };
+    let err = sink.commit(TOPIC, &changes, &offsets(&[(0, 4), (1, 10)])).unwrap_err();
+    assert!(matches!(err, SinkError::Fenced { partition: 0, offset: 4, .. }), "{err}");
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 5), (1, 9), (3, 0)]));
+    assert!(sink.read_tables().unwrap().0.track_stats.is_empty());
+    // The sink is still usable afterwards.
+    sink.commit(TOPIC, &changes, &offsets(&[(0, 6)])).unwrap();
+    assert_eq!(sink.read_tables().unwrap().0.track_stats.len(), 1);
+}
+
+#[test]
+fn incoherent_changes_write_nothing() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let changes = Changes {
+        track_stats: vec![(1, TrackStats::default(), 1)],
+        track_neighbors: vec![((1, 2), 10, 1), ((1, 2), 11, 1)],
+        ..Changes::default()
+    };
+    let err = sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap_err();
+    assert!(matches!(err, SinkError::InvalidChanges { table: "track_neighbors", .. }), "{err}");
+    assert!(sink.committed_offsets(TOPIC).unwrap().is_empty());
+    assert_eq!(sink.read_tables().unwrap().0, Tables::default());
+}
+
+#[test]
+fn dead_letters_keep_binary_payloads_and_are_never_duplicated() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let letters = vec![
+        dead_letter(0, 3, &every_byte, "not valid UTF-8"),
+        dead_letter(0, 4, &[], "empty message"),
+        dead_letter(2, 0, &[0xff, 0xfe, 0x00], "a reason quoting \0 a NUL"),
+    ];
+    let changes = Changes { dead_letters: letters.clone(), ..Changes::default() };
+    sink.commit(TOPIC, &changes, &offsets(&[(0, 5), (2, 1)])).unwrap();
+    // The same messages again (a replayed commit) and one new one.
+    let mut again = changes.clone();
+    again.dead_letters.push(dead_letter(0, 5, b"[]", "not an object"));
+    sink.commit(TOPIC, &again, &offsets(&[(0, 6), (2, 1)])).unwrap();
+
+    let (_, stored) = sink.read_tables().unwrap();
+    let mut expected = letters;
+    expected[2].error = "a reason quoting \u{fffd} a NUL".to_string();
+    expected.push(dead_letter(0, 5, b"[]", "not an object"));
+    assert_eq!(stored, expected);
+}
+
+#[test]
+fn schema_name_with_quotes_and_spaces() {
+    let pg = start_postgres();
+    let schema = "enc\"ore; DROP TABLE x; --";
+    let mut sink = sink(&pg, schema, false);
+    let changes = Changes {
+        user_recommendations: vec![((1, 2), 1234, 1)],
+        dead_letters: vec![dead_letter(0, 0, b"x", "bad")],
+        ..Changes::default()
+    };
+    sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    let (tables, letters) = sink.read_tables().unwrap();
+    assert_eq!(tables.user_recommendations, BTreeMap::from([((1, 2), 1234)]));
+    assert_eq!(letters.len(), 1);
+
+    let mut client = client(&pg);
+    let count = |client: &mut Client, schema: &str| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[&schema])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(&mut client, schema), 5);
+    assert_eq!(count(&mut client, "public"), 0);
+}
+
+#[test]
+fn unreachable_postgres_fails_after_bounded_retries() {
+    // A port nobody listens on: bind, note it, release it.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let err = PgSink::connect(&url, "public", 4, false, quick_retry(3)).unwrap_err();
+    assert!(matches!(err, SinkError::Unreachable { attempts: 3, .. }), "{err}");
+    assert!(!err.to_string().contains('\n'));
+
+    let err = PgSink::connect("postgres://127.0.0.1:x/", "public", 4, false, quick_retry(3)).unwrap_err();
+    assert!(matches!(err, SinkError::InvalidUrl(_)), "{err}");
+}
+
+#[test]
+fn permanent_errors_are_not_retried() {
+    let pg = start_postgres();
+    let url = pg.url();
+    let url = format!("{}/no_such_database", url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base));
+    let err = PgSink::connect(&url, "public", 4, false, quick_retry(3)).unwrap_err();
+    match &err {
+        SinkError::Postgres { reason, .. } => assert!(reason.contains("3D000"), "{err}"),
+        other => panic!("expected a Postgres error, got {other}"),
+    }
+}
+
+#[test]
+fn postgres_restarted_between_commits() {
+    let mut pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut model = Tables::default();
+    let mut first = random_commit(&mut rng, &mut model, 30);
+    first.co_listens.clear();
+    model.co_listens.clear();
+    first.dead_letters.push(dead_letter(0, 1, b"{", "EOF"));
+    sink.commit(TOPIC, &first, &offsets(&[(0, 2)])).unwrap();
+
+    pg.stop().unwrap();
+    pg.start_again().unwrap();
+
+    let mut second = random_commit(&mut rng, &mut model, 30);
+    second.co_listens.clear();
+    model.co_listens.clear();
+    second.dead_letters.push(dead_letter(0, 2, b"}", "not JSON"));
+    let stats = sink.commit(TOPIC, &second, &offsets(&[(0, 3)])).unwrap();
+    assert!(stats.attempts >= 2, "the old connection died with the server: {stats:?}");
+    assert!(!stats.ack_lost);
+
+    let (tables, letters) = sink.read_tables().unwrap();
+    assert_eq!(tables, model);
+    assert_eq!(letters.iter().map(|l| l.offset).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 3)]));
+}
+
+#[test]
+fn postgres_down_during_a_commit_is_waited_for() {
+    let mut pg = start_postgres();
+    let mut sink = PgSink::connect(&pg.url(), "public", 4, false, quick_retry(60)).unwrap();
+    pg.stop().unwrap();
+    // Bring it back while the sink is retrying.
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        pg.start_again().map(|()| pg)
+    });
+    let changes = Changes { track_stats: vec![(5, TrackStats { plays: 1, listeners: 1, likes: 0 }, 1)], ..Changes::default() };
+    let stats = sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    let _pg = restarter.join().expect("restarter thread").expect("restart PostgreSQL");
+    assert!(stats.attempts >= 2, "{stats:?}");
+    assert_eq!(sink.read_tables().unwrap().0.track_stats.len(), 1);
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 1)]));
+}
