@@ -1,0 +1,191 @@
+//! `encore-gen stream --brokers` against a real broker (Tansu from encore-testkit): the round
+//! trip, keys and partitions, failing fast, and Ctrl-C.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use encore_testkit::Tansu;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+
+const SIZES: [&str; 8] = ["--users", "5000", "--artists", "500", "--tracks", "5000", "--albums", "600"];
+
+fn encore_gen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_encore-gen")).args(args).output().expect("encore-gen runs")
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A consumed message: partition, key, payload.
+struct Consumed {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// Reads every partition of `topic` from the beginning until `expected` messages arrived and
+/// then two more seconds have passed without a new one (to catch extra copies).
+fn consume_all(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "encore-gen-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut consumed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                consumed.push(Consumed {
+                    partition: message.partition(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                });
+                quiet_since = Instant::now();
+            }
+            Some(Err(error)) => panic!("consume failed: {error}"),
+            None if consumed.len() >= expected && quiet_since.elapsed() > Duration::from_secs(2) => break,
+            None => {}
+        }
+    }
+    consumed
+}
+
+#[test]
+fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() {
+    let tansu = Tansu::start().expect("tansu");
+    tansu.create_topic("listens", 4).expect("topic");
+    let n = 20_000;
+    let events = n.to_string();
+    let brokers = tansu.brokers();
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens"];
+    args.extend_from_slice(&["--events", &events, "--seed", "9", "--invalid-rate", "0.05"]);
+    args.extend_from_slice(&SIZES);
+    let output = encore_gen(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let summary = stderr_of(&output);
+    assert!(summary.contains("20000 messages"), "{summary}");
+    assert_eq!(summary.lines().count(), 1, "one summary line off a terminal: {summary}");
+
+    let consumed = consume_all(&brokers, "listens", 4, n);
+    assert_eq!(consumed.len(), n, "exactly N messages");
+
+    // Same seed to a file: the same payload bytes, each as often as in the file. (Malformed
+    // messages such as `null` repeat; valid events never do.)
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("events.jsonl");
+    let mut args = vec!["stream", "--output", file.to_str().expect("UTF-8 path")];
+    args.extend_from_slice(&["--events", &events, "--seed", "9", "--invalid-rate", "0.05"]);
+    args.extend_from_slice(&SIZES);
+    let output = encore_gen(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let bytes = std::fs::read(&file).expect("file");
+    let mut from_file: HashMap<&[u8], usize> = HashMap::new();
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        *from_file.entry(line).or_default() += 1;
+    }
+    let mut from_kafka: HashMap<&[u8], usize> = HashMap::new();
+    for message in &consumed {
+        *from_kafka.entry(message.payload.as_slice()).or_default() += 1;
+    }
+    assert!(from_file == from_kafka, "Kafka payloads differ from the file's lines");
+    let valid: Vec<&[u8]> =
+        consumed.iter().map(|c| c.payload.as_slice()).filter(|p| encore_udfs::parse_event(p).is_ok()).collect();
+    let distinct_valid: HashSet<&[u8]> = valid.iter().copied().collect();
+    assert_eq!(distinct_valid.len(), valid.len(), "no event twice");
+    assert!(valid.len() > n * 9 / 10);
+
+    // Keys: the user id for events, none for malformed messages; a user's events all sit in
+    // one partition, in time order.
+    let mut partition_of_user: HashMap<u64, i32> = HashMap::new();
+    let mut last_time: HashMap<u64, i64> = HashMap::new();
+    let mut used_partitions = HashSet::new();
+    for message in &consumed {
+        used_partitions.insert(message.partition);
+        match encore_udfs::parse_event(&message.payload) {
+            Ok(event) => {
+                let key = message.key.as_deref().expect("events are keyed");
+                assert_eq!(key, event.user_id.to_string().as_bytes());
+                let partition = *partition_of_user.entry(event.user_id).or_insert(message.partition);
+                assert_eq!(partition, message.partition, "user {} in two partitions", event.user_id);
+                let last = last_time.insert(event.user_id, event.event_time_ms);
+                assert!(last.is_none_or(|t| t < event.event_time_ms), "user {} out of order", event.user_id);
+            }
+            Err(_) => assert!(message.key.is_none(), "malformed messages have no key"),
+        }
+    }
+    assert_eq!(used_partitions.len(), 4);
+}
+
+#[test]
+fn an_unreachable_broker_is_a_quick_one_line_error() {
+    // A port nobody listens on: bind one, note it, release it.
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let brokers = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let output = encore_gen(&["stream", "--brokers", &brokers, "--events", "10", "--seed", "1"]);
+    let elapsed = started.elapsed();
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unreachable") && stderr.contains(&brokers), "{stderr}");
+    // The SPEC bound (30 s) is part of the contract, not a speed measurement.
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}
+
+#[test]
+fn a_missing_topic_is_a_one_line_error_and_is_not_created() {
+    let tansu = Tansu::start().expect("tansu");
+    let brokers = tansu.brokers();
+    // Twice: the first attempt must not have created the topic.
+    for _ in 0..2 {
+        let output = encore_gen(&["stream", "--brokers", &brokers, "--topic", "no_such_topic", "--events", "10"]);
+        assert!(!output.status.success());
+        let stderr = stderr_of(&output);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("no_such_topic") && stderr.contains("does not exist"), "{stderr}");
+    }
+}
+
+#[test]
+fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
+    let tansu = Tansu::start().expect("tansu");
+    tansu.create_topic("endless", 2).expect("topic");
+    let brokers = tansu.brokers();
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "endless", "--events", "0", "--rate", "2000"];
+    args.extend_from_slice(&SIZES);
+    let child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("encore-gen starts");
+    std::thread::sleep(Duration::from_secs(3));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("encore-gen exits");
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    // "encore-gen: interrupted after N messages ..."
+    let sent: usize = stderr
+        .split("interrupted after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {stderr:?}"));
+    assert!(sent > 0);
+    assert_eq!(consume_all(&brokers, "endless", 2, sent).len(), sent, "everything sent was flushed");
+}
