@@ -1,1 +1,203 @@
-fn main(){}
+//! `encore-flow`: the dataflow job (SPEC §4).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Args, Parser};
+use encore_dataflow::batch::{self, BatchJob, Lines};
+use encore_dataflow::csv::{self, MemorySink};
+use encore_dataflow::tables::Params;
+
+/// Real-time music recommendations: consumes listening events, maintains co-listening
+/// counts, item-item similarity, per-track neighbours, per-user recommendations and track
+/// statistics incrementally, and writes them as tables.
+///
+/// Input: `--input FILE` (JSON lines). Output: `--output-dir DIR` (one CSV per table).
+/// Scale with `-w` workers per process and `-n` processes (`-p` this process's index, `-h`
+/// a hostfile of `host:port` lines, one per process); results do not depend on either.
+#[derive(Debug, Parser)]
+#[command(name = "encore-flow", version, disable_help_flag = true)]
+struct Cli {
+    /// Print help (`-h` is the hostfile, as in every timely program).
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+
+    #[command(flatten)]
+    input: Input,
+    #[command(flatten)]
+    output: Output,
+
+    /// Kafka consumer group (for monitoring only: offsets are kept in Postgres).
+    #[arg(long, default_value = "encore")]
+    group: String,
+
+    /// Postgres schema of the tables.
+    #[arg(long, default_value = "public")]
+    pg_schema: String,
+
+    /// Exit once every message that was in the topic at start is consumed and committed.
+    #[arg(long)]
+    until_caught_up: bool,
+
+    #[command(flatten)]
+    params: ParamArgs,
+
+    /// Also maintain and write `co_listens` (every pair with c ≥ 1: large).
+    #[arg(long)]
+    emit_co_listens: bool,
+
+    /// Events per epoch for `--input`: each epoch's changes are committed together.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    epoch_events: u64,
+
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+struct Input {
+    /// Read JSON-lines events from FILE (every process reads its own copy).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["brokers", "topic"])]
+    input: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, value_name = "HOST:PORT", requires = "topic")]
+    brokers: Option<String>,
+    /// Kafka topic of the events.
+    #[arg(long, value_name = "T", requires = "brokers")]
+    topic: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Output {
+    /// Write the final tables as DIR/<table>.csv (process 0 writes them).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Postgres connection URL (TLS and credentials go in the URL).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ParamArgs {
+    /// K: tracks kept in a user's history.
+    #[arg(long, value_name = "K", default_value_t = 50)]
+    history_cap: usize,
+    /// C: minimum co-listening count for a similarity.
+    #[arg(long, value_name = "C", default_value_t = 2)]
+    min_co: u64,
+    /// k: neighbours kept per track.
+    #[arg(long, value_name = "k", default_value_t = 20)]
+    neighbors: usize,
+    /// N: recommendations kept per user.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    recommendations: usize,
+    /// P: decimal digits of a score (0–15).
+    #[arg(long, value_name = "P", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=15))]
+    score_precision: u32,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "workers", value_name = "W", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: u64,
+    /// Number of processes.
+    #[arg(short = 'n', long = "processes", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    processes: u64,
+    /// This process's index, 0 ≤ P < N.
+    #[arg(short = 'p', long = "process", value_name = "P", default_value_t = 0)]
+    process: u64,
+    /// Hostfile: one `host:port` line per process (default 127.0.0.1:2101, :2102, …).
+    #[arg(short = 'h', long = "hostfile", value_name = "HOSTFILE")]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn config(&self) -> anyhow::Result<timely::Config> {
+        let (threads, processes, process) = (self.workers as usize, self.processes as usize, self.process as usize);
+        if process >= processes {
+            bail!("-p {process} is not below -n {processes}");
+        }
+        let communication = if processes == 1 {
+            timely::CommunicationConfig::Process(threads)
+        } else {
+            let addresses = match &self.hostfile {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read hostfile {}", path.display()))?;
+                    let hosts: Vec<String> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    if hosts.len() < processes {
+                        bail!("hostfile {} names {} processes, -n asks for {processes}", path.display(), hosts.len());
+                    }
+                    hosts.into_iter().take(processes).collect()
+                }
+                None => (0..processes).map(|index| format!("127.0.0.1:{}", 2101 + index)).collect(),
+            };
+            timely::CommunicationConfig::Cluster { threads, process, addresses, report: false, zerocopy: false }
+        };
+        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("encore-flow: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.cluster.config()?;
+    let params = Params {
+        history_cap: cli.params.history_cap,
+        min_co: cli.params.min_co,
+        neighbors: cli.params.neighbors,
+        recommendations: cli.params.recommendations,
+        score_precision: cli.params.score_precision,
+    };
+    let (Some(input), Some(output_dir)) = (cli.input.input, cli.output.output_dir) else {
+        bail!("Kafka input and Postgres output are not available in this build yet: use --input FILE --output-dir DIR");
+    };
+
+    let state = Arc::new(Mutex::new(MemorySink::default()));
+    let job = BatchJob {
+        lines: Lines::File(input),
+        params,
+        emit_co_listens: cli.emit_co_listens,
+        epoch_events: cli.epoch_events as usize,
+    };
+    let sink = Arc::clone(&state);
+    let fed = batch::run(config, job, move || Arc::clone(&sink))?;
+
+    if cli.cluster.process == 0 {
+        let state = state.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
+        csv::write_tables(&output_dir, &state.tables, &state.dead_letters, params.score_precision, cli.emit_co_listens)
+            .with_context(|| format!("cannot write tables to {}", output_dir.display()))?;
+        let first = fed.first().copied().unwrap_or_default();
+        let listens: u64 = state.tables.track_stats.values().map(|stats| stats.plays).sum();
+        let seconds = fed.iter().map(|f| f.seconds).fold(0.0, f64::max);
+        println!(
+            "events={} listens={} invalid={} epochs={} seconds={:.3} events/s={:.0}",
+            first.events,
+            listens,
+            state.dead_letters.len(),
+            first.epochs,
+            seconds,
+            first.events as f64 / seconds.max(1e-9),
+        );
+    }
+    Ok(())
+}

@@ -7,6 +7,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A score as stored (SPEC §3): `units / 10^P` in double precision. The one place where
+/// score units become doubles, shared by every sink.
+pub fn score_value(units: i64, score_precision: u32) -> f64 {
+    units as f64 / 10f64.powi(score_precision as i32)
+}
+
 /// The SPEC §2 parameters (SPEC §4 flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Params {

@@ -1,0 +1,186 @@
+//! `encore-flow --input FILE`: JSON lines in, epochs of `--epoch-events` lines, the same
+//! dataflow as the streaming job.
+//!
+//! Every process reads the same file on its own host; global worker `w` of `W` takes the lines
+//! whose 0-based number is `w mod W`. Line `i` belongs to epoch `i / epoch_events` on every
+//! worker, so an epoch means the same set of lines whatever the worker count, and the state
+//! after each epoch is the SPEC §2 function of that prefix of the file. Workers feed one
+//! epoch, then wait until the sink has received it: the per-epoch latency is then measurable
+//! and memory stays bounded by one epoch of input.
+//!
+//! A line that is empty (after removing `\n` and `\r`) is not a message and is skipped; every
+//! other invalid line becomes a `dead_letters` row with topic `file`, partition 0 and its line
+//! number as offset.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use differential_dataflow::input::Input;
+
+use crate::engine::{self, Epoch, Listen};
+use crate::output::{self, EpochSink};
+use crate::tables::{DeadLetter, Params};
+
+/// Where the lines come from.
+#[derive(Clone, Debug)]
+pub enum Lines {
+    /// A JSON-lines file, read by every process.
+    File(PathBuf),
+    /// Lines held in memory (tests and benchmarks).
+    Memory(Arc<Vec<Vec<u8>>>),
+}
+
+/// A batch run over lines.
+#[derive(Clone, Debug)]
+pub struct BatchJob {
+    /// The input.
+    pub lines: Lines,
+    /// SPEC §2 parameters.
+    pub params: Params,
+    /// Whether to compute `co_listens`.
+    pub emit_co_listens: bool,
+    /// Lines per epoch (≥ 1).
+    pub epoch_events: usize,
+}
+
+/// What one worker fed into the dataflow.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fed {
+    /// Non-empty lines (events) read by this worker's process (all, not only its share).
+    pub events: u64,
+    /// Epochs (the same count on every worker).
+    pub epochs: u64,
+    /// Wall-clock seconds from start to the last epoch received by the sink.
+    pub seconds: f64,
+}
+
+/// A failure of a batch run.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The input could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker failed (a panic or a lost peer process).
+    #[error("worker failed: {0}")]
+    Worker(String),
+}
+
+/// Runs `job` on the workers of `config`; worker 0 of process 0 hands every closed epoch to
+/// the sink `make_sink` builds (the other workers build one too, which receives nothing).
+/// Returns, per local worker, what it fed.
+pub fn run<S, F>(config: timely::Config, job: BatchJob, make_sink: F) -> Result<Vec<Fed>, BatchError>
+where
+    S: EpochSink,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    if let Lines::File(path) = &job.lines {
+        // Fail fast, with the path, before any worker starts.
+        File::open(path).map_err(|source| BatchError::Read { path: path.clone(), source })?;
+    }
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let (mut listens, mut dead_letters, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (listens_input, listens) = scope.new_collection::<Listen, isize>();
+            let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
+            let outputs = engine::recommend(listens, &job.params, job.emit_co_listens);
+            let probe = output::sink_epochs(output::gather(outputs, dead_letters), make_sink());
+            (listens_input, dead_input, probe)
+        });
+
+        let started = Instant::now();
+        let epoch_events = job.epoch_events.max(1) as u64;
+        let mut fed = Fed::default();
+        let mut feed = |line_number: u64, line: &[u8]| {
+            let epoch = line_number / epoch_events;
+            if epoch > *listens.time() {
+                // Close the previous epoch and wait until the sink has it.
+                listens.advance_to(epoch);
+                dead_letters.advance_to(epoch);
+                listens.flush();
+                dead_letters.flush();
+                worker.step_while(|| probe.less_than(listens.time()));
+            }
+            fed.epochs = epoch + 1;
+            if line.is_empty() {
+                return;
+            }
+            fed.events += 1;
+            if line_number % peers as u64 != index as u64 {
+                return;
+            }
+            match encore_udfs::parse_event(line) {
+                Ok(event) => {
+                    if let Some(listen) = Listen::from_event(&event) {
+                        listens.insert(listen);
+                    }
+                }
+                Err(error) => dead_letters.insert(DeadLetter {
+                    topic: "file".to_owned(),
+                    partition: 0,
+                    offset: line_number as i64,
+                    payload: line.to_vec(),
+                    error: error.to_string(),
+                }),
+            }
+        };
+        let read = match &job.lines {
+            Lines::Memory(lines) => {
+                for (number, line) in lines.iter().enumerate() {
+                    feed(number as u64, trim_line_end(line));
+                }
+                Ok(())
+            }
+            Lines::File(path) => read_lines(path, &mut feed),
+        };
+        drop(feed);
+        // Close the inputs; the last epoch completes and the dataflow drains.
+        listens.close();
+        dead_letters.close();
+        while worker.step_or_park(None) {}
+        fed.seconds = started.elapsed().as_secs_f64();
+        read.map(|()| fed)
+    })
+    .map_err(BatchError::Worker)?;
+
+    let mut fed = Vec::new();
+    for result in guards.join() {
+        match result {
+            Ok(Ok(worker_fed)) => fed.push(worker_fed),
+            Ok(Err(error)) => return Err(error),
+            Err(panic) => return Err(BatchError::Worker(panic)),
+        }
+    }
+    Ok(fed)
+}
+
+fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(), BatchError> {
+    let file = File::open(path).map_err(|source| BatchError::Read { path: path.clone(), source })?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(1024);
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|source| BatchError::Read { path: path.clone(), source })?;
+        if read == 0 {
+            return Ok(());
+        }
+        feed(number, trim_line_end(&line));
+        number += 1;
+    }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}

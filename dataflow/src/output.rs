@@ -1,0 +1,143 @@
+//! From the engine's collections to one ordered stream of per-epoch [`Changes`].
+//!
+//! ```text
+//!  track_neighbors ─┐
+//!  user_recommend. ─┤ map to RowChange
+//!  track_stats ─────┼──────────────────► exchange to worker 0 ──► EpochSink
+//!  co_listens ──────┤                                              stages by epoch; once the
+//!  dead_letters ────┘                                              frontier passes an epoch,
+//!                                                                  hands its Changes to the
+//!                                                                  sink, in epoch order
+//! ```
+//!
+//! One writer sees every change: a sink commits each closed epoch as one unit (a CSV state
+//! for files, one transaction for Postgres), which is what makes exactly-once simple.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use timely::dataflow::channels::pact::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::{Capability, Operator, Probe};
+use timely::dataflow::{ProbeHandle, Stream};
+
+use crate::engine::{Epoch, Outputs};
+use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
+
+/// One row change of one SPEC §3 table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum RowChange {
+    /// A `track_neighbors` row.
+    Neighbor((u64, u64), i64),
+    /// A `user_recommendations` row.
+    Recommendation((u64, u64), i64),
+    /// A `track_stats` row.
+    Stats(u64, TrackStats),
+    /// A `co_listens` row.
+    CoListen((u64, u64), u64),
+    /// A `dead_letters` row.
+    DeadLetter(DeadLetter),
+}
+
+type Updates = Vec<(RowChange, Epoch, isize)>;
+
+/// All row changes of the computation, gathered on worker 0.
+pub fn gather<'scope>(
+    outputs: Outputs<'scope>,
+    dead_letters: VecCollection<'scope, Epoch, DeadLetter>,
+) -> Stream<'scope, Epoch, Updates> {
+    let mut changes = outputs
+        .track_neighbors
+        .map(|(key, score)| RowChange::Neighbor(key, score))
+        .concat(outputs.user_recommendations.map(|(key, score)| RowChange::Recommendation(key, score)))
+        .concat(outputs.track_stats.map(|(track, stats)| RowChange::Stats(track, stats)))
+        .concat(dead_letters.map(RowChange::DeadLetter));
+    if let Some(co_listens) = outputs.co_listens {
+        changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
+    }
+    changes.inner
+}
+
+/// Receives the changes of each closed epoch, in epoch order, on worker 0.
+pub trait EpochSink: 'static {
+    /// All changes of `epoch`; no change of an earlier or equal epoch will follow.
+    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes);
+}
+
+/// A sink shared with the code that started the workers, which reads it after the run.
+impl<S: EpochSink + Send> EpochSink for std::sync::Arc<std::sync::Mutex<S>> {
+    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
+        // A poisoned lock means another worker panicked; the run fails anyway.
+        if let Ok(mut sink) = self.lock() {
+            sink.epoch_closed(epoch, changes);
+        }
+    }
+}
+
+/// Routes every change to worker 0 and hands each closed epoch to `sink` there. The returned
+/// probe passes an epoch once the sink has received it.
+pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, mut sink: S) -> ProbeHandle<Epoch> {
+    let to_worker_zero = Exchange::new(|_update: &(RowChange, Epoch, isize)| 0u64);
+    // Each staged epoch holds a capability, so the probe cannot pass it before the sink ran.
+    let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+    let (probe, _) = changes
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(to_worker_zero, "EpochSink", move |_cap, _info| {
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each(|cap, data| {
+                    for (change, epoch, diff) in data.drain(..) {
+                        let entry = staged.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                        add(&mut entry.1, change, diff as i64);
+                    }
+                });
+                while let Some(entry) = staged.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break; // the epoch may still receive changes
+                    }
+                    let (epoch, (_capability, changes)) = entry.remove_entry();
+                    sink.epoch_closed(epoch, changes);
+                }
+            }
+        })
+        .probe();
+    probe
+}
+
+fn add(changes: &mut Changes, change: RowChange, diff: i64) {
+    match change {
+        RowChange::Neighbor(key, score) => changes.track_neighbors.push((key, score, diff)),
+        RowChange::Recommendation(key, score) => changes.user_recommendations.push((key, score, diff)),
+        RowChange::Stats(track, stats) => changes.track_stats.push((track, stats, diff)),
+        RowChange::CoListen(pair, c) => changes.co_listens.push((pair, c, diff)),
+        RowChange::DeadLetter(letter) => {
+            for _ in 0..diff.max(0) {
+                changes.dead_letters.push(letter.clone());
+            }
+        }
+    }
+}
+
+impl Tables {
+    /// Applies one epoch's changes: a retraction removes its row only if the row still holds
+    /// the retracted value, so the order of a row's `-old` and `+new` does not matter.
+    pub fn apply(&mut self, changes: &Changes) {
+        fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(
+            table: &mut BTreeMap<K, V>,
+            updates: &[(K, V, i64)],
+        ) {
+            for &(key, value, diff) in updates.iter().filter(|u| u.2 < 0) {
+                debug_assert_eq!(diff, -1);
+                if table.get(&key) == Some(&value) {
+                    table.remove(&key);
+                }
+            }
+            for &(key, value, _diff) in updates.iter().filter(|u| u.2 > 0) {
+                table.insert(key, value);
+            }
+        }
+        apply_one(&mut self.track_neighbors, &changes.track_neighbors);
+        apply_one(&mut self.user_recommendations, &changes.user_recommendations);
+        apply_one(&mut self.track_stats, &changes.track_stats);
+        apply_one(&mut self.co_listens, &changes.co_listens);
+    }
+}
