@@ -36,6 +36,15 @@
 //! before the server binds it, so a server that fails to start is retried on a fresh port
 //! a few times before the error is returned.
 
+//!
+//! # Cleanup
+//!
+//! Dropping a handle stops its server and deletes its directory. For the cases where no
+//! destructor runs (the test process is killed or aborts, or a handle lives in a `static`
+//! shared by the tests of one binary) each server has a watchdog: a small `sh` process that
+//! checks once a second whether the test process still exists and, once it does not, stops
+//! the server and deletes its directory.
+
 mod error;
 mod ports;
 mod postgres;

@@ -10,6 +10,7 @@
 //!   postgres.log   the server's log, quoted in errors
 //! ```
 
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
-use crate::process::{command_as, describe, find_binary, is_root, log_tail, run};
+use crate::process::{command_as, describe, find_binary, is_root, log_tail, run, Watchdog};
 use crate::{Error, Result};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
@@ -55,6 +56,9 @@ pub struct Postgres {
     run_as: Option<&'static str>,
     port: u16,
     running: bool,
+    /// Stops the server and removes the directory if the test process dies without dropping
+    /// this handle.
+    watchdog: Option<Watchdog>,
 }
 
 impl Postgres {
@@ -93,9 +97,11 @@ impl Postgres {
             run_as,
             port: 0,
             running: false,
+            watchdog: None,
         };
         postgres.init()?;
         postgres.start_on_free_port()?;
+        postgres.watchdog = Some(postgres.spawn_watchdog()?);
         Ok(postgres)
     }
 
@@ -224,6 +230,18 @@ impl Postgres {
             START_TIMEOUT_SECS,
         ]);
         run(&mut pg_ctl).map(drop)
+    }
+
+    fn spawn_watchdog(&self) -> Result<Watchdog> {
+        let mut stop: Vec<OsString> = Vec::new();
+        if let Some(user) = self.run_as {
+            stop.extend(["runuser", "-u", user, "--"].map(OsString::from));
+        }
+        stop.push(self.bin_dir.join("pg_ctl").into());
+        stop.extend(["stop", "-m", "immediate", "-D"].map(OsString::from));
+        stop.push(self.data_dir().into());
+        let stop: Vec<&std::ffi::OsStr> = stop.iter().map(OsString::as_os_str).collect();
+        Watchdog::spawn(self.dir.path(), &stop)
     }
 
     fn not_ready(&self, reason: String) -> Error {

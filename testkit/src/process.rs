@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use crate::{Error, Result};
 
@@ -68,6 +68,50 @@ pub(crate) fn run(command: &mut Command) -> Result<Output> {
             status: output.status,
             output: last_lines(&text, 20),
         })
+    }
+}
+
+/// A `sh` process that cleans up after a server if this (test) process dies without dropping
+/// its handle: killed by the test runner, aborted, or the handle kept in a `static`, which is
+/// never dropped. It polls once a second whether this process is alive; once it is not, it
+/// runs the cleanup command and removes the server's directory. Dropping the watchdog (the
+/// normal path, where the handle cleans up itself) kills it.
+#[derive(Debug)]
+pub(crate) struct Watchdog(Child);
+
+impl Watchdog {
+    /// Watches this process; after its death runs `cleanup` (program and arguments), then
+    /// deletes `dir`.
+    pub(crate) fn spawn(dir: &Path, cleanup: &[&OsStr]) -> Result<Watchdog> {
+        // `$0` is the watched pid and `$1` the directory; the rest is the cleanup command, so
+        // nothing is interpolated into the script.
+        const SCRIPT: &str = r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done
+dir="$1"; shift; "$@" >/dev/null 2>&1; rm -rf "$dir""#;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(std::process::id().to_string())
+            .arg(dir)
+            .args(cleanup)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+            .spawn()
+            .map(Watchdog)
+            .map_err(|source| Error::Spawn {
+                command: describe(&command),
+                source,
+            })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Errors mean it already exited; either way there is nothing left to do.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

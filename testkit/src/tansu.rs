@@ -27,7 +27,7 @@ use rdkafka::config::ClientConfig;
 use tempfile::TempDir;
 
 use crate::ports::free_port;
-use crate::process::{describe, find_binary, log_tail};
+use crate::process::{describe, find_binary, log_tail, Watchdog};
 use crate::{Error, Result};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
@@ -70,6 +70,9 @@ pub struct Tansu {
     storage: TansuStorage,
     port: u16,
     child: Option<Child>,
+    /// Kills the process and removes the directory if the test process dies without dropping
+    /// this handle.
+    watchdog: Option<Watchdog>,
     /// Working directory: log file and, with [`TansuStorage::Sqlite`], the data.
     dir: TempDir,
 }
@@ -99,6 +102,7 @@ impl Tansu {
             storage,
             port: 0,
             child: None,
+            watchdog: None,
             dir,
         };
         let mut last_error = None;
@@ -190,6 +194,7 @@ impl Tansu {
     /// Kills the broker process (SIGKILL: no clean shutdown), keeping its port and directory so
     /// that [`restart`](Self::restart) brings it back at the same address.
     pub fn kill(&mut self) -> Result<()> {
+        self.watchdog = None;
         if let Some(mut child) = self.child.take() {
             // An error means the process already exited, which is what we want.
             let _already_exited = child.kill();
@@ -244,7 +249,10 @@ impl Tansu {
             command: describe(&command),
             source,
         })?;
+        let pid = child.id().to_string();
         self.child = Some(child);
+        let kill = ["kill", "-9", &pid].map(std::ffi::OsStr::new);
+        self.watchdog = Some(Watchdog::spawn(self.dir.path(), &kill)?);
         match self.wait_until_ready() {
             Ok(()) => Ok(()),
             Err(error) => {
