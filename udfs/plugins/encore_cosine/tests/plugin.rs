@@ -6,10 +6,18 @@ use std::sync::Arc;
 use encore_udf_harness::arrow::array::{Array, ArrayRef, Int64Array};
 use encore_udf_harness::{assert_rows, Plugin};
 
-type Case = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+type Case = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn column(cases: &[Case], field: fn(&Case) -> Option<i64>) -> ArrayRef {
-    Arc::new(Int64Array::from(cases.iter().map(field).collect::<Vec<_>>()))
+    Arc::new(Int64Array::from(
+        cases.iter().map(field).collect::<Vec<_>>(),
+    ))
 }
 
 #[test]
@@ -22,7 +30,13 @@ fn computes_spec_scores_and_null_out_of_range() {
         (Some(3), Some(5), Some(7), Some(4), Some(5_071)),
         (Some(1), Some(2), Some(2), Some(0), Some(1)),
         (Some(1), Some(4), Some(4), Some(0), Some(0)),
-        (Some(1), Some(1), Some(1), Some(18), Some(1_000_000_000_000_000_000)),
+        (
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(18),
+            Some(1_000_000_000_000_000_000),
+        ),
         // Out of range: NULL.
         (Some(1), Some(0), Some(2), Some(4), None),
         (Some(1), Some(2), Some(0), Some(4), None),
@@ -45,10 +59,19 @@ fn computes_spec_scores_and_null_out_of_range() {
         }
     }
     let output = plugin
-        .call(&[column(&cases, |c| c.0), column(&cases, |c| c.1), column(&cases, |c| c.2), column(&cases, |c| c.3)])
+        .call(&[
+            column(&cases, |c| c.0),
+            column(&cases, |c| c.1),
+            column(&cases, |c| c.2),
+            column(&cases, |c| c.3),
+        ])
         .expect("no panic");
     assert_rows(&output, cases.len());
-    let scores = output.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
+    let scores = output
+        .column()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("BIGINT result");
     for (row, case) in cases.iter().enumerate() {
         let actual = scores.is_valid(row).then(|| scores.value(row));
         assert_eq!(actual, case.4, "row {row}: {case:?}");

@@ -33,16 +33,24 @@ fn gives_null_for_valid_events_and_the_dead_letter_reason_otherwise() {
         (Some(""), Some("payload is not JSON: EOF while parsing a value at line 1 column 0")),
         (None, None),
     ];
-    let payloads: ArrayRef = Arc::new(StringArray::from(cases.iter().map(|c| c.0).collect::<Vec<_>>()));
+    let payloads: ArrayRef = Arc::new(StringArray::from(
+        cases.iter().map(|c| c.0).collect::<Vec<_>>(),
+    ));
     let output = plugin.call(&[payloads]).expect("no panic");
     assert_rows(&output, cases.len());
-    let errors = output.column().as_any().downcast_ref::<StringArray>().expect("TEXT result");
+    let errors = output
+        .column()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("TEXT result");
     for (row, case) in cases.iter().enumerate() {
         let actual = errors.is_valid(row).then(|| errors.value(row));
         assert_eq!(actual, case.1, "row {row}: {case:?}");
         // The same text the dataflow writes to dead_letters.error.
         if let Some(payload) = case.0 {
-            let expected = encore_udfs::parse_event(payload.as_bytes()).err().map(|e| e.to_string());
+            let expected = encore_udfs::parse_event(payload.as_bytes())
+                .err()
+                .map(|e| e.to_string());
             assert_eq!(actual.map(str::to_owned), expected, "row {row}");
         }
     }

@@ -17,7 +17,9 @@ use encore_udfs::{is_listen, EventType};
 /// 1 for a listen (`"like"`, or `"streaming"` with `ms_played` NULL or ≥ 30 000), else 0.
 #[udf]
 pub fn encore_listen_count(event_type: &str, ms_played: Option<i64>) -> i64 {
-    let Some(event_type) = EventType::from_name(event_type) else { return 0 };
+    let Some(event_type) = EventType::from_name(event_type) else {
+        return 0;
+    };
     let ms_played = match ms_played.map(u64::try_from) {
         None => None,
         Some(Ok(ms)) => Some(ms),
