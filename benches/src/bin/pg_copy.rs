@@ -1,0 +1,192 @@
+//! `pg_copy`: how fast rows get into Postgres, raw and through the sink.
+//!
+//! For batches of 1k, 10k and 100k `track_neighbors`-shaped rows `(BIGINT, BIGINT, DOUBLE)`,
+//! in one transaction each, it measures:
+//!
+//! * **raw COPY (client encoder)**: `COPY ... FROM STDIN (FORMAT binary)` into an index-free
+//!   table through `postgres::binary_copy::BinaryCopyInWriter`, one `write` per row;
+//! * **raw COPY (pre-encoded)**: the same COPY fed with bytes encoded beforehand in one buffer,
+//!   the physical limit of the path (what the sink does inside its transaction);
+//! * **raw COPY keyed**: the same bytes into a table with the `(track_id, neighbor_id)` primary
+//!   key, the limit for landing rows in a keyed table (index maintenance included);
+//! * **sink insert** / **sink update**: [`PgSink::commit`] of that many new rows, then of new
+//!   values for the same keys, everything included: consolidation, encoding, staging COPY,
+//!   merge into the primary-keyed table, offsets upsert, COMMIT with `synchronous_commit=on`;
+//!
+//! and prints rows/s (median of `--reps` runs) and the sink as a fraction of the raw rate.
+//! A last line gives the latency of a commit with no row changes (offsets only).
+//!
+//! ```text
+//! cargo run --release -p encore-benches --bin pg_copy            # a throwaway testkit cluster
+//! cargo run --release -p encore-benches --bin pg_copy -- --postgres postgres://...
+//! ```
+//!
+//! The testkit cluster runs with `fsync=off`; against a real server the COMMIT costs one
+//! WAL flush more.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use encore_dataflow::postgres::{quote_ident, PgSink, RetryPolicy};
+use encore_dataflow::tables::Changes;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, NoTls};
+
+/// Measures binary COPY and `PgSink::commit` throughput into PostgreSQL.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Postgres URL; by default a throwaway cluster is started with encore-testkit.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Schema for the benchmark's tables (dropped and recreated).
+    #[arg(long, default_value = "encore_bench")]
+    schema: String,
+    /// Batch sizes in rows.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Runs per measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+}
+
+const TOPIC: &str = "bench";
+const PRECISION: u32 = 4;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _cluster;
+    let url = match &args.postgres {
+        Some(url) => url.clone(),
+        None => {
+            let cluster = encore_testkit::Postgres::start().context("starting a test PostgreSQL")?;
+            let url = cluster.url();
+            _cluster = cluster;
+            url
+        }
+    };
+    let schema = quote_ident(&args.schema);
+    let mut client = Client::connect(&url, NoTls).context("connecting")?;
+    client.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+         CREATE TABLE {schema}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
+         CREATE TABLE {schema}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
+         PRIMARY KEY (track_id, neighbor_id));"
+    ))?;
+    let mut sink = PgSink::connect(&url, &args.schema, PRECISION, false, RetryPolicy::default())?;
+
+    println!("rows/s, median of {} runs, one transaction per batch", args.reps);
+    println!(
+        "{:>7} | {:>13} | {:>12} | {:>12} | {:>11} | {:>11} | {:>9} | {:>9} | {:>9}",
+        "rows", "raw COPY enc", "raw COPY pre", "raw COPY key", "sink insert", "sink update", "ins/pre", "upd/pre", "ins/key"
+    );
+    let mut next_key = 0u64;
+    let mut offset = 0i64;
+    for &rows in &args.sizes {
+        let raw_client = median(args.reps, || raw_copy_client_encoder(&mut client, &schema, rows))?;
+        let raw_pre = median(args.reps, || raw_copy_pre_encoded(&mut client, &schema, "raw_copy", rows))?;
+        let raw_keyed = median(args.reps, || raw_copy_pre_encoded(&mut client, &schema, "raw_keyed", rows))?;
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        for _ in 0..args.reps {
+            let keys: Vec<(u64, u64)> = (0..rows as u64).map(|i| (next_key + i / 20, i % 20)).collect();
+            next_key += rows as u64;
+            let insert = Changes {
+                track_neighbors: keys.iter().map(|&k| (k, 5_000, 1)).collect(),
+                ..Changes::default()
+            };
+            offset += 1;
+            inserts.push(timed(|| sink.commit(TOPIC, &insert, &BTreeMap::from([(0, offset)])))?);
+            // Every key changes its score: old value retracted, new one added.
+            let update = Changes {
+                track_neighbors: keys.iter().flat_map(|&k| [(k, 5_000, -1), (k, 7_000, 1)]).collect(),
+                ..Changes::default()
+            };
+            offset += 1;
+            updates.push(timed(|| sink.commit(TOPIC, &update, &BTreeMap::from([(0, offset)])))?);
+        }
+        let (insert, update) = (mid(inserts), mid(updates));
+        let rate = |d: Duration| rows as f64 / d.as_secs_f64();
+        println!(
+            "{:>7} | {:>13.0} | {:>12.0} | {:>12.0} | {:>11.0} | {:>11.0} | {:>8.0}% | {:>8.0}% | {:>8.0}%",
+            rows,
+            rate(raw_client),
+            rate(raw_pre),
+            rate(raw_keyed),
+            rate(insert),
+            rate(update),
+            100.0 * rate(insert) / rate(raw_pre),
+            100.0 * rate(update) / rate(raw_pre),
+            100.0 * rate(insert) / rate(raw_keyed),
+        );
+    }
+    let empty = median(args.reps.max(20), || {
+        offset += 1;
+        timed(|| sink.commit(TOPIC, &Changes::default(), &BTreeMap::from([(0, offset)])))
+    })?;
+    println!("commit without row changes (offsets only): {:.2} ms", empty.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// Raw COPY, one `BinaryCopyInWriter::write` per row.
+fn raw_copy_client_encoder(client: &mut Client, schema: &str, rows: usize) -> Result<Duration> {
+    client.batch_execute(&format!("TRUNCATE {schema}.raw_copy"))?;
+    let start = Instant::now();
+    let mut tx = client.transaction()?;
+    let writer = tx.copy_in(&format!("COPY {schema}.raw_copy FROM STDIN (FORMAT binary)"))?;
+    let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT8, Type::INT8, Type::FLOAT8]);
+    for i in 0..rows as i64 {
+        writer.write(&[&(i / 20), &(i % 20), &0.5f64])?;
+    }
+    writer.finish()?;
+    tx.commit()?;
+    Ok(start.elapsed())
+}
+
+/// Raw COPY of bytes encoded before the clock starts, into `table` (emptied first).
+fn raw_copy_pre_encoded(client: &mut Client, schema: &str, table: &str, rows: usize) -> Result<Duration> {
+    client.batch_execute(&format!("TRUNCATE {schema}.{table}"))?;
+    let mut data = Vec::with_capacity(19 + rows * 38 + 2);
+    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
+    for i in 0..rows as i64 {
+        data.extend_from_slice(&3i16.to_be_bytes());
+        for field in [(i / 20).to_be_bytes(), (i % 20).to_be_bytes(), 0.5f64.to_bits().to_be_bytes()] {
+            data.extend_from_slice(&8i32.to_be_bytes());
+            data.extend_from_slice(&field);
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    let start = Instant::now();
+    let mut tx = client.transaction()?;
+    let mut writer = tx.copy_in(&format!("COPY {schema}.{table} FROM STDIN (FORMAT binary)"))?;
+    writer.write_all(&data)?;
+    writer.finish()?;
+    tx.commit()?;
+    Ok(start.elapsed())
+}
+
+fn timed<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<Duration>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed())
+}
+
+fn median(reps: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        times.push(f()?);
+    }
+    Ok(mid(times))
+}
+
+fn mid(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
