@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared functions of the deploy scripts (start.sh, stop.sh, test.sh, run.sh).
 # Sourced, not executed: the caller has already set `set -euo pipefail`.
 #
@@ -11,6 +12,8 @@
 #   PG_BIN             directory of initdb/pg_ctl, when they are not found on their own
 #   TANSU_BIN          path of the tansu binary, when it is not on PATH or in ~/.cargo/bin
 
+# The variables below are read by the scripts that source this file.
+# shellcheck disable=SC2034
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$DEPLOY_DIR")"
 
@@ -26,7 +29,7 @@ ENCORE_PARTITIONS="${ENCORE_PARTITIONS:-4}"
 ENCORE_BROKERS="127.0.0.1:${ENCORE_KAFKA_PORT}"
 ENCORE_POSTGRES_URL="postgres://postgres@127.0.0.1:${ENCORE_PG_PORT}/postgres"
 
-TANSU_INSTALL=(cargo install tansu --locked --features dynostore,libsql)
+TANSU_INSTALL=(cargo install tansu --locked --features "dynostore,libsql")
 
 say() { printf 'encore: %s\n' "$*" >&2; }
 die() { printf 'encore: error: %s\n' "$*" >&2; exit 1; }

@@ -7,6 +7,7 @@
 #   ENCORE_RATE  events per second of the background generator [500]
 #   ENCORE_SEED  seed of the catalog and the events (they must match) [1]
 set -euo pipefail
+# shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ENCORE_RATE="${ENCORE_RATE:-500}"

@@ -6,6 +6,7 @@
 # Configuration: see the variables at the top of deploy/lib.sh (ports, storage, topic,
 # partitions). Stop everything with deploy/stop.sh.
 set -euo pipefail
+# shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case "$ENCORE_STORAGE" in

@@ -4,6 +4,7 @@
 # what is not running is skipped. The data stays in deploy/state/; delete that directory for
 # a fresh start.
 set -euo pipefail
+# shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 stop_tansu() {

@@ -6,6 +6,7 @@
 # Extra arguments go to `cargo test` (e.g. `deploy/test.sh -p encore-testkit`).
 # Exit status: that of `cargo test`.
 set -euo pipefail
+# shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Exported so the test harness uses exactly the binaries found (or installed) here.
