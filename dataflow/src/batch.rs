@@ -18,11 +18,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use differential_dataflow::input::Input;
-
-use crate::engine::{self, Epoch, Listen};
-use crate::output::{self, EpochSink};
-use crate::tables::{DeadLetter, Params};
+use crate::job;
+use crate::output::EpochSink;
+use crate::tables::Params;
 
 /// Where the lines come from.
 #[derive(Clone, Debug)]
@@ -86,50 +84,27 @@ where
         File::open(path).map_err(|source| BatchError::Read { path: path.clone(), source })?;
     }
     let guards = timely::execute(config, move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
-        let (mut listens, mut dead_letters, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (listens_input, listens) = scope.new_collection::<Listen, isize>();
-            let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
-            let outputs = engine::recommend(listens, &job.params, job.emit_co_listens);
-            let probe = output::sink_epochs(output::gather(outputs, dead_letters), make_sink());
-            (listens_input, dead_input, probe)
-        });
+        let index = worker.index() as u64;
+        let peers = worker.peers() as u64;
+        let mut inputs = job::install(worker, &job.params, job.emit_co_listens, make_sink());
 
         let started = Instant::now();
         let epoch_events = job.epoch_events.max(1) as u64;
         let mut fed = Fed::default();
         let mut feed = |line_number: u64, line: &[u8]| {
             let epoch = line_number / epoch_events;
-            if epoch > *listens.time() {
+            if epoch > inputs.epoch() {
                 // Close the previous epoch and wait until the sink has it.
-                listens.advance_to(epoch);
-                dead_letters.advance_to(epoch);
-                listens.flush();
-                dead_letters.flush();
-                worker.step_while(|| probe.less_than(listens.time()));
+                inputs.advance_to(epoch);
+                worker.step_while(|| inputs.pending_before(epoch));
             }
             fed.epochs = epoch + 1;
             if line.is_empty() {
                 return;
             }
             fed.events += 1;
-            if line_number % peers as u64 != index as u64 {
-                return;
-            }
-            match encore_udfs::parse_event(line) {
-                Ok(event) => {
-                    if let Some(listen) = Listen::from_event(&event) {
-                        listens.insert(listen);
-                    }
-                }
-                Err(error) => dead_letters.insert(DeadLetter {
-                    topic: "file".to_owned(),
-                    partition: 0,
-                    offset: line_number as i64,
-                    payload: line.to_vec(),
-                    error: error.to_string(),
-                }),
+            if line_number % peers == index {
+                inputs.feed(line, "file", 0, line_number as i64);
             }
         };
         let read = match &job.lines {
@@ -141,10 +116,8 @@ where
             }
             Lines::File(path) => read_lines(path, &mut feed),
         };
-        drop(feed);
         // Close the inputs; the last epoch completes and the dataflow drains.
-        listens.close();
-        dead_letters.close();
+        inputs.close();
         while worker.step_or_park(None) {}
         fed.seconds = started.elapsed().as_secs_f64();
         read.map(|()| fed)

@@ -21,8 +21,10 @@
 pub mod batch;
 pub mod csv;
 pub mod engine;
+pub mod job;
 pub mod oracle;
 pub mod output;
 pub mod postgres;
+pub mod stream;
 pub mod tables;
 pub mod testing;

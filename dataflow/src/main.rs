@@ -8,7 +8,10 @@ use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
 use encore_dataflow::batch::{self, BatchJob, Lines};
 use encore_dataflow::csv::{self, MemorySink};
+use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::stream::{self, StreamJob};
 use encore_dataflow::tables::Params;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Real-time music recommendations: consumes listening events, maintains co-listening
 /// counts, item-item similarity, per-track neighbours, per-user recommendations and track
@@ -48,9 +51,20 @@ struct Cli {
     #[arg(long)]
     emit_co_listens: bool,
 
-    /// Events per epoch for `--input`: each epoch's changes are committed together.
+    /// Events per epoch (`--input`), or most messages a worker puts in one epoch (Kafka).
+    /// Each epoch's changes are committed together.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_events: u64,
+
+    /// Longest epoch with Kafka input, in milliseconds: bounds the latency from a message to
+    /// the commit that contains its effects.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    epoch_ms: u64,
+
+    /// A librdkafka setting for the consumers, `key=value` (repeatable), e.g.
+    /// `security.protocol=SSL` or `sasl.mechanism=PLAIN`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    kafka_options: Vec<(String, String)>,
 
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -148,6 +162,13 @@ impl ClusterArgs {
     }
 }
 
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -168,9 +189,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         recommendations: cli.params.recommendations,
         score_precision: cli.params.score_precision,
     };
-    let (Some(input), Some(output_dir)) = (cli.input.input, cli.output.output_dir) else {
-        bail!("Kafka input and Postgres output are not available in this build yet: use --input FILE --output-dir DIR");
+    let output_dir = match (cli.input.input.clone(), cli.output.output_dir.clone(), cli.output.postgres.clone()) {
+        (Some(input), Some(output_dir), None) => (input, output_dir),
+        (None, None, Some(url)) => return run_stream(&cli, config, params, &url),
+        (Some(_), None, Some(_)) => bail!("--input with --postgres is not supported: use --output-dir, or Kafka input"),
+        _ => bail!("Kafka input needs --postgres (offsets are kept there); --input needs --output-dir"),
     };
+    let (input, output_dir) = output_dir;
 
     let state = Arc::new(Mutex::new(MemorySink::default()));
     let job = BatchJob {
@@ -199,5 +224,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             first.events as f64 / seconds.max(1e-9),
         );
     }
+    Ok(())
+}
+
+fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> anyhow::Result<()> {
+    let (Some(brokers), Some(topic)) = (cli.input.brokers.clone(), cli.input.topic.clone()) else {
+        bail!("Kafka input needs --brokers and --topic");
+    };
+    let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
+    let committed = sink.committed_offsets(&topic)?;
+    let job = StreamJob {
+        brokers,
+        topic,
+        group: cli.group.clone(),
+        kafka_options: cli.kafka_options.clone(),
+        params,
+        emit_co_listens: cli.emit_co_listens,
+        until_caught_up: cli.until_caught_up,
+        epoch_ms: cli.epoch_ms,
+        epoch_events: cli.epoch_events as usize,
+        committed,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = Arc::clone(&stop);
+    // Ctrl-C: finish the current epoch, commit it, and exit cleanly.
+    ctrlc::set_handler(move || on_signal.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
+    let writer = (cli.cluster.process == 0).then_some(sink);
+    let summary = stream::run(config, job, writer, stop)?;
+    println!(
+        "process={} replayed={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
+        cli.cluster.process,
+        summary.replayed_messages,
+        summary.live_messages,
+        summary.invalid,
+        summary.replay_seconds,
+        summary.seconds,
+    );
     Ok(())
 }

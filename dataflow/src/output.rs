@@ -5,7 +5,8 @@
 //!  user_recommend. ─┤ map to RowChange
 //!  track_stats ─────┼──────────────────► exchange to worker 0 ──► EpochSink
 //!  co_listens ──────┤                                              stages by epoch; once the
-//!  dead_letters ────┘                                              frontier passes an epoch,
+//!  dead_letters ────┤
+//!  offsets ─────────┘                                              frontier passes an epoch,
 //!                                                                  hands its Changes to the
 //!                                                                  sink, in epoch order
 //! ```
@@ -37,6 +38,8 @@ pub enum RowChange {
     CoListen((u64, u64), u64),
     /// A `dead_letters` row.
     DeadLetter(DeadLetter),
+    /// Consumed progress: the next offset of a partition at the end of the epoch.
+    Offset(i32, i64),
 }
 
 type Updates = Vec<(RowChange, Epoch, isize)>;
@@ -45,13 +48,15 @@ type Updates = Vec<(RowChange, Epoch, isize)>;
 pub fn gather<'scope>(
     outputs: Outputs<'scope>,
     dead_letters: VecCollection<'scope, Epoch, DeadLetter>,
+    offsets: VecCollection<'scope, Epoch, (i32, i64)>,
 ) -> Stream<'scope, Epoch, Updates> {
     let mut changes = outputs
         .track_neighbors
         .map(|(key, score)| RowChange::Neighbor(key, score))
         .concat(outputs.user_recommendations.map(|(key, score)| RowChange::Recommendation(key, score)))
         .concat(outputs.track_stats.map(|(track, stats)| RowChange::Stats(track, stats)))
-        .concat(dead_letters.map(RowChange::DeadLetter));
+        .concat(dead_letters.map(RowChange::DeadLetter))
+        .concat(offsets.map(|(partition, next)| RowChange::Offset(partition, next)));
     if let Some(co_listens) = outputs.co_listens {
         changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
     }
@@ -109,6 +114,11 @@ fn add(changes: &mut Changes, change: RowChange, diff: i64) {
         RowChange::Recommendation(key, score) => changes.user_recommendations.push((key, score, diff)),
         RowChange::Stats(track, stats) => changes.track_stats.push((track, stats, diff)),
         RowChange::CoListen(pair, c) => changes.co_listens.push((pair, c, diff)),
+        RowChange::Offset(partition, next) => {
+            // Offsets only grow; an epoch may carry several reports of one partition.
+            let entry = changes.offsets.entry(partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
         RowChange::DeadLetter(letter) => {
             for _ in 0..diff.max(0) {
                 changes.dead_letters.push(letter.clone());

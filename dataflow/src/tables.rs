@@ -88,4 +88,7 @@ pub struct Changes {
     pub co_listens: Vec<((u64, u64), u64, i64)>,
     /// New dead letters (they are only ever added).
     pub dead_letters: Vec<DeadLetter>,
+    /// Consumed progress at the end of the epoch: the next offset per partition that
+    /// advanced in it (Kafka input only).
+    pub offsets: BTreeMap<i32, i64>,
 }

@@ -1,0 +1,87 @@
+//! The dataflow every job installs on every worker: the engine, its three inputs and the
+//! per-epoch sink. Shared by the file job ([`crate::batch`]) and the Kafka job
+//! ([`crate::stream`]), so that both compute exactly the same thing.
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use crate::engine::{self, Epoch, Listen};
+use crate::output::{self, EpochSink};
+use crate::tables::{DeadLetter, Params};
+
+/// The inputs of one worker. Each is fed only this worker's share of the messages.
+pub struct Inputs {
+    /// Valid listens.
+    pub listens: InputSession<Epoch, Listen, isize>,
+    /// Invalid messages.
+    pub dead_letters: InputSession<Epoch, DeadLetter, isize>,
+    /// `(partition, next offset)`: consumed progress, committed with the epoch's changes.
+    pub offsets: InputSession<Epoch, (i32, i64), isize>,
+    /// Passes an epoch once the sink (on worker 0) has received it.
+    pub probe: ProbeHandle<Epoch>,
+}
+
+impl Inputs {
+    /// The epoch being fed.
+    pub fn epoch(&self) -> Epoch {
+        *self.listens.time()
+    }
+
+    /// Closes the current epoch and opens `epoch`.
+    pub fn advance_to(&mut self, epoch: Epoch) {
+        self.listens.advance_to(epoch);
+        self.dead_letters.advance_to(epoch);
+        self.offsets.advance_to(epoch);
+        self.listens.flush();
+        self.dead_letters.flush();
+        self.offsets.flush();
+    }
+
+    /// Whether the sink has not yet received every epoch before `epoch`.
+    pub fn pending_before(&self, epoch: Epoch) -> bool {
+        self.probe.less_than(&epoch)
+    }
+
+    /// Parses one message and feeds it: a listen, nothing (a valid non-listen), or a dead
+    /// letter. Returns whether it was valid.
+    pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> bool {
+        match encore_udfs::parse_event(payload) {
+            Ok(event) => {
+                if let Some(listen) = Listen::from_event(&event) {
+                    self.listens.insert(listen);
+                }
+                true
+            }
+            Err(error) => {
+                self.dead_letters.insert(DeadLetter {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    payload: payload.to_vec(),
+                    error: error.to_string(),
+                });
+                false
+            }
+        }
+    }
+
+    /// Closes every input: the dataflow drains and completes.
+    pub fn close(self) {
+        self.listens.close();
+        self.dead_letters.close();
+        self.offsets.close();
+    }
+}
+
+/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0.
+pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
+    worker.dataflow::<Epoch, _, _>(|scope| {
+        let (listens_input, listens) = scope.new_collection::<Listen, isize>();
+        let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
+        let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
+        let outputs = engine::recommend(listens, params, emit_co_listens);
+        let probe = output::sink_epochs(output::gather(outputs, dead_letters, offsets), sink);
+        Inputs { listens: listens_input, dead_letters: dead_input, offsets: offsets_input, probe }
+    })
+}

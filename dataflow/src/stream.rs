@@ -1,0 +1,409 @@
+//! `encore-flow --brokers … --topic … --postgres …`: Kafka in, Postgres out, exactly once.
+//!
+//! # Delivery guarantee
+//!
+//! Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
+//! offsets stored beside it, after any crash and restart: nothing lost, nothing counted twice.
+//!
+//! * Offsets live only in Postgres ([`crate::postgres`]), committed in the same transaction as
+//!   the changes of the epoch that consumed them. Kafka's consumer-group offsets are never
+//!   read or written (`enable.auto.commit=false`, explicit `assign`).
+//! * On start the job **replays** the topic from the beginning up to the stored offsets to
+//!   rebuild its state, in epochs below [`LIVE`] whose changes are *not* written: Postgres
+//!   already holds their result. From the stored offsets on it runs **live** epochs
+//!   (≥ [`LIVE`]), each committed as one transaction with its offsets.
+//! * Results depend only on the set of messages, not on how they fall into epochs, so the
+//!   replayed state is the committed state, and live deltas apply on top of it exactly.
+//!
+//! It can fail if the topic no longer holds the messages the stored offsets cover (retention
+//! or a recreated topic): the job detects a low watermark above 0 or an end of partition
+//! before the stored offset and refuses to start rather than write wrong tables.
+//!
+//! # Partitions and epochs
+//!
+//! ```text
+//!  partition p ──► worker p mod W (all workers of all processes; static, no rebalances)
+//!  worker: poll its BaseConsumer (zero timeout) ─► parse ─► listens / dead letters
+//!          every --epoch-ms (or --epoch-events messages): report (p, next offset), advance
+//!  worker 0: EpochSink = PgSink, one transaction per closed live epoch
+//! ```
+//!
+//! Every worker advances its epoch on its own clock, even when its partitions are idle, so
+//! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the sink.
+//! Recovery time grows linearly with the topic (a full replay); see the README for figures.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::engine::Epoch;
+use crate::job;
+use crate::output::EpochSink;
+use crate::postgres::{PgSink, SinkError};
+use crate::tables::{Changes, Params};
+
+/// The first live epoch; epochs below it replay already-committed messages.
+pub const LIVE: Epoch = 1 << 40;
+/// How many epochs a worker may feed ahead of the sink.
+pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+/// How long metadata and watermark requests may take before the broker counts as unreachable.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of the start-up metadata request (with backoff) before giving up.
+const KAFKA_ATTEMPTS: u32 = 3;
+
+/// A Kafka-to-Postgres job.
+#[derive(Clone, Debug)]
+pub struct StreamJob {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The events topic.
+    pub topic: String,
+    /// Consumer group id (monitoring only).
+    pub group: String,
+    /// Extra librdkafka settings (`--kafka-option key=value`), applied last.
+    pub kafka_options: Vec<(String, String)>,
+    /// SPEC §2 parameters.
+    pub params: Params,
+    /// Whether to maintain `co_listens`.
+    pub emit_co_listens: bool,
+    /// Exit once the high watermarks seen at start are consumed and committed.
+    pub until_caught_up: bool,
+    /// Longest epoch, in milliseconds of wall-clock time.
+    pub epoch_ms: u64,
+    /// Most messages one worker puts in one epoch.
+    pub epoch_events: usize,
+    /// Offsets committed in Postgres, read at start (same for every process).
+    pub committed: BTreeMap<i32, i64>,
+}
+
+/// A failure of the Kafka job.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The broker did not answer.
+    #[error("Kafka at {brokers} unreachable: {reason}")]
+    KafkaUnreachable {
+        /// The bootstrap servers.
+        brokers: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
+    /// The topic is missing.
+    #[error("Kafka topic {0} does not exist (create it first, e.g. deploy/start.sh)")]
+    NoTopic(String),
+    /// The topic lost messages that the committed state covers.
+    #[error("partition {partition} of {topic} no longer holds offsets below {committed} (low watermark {low}): the state cannot be rebuilt")]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The committed offset.
+        committed: i64,
+        /// The first offset still held.
+        low: i64,
+    },
+    /// A Kafka error while consuming.
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Postgres failed for good.
+    #[error("Postgres: {0}")]
+    Postgres(#[from] SinkError),
+    /// A worker failed (a panic or a lost peer process).
+    #[error("worker failed: {0}")]
+    Worker(String),
+}
+
+/// What a run did, per process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamSummary {
+    /// Messages this process's workers consumed live (after the replay).
+    pub live_messages: u64,
+    /// Messages replayed to rebuild state.
+    pub replayed_messages: u64,
+    /// Invalid messages among the live ones.
+    pub invalid: u64,
+    /// Seconds spent replaying (slowest worker).
+    pub replay_seconds: f64,
+    /// Seconds in all (slowest worker).
+    pub seconds: f64,
+}
+
+/// Builds the consumer of one worker. Every setting says why it has its value.
+fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer, KafkaError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &job.brokers)
+        // Required by librdkafka; offsets are never committed to the group (see below).
+        .set("group.id", &job.group)
+        .set("client.id", client_id)
+        // Progress lives in Postgres, in the same transaction as the results: Kafka's group
+        // offsets would be a second, inconsistent truth.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Only reached when an assigned offset is out of range; the start-up checks have
+        // already refused truncated partitions, so "earliest" only ever means offset 0.
+        .set("auto.offset.reset", "earliest")
+        // End-of-partition events tell the replay that a partition holds fewer messages than
+        // the committed offsets say.
+        .set("enable.partition.eof", "true")
+        // Bounds the prefetch per consumer (one per worker): 64 MiB keeps throughput while
+        // leaving memory to the dataflow.
+        .set("queued.max.messages.kbytes", "65536")
+        // Fail a dead broker in seconds rather than minutes.
+        .set("socket.timeout.ms", "10000");
+    for (key, value) in &job.kafka_options {
+        config.set(key, value);
+    }
+    config.create()
+}
+
+/// The partitions of `topic`, asking with bounded retries.
+pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
+    let consumer = consumer(job, "encore-flow-metadata")?;
+    let mut last_error = String::new();
+    for attempt in 0..KAFKA_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500 << attempt));
+        }
+        match consumer.fetch_metadata(Some(&job.topic), KAFKA_TIMEOUT) {
+            Ok(metadata) => {
+                let Some(topic) = metadata.topics().iter().find(|t| t.name() == job.topic) else {
+                    return Err(StreamError::NoTopic(job.topic.clone()));
+                };
+                if topic.error().is_some() || topic.partitions().is_empty() {
+                    return Err(StreamError::NoTopic(job.topic.clone()));
+                }
+                return Ok(topic.partitions().len() as i32);
+            }
+            Err(error) => last_error = error.to_string(),
+        }
+    }
+    Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason: last_error })
+}
+
+/// The worker 0 sink: commits live epochs to Postgres, skips replayed ones.
+struct PostgresEpochs {
+    sink: Option<PgSink>,
+    topic: String,
+    failure: Arc<Mutex<Option<SinkError>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochSink for PostgresEpochs {
+    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
+        if epoch < LIVE {
+            return; // replayed: Postgres already holds the result
+        }
+        let Some(sink) = self.sink.as_mut() else { return };
+        match sink.commit(&self.topic, &changes, &changes.offsets) {
+            Ok(stats) => tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed"),
+            Err(error) => {
+                // Nothing more may be committed: later epochs build on this one.
+                self.sink = None;
+                if let Ok(mut failure) = self.failure.lock() {
+                    failure.get_or_insert(error);
+                }
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Runs the job on this process's workers. `sink` is this process's Postgres connection;
+/// only process 0's is used for writing.
+pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: Arc<AtomicBool>) -> Result<StreamSummary, StreamError> {
+    let partitions = partition_count(&job)?;
+    let failure = Arc::new(Mutex::new(None));
+    let sink = Arc::new(Mutex::new(sink));
+    let worker_failure = Arc::clone(&failure);
+    let worker_stop = Arc::clone(&stop);
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let epoch_sink = PostgresEpochs {
+            sink: if index == 0 { sink.lock().ok().and_then(|mut s| s.take()) } else { None },
+            topic: job.topic.clone(),
+            failure: Arc::clone(&worker_failure),
+            stop: Arc::clone(&worker_stop),
+        };
+        let mut inputs = job::install(worker, &job.params, job.emit_co_listens, epoch_sink);
+        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
+        let result = consume(worker, &mut inputs, &job, &mine, &worker_stop);
+        inputs.close();
+        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+        result
+    })
+    .map_err(StreamError::Worker)?;
+
+    let mut summary = StreamSummary::default();
+    let mut first_error = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(worker)) => {
+                summary.live_messages += worker.live_messages;
+                summary.replayed_messages += worker.replayed_messages;
+                summary.invalid += worker.invalid;
+                summary.replay_seconds = summary.replay_seconds.max(worker.replay_seconds);
+                summary.seconds = summary.seconds.max(worker.seconds);
+            }
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(panic) => {
+                first_error.get_or_insert(StreamError::Worker(panic));
+            }
+        }
+    }
+    if let Some(error) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(StreamError::Postgres(error));
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(summary),
+    }
+}
+
+/// One worker's consumption: replay, then live epochs, until caught up or stopped.
+fn consume(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut job::Inputs,
+    job: &StreamJob,
+    partitions: &[i32],
+    stop: &AtomicBool,
+) -> Result<StreamSummary, StreamError> {
+    let started = Instant::now();
+    let mut summary = StreamSummary::default();
+    if partitions.is_empty() {
+        inputs.advance_to(LIVE);
+        summary.replay_seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let client_id = format!("encore-flow-{}", worker.index());
+    let consumer = consumer(job, &client_id)?;
+    let committed = |p: i32| job.committed.get(&p).copied().unwrap_or(0);
+
+    // Where the topic ends now, and whether it still starts at 0 where we need it to.
+    let mut targets = BTreeMap::new();
+    for &p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
+        if committed(p) > 0 && low > 0 {
+            return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low });
+        }
+        targets.insert(p, high);
+    }
+
+    // Replay: offsets [0, committed) into epochs below LIVE, output suppressed.
+    let replaying: Vec<i32> = partitions.iter().copied().filter(|&p| committed(p) > 0).collect();
+    if !replaying.is_empty() {
+        let mut assignment = TopicPartitionList::new();
+        for &p in &replaying {
+            assignment.add_partition_offset(&job.topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        let mut next: BTreeMap<i32, i64> = replaying.iter().map(|&p| (p, 0)).collect();
+        let mut in_epoch = 0usize;
+        while next.iter().any(|(&p, &n)| n < committed(p)) {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(summary);
+            }
+            match consumer.poll(Duration::ZERO) {
+                None => {
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if next.get(&p).is_some_and(|&n| n < committed(p)) {
+                        return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low: next[&p] });
+                    }
+                }
+                Some(Err(error)) => return Err(error.into()),
+                Some(Ok(message)) => {
+                    let (p, offset) = (message.partition(), message.offset());
+                    let Some(n) = next.get_mut(&p) else { continue };
+                    if offset < *n || offset >= committed(p) {
+                        continue; // already seen, or live (consumed again after the replay)
+                    }
+                    *n = offset + 1;
+                    inputs.feed(message.payload().unwrap_or_default(), &job.topic, p, offset);
+                    summary.replayed_messages += 1;
+                    in_epoch += 1;
+                    if in_epoch >= job.epoch_events {
+                        in_epoch = 0;
+                        let epoch = inputs.epoch() + 1;
+                        inputs.advance_to(epoch);
+                        worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+                    }
+                }
+            }
+        }
+    }
+    inputs.advance_to(LIVE);
+    summary.replay_seconds = started.elapsed().as_secs_f64();
+    info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay done");
+
+    // Live: from the committed offsets on.
+    let mut assignment = TopicPartitionList::new();
+    for &p in partitions {
+        assignment.add_partition_offset(&job.topic, p, Offset::Offset(committed(p)))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, committed(p))).collect();
+    let mut advanced: BTreeMap<i32, i64> = BTreeMap::new();
+    let epoch_length = Duration::from_millis(job.epoch_ms.max(1));
+    let mut epoch_started = Instant::now();
+    let mut in_epoch = 0usize;
+    loop {
+        let caught_up = job.until_caught_up && next.iter().all(|(p, n)| *n >= targets[p]);
+        let stopping = stop.load(Ordering::SeqCst) || caught_up;
+        if stopping || in_epoch >= job.epoch_events || epoch_started.elapsed() >= epoch_length {
+            for (&p, &n) in &advanced {
+                inputs.offsets.insert((p, n));
+            }
+            advanced.clear();
+            let epoch = inputs.epoch() + 1;
+            inputs.advance_to(epoch);
+            in_epoch = 0;
+            epoch_started = Instant::now();
+            // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
+            worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+            if stopping {
+                break;
+            }
+        }
+        match consumer.poll(Duration::ZERO) {
+            None => {
+                // Nothing to read: do dataflow work, or sleep briefly.
+                worker.step_or_park(Some(Duration::from_millis(2)));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(error)) => {
+                warn!(%error, "Kafka consumer error");
+                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+                    return Err(StreamError::NoTopic(job.topic.clone()));
+                }
+            }
+            Some(Ok(message)) => {
+                let (p, offset) = (message.partition(), message.offset());
+                let Some(n) = next.get_mut(&p) else { continue };
+                if offset < *n {
+                    continue;
+                }
+                *n = offset + 1;
+                advanced.insert(p, offset + 1);
+                if !inputs.feed(message.payload().unwrap_or_default(), &job.topic, p, offset) {
+                    summary.invalid += 1;
+                }
+                summary.live_messages += 1;
+                in_epoch += 1;
+            }
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
