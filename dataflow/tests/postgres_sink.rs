@@ -4,10 +4,13 @@
 //! commit whose acknowledgement is lost).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy, SinkError};
+use encore_dataflow::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
 use encore_dataflow::tables::{Changes, DeadLetter, Tables, TrackStats};
 use encore_testkit::Postgres;
 use postgres::{Client, NoTls};
@@ -391,4 +394,139 @@ fn postgres_down_during_a_commit_is_waited_for() {
     assert!(stats.attempts >= 2, "{stats:?}");
     assert_eq!(sink.read_tables().unwrap().0.track_stats.len(), 1);
     assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 1)]));
+}
+
+/// Where [`CuttingProxy`] cuts the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The client's COMMIT never reaches the server: the transaction is rolled back.
+    BeforeCommit,
+    /// The COMMIT reaches the server and commits, but its answer never reaches the client.
+    AfterCommit,
+}
+
+/// A TCP proxy in front of Postgres that cuts the first connection that sends `COMMIT` after
+/// [`arm`](Self::arm), at the chosen moment; other traffic passes unchanged.
+struct CuttingProxy {
+    port: u16,
+    armed: Arc<Mutex<Option<Cut>>>,
+}
+
+impl CuttingProxy {
+    fn start(upstream_port: u16) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&armed);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                relay(client, server, Arc::clone(&shared));
+            }
+        });
+        CuttingProxy { port, armed }
+    }
+
+    fn arm(&self, cut: Cut) {
+        *self.armed.lock().unwrap() = Some(cut);
+    }
+
+    /// Whether the armed cut has happened.
+    fn fired(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+}
+
+fn relay(client: TcpStream, server: TcpStream, armed: Arc<Mutex<Option<Cut>>>) {
+    // Set when this connection's COMMIT went through and its answer must be swallowed.
+    let swallow = Arc::new(AtomicBool::new(false));
+    let cut = |a: &TcpStream, b: &TcpStream| {
+        let _ = a.shutdown(Shutdown::Both);
+        let _ = b.shutdown(Shutdown::Both);
+    };
+    let (mut from_client, mut to_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let swallow_up = Arc::clone(&swallow);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_client.read(&mut buf) {
+                Ok(0) | Err(_) => return cut(&from_client, &to_server),
+                Ok(n) => n,
+            };
+            let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+            let mut armed = armed.lock().unwrap();
+            match (*armed, commit) {
+                (Some(Cut::BeforeCommit), true) => {
+                    *armed = None;
+                    return cut(&from_client, &to_server);
+                }
+                (Some(Cut::AfterCommit), true) => {
+                    *armed = None;
+                    swallow_up.store(true, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+            drop(armed);
+            if to_server.write_all(&buf[..n]).is_err() {
+                return cut(&from_client, &to_server);
+            }
+        }
+    });
+    let (mut from_server, mut to_client) = (server, client);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf) {
+                Ok(0) | Err(_) => return cut(&from_server, &to_client),
+                Ok(n) => n,
+            };
+            // The first answer after the COMMIT went up is the COMMIT's: drop it and hang up.
+            if swallow.load(Ordering::SeqCst) || to_client.write_all(&buf[..n]).is_err() {
+                return cut(&from_server, &to_client);
+            }
+        }
+    });
+}
+
+/// Runs one commit through a proxy that cuts the connection around its COMMIT; returns the
+/// commit's stats and checks that the data landed exactly once either way.
+fn commit_through_cut(cut: Cut) -> CommitStats {
+    let pg = start_postgres();
+    let proxy = CuttingProxy::start(pg.port());
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
+    let mut sink = PgSink::connect(&url, "public", 4, false, quick_retry(10)).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut model = Tables::default();
+    let mut first = random_commit(&mut rng, &mut model, 40);
+    first.co_listens.clear();
+    model.co_listens.clear();
+    sink.committed_offsets(TOPIC).unwrap();
+    sink.commit(TOPIC, &first, &offsets(&[(0, 10), (1, 4)])).unwrap();
+
+    let mut second = random_commit(&mut rng, &mut model, 40);
+    second.co_listens.clear();
+    model.co_listens.clear();
+    second.dead_letters.push(dead_letter(1, 4, b"\x00", "not JSON"));
+    proxy.arm(cut);
+    let stats = sink.commit(TOPIC, &second, &offsets(&[(0, 12), (1, 5)])).unwrap();
+    assert!(proxy.fired(), "the proxy saw the COMMIT");
+
+    let (tables, letters) = sink.read_tables().unwrap();
+    assert_eq!(tables, model);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(sink.committed_offsets(TOPIC).unwrap(), offsets(&[(0, 12), (1, 5)]));
+    stats
+}
+
+#[test]
+fn connection_lost_before_commit_retries_the_transaction() {
+    let stats = commit_through_cut(Cut::BeforeCommit);
+    assert_eq!((stats.attempts, stats.ack_lost), (2, false), "{stats:?}");
+}
+
+#[test]
+fn lost_commit_acknowledgement_is_recognised_not_replayed() {
+    let stats = commit_through_cut(Cut::AfterCommit);
+    assert_eq!((stats.attempts, stats.ack_lost), (1, true), "{stats:?}");
 }
