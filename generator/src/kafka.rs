@@ -57,7 +57,9 @@ pub enum KafkaSinkError {
         reason: String,
     },
     /// The topic does not exist.
-    #[error("topic {topic:?} does not exist on {brokers} (create it first, e.g. with deploy/start.sh)")]
+    #[error(
+        "topic {topic:?} does not exist on {brokers} (create it first, e.g. with deploy/start.sh)"
+    )]
     TopicMissing {
         /// The topic.
         topic: String,
@@ -105,7 +107,10 @@ impl ClientContext for Deliveries {
         // outcome reaches the user through the metadata check or the delivery reports.
         let severe = matches!(
             level,
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
         );
         if severe {
             tracing::warn!(facility, message, "librdkafka");
@@ -146,8 +151,15 @@ fn check_deliveries(producer: &BaseProducer<Deliveries>) -> Result<(), KafkaSink
     let deliveries = producer.context();
     let failed = deliveries.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        let first_error = deliveries.first_error.lock().map(|e| e.clone().unwrap_or_default()).unwrap_or_default();
-        return Err(KafkaSinkError::DeliveryFailed { failed, first_error });
+        let first_error = deliveries
+            .first_error
+            .lock()
+            .map(|e| e.clone().unwrap_or_default())
+            .unwrap_or_default();
+        return Err(KafkaSinkError::DeliveryFailed {
+            failed,
+            first_error,
+        });
     }
     Ok(())
 }
@@ -183,7 +195,10 @@ impl KafkaSink {
             .set("acks", "all")
             // Exactly once into the log: the broker discards duplicates of retried batches
             // (implies retries and at most 5 in-flight requests per connection, keeping order).
-            .set("enable.idempotence", if options.idempotence { "true" } else { "false" })
+            .set(
+                "enable.idempotence",
+                if options.idempotence { "true" } else { "false" },
+            )
             // Events are small, repetitive JSON: lz4 shrinks them several-fold at almost no CPU.
             .set("compression.type", "lz4")
             // Batching: wait up to 20 ms to fill batches; a generator cares about throughput,
@@ -207,17 +222,27 @@ impl KafkaSink {
             // Hash keys like the Java client (murmur2), so a user's events land in the same
             // partition as with any other Kafka producer; unkeyed messages go anywhere.
             .set("partitioner", "murmur2_random");
-        let producer: BaseProducer<Deliveries> =
-            config.create_with_context(Deliveries::default()).map_err(KafkaSinkError::Config)?;
+        let producer: BaseProducer<Deliveries> = config
+            .create_with_context(Deliveries::default())
+            .map_err(KafkaSinkError::Config)?;
 
-        let metadata = producer.client().fetch_metadata(Some(&options.topic), METADATA_TIMEOUT).map_err(|error| {
-            KafkaSinkError::Unreachable { brokers: options.brokers.clone(), reason: error.to_string() }
-        })?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&options.topic), METADATA_TIMEOUT)
+            .map_err(|error| KafkaSinkError::Unreachable {
+                brokers: options.brokers.clone(),
+                reason: error.to_string(),
+            })?;
         let topic = metadata.topics().iter().find(|t| t.name() == options.topic);
         let partitions = match topic {
-            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => topic.partitions().len(),
+            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => {
+                topic.partitions().len()
+            }
             _ => {
-                return Err(KafkaSinkError::TopicMissing { topic: options.topic.clone(), brokers: options.brokers.clone() })
+                return Err(KafkaSinkError::TopicMissing {
+                    topic: options.topic.clone(),
+                    brokers: options.brokers.clone(),
+                })
             }
         };
         Ok(KafkaSink {
@@ -241,7 +266,12 @@ impl KafkaSink {
 
     /// Enqueues one message, waiting (and serving delivery reports) while the queue is full.
     pub fn send(&mut self, key: Option<u64>, payload: &[u8]) -> Result<(), KafkaSinkError> {
-        let KafkaSink { producer, topic, key: key_text, .. } = self;
+        let KafkaSink {
+            producer,
+            topic,
+            key: key_text,
+            ..
+        } = self;
         let key = key.map(|k| key_text.format(k).as_bytes());
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
         if let Some(key) = key {
@@ -277,7 +307,9 @@ impl KafkaSink {
         self.check()?;
         match flushed {
             Ok(()) => Ok(()),
-            Err(_) => Err(KafkaSinkError::FlushTimeout { in_flight: self.producer.in_flight_count() }),
+            Err(_) => Err(KafkaSinkError::FlushTimeout {
+                in_flight: self.producer.in_flight_count(),
+            }),
         }
     }
 }

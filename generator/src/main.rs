@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use encore_generator::catalog::{Catalog, CatalogNames, CatalogSizes};
 use encore_generator::kafka::{KafkaOptions, KafkaSink};
+use encore_generator::pg;
 use encore_generator::run::{run, RunOptions, Sink};
 use encore_generator::stream::EventStream;
-use encore_generator::pg;
 
 /// Seeded music catalog and listening-event stream for encore.
 #[derive(Parser, Debug)]
@@ -118,7 +118,8 @@ fn parse_share(text: &str) -> Result<f64, String> {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -160,9 +161,17 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
     // Connect first: a broker problem is reported before any work.
     let (mut sink, target) = match (&args.brokers, &args.output) {
         (Some(brokers), _) => {
-            let options = KafkaOptions { brokers: brokers.clone(), topic: args.topic.clone(), idempotence: !args.no_idempotence };
+            let options = KafkaOptions {
+                brokers: brokers.clone(),
+                topic: args.topic.clone(),
+                idempotence: !args.no_idempotence,
+            };
             let kafka = KafkaSink::connect(&options)?;
-            let target = format!("topic {} ({} partitions) on {brokers}", args.topic, kafka.partitions());
+            let target = format!(
+                "topic {} ({} partitions) on {brokers}",
+                args.topic,
+                kafka.partitions()
+            );
             (Sink::Kafka(kafka), target)
         }
         (None, Some(path)) => (Sink::lines(path.clone())?, format!("{}", path.display())),
@@ -175,15 +184,29 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("cannot install the Ctrl-C handler")?;
     }
 
     let bar = progress_bar(&args);
-    let totals = run(&mut events, &mut sink, RunOptions { events: args.events, rate: args.rate }, &stop, |n| bar.set_position(n))?;
+    let totals = run(
+        &mut events,
+        &mut sink,
+        RunOptions {
+            events: args.events,
+            rate: args.rate,
+        },
+        &stop,
+        |n| bar.set_position(n),
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "encore-gen: {}{} messages ({} malformed) to {target} in {:.2} s: {:.0} messages/s",
-        if totals.interrupted { "interrupted after " } else { "" },
+        if totals.interrupted {
+            "interrupted after "
+        } else {
+            ""
+        },
         totals.messages,
         totals.invalid,
         totals.elapsed.as_secs_f64(),
@@ -200,12 +223,24 @@ fn progress_bar(args: &StreamArgs) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let (bar, template) = if args.events > 0 {
-        (ProgressBar::new(args.events), "{bar:40} {human_pos}/{human_len} events  {per_sec}  eta {eta}")
+        (
+            ProgressBar::new(args.events),
+            "{bar:40} {human_pos}/{human_len} events  {rate}  eta {eta}",
+        )
     } else {
-        (ProgressBar::no_length(), "{spinner} {human_pos} events  {per_sec}  {elapsed}")
+        (
+            ProgressBar::no_length(),
+            "{spinner} {human_pos} events  {rate}  {elapsed}",
+        )
     };
     bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     if let Ok(style) = ProgressStyle::with_template(template) {
+        let style = style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.0} events/s", state.per_sec());
+            },
+        );
         bar.set_style(style);
     }
     bar.enable_steady_tick(Duration::from_millis(250));
