@@ -17,6 +17,9 @@
 //! cargo bench -p encore-generator --bench throughput -- --brokers 127.0.0.1:9092 --topic music_streaming_data
 //! ```
 //!
+//! A last line times `encore-gen catalog` at the default sizes (names + binary COPY into a
+//! fresh testkit PostgreSQL, or `--postgres`; `--no-catalog` skips it).
+//!
 //! The broker runs on the same (2-core) machine, so the Kafka row measures the generator and
 //! the broker competing for the CPUs.
 
@@ -25,11 +28,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use encore_generator::catalog::CatalogNames;
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::kafka::{KafkaOptions, KafkaSink};
+use encore_generator::pg;
 use encore_generator::run::{run, RunOptions, Sink};
 use encore_generator::stream::EventStream;
-use encore_testkit::Tansu;
+use encore_testkit::{Postgres, Tansu};
 
 /// Measures encore-gen's event throughput to nothing, to a file and to Kafka.
 #[derive(Parser, Debug)]
@@ -56,6 +61,13 @@ struct Args {
     /// Skip the Kafka row.
     #[arg(long)]
     no_kafka: bool,
+    /// Skip the catalog line.
+    #[arg(long)]
+    no_catalog: bool,
+    /// An existing Postgres for the catalog line (its catalog tables are replaced!); by
+    /// default a fresh testkit cluster is started.
+    #[arg(long)]
+    postgres: Option<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -196,6 +208,34 @@ fn main() -> Result<()> {
             None => format!("Kafka (Tansu memory, {} partitions)", args.partitions),
         };
         print_row(&name, run);
+    }
+    if !args.no_catalog {
+        let (_postgres, url) = match &args.postgres {
+            Some(url) => (None, url.clone()),
+            None => {
+                let postgres = Postgres::start().context("starting PostgreSQL")?;
+                let url = postgres.url();
+                (Some(postgres), url)
+            }
+        };
+        let begin = Instant::now();
+        let catalog = Catalog::generate(args.seed, CatalogSizes::default());
+        let names = CatalogNames::generate(&catalog);
+        let named = begin.elapsed();
+        let mut client = pg::connect(&url)?;
+        let counts = pg::write_catalog(&mut client, "public", &catalog, &names)?;
+        let total = begin.elapsed();
+        println!();
+        println!(
+            "catalog: {} users, {} artists, {} albums, {} tracks in {:.2} s ({:.2} s generating with names, {:.2} s COPY + commit)",
+            counts.users,
+            counts.artists,
+            counts.albums,
+            counts.tracks,
+            total.as_secs_f64(),
+            named.as_secs_f64(),
+            (total - named).as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -74,6 +74,11 @@ struct CatalogArgs {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("sink").required(true).args(["brokers", "output"])))]
+#[command(
+    after_help = "Ids refer to the catalog of the same --seed and sizes: pass the same \
+--users/--artists/--albums/--tracks as to `encore-gen catalog`. The same seed and sizes give \
+byte-identical messages at any --rate, to a file or to Kafka (key: the user id)."
+)]
 struct StreamArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
     #[arg(long)]
