@@ -129,6 +129,7 @@ fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Chang
             |rng| rng.random_range(1..50u64),
         ),
         dead_letters: Vec::new(),
+        offsets: BTreeMap::new(),
     }
 }
 

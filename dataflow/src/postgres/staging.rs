@@ -50,7 +50,7 @@ where
     V: Ord + Copy,
 {
     let mut sorted: Vec<(K, V, i64)> = triples.to_vec();
-    sorted.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    sorted.sort_unstable_by_key(|&(key, value, _)| (key, value));
     let mut actions = Vec::new();
     let mut i = 0;
     while i < sorted.len() {
