@@ -151,8 +151,9 @@ pub fn run(
         if report_each || totals.messages % 1024 == 0 {
             progress(totals.messages);
         }
-        if totals.messages % 4096 == 0 {
-            // Serve Kafka delivery reports; fail early if the broker rejects messages.
+        if report_each || totals.messages % 4096 == 0 {
+            // Serve Kafka delivery reports; fail early if the broker rejects messages (at slow
+            // rates on every message, so a failure is noticed within the delivery timeout).
             sink.check()?;
         }
     }
