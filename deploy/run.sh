@@ -28,9 +28,16 @@ say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC (
 "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
     --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" </dev/null >>"$GENERATOR_LOG" 2>&1 &
 GENERATOR_PID=$!
-# SIGINT lets the generator flush what is in flight and log its totals.
+# SIGINT lets the generator flush what is in flight and log its totals; SIGTERM if it has not
+# exited 10 s later.
 stop_generator() {
-    kill -INT "$GENERATOR_PID" 2>/dev/null || true
+    local waited=0
+    kill -INT "$GENERATOR_PID" 2>/dev/null || return 0
+    while kill -0 "$GENERATOR_PID" 2>/dev/null && ((waited < 50)); do
+        sleep 0.2
+        waited=$((waited + 1))
+    done
+    kill -TERM "$GENERATOR_PID" 2>/dev/null || true
     wait "$GENERATOR_PID" 2>/dev/null || true
 }
 trap stop_generator EXIT
