@@ -103,20 +103,10 @@ impl Deliveries {
 
 impl ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        // librdkafka repeats connection errors every retry; they stay at debug, and the
-        // outcome reaches the user through the metadata check or the delivery reports.
-        let severe = matches!(
-            level,
-            RDKafkaLogLevel::Emerg
-                | RDKafkaLogLevel::Alert
-                | RDKafkaLogLevel::Critical
-                | RDKafkaLogLevel::Error
-        );
-        if severe {
-            tracing::warn!(facility, message, "librdkafka");
-        } else {
-            tracing::debug!(facility, message, "librdkafka");
-        }
+        // librdkafka logs every failed reconnect as an error; the outcome reaches the user as
+        // one line (metadata check, delivery reports), so its log stays at debug
+        // (`RUST_LOG=encore_generator=debug` shows it).
+        tracing::debug!(?level, facility, message, "librdkafka");
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

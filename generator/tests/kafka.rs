@@ -269,3 +269,48 @@ fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
         "everything sent was flushed"
     );
 }
+
+#[test]
+fn a_broker_lost_mid_stream_fails_the_run_instead_of_hanging() {
+    let mut tansu = Tansu::start().expect("tansu");
+    tansu.create_topic("doomed", 1).expect("topic");
+    let brokers = tansu.brokers();
+    let mut args = vec![
+        "stream",
+        "--brokers",
+        &brokers,
+        "--topic",
+        "doomed",
+        "--events",
+        "0",
+        "--rate",
+        "1000",
+    ];
+    args.extend_from_slice(&SIZES);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("encore-gen starts");
+    std::thread::sleep(Duration::from_secs(2));
+    tansu.kill().expect("kill tansu");
+    // Undeliverable messages fail after message.timeout.ms (30 s); allow generous slack
+    // before calling it a hang.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("encore-gen still running 2 minutes after the broker died");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().expect("stderr");
+    let stderr = stderr_of(&output);
+    assert!(!status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not delivered"), "{stderr}");
+}
