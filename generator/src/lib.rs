@@ -5,7 +5,8 @@
 //!   [`pg`] writes them to Postgres with binary COPY.
 //! * [`stream`]: the listening simulation, writing SPEC §1 JSON into a reused buffer, with
 //!   optional malformed messages for dead-letter tests.
-//! * [`kafka`]: the producer that sends the stream to a topic; [`pace`] keeps a rate smooth.
+//! * [`run`]: the send loop (pacing with [`pace`], a JSON-lines or [`kafka`] sink, totals),
+//!   shared by `encore-gen stream` and the throughput bench.
 //!
 //! The same seed gives the same catalog and the same bytes, on any machine, at any rate, to
 //! a file or to Kafka:

@@ -10,13 +10,13 @@
 //! rise across the stream like a live service's. A listener plays a *session* of tracks
 //! (about ten), each followed by the next after the play time plus a pause; between sessions
 //! they are away for hours, and come back more readily at daytime in their own time zone
-//! ([`crate::taste::ACTIVITY_BY_HOUR`]).
+//! (`taste::ACTIVITY_BY_HOUR`).
 //!
 //! Choosing a track, in order: a repeat of a recently played one (10 %); else an artist —
 //! the session's current artist (45 %, continuity), a favourite, one of the taste cluster's
 //! pool, or a famous artist of a genre the listener's demographics favour — and then one of
 //! that artist's tracks with a Zipf-like skew to the popular ones. Picks from outside the
-//! listener's taste are skipped more. See [`model`] for how the tastes are built.
+//! listener's taste are skipped more. See `stream/model.rs` for how the tastes are built.
 //!
 //! Determinism: one ChaCha8 stream drives the simulation and another (`--invalid-rate`) the
 //! malformed messages, so a seed gives the same bytes whatever the pace, the sink or the

@@ -48,7 +48,7 @@ pub enum InvalidKind {
 }
 
 impl InvalidKind {
-    /// Every kind, in the order [`InvalidKind::pick`] indexes them.
+    /// Every kind (a malformed message is one of these, drawn uniformly).
     pub const ALL: [InvalidKind; 15] = [
         InvalidKind::NotUtf8,
         InvalidKind::Truncated,
