@@ -119,6 +119,11 @@ impl Failure {
         }
     }
 
+    /// SQLSTATE 23505: a plain INSERT met an existing key.
+    pub(super) fn is_unique_violation(&self) -> bool {
+        matches!(self, Failure::Pg(err) if err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION))
+    }
+
     pub(super) fn reason(&self) -> String {
         match self {
             Failure::Pg(err) => describe(err),

@@ -17,7 +17,7 @@ pub(super) struct TableSpec {
 }
 
 impl TableSpec {
-    /// Fields of a staging row: `upsert`, the keys, the values.
+    /// Fields of a staging row: `op`, the keys, the values.
     pub(super) fn staging_fields(&self) -> usize {
         1 + self.keys.len() + self.values.len()
     }
@@ -46,7 +46,8 @@ impl TableSpec {
     /// A temporary table per connection, emptied by every commit (`ON COMMIT DELETE ROWS`) and
     /// by every rollback: creating it once per session saves a catalog insert per commit.
     fn create_staging(&self) -> String {
-        let mut columns = vec!["upsert BOOLEAN NOT NULL".to_string()];
+        // op: 0 delete, 1 insert, 2 update (staging::OP_*).
+        let mut columns = vec!["op SMALLINT NOT NULL".to_string()];
         columns.extend(self.keys.iter().map(|k| format!("{k} BIGINT NOT NULL")));
         columns.extend(self.values.iter().map(|(name, ty)| format!("{name} {ty}")));
         format!(
@@ -57,29 +58,43 @@ impl TableSpec {
     }
 
     fn copy_staging(&self) -> String {
-        format!("COPY {} (upsert, {}) FROM STDIN (FORMAT binary)", self.staging_table(), self.columns())
+        format!("COPY {} (op, {}) FROM STDIN (FORMAT binary)", self.staging_table(), self.columns())
     }
 
     /// Deletes the rows whose key was only retracted.
     fn merge_delete(&self, schema: &str) -> String {
         let join: Vec<String> = self.keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
         format!(
-            "DELETE FROM {schema}.{} AS t USING {} AS s WHERE NOT s.upsert AND {};\n",
+            "DELETE FROM {schema}.{} AS t USING {} AS s WHERE s.op = 0 AND {};\n",
             self.name,
             self.staging_table(),
             join.join(" AND ")
         )
     }
 
-    /// Inserts new keys and updates changed ones. The `WHERE ... IS DISTINCT FROM` skips a
-    /// row version (and its WAL) when the value is already there, as in a retried commit.
-    fn merge_upsert(&self, schema: &str) -> String {
+    /// Inserts the new keys (`op = 1`) with a plain INSERT: no per-row conflict
+    /// check, about 40 % cheaper than an upsert. A key that exists after all (a commit
+    /// replayed) fails the statement with a unique violation, and the commit is redone with
+    /// [`merge_upsert`](Self::merge_upsert) for everything.
+    fn merge_insert(&self, schema: &str) -> String {
+        format!(
+            "INSERT INTO {schema}.{name} ({columns}) SELECT {columns} FROM {stage} WHERE op = 1;\n",
+            name = self.name,
+            columns = self.columns(),
+            stage = self.staging_table(),
+        )
+    }
+
+    /// Writes the rows whose `op` satisfies `filter`: inserted if new, updated if not. The
+    /// `WHERE ... IS DISTINCT FROM` skips a row version (and its WAL) when the value is
+    /// already there, as in a replayed commit.
+    fn merge_upsert(&self, schema: &str, filter: &str) -> String {
         let set: Vec<String> =
             self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
         let old: Vec<String> = self.values.iter().map(|(v, _)| format!("t.{v}")).collect();
         let new: Vec<String> = self.values.iter().map(|(v, _)| format!("EXCLUDED.{v}")).collect();
         format!(
-            "INSERT INTO {schema}.{name} AS t ({columns}) SELECT {columns} FROM {stage} WHERE upsert \
+            "INSERT INTO {schema}.{name} AS t ({columns}) SELECT {columns} FROM {stage} WHERE {filter} \
              ON CONFLICT ({keys}) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new});\n",
             name = self.name,
             columns = self.columns(),
@@ -143,6 +158,8 @@ pub(super) struct Statements {
     pub(super) select_dead_letters: String,
     copy: Vec<(&'static str, String)>,
     merge_delete: Vec<(&'static str, String)>,
+    merge_insert: Vec<(&'static str, String)>,
+    merge_update: Vec<(&'static str, String)>,
     merge_upsert: Vec<(&'static str, String)>,
     pub(super) schema: String,
 }
@@ -222,7 +239,9 @@ impl Statements {
             ),
             copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
             merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
-            merge_upsert: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s))).collect(),
+            merge_insert: keyed.iter().map(|spec| (spec.name, spec.merge_insert(&s))).collect(),
+            merge_update: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s, "op = 2"))).collect(),
+            merge_upsert: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s, "op <> 0"))).collect(),
             schema: s,
         }
     }
@@ -241,7 +260,17 @@ impl Statements {
         Self::lookup(&self.merge_delete, table)
     }
 
-    /// The merge of `table`'s staged upserts.
+    /// The fast merge of `table`'s staged inserts (plain INSERT).
+    pub(super) fn merge_insert(&self, table: &str) -> &str {
+        Self::lookup(&self.merge_insert, table)
+    }
+
+    /// The merge of `table`'s staged updates (as upserts: a missing row is inserted).
+    pub(super) fn merge_update(&self, table: &str) -> &str {
+        Self::lookup(&self.merge_update, table)
+    }
+
+    /// The safe merge of `table`'s staged inserts and updates, all as upserts.
     pub(super) fn merge_upsert(&self, table: &str) -> &str {
         Self::lookup(&self.merge_upsert, table)
     }

@@ -10,8 +10,8 @@
 //! ```text
 //! header   "PGCOPY\n\xff\r\n\0"  i32 flags = 0  i32 extension length = 0
 //! row      i16 field count, then per field: i32 byte length (-1 = NULL) + the value in its
-//!          type's binary send format: int8 = 8 bytes big-endian, float8 = IEEE-754 bits
-//!          big-endian, int4 = 4 bytes big-endian, bool = 1 byte, text = UTF-8, bytea = raw
+//!          type's binary send format: int8 / int4 / int2 = 8 / 4 / 2 bytes big-endian,
+//!          float8 = IEEE-754 bits big-endian, text = UTF-8, bytea = raw
 //! trailer  i16 -1
 //! ```
 //!
@@ -28,11 +28,20 @@ const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// What a key becomes after consolidation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Action<V> {
-    /// The key's row now has this value (insert or update).
-    Upsert(V),
-    /// The key's row is gone.
+    /// A new key (only a +1): its row is inserted.
+    Insert(V),
+    /// A key whose old value was retracted and a new one added: its row is updated.
+    Update(V),
+    /// A key with only a retraction: its row is deleted.
     Delete,
 }
+
+/// Staging `op` codes (a `SMALLINT` column).
+pub(super) const OP_DELETE: i16 = 0;
+/// See [`OP_DELETE`].
+pub(super) const OP_INSERT: i16 = 1;
+/// See [`OP_DELETE`].
+pub(super) const OP_UPDATE: i16 = 2;
 
 /// Nets the triples of one table to one action per key, sorted by key.
 ///
@@ -81,10 +90,11 @@ where
                 reason: format!("key {key:?} retracts {removed} different values"),
             });
         }
-        match added {
-            Some(value) => actions.push((key, Action::Upsert(value))),
-            None if removed == 1 => actions.push((key, Action::Delete)),
-            None => {}
+        match (added, removed) {
+            (Some(value), 0) => actions.push((key, Action::Insert(value))),
+            (Some(value), _) => actions.push((key, Action::Update(value))),
+            (None, 1) => actions.push((key, Action::Delete)),
+            (None, _) => {}
         }
     }
     Ok(actions)
@@ -111,6 +121,11 @@ impl CopyEncoder {
         self.bytes.extend_from_slice(&value.to_be_bytes());
     }
 
+    fn int2(&mut self, value: i16) {
+        self.bytes.extend_from_slice(&2i32.to_be_bytes());
+        self.bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
     fn int4(&mut self, value: i32) {
         self.bytes.extend_from_slice(&4i32.to_be_bytes());
         self.bytes.extend_from_slice(&value.to_be_bytes());
@@ -121,10 +136,6 @@ impl CopyEncoder {
         self.bytes.extend_from_slice(&value.to_bits().to_be_bytes());
     }
 
-    fn boolean(&mut self, value: bool) {
-        self.bytes.extend_from_slice(&1i32.to_be_bytes());
-        self.bytes.push(u8::from(value));
-    }
 
     fn null(&mut self) {
         self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
@@ -152,7 +163,8 @@ impl CopyEncoder {
 pub(super) struct StagedTable {
     pub(super) spec: &'static TableSpec,
     pub(super) copy_data: Vec<u8>,
-    pub(super) upserts: u64,
+    pub(super) inserts: u64,
+    pub(super) updates: u64,
     pub(super) deletes: u64,
 }
 
@@ -167,6 +179,11 @@ pub(super) struct Staged {
 }
 
 impl Staged {
+    /// Whether there is nothing to write besides offsets.
+    pub(super) fn is_empty(&self) -> bool {
+        self.tables.is_empty() && self.dead_letters.is_none()
+    }
+
     /// Consolidates and encodes `changes`; `co_listens` is left out unless `emit_co_listens`
     /// (its table does not exist then).
     pub(super) fn new(
@@ -225,7 +242,7 @@ impl Staged {
         Ok(staged)
     }
 
-    /// Encodes one table's actions as staging rows `(upsert, keys.., values..)`; a delete
+    /// Encodes one table's actions as staging rows `(op, keys.., values..)`; a delete
     /// carries NULL values.
     fn push<K, V>(
         &mut self,
@@ -242,23 +259,19 @@ impl Staged {
         let fields = spec.staging_fields();
         // 2 bytes of field count, then 4 bytes of length and at most 8 of value per field.
         let mut encoder = CopyEncoder::new(actions.len(), 2 + 12 * fields);
-        let (mut upserts, mut deletes) = (0, 0);
+        let (mut inserts, mut updates, mut deletes) = (0, 0, 0);
         for (key, action) in actions {
             encoder.row(fields as i16);
-            match *action {
-                Action::Upsert(value) => {
-                    upserts += 1;
-                    encoder.boolean(true);
-                    encode(&mut encoder, key, Some(value))?;
-                }
-                Action::Delete => {
-                    deletes += 1;
-                    encoder.boolean(false);
-                    encode(&mut encoder, key, None)?;
-                }
-            }
+            let (op, value, count) = match *action {
+                Action::Insert(value) => (OP_INSERT, Some(value), &mut inserts),
+                Action::Update(value) => (OP_UPDATE, Some(value), &mut updates),
+                Action::Delete => (OP_DELETE, None, &mut deletes),
+            };
+            *count += 1;
+            encoder.int2(op);
+            encode(&mut encoder, key, value)?;
         }
-        self.tables.push(StagedTable { spec, copy_data: encoder.finish(), upserts, deletes });
+        self.tables.push(StagedTable { spec, copy_data: encoder.finish(), inserts, updates, deletes });
         Ok(())
     }
 }
@@ -305,7 +318,7 @@ mod tests {
         let actions = consolidate("t", &triples).unwrap();
         assert_eq!(
             actions,
-            vec![(1, Action::Upsert(11)), (2, Action::Upsert(20)), (3, Action::Delete)]
+            vec![(1, Action::Update(11)), (2, Action::Insert(20)), (3, Action::Delete)]
         );
     }
 
