@@ -2,7 +2,7 @@
 //! countries with their time zones, and the day/night listening rhythm.
 //!
 //! The original system chose genres from a user's age band and gender; those preferences are
-//! kept here as a table ([`genre_preferences`]) so that a generated listener's genres follow
+//! kept here as a table (`genre_preferences`) so that a generated listener's genres follow
 //! their demographics. The collaborative part (taste clusters, favourite artists) is built per
 //! seed in [`crate::stream`].
 
