@@ -42,9 +42,7 @@ stop_generator() {
 }
 trap stop_generator EXIT
 
-# ---------------------------------------------------------------------------------------------
-# The dataflow job. FIRST VERSION: encore-flow's Kafka input is being written; until it exists
-# this step fails with encore-flow's own error message (and the generator is stopped).
-# ---------------------------------------------------------------------------------------------
+# The dataflow job, in the foreground: Ctrl-C makes it commit its current epoch and exit, and
+# the EXIT trap then stops the generator. The stack keeps running (deploy/stop.sh stops it).
 say "running encore-flow (Ctrl-C to stop); results in the tables of $ENCORE_POSTGRES_URL"
 "$BIN/encore-flow" --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL"
