@@ -47,6 +47,18 @@
 //! upsert for updates, within noise, and it would lose a row that is unexpectedly missing;
 //! a plain INSERT about 40 % faster than `ON CONFLICT DO UPDATE`, hence the fast path above.
 //!
+//! # Schema
+//!
+//! [`PgSink::connect`] creates what is missing, in one transaction under a transaction-level
+//! advisory lock (so processes starting together do not race): the schema (`--pg-schema`,
+//! quoted with [`quote_ident`]), the SPEC §3 tables with exactly their columns (`co_listens`
+//! only with `--emit-co-listens`), the views `track_neighbors_ranked` and
+//! `user_recommendations_ranked` (`rank` = `row_number()` by score desc, then id asc; ranking
+//! the stored doubles is exact because `units / 10^P` preserves the order of units), a unique
+//! index on `dead_letters (topic, kafka_partition, kafka_offset)`, and
+//! `encore_progress (topic, kafka_partition, next_offset, committed_at)`. Each connection
+//! also creates its `pg_temp.encore_stage_*` tables (`ON COMMIT DELETE ROWS`).
+//!
 //! One sink writes through one connection. Several sinks (say, one per worker) may write
 //! disjoint partitions of one topic, but then each sink's rows must depend only on its own
 //! partitions, or a crash between their commits leaves tables of two different prefixes; the
@@ -77,9 +89,9 @@
 //! * `synchronous_commit=on`: an acknowledged COMMIT survives a server crash. With `off`, a
 //!   crash could drop a commit we already acknowledged upstream; the running job would then
 //!   write the next deltas on top of tables that miss the previous ones.
-//! * `statement_timeout=300s`: a statement stuck behind something unexpected fails (and is
-//!   retried) instead of stalling the pipeline forever; 300 s leaves room for a COPY of
-//!   millions of rows in a catch-up commit.
+//! * `statement_timeout=300s`: a statement stuck behind something unexpected fails with a
+//!   clear reason (not retried: it would most likely stall again) instead of stalling the
+//!   pipeline forever; 300 s leaves room for a COPY of millions of rows in a catch-up commit.
 //! * `lock_timeout=30s`: waiting for a lock held by someone else (a manual `ALTER TABLE`, a
 //!   long `LOCK`) becomes a retryable error with backoff, with a clear reason.
 //! * `idle_in_transaction_session_timeout=60s`: if this process freezes mid-transaction, the
@@ -91,7 +103,9 @@
 //!   upsert serialises two writers of one partition on its row lock. A serialization or
 //!   deadlock error (40001, 40P01) is retried like a connection error.
 //!
-//! Each of these is set only if the URL does not set it already (`options` are appended to).
+//! The `-c` settings are appended to the URL's `options`, so they win over it (the
+//! guarantee needs `synchronous_commit=on`); `connect_timeout`, `application_name` and
+//! `tcp_user_timeout` are set only where the URL does not set them.
 
 mod error;
 mod session;
