@@ -70,7 +70,7 @@ pub enum SinkError {
         /// Its next offset after this commit.
         after: i64,
     },
-    /// The changes do not describe a keyed table (see [`PgSink::commit`]).
+    /// The changes do not describe a keyed table (see [`PgSink::commit`](super::PgSink::commit)).
     #[error("invalid changes for {table}: {reason}")]
     InvalidChanges {
         /// Table.
