@@ -52,8 +52,8 @@ mod process;
 mod tansu;
 
 pub use error::Error;
-pub use postgres::Postgres;
-pub use tansu::{Tansu, TansuStorage};
+pub use postgres::{postgres_bin_dir, Postgres};
+pub use tansu::{tansu_binary, Tansu, TansuStorage};
 
 /// The result type of every fallible testkit call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

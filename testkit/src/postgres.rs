@@ -67,7 +67,7 @@ impl Postgres {
     /// Fails with [`Error::MissingBinary`] when `initdb`/`pg_ctl` cannot be found (on `PATH`,
     /// in `$PG_BIN`, or in `/usr/lib/postgresql/*/bin`).
     pub fn start() -> Result<Postgres> {
-        let bin_dir = find_bin_dir()?;
+        let bin_dir = postgres_bin_dir()?;
         let run_as = is_root().then_some(POSTGRES_USER);
         let dir = tempfile::Builder::new()
             .prefix("encore-pg-")
@@ -272,9 +272,9 @@ impl Drop for Postgres {
     }
 }
 
-/// The directory holding `initdb` and `pg_ctl`: `$PG_BIN`, then `PATH`, then the newest
-/// `/usr/lib/postgresql/<version>/bin`.
-fn find_bin_dir() -> Result<PathBuf> {
+/// The directory holding the `initdb` and `pg_ctl` the harness runs: `$PG_BIN`, then `PATH`,
+/// then the newest `/usr/lib/postgresql/<version>/bin`.
+pub fn postgres_bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BIN").map(PathBuf::from) {
         if dir.join("pg_ctl").is_file() && dir.join("initdb").is_file() {
             return Ok(dir);

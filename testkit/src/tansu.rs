@@ -88,7 +88,7 @@ impl Tansu {
     /// Fails with [`Error::MissingBinary`] when `tansu` is neither on `PATH` nor in
     /// `$TANSU_BIN`, `$CARGO_HOME/bin` or `~/.cargo/bin`.
     pub fn start_with(storage: TansuStorage) -> Result<Tansu> {
-        let binary = find_tansu()?;
+        let binary = tansu_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("encore-tansu-")
             .tempdir()
@@ -347,9 +347,9 @@ impl Drop for Tansu {
     }
 }
 
-/// `$TANSU_BIN`, then `tansu` on `PATH`, in `$CARGO_HOME/bin`, or in `~/.cargo/bin` (where
-/// `cargo install` puts it).
-fn find_tansu() -> Result<PathBuf> {
+/// The `tansu` binary the harness runs: `$TANSU_BIN`, then `tansu` on `PATH`, in
+/// `$CARGO_HOME/bin`, or in `~/.cargo/bin` (where `cargo install` puts it).
+pub fn tansu_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("TANSU_BIN").map(PathBuf::from) {
         if path.is_file() {
             return Ok(path);
