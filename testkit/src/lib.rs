@@ -37,6 +37,14 @@
 //! a few times before the error is returned.
 
 //!
+//! # Environment
+//!
+//! * `TANSU_BIN`: the `tansu` binary, if it is not on `PATH` or in `~/.cargo/bin`.
+//! * `PG_BIN`: the directory of `initdb` and `pg_ctl`, if they are not on `PATH` or in
+//!   `/usr/lib/postgresql/<version>/bin`.
+//! * `ENCORE_TANSU_LOG`: Tansu's log filter (its `RUST_LOG`), `warn` by default; the log is in
+//!   [`Tansu::log_path`] and its tail is quoted when a broker fails to start.
+//!
 //! # Cleanup
 //!
 //! Dropping a handle stops its server and deletes its directory. For the cases where no
