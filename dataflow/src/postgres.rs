@@ -22,11 +22,12 @@
 //!  BEGIN ─► upsert encore_progress (refuses to move an offset backwards → fenced)
 //!        ─► COPY pg_temp.encore_stage_<table> FROM STDIN (FORMAT binary)   per non-empty table
 //!        ─► one batch: DELETE … USING stage WHERE op = delete
-//!                      INSERT … SELECT … WHERE op = update ON CONFLICT DO UPDATE
-//!                      INSERT … SELECT … WHERE op = insert    (plain: the fast path)
+//!                      UPDATE … FROM stage WHERE op = update        (fast path: plain
+//!                      INSERT … SELECT … WHERE op = insert           UPDATE and INSERT)
 //!                      INSERT INTO dead_letters … ON CONFLICT DO NOTHING
-//!        │             a unique violation (a "new" key exists: replayed commit) → ROLLBACK,
-//!        │             redo at once with ON CONFLICT DO UPDATE for inserts too
+//!        │             an insert meets an existing key or an update misses its row (the
+//!        │             tables are not where the changes start: a replayed commit) → ROLLBACK,
+//!        │             redo at once with INSERT … ON CONFLICT DO UPDATE for both
 //!        ─► COMMIT                        (synchronous_commit = on: durable when acknowledged)
 //!        │
 //!        └─ connection error anywhere: the transaction is rolled back (by Postgres, since the
@@ -37,15 +38,16 @@
 //! ```
 //!
 //! The merge is state-based (a row is set to its new value or deleted, never incremented),
-//! inserts fall back to upserts when a row exists, and dead letters are unique per
+//! the fast path falls back to upserts when a row is not as expected, and dead letters are unique per
 //! `(topic, kafka_partition, kafka_offset)`; so even applying the same commit twice leaves
 //! the same tables: the ack check above is a shortcut and a consistency check, not the only
 //! line of defence.
 //!
-//! Measured alternatives (`pg_copy` benchmark and psql timings, 100k rows into a 500k-row
-//! table): `MERGE` was slower than the upserts; `UPDATE … FROM` about 10 % faster than an
-//! upsert for updates, within noise, and it would lose a row that is unexpectedly missing;
-//! a plain INSERT about 40 % faster than `ON CONFLICT DO UPDATE`, hence the fast path above.
+//! Measured alternatives (psql timings, 100k rows into a 500k-row table, busy machine):
+//! `MERGE` was slower than upserts; a plain INSERT about 40 % faster than `INSERT … ON
+//! CONFLICT DO UPDATE` of new keys, `UPDATE … FROM` 10-25 % faster for existing keys. The
+//! fast path uses both, and checks their premise: an INSERT of an existing key fails with a
+//! unique violation, and the UPDATE must report as many rows as there are updates.
 //!
 //! # Schema
 //!
@@ -120,7 +122,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::thread::sleep;
 
-use postgres::{IsolationLevel, Row};
+use postgres::{IsolationLevel, Row, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
@@ -249,12 +251,12 @@ impl PgSink {
             return Ok(stats); // nothing to write: no transaction at all
         }
         let attempts = self.retry.attempts();
-        // Inserts as plain INSERTs until one meets an existing row (see the module docs).
-        let mut fast_inserts = true;
+        // Plain INSERTs and UPDATEs until a row is not as the changes say (module docs).
+        let mut fast = true;
         loop {
             stats.attempts += 1;
             let result = match ensure_session(&mut self.session, &self.config, &self.sql, &self.retry) {
-                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast_inserts),
+                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast),
                 Err(err) => return Err(err),
             };
             let failure = match result {
@@ -264,9 +266,9 @@ impl PgSink {
                 }
                 Err(failure) => failure,
             };
-            if fast_inserts && failure.is_unique_violation() {
-                info!("an inserted row already existed (replayed commit?); redoing the commit with upserts");
-                fast_inserts = false;
+            if fast && failure.is_fast_path_miss() {
+                info!("rows were not as the changes say (replayed commit?); redoing the commit with upserts");
+                fast = false;
                 continue;
             }
             if !failure.is_transient() || stats.attempts >= attempts {
@@ -397,7 +399,7 @@ fn commit_once(
     topic: &str,
     staged: &Staged,
     offsets: &BTreeMap<i32, i64>,
-    fast_inserts: bool,
+    fast: bool,
 ) -> Result<(), Failure> {
     // Dropping `tx` on any early return rolls the transaction back.
     let mut tx = session.client.transaction()?;
@@ -416,32 +418,45 @@ fn commit_once(
         }
     }
     // All merges go to the server as one simple-query batch: one round trip for the lot.
+    // `expected[i]`: the row count statement i must report for the fast path to hold.
     let mut merge = String::new();
+    let mut expected: Vec<Option<u64>> = Vec::new();
     for table in &staged.tables {
         copy_in(&mut tx, sql.copy(table.spec.name), &table.copy_data)?;
         let name = table.spec.name;
+        let mut statement = |text: &str, rows: Option<u64>| {
+            merge.push_str(text);
+            expected.push(rows);
+        };
         if table.deletes > 0 {
-            merge.push_str(sql.merge_delete(name));
+            statement(sql.merge_delete(name), None);
         }
-        if !fast_inserts {
+        if !fast {
             if table.inserts + table.updates > 0 {
-                merge.push_str(sql.merge_upsert(name));
+                statement(sql.merge_upsert(name), None);
             }
             continue;
         }
         if table.updates > 0 {
-            merge.push_str(sql.merge_update(name));
+            statement(sql.merge_update(name), Some(table.updates));
         }
         if table.inserts > 0 {
-            merge.push_str(sql.merge_insert(name));
+            statement(sql.merge_insert(name), None);
         }
     }
     if let Some(data) = &staged.dead_letters {
         copy_in(&mut tx, &sql.copy_dead_letters, data)?;
         merge.push_str(&sql.merge_dead_letters);
+        expected.push(None);
     }
     if !merge.is_empty() {
-        tx.batch_execute(&merge)?;
+        let counts = tx.simple_query(&merge)?.into_iter().filter_map(|message| match message {
+            SimpleQueryMessage::CommandComplete(rows) => Some(rows),
+            _ => None,
+        });
+        if expected.iter().zip(counts).any(|(want, got)| want.is_some_and(|want| want != got)) {
+            return Err(Failure::FastPathMissed);
+        }
     }
     tx.commit()?;
     Ok(())

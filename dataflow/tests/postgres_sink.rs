@@ -284,8 +284,17 @@ fn a_replayed_commit_changes_nothing() {
     let (&key, _) = model.track_stats.iter().next().unwrap();
     let stats = TrackStats { plays: 99, listeners: 9, likes: 0 };
     let insert = Changes { track_stats: vec![(key, stats, 1)], ..Changes::default() };
-    sink.commit(TOPIC, &insert, &offsets(&[(0, 2)])).unwrap();
+    assert_eq!(sink.commit(TOPIC, &insert, &offsets(&[(0, 2)])).unwrap().attempts, 2);
     assert_eq!(sink.read_tables().unwrap().0.track_stats[&key], stats);
+
+    // An "update" of a key that is missing creates the row.
+    let missing = 1_000_000;
+    let update = Changes {
+        track_stats: vec![(missing, TrackStats::default(), -1), (missing, stats, 1)],
+        ..Changes::default()
+    };
+    assert_eq!(sink.commit(TOPIC, &update, &offsets(&[(0, 3)])).unwrap().attempts, 2);
+    assert_eq!(sink.read_tables().unwrap().0.track_stats[&missing], stats);
 }
 
 #[test]

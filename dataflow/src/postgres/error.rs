@@ -102,6 +102,8 @@ pub(super) enum Failure {
     /// Writing COPY data to the connection.
     Io(std::io::Error),
     Sink(SinkError),
+    /// A fast-path UPDATE found fewer rows than it had updates.
+    FastPathMissed,
 }
 
 impl From<postgres::Error> for Failure {
@@ -115,13 +117,18 @@ impl Failure {
         match self {
             Failure::Pg(err) => is_transient(err),
             Failure::Io(_) => true,
-            Failure::Sink(_) => false,
+            Failure::Sink(_) | Failure::FastPathMissed => false,
         }
     }
 
-    /// SQLSTATE 23505: a plain INSERT met an existing key.
-    pub(super) fn is_unique_violation(&self) -> bool {
-        matches!(self, Failure::Pg(err) if err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION))
+    /// The fast path's premise failed: a plain INSERT met an existing key (SQLSTATE 23505)
+    /// or a plain UPDATE missed rows.
+    pub(super) fn is_fast_path_miss(&self) -> bool {
+        match self {
+            Failure::FastPathMissed => true,
+            Failure::Pg(err) => err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            _ => false,
+        }
     }
 
     pub(super) fn reason(&self) -> String {
@@ -129,6 +136,7 @@ impl Failure {
             Failure::Pg(err) => describe(err),
             Failure::Io(err) => one_line(&err.to_string()),
             Failure::Sink(err) => err.to_string(),
+            Failure::FastPathMissed => "an UPDATE found fewer rows than the changes retract".to_string(),
         }
     }
 

@@ -85,6 +85,22 @@ impl TableSpec {
         )
     }
 
+    /// Updates the existing keys (`op = 2`) with a plain UPDATE joined to the staging table.
+    /// Its row count must equal the staged updates: fewer means rows the changes retract are
+    /// missing (a replayed commit), and the commit is redone with upserts. No `IS DISTINCT
+    /// FROM` filter here, so that the count is the rows found.
+    fn merge_update(&self, schema: &str) -> String {
+        let set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = s.{v}")).collect();
+        let join: Vec<String> = self.keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
+        format!(
+            "UPDATE {schema}.{} AS t SET {} FROM {} AS s WHERE s.op = 2 AND {};\n",
+            self.name,
+            set.join(", "),
+            self.staging_table(),
+            join.join(" AND ")
+        )
+    }
+
     /// Writes the rows whose `op` satisfies `filter`: inserted if new, updated if not. The
     /// `WHERE ... IS DISTINCT FROM` skips a row version (and its WAL) when the value is
     /// already there, as in a replayed commit.
@@ -240,7 +256,7 @@ impl Statements {
             copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
             merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
             merge_insert: keyed.iter().map(|spec| (spec.name, spec.merge_insert(&s))).collect(),
-            merge_update: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s, "op = 2"))).collect(),
+            merge_update: keyed.iter().map(|spec| (spec.name, spec.merge_update(&s))).collect(),
             merge_upsert: keyed.iter().map(|spec| (spec.name, spec.merge_upsert(&s, "op <> 0"))).collect(),
             schema: s,
         }
@@ -265,7 +281,7 @@ impl Statements {
         Self::lookup(&self.merge_insert, table)
     }
 
-    /// The merge of `table`'s staged updates (as upserts: a missing row is inserted).
+    /// The fast merge of `table`'s staged updates (plain UPDATE; its row count is checked).
     pub(super) fn merge_update(&self, table: &str) -> &str {
         Self::lookup(&self.merge_update, table)
     }
