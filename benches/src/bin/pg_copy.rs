@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use encore_dataflow::postgres::{quote_ident, PgSink, RetryPolicy};
-use encore_dataflow::tables::Changes;
+use encore_dataflow::tables::{Changes, TrackStats};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
 use postgres::{Client, NoTls};
@@ -129,7 +129,68 @@ fn main() -> Result<()> {
         timed(|| sink.commit(TOPIC, &Changes::default(), &BTreeMap::from([(0, offset)])))
     })?;
     println!("commit without row changes (offsets only): {:.2} ms", empty.as_secs_f64() * 1e3);
+    let (p50, p99) = small_mixed_commits(&mut sink, &mut offset, 300)?;
+    println!(
+        "small mixed commit (3 tables x 100 rows: 40 inserts, 40 updates, 20 deletes each): \
+         p50 {:.2} ms, p99 {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
     Ok(())
+}
+
+/// Latency of commits shaped like a live epoch: a few hundred row changes spread over
+/// `track_neighbors`, `user_recommendations` and `track_stats`.
+fn small_mixed_commits(sink: &mut PgSink, offset: &mut i64, commits: usize) -> Result<(Duration, Duration)> {
+    // Live rows per table, as (key, value); keys far above the throughput runs' keys.
+    let mut neighbors: Vec<((u64, u64), i64)> = Vec::new();
+    let mut recommendations: Vec<((u64, u64), i64)> = Vec::new();
+    let mut stats: Vec<(u64, TrackStats)> = Vec::new();
+    let mut next = 1u64 << 40;
+    let mut times = Vec::with_capacity(commits);
+    for round in 0..commits as i64 {
+        let mut changes = Changes::default();
+        for _ in 0..40 {
+            next += 1;
+            neighbors.push(((next, 1), round));
+            recommendations.push(((next, 2), round));
+            stats.push((next, TrackStats { plays: 1, listeners: 1, likes: 0 }));
+            changes.track_neighbors.push(((next, 1), round, 1));
+            changes.user_recommendations.push(((next, 2), round, 1));
+            changes.track_stats.push((next, TrackStats { plays: 1, listeners: 1, likes: 0 }, 1));
+        }
+        // Update the 40 oldest rows, delete the 20 after them (when there are enough).
+        for i in 0..60.min(neighbors.len().saturating_sub(40)) {
+            let (key, old) = neighbors[i];
+            changes.track_neighbors.push((key, old, -1));
+            let (rkey, rold) = recommendations[i];
+            changes.user_recommendations.push((rkey, rold, -1));
+            let (skey, sold) = stats[i];
+            changes.track_stats.push((skey, sold, -1));
+            if i < 40 {
+                let new = TrackStats { plays: sold.plays + 1, ..sold };
+                neighbors[i].1 = old + 1;
+                recommendations[i].1 = rold + 1;
+                stats[i].1 = new;
+                changes.track_neighbors.push((key, old + 1, 1));
+                changes.user_recommendations.push((rkey, rold + 1, 1));
+                changes.track_stats.push((skey, new, 1));
+            }
+        }
+        let deleted = 20.min(neighbors.len().saturating_sub(80));
+        neighbors.drain(40..40 + deleted);
+        recommendations.drain(40..40 + deleted);
+        stats.drain(40..40 + deleted);
+        // Rotate so that the next round updates other rows.
+        neighbors.rotate_left(40);
+        recommendations.rotate_left(40);
+        stats.rotate_left(40);
+        *offset += 1;
+        times.push(timed(|| sink.commit(TOPIC, &changes, &BTreeMap::from([(0, *offset)])))?);
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
 }
 
 /// Raw COPY, one `BinaryCopyInWriter::write` per row.
