@@ -271,6 +271,13 @@ pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: A
 }
 
 /// One worker's consumption: replay, then live epochs, until caught up or stopped.
+///
+/// One consumer reads every partition of the worker from its beginning and is never moved:
+/// messages below the committed offsets feed replay epochs, later ones live epochs. A live
+/// message that arrives while another partition is still replaying waits in memory until the
+/// replay ends (so the buffer holds at most the difference in replay progress between the
+/// worker's partitions). Never seeking matters on Tansu 0.6, whose fetch from an offset inside
+/// a record batch returns nothing.
 fn consume(
     worker: &mut timely::worker::Worker,
     inputs: &mut job::Inputs,
@@ -282,98 +289,84 @@ fn consume(
     let mut summary = StreamSummary::default();
     if partitions.is_empty() {
         inputs.advance_to(LIVE);
-        summary.replay_seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
-    let client_id = format!("encore-flow-{}", worker.index());
-    let consumer = consumer(job, &client_id)?;
+    let consumer = consumer(job, &format!("encore-flow-{}", worker.index()))?;
     let committed = |p: i32| job.committed.get(&p).copied().unwrap_or(0);
 
     // Where the topic ends now, and whether it still starts at 0 where we need it to.
     let mut targets = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
         if committed(p) > 0 && low > 0 {
             return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low });
         }
         targets.insert(p, high);
-    }
-
-    // Replay: offsets [0, committed) into epochs below LIVE, output suppressed.
-    let replaying: Vec<i32> = partitions.iter().copied().filter(|&p| committed(p) > 0).collect();
-    if !replaying.is_empty() {
-        let mut assignment = TopicPartitionList::new();
-        for &p in &replaying {
-            assignment.add_partition_offset(&job.topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
-        let mut next: BTreeMap<i32, i64> = replaying.iter().map(|&p| (p, 0)).collect();
-        let mut in_epoch = 0usize;
-        while next.iter().any(|(&p, &n)| n < committed(p)) {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(summary);
-            }
-            match consumer.poll(Duration::ZERO) {
-                None => {
-                    worker.step_or_park(Some(Duration::from_millis(5)));
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if next.get(&p).is_some_and(|&n| n < committed(p)) {
-                        return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low: next[&p] });
-                    }
-                }
-                Some(Err(error)) => return Err(error.into()),
-                Some(Ok(message)) => {
-                    let (p, offset) = (message.partition(), message.offset());
-                    let Some(n) = next.get_mut(&p) else { continue };
-                    if offset < *n || offset >= committed(p) {
-                        continue; // already seen, or live (consumed again after the replay)
-                    }
-                    *n = offset + 1;
-                    inputs.feed(message.payload().unwrap_or_default(), &job.topic, p, offset);
-                    summary.replayed_messages += 1;
-                    in_epoch += 1;
-                    if in_epoch >= job.epoch_events {
-                        in_epoch = 0;
-                        let epoch = inputs.epoch() + 1;
-                        inputs.advance_to(epoch);
-                        worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
-                    }
-                }
-            }
-        }
-    }
-    inputs.advance_to(LIVE);
-    summary.replay_seconds = started.elapsed().as_secs_f64();
-    info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay done");
-
-    // Live: from the committed offsets on.
-    let mut assignment = TopicPartitionList::new();
-    for &p in partitions {
-        assignment.add_partition_offset(&job.topic, p, Offset::Offset(committed(p)))?;
+        assignment.add_partition_offset(&job.topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, committed(p))).collect();
+
+    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
+    let mut replaying = partitions.iter().any(|&p| committed(p) > 0);
+    let mut waiting: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+    // Partitions consumed up to where they ended at start. A partition counts only once the
+    // consumer also reached its end (an end-of-partition event): Tansu 0.6 reports the base
+    // offset of its last batch + 1 as the high watermark, short of the true end, and the
+    // event makes the check right for every broker.
+    let mut caught_up = std::collections::BTreeSet::new();
+    // Live progress of the current epoch, reported when it closes.
     let mut advanced: BTreeMap<i32, i64> = BTreeMap::new();
     let epoch_length = Duration::from_millis(job.epoch_ms.max(1));
     let mut epoch_started = Instant::now();
     let mut in_epoch = 0usize;
+    if !replaying {
+        inputs.advance_to(LIVE);
+    }
     loop {
-        let caught_up = job.until_caught_up && next.iter().all(|(p, n)| *n >= targets[p]);
-        let stopping = stop.load(Ordering::SeqCst) || caught_up;
-        if stopping || in_epoch >= job.epoch_events || epoch_started.elapsed() >= epoch_length {
-            for (&p, &n) in &advanced {
-                inputs.offsets.insert((p, n));
+        if replaying && next.iter().all(|(&p, &n)| n >= committed(p)) {
+            replaying = false;
+            inputs.advance_to(LIVE);
+            summary.replay_seconds = started.elapsed().as_secs_f64();
+            info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay done");
+            for (p, offset, payload) in std::mem::take(&mut waiting) {
+                advanced.insert(p, offset + 1);
+                if !inputs.feed(&payload, &job.topic, p, offset) {
+                    summary.invalid += 1;
+                }
+                summary.live_messages += 1;
+                in_epoch += 1;
             }
-            advanced.clear();
-            let epoch = inputs.epoch() + 1;
-            inputs.advance_to(epoch);
-            in_epoch = 0;
             epoch_started = Instant::now();
-            // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
-            worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+        }
+        let stopping = stop.load(Ordering::SeqCst);
+        if replaying {
             if stopping {
                 break;
+            }
+            if in_epoch >= job.epoch_events {
+                // Replay epochs are sized by count only: they commit nothing.
+                in_epoch = 0;
+                let epoch = inputs.epoch() + 1;
+                inputs.advance_to(epoch);
+                worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+            }
+        } else {
+            let done = stopping || (job.until_caught_up && caught_up.len() == partitions.len());
+            if done || in_epoch >= job.epoch_events || epoch_started.elapsed() >= epoch_length {
+                for (&p, &n) in &advanced {
+                    inputs.offsets.insert((p, n));
+                }
+                advanced.clear();
+                let epoch = inputs.epoch() + 1;
+                inputs.advance_to(epoch);
+                in_epoch = 0;
+                epoch_started = Instant::now();
+                // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
+                worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+                if done {
+                    break;
+                }
             }
         }
         match consumer.poll(Duration::ZERO) {
@@ -381,7 +374,16 @@ fn consume(
                 // Nothing to read: do dataflow work, or sleep briefly.
                 worker.step_or_park(Some(Duration::from_millis(2)));
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
+                tracing::debug!(p, next = n, target, committed = committed(p), "end of partition");
+                if n < committed(p) {
+                    return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low: n });
+                }
+                if n >= target {
+                    caught_up.insert(p);
+                }
+            }
             Some(Err(error)) => {
                 warn!(%error, "Kafka consumer error");
                 if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
@@ -392,15 +394,24 @@ fn consume(
                 let (p, offset) = (message.partition(), message.offset());
                 let Some(n) = next.get_mut(&p) else { continue };
                 if offset < *n {
-                    continue;
+                    continue; // delivered twice
                 }
                 *n = offset + 1;
-                advanced.insert(p, offset + 1);
-                if !inputs.feed(message.payload().unwrap_or_default(), &job.topic, p, offset) {
-                    summary.invalid += 1;
+                let payload = message.payload().unwrap_or_default();
+                if offset < committed(p) {
+                    inputs.feed(payload, &job.topic, p, offset);
+                    summary.replayed_messages += 1;
+                    in_epoch += 1;
+                } else if replaying {
+                    waiting.push((p, offset, payload.to_vec()));
+                } else {
+                    advanced.insert(p, offset + 1);
+                    if !inputs.feed(payload, &job.topic, p, offset) {
+                        summary.invalid += 1;
+                    }
+                    summary.live_messages += 1;
+                    in_epoch += 1;
                 }
-                summary.live_messages += 1;
-                in_epoch += 1;
             }
         }
     }

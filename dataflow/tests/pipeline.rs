@@ -1,0 +1,227 @@
+//! The running pipeline end to end against a real Tansu broker and a real PostgreSQL:
+//! messages (valid and invalid) on a 4-partition topic → `encore-flow --until-caught-up` as
+//! 1 process × 2 workers and as 2 processes × 1 worker → every table equals the sequential
+//! implementation over the topic's messages, dead letters exactly once; appending and
+//! rerunning processes only the new messages; `kill -9` mid-run and a restart stay exact.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::tables::{Params, Tables};
+use encore_dataflow::{oracle, testing};
+use encore_testkit::{Postgres, Tansu};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+const TOPIC: &str = "music_streaming_data";
+const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+
+struct Stack {
+    tansu: Tansu,
+    postgres: Postgres,
+    dir: PathBuf,
+}
+
+impl Stack {
+    fn start(name: &str) -> Stack {
+        let tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
+        tansu.create_topic(TOPIC, 4).expect("create the topic");
+        let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+        let dir = std::env::temp_dir().join(format!("encore-pipeline-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        Stack { tansu, postgres, dir }
+    }
+
+    /// Produces `lines` as message values, keyed by a hash of the line so that they spread
+    /// over every partition.
+    fn produce(&self, lines: &[Vec<u8>]) {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.tansu.brokers())
+            .set("acks", "all")
+            .create()
+            .expect("producer");
+        for (number, line) in lines.iter().enumerate() {
+            let key = number.to_string();
+            let mut record = BaseRecord::to(TOPIC).payload(line).key(&key);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, returned)) => {
+                        record = returned;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("all messages delivered");
+    }
+
+    fn command(&self, schema: &str, cluster: &[String]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_encore-flow"));
+        command
+            .args(["--brokers", &self.tansu.brokers(), "--topic", TOPIC, "--postgres", &self.postgres.url()])
+            .args(["--pg-schema", schema, "--until-caught-up", "--emit-co-listens", "--epoch-ms", "50"])
+            .args(["--epoch-events", "300", "--history-cap", "5", "--min-co", "1", "--neighbors", "3"])
+            .args(["--recommendations", "3"])
+            .args(cluster)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs `processes` × `workers` to caught-up; every process must exit 0.
+    fn run_flow(&self, schema: &str, processes: usize, workers: usize) {
+        let children: Vec<Child> = self
+            .cluster_args(processes, workers)
+            .into_iter()
+            .map(|args| self.command(schema, &args).spawn().expect("spawn encore-flow"))
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().expect("encore-flow runs");
+            assert_success(&output);
+        }
+    }
+
+    fn cluster_args(&self, processes: usize, workers: usize) -> Vec<Vec<String>> {
+        let hostfile = self.dir.join(format!("hosts-{processes}"));
+        let hosts: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        std::fs::write(&hostfile, hosts.join("\n")).expect("hostfile");
+        (0..processes)
+            .map(|process| {
+                let mut args = vec!["-w".to_owned(), workers.to_string()];
+                if processes > 1 {
+                    args.extend(["-n".to_owned(), processes.to_string(), "-p".to_owned(), process.to_string()]);
+                    args.extend(["-h".to_owned(), hostfile.display().to_string()]);
+                }
+                args
+            })
+            .collect()
+    }
+
+    /// The tables in `schema` equal the oracle over `lines`, and the dead letters are the
+    /// invalid lines, each exactly once.
+    fn check(&self, schema: &str, lines: &[Vec<u8>]) {
+        let mut sink = PgSink::connect(&self.postgres.url(), schema, PARAMS.score_precision, true, RetryPolicy::default())
+            .expect("connect");
+        let (tables, dead_letters) = sink.read_tables().expect("read tables");
+        let (events, invalid) = testing::parse_lines(lines);
+        let want = oracle::compute(&events, &PARAMS);
+        assert_tables_eq(&tables, &want, schema);
+
+        let mut got_payloads: Vec<&[u8]> = dead_letters.iter().map(|d| d.payload.as_slice()).collect();
+        let mut want_payloads: Vec<&[u8]> = invalid.iter().map(|(line, _)| lines[*line].as_slice()).collect();
+        got_payloads.sort();
+        want_payloads.sort();
+        assert_eq!(got_payloads, want_payloads, "dead letters of {schema}: each invalid message exactly once");
+        let mut positions: Vec<(i32, i64)> = dead_letters.iter().map(|d| (d.partition, d.offset)).collect();
+        positions.sort();
+        positions.dedup();
+        assert_eq!(positions.len(), dead_letters.len(), "no dead letter twice");
+
+        let offsets = sink.committed_offsets(TOPIC).expect("offsets");
+        assert_eq!(offsets.values().sum::<i64>(), lines.len() as i64, "offsets cover every message");
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
+    fn same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(name: &str, got: &BTreeMap<K, V>, want: &BTreeMap<K, V>, context: &str) {
+        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(k) != Some(v)).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name} of {context}: {} rows vs {} expected; missing {missing:?}; unexpected {extra:?}",
+            got.len(),
+            want.len()
+        );
+    }
+    same("track_stats", &got.track_stats, &want.track_stats, context);
+    same("co_listens", &got.co_listens, &want.co_listens, context);
+    same("track_neighbors", &got.track_neighbors, &want.track_neighbors, context);
+    same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+#[test]
+fn until_caught_up_is_exact_for_workers_and_processes_and_resumes_after_append() {
+    let stack = Stack::start("exact");
+    let lines = testing::random_lines(7, 3_000);
+    let (first, second) = lines.split_at(2_000);
+    stack.produce(first);
+
+    stack.run_flow("one_by_two", 1, 2);
+    stack.check("one_by_two", first);
+    stack.run_flow("two_by_one", 2, 1);
+    stack.check("two_by_one", first);
+
+    // Appended messages: the next run replays the first 2 000 silently and adds the rest.
+    stack.produce(second);
+    stack.run_flow("one_by_two", 1, 2);
+    stack.check("one_by_two", &lines);
+    // And a run with nothing new changes nothing.
+    stack.run_flow("one_by_two", 1, 2);
+    stack.check("one_by_two", &lines);
+}
+
+#[test]
+fn kill_nine_mid_run_then_restart_is_exact() {
+    let stack = Stack::start("crash");
+    let lines = testing::random_lines(11, 12_000);
+    stack.produce(&lines);
+    let total = lines.len() as i64;
+    let committed = || -> i64 {
+        PgSink::connect(&stack.postgres.url(), "crash", PARAMS.score_precision, true, RetryPolicy::default())
+            .and_then(|mut sink| sink.committed_offsets(TOPIC))
+            .map(|offsets| offsets.values().sum())
+            .unwrap_or(0)
+    };
+    // Each round kills the job (SIGKILL) as soon as it has committed something new, and the
+    // next round restarts from whatever Postgres holds. Where a kill lands is printed.
+    let mut killed_mid_run = 0;
+    for round in 0..4 {
+        let before = committed();
+        if before == total {
+            break;
+        }
+        let mut child = stack.command("crash", &[]).spawn().expect("spawn encore-flow");
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = committed();
+            if child.try_wait().expect("poll child").is_some() {
+                break;
+            }
+            if now > before {
+                child.kill().expect("kill -9");
+                killed_mid_run += 1;
+                break;
+            }
+        }
+        let _ = child.wait();
+        eprintln!("round {round}: killed with {} of {total} messages committed", committed());
+    }
+    assert!(killed_mid_run > 0, "at least one kill landed between two commits");
+    stack.run_flow("crash", 1, 2);
+    stack.check("crash", &lines);
+}
