@@ -127,6 +127,17 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Messages committed so far in `schema` (0 when Postgres is not answering).
+    fn committed(&self, schema: &str) -> i64 {
+        let quick = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+        PgSink::connect(&self.postgres.url(), schema, PARAMS.score_precision, true, quick)
+            .and_then(|mut sink| sink.committed_offsets(TOPIC))
+            .map(|offsets| offsets.values().sum())
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -191,12 +202,7 @@ fn kill_nine_mid_run_then_restart_is_exact() {
     let lines = testing::random_lines(11, 12_000);
     stack.produce(&lines);
     let total = lines.len() as i64;
-    let committed = || -> i64 {
-        PgSink::connect(&stack.postgres.url(), "crash", PARAMS.score_precision, true, RetryPolicy::default())
-            .and_then(|mut sink| sink.committed_offsets(TOPIC))
-            .map(|offsets| offsets.values().sum())
-            .unwrap_or(0)
-    };
+    let committed = || stack.committed("crash");
     // Each round kills the job (SIGKILL) as soon as it has committed something new, and the
     // next round restarts from whatever Postgres holds. Where a kill lands is printed.
     let mut killed_mid_run = 0;
@@ -224,4 +230,22 @@ fn kill_nine_mid_run_then_restart_is_exact() {
     assert!(killed_mid_run > 0, "at least one kill landed between two commits");
     stack.run_flow("crash", 1, 2);
     stack.check("crash", &lines);
+}
+
+#[test]
+fn postgres_restarted_during_a_run_finishes_exact() {
+    let mut stack = Stack::start("pg-restart");
+    let lines = testing::random_lines(13, 12_000);
+    stack.produce(&lines);
+    let mut child = stack.command("restart", &[]).spawn().expect("spawn encore-flow");
+    while stack.committed("restart") == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(child.try_wait().expect("poll child").is_none(), "the job is still running when Postgres stops");
+    stack.postgres.stop().expect("stop PostgreSQL");
+    std::thread::sleep(Duration::from_secs(2));
+    stack.postgres.start_again().expect("start PostgreSQL again");
+    let output = child.wait_with_output().expect("encore-flow runs");
+    assert_success(&output);
+    stack.check("restart", &lines);
 }
