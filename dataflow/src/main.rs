@@ -174,6 +174,7 @@ fn main() -> ExitCode {
     // Logs go to stderr; RUST_LOG overrides the level (e.g. RUST_LOG=encore_dataflow=debug).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )

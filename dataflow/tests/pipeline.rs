@@ -73,33 +73,31 @@ impl Stack {
         command
     }
 
-    /// Runs `processes` × `workers` to caught-up; every process must exit 0.
+    /// Runs `processes` × `workers` on 127.0.0.1 to caught-up; every process must exit 0.
     fn run_flow(&self, schema: &str, processes: usize, workers: usize) {
-        let children: Vec<Child> = self
-            .cluster_args(processes, workers)
-            .into_iter()
-            .map(|args| self.command(schema, &args).spawn().expect("spawn encore-flow"))
+        self.run_flow_on(schema, &vec!["127.0.0.1"; processes], workers);
+    }
+
+    /// Runs one process per address in `hosts` (each binds its own address, as its hostfile
+    /// line says) with `workers` each, to caught-up; every process must exit 0.
+    fn run_flow_on(&self, schema: &str, hosts: &[&str], workers: usize) {
+        let hostfile = self.dir.join(format!("hosts-{schema}-{}", hosts.len()));
+        let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port(host))).collect();
+        std::fs::write(&hostfile, lines.join("\n")).expect("hostfile");
+        let children: Vec<Child> = (0..hosts.len())
+            .map(|process| {
+                let mut args = vec!["-w".to_owned(), workers.to_string()];
+                if hosts.len() > 1 {
+                    args.extend(["-n".to_owned(), hosts.len().to_string(), "-p".to_owned(), process.to_string()]);
+                    args.extend(["-h".to_owned(), hostfile.display().to_string()]);
+                }
+                self.command(schema, &args).spawn().expect("spawn encore-flow")
+            })
             .collect();
         for child in children {
             let output = child.wait_with_output().expect("encore-flow runs");
             assert_success(&output);
         }
-    }
-
-    fn cluster_args(&self, processes: usize, workers: usize) -> Vec<Vec<String>> {
-        let hostfile = self.dir.join(format!("hosts-{processes}"));
-        let hosts: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        std::fs::write(&hostfile, hosts.join("\n")).expect("hostfile");
-        (0..processes)
-            .map(|process| {
-                let mut args = vec!["-w".to_owned(), workers.to_string()];
-                if processes > 1 {
-                    args.extend(["-n".to_owned(), processes.to_string(), "-p".to_owned(), process.to_string()]);
-                    args.extend(["-h".to_owned(), hostfile.display().to_string()]);
-                }
-                args
-            })
-            .collect()
     }
 
     /// The tables in `schema` equal the oracle over `lines`, and the dead letters are the
@@ -171,8 +169,8 @@ fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
     same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 #[test]
@@ -248,4 +246,19 @@ fn postgres_restarted_during_a_run_finishes_exact() {
     let output = child.wait_with_output().expect("encore-flow runs");
     assert_success(&output);
     stack.check("restart", &lines);
+}
+
+/// Rescaling: stop, change the process count, start. 1 process to caught-up, more messages,
+/// then 3 processes on three different loopback addresses: exact over all messages.
+#[test]
+fn rescale_from_one_process_to_three_hosts() {
+    let stack = Stack::start("rescale");
+    let lines = testing::random_lines(17, 3_000);
+    let (first, second) = lines.split_at(1_000);
+    stack.produce(first);
+    stack.run_flow("rescale", 1, 1);
+    stack.check("rescale", first);
+    stack.produce(second);
+    stack.run_flow_on("rescale", &["127.0.0.2", "127.0.0.3", "127.0.0.4"], 1);
+    stack.check("rescale", &lines);
 }

@@ -1,0 +1,151 @@
+//! `encore-flow` as users run it: `--input FILE --output-dir DIR` as one and as two OS
+//! processes, the CSV files against the oracle, and clear one-line errors for bad flags and
+//! unreachable services.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use encore_dataflow::tables::Params;
+use encore_dataflow::{oracle, testing};
+
+fn flow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_encore-flow"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("encore-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A failed run: non-zero, and one `encore-flow: …` line naming `expected`, last on stderr
+/// (warnings logged while retrying may come before it).
+fn assert_one_line_error(output: &Output, expected: &str) {
+    assert!(!output.status.success(), "should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
+    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
+    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
+    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
+}
+
+const SMALL: [&str; 10] =
+    ["--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--epoch-events", "97"];
+
+#[test]
+fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
+    let dir = scratch("processes");
+    let lines = testing::random_lines(5, 2_500);
+    let input = dir.join("events.jsonl");
+    let mut text = Vec::new();
+    for line in &lines {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    std::fs::write(&input, text).expect("write input");
+
+    let single = dir.join("single");
+    let output = flow()
+        .args(["--input", input.to_str().unwrap(), "--output-dir", single.to_str().unwrap(), "--emit-co-listens"])
+        .args(SMALL)
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("events=2500"), "summary line: {summary}");
+
+    let pair = dir.join("pair");
+    let hostfile = dir.join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let spawned: Vec<_> = (0..2)
+        .map(|process| {
+            flow()
+                .args(["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-co-listens"])
+                .args(SMALL)
+                .args(["-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in spawned {
+        let output = child.wait_with_output().expect("wait");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    for table in ["track_neighbors", "user_recommendations", "track_stats", "co_listens", "dead_letters"] {
+        let file = format!("{table}.csv");
+        assert_eq!(read(&single.join(&file)), read(&pair.join(&file)), "{table}: 1 process vs 2 processes");
+    }
+
+    // And the CSV equals the oracle, score for score.
+    let params = Params { history_cap: 4, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+    let (events, invalid) = testing::parse_lines(&lines);
+    let want = oracle::compute(&events, &params);
+    let mut expected = String::from("track_id,neighbor_id,score\n");
+    for ((i, j), units) in &want.track_neighbors {
+        expected.push_str(&format!("{i},{j},{}\n", *units as f64 / 1e4));
+    }
+    assert_eq!(read(&single.join("track_neighbors.csv")), expected);
+    let dead = read(&single.join("dead_letters.csv"));
+    assert_eq!(dead.lines().count(), invalid.len() + 1, "a dead letter per invalid line");
+    assert!(dead.starts_with("topic,kafka_partition,kafka_offset,error\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_fail_with_one_line() {
+    let output = flow().args(["--input", "/nonexistent/events.jsonl", "--output-dir", "/tmp/x"]).output().unwrap();
+    assert_one_line_error(&output, "/nonexistent/events.jsonl");
+
+    let output = flow().args(["--input", "x", "--output-dir", "y", "-n", "2", "-p", "2"]).output().unwrap();
+    assert_one_line_error(&output, "-p 2");
+
+    let output = flow().args(["--input", "x", "--postgres", "postgres://nowhere/x"]).output().unwrap();
+    assert_one_line_error(&output, "--input with --postgres");
+
+    // clap's own usage errors: non-zero, and the first line says what is wrong.
+    let output = flow().args(["--input", "x"]).output().unwrap();
+    assert!(!output.status.success());
+    let output = flow().args(["--input", "x", "--output-dir", "y", "--score-precision", "99"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("score-precision"));
+
+    let help = flow().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--brokers", "--postgres", "--input", "--output-dir", "--until-caught-up", "-h, --hostfile", "--history-cap"] {
+        assert!(text.contains(flag), "--help mentions {flag}");
+    }
+}
+
+#[test]
+fn unreachable_services_fail_with_one_line_in_bounded_time() {
+    let dead_port = free_port();
+    let started = Instant::now();
+    let output = flow()
+        .args(["--brokers", "127.0.0.1:9", "--topic", "t", "--postgres", &format!("postgres://postgres@127.0.0.1:{dead_port}/x")])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "Postgres");
+    assert!(started.elapsed() < Duration::from_secs(120), "bounded retries, not a hang");
+
+    let postgres = encore_testkit::Postgres::start().expect("start PostgreSQL");
+    let output = flow()
+        .args(["--brokers", &format!("127.0.0.1:{dead_port}"), "--topic", "t", "--postgres", &postgres.url()])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "Kafka");
+}
