@@ -169,8 +169,31 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A panic anywhere ends the process with one line and exit status 1. The usual cause is a
+/// lost peer process (timely's network threads panic when a connection breaks); without this
+/// hook every thread would print its own backtrace. Uncommitted work is rolled back by
+/// Postgres when the connection drops, so exiting at once is safe.
+fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        if message.contains("timely communication error") {
+            eprintln!("encore-flow: lost a peer process ({message})");
+        } else {
+            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            eprintln!("encore-flow: internal error: {message}{place}");
+        }
+        std::process::exit(1);
+    }));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_on_panic();
     // Logs go to stderr; RUST_LOG overrides the level (e.g. RUST_LOG=encore_dataflow=debug).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -149,3 +149,33 @@ fn unreachable_services_fail_with_one_line_in_bounded_time() {
         .unwrap();
     assert_one_line_error(&output, "Kafka");
 }
+
+/// A peer process lost mid-run: the survivor exits non-zero at once with one line.
+#[test]
+fn a_lost_peer_process_stops_the_others() {
+    let dir = scratch("peer");
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
+    let hostfile = dir.join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let mut processes: Vec<_> = (0..2)
+        .map(|process| {
+            flow()
+                .args(["--input", input, "--output-dir", dir.join("out").to_str().unwrap(), "--epoch-events", "1000"])
+                .args(["-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let mut peer = processes.pop().expect("process 1");
+    assert!(peer.try_wait().unwrap().is_none(), "process 1 still running when killed");
+    peer.kill().expect("kill -9 process 1");
+    let _ = peer.wait();
+    let started = Instant::now();
+    let output = processes.pop().expect("process 0").wait_with_output().expect("wait");
+    assert_one_line_error(&output, "lost a peer process");
+    assert!(started.elapsed() < Duration::from_secs(60), "the survivor does not hang");
+    let _ = std::fs::remove_dir_all(&dir);
+}
