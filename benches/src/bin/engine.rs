@@ -1,0 +1,317 @@
+//! `engine`: the incremental engine's figures on the seeded generator workload, as tables.
+//!
+//! * **latency**: a fresh dataflow loads `--load-events` in one epoch, then runs epochs of 1,
+//!   100, 1 000 and 10 000 events (`--epoch-sizes`, `--epoch-counts`); per epoch size it
+//!   prints p50/p99/max latency and throughput, for each `--workers` count (the shape of the
+//!   table in differential-dataflow's README);
+//! * **scratch**: from the same kind of run, the time of the load (every output computed
+//!   from scratch over `--load-events`, one epoch) against the median incremental epoch of
+//!   1 000 and 10 000 events right after it;
+//! * **memory** / **amplification**: one growing run (epochs of `--growth-epoch` events up to
+//!   `--load-events`): per `--window` of events, output row changes per input event for each
+//!   table, and the process's VmRSS / VmHWM (peak) after each window.
+//!
+//! Each run is seeded (`--seed`), uses the default catalog (100 000 users, 50 000 tracks) and
+//! the default SPEC §2 parameters; see [`driver`] for what exactly is timed. Nothing is
+//! asserted: the binary prints figures.
+//!
+//! ```text
+//! cargo run --release -p encore-benches --bin engine -- --which all
+//! cargo run --release -p encore-benches --bin engine -- --which memory --load-events 10000000
+//! ```
+//!
+//! VmHWM is a process-wide peak, so `--which all` runs the growth run first, before any
+//! big one-epoch load; for the cleanest figure run `--which memory` alone.
+
+// A binary root finds modules beside itself; keep the driver in the folder named after it.
+#[path = "engine/driver.rs"]
+mod driver;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use encore_dataflow::tables::Params;
+use encore_generator::catalog::{Catalog, CatalogSizes};
+
+use driver::{EpochChanges, EpochRecord, Memory, Schedule};
+
+/// Prints latency, throughput, from-scratch, memory and delta-amplification tables for the
+/// encore dataflow over the seeded generator workload.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Which measurement to run.
+    #[arg(long, value_enum, default_value = "all")]
+    which: Which,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Events loaded before the small epochs (latency, scratch), or grown to (memory,
+    /// amplification).
+    #[arg(long, default_value_t = 1_000_000)]
+    load_events: usize,
+    /// Worker counts to measure latency with; scratch and growth runs use the largest.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Epoch sizes (events) measured after the load.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000")]
+    epoch_sizes: Vec<usize>,
+    /// Epochs measured for each epoch size (same order as --epoch-sizes).
+    #[arg(long, value_delimiter = ',', default_value = "1000,200,100,30")]
+    epoch_counts: Vec<usize>,
+    /// Epoch size of the growth run (memory, amplification).
+    #[arg(long, default_value_t = 10_000)]
+    growth_epoch: usize,
+    /// Events per row of the growth tables.
+    #[arg(long, default_value_t = 100_000)]
+    window: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Latency,
+    Scratch,
+    Memory,
+    Amplification,
+    All,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.epoch_sizes.len() != args.epoch_counts.len() {
+        bail!("--epoch-sizes and --epoch-counts need the same number of values");
+    }
+    if args.workers.is_empty() || args.workers.contains(&0) {
+        bail!("--workers needs positive worker counts");
+    }
+    if args.load_events == 0 || args.growth_epoch == 0 || args.window == 0 {
+        bail!("--load-events, --growth-epoch and --window must be positive");
+    }
+    let max_workers = args.workers.iter().copied().max().unwrap_or(1);
+    let started = Instant::now();
+    let catalog = Arc::new(Catalog::generate(args.seed, CatalogSizes::default()));
+    println!(
+        "encore engine bench: seed {}, {} users, {} tracks, params {:?}; catalog in {:.1} s; {} CPUs; {}",
+        args.seed,
+        catalog.sizes.users,
+        catalog.sizes.tracks,
+        Params::default(),
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load_average(),
+    );
+
+    let growth = matches!(args.which, Which::Memory | Which::Amplification | Which::All);
+    if growth {
+        let records = growth_run(&catalog, &args, max_workers)?;
+        if matches!(args.which, Which::Amplification | Which::All) {
+            print_amplification(&records, &args, max_workers);
+        }
+        if matches!(args.which, Which::Memory | Which::All) {
+            print_memory(&records, &args, max_workers);
+        }
+    }
+    match args.which {
+        Which::Latency | Which::All => {
+            let mut runs = Vec::new();
+            for &workers in &args.workers {
+                runs.push((workers, latency_run(&catalog, &args, workers)?));
+            }
+            print_latency(&runs, &args);
+            print_scratch(&runs, &args);
+        }
+        Which::Scratch => {
+            let records = latency_run(&catalog, &args, max_workers)?;
+            print_scratch(&[(max_workers, records)], &args);
+        }
+        Which::Memory | Which::Amplification => {}
+    }
+    println!("\ndone in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
+    Ok(())
+}
+
+/// The load (one epoch of `--load-events`) then the small epochs of every size.
+fn latency_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec<EpochRecord>> {
+    let mut epochs = vec![args.load_events];
+    for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
+        epochs.extend(std::iter::repeat_n(size.max(1), count));
+    }
+    eprintln!("latency run: {workers} worker(s), {} epochs ... ({})", epochs.len(), load_average());
+    let schedule = Schedule { workers, params: Params::default(), epochs, memory_after: BTreeSet::from([0]) };
+    driver::run(catalog.clone(), &schedule).context("latency run")
+}
+
+/// Epochs of `--growth-epoch` up to `--load-events`, memory read at every window's end.
+fn growth_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec<EpochRecord>> {
+    let count = args.load_events.div_ceil(args.growth_epoch);
+    let epochs = vec![args.growth_epoch; count];
+    let mut memory_after = BTreeSet::new();
+    let mut events = 0;
+    for (index, &size) in epochs.iter().enumerate() {
+        let before = events;
+        events += size;
+        if events / args.window > before / args.window || index + 1 == count {
+            memory_after.insert(index);
+        }
+    }
+    eprintln!("growth run: {workers} worker(s), {count} epochs of {} ... ({})", args.growth_epoch, load_average());
+    let schedule = Schedule { workers, params: Params::default(), epochs, memory_after };
+    driver::run(catalog.clone(), &schedule).context("growth run")
+}
+
+fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
+    println!(
+        "\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n",
+        args.load_events
+    );
+    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s |");
+    println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|");
+    for (workers, records) in runs {
+        let mut next = 1;
+        for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
+            let Some(epochs) = records.get(next..next + count) else { break };
+            next += count;
+            let mut times: Vec<Duration> = epochs.iter().map(|r| r.engine).collect();
+            times.sort_unstable();
+            let total: Duration = times.iter().sum();
+            let events: usize = epochs.iter().map(|r| r.events).sum();
+            println!(
+                "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                ms(percentile(&times, 0.50)),
+                ms(percentile(&times, 0.99)),
+                ms(times.last().copied().unwrap_or_default()),
+                events as f64 / total.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+}
+
+fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
+    println!(
+        "\n## Incremental vs from scratch ({} events; scratch = all outputs computed in one epoch)\n",
+        args.load_events
+    );
+    println!("| workers | scratch s | scratch events/s | peak RSS after load | epoch events | median epoch ms | scratch / epoch |");
+    println!("|--------:|----------:|-----------------:|--------------------:|-------------:|----------------:|----------------:|");
+    for (workers, records) in runs {
+        let Some(load) = records.first() else { continue };
+        let peak = load.memory.map(|m| gib(m.peak)).unwrap_or_else(|| "n/a".to_owned());
+        let mut next = 1;
+        for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
+            let Some(epochs) = records.get(next..next + count) else { break };
+            next += count;
+            if size < 1_000 {
+                continue;
+            }
+            let mut times: Vec<Duration> = epochs.iter().map(|r| r.engine).collect();
+            times.sort_unstable();
+            let median = percentile(&times, 0.5);
+            println!(
+                "| {workers} | {:.1} | {:.0} | {peak} | {size} | {:.1} | {:.0}× |",
+                load.engine.as_secs_f64(),
+                load.events as f64 / load.engine.as_secs_f64().max(1e-9),
+                ms(median),
+                load.engine.as_secs_f64() / median.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+}
+
+/// The growth run's records summed per window (a window ends where memory was read).
+fn windows(records: &[EpochRecord]) -> Vec<(usize, usize, EpochChanges, Duration, Option<Memory>)> {
+    let mut rows = Vec::new();
+    let (mut start, mut events, mut changes, mut time) = (0, 0, EpochChanges::default(), Duration::ZERO);
+    for record in records {
+        events += record.events;
+        changes.add(&record.changes);
+        time += record.engine;
+        if record.memory.is_some() {
+            rows.push((start, start + events, changes, time, record.memory));
+            start += events;
+            (events, changes, time) = (0, EpochChanges::default(), Duration::ZERO);
+        }
+    }
+    rows
+}
+
+fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
+    println!(
+        "\n## Delta amplification (epochs of {} events, {workers} workers): output changes per input event\n",
+        args.growth_epoch
+    );
+    println!("rows = distinct keys inserted/deleted/changed per epoch, summed; upd = differential updates (a changed row = 2).\n");
+    println!("| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s |");
+    println!("|-------:|------------------:|-----------------:|-------------:|------------:|--------------:|-------------:|---------:|");
+    for (start, end, changes, time, _memory) in windows(records) {
+        let events = (end - start) as f64;
+        let per = |n: u64| n as f64 / events;
+        println!(
+            "| {}–{} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            short(start),
+            short(end),
+            per(changes.neighbors.rows),
+            per(changes.neighbors.updates),
+            per(changes.recommendations.rows),
+            per(changes.recommendations.updates),
+            per(changes.stats.rows),
+            per(changes.stats.updates),
+            events / time.as_secs_f64().max(1e-9),
+        );
+    }
+}
+
+fn print_memory(records: &[EpochRecord], args: &Args, workers: usize) {
+    println!(
+        "\n## Memory (epochs of {} events, {workers} workers, default parameters): process RSS after each window\n",
+        args.growth_epoch
+    );
+    println!("| events | VmRSS | VmHWM (peak) | epoch p99 ms in window |");
+    println!("|-------:|------:|-------------:|-----------------------:|");
+    let mut next = 0;
+    for record_index in 0..records.len() {
+        let Some(memory) = records[record_index].memory else { continue };
+        let mut times: Vec<Duration> = records[next..=record_index].iter().map(|r| r.engine).collect();
+        times.sort_unstable();
+        next = record_index + 1;
+        let events: usize = records[..=record_index].iter().map(|r| r.events).sum();
+        println!("| {} | {} | {} | {:.1} |", short(events), gib(memory.rss), gib(memory.peak), ms(percentile(&times, 0.99)));
+    }
+}
+
+/// The `q` quantile of sorted `times` (nearest rank).
+fn percentile(times: &[Duration], q: f64) -> Duration {
+    if times.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len());
+    times[rank - 1]
+}
+
+fn ms(time: Duration) -> f64 {
+    time.as_secs_f64() * 1e3
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn short(events: usize) -> String {
+    if events >= 1_000_000 && events % 100_000 == 0 {
+        format!("{:.1}M", events as f64 / 1e6)
+    } else if events >= 1_000 && events % 1_000 == 0 {
+        format!("{}k", events / 1_000)
+    } else {
+        events.to_string()
+    }
+}
+
+/// The 1/5/15-minute load average: other engineers share the machine.
+fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(text) => format!("loadavg {}", text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        Err(_) => "loadavg n/a".to_owned(),
+    }
+}

@@ -1,0 +1,238 @@
+//! The benchmark driver: the production dataflow ([`encore_dataflow::job::install`]) fed by
+//! the seeded generator, one epoch at a time, with a schedule of epoch sizes.
+//!
+//! ```text
+//!  every worker: EventStream (same seed) ──► keep lines n ≡ w (mod W) ──► buffer
+//!                                                                          │ barrier
+//!                       timed: feed buffer ─► advance_to(e+1) ─► step_while(probe < e+1)
+//!  worker 0:  CountingSink  (row changes per table, per epoch)
+//!             /proc/self/status (VmRSS, VmHWM) after chosen epochs
+//! ```
+//!
+//! `encore_dataflow::batch::run` has one epoch size for a whole run; the benchmarks need a
+//! big load followed by small epochs, so this driver repeats its skeleton (the same
+//! `job::install`, the same `Inputs::feed` parsing JSON, the same wait on the sink's probe)
+//! with a per-epoch size.
+//!
+//! **What is timed.** Every worker runs its own copy of the generator (the same seed gives
+//! the same bytes) and keeps its share of the lines, as `batch::run` does with a file. The
+//! generation happens *outside* the timed span: all workers generate an epoch's lines (in
+//! chunks of [`CHUNK`] for big epochs), meet at a barrier, then worker 0 starts its clock,
+//! feeds (JSON parsing included), closes the epoch and waits until the sink on worker 0 has
+//! received it. So an epoch's latency is "input available in memory → every output change of
+//! the epoch delivered to the sink", the sink itself only counting rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use encore_dataflow::engine::Epoch;
+use encore_dataflow::job;
+use encore_dataflow::output::EpochSink;
+use encore_dataflow::tables::{Changes, Params};
+use encore_generator::catalog::Catalog;
+use encore_generator::stream::EventStream;
+
+/// Lines generated (and fed) at a time within a big epoch: bounds the generated-but-not-fed
+/// buffer to ~15 MB per worker, so that a 10 M-event epoch does not hold 1.5 GB of JSON.
+pub const CHUNK: usize = 100_000;
+
+/// One benchmark run: a fresh dataflow fed epochs of the given sizes.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Timely workers (threads of this process).
+    pub workers: usize,
+    /// SPEC §2 parameters.
+    pub params: Params,
+    /// Events of each epoch, in order.
+    pub epochs: Vec<usize>,
+    /// Epoch indices after which worker 0 reads the process's memory figures.
+    pub memory_after: BTreeSet<usize>,
+}
+
+/// Output row changes of one epoch for one table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableChanges {
+    /// Differential updates (a changed row counts twice: `-old`, `+new`).
+    pub updates: u64,
+    /// Distinct keys touched: rows inserted, deleted or changed.
+    pub rows: u64,
+}
+
+impl TableChanges {
+    fn of<K: Ord + Copy, V>(changes: &[(K, V, i64)]) -> TableChanges {
+        let mut keys: Vec<K> = changes.iter().map(|change| change.0).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        TableChanges { updates: changes.len() as u64, rows: keys.len() as u64 }
+    }
+
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: TableChanges) {
+        self.updates += other.updates;
+        self.rows += other.rows;
+    }
+}
+
+/// Row changes of one epoch, per SPEC §3 table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpochChanges {
+    /// `track_neighbors`.
+    pub neighbors: TableChanges,
+    /// `user_recommendations`.
+    pub recommendations: TableChanges,
+    /// `track_stats`.
+    pub stats: TableChanges,
+}
+
+impl EpochChanges {
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: &EpochChanges) {
+        self.neighbors.add(other.neighbors);
+        self.recommendations.add(other.recommendations);
+        self.stats.add(other.stats);
+    }
+}
+
+/// The process's resident memory, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss: u64,
+    /// `VmHWM`: the peak resident size so far.
+    pub peak: u64,
+}
+
+impl Memory {
+    /// Reads `/proc/self/status`; `None` where it is unavailable (not Linux).
+    pub fn read() -> Option<Memory> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = status.lines().find(|line| line.starts_with(name))?;
+            let kib: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kib * 1024)
+        };
+        Some(Memory { rss: field("VmRSS:")?, peak: field("VmHWM:")? })
+    }
+}
+
+/// What worker 0 saw of one epoch.
+#[derive(Clone, Debug, Default)]
+pub struct EpochRecord {
+    /// Events (lines) of the epoch, all workers together.
+    pub events: usize,
+    /// Timed span: feed, close, wait for the sink (generation excluded).
+    pub engine: Duration,
+    /// Time worker 0 spent generating the epoch's lines (not part of `engine`).
+    pub generation: Duration,
+    /// Output row changes of the epoch.
+    pub changes: EpochChanges,
+    /// Memory after the epoch, when asked for.
+    pub memory: Option<Memory>,
+}
+
+/// Counts the row changes of every closed epoch (worker 0).
+struct CountingSink {
+    counts: Arc<Mutex<BTreeMap<Epoch, EpochChanges>>>,
+}
+
+impl EpochSink for CountingSink {
+    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
+        let counted = EpochChanges {
+            neighbors: TableChanges::of(&changes.track_neighbors),
+            recommendations: TableChanges::of(&changes.user_recommendations),
+            stats: TableChanges::of(&changes.track_stats),
+        };
+        // A poisoned lock means a worker panicked; the run reports that failure.
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.insert(epoch, counted);
+        }
+    }
+}
+
+/// Runs `schedule` over `catalog`'s event stream; returns one record per epoch.
+pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord>> {
+    let workers = schedule.workers.max(1);
+    let counts: Arc<Mutex<BTreeMap<Epoch, EpochChanges>>> = Arc::default();
+    let records: Arc<Mutex<Vec<EpochRecord>>> = Arc::default();
+    let barrier = Arc::new(Barrier::new(workers));
+    let schedule = Arc::new(schedule.clone());
+    let (counts_in, records_in) = (counts.clone(), records.clone());
+
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index() as u64;
+        let peers = worker.peers() as u64;
+        let sink = CountingSink { counts: counts_in.clone() };
+        let mut inputs = job::install(worker, &schedule.params, false, sink);
+        let mut stream = EventStream::new(&catalog, 0.0);
+        let mut payload = Vec::with_capacity(512);
+        // This worker's lines of the current chunk, back to back, and where each ends.
+        let mut blob: Vec<u8> = Vec::new();
+        let mut ends: Vec<usize> = Vec::new();
+        let mut line_number = 0u64;
+
+        for (epoch_index, &size) in schedule.epochs.iter().enumerate() {
+            let next_epoch = epoch_index as Epoch + 1;
+            let mut record = EpochRecord { events: size, ..EpochRecord::default() };
+            let mut remaining = size;
+            loop {
+                let chunk = remaining.min(CHUNK);
+                let generating = Instant::now();
+                blob.clear();
+                ends.clear();
+                for _ in 0..chunk {
+                    stream.next_message(&mut payload);
+                    if line_number % peers == index {
+                        blob.extend_from_slice(&payload);
+                        ends.push(blob.len());
+                    }
+                    line_number += 1;
+                }
+                record.generation += generating.elapsed();
+                // Everyone has its lines: start the clock together.
+                barrier.wait();
+                let feeding = Instant::now();
+                let mut start = 0;
+                for &end in &ends {
+                    inputs.feed(&blob[start..end], "bench", 0, 0);
+                    start = end;
+                }
+                remaining -= chunk;
+                if remaining == 0 {
+                    inputs.advance_to(next_epoch);
+                    worker.step_while(|| inputs.pending_before(next_epoch));
+                    record.engine += feeding.elapsed();
+                    break;
+                }
+                // Let the exchange move the chunk on while the next one is generated.
+                worker.step();
+                record.engine += feeding.elapsed();
+            }
+            if index == 0 {
+                if schedule.memory_after.contains(&epoch_index) {
+                    record.memory = Memory::read();
+                }
+                if let Ok(mut records) = records_in.lock() {
+                    records.push(record);
+                }
+            }
+        }
+        inputs.close();
+        while worker.step_or_park(None) {}
+    })
+    .map_err(|error| anyhow!("starting timely: {error}"))?;
+    for result in guards.join() {
+        result.map_err(|panic| anyhow!("a worker failed: {panic}"))?;
+    }
+
+    let counts = std::mem::take(&mut *counts.lock().map_err(|_| anyhow!("sink lock poisoned"))?);
+    let mut records = std::mem::take(&mut *records.lock().map_err(|_| anyhow!("records lock poisoned"))?);
+    // Epoch e's changes are stamped with time e; an epoch without changes has no entry.
+    for (epoch, changes) in counts {
+        if let Some(record) = records.get_mut(epoch as usize) {
+            record.changes = changes;
+        }
+    }
+    Ok(records)
+}
