@@ -159,3 +159,37 @@ pg_cluster_dir() {
 
 # Last lines of a log file, for error messages.
 log_tail() { tail -n 20 "$1" 2>/dev/null || true; }
+
+# Prints the first port from $1 upwards (at most 100 tried) on which nothing listens on
+# 127.0.0.1, or fails. A port can still be taken between this check and its use.
+free_port() {
+    local port="$1" last=$(($1 + 100))
+    while ((port < last)); do
+        if ! port_open "$port"; then
+            printf '%s\n' "$port"
+            return 0
+        fi
+        port=$((port + 1))
+    done
+    return 1
+}
+
+# Runs psql against the stack's Postgres with unaligned, tuples-only output and fields
+# separated by the ASCII unit separator (titles may contain tabs or bars). Extra arguments go
+# to psql (e.g. -c SQL, -v name=value; a script on stdin).
+pg_sql() {
+    PGCONNECT_TIMEOUT=5 psql "$ENCORE_POSTGRES_URL" -X -q -A -t -F $'\x1f' "$@"
+}
+
+# Prints "partition high_watermark" lines of topic $1 (the next offset to be written, i.e.
+# the number of messages ever produced to that partition) read from Tansu's sqlite storage
+# file, or nothing when that is not available (memory storage, no sqlite3, another layout).
+# Read-only: the database is in WAL mode, so this reader never blocks the broker's writes.
+topic_high_watermarks() {
+    local topic="$1" db="$ENCORE_STATE_DIR/tansu/tansu.db"
+    # Kafka topic names are [A-Za-z0-9._-]+, so the name can be put into the SQL text as is.
+    [[ "$topic" =~ ^[A-Za-z0-9._-]+$ && -f "$db" ]] && command -v sqlite3 >/dev/null || return 0
+    sqlite3 -readonly -cmd '.timeout 1000' -separator ' ' "$db" \
+        "SELECT p.partition, w.high FROM watermark w JOIN topition p ON w.topition = p.id
+         JOIN topic t ON p.topic = t.id WHERE t.name = '$topic' ORDER BY p.partition" 2>/dev/null || true
+}

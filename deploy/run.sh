@@ -1,48 +1,244 @@
 #!/usr/bin/env bash
-# Quick start: starts the local stack (deploy/start.sh), builds encore in release mode, writes
-# the music catalog to Postgres, streams listening events into Kafka in the background, and
-# runs the dataflow job in the foreground until Ctrl-C.
+# Quick start: the whole pipeline on this machine with zero configuration.
+#
+#  1. starts the local stack (deploy/start.sh: Tansu + PostgreSQL, topic created);
+#  2. builds encore-gen and encore-flow in release mode;
+#  3. writes the music catalog (users, artists, albums, tracks) to Postgres;
+#  4. streams listening events into Kafka in the background (encore-gen stream);
+#  5. runs encore-flow as 2 processes × 1 worker (-n 2 -p 0|1 -h deploy/state/flow-hosts),
+#     logs in deploy/state/flow-p0.log and flow-p1.log, each line prefixed [p0]/[p1];
+#  6. shows live progress until Ctrl-C (deploy/watch.sh: events/s, lag per partition, last
+#     commit, one user's recommendations and one track's neighbours); when stdout is not a
+#     terminal, a compact line every 10 s instead.
+#
+# Ctrl-C (SIGINT or SIGTERM to this script): both encore-flow processes get SIGINT, commit
+# their current epoch and exit; then the generator is stopped; then the script says where the
+# data is. The stack keeps running (deploy/stop.sh stops it). If an encore-flow process exits
+# on its own, the other one and the generator are stopped and the script exits 1 saying which
+# process failed and why.
+#
+# Rerunnable: the stack and its data are kept, the catalog is rewritten identically, and
+# encore-flow resumes from the offsets it committed to Postgres (it rebuilds its state by
+# replaying the topic first). The generator starts again at the beginning of its seed's
+# stream, so the topic then holds those events once more (more listens by the same users).
 #
 # Environment: everything deploy/start.sh reads (see deploy/lib.sh), plus
-#   ENCORE_RATE  events per second of the background generator [500]
-#   ENCORE_SEED  seed of the catalog and the events (they must match) [1]
+#   ENCORE_RATE       events per second of the background generator [500]
+#   ENCORE_SEED       seed of the catalog and the events (they must match) [1]
+#   ENCORE_FLOW_PORT  first of the two ports the encore-flow processes talk on
+#                     [the first two free ports from 2101]
+#   ENCORE_FLOW_ARGS  extra encore-flow flags for both processes, e.g. "--epoch-ms 500" []
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=deploy/watch.sh
+source "$DEPLOY_DIR/watch.sh"
 
 ENCORE_RATE="${ENCORE_RATE:-500}"
 ENCORE_SEED="${ENCORE_SEED:-1}"
+read -r -a FLOW_EXTRA_ARGS <<<"${ENCORE_FLOW_ARGS:-}"
+PROCESSES=2
+GENERATOR_LOG="$ENCORE_STATE_DIR/generator.log"
+HOSTFILE="$ENCORE_STATE_DIR/flow-hosts"
+
+command -v psql >/dev/null || die "psql (the PostgreSQL client) is needed for the progress display"
+mkdir -p "$ENCORE_STATE_DIR"
+
+# A run killed with SIGKILL leaves its children behind; two jobs writing the same tables
+# would fence each other, so refuse rather than guess.
+for name in flow-p0 flow-p1 generator; do
+    pid="$(live_pid "$ENCORE_STATE_DIR/$name.pid" encore-)"
+    if [[ -n "$pid" ]]; then
+        die "$name of an earlier run.sh is still running (pid $pid): stop it with 'kill -INT $pid' (or wait for that run to finish)"
+    fi
+done
 
 bash "$DEPLOY_DIR/start.sh"
 
 cd "$REPO_DIR"
-say "building encore (release)"
+say "building encore (release; the first build takes several minutes)"
 cargo build --release --bin encore-gen --bin encore-flow
 BIN="$REPO_DIR/target/release"
 
 say "writing the catalog (seed $ENCORE_SEED) to $ENCORE_POSTGRES_URL"
 "$BIN/encore-gen" catalog --postgres "$ENCORE_POSTGRES_URL" --seed "$ENCORE_SEED"
 
-GENERATOR_LOG="$ENCORE_STATE_DIR/generator.log"
+# The two processes' addresses. Free ports are looked for at every run, so a port taken by
+# something else since the last run is simply skipped.
+if [[ -n "${ENCORE_FLOW_PORT:-}" ]]; then
+    [[ "$ENCORE_FLOW_PORT" =~ ^[0-9]+$ ]] || die "ENCORE_FLOW_PORT must be a port number"
+    FLOW_PORTS=("$ENCORE_FLOW_PORT" $((ENCORE_FLOW_PORT + 1)))
+else
+    first="$(free_port 2101)" || die "no free port in 2101-2200: set ENCORE_FLOW_PORT"
+    second="$(free_port $((first + 1)))" || die "no second free port after $first: set ENCORE_FLOW_PORT"
+    FLOW_PORTS=("$first" "$second")
+fi
+printf '127.0.0.1:%s\n' "${FLOW_PORTS[@]}" >"$HOSTFILE"
+
+# --- children ------------------------------------------------------------------------------
+# Children run in their own session (setsid; bash's background children are never process
+# group leaders, so setsid does not fork and $! is the program itself): a Ctrl-C in the
+# terminal then reaches only this script, which stops them in order. The log prefixers ignore
+# SIGINT so they keep the last lines a stopping process writes.
+GENERATOR_PID=""
+FLOW_PIDS=()
+STOPPED=0
+STOP_REQUESTED=0
+
 say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC (log: $GENERATOR_LOG)"
-"$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
-    --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" </dev/null >>"$GENERATOR_LOG" 2>&1 &
+setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
+    --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress </dev/null >>"$GENERATOR_LOG" 2>&1 &
 GENERATOR_PID=$!
-# SIGINT lets the generator flush what is in flight and log its totals; SIGTERM if it has not
-# exited 10 s later.
-stop_generator() {
-    local waited=0
-    kill -INT "$GENERATOR_PID" 2>/dev/null || return 0
-    while kill -0 "$GENERATOR_PID" 2>/dev/null && ((waited < 50)); do
+echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
+
+for ((p = 0; p < PROCESSES; p++)); do
+    log="$ENCORE_STATE_DIR/flow-p$p.log"
+    printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s\n' "$p" "$(date -u '+%F %T UTC')" "$PROCESSES" "$p" "$HOSTFILE" >>"$log"
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" setsid "$BIN/encore-flow" \
+        --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
+        "${FLOW_EXTRA_ARGS[@]}" -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
+        > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1 &
+    FLOW_PIDS+=($!)
+    echo "$!" >"$ENCORE_STATE_DIR/flow-p$p.pid"
+done
+say "encore-flow running as $PROCESSES processes × 1 worker on 127.0.0.1:${FLOW_PORTS[0]} and :${FLOW_PORTS[1]} (pids ${FLOW_PIDS[*]}; logs: $ENCORE_STATE_DIR/flow-p*.log)"
+
+# Sends signal $1 to the pids $3… and waits up to $2 seconds for them all to exit.
+signal_and_wait() {
+    local signal="$1" seconds="$2" pid waited=0 alive
+    shift 2
+    for pid in "$@"; do
+        kill "-$signal" "$pid" 2>/dev/null || true
+    done
+    while ((waited < seconds * 5)); do
+        alive=0
+        for pid in "$@"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || return 0
         sleep 0.2
         waited=$((waited + 1))
     done
-    kill -TERM "$GENERATOR_PID" 2>/dev/null || true
-    wait "$GENERATOR_PID" 2>/dev/null || true
+    return 1
 }
-trap stop_generator EXIT
 
-# The dataflow job, in the foreground: Ctrl-C makes it commit its current epoch and exit, and
-# the EXIT trap then stops the generator. The stack keeps running (deploy/stop.sh stops it).
-say "running encore-flow (Ctrl-C to stop); results in the tables of $ENCORE_POSTGRES_URL"
-"$BIN/encore-flow" --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL"
+# Collects the exit status of process $1 into FLOW_STATUS (in this shell: `wait` only knows
+# this shell's children, so never call it in a $(…) subshell).
+declare -A FLOW_STATUS=()
+collect_status() {
+    local status=0
+    [[ -n "${FLOW_STATUS[$1]:-}" ]] && return 0
+    wait "${FLOW_PIDS[$1]}" 2>/dev/null || status=$?
+    FLOW_STATUS[$1]="$status"
+}
+
+# Prints how process $1 ended (after collect_status).
+exit_reason() {
+    local status="${FLOW_STATUS[$1]:-?}"
+    if [[ "$status" =~ ^[0-9]+$ ]] && ((status > 128)); then
+        printf 'p%s was killed by SIG%s' "$1" "$(kill -l $((status - 128)) 2>/dev/null || echo "$((status - 128))")"
+    else
+        printf 'p%s exited with status %s' "$1" "$status"
+    fi
+}
+
+# Stops the flow processes (SIGINT: commit the current epoch and exit; SIGTERM after 60 s,
+# SIGKILL 10 s later), then the generator (SIGINT: flush and log totals; SIGTERM after 10 s).
+stop_children() {
+    local p pid
+    local -a alive=()
+    for pid in "${FLOW_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && alive+=("$pid")
+    done
+    if ((${#alive[@]})); then
+        say "stopping encore-flow (SIGINT to ${alive[*]}: each commits its current epoch and exits)"
+        if ! signal_and_wait INT 60 "${alive[@]}"; then
+            say "encore-flow did not exit within 60 s of SIGINT: SIGTERM"
+            signal_and_wait TERM 10 "${alive[@]}" || signal_and_wait KILL 5 "${alive[@]}" || true
+        fi
+    fi
+    for p in "${!FLOW_PIDS[@]}"; do
+        collect_status "$p"
+        say "encore-flow $(exit_reason "$p")"
+    done
+    if [[ -n "$GENERATOR_PID" ]] && kill -0 "$GENERATOR_PID" 2>/dev/null; then
+        say "stopping the generator (pid $GENERATOR_PID)"
+        signal_and_wait INT 10 "$GENERATOR_PID" || signal_and_wait TERM 5 "$GENERATOR_PID" || true
+        wait "$GENERATOR_PID" 2>/dev/null || true
+        tail -n 1 "$GENERATOR_LOG" 2>/dev/null | sed 's/^/  /' >&2 || true
+    fi
+    rm -f "$ENCORE_STATE_DIR"/flow-p*.pid "$ENCORE_STATE_DIR/generator.pid"
+}
+
+# Runs once, on every way out (Ctrl-C, a failed process, an error in this script).
+finish() {
+    ((STOPPED)) && return 0
+    STOPPED=1
+    trap '' INT TERM # a second Ctrl-C must not interrupt the orderly stop
+    [[ -t 1 ]] && printf '\n'
+    stop_children
+    grep -h 'process=.*replayed=' "$ENCORE_STATE_DIR"/flow-p*.log 2>/dev/null | tail -n "$PROCESSES" | sed 's/^/  /' >&2 || true
+    watch_sample
+    cat >&2 <<EOF
+
+encore: stopped. The stack is still running and the data stays:
+  results (Postgres):  $ENCORE_POSTGRES_URL
+     committed $WATCH_COMMITTED_TOTAL of ${WATCH_END_TOTAL:-?} messages, last commit $WATCH_LAST_COMMIT UTC
+     psql '$ENCORE_POSTGRES_URL' -c 'SELECT * FROM user_recommendations_ranked WHERE user_id = $WATCH_USER'
+     psql '$ENCORE_POSTGRES_URL' -c 'SELECT * FROM encore_progress'
+  events (Kafka):      $ENCORE_BROKERS topic $ENCORE_TOPIC
+  state and logs:      $ENCORE_STATE_DIR (flow-p0.log, flow-p1.log, generator.log)
+  run again:           deploy/run.sh (resumes from the committed offsets)
+  stop the stack:      deploy/stop.sh   (start afresh: deploy/stop.sh && rm -rf $ENCORE_STATE_DIR)
+EOF
+}
+trap finish EXIT
+trap 'STOP_REQUESTED=1' INT TERM
+
+# --- progress, until Ctrl-C or a process exits ---------------------------------------------
+FAILED=""
+next_draw=0
+if [[ -t 1 ]]; then
+    interval=2
+    printf '\033[2J'
+else
+    interval=10
+fi
+while ((STOP_REQUESTED == 0)); do
+    for p in "${!FLOW_PIDS[@]}"; do
+        if ! kill -0 "${FLOW_PIDS[$p]}" 2>/dev/null; then
+            FAILED="$p"
+            break 2
+        fi
+    done
+    if ((SECONDS >= next_draw)); then
+        next_draw=$((SECONDS + interval))
+        watch_sample
+        if [[ -t 1 ]]; then
+            {
+                printf 'encore quick start   %s UTC   Ctrl-C stops it cleanly\n' "$(date -u +%H:%M:%S)"
+                printf 'encore-flow: %s processes × 1 worker (pids %s), generator %s events/s (pid %s)\n' \
+                    "$PROCESSES" "${FLOW_PIDS[*]}" "$ENCORE_RATE" "$GENERATOR_PID"
+                for ((p = 0; p < PROCESSES; p++)); do
+                    printf '  %.110s\n' "$(tail -n 1 "$ENCORE_STATE_DIR/flow-p$p.log" 2>/dev/null)"
+                done
+                printf '\n'
+                watch_screen
+            } | watch_draw
+        else
+            printf 'encore: %s\n' "$(watch_line)"
+        fi
+    fi
+    sleep 0.5
+done
+
+if [[ -n "$FAILED" ]]; then
+    collect_status "$FAILED"
+    reason="$(exit_reason "$FAILED")"
+    [[ -t 1 ]] && printf '\n'
+    say "encore-flow $reason; its last log lines ($ENCORE_STATE_DIR/flow-p$FAILED.log):"
+    tail -n 5 "$ENCORE_STATE_DIR/flow-p$FAILED.log" >&2 || true
+    say "stopping the other process and the generator"
+    finish
+    exit 1
+fi
