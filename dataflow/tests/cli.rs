@@ -40,6 +40,23 @@ fn assert_one_line_error(output: &Output, expected: &str) {
     assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
 }
 
+/// Starts `encore-flow ARGS -n 2 -p i -h HOSTFILE` for i = 0, 1 (a fresh hostfile in `dir`).
+fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
+    let hostfile = dir.join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    (0..2)
+        .map(|process| {
+            flow()
+                .args(args)
+                .args(["-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn encore-flow")
+        })
+        .collect()
+}
+
 const SMALL: [&str; 10] =
     ["--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--epoch-events", "97"];
 
@@ -66,20 +83,9 @@ fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
     assert!(summary.contains("events=2500"), "summary line: {summary}");
 
     let pair = dir.join("pair");
-    let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
-    let spawned: Vec<_> = (0..2)
-        .map(|process| {
-            flow()
-                .args(["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-co-listens"])
-                .args(SMALL)
-                .args(["-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
+    let mut args = vec!["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-co-listens"];
+    args.extend(SMALL);
+    let spawned = spawn_two_processes(&dir, &args);
     for child in spawned {
         let output = child.wait_with_output().expect("wait");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -155,19 +161,9 @@ fn unreachable_services_fail_with_one_line_in_bounded_time() {
 fn a_lost_peer_process_stops_the_others() {
     let dir = scratch("peer");
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
-    let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
-    let mut processes: Vec<_> = (0..2)
-        .map(|process| {
-            flow()
-                .args(["--input", input, "--output-dir", dir.join("out").to_str().unwrap(), "--epoch-events", "1000"])
-                .args(["-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn")
-        })
-        .collect();
+    let out = dir.join("out");
+    let mut processes =
+        spawn_two_processes(&dir, &["--input", input, "--output-dir", out.to_str().unwrap(), "--epoch-events", "1000"]);
     std::thread::sleep(Duration::from_millis(1_500));
     let mut peer = processes.pop().expect("process 1");
     assert!(peer.try_wait().unwrap().is_none(), "process 1 still running when killed");

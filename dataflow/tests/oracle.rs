@@ -8,7 +8,7 @@ use encore_dataflow::batch::{self, BatchJob, Lines};
 use encore_dataflow::engine::Epoch;
 use encore_dataflow::output::EpochSink;
 use encore_dataflow::tables::{Changes, Params, Tables};
-use encore_dataflow::testing;
+use encore_dataflow::testing::{self, assert_tables_eq};
 
 /// Keeps the tables after every closed epoch.
 #[derive(Default)]
@@ -52,30 +52,6 @@ fn check(seed: u64, lines: usize, params: Params, epoch_events: usize, workers: 
     got.dead_letters.sort();
     let want_dead: Vec<(i64, String)> = invalid.into_iter().map(|(line, error)| (line as i64, error)).collect();
     assert_eq!(got.dead_letters, want_dead, "dead letters, seed {seed}");
-}
-
-fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
-    fn diff<K: Ord + std::fmt::Debug + Copy, V: PartialEq + std::fmt::Debug>(
-        name: &str,
-        got: &BTreeMap<K, V>,
-        want: &BTreeMap<K, V>,
-        context: &str,
-    ) {
-        if got == want {
-            return;
-        }
-        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(k) != Some(v)).take(5).collect();
-        panic!(
-            "{name} differs ({context}): {} rows vs {} expected; expected but not got {missing:?}; got but not expected {extra:?}",
-            got.len(),
-            want.len()
-        );
-    }
-    diff("track_stats", &got.track_stats, &want.track_stats, context);
-    diff("co_listens", &got.co_listens, &want.co_listens, context);
-    diff("track_neighbors", &got.track_neighbors, &want.track_neighbors, context);
-    diff("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
 fn small(history_cap: usize, min_co: u64, neighbors: usize, recommendations: usize, score_precision: u32) -> Params {

@@ -4,14 +4,14 @@
 //! implementation over the topic's messages, dead letters exactly once; appending and
 //! rerunning processes only the new messages; `kill -9` mid-run and a restart stay exact.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
-use encore_dataflow::tables::{Params, Tables};
+use encore_dataflow::tables::Params;
+use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
 use rdkafka::config::ClientConfig;
@@ -150,23 +150,6 @@ fn assert_success(output: &Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
-    fn same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(name: &str, got: &BTreeMap<K, V>, want: &BTreeMap<K, V>, context: &str) {
-        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(k) != Some(v)).take(5).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{name} of {context}: {} rows vs {} expected; missing {missing:?}; unexpected {extra:?}",
-            got.len(),
-            want.len()
-        );
-    }
-    same("track_stats", &got.track_stats, &want.track_stats, context);
-    same("co_listens", &got.co_listens, &want.co_listens, context);
-    same("track_neighbors", &got.track_neighbors, &want.track_neighbors, context);
-    same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
 fn free_port(host: &str) -> u16 {
