@@ -91,13 +91,18 @@ setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOP
 GENERATOR_PID=$!
 echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
 
-for ((p = 0; p < PROCESSES; p++)); do
-    log="$ENCORE_STATE_DIR/flow-p$p.log"
+# Process $1 of encore-flow, run in the background: exec keeps $! the program's pid, and
+# bash's note when a job is killed then names this function rather than the long command.
+encore_flow_process() {
+    local p="$1" log="$ENCORE_STATE_DIR/flow-p$1.log"
     printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s\n' "$p" "$(date -u '+%F %T UTC')" "$PROCESSES" "$p" "$HOSTFILE" >>"$log"
-    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" setsid "$BIN/encore-flow" \
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "$BIN/encore-flow" \
         --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
         "${FLOW_EXTRA_ARGS[@]}" -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
-        > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1 &
+        > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1
+}
+for ((p = 0; p < PROCESSES; p++)); do
+    encore_flow_process "$p" &
     FLOW_PIDS+=($!)
     echo "$!" >"$ENCORE_STATE_DIR/flow-p$p.pid"
 done
@@ -177,7 +182,11 @@ finish() {
     trap '' INT TERM # a second Ctrl-C must not interrupt the orderly stop
     [[ -t 1 ]] && printf '\n'
     stop_children
-    grep -h 'process=.*replayed=' "$ENCORE_STATE_DIR"/flow-p*.log 2>/dev/null | tail -n "$PROCESSES" | sed 's/^/  /' >&2 || true
+    for ((p = 0; p < PROCESSES; p++)); do
+        # encore-flow's summary line of this run (after the last "----" header), if any.
+        awk '/\] ---- /{line=""} /\] process=.*replayed=/{line=$0} END{if (line != "") print "  " line}' \
+            "$ENCORE_STATE_DIR/flow-p$p.log" >&2 2>/dev/null || true
+    done
     watch_sample
     cat >&2 <<EOF
 
@@ -220,7 +229,8 @@ while ((STOP_REQUESTED == 0)); do
                 printf 'encore-flow: %s processes × 1 worker (pids %s), generator %s events/s (pid %s)\n' \
                     "$PROCESSES" "${FLOW_PIDS[*]}" "$ENCORE_RATE" "$GENERATOR_PID"
                 for ((p = 0; p < PROCESSES; p++)); do
-                    printf '  %.110s\n' "$(tail -n 1 "$ENCORE_STATE_DIR/flow-p$p.log" 2>/dev/null)"
+                    # The last log line, without its timestamp.
+                    printf '  %.110s\n' "$(tail -n 1 "$ENCORE_STATE_DIR/flow-p$p.log" 2>/dev/null | sed -E 's/ [0-9]{4}-[0-9T:.-]+Z +/ /')"
                 done
                 printf '\n'
                 watch_screen
@@ -229,16 +239,32 @@ while ((STOP_REQUESTED == 0)); do
             printf 'encore: %s\n' "$(watch_line)"
         fi
     fi
-    sleep 0.5
+    sleep 0.5 || true # killed by the terminal's Ctrl-C: the INT trap has set STOP_REQUESTED
 done
 
 if [[ -n "$FAILED" ]]; then
-    collect_status "$FAILED"
-    reason="$(exit_reason "$FAILED")"
+    # The other process usually follows within a second ("lost a peer process"); report every
+    # process that ended, and name as the cause those that did not merely lose their peer.
+    sleep 1
     [[ -t 1 ]] && printf '\n'
-    say "encore-flow $reason; its last log lines ($ENCORE_STATE_DIR/flow-p$FAILED.log):"
-    tail -n 5 "$ENCORE_STATE_DIR/flow-p$FAILED.log" >&2 || true
-    say "stopping the other process and the generator"
+    for p in "${!FLOW_PIDS[@]}"; do
+        kill -0 "${FLOW_PIDS[$p]}" 2>/dev/null && continue
+        collect_status "$p"
+        last="$(tail -n 1 "$ENCORE_STATE_DIR/flow-p$p.log" 2>/dev/null || true)"
+        if [[ "$last" == *"lost a peer process"* ]]; then
+            say "encore-flow $(exit_reason "$p") after losing its peer: $last"
+        else
+            say "encore-flow $(exit_reason "$p"), the cause; last log lines ($ENCORE_STATE_DIR/flow-p$p.log):"
+            awk '/\] ---- /{n=0} {line[n++]=$0} END{for (i = (n > 5 ? n - 5 : 0); i < n; i++) print line[i]}' \
+                "$ENCORE_STATE_DIR/flow-p$p.log" >&2 2>/dev/null || true
+        fi
+    done
+    say "stopping the rest"
     finish
     exit 1
 fi
+finish
+# A clean stop exits 0; a process that did not exit cleanly on SIGINT makes it 1.
+for p in "${!FLOW_STATUS[@]}"; do
+    [[ "${FLOW_STATUS[$p]}" == 0 ]] || exit 1
+done

@@ -174,7 +174,7 @@ watch_screen() {
     if IFS=$'\x1f' read -r id name < <(watch_rows U); then
         printf 'Recommendations for user %s (%s)  [user_recommendations_ranked]\n' "$id" "$name"
         while IFS=$'\x1f' read -r rank score title artist; do
-            printf '  %2s. %8s  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
+            printf '  %2s. %7.4f  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
         done < <(watch_rows R)
     else
         printf 'Recommendations: none committed yet\n'
@@ -184,7 +184,7 @@ watch_screen() {
         printf 'Neighbours of track %s "%s" by %s (%s plays, %s listeners)  [track_neighbors_ranked]\n' \
             "$id" "$title" "$artist" "$plays" "$listeners"
         while IFS=$'\x1f' read -r rank score title artist; do
-            printf '  %2s. %8s  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
+            printf '  %2s. %7.4f  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
         done < <(watch_rows K)
     else
         printf 'Track neighbours: none committed yet\n'
