@@ -29,6 +29,11 @@
 #                     [the first two free ports from 2101]
 #   ENCORE_FLOW_ARGS  extra encore-flow flags for both processes, e.g. "--epoch-ms 500" []
 set -euo pipefail
+# The stack settings given in the environment, repeated in the hints printed at the end.
+STACK_ENV=""
+for name in ENCORE_STATE_DIR ENCORE_KAFKA_PORT ENCORE_PG_PORT ENCORE_STORAGE ENCORE_TOPIC ENCORE_PARTITIONS; do
+    [[ -n "${!name:-}" ]] && STACK_ENV+="$name=${!name} "
+done
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=deploy/watch.sh
@@ -175,6 +180,14 @@ stop_children() {
     rm -f "$ENCORE_STATE_DIR"/flow-p*.pid "$ENCORE_STATE_DIR/generator.pid"
 }
 
+# The last informative line of process $1's log in this run, without its timestamp and tabs
+# (timely's connection messages at start-up are left out: they are expected).
+last_log_line() {
+    awk '/\] ---- /{line="[p'"$1"'] (no log lines yet)"; next}
+         /awaiting connections|error connecting to worker/{next} {line=$0} END{print line}' \
+        "$ENCORE_STATE_DIR/flow-p$1.log" 2>/dev/null | sed -E 's/ [0-9]{4}-[0-9T:.-]+Z +/ /' | tr '\t' ' '
+}
+
 # Runs once, on every way out (Ctrl-C, a failed process, an error in this script).
 finish() {
     ((STOPPED)) && return 0
@@ -197,8 +210,8 @@ encore: stopped. The stack is still running and the data stays:
      psql '$ENCORE_POSTGRES_URL' -c 'SELECT * FROM encore_progress'
   events (Kafka):      $ENCORE_BROKERS topic $ENCORE_TOPIC
   state and logs:      $ENCORE_STATE_DIR (flow-p0.log, flow-p1.log, generator.log)
-  run again:           deploy/run.sh (resumes from the committed offsets)
-  stop the stack:      deploy/stop.sh   (start afresh: deploy/stop.sh && rm -rf $ENCORE_STATE_DIR)
+  run again:           ${STACK_ENV}deploy/run.sh (resumes from the committed offsets)
+  stop the stack:      ${STACK_ENV}deploy/stop.sh   (start afresh: also rm -rf $ENCORE_STATE_DIR)
 EOF
 }
 trap finish EXIT
@@ -229,8 +242,7 @@ while ((STOP_REQUESTED == 0)); do
                 printf 'encore-flow: %s processes × 1 worker (pids %s), generator %s events/s (pid %s)\n' \
                     "$PROCESSES" "${FLOW_PIDS[*]}" "$ENCORE_RATE" "$GENERATOR_PID"
                 for ((p = 0; p < PROCESSES; p++)); do
-                    # The last log line, without its timestamp.
-                    printf '  %.110s\n' "$(tail -n 1 "$ENCORE_STATE_DIR/flow-p$p.log" 2>/dev/null | sed -E 's/ [0-9]{4}-[0-9T:.-]+Z +/ /')"
+                    printf '  %.110s\n' "$(last_log_line "$p")"
                 done
                 printf '\n'
                 watch_screen

@@ -21,8 +21,9 @@
 # shellcheck source=deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# Sample state. The chosen user and track stay the same from one sample to the next while
-# they still have rows, so the lists can be watched changing.
+# Sample state. The chosen user and track stay the same from one sample to the next once
+# they have a full list (10 rows), so the lists can be watched changing; until then the
+# choice is made again at every sample.
 WATCH_USER=-1
 WATCH_TRACK=-1
 WATCH_PREV_NS=""
@@ -50,7 +51,7 @@ SELECT 'C', coalesce(to_char(max(committed_at) AT TIME ZONE 'UTC', 'HH24:MI:SS.M
 SELECT 'N', (SELECT count(*) FROM track_stats), (SELECT count(*) FROM dead_letters);
 \set uid -1
 SELECT coalesce((SELECT user_id FROM (
-    (SELECT user_id FROM user_recommendations WHERE user_id = :prev_user LIMIT 1)
+    (SELECT user_id FROM user_recommendations WHERE user_id = :prev_user OFFSET 9 LIMIT 1)
     UNION ALL
     (SELECT user_id FROM user_recommendations GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1)
   ) AS c LIMIT 1), -1) AS uid \gset
@@ -61,7 +62,7 @@ SELECT 'R', r.rank, r.score, coalesce(t.title, '?'), coalesce(a.name, '?')
  WHERE r.user_id = :uid AND r.rank <= 10 ORDER BY r.rank;
 \set tid -1
 SELECT coalesce((SELECT track_id FROM (
-    (SELECT track_id FROM track_neighbors WHERE track_id = :prev_track LIMIT 1)
+    (SELECT track_id FROM track_neighbors WHERE track_id = :prev_track OFFSET 9 LIMIT 1)
     UNION ALL
     (SELECT s.track_id FROM track_stats s
       WHERE EXISTS (SELECT 1 FROM track_neighbors n WHERE n.track_id = s.track_id)
@@ -144,7 +145,7 @@ watch_rows() {
 watch_screen() {
     local partition end committed lag rank score title artist id name plays listeners tracks dead
     local -a partitions
-    printf 'Kafka %s topic %s  →  encore-flow  →  %s\n\n' "$ENCORE_BROKERS" "$ENCORE_TOPIC" "$ENCORE_POSTGRES_URL"
+    printf 'Kafka %s topic %s  →  encore-flow  →  Postgres 127.0.0.1:%s\n\n' "$ENCORE_BROKERS" "$ENCORE_TOPIC" "$ENCORE_PG_PORT"
     if ((WATCH_PG_OK == 0)); then
         printf '  Postgres is not answering yet (%s)\n' "$ENCORE_POSTGRES_URL"
     fi
@@ -172,7 +173,7 @@ watch_screen() {
     printf '  tracks listened to: %s   dead letters: %s\n\n' "${tracks:-?}" "${dead:-?}"
 
     if IFS=$'\x1f' read -r id name < <(watch_rows U); then
-        printf 'Recommendations for user %s (%s)  [user_recommendations_ranked]\n' "$id" "$name"
+        printf 'Recommendations for user %s (%s)\n' "$id" "$name"
         while IFS=$'\x1f' read -r rank score title artist; do
             printf '  %2s. %7.4f  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
         done < <(watch_rows R)
@@ -181,7 +182,7 @@ watch_screen() {
     fi
     printf '\n'
     if IFS=$'\x1f' read -r id title artist plays listeners < <(watch_rows T); then
-        printf 'Neighbours of track %s "%s" by %s (%s plays, %s listeners)  [track_neighbors_ranked]\n' \
+        printf 'Neighbours of track %s "%s" by %s (%s plays, %s listeners)\n' \
             "$id" "$title" "$artist" "$plays" "$listeners"
         while IFS=$'\x1f' read -r rank score title artist; do
             printf '  %2s. %7.4f  %-40.40s %-.30s\n' "$rank" "$score" "$title" "$artist"
@@ -189,6 +190,7 @@ watch_screen() {
     else
         printf 'Track neighbours: none committed yet\n'
     fi
+    printf '\n(views user_recommendations_ranked and track_neighbors_ranked; titles and artists from tracks, artists)\n'
 }
 
 # The last sample as one compact line (for logs and pipes).
