@@ -36,7 +36,7 @@ use clap::{Parser, ValueEnum};
 use encore_dataflow::tables::Params;
 use encore_generator::catalog::{Catalog, CatalogSizes};
 
-use driver::{EpochChanges, EpochRecord, Memory, Schedule};
+use driver::{EpochChanges, EpochRecord, Schedule};
 
 /// Prints latency, throughput, from-scratch, memory and delta-amplification tables for the
 /// encore dataflow over the seeded generator workload.
@@ -106,13 +106,10 @@ fn main() -> Result<()> {
 
     let growth = matches!(args.which, Which::Memory | Which::Amplification | Which::All);
     if growth {
+        // One run gives both tables.
         let records = growth_run(&catalog, &args, max_workers)?;
-        if matches!(args.which, Which::Amplification | Which::All) {
-            print_amplification(&records, &args, max_workers);
-        }
-        if matches!(args.which, Which::Memory | Which::All) {
-            print_memory(&records, &args, max_workers);
-        }
+        print_amplification(&records, &args, max_workers);
+        print_memory(&records, &args, max_workers);
     }
     match args.which {
         Which::Latency | Which::All => {
@@ -167,8 +164,8 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
         "\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n",
         args.load_events
     );
-    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s |");
-    println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|");
+    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
+    println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|------------------:|-------------:|--------------------------:|");
     for (workers, records) in runs {
         let mut next = 1;
         for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
@@ -178,12 +175,19 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
             times.sort_unstable();
             let total: Duration = times.iter().sum();
             let events: usize = epochs.iter().map(|r| r.events).sum();
+            let mut changes = EpochChanges::default();
+            epochs.iter().for_each(|r| changes.add(&r.changes));
+            let firsts: u64 = epochs.iter().map(|r| r.first_listens).sum();
+            let reach: u64 = epochs.iter().map(|r| r.first_listen_reach).sum();
             println!(
-                "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} |",
                 ms(percentile(&times, 0.50)),
                 ms(percentile(&times, 0.99)),
                 ms(times.last().copied().unwrap_or_default()),
                 events as f64 / total.as_secs_f64().max(1e-9),
+                changes.neighbors.rows as f64 / events.max(1) as f64,
+                changes.recommendations.rows as f64 / events.max(1) as f64,
+                reach as f64 / firsts.max(1) as f64,
             );
         }
     }
@@ -221,20 +225,34 @@ fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
 }
 
 /// The growth run's records summed per window (a window ends where memory was read).
-fn windows(records: &[EpochRecord]) -> Vec<(usize, usize, EpochChanges, Duration, Option<Memory>)> {
+fn windows(records: &[EpochRecord]) -> Vec<Window> {
     let mut rows = Vec::new();
-    let (mut start, mut events, mut changes, mut time) = (0, 0, EpochChanges::default(), Duration::ZERO);
+    let mut window = Window::default();
     for record in records {
-        events += record.events;
-        changes.add(&record.changes);
-        time += record.engine;
+        window.end += record.events;
+        window.changes.add(&record.changes);
+        window.time += record.engine;
+        window.first_listens += record.first_listens;
+        window.reach += record.first_listen_reach;
         if record.memory.is_some() {
-            rows.push((start, start + events, changes, time, record.memory));
-            start += events;
-            (events, changes, time) = (0, EpochChanges::default(), Duration::ZERO);
+            let start = window.end;
+            rows.push(std::mem::take(&mut window));
+            window.start = start;
+            window.end = start;
         }
     }
     rows
+}
+
+/// One row of the growth tables.
+#[derive(Default)]
+struct Window {
+    start: usize,
+    end: usize,
+    changes: EpochChanges,
+    time: Duration,
+    first_listens: u64,
+    reach: u64,
 }
 
 fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
@@ -243,13 +261,13 @@ fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
         args.growth_epoch
     );
     println!("rows = distinct keys inserted/deleted/changed per epoch, summed; upd = differential updates (a changed row = 2).\n");
-    println!("| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s |");
-    println!("|-------:|------------------:|-----------------:|-------------:|------------:|--------------:|-------------:|---------:|");
-    for (start, end, changes, time, _memory) in windows(records) {
+    println!("| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s | first listens/ev | mean n(i) at first listen |");
+    println!("|-------:|------------------:|-----------------:|-------------:|------------:|--------------:|-------------:|---------:|-----------------:|--------------------------:|");
+    for Window { start, end, changes, time, first_listens, reach } in windows(records) {
         let events = (end - start) as f64;
         let per = |n: u64| n as f64 / events;
         println!(
-            "| {}–{} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            "| {}–{} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.0} |",
             short(start),
             short(end),
             per(changes.neighbors.rows),
@@ -259,6 +277,8 @@ fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
             per(changes.stats.rows),
             per(changes.stats.updates),
             events / time.as_secs_f64().max(1e-9),
+            first_listens as f64 / events,
+            reach as f64 / first_listens.max(1) as f64,
         );
     }
 }

@@ -22,7 +22,7 @@
 //! received it. So an epoch's latency is "input available in memory → every output change of
 //! the epoch delivered to the sink", the sink itself only counting rows.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,33 @@ pub struct EpochRecord {
     pub changes: EpochChanges,
     /// Memory after the epoch, when asked for.
     pub memory: Option<Memory>,
+    /// First listens of a (user, track) in the epoch: the events that change some n(i).
+    pub first_listens: u64,
+    /// Σ n(i) over those first listens (n counted after the listen, history cap ignored):
+    /// how many users' candidate scores a change of n(i) can reach.
+    pub first_listen_reach: u64,
+}
+
+/// n(i) as the generator's stream grows, computed beside the dataflow (worker 0, untimed) to
+/// explain the amplification: a first listen of `i` changes n(i), hence s(i,j) for every
+/// pair of `i`, hence the score of `j` for each of the n(i) users with `i` in their history.
+/// The history cap K is ignored, so n(i) is the listener count (an upper bound of SPEC's n).
+#[derive(Default)]
+struct Reach {
+    seen: HashSet<(u64, u64)>,
+    listeners: HashMap<u64, u64>,
+}
+
+impl Reach {
+    fn observe(&mut self, payload: &[u8], record: &mut EpochRecord) {
+        let Ok(event) = encore_udfs::parse_event(payload) else { return };
+        if event.is_listen() && self.seen.insert((event.user_id, event.track_id)) {
+            let n = self.listeners.entry(event.track_id).or_default();
+            *n += 1;
+            record.first_listens += 1;
+            record.first_listen_reach += *n;
+        }
+    }
 }
 
 /// Counts the row changes of every closed epoch (worker 0).
@@ -171,6 +198,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
         let mut blob: Vec<u8> = Vec::new();
         let mut ends: Vec<usize> = Vec::new();
         let mut line_number = 0u64;
+        let mut reach = Reach::default();
 
         for (epoch_index, &size) in schedule.epochs.iter().enumerate() {
             let next_epoch = epoch_index as Epoch + 1;
@@ -183,6 +211,9 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
                 ends.clear();
                 for _ in 0..chunk {
                     stream.next_message(&mut payload);
+                    if index == 0 {
+                        reach.observe(&payload, &mut record);
+                    }
                     if line_number % peers == index {
                         blob.extend_from_slice(&payload);
                         ends.push(blob.len());
@@ -212,6 +243,16 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
             if index == 0 {
                 if schedule.memory_after.contains(&epoch_index) {
                     record.memory = Memory::read();
+                    // Progress on stderr, so that a run cut short still says how far it got.
+                    let memory = record.memory.unwrap_or_default();
+                    eprintln!(
+                        "  epoch {epoch_index}: {line_number} events fed, this epoch {:.3} s, rss {:.2} GiB, peak {:.2} GiB; neighbors {:?}, recs {:?}",
+                        record.engine.as_secs_f64(),
+                        memory.rss as f64 / (1u64 << 30) as f64,
+                        memory.peak as f64 / (1u64 << 30) as f64,
+                        counts_in.lock().ok().and_then(|c| c.get(&(epoch_index as Epoch)).map(|c| c.neighbors)),
+                        counts_in.lock().ok().and_then(|c| c.get(&(epoch_index as Epoch)).map(|c| c.recommendations)),
+                    );
                 }
                 if let Ok(mut records) = records_in.lock() {
                     records.push(record);
