@@ -90,29 +90,6 @@ FLOW_PIDS=()
 STOPPED=0
 STOP_REQUESTED=0
 
-say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC (log: $GENERATOR_LOG)"
-setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
-    --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress </dev/null >>"$GENERATOR_LOG" 2>&1 &
-GENERATOR_PID=$!
-echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
-
-# Process $1 of encore-flow, run in the background: exec keeps $! the program's pid, and
-# bash's note when a job is killed then names this function rather than the long command.
-encore_flow_process() {
-    local p="$1" log="$ENCORE_STATE_DIR/flow-p$1.log"
-    printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s\n' "$p" "$(date -u '+%F %T UTC')" "$PROCESSES" "$p" "$HOSTFILE" >>"$log"
-    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "$BIN/encore-flow" \
-        --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
-        "${FLOW_EXTRA_ARGS[@]}" -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
-        > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1
-}
-for ((p = 0; p < PROCESSES; p++)); do
-    encore_flow_process "$p" &
-    FLOW_PIDS+=($!)
-    echo "$!" >"$ENCORE_STATE_DIR/flow-p$p.pid"
-done
-say "encore-flow running as $PROCESSES processes × 1 worker on 127.0.0.1:${FLOW_PORTS[0]} and :${FLOW_PORTS[1]} (pids ${FLOW_PIDS[*]}; logs: $ENCORE_STATE_DIR/flow-p*.log)"
-
 # Sends signal $1 to the pids $3… and waits up to $2 seconds for them all to exit.
 signal_and_wait() {
     local signal="$1" seconds="$2" pid waited=0 alive
@@ -216,6 +193,30 @@ EOF
 }
 trap finish EXIT
 trap 'STOP_REQUESTED=1' INT TERM
+
+# Launched only now that the traps are set, so that no way out leaves them running.
+say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC (log: $GENERATOR_LOG)"
+setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
+    --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress </dev/null >>"$GENERATOR_LOG" 2>&1 &
+GENERATOR_PID=$!
+echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
+
+# Process $1 of encore-flow, run in the background: exec keeps $! the program's pid, and
+# bash's note when a job is killed then names this function rather than the long command.
+encore_flow_process() {
+    local p="$1" log="$ENCORE_STATE_DIR/flow-p$1.log"
+    printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s\n' "$p" "$(date -u '+%F %T UTC')" "$PROCESSES" "$p" "$HOSTFILE" >>"$log"
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "$BIN/encore-flow" \
+        --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
+        "${FLOW_EXTRA_ARGS[@]}" -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
+        > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1
+}
+for ((p = 0; p < PROCESSES; p++)); do
+    encore_flow_process "$p" &
+    FLOW_PIDS+=($!)
+    echo "$!" >"$ENCORE_STATE_DIR/flow-p$p.pid"
+done
+say "encore-flow running as $PROCESSES processes × 1 worker on 127.0.0.1:${FLOW_PORTS[0]} and :${FLOW_PORTS[1]} (pids ${FLOW_PIDS[*]}; logs: $ENCORE_STATE_DIR/flow-p*.log)"
 
 # --- progress, until Ctrl-C or a process exits ---------------------------------------------
 FAILED=""
