@@ -38,7 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -135,8 +136,22 @@ pub struct StreamSummary {
     pub seconds: f64,
 }
 
+/// Routes librdkafka's error callbacks to our logs, minus end-of-partition events, which the
+/// consumer loop handles and which are not errors.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// Builds the consumer of one worker. Every setting says why it has its value.
-fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer, KafkaError> {
+fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer<Quiet>, KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &job.brokers)
@@ -161,7 +176,7 @@ fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer, KafkaError
     for (key, value) in &job.kafka_options {
         config.set(key, value);
     }
-    config.create()
+    config.create_with_context(Quiet)
 }
 
 /// The partitions of `topic`, asking with bounded retries.
