@@ -198,11 +198,12 @@ fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
         "\n## Incremental vs from scratch ({} events; scratch = all outputs computed in one epoch)\n",
         args.load_events
     );
-    println!("| workers | scratch s | scratch events/s | peak RSS after load | epoch events | median epoch ms | scratch / epoch |");
-    println!("|--------:|----------:|-----------------:|--------------------:|-------------:|----------------:|----------------:|");
+    println!("| workers | scratch s | scratch events/s | RSS after load (process peak) | epoch events | median epoch ms | scratch / epoch |");
+    println!("|--------:|----------:|-----------------:|------------------------------:|-------------:|----------------:|----------------:|");
     for (workers, records) in runs {
         let Some(load) = records.first() else { continue };
-        let peak = load.memory.map(|m| gib(m.peak)).unwrap_or_else(|| "n/a".to_owned());
+        // VmHWM is process-wide: with several runs in one process, only the first's peak is its own.
+        let memory = load.memory.map(|m| format!("{} ({})", gib(m.rss), gib(m.peak))).unwrap_or_else(|| "n/a".to_owned());
         let mut next = 1;
         for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
             let Some(epochs) = records.get(next..next + count) else { break };
@@ -214,7 +215,7 @@ fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
             times.sort_unstable();
             let median = percentile(&times, 0.5);
             println!(
-                "| {workers} | {:.1} | {:.0} | {peak} | {size} | {:.1} | {:.0}× |",
+                "| {workers} | {:.1} | {:.0} | {memory} | {size} | {:.1} | {:.0}× |",
                 load.engine.as_secs_f64(),
                 load.events as f64 / load.engine.as_secs_f64().max(1e-9),
                 ms(median),
