@@ -512,6 +512,29 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// Panics, naming the table and up to five differing rows, unless `got` equals `want`.
+pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
+    fn same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        name: &str,
+        got: &BTreeMap<K, V>,
+        want: &BTreeMap<K, V>,
+        context: &str,
+    ) {
+        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(k) != Some(v)).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{name} differs ({context}): {} rows vs {} expected; expected but not got {missing:?}; got but not expected {extra:?}",
+            got.len(),
+            want.len()
+        );
+    }
+    same("track_stats", &got.track_stats, &want.track_stats, context);
+    same("co_listens", &got.co_listens, &want.co_listens, context);
+    same("track_neighbors", &got.track_neighbors, &want.track_neighbors, context);
+    same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,27 +671,4 @@ mod tests {
         assert_ne!(epochs[0], epochs[2]);
         assert!(expected_after_each_epoch(&[], &params, 10).is_empty());
     }
-}
-
-/// Panics, naming the table and up to five differing rows, unless `got` equals `want`.
-pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
-    fn same<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
-        name: &str,
-        got: &BTreeMap<K, V>,
-        want: &BTreeMap<K, V>,
-        context: &str,
-    ) {
-        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(k) != Some(v)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(k) != Some(v)).take(5).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{name} differs ({context}): {} rows vs {} expected; expected but not got {missing:?}; got but not expected {extra:?}",
-            got.len(),
-            want.len()
-        );
-    }
-    same("track_stats", &got.track_stats, &want.track_stats, context);
-    same("co_listens", &got.co_listens, &want.co_listens, context);
-    same("track_neighbors", &got.track_neighbors, &want.track_neighbors, context);
-    same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
