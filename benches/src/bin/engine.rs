@@ -9,7 +9,10 @@
 //!   1 000 and 10 000 events right after it;
 //! * **memory** / **amplification**: one growing run (epochs of `--growth-epoch` events up to
 //!   `--load-events`): per `--window` of events, output row changes per input event for each
-//!   table, and the process's VmRSS / VmHWM (peak) after each window.
+//!   table, and the process's VmRSS / VmHWM (peak) after each window;
+//! * **reach** (not part of `all`, no dataflow): replays the stream through an emulation of
+//!   the capped histories and prints n(i) at each history insertion per window — the fan-out
+//!   behind the amplification, cheap enough to see at 10 M events.
 //!
 //! Each run is seeded (`--seed`), uses the default catalog (100 000 users, 50 000 tracks) and
 //! the default SPEC §2 parameters; see [`driver`] for what exactly is timed. Nothing is
@@ -18,6 +21,7 @@
 //! ```text
 //! cargo run --release -p encore-benches --bin engine -- --which all
 //! cargo run --release -p encore-benches --bin engine -- --which memory --load-events 10000000
+//! cargo run --release -p encore-benches --bin engine -- --which reach --load-events 10000000 --window 1000000
 //! ```
 //!
 //! VmHWM is a process-wide peak, so `--which all` runs the growth run first, before any
@@ -76,6 +80,9 @@ enum Which {
     Scratch,
     Memory,
     Amplification,
+    /// No dataflow: n(i) at each history insertion as the stream grows to --load-events, the
+    /// fan-out that drives amplification (cheap enough for 10 M events).
+    Reach,
     All,
 }
 
@@ -124,6 +131,7 @@ fn main() -> Result<()> {
             let records = latency_run(&catalog, &args, max_workers)?;
             print_scratch(&[(max_workers, records)], &args);
         }
+        Which::Reach => print_reach(&catalog, &args),
         Which::Memory | Which::Amplification => {}
     }
     println!("\ndone in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
@@ -299,6 +307,69 @@ fn print_memory(records: &[EpochRecord], args: &Args, workers: usize) {
         next = record_index + 1;
         let events: usize = records[..=record_index].iter().map(|r| r.events).sum();
         println!("| {} | {} | {} | {:.1} |", short(events), gib(memory.rss), gib(memory.peak), ms(percentile(&times, 0.99)));
+    }
+}
+
+/// Replays the generator's listens through an emulation of H(u) (the `K` tracks with the
+/// latest listen; arrival order stands in for event time, which rises per user) and prints,
+/// per `--window`, how often a history gains a track and the n(i) of that track afterwards.
+/// Each such insertion changes n(i), hence s(i,j) for every pair of `i`, hence — for every
+/// `j` in N(i) — score(u,j) of each of the n(i) users holding `i`: about 2·k·n(i) updates of
+/// the score collection before the top-N, whatever the epoch size.
+fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
+    let params = Params::default();
+    let mut stream = encore_generator::stream::EventStream::new(catalog, 0.0);
+    let mut histories: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.sizes.users as usize + 1];
+    let mut n: Vec<u64> = vec![0; catalog.sizes.tracks as usize + 1];
+    let mut payload = Vec::with_capacity(512);
+    println!(
+        "\n## Reach (no dataflow): history insertions and n(i) after them, K = {}, k = {}\n",
+        params.history_cap, params.neighbors
+    );
+    println!("| events | insertions/ev | evictions/ev | mean n(i) at insertion | max n(i) | est. score updates/ev (2·k·n·ins) |");
+    println!("|-------:|--------------:|-------------:|-----------------------:|---------:|----------------------------------:|");
+    let (mut insertions, mut evictions, mut reach) = (0u64, 0u64, 0u64);
+    let mut start = 0;
+    for sequence in 0..args.load_events as u64 {
+        stream.next_message(&mut payload);
+        if let Ok(event) = encore_udfs::parse_event(&payload) {
+            let (user, track) = (event.user_id as usize, event.track_id as usize);
+            if event.is_listen() && user < histories.len() && track < n.len() {
+                let history = &mut histories[user];
+                if let Some(entry) = history.iter_mut().find(|entry| entry.0 == track as u64) {
+                    entry.1 = sequence;
+                } else {
+                    history.push((track as u64, sequence));
+                    n[track] += 1;
+                    insertions += 1;
+                    reach += n[track];
+                    if history.len() > params.history_cap {
+                        // Evict the track with the oldest latest listen.
+                        if let Some((oldest, _)) = history.iter().enumerate().min_by_key(|(_, entry)| entry.1) {
+                            let (evicted, _) = history.swap_remove(oldest);
+                            n[evicted as usize] -= 1;
+                            evictions += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let end = sequence as usize + 1;
+        if end % args.window == 0 || end == args.load_events {
+            let events = (end - start) as f64;
+            let mean = reach as f64 / insertions.max(1) as f64;
+            println!(
+                "| {}–{} | {:.3} | {:.3} | {:.0} | {} | {:.0} |",
+                short(start),
+                short(end),
+                insertions as f64 / events,
+                evictions as f64 / events,
+                mean,
+                n.iter().max().copied().unwrap_or(0),
+                2.0 * params.neighbors as f64 * mean * insertions as f64 / events,
+            );
+            (insertions, evictions, reach, start) = (0, 0, 0, end);
+        }
     }
 }
 
