@@ -355,7 +355,7 @@ fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
             }
         }
         let end = sequence as usize + 1;
-        if end % args.window == 0 || end == args.load_events {
+        if end.is_multiple_of(args.window) || end == args.load_events {
             let events = (end - start) as f64;
             let mean = reach as f64 / insertions.max(1) as f64;
             println!(
@@ -391,9 +391,9 @@ fn gib(bytes: u64) -> String {
 }
 
 fn short(events: usize) -> String {
-    if events >= 1_000_000 && events % 100_000 == 0 {
+    if events >= 1_000_000 && events.is_multiple_of(100_000) {
         format!("{:.1}M", events as f64 / 1e6)
-    } else if events >= 1_000 && events % 1_000 == 0 {
+    } else if events >= 1_000 && events.is_multiple_of(1_000) {
         format!("{}k", events / 1_000)
     } else {
         events.to_string()
