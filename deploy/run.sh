@@ -195,8 +195,11 @@ trap finish EXIT
 trap 'STOP_REQUESTED=1' INT TERM
 
 # Launched only now that the traps are set, so that no way out leaves them running.
-say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC (log: $GENERATOR_LOG)"
-setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
+# A rerun continues the seed's stream after what the topic already holds (Tansu's stored
+# watermarks; 0 with memory storage or without sqlite3), instead of sending it again.
+ALREADY_SENT=$(topic_high_watermarks "$ENCORE_TOPIC" | awk '{sum += $2} END {print sum + 0}')
+say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC after $ALREADY_SENT already there (log: $GENERATOR_LOG)"
+setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --skip "$ALREADY_SENT" \
     --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress </dev/null >>"$GENERATOR_LOG" 2>&1 &
 GENERATOR_PID=$!
 echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"

@@ -92,6 +92,10 @@ struct StreamArgs {
     /// Number of messages; 0 = without end (stop with Ctrl-C).
     #[arg(long)]
     events: u64,
+    /// Skip the first N messages of the seed's stream (generated, not sent): continues a
+    /// stream of which N messages were sent before.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip: u64,
     /// Messages per second, evenly spaced; 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -185,6 +189,10 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let catalog = args.sizes.catalog(args.seed)?;
     let mut events = EventStream::new(&catalog, args.invalid_rate);
     drop(catalog);
+    let mut skipped = Vec::new();
+    for _ in 0..args.skip {
+        events.next_message(&mut skipped);
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {

@@ -79,6 +79,14 @@ fn same_seed_same_bytes_different_seed_different_events() {
 }
 
 #[test]
+fn skip_continues_the_same_stream() {
+    let dir = temp_dir();
+    let whole = stream_to_file(dir.path(), "whole.jsonl", &["--events", "300", "--seed", "9", "--invalid-rate", "0.1"]);
+    let rest = stream_to_file(dir.path(), "rest.jsonl", &["--events", "200", "--seed", "9", "--invalid-rate", "0.1", "--skip", "100"]);
+    assert_eq!(lines(&rest), lines(&whole)[100..].to_vec());
+}
+
+#[test]
 fn pacing_does_not_change_the_bytes() {
     let dir = temp_dir();
     let fast = stream_to_file(dir.path(), "fast", &["--events", "3000", "--seed", "3"]);
