@@ -74,3 +74,11 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl Error {
+    /// A server that did not come up: `reason`, with the tail of its log at `log`.
+    pub(crate) fn not_ready(server: &'static str, port: u16, reason: String, log: PathBuf) -> Error {
+        let log_tail = crate::process::log_tail(&log, 20);
+        Error::NotReady { server, port, reason, log, log_tail }
+    }
+}

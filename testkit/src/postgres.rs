@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
-use crate::process::{command_as, describe, find_binary, is_root, log_tail, run, Watchdog};
+use crate::process::{command_as, describe, find_binary, is_root, run, Watchdog};
 use crate::{Error, Result};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
@@ -245,13 +245,7 @@ impl Postgres {
     }
 
     fn not_ready(&self, reason: String) -> Error {
-        Error::NotReady {
-            server: "postgres",
-            port: self.port,
-            reason,
-            log: self.log_path(),
-            log_tail: log_tail(&self.log_path(), 20),
-        }
+        Error::not_ready("postgres", self.port, reason, self.log_path())
     }
 }
 

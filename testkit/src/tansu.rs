@@ -27,7 +27,7 @@ use rdkafka::config::ClientConfig;
 use tempfile::TempDir;
 
 use crate::ports::free_port;
-use crate::process::{describe, find_binary, log_tail, Watchdog};
+use crate::process::{describe, find_binary, Watchdog};
 use crate::{Error, Result};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
@@ -326,13 +326,7 @@ impl Tansu {
     }
 
     fn not_ready(&self, reason: String) -> Error {
-        Error::NotReady {
-            server: "tansu",
-            port: self.port,
-            reason,
-            log: self.log_path(),
-            log_tail: log_tail(&self.log_path(), 20),
-        }
+        Error::not_ready("tansu", self.port, reason, self.log_path())
     }
 }
 
