@@ -10,10 +10,9 @@
 //!   ├─ n(i)        members → map t → count_total                    (i, n)
 //!   ├─ c(i,j)      members ⋈ members on u, i < j → count_total      ((i,j), c)
 //!   ├─ s(i,j)      c ≥ C ⋈ n(i) ⋈ n(j) → cosine_units, s > 0        ((i,j), s)
-//!   ├─ N(i)        s both ways → top-k per track (hierarchical)    (i, (s, j))
-//!   ├─ R(u)        N(i) ⋈ members on i → Σ s per (u,j)              via diffs: explode s,
-//!   │              ▷ antijoin (u,j) ∈ H(u) → count_total              then count_total
-//!   │              → top-N per user (hierarchical)                 (u, (score, j))
+//!   ├─ N(i)        s both ways as weights → TopK per track          (i, (s, j))
+//!   ├─ R(u)        N(i) ⋈ members on i → s as the weight of (u,j)   summed in the diffs
+//!   │              → TopK per user, excluding j ∈ H(u) (members)     (u, (score, j))
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
 //!
@@ -29,8 +28,9 @@
 //! * **History** is a custom operator rather than `reduce`s: listens are append-only, so the
 //!   latest listen per track and the top `K` can be kept exactly in `O(log K)` per listen
 //!   without storing every listen (see [`history`]).
-//! * **Top-k** for neighbours and recommendations is hierarchical (see [`top_k`]), so that a
-//!   change to a popular track's pair list does not re-read the whole list.
+//! * **Top-k** for neighbours and recommendations is one custom operator (see [`top_k`]):
+//!   per key an ordered set of weighted items, `O(log n)` per change, so a change to a popular
+//!   track's pair list does not re-read the whole list, and no stage stores the pairs twice.
 //! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
 //!   recommendation scores are exact sums carried as differential diffs.
@@ -89,13 +89,6 @@ pub struct Outputs<'scope> {
     pub co_listens: Option<Collection<'scope, ((u64, u64), u64)>>,
 }
 
-/// Bucket bits of the hierarchical top-k of N(i): 4096 buckets per track at the first stage,
-/// then 256, then 16; a track co-listened with 100 000 others re-reads ≤ 25 + 2·16·k values
-/// per change.
-const NEIGHBOR_BUCKET_BITS: &[u32] = &[12, 8, 4];
-/// Bucket bits of the top-N of R(u): a user has at most K·k candidates (1 000 by default).
-const RECOMMENDATION_BUCKET_BITS: &[u32] = &[6, 3];
-
 /// Builds SPEC §2 over `listens`.
 pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision } = *params;
@@ -135,33 +128,25 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
             (s > 0).then_some(((i, j), s))
         });
 
-    // N(i): the k most similar tracks, ties to the smaller id.
+    // N(i): the k most similar tracks, ties to the smaller id; s(i,j) is the weight of j under i.
     let neighbor_lists = top_k::top_k(
         "Neighbors",
-        similarities.flat_map(|((i, j), s)| [(i, (Reverse(s), j)), (j, (Reverse(s), i))]),
+        similarities.explode(|((i, j), s)| [((i, j), s as isize), ((j, i), s as isize)]),
+        None,
         neighbors,
-        NEIGHBOR_BUCKET_BITS,
-        |&(_score, j)| j,
     );
 
-    // score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), j ∉ H(u): the sum is carried in the diffs.
-    let scores = neighbor_lists
-        .clone()
-        .map(|(i, (Reverse(s), j))| (i, (j, s)))
-        .join_core(members_by_track, |_i, &(j, s), &user| Some(((user, j), s)))
-        .explode(|((user, j), s)| Some(((user, j), s as isize)))
-        .map(|pair| (pair, ()))
-        .antijoin(members)
-        .map(|(pair, ())| pair)
-        .count_total();
-
-    // R(u): the N best-scored tracks, ties to the smaller id.
+    // score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), carried in the diffs, and R(u) its N
+    // best tracks j ∉ H(u), ties to the smaller id.
     let recommendation_lists = top_k::top_k(
         "Recommendations",
-        scores.map(|((user, j), score)| (user, (Reverse(score as i64), j))),
+        neighbor_lists
+            .clone()
+            .map(|(i, (Reverse(s), j))| (i, (j, s)))
+            .join_core(members_by_track, |_i, &(j, s), &user| Some(((user, j), s)))
+            .explode(|((user, j), s)| Some(((user, j), s as isize))),
+        Some(members),
         recommendations,
-        RECOMMENDATION_BUCKET_BITS,
-        |&(_score, j)| j,
     );
 
     // plays, listeners and likes as one three-part diff, accumulated per track.

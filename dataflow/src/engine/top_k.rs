@@ -1,69 +1,279 @@
-//! Hierarchical top-k: per key, the `k` smallest values, at a cost per change that does not
-//! grow with the number of values under the key.
+//! Top-k by accumulated weight: per key, the `k` items with the largest weight, kept by one
+//! stateful operator at `O(log n)` per change, however many items a key has.
 //!
-//! A plain `reduce` keyed by track re-reads the track's whole pair list whenever any of its
-//! pairs changes; for a popular track that is tens of thousands of values per change, and
-//! popular tracks are exactly the ones that change in every epoch. Instead, values are
-//! spread over `2^b` buckets per key by a hash of their item id, and each stage keeps the top
-//! `k` of each bucket, shrinking the bucket count by `2^step` per stage:
+//! Both ranked outputs of SPEC §2 have this shape:
 //!
 //! ```text
-//!  (key, value)                       every value
-//!    └─ bucket = hash(item) & (2^b0 - 1)
-//!  reduce (key, bucket) → top k       ≤ k per bucket, a bucket holds ~n/2^b0 values
-//!    └─ bucket &= 2^b1 - 1
-//!  reduce (key, bucket) → top k       ≤ 2^(b0-b1)·k inputs per group
-//!    └─ …
-//!  reduce key → top k                 ≤ 2^b_last·k inputs
+//!  N(i)  key = track i, item = track j, weight = s(i,j)                      nothing excluded
+//!  R(u)  key = user u,  item = track j, weight = Σ s(i,j) over i ∈ H(u), j ∈ N(i)
+//!                                                                       excluded: j ∈ H(u)
 //! ```
 //!
-//! A change re-reads one group per stage, each at most `2^step · k` values (plus `n / 2^b0`
-//! at the first stage), so the cost is bounded by the number of stages, not by `n`. The price
-//! is memory: each stage arranges its input. Buckets are chosen per use (see the engine), so
-//! that `n / 2^b0` stays small for the largest keys we expect.
+//! The weights arrive as differential diffs on `(key, item)`: a similarity that changes from
+//! `s` to `s'` is the update `s' - s`, and a recommendation score is simply the sum of the
+//! similarities that feed it, so the operator never needs to see the terms, only their sum.
 //!
-//! Values sort best-first (the engine wraps scores in `Reverse`), so "top" means "smallest".
-//! Because the bucket of a value depends only on its item id, a value whose score changes
-//! stays in its bucket; ties are broken by the value's full order, identically at every stage,
-//! so the result equals a flat top-k.
+//! ## Why one operator instead of `reduce`
+//!
+//! A `reduce` keyed by track re-reads the track's whole pair list whenever one pair changes,
+//! and popular tracks (thousands of co-listened tracks) change in every epoch. The usual
+//! differential fix is a hierarchy of bucketed reduces; that bounds the re-reading but
+//! arranges (almost) every value once per stage, input and output, and for recommendations
+//! the sums need a `count_total` and the exclusion an `antijoin` first, each one more
+//! arrangement of every `(user, candidate)`. Measured, those copies were most of the memory
+//! and time of the engine.
+//!
+//! Here each key owns, on the worker its key hashes to:
+//!
+//! ```text
+//!  weights   item → accumulated weight             (a hash map; entries ≠ 0)
+//!  excluded  item → multiplicity                   (R(u): the ≤ K history members)
+//!  ranked    ordered set of (Reverse(weight), item) for items with weight > 0, not excluded
+//! ```
+//!
+//! A change of one item moves one entry of `ranked`: `O(log n)`. When an epoch is complete
+//! (the input frontier has passed it), each key it touched compares its first `k` ranked
+//! entries before and after the epoch's updates and emits the difference: `O(k)` per touched
+//! key, independent of how many items the key has. Ties fall to the smaller item, because
+//! `(Reverse(weight), item)` orders that way, which is SPEC §2's order for both lists.
+//!
+//! The state is one entry per `(key, item)` with a non-zero weight, about 60 bytes, against
+//! several arranged copies of the same pairs (each with its time and diff) before.
+//!
+//! Epochs are applied in order, each only once complete, as in [`super::history`]; the
+//! output at an epoch is exactly the change of the top-k between the states before and
+//! after it, so it is a correct differential collection (a set of `(key, (score, item))`).
 
-use differential_dataflow::{ExchangeData, Hashable, VecCollection};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use differential_dataflow::collection::concatenate;
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Operator;
 
 use super::Epoch;
 
-/// Per key, the `k` smallest values of `input` (a set: each value with multiplicity one).
-///
-/// `bucket_bits` lists the hash bits kept at each bucketed stage, in decreasing order
-/// (e.g. `&[12, 8, 4]`); an empty list gives a flat top-k. `item` names the identity of a
-/// value that decides its bucket (a track id).
-pub fn top_k<'scope, K, V>(
-    name: &str,
-    input: VecCollection<'scope, Epoch, (K, V)>,
-    k: usize,
-    bucket_bits: &[u32],
-    item: fn(&V) -> u64,
-) -> VecCollection<'scope, Epoch, (K, V)>
-where
-    K: ExchangeData + std::hash::Hash,
-    V: ExchangeData,
-{
-    debug_assert!(bucket_bits.windows(2).all(|w| w[0] > w[1]), "bucket bits must decrease");
-    let mut staged = input.map(move |(key, value)| {
-        let bucket = item(&value).hashed();
-        ((key, bucket), value)
-    });
-    for &bits in bucket_bits {
-        let mask = (1u64 << bits) - 1;
-        staged = staged
-            .map(move |((key, bucket), value)| ((key, bucket & mask), value))
-            .reduce_named(name, move |_group, values, top| keep_smallest(values, k, top));
-    }
-    staged
-        .map(|((key, _bucket), value)| (key, value))
-        .reduce_named(name, move |_key, values, top| keep_smallest(values, k, top))
+/// A ranked entry: best first, ties to the smaller item.
+pub type Ranked = (Reverse<i64>, u64);
+
+/// One update the operator consumes; `key` decides the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Change {
+    /// The diff adds to the weight of `item` under `key`.
+    Weight { key: u64, item: u64 },
+    /// The diff adds to the multiplicity of `item` in the exclusion set of `key`.
+    Exclude { key: u64, item: u64 },
 }
 
-/// `values` arrive sorted ascending; the first `k` present ones are the result.
-fn keep_smallest<V: Clone>(values: &[(&V, isize)], k: usize, top: &mut Vec<(V, isize)>) {
-    top.extend(values.iter().filter(|(_, count)| *count > 0).take(k).map(|(value, _)| ((*value).clone(), 1)));
+impl Change {
+    fn key(&self) -> u64 {
+        match *self {
+            Change::Weight { key, .. } | Change::Exclude { key, .. } => key,
+        }
+    }
+}
+
+/// One key's items.
+#[derive(Default)]
+struct Ranking {
+    weights: HashMap<u64, i64>,
+    excluded: HashMap<u64, isize>,
+    ranked: BTreeSet<Ranked>,
+}
+
+impl Ranking {
+    /// The ranked entry `item` should have now, if any.
+    fn entry(&self, item: u64) -> Option<Ranked> {
+        let weight = *self.weights.get(&item)?;
+        (weight > 0 && !self.excluded.contains_key(&item)).then_some((Reverse(weight), item))
+    }
+
+    /// Applies one consolidated change, keeping `ranked` in step.
+    fn apply(&mut self, change: Change, diff: isize) {
+        let item = match change {
+            Change::Weight { item, .. } | Change::Exclude { item, .. } => item,
+        };
+        if let Some(entry) = self.entry(item) {
+            self.ranked.remove(&entry);
+        }
+        match change {
+            Change::Weight { .. } => add(&mut self.weights, item, diff as i64),
+            Change::Exclude { .. } => add(&mut self.excluded, item, diff),
+        }
+        if let Some(entry) = self.entry(item) {
+            self.ranked.insert(entry);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.weights.is_empty() && self.excluded.is_empty()
+    }
+}
+
+/// Adds `diff` to `map[item]`, removing the entry when it reaches zero.
+fn add<V: Copy + Default + PartialEq + std::ops::Add<Output = V>>(map: &mut HashMap<u64, V>, item: u64, diff: V) {
+    let value = map.entry(item).or_default();
+    *value = *value + diff;
+    if *value == V::default() {
+        map.remove(&item);
+    }
+}
+
+/// Per key, the `k` items of largest accumulated weight (ties: smaller item), leaving out the
+/// items of `excluded` under that key.
+///
+/// `weights` holds `(key, item)` records whose diffs are weights (summed per pair);
+/// `excluded` is a set of `(key, item)`. The output is the set of `(key, (Reverse(weight),
+/// item))` in each key's top `k`. Weights are expected to accumulate to non-negative values at
+/// every complete epoch; items whose weight is not positive are never ranked.
+pub fn top_k<'scope>(
+    name: &str,
+    weights: VecCollection<'scope, Epoch, (u64, u64)>,
+    excluded: Option<VecCollection<'scope, Epoch, (u64, u64)>>,
+    k: usize,
+) -> VecCollection<'scope, Epoch, (u64, Ranked)> {
+    let scope = weights.scope();
+    let weights = weights.map(|(key, item)| Change::Weight { key, item });
+    let excluded = excluded.map(|e| e.map(|(key, item)| Change::Exclude { key, item }));
+    let changes = concatenate(scope, std::iter::once(weights).chain(excluded));
+
+    let by_key = Exchange::new(|(change, _time, _diff): &(Change, Epoch, isize)| change.key().hashed());
+    changes
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(
+            by_key,
+            name,
+            move |_capability, _info| {
+                let mut keys: HashMap<u64, Ranking> = HashMap::new();
+                // Staged changes per epoch, with the capability to emit at that epoch.
+                let mut staged = BTreeMap::new();
+                let mut before = Vec::new();
+                let mut after = Vec::new();
+                move |(input, frontier), output| {
+                    let port = output.output_index();
+                    input.for_each(|cap, data| {
+                        // Stage by each update's own time: differential may send updates at
+                        // times later than the message's capability.
+                        for (change, time, diff) in data.drain(..) {
+                            staged
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, port), Vec::new()))
+                                .1
+                                .push((change, diff));
+                        }
+                    });
+                    while let Some(entry) = staged.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break; // an earlier-or-equal epoch may still send changes
+                        }
+                        let (epoch, (capability, mut changes)) = entry.remove_entry();
+                        consolidate(&mut changes);
+                        let mut session = output.session(&capability);
+                        for run in changes.chunk_by(|a, b| a.0.key() == b.0.key()) {
+                            let key = run[0].0.key();
+                            let ranking = keys.entry(key).or_default();
+                            before.clear();
+                            before.extend(ranking.ranked.iter().take(k).copied());
+                            for &(change, diff) in run {
+                                ranking.apply(change, diff);
+                            }
+                            after.clear();
+                            after.extend(ranking.ranked.iter().take(k).copied());
+                            if ranking.is_empty() {
+                                keys.remove(&key);
+                            }
+                            session.give_iterator(
+                                difference(&before, &after).map(|(entry, diff)| ((key, entry), epoch, diff)),
+                            );
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Sorts by change (so by key first) and sums the diffs of equal changes, dropping zeros.
+fn consolidate(changes: &mut Vec<(Change, isize)>) {
+    changes.sort_unstable_by_key(|&(change, _)| (change.key(), change));
+    let mut write = 0;
+    for read in 0..changes.len() {
+        if write > 0 && changes[write - 1].0 == changes[read].0 {
+            changes[write - 1].1 += changes[read].1;
+        } else {
+            changes[write] = changes[read];
+            write += 1;
+        }
+    }
+    changes.truncate(write);
+    changes.retain(|&(_, diff)| diff != 0);
+}
+
+/// The updates turning the sorted list `before` into the sorted list `after`.
+fn difference<'a>(before: &'a [Ranked], after: &'a [Ranked]) -> impl Iterator<Item = (Ranked, isize)> + 'a {
+    let removed = before.iter().filter(|e| after.binary_search(e).is_err()).map(|&e| (e, -1));
+    let added = after.iter().filter(|e| before.binary_search(e).is_err()).map(|&e| (e, 1));
+    removed.chain(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(r: &Ranking, k: usize) -> Vec<(i64, u64)> {
+        r.ranked.iter().take(k).map(|&(Reverse(w), i)| (w, i)).collect()
+    }
+
+    #[test]
+    fn ranks_by_weight_then_smaller_item_and_honours_exclusions() {
+        let mut r = Ranking::default();
+        let w = |item| Change::Weight { key: 0, item };
+        let x = |item| Change::Exclude { key: 0, item };
+        r.apply(w(5), 10);
+        r.apply(w(3), 10);
+        r.apply(w(9), 30);
+        assert_eq!(top(&r, 2), vec![(30, 9), (10, 3)]);
+        // A weight that changes moves its entry (10 → 40).
+        r.apply(w(3), 30);
+        assert_eq!(top(&r, 3), vec![(40, 3), (30, 9), (10, 5)]);
+        // An excluded item keeps its weight but is not ranked until the exclusion ends.
+        r.apply(x(3), 1);
+        assert_eq!(top(&r, 3), vec![(30, 9), (10, 5)]);
+        r.apply(x(3), -1);
+        assert_eq!(top(&r, 1), vec![(40, 3)]);
+        // Weights back to zero leave no state behind.
+        r.apply(w(3), -40);
+        r.apply(w(5), -10);
+        r.apply(w(9), -30);
+        assert!(r.is_empty() && r.ranked.is_empty());
+    }
+
+    #[test]
+    fn non_positive_weights_are_not_ranked() {
+        let mut r = Ranking::default();
+        r.apply(Change::Weight { key: 0, item: 1 }, -5);
+        assert!(r.ranked.is_empty());
+        r.apply(Change::Weight { key: 0, item: 1 }, 7);
+        assert_eq!(top(&r, 1), vec![(2, 1)]);
+    }
+
+    #[test]
+    fn consolidation_sums_and_drops_zeros() {
+        let w = |key, item| Change::Weight { key, item };
+        let mut changes = vec![(w(2, 1), 3), (w(1, 1), 4), (w(2, 1), -3), (w(1, 1), 1), (w(1, 0), 2)];
+        consolidate(&mut changes);
+        assert_eq!(changes, vec![(w(1, 0), 2), (w(1, 1), 5)]);
+    }
+
+    #[test]
+    fn difference_lists_only_what_changed() {
+        let e = |w, i| (Reverse(w), i);
+        let before = [e(9, 1), e(5, 2), e(3, 3)];
+        let after = [e(9, 1), e(4, 2), e(3, 3)];
+        let diff: Vec<_> = difference(&before, &after).collect();
+        assert_eq!(diff, vec![(e(5, 2), -1), (e(4, 2), 1)]);
+    }
 }
