@@ -1,0 +1,452 @@
+//! `pipeline`: encore end to end — Kafka in, the release `encore-flow`, Postgres out — against
+//! the two physical limits of the same machine, broker and database.
+//!
+//! ```text
+//!  Tansu (memory) ◄── fill: --events generator events (seed --seed), 4 partitions
+//!     │
+//!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_udfs::parse_event ─► events/s
+//!     ├──► per --layouts P×W: encore-flow --until-caught-up, fresh schema ─► events/s, rows
+//!     │        (P OS processes on 127.0.0.1 ports, W workers each; start → last exit)
+//!     └──► latency: encore-flow live on the caught-up schema of --latency-layout; produce at
+//!              half its catch-up rate for --latency-seconds; poll encore_progress ─► p50/p99
+//!  PostgreSQL ◄── limit 2: raw binary COPY of sink-shaped rows ─► rows/s (and as events/s)
+//! ```
+//!
+//! Everything runs on one machine: the broker, the database, the producer and encore-flow
+//! share its cores, as they do in the quick start. The catch-up runs start from an empty
+//! schema, so every message is consumed live (nothing replayed) and every epoch is
+//! committed; their epoch flags (`--catch-up-args`) are large because the engine's cost per
+//! epoch grows with its state (README, Figures): the defaults let 1 M events catch up in a
+//! few epochs. The latency runs use the live defaults (`--latency-args`, 250 ms epochs).
+//!
+//! ```text
+//! cargo run --release -p encore-benches --bin pipeline -- --events 1000000
+//! cargo run --release -p encore-benches --bin pipeline -- --brokers 127.0.0.1:9092 --topic empty_topic --postgres postgres://…
+//! ```
+//!
+//! The benchmark builds the release `encore-flow` first (`cargo build --release -p
+//! encore-dataflow`) unless `--flow-bin` names one. Logs of every encore-flow process are kept
+//! in `--log-dir`. Nothing is asserted: the binary prints figures and whether the issue's
+//! targets are met.
+
+#[path = "pipeline/flow.rs"]
+mod flow;
+#[path = "pipeline/kafka.rs"]
+mod kafka;
+#[path = "pipeline/latency.rs"]
+mod latency;
+#[path = "pipeline/pg.rs"]
+mod pg;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use encore_generator::catalog::{Catalog, CatalogSizes};
+use encore_generator::stream::EventStream;
+
+use flow::{FlowTarget, Layout};
+
+/// Measures encore end to end (Kafka → encore-flow → Postgres): catch-up throughput per
+/// layout, latency at half load, and the raw consume+parse and COPY limits of the machine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Events pre-filled into the topic (the catch-up runs consume all of them).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Generator seed (catalog and stream; default sizes).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// An existing Kafka broker (the topic must exist and be empty); by default a fresh
+    /// in-memory Tansu is started.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The topic (created with --partitions on the fresh Tansu).
+    #[arg(long, default_value = "pipeline_bench")]
+    topic: String,
+    /// Partitions of the topic created on the fresh Tansu.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// An existing PostgreSQL (schemas pipeline_* are dropped and recreated); by default a
+    /// fresh testkit cluster is started (fsync off).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Layouts of the catch-up runs, PROCESSESxWORKERS.
+    #[arg(long, value_delimiter = ',', default_value = "1x1,1x2,2x1")]
+    layouts: Vec<Layout>,
+    /// encore-flow flags of the catch-up runs (whitespace-separated; `--until-caught-up` is added).
+    #[arg(long, default_value = "--epoch-ms 60000 --epoch-events 2000000", allow_hyphen_values = true)]
+    catch_up_args: String,
+    /// Thread counts of the raw consume (+ parse) baseline.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    consume_threads: Vec<usize>,
+    /// Rows per raw COPY transaction.
+    #[arg(long, default_value_t = 1_000_000)]
+    copy_rows: usize,
+    /// Repetitions of each raw COPY (median).
+    #[arg(long, default_value_t = 3)]
+    copy_reps: usize,
+    /// Layout of the latency runs; must be one of --layouts (its caught-up schema is reused).
+    #[arg(long, default_value = "1x2")]
+    latency_layout: Layout,
+    /// Rates of the latency runs, events/s; `half` = half the catch-up rate of --latency-layout.
+    #[arg(long, value_delimiter = ',', default_value = "half")]
+    latency_rates: Vec<String>,
+    /// Seconds of producing per latency run.
+    #[arg(long, default_value_t = 60.0)]
+    latency_seconds: f64,
+    /// Seconds at the start of a latency run left out of the percentiles.
+    #[arg(long, default_value_t = 5.0)]
+    latency_warmup: f64,
+    /// Seconds after the last send for the job to commit everything.
+    #[arg(long, default_value_t = 60.0)]
+    latency_drain: f64,
+    /// encore-flow flags of the latency runs (`--epoch-events` also sizes the replay epochs).
+    #[arg(long, default_value = "--epoch-ms 250 --epoch-events 2000000", allow_hyphen_values = true)]
+    latency_args: String,
+    /// Interval of the encore_progress polls, ms.
+    #[arg(long, default_value_t = 20)]
+    poll_ms: u64,
+    /// Skip the latency runs.
+    #[arg(long)]
+    no_latency: bool,
+    /// Most seconds any one encore-flow run may take.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// The encore-flow binary; by default the benchmark builds the release one.
+    #[arg(long)]
+    flow_bin: Option<PathBuf>,
+    /// Directory for encore-flow logs and hostfiles.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
+/// One catch-up run's figures.
+struct CatchUp {
+    layout: Layout,
+    finished: flow::Finished,
+    /// Per result table: (row changes, rows held at the end).
+    rows: BTreeMap<String, (u64, u64)>,
+}
+
+impl CatchUp {
+    fn events_per_second(&self, events: u64) -> f64 {
+        events as f64 / self.finished.seconds.max(1e-9)
+    }
+
+    fn row_changes(&self) -> u64 {
+        self.rows.values().map(|(changed, _)| changed).sum()
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.events == 0 || args.layouts.is_empty() || args.consume_threads.contains(&0) || args.poll_ms == 0 {
+        bail!("--events, --layouts, --consume-threads and --poll-ms must be positive");
+    }
+    if !args.no_latency && !args.layouts.contains(&args.latency_layout) {
+        bail!("--latency-layout {} must be one of --layouts", args.latency_layout);
+    }
+    let catch_up_args: Vec<String> = args.catch_up_args.split_whitespace().map(str::to_owned).collect();
+    let latency_args: Vec<String> = args.latency_args.split_whitespace().map(str::to_owned).collect();
+    let timeout = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    let binary = flow::binary(args.flow_bin.as_deref())?;
+
+    // Servers: given, or fresh ones owned by this process (stopped when it ends).
+    let (_tansu, brokers) = match &args.brokers {
+        Some(brokers) => {
+            if !kafka::topic_is_empty(brokers, &args.topic)? {
+                bail!("topic {} on {brokers} is not empty: the benchmark needs an empty topic", args.topic);
+            }
+            (None, brokers.clone())
+        }
+        None => {
+            let tansu = encore_testkit::Tansu::start().context("starting Tansu")?;
+            tansu.create_topic(&args.topic, args.partitions).context("creating the topic")?;
+            let brokers = tansu.brokers();
+            (Some(tansu), brokers)
+        }
+    };
+    let (_postgres, url) = match &args.postgres {
+        Some(url) => (None, url.clone()),
+        None => {
+            let cluster = encore_testkit::Postgres::start().context("starting PostgreSQL")?;
+            let url = cluster.url();
+            (Some(cluster), url)
+        }
+    };
+    let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("encore-pipeline-{}", std::process::id())));
+    let target = FlowTarget { binary: binary.clone(), brokers: brokers.clone(), topic: args.topic.clone(), postgres: url.clone(), log_dir };
+
+    println!(
+        "encore pipeline bench: {} events, seed {}, topic {} ({}), Postgres {}; {} CPUs; source {}; {}",
+        args.events,
+        args.seed,
+        args.topic,
+        if args.brokers.is_some() { brokers.clone() } else { format!("fresh in-memory Tansu {brokers}, {} partitions", args.partitions) },
+        if args.postgres.is_some() { "given" } else { "fresh testkit cluster, fsync off" },
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        source_state(),
+        load_average(),
+    );
+    println!("encore-flow: {} (logs in {})", binary.display(), target.log_dir.display());
+
+    // Fill.
+    let catalog = Catalog::generate(args.seed, CatalogSizes::default());
+    let mut stream = EventStream::new(&catalog, 0.0);
+    let mut producer = kafka::BenchProducer::connect(&brokers, &args.topic, 20, false)?;
+    eprintln!("filling {} events ... ({})", args.events, load_average());
+    let fill_seconds = kafka::fill(&mut producer, &mut stream, args.events)?;
+    let mut ends = producer.ends();
+    drop(producer);
+    let filled: i64 = ends.values().sum();
+    if filled != args.events as i64 {
+        eprintln!("warning: the acknowledged offsets end at {filled} in all, not {}: the broker's offsets have gaps", args.events);
+    }
+    println!(
+        "\nfilled {} events in {:.1} s ({:.0} events/s; partitions {:?})",
+        args.events,
+        fill_seconds,
+        args.events as f64 / fill_seconds,
+        ends.values().collect::<Vec<_>>()
+    );
+
+    // Limit 1: raw consume (+ parse).
+    println!("\n## Physical limits (same broker, same database, same run)\n");
+    println!("| path | threads | messages | valid | seconds | events/s | MB/s |");
+    println!("|---|--:|--:|--:|--:|--:|--:|");
+    let mut best_parse = 0.0f64;
+    for &threads in &args.consume_threads {
+        for parse in [false, true] {
+            eprintln!("raw consume, {threads} thread(s), parse {parse} ... ({})", load_average());
+            let consumed = kafka::consume(&brokers, &args.topic, &ends, threads, parse)?;
+            let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
+            if parse {
+                best_parse = best_parse.max(rate);
+            }
+            println!(
+                "| Kafka consume{} | {threads} | {} | {} | {:.2} | {:.0} | {:.1} |",
+                if parse { " + JSON parse" } else { " only" },
+                consumed.messages,
+                if parse { consumed.valid.to_string() } else { "-".to_owned() },
+                consumed.seconds,
+                rate,
+                consumed.bytes as f64 / consumed.seconds.max(1e-9) / 1e6,
+            );
+        }
+    }
+    // Limit 2: raw binary COPY.
+    eprintln!("raw COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
+    let (copy_plain, copy_keyed) = pg::raw_copy(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?;
+    println!(
+        "\nraw binary COPY, {} rows (BIGINT, BIGINT, DOUBLE) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
+        args.copy_rows, args.copy_reps, copy_plain, copy_keyed
+    );
+
+    // Catch-up runs.
+    let mut runs = Vec::new();
+    for &layout in &args.layouts {
+        let schema = schema_of(layout);
+        pg::fresh_schema(&mut pg::connect(&url)?, &schema)?;
+        let mut flags = catch_up_args.clone();
+        flags.push("--until-caught-up".to_owned());
+        eprintln!("catch-up {layout}: encore-flow {} ... ({})", flags.join(" "), load_average());
+        let finished = flow::start(&target, layout, &schema, &flags, &format!("catch-up-{layout}"))?.wait(timeout)?;
+        let rows = pg::rows_written(&url, &schema)?;
+        let run = CatchUp { layout, finished, rows };
+        eprintln!("  {:.1} s, {:.0} events/s ({})", run.finished.seconds, run.events_per_second(args.events), load_average());
+        runs.push(run);
+    }
+    print_catch_up(&runs, &args, best_parse, copy_plain, &catch_up_args);
+
+    // Latency.
+    let mut latencies = Vec::new();
+    if !args.no_latency {
+        let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout) else {
+            bail!("no catch-up run of {}", args.latency_layout);
+        };
+        let half = base.events_per_second(args.events) / 2.0;
+        let schema = schema_of(args.latency_layout);
+        for rate in &args.latency_rates {
+            let rate = match rate.as_str() {
+                "half" => half,
+                number => number.parse::<f64>().ok().filter(|r| *r > 0.0).with_context(|| format!("bad latency rate {number:?}"))?,
+            };
+            eprintln!("latency {} at {rate:.0} events/s ... ({})", args.latency_layout, load_average());
+            let plan = latency::Plan {
+                target: &target,
+                layout: args.latency_layout,
+                schema: &schema,
+                args: &latency_args,
+                rate,
+                seconds: args.latency_seconds,
+                warmup: args.latency_warmup,
+                drain: args.latency_drain,
+                poll: Duration::from_millis(args.poll_ms),
+                timeout,
+                catch_up_args: &catch_up_args,
+            };
+            let measured = latency::run(&plan, &url, &brokers, &mut stream, &mut ends)?;
+            latencies.push((rate, measured));
+        }
+        print_latency(&latencies, &args, &latency_args, half);
+    }
+
+    // Summary lines.
+    println!();
+    for run in &runs {
+        let rate = run.events_per_second(args.events);
+        let fraction = rate / best_parse.max(1e-9);
+        println!(
+            "pipeline {}: {:.0} events/s end to end at {} events = {:.1} % of consume+parse ({:.0}/s; target >= 50 %: {}), {:.1} % of raw COPY ({:.2} rows/event)",
+            run.layout,
+            rate,
+            args.events,
+            100.0 * fraction,
+            best_parse,
+            if fraction >= 0.5 { "met".to_owned() } else { format!("missed, {:.0}x short", 0.5 / fraction.max(1e-12)) },
+            100.0 * run.row_changes() as f64 / run.finished.seconds.max(1e-9) / copy_plain.max(1e-9),
+            run.row_changes() as f64 / args.events as f64,
+        );
+    }
+    for (rate, measured) in &latencies {
+        let p99 = measured.quantile(0.99);
+        println!(
+            "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {})",
+            args.latency_layout,
+            rate,
+            fmt_latency(measured.quantile(0.50), args.latency_drain),
+            fmt_latency(p99, args.latency_drain),
+            match p99 {
+                Some(p) if p <= Duration::from_secs(1) => "met".to_owned(),
+                Some(p) => format!("missed, {:.1}x over", p.as_secs_f64()),
+                None => "missed, above the drain time".to_owned(),
+            },
+        );
+    }
+    println!("done in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
+    Ok(())
+}
+
+fn schema_of(layout: Layout) -> String {
+    format!("pipeline_{layout}")
+}
+
+fn print_catch_up(runs: &[CatchUp], args: &Args, best_parse: f64, copy_plain: f64, flags: &[String]) {
+    println!(
+        "\n## End to end: {} pre-filled events to caught up (encore-flow {} --until-caught-up, fresh schema, all live)\n",
+        args.events,
+        flags.join(" ")
+    );
+    println!("row changes = inserted + updated + deleted rows of the result tables (pg_stat_user_tables); COPY-equivalent = raw COPY rows/s / (row changes per event).\n");
+    println!("| processes × workers | seconds | events/s | replayed | live | row changes | rows held | row changes/event | peak RSS per process | % of consume+parse | COPY-equivalent events/s | % of it |");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for run in runs {
+        let rate = run.events_per_second(args.events);
+        let per_event = run.row_changes() as f64 / args.events as f64;
+        let copy_events = copy_plain / per_event.max(1e-12);
+        let held: u64 = run.rows.values().map(|(_, held)| held).sum();
+        println!(
+            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {:.1} % | {:.0} | {:.1} % |",
+            run.layout.processes,
+            run.layout.workers,
+            run.finished.seconds,
+            rate,
+            run.finished.summary.replayed,
+            run.finished.summary.consumed,
+            run.row_changes(),
+            held,
+            per_event,
+            run.finished.peak_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(", "),
+            100.0 * rate / best_parse.max(1e-9),
+            copy_events,
+            100.0 * rate / copy_events.max(1e-9),
+        );
+    }
+    for run in runs {
+        let tables: Vec<String> =
+            run.rows.iter().map(|(table, (changed, held))| format!("{table} {changed} changes / {held} rows")).collect();
+        println!("\n{}: {}", run.layout, tables.join(", "));
+    }
+}
+
+fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String], half: f64) {
+    println!(
+        "\n## Latency: produce → commit containing the event ({}, encore-flow {}, live after replaying the caught-up topic)\n",
+        args.latency_layout,
+        flags.join(" ")
+    );
+    println!(
+        "half the catch-up rate of {} = {half:.0} events/s; {:.0} s of sending (linger 1 ms), first {:.0} s left out; commit seen by polling encore_progress every {} ms; {:.0} s to drain.\n",
+        args.latency_layout, args.latency_seconds, args.latency_warmup, args.poll_ms, args.latency_drain
+    );
+    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay s | polls (mean interval ms) | peak RSS per process |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for (rate, m) in runs {
+        let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
+        println!(
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} |",
+            m.send_rate,
+            m.sent,
+            m.measured,
+            m.uncommitted,
+            fmt_ms(m.quantile(0.50), args.latency_drain),
+            fmt_ms(m.quantile(0.99), args.latency_drain),
+            fmt_ms(max, args.latency_drain),
+            m.replay_seconds,
+            m.polls,
+            m.poll_interval.as_secs_f64() * 1e3,
+            m.peak_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(", "),
+        );
+    }
+}
+
+fn fmt_ms(latency: Option<Duration>, drain: f64) -> String {
+    match latency {
+        Some(l) => format!("{:.0}", l.as_secs_f64() * 1e3),
+        None => format!("> {:.0} s drain", drain),
+    }
+}
+
+fn fmt_latency(latency: Option<Duration>, drain: f64) -> String {
+    match latency {
+        Some(l) => format!("{:.0} ms", l.as_secs_f64() * 1e3),
+        None => format!("not committed within the {drain:.0} s drain"),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// The commit measured, and whether the engine's source differs from it (others edit it).
+fn source_state() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "udfs"])) {
+        (Some(head), Some(dirty)) if dirty.is_empty() => format!("git {head}"),
+        (Some(head), Some(dirty)) => format!("git {head} + uncommitted changes in {}", dirty.lines().filter_map(|l| l.get(3..)).collect::<Vec<_>>().join(" ")),
+        _ => "git n/a".to_owned(),
+    }
+}
+
+/// The 1/5/15-minute load average: other engineers share the machine.
+fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(text) => format!("loadavg {}", text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+        Err(_) => "loadavg n/a".to_owned(),
+    }
+}

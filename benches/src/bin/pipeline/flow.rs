@@ -1,0 +1,304 @@
+//! Running the release `encore-flow` binary as 1 or more OS processes, as an operator would.
+//!
+//! ```text
+//!  layout P×W: P processes `encore-flow … -w W [-n P -p i -h hostfile]`, hostfile = P free
+//!  127.0.0.1 ports; stdout (the summary line) piped, stderr (RUST_LOG=encore_dataflow=info)
+//!  to DIR/<name>-p<i>.log; every 50 ms: try_wait each process, read VmHWM from /proc
+//! ```
+//!
+//! A run is timed from the first spawn to the last exit, so process start, Kafka and Postgres
+//! connections, schema creation and the final commit are all inside it. If one process fails
+//! the others are killed and the run fails with the failed process's last log lines.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Processes × workers per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// OS processes.
+    pub processes: usize,
+    /// Timely workers per process.
+    pub workers: usize,
+}
+
+impl Layout {
+    /// Workers of all processes.
+    pub fn total_workers(self) -> usize {
+        self.processes * self.workers
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.processes, self.workers)
+    }
+}
+
+impl FromStr for Layout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Layout, String> {
+        let (p, w) = text.split_once(['x', 'X']).ok_or_else(|| format!("expected PROCESSESxWORKERS, got {text:?}"))?;
+        let parse = |s: &str| s.trim().parse::<usize>().ok().filter(|n| *n > 0);
+        match (parse(p), parse(w)) {
+            (Some(processes), Some(workers)) => Ok(Layout { processes, workers }),
+            _ => Err(format!("expected positive PROCESSESxWORKERS, got {text:?}")),
+        }
+    }
+}
+
+/// What every encore-flow process of a run gets.
+#[derive(Clone, Debug)]
+pub struct FlowTarget {
+    /// The encore-flow binary.
+    pub binary: PathBuf,
+    /// `--brokers`.
+    pub brokers: String,
+    /// `--topic`.
+    pub topic: String,
+    /// `--postgres`.
+    pub postgres: String,
+    /// Where process logs and hostfiles go.
+    pub log_dir: PathBuf,
+}
+
+/// The summary line of one process (`process=… replayed=… consumed=… …`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
+    /// Messages replayed to rebuild state.
+    pub replayed: u64,
+    /// Messages consumed live.
+    pub consumed: u64,
+    /// Seconds of the replay, slowest worker.
+    pub replay_seconds: f64,
+}
+
+/// A finished run.
+#[derive(Clone, Debug, Default)]
+pub struct Finished {
+    /// First spawn to last exit.
+    pub seconds: f64,
+    /// Summary lines added up (replay seconds: the slowest).
+    pub summary: Summary,
+    /// Highest VmHWM seen per process, bytes.
+    pub peak_rss: Vec<u64>,
+}
+
+/// Running encore-flow processes.
+pub struct Running {
+    name: String,
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+    peaks: Vec<u64>,
+    started: Instant,
+}
+
+/// Starts `layout` with `args` after the common flags; `name` names the log files.
+pub fn start(target: &FlowTarget, layout: Layout, schema: &str, args: &[String], name: &str) -> Result<Running> {
+    std::fs::create_dir_all(&target.log_dir).with_context(|| format!("creating {}", target.log_dir.display()))?;
+    let hostfile = target.log_dir.join(format!("{name}-hosts.txt"));
+    if layout.processes > 1 {
+        let mut hosts = String::new();
+        for _ in 0..layout.processes {
+            hosts.push_str(&format!("127.0.0.1:{}\n", free_port()?));
+        }
+        std::fs::write(&hostfile, hosts).with_context(|| format!("writing {}", hostfile.display()))?;
+    }
+    let started = Instant::now();
+    let mut running = Running { name: name.to_owned(), children: Vec::new(), logs: Vec::new(), peaks: Vec::new(), started };
+    for process in 0..layout.processes {
+        let log = target.log_dir.join(format!("{name}-p{process}.log"));
+        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(&target.binary);
+        command
+            .args(["--brokers", &target.brokers, "--topic", &target.topic, "--postgres", &target.postgres])
+            .args(["--pg-schema", schema, "-w", &layout.workers.to_string()])
+            .args(args)
+            .env("RUST_LOG", "encore_dataflow=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if layout.processes > 1 {
+            command.args(["-n", &layout.processes.to_string(), "-p", &process.to_string(), "-h"]).arg(&hostfile);
+        }
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                running.kill();
+                return Err(anyhow!("starting {}: {error}", target.binary.display()));
+            }
+        };
+        running.children.push(child);
+        running.logs.push(log);
+        running.peaks.push(0);
+    }
+    Ok(running)
+}
+
+impl Running {
+    /// Seconds since the first spawn.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// How many `replay done` lines the processes have logged (one per worker with partitions).
+    pub fn replays_done(&self) -> usize {
+        self.logs.iter().filter_map(|log| std::fs::read_to_string(log).ok()).map(|text| text.matches("replay done").count()).sum()
+    }
+
+    /// Fails if a process has exited (a live run must not end on its own).
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.sample_memory();
+        for index in 0..self.children.len() {
+            if let Some(status) = self.children[index].try_wait()? {
+                let tail = self.tail(index);
+                self.kill();
+                bail!("{} process {index} exited early ({status}):\n{tail}", self.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every process to stop (SIGINT: commit the current epoch and exit).
+    pub fn interrupt(&self) -> Result<()> {
+        for child in &self.children {
+            let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().context("running kill")?;
+            if !status.success() {
+                bail!("kill -INT {} failed", child.id());
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every process to exit 0, up to `timeout`; kills them all on failure.
+    pub fn wait(mut self, timeout: Duration) -> Result<Finished> {
+        let mut done: Vec<Option<Instant>> = vec![None; self.children.len()];
+        while done.iter().any(Option::is_none) {
+            self.sample_memory();
+            let mut failed = None;
+            for (index, (child, done)) in self.children.iter_mut().zip(done.iter_mut()).enumerate() {
+                if done.is_none() {
+                    match child.try_wait()? {
+                        Some(status) if !status.success() => failed = Some((index, status)),
+                        Some(_) => *done = Some(Instant::now()),
+                        None => {}
+                    }
+                }
+            }
+            if let Some((index, status)) = failed {
+                let tail = self.tail(index);
+                self.kill();
+                bail!("{} process {index} failed ({status}):\n{tail}", self.name);
+            }
+            if self.started.elapsed() > timeout {
+                self.kill();
+                bail!("{} did not finish within {} s (logs in {})", self.name, timeout.as_secs(), self.logs[0].display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let last = done.iter().flatten().max().copied().unwrap_or_else(Instant::now);
+        let mut finished = Finished { seconds: (last - self.started).as_secs_f64(), peak_rss: self.peaks.clone(), ..Finished::default() };
+        for child in &mut self.children {
+            let mut out = String::new();
+            if let Some(stdout) = child.stdout.as_mut() {
+                stdout.read_to_string(&mut out)?;
+            }
+            let summary = parse_summary(&out).ok_or_else(|| anyhow!("no summary line from encore-flow: {out:?}"))?;
+            finished.summary.replayed += summary.replayed;
+            finished.summary.consumed += summary.consumed;
+            finished.summary.replay_seconds = finished.summary.replay_seconds.max(summary.replay_seconds);
+        }
+        Ok(finished)
+    }
+
+    /// Kills every process still running (our own children only).
+    pub fn kill(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn sample_memory(&mut self) {
+        for (child, peak) in self.children.iter().zip(self.peaks.iter_mut()) {
+            if let Some(hwm) = vm_hwm(child.id()) {
+                *peak = (*peak).max(hwm);
+            }
+        }
+    }
+
+    fn tail(&self, index: usize) -> String {
+        let text = std::fs::read_to_string(&self.logs[index]).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `process=0 replayed=0 consumed=1000000 invalid=0 replay_seconds=0.000 seconds=12.3`.
+fn parse_summary(out: &str) -> Option<Summary> {
+    let line = out.lines().rev().find(|line| line.starts_with("process="))?;
+    let field = |name: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+    Some(Summary {
+        replayed: field("replayed")?.parse().ok()?,
+        consumed: field("consumed")?.parse().ok()?,
+        replay_seconds: field("replay_seconds")?.parse().ok()?,
+    })
+}
+
+/// The process's peak resident set (VmHWM), bytes.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line["VmHWM:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the timely hostfile).
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The release `encore-flow`: `explicit` if given, else built with cargo (so that the figures
+/// are those of the current source) next to this benchmark's own binary.
+pub fn binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--flow-bin {} is not a file", path.display());
+        }
+        return Ok(path.to_owned());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("building encore-flow: {cargo} build --release -p encore-dataflow --bin encore-flow");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "-p", "encore-dataflow", "--bin", "encore-flow"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("building encore-flow failed ({status})");
+    }
+    let dir = std::env::current_exe()?.parent().map(Path::to_owned).ok_or_else(|| anyhow!("no directory of the benchmark binary"))?;
+    let path = dir.join("encore-flow");
+    if !path.is_file() {
+        bail!("{} not found after the build (pass --flow-bin)", path.display());
+    }
+    Ok(path)
+}

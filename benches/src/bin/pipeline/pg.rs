@@ -1,0 +1,185 @@
+//! The Postgres side of the pipeline benchmark: fresh schemas, the raw binary COPY baseline,
+//! what a run wrote, and a poller that sees offsets become committed.
+//!
+//! * **Raw COPY** repeats `pg_copy`'s pre-encoded path: rows shaped like the sink's widest
+//!   tables, `(BIGINT, BIGINT, DOUBLE PRECISION)` as in `track_neighbors` and
+//!   `user_recommendations`, encoded before the clock starts and sent in one
+//!   `COPY … FROM STDIN (FORMAT binary)` per transaction, into an index-free table (the
+//!   physical limit) and into a table keyed like the sink's (index maintenance included).
+//! * **Rows written** by a run are PostgreSQL's own counters (`pg_stat_user_tables`:
+//!   inserted + updated + deleted tuples) of the result tables in the run's schema, so they
+//!   count every row change of every commit, not just the final rows. The sink's staging
+//!   tables are temporary tables in another schema and are not counted.
+//! * **Commit observation**: `encore_progress.next_offset` per partition is written in the
+//!   same transaction as the results, so the moment a poll sees it move past an offset is the
+//!   moment that message's effects became visible (to within one poll interval).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use encore_dataflow::postgres::quote_ident;
+use postgres::{Client, NoTls};
+
+/// The SPEC §3 result tables whose row changes a run is credited with.
+pub const RESULT_TABLES: [&str; 4] = ["track_neighbors", "user_recommendations", "track_stats", "dead_letters"];
+
+/// Connects to `url`.
+pub fn connect(url: &str) -> Result<Client> {
+    Client::connect(url, NoTls).with_context(|| format!("connecting to {url}"))
+}
+
+/// Drops `schema` (and everything in it) and creates it empty.
+pub fn fresh_schema(client: &mut Client, schema: &str) -> Result<()> {
+    let s = quote_ident(schema);
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE; CREATE SCHEMA {s};"))
+        .with_context(|| format!("recreating schema {schema}"))
+}
+
+/// Row changes (inserted + updated + deleted tuples) per result table of `schema`, and the
+/// rows each holds now. Waits until PostgreSQL's counters stop moving: a backend reports its
+/// counts when its session ends, which can be a moment after the client process exited.
+pub fn rows_written(url: &str, schema: &str) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut client = connect(url)?;
+    let mut previous = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut now = BTreeMap::new();
+        for row in client.query(
+            "SELECT relname::text, (n_tup_ins + n_tup_upd + n_tup_del)::bigint FROM pg_stat_user_tables \
+             WHERE schemaname = $1 AND relname = ANY($2)",
+            &[&schema, &RESULT_TABLES.to_vec()],
+        )? {
+            let (table, changed): (String, i64) = (row.get(0), row.get(1));
+            let held: i64 =
+                client.query_one(&format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(&table)), &[])?.get(0);
+            now.insert(table, (changed.max(0) as u64, held.max(0) as u64));
+        }
+        client.batch_execute("SELECT pg_stat_clear_snapshot()")?;
+        if previous.as_ref() == Some(&now) {
+            return Ok(now);
+        }
+        previous = Some(now);
+    }
+    previous.ok_or_else(|| anyhow!("no statistics for schema {schema}"))
+}
+
+/// Rows per second of a raw binary COPY of `rows` pre-encoded rows into an index-free table
+/// and into a keyed one, median of `reps`; each in one transaction.
+pub fn raw_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<(f64, f64)> {
+    let mut client = connect(url)?;
+    fresh_schema(&mut client, schema)?;
+    let s = quote_ident(schema);
+    client.batch_execute(&format!(
+        "CREATE TABLE {s}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
+         CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
+         PRIMARY KEY (track_id, neighbor_id));"
+    ))?;
+    let data = encode_rows(rows);
+    let mut rate = |table: &str| -> Result<f64> {
+        let mut times = Vec::new();
+        for _ in 0..reps.max(1) {
+            client.batch_execute(&format!("TRUNCATE {s}.{table}"))?;
+            let start = Instant::now();
+            let mut tx = client.transaction()?;
+            let mut writer = tx.copy_in(&format!("COPY {s}.{table} FROM STDIN (FORMAT binary)"))?;
+            writer.write_all(&data)?;
+            writer.finish()?;
+            tx.commit()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(rows as f64 / times[times.len() / 2].max(1e-9))
+    };
+    let plain = rate("raw_copy")?;
+    let keyed = rate("raw_keyed")?;
+    client.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))?;
+    Ok((plain, keyed))
+}
+
+/// `rows` rows `(i / 20, i % 20, 0.5)` in PostgreSQL's binary COPY format: 20 neighbours per
+/// track, as `track_neighbors` holds them.
+fn encode_rows(rows: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(19 + rows * 38 + 2);
+    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
+    for i in 0..rows as i64 {
+        data.extend_from_slice(&3i16.to_be_bytes());
+        for field in [(i / 20).to_be_bytes(), (i % 20).to_be_bytes(), 0.5f64.to_bits().to_be_bytes()] {
+            data.extend_from_slice(&8i32.to_be_bytes());
+            data.extend_from_slice(&field);
+        }
+    }
+    data.extend_from_slice(&(-1i16).to_be_bytes());
+    data
+}
+
+/// Every change of `encore_progress` seen by the poller: `(partition, next_offset, seen at)`.
+pub type Commits = Vec<(i32, i64, Instant)>;
+
+/// Polls `schema.encore_progress` for `topic` every `interval` until stopped.
+pub struct ProgressPoller {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<(Commits, u64)>>,
+}
+
+impl ProgressPoller {
+    /// Starts polling (its own connection, opened before this returns).
+    pub fn start(url: &str, schema: &str, topic: &str, interval: Duration) -> Result<ProgressPoller> {
+        let mut client = connect(url)?;
+        let query = client.prepare(&format!(
+            "SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1",
+            quote_ident(schema)
+        ))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let topic = topic.to_owned();
+        let handle = std::thread::spawn(move || -> Result<(Commits, u64)> {
+            let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
+            let mut commits = Vec::new();
+            let mut polls = 0u64;
+            let mut next_poll = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                let rows = client.query(&query, &[&topic])?;
+                let at = Instant::now();
+                polls += 1;
+                for row in rows {
+                    let (partition, next): (i32, i64) = (row.get(0), row.get(1));
+                    if seen.get(&partition) != Some(&next) {
+                        seen.insert(partition, next);
+                        commits.push((partition, next, at));
+                    }
+                }
+                next_poll += interval;
+                let now = Instant::now();
+                if next_poll > now {
+                    std::thread::sleep(next_poll - now);
+                } else {
+                    next_poll = now;
+                }
+            }
+            Ok((commits, polls))
+        });
+        Ok(ProgressPoller { stop, handle })
+    }
+
+    /// Stops polling; returns what it saw and how many polls it made.
+    pub fn finish(self) -> Result<(Commits, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().map_err(|_| anyhow!("the progress poller panicked"))?
+    }
+}
+
+/// The latest committed `next_offset` per partition of `topic` in `schema`.
+pub fn committed(url: &str, schema: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let mut client = connect(url)?;
+    let rows = client.query(
+        &format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)),
+        &[&topic],
+    )?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
