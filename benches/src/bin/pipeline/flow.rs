@@ -179,8 +179,9 @@ impl Running {
         Ok(())
     }
 
-    /// Waits for every process to exit 0, up to `timeout`; kills them all on failure.
+    /// Waits for every process to exit 0, up to `timeout` from now; kills them all on failure.
     pub fn wait(mut self, timeout: Duration) -> Result<Finished> {
+        let deadline = Instant::now() + timeout;
         let mut done: Vec<Option<Instant>> = vec![None; self.children.len()];
         while done.iter().any(Option::is_none) {
             self.sample_memory();
@@ -199,7 +200,7 @@ impl Running {
                 self.kill();
                 bail!("{} process {index} failed ({status}):\n{tail}", self.name);
             }
-            if self.started.elapsed() > timeout {
+            if Instant::now() > deadline {
                 self.kill();
                 bail!("{} did not finish within {} s (logs in {})", self.name, timeout.as_secs(), self.logs[0].display());
             }

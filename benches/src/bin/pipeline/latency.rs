@@ -43,8 +43,10 @@ pub struct Plan<'a> {
     pub drain: f64,
     /// Interval of the `encore_progress` polls.
     pub poll: Duration,
-    /// Most seconds to wait for the replay, and for the job to stop after SIGINT.
+    /// Most seconds to wait for the replay (and for a catch-up run).
     pub timeout: Duration,
+    /// Most seconds for the job to stop after SIGINT before it is killed.
+    pub stop_timeout: Duration,
     /// Flags of a catch-up run (`--until-caught-up` is added) for when the schema is behind
     /// the topic (an earlier latency run that did not commit everything).
     pub catch_up_args: &'a [String],
@@ -157,7 +159,7 @@ pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, 
     let poll_window = start.elapsed();
     job.interrupt()?;
     // An overloaded job may need long to finish its epochs in flight; its figures are taken.
-    let peak_rss = match job.wait(plan.timeout) {
+    let peak_rss = match job.wait(plan.stop_timeout) {
         Ok(finished) => finished.peak_rss,
         Err(error) => {
             eprintln!("  warning: the live job did not stop cleanly: {error:#}");
