@@ -11,7 +11,7 @@
 //!   ├─ c(i,j)      members ⋈ members on u, i < j → count_total      ((i,j), c)
 //!   ├─ s(i,j)      c ≥ C ⋈ n(i) ⋈ n(j) → cosine_units, s > 0        ((i,j), s)
 //!   ├─ N(i)        s both ways as weights → TopK per track          (i, (s, j))
-//!   ├─ R(u)        N(i) ⋈ members on i → s as the weight of (u,j)   summed in the diffs
+//!   ├─ R(u)        N(i) with s as its diff ⋈ members on i → (u,j)   scores summed in diffs
 //!   │              → TopK per user, excluding j ∈ H(u) (members)     (u, (score, j))
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
@@ -140,11 +140,12 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
     // best tracks j ∉ H(u), ties to the smaller id.
     let recommendation_lists = top_k::top_k(
         "Recommendations",
+        // s goes into the diff before the join: a score change s → s' is then one update
+        // (i, j, s' - s) per user of i, not a retraction and an assertion per user.
         neighbor_lists
             .clone()
-            .map(|(i, (Reverse(s), j))| (i, (j, s)))
-            .join_core(members_by_track, |_i, &(j, s), &user| Some(((user, j), s)))
-            .explode(|((user, j), s)| Some(((user, j), s as isize))),
+            .explode(|(i, (Reverse(s), j))| Some(((i, j), s as isize)))
+            .join_core(members_by_track, |_i, &j, &user| Some((user, j))),
         Some(members),
         recommendations,
     );

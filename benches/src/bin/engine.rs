@@ -174,8 +174,8 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
         "\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n",
         args.load_events
     );
-    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
-    println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|------------------:|-------------:|--------------------------:|");
+    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
+    println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|------------------:|-------------:|--------------------------:|");
     for (workers, records) in runs {
         let mut next = 1;
         for (&size, &count) in args.epoch_sizes.iter().zip(&args.epoch_counts) {
@@ -189,12 +189,14 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
             epochs.iter().for_each(|r| changes.add(&r.changes));
             let firsts: u64 = epochs.iter().map(|r| r.first_listens).sum();
             let reach: u64 = epochs.iter().map(|r| r.first_listen_reach).sum();
+            let cpu: Duration = epochs.iter().map(|r| r.cpu).sum();
             println!(
-                "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} |",
+                "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} |",
                 ms(percentile(&times, 0.50)),
                 ms(percentile(&times, 0.99)),
                 ms(times.last().copied().unwrap_or_default()),
                 events as f64 / total.as_secs_f64().max(1e-9),
+                ms(cpu) / count.max(1) as f64,
                 changes.neighbors.rows as f64 / events.max(1) as f64,
                 changes.recommendations.rows as f64 / events.max(1) as f64,
                 reach as f64 / firsts.max(1) as f64,

@@ -29,7 +29,9 @@
 //! history membership changes (`+1` enters, `-1` leaves) and, once per `(u,t)`, the first
 //! listen (`+1`), from which `listeners(t)` is counted.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -117,7 +119,7 @@ pub fn history<'scope>(
             by_user,
             "History",
             move |_capability, _info| {
-                let mut users: HashMap<u64, UserHistory> = HashMap::new();
+                let mut users: HashMap<u64, UserHistory> = HashMap::default();
                 // Staged listens per epoch, with the capability to emit at that epoch.
                 let mut staged = BTreeMap::new();
                 let mut changes = Vec::new();

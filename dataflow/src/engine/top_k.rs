@@ -26,8 +26,8 @@
 //! Here each key owns, on the worker its key hashes to:
 //!
 //! ```text
-//!  weights   item → accumulated weight             (a hash map; entries ≠ 0)
-//!  excluded  item → multiplicity                   (R(u): the ≤ K history members)
+//!  items     item → (accumulated weight, multiplicity in the exclusion set)   (a hash map)
+//!            excluded: R(u)'s ≤ K history members; entries that are all zero are dropped
 //!  ranked    ordered set of (Reverse(weight), item) for items with weight > 0, not excluded
 //! ```
 //!
@@ -45,7 +45,9 @@
 //! after it, so it is a correct differential collection (a set of `(key, (score, item))`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use differential_dataflow::collection::concatenate;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
@@ -79,46 +81,53 @@ impl Change {
 /// One key's items.
 #[derive(Default)]
 struct Ranking {
-    weights: HashMap<u64, i64>,
-    excluded: HashMap<u64, isize>,
+    items: HashMap<u64, Item>,
     ranked: BTreeSet<Ranked>,
 }
 
-impl Ranking {
-    /// The ranked entry `item` should have now, if any.
-    fn entry(&self, item: u64) -> Option<Ranked> {
-        let weight = *self.weights.get(&item)?;
-        (weight > 0 && !self.excluded.contains_key(&item)).then_some((Reverse(weight), item))
-    }
+/// What a key knows of one item: both parts in one map entry, so a change costs one lookup.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Item {
+    /// Accumulated weight.
+    weight: i64,
+    /// Multiplicity in the exclusion set (0 or 1 at every complete epoch).
+    excluded: isize,
+}
 
+impl Item {
+    /// The ranked entry the item has, if any.
+    fn ranked(self, item: u64) -> Option<Ranked> {
+        (self.weight > 0 && self.excluded == 0).then_some((Reverse(self.weight), item))
+    }
+}
+
+impl Ranking {
     /// Applies one consolidated change, keeping `ranked` in step.
     fn apply(&mut self, change: Change, diff: isize) {
-        let item = match change {
-            Change::Weight { item, .. } | Change::Exclude { item, .. } => item,
+        let (item, slot) = match change {
+            Change::Weight { item, .. } | Change::Exclude { item, .. } => (item, self.items.entry(item).or_default()),
         };
-        if let Some(entry) = self.entry(item) {
-            self.ranked.remove(&entry);
-        }
+        let old = slot.ranked(item);
         match change {
-            Change::Weight { .. } => add(&mut self.weights, item, diff as i64),
-            Change::Exclude { .. } => add(&mut self.excluded, item, diff),
+            Change::Weight { .. } => slot.weight += diff as i64,
+            Change::Exclude { .. } => slot.excluded += diff,
         }
-        if let Some(entry) = self.entry(item) {
-            self.ranked.insert(entry);
+        let new = slot.ranked(item);
+        if *slot == Item::default() {
+            self.items.remove(&item);
+        }
+        if old != new {
+            if let Some(entry) = old {
+                self.ranked.remove(&entry);
+            }
+            if let Some(entry) = new {
+                self.ranked.insert(entry);
+            }
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.weights.is_empty() && self.excluded.is_empty()
-    }
-}
-
-/// Adds `diff` to `map[item]`, removing the entry when it reaches zero.
-fn add<V: Copy + Default + PartialEq + std::ops::Add<Output = V>>(map: &mut HashMap<u64, V>, item: u64, diff: V) {
-    let value = map.entry(item).or_default();
-    *value = *value + diff;
-    if *value == V::default() {
-        map.remove(&item);
+        self.items.is_empty()
     }
 }
 
@@ -147,7 +156,7 @@ pub fn top_k<'scope>(
             by_key,
             name,
             move |_capability, _info| {
-                let mut keys: HashMap<u64, Ranking> = HashMap::new();
+                let mut keys: HashMap<u64, Ranking> = HashMap::default();
                 // Staged changes per epoch, with the capability to emit at that epoch.
                 let mut staged = BTreeMap::new();
                 let mut before = Vec::new();

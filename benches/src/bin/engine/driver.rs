@@ -117,6 +117,17 @@ impl Memory {
     }
 }
 
+/// User + system CPU time of this process so far (`/proc/self/stat`, 10 ms ticks); zero where
+/// unavailable.
+pub fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Duration::ZERO };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return Duration::ZERO };
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on every Linux the kernel ABI allows /proc to report in.
+    Duration::from_millis(ticks * 10)
+}
+
 /// What worker 0 saw of one epoch.
 #[derive(Clone, Debug, Default)]
 pub struct EpochRecord {
@@ -126,6 +137,9 @@ pub struct EpochRecord {
     pub engine: Duration,
     /// Time worker 0 spent generating the epoch's lines (not part of `engine`).
     pub generation: Duration,
+    /// CPU time of the whole process (all workers) over the timed spans: unlike wall time,
+    /// it barely moves when other programs share the cores.
+    pub cpu: Duration,
     /// Output row changes of the epoch.
     pub changes: EpochChanges,
     /// Memory after the epoch, when asked for.
@@ -224,6 +238,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
                 // Everyone has its lines: start the clock together.
                 barrier.wait();
                 let feeding = Instant::now();
+                let cpu_before = process_cpu();
                 let mut start = 0;
                 for &end in &ends {
                     inputs.feed(&blob[start..end], "bench", 0, 0);
@@ -234,11 +249,13 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
                     inputs.advance_to(next_epoch);
                     worker.step_while(|| inputs.pending_before(next_epoch));
                     record.engine += feeding.elapsed();
+                    record.cpu += process_cpu().saturating_sub(cpu_before);
                     break;
                 }
                 // Let the exchange move the chunk on while the next one is generated.
                 worker.step();
                 record.engine += feeding.elapsed();
+                record.cpu += process_cpu().saturating_sub(cpu_before);
             }
             if index == 0 {
                 if schedule.memory_after.contains(&epoch_index) {
