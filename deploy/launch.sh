@@ -358,8 +358,11 @@ start_process() {
     log="$(log_of "$p")"
     build_command "$p"
     mkfifo "$out"
-    # The prefixer ignores INT/TERM so it prints the last lines of a stopping process.
+    # The prefixer ignores INT/TERM so it prints the last lines of a stopping process. Every
+    # child closes the stdin pipes of the remote processes started before it: a copy left
+    # open would keep that remote process from ever seeing the EOF that stops it.
     (
+        for fd in "${STOP_FDS[@]}"; do exec {fd}>&-; done
         trap '' INT TERM
         sed -u "s/^/[p$p ${HOSTS[$p]}] /" <"$out" | tee -a "$log"
     ) &
@@ -506,9 +509,10 @@ while ((STOP_REQUESTED == 0)); do
 done
 
 if [[ -n "$FAILED" ]]; then
-    # The peers of a failed process exit within a second ("lost a peer process"). Name as the
-    # cause every process that ended otherwise; the first one seen when all merely lost a peer.
-    sleep 1
+    # The peers of a failed process exit within a second or two ("lost a peer process"). Name
+    # as the cause every process that ended otherwise; the first one seen when all merely lost
+    # a peer.
+    sleep 2
     CAUSES=()
     for ((p = 0; p < PROCESSES; p++)); do
         [[ -z "${STATUS[$p]:-}" ]] && running "$p" && continue
