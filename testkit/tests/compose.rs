@@ -1,6 +1,8 @@
 //! `deploy/docker-compose.yml` cannot be run here (no Docker engine), so this test checks what
 //! can go wrong without running it: the file parses, names the services, builds encore from the
-//! Dockerfile in this repository, and wires every program to the same broker, topic and database.
+//! Dockerfile in this repository, wires every program to the same broker, topic and database,
+//! and makes the flow-i services one consistent timely cluster (`-n` the number of them, `-p`
+//! 0..N-1 each once, the mounted hostfile naming service flow-i on line i).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +15,21 @@ const TOPIC: &str = "music_streaming_data";
 #[derive(Debug, Deserialize)]
 struct Compose {
     services: BTreeMap<String, Service>,
+    #[serde(default)]
+    configs: BTreeMap<String, Config>,
+}
+
+/// A top-level config: a file's content given inline.
+#[derive(Debug, Deserialize)]
+struct Config {
+    content: Option<String>,
+}
+
+/// A config mounted into a service's container.
+#[derive(Debug, Deserialize)]
+struct ConfigMount {
+    source: String,
+    target: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,6 +45,10 @@ struct Service {
     environment: BTreeMap<String, String>,
     #[serde(default)]
     depends_on: BTreeMap<String, DependsOn>,
+    #[serde(default)]
+    configs: Vec<ConfigMount>,
+    stop_signal: Option<String>,
+    restart: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +96,78 @@ impl Service {
     }
 }
 
+impl Compose {
+    /// The encore-flow services, flow-0, flow-1, …, by name.
+    fn flow_services(&self) -> Vec<(&str, &Service)> {
+        let flows: Vec<(&str, &Service)> = self
+            .services
+            .iter()
+            .filter(|(name, _)| name.starts_with("flow-"))
+            .map(|(name, service)| (name.as_str(), service))
+            .collect();
+        assert!(!flows.is_empty(), "flow-i services");
+        flows
+    }
+}
+
+/// The `host:port` lines of a hostfile, as encore-flow reads them (trimmed, without empty
+/// lines and # comments).
+fn hostfile_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn the_flow_services_form_one_timely_cluster() {
+    let compose = compose();
+    let flows = compose.flow_services();
+    let n = flows.len();
+    assert!(n >= 2, "more than one process, or there is no cluster");
+    let mut processes = Vec::new();
+    let mut workers = Vec::new();
+    for (name, flow) in &flows {
+        assert_eq!(flow.flag("-n"), n.to_string(), "{name}: -n is the number of flow services");
+        let p: usize = flow.flag("-p").parse().unwrap_or_else(|_| panic!("{name}: -p is a number"));
+        // The name says the index, so that "flow-1" in logs is process 1.
+        assert_eq!(name.strip_prefix("flow-"), Some(p.to_string().as_str()), "{name} runs -p {p}");
+        processes.push(p);
+        workers.push(flow.flag("-w").to_owned());
+
+        // The hostfile: a compose config mounted at the path given to -h.
+        let hostfile = flow.flag("-h");
+        let mount = flow
+            .configs
+            .iter()
+            .find(|mount| mount.target == hostfile)
+            .unwrap_or_else(|| panic!("{name}: a config is mounted at {hostfile}"));
+        let content = compose
+            .configs
+            .get(&mount.source)
+            .and_then(|config| config.content.as_deref())
+            .unwrap_or_else(|| panic!("{name}: config {} has inline content", mount.source));
+        let lines = hostfile_lines(content);
+        assert_eq!(lines.len(), n, "{name}: one hostfile line per process");
+        for (index, line) in lines.iter().enumerate() {
+            let (host, port) = line.rsplit_once(':').unwrap_or_else(|| panic!("host:port, got {line:?}"));
+            assert_eq!(host, format!("flow-{index}"), "line {index} is process {index}: service flow-{index}");
+            assert!(port.parse::<u16>().is_ok_and(|port| port > 0), "a port in {line:?}");
+            assert!(compose.services.contains_key(host), "{host} is a service");
+        }
+
+        // Stopping commits (SIGINT), and a lost peer restarts the process.
+        assert_eq!(flow.stop_signal.as_deref(), Some("SIGINT"), "{name}");
+        assert_eq!(flow.restart.as_deref(), Some("on-failure"), "{name}");
+    }
+    processes.sort_unstable();
+    assert_eq!(processes, (0..n).collect::<Vec<_>>(), "-p values are 0..N-1, each once");
+    assert!(workers.windows(2).all(|pair| pair[0] == pair[1]), "the same -w everywhere");
+    let partitions: usize = compose.service("create-topic").flag("--partitions").parse().expect("partitions");
+    let per_process: usize = workers[0].parse().expect("-w is a number");
+    assert!(partitions >= n * per_process, "partitions ≥ total workers, or some read nothing");
+}
+
 #[test]
 fn the_compose_file_names_the_services() {
     let compose = compose();
@@ -84,7 +177,8 @@ fn the_compose_file_names_the_services() {
         [
             "catalog",
             "create-topic",
-            "flow",
+            "flow-0",
+            "flow-1",
             "generator",
             "kafka",
             "postgres"
@@ -157,12 +251,16 @@ fn every_program_uses_the_same_broker_topic_and_database() {
     assert_eq!(generator.flag("--events"), "0");
     assert!(generator.waits_for("create-topic", "service_completed_successfully"));
 
-    let flow = compose.service("flow");
-    assert_eq!(flow.command[0], "encore-flow");
-    assert_eq!(flow.flag("--brokers"), broker);
-    assert_eq!(flow.flag("--topic"), TOPIC);
-    assert!(flow.waits_for("create-topic", "service_completed_successfully"));
-    assert!(flow.waits_for("postgres", "service_healthy"));
+    let flows = compose.flow_services();
+    let flow = flows[0].1;
+    for (name, flow) in &flows {
+        assert_eq!(flow.command[0], "encore-flow", "{name}");
+        assert_eq!(flow.flag("--brokers"), broker, "{name}");
+        assert_eq!(flow.flag("--topic"), TOPIC, "{name}");
+        assert_eq!(flow.flag("--postgres"), flows[0].1.flag("--postgres"), "{name}");
+        assert!(flow.waits_for("create-topic", "service_completed_successfully"), "{name}");
+        assert!(flow.waits_for("postgres", "service_healthy"), "{name}");
+    }
 
     let catalog = compose.service("catalog");
     assert_eq!(catalog.command[..2], ["encore-gen", "catalog"]);
@@ -180,7 +278,7 @@ fn every_program_uses_the_same_broker_topic_and_database() {
 #[test]
 fn encore_is_built_from_the_dockerfile_in_this_repository() {
     let compose = compose();
-    for name in ["catalog", "generator", "flow"] {
+    for name in ["catalog", "generator", "flow-0", "flow-1"] {
         let service = compose.service(name);
         let build = service
             .build
