@@ -128,10 +128,21 @@ fn the_flow_services_form_one_timely_cluster() {
     let mut processes = Vec::new();
     let mut workers = Vec::new();
     for (name, flow) in &flows {
-        assert_eq!(flow.flag("-n"), n.to_string(), "{name}: -n is the number of flow services");
-        let p: usize = flow.flag("-p").parse().unwrap_or_else(|_| panic!("{name}: -p is a number"));
+        assert_eq!(
+            flow.flag("-n"),
+            n.to_string(),
+            "{name}: -n is the number of flow services"
+        );
+        let p: usize = flow
+            .flag("-p")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: -p is a number"));
         // The name says the index, so that "flow-1" in logs is process 1.
-        assert_eq!(name.strip_prefix("flow-"), Some(p.to_string().as_str()), "{name} runs -p {p}");
+        assert_eq!(
+            name.strip_prefix("flow-"),
+            Some(p.to_string().as_str()),
+            "{name} runs -p {p}"
+        );
         processes.push(p);
         workers.push(flow.flag("-w").to_owned());
 
@@ -150,9 +161,18 @@ fn the_flow_services_form_one_timely_cluster() {
         let lines = hostfile_lines(content);
         assert_eq!(lines.len(), n, "{name}: one hostfile line per process");
         for (index, line) in lines.iter().enumerate() {
-            let (host, port) = line.rsplit_once(':').unwrap_or_else(|| panic!("host:port, got {line:?}"));
-            assert_eq!(host, format!("flow-{index}"), "line {index} is process {index}: service flow-{index}");
-            assert!(port.parse::<u16>().is_ok_and(|port| port > 0), "a port in {line:?}");
+            let (host, port) = line
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("host:port, got {line:?}"));
+            assert_eq!(
+                host,
+                format!("flow-{index}"),
+                "line {index} is process {index}: service flow-{index}"
+            );
+            assert!(
+                port.parse::<u16>().is_ok_and(|port| port > 0),
+                "a port in {line:?}"
+            );
             assert!(compose.services.contains_key(host), "{host} is a service");
         }
 
@@ -161,11 +181,25 @@ fn the_flow_services_form_one_timely_cluster() {
         assert_eq!(flow.restart.as_deref(), Some("on-failure"), "{name}");
     }
     processes.sort_unstable();
-    assert_eq!(processes, (0..n).collect::<Vec<_>>(), "-p values are 0..N-1, each once");
-    assert!(workers.windows(2).all(|pair| pair[0] == pair[1]), "the same -w everywhere");
-    let partitions: usize = compose.service("create-topic").flag("--partitions").parse().expect("partitions");
+    assert_eq!(
+        processes,
+        (0..n).collect::<Vec<_>>(),
+        "-p values are 0..N-1, each once"
+    );
+    assert!(
+        workers.windows(2).all(|pair| pair[0] == pair[1]),
+        "the same -w everywhere"
+    );
+    let partitions: usize = compose
+        .service("create-topic")
+        .flag("--partitions")
+        .parse()
+        .expect("partitions");
     let per_process: usize = workers[0].parse().expect("-w is a number");
-    assert!(partitions >= n * per_process, "partitions ≥ total workers, or some read nothing");
+    assert!(
+        partitions >= n * per_process,
+        "partitions ≥ total workers, or some read nothing"
+    );
 }
 
 #[test]
@@ -257,8 +291,15 @@ fn every_program_uses_the_same_broker_topic_and_database() {
         assert_eq!(flow.command[0], "encore-flow", "{name}");
         assert_eq!(flow.flag("--brokers"), broker, "{name}");
         assert_eq!(flow.flag("--topic"), TOPIC, "{name}");
-        assert_eq!(flow.flag("--postgres"), flows[0].1.flag("--postgres"), "{name}");
-        assert!(flow.waits_for("create-topic", "service_completed_successfully"), "{name}");
+        assert_eq!(
+            flow.flag("--postgres"),
+            flows[0].1.flag("--postgres"),
+            "{name}"
+        );
+        assert!(
+            flow.waits_for("create-topic", "service_completed_successfully"),
+            "{name}"
+        );
         assert!(flow.waits_for("postgres", "service_healthy"), "{name}");
     }
 
