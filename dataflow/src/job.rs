@@ -10,6 +10,17 @@ use crate::engine::{self, Epoch, Listen};
 use crate::output::{self, EpochSink};
 use crate::tables::{DeadLetter, Params};
 
+/// What [`Inputs::feed`] made of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A valid listen (SPEC §1): it feeds the engine.
+    Listen,
+    /// A valid event that is not a listen (a skip, a short play): nothing to feed.
+    Other,
+    /// An invalid message: a dead letter.
+    Invalid,
+}
+
 /// The inputs of one worker. Each is fed only this worker's share of the messages.
 pub struct Inputs {
     /// Valid listens.
@@ -44,15 +55,16 @@ impl Inputs {
     }
 
     /// Parses one message and feeds it: a listen, nothing (a valid non-listen), or a dead
-    /// letter. Returns whether it was valid.
-    pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> bool {
+    /// letter. Returns which it was.
+    pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
         match encore_udfs::parse_event(payload) {
-            Ok(event) => {
-                if let Some(listen) = Listen::from_event(&event) {
+            Ok(event) => match Listen::from_event(&event) {
+                Some(listen) => {
                     self.listens.insert(listen);
+                    MessageKind::Listen
                 }
-                true
-            }
+                None => MessageKind::Other,
+            },
             Err(error) => {
                 self.dead_letters.insert(DeadLetter {
                     topic: topic.to_owned(),
@@ -61,7 +73,7 @@ impl Inputs {
                     payload: payload.to_vec(),
                     error: error.to_string(),
                 });
-                false
+                MessageKind::Invalid
             }
         }
     }

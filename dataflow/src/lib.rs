@@ -5,7 +5,8 @@
 //! * [`engine`] builds the dataflow (its module docs hold the operator diagram);
 //! * [`output`] gathers the row changes of every closed epoch to one sink;
 //! * [`batch`] runs it over JSON lines (`encore-flow --input`), [`csv`] writes the tables;
-//! * [`tables`] says what the outputs mean as plain Rust values.
+//! * [`tables`] says what the outputs mean as plain Rust values;
+//! * [`stream`] runs it from Kafka into [`postgres`], observed by [`metrics`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod csv;
 pub mod engine;
 pub mod job;
+pub mod metrics;
 pub mod oracle;
 pub mod output;
 pub mod postgres;

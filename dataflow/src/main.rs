@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
 use encore_dataflow::batch::{self, BatchJob, Lines};
 use encore_dataflow::csv::{self, MemorySink};
+use encore_dataflow::metrics::{self, Metrics};
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::stream::{self, StreamJob};
 use encore_dataflow::tables::Params;
@@ -65,6 +66,12 @@ struct Cli {
     /// `security.protocol=SSL` or `sasl.mechanism=PLAIN`.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
+    /// default). Every process serves its own: give each process its own address. Port 0
+    /// picks a free port (logged at info level).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -221,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         score_precision: cli.params.score_precision,
     };
     let output_dir = match (cli.input.input.clone(), cli.output.output_dir.clone(), cli.output.postgres.clone()) {
+        (Some(_), _, _) if cli.metrics_addr.is_some() => bail!("--metrics-addr needs Kafka input (--brokers, --topic)"),
         (Some(input), Some(output_dir), None) => (input, output_dir),
         (None, None, Some(url)) => return run_stream(&cli, config, params, &url),
         (Some(_), None, Some(_)) => bail!("--input with --postgres is not supported: use --output-dir, or Kafka input"),
@@ -262,6 +270,17 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     let (Some(brokers), Some(topic)) = (cli.input.brokers.clone(), cli.input.topic.clone()) else {
         bail!("Kafka input needs --brokers and --topic");
     };
+    // Bound first: a taken port fails the start before anything else happens.
+    let metrics = match &cli.metrics_addr {
+        Some(addr) => {
+            let process = cli.cluster.process;
+            let registry = Arc::new(Metrics::new(process, process == 0));
+            let bound = metrics::serve(addr, Arc::clone(&registry))?;
+            tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
+            Some(registry)
+        }
+        None => None,
+    };
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     let committed = sink.committed_offsets(&topic)?;
     let job = StreamJob {
@@ -281,7 +300,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     // Ctrl-C: finish the current epoch, commit it, and exit cleanly.
     ctrlc::set_handler(move || on_signal.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")?;
     let writer = (cli.cluster.process == 0).then_some(sink);
-    let summary = stream::run(config, job, writer, stop)?;
+    let summary = stream::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(
         "process={} replayed={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
         cli.cluster.process,

@@ -151,6 +151,22 @@ pub struct CommitStats {
     /// The connection broke after COMMIT was sent and the stored offsets showed that it
     /// had landed, so it was not retried.
     pub ack_lost: bool,
+    /// Per keyed table (`track_neighbors`, `user_recommendations`, `track_stats`,
+    /// `co_listens`, in that order): rows inserted, updated and deleted (net per key).
+    pub tables: [TableRows; 4],
+}
+
+/// The rows one commit wrote to one keyed table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableRows {
+    /// The table's name.
+    pub table: &'static str,
+    /// Keys that were new.
+    pub inserted: u64,
+    /// Keys whose value changed.
+    pub updated: u64,
+    /// Keys removed.
+    pub deleted: u64,
 }
 
 /// Writes the SPEC §3 tables of one schema; see the module docs.
@@ -246,6 +262,13 @@ impl PgSink {
                 + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64),
             attempts: 0,
             ack_lost: false,
+            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS].map(|spec| {
+                let mut rows = TableRows { table: spec.name, ..TableRows::default() };
+                for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
+                    (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
+                }
+                rows
+            }),
         };
         if staged.is_empty() && offsets.is_empty() {
             return Ok(stats); // nothing to write: no transaction at all

@@ -45,7 +45,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::engine::Epoch;
-use crate::job;
+use crate::job::{self, MessageKind};
+use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
 use crate::output::EpochSink;
 use crate::postgres::{PgSink, SinkError};
 use crate::tables::{Changes, Params};
@@ -58,6 +59,11 @@ pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of the start-up metadata request (with backoff) before giving up.
 const KAFKA_ATTEMPTS: u32 = 3;
+/// How often served metrics refresh the high watermarks of this process's partitions.
+pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
+/// Bound on one watermark request of the metrics poller: a slow broker delays the next
+/// refresh, never the job (the poller has a thread and a client of its own).
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A Kafka-to-Postgres job.
 #[derive(Clone, Debug)]
@@ -130,6 +136,8 @@ pub struct StreamSummary {
     pub replayed_messages: u64,
     /// Invalid messages among the live ones.
     pub invalid: u64,
+    /// Listens among the live ones.
+    pub listens: u64,
     /// Seconds spent replaying (slowest worker).
     pub replay_seconds: f64,
     /// Seconds in all (slowest worker).
@@ -206,6 +214,7 @@ pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
 /// The worker 0 sink: commits live epochs to Postgres, skips replayed ones.
 struct PostgresEpochs {
     sink: Option<PgSink>,
+    metrics: Arc<Metrics>,
     topic: String,
     failure: Arc<Mutex<Option<SinkError>>>,
     stop: Arc<AtomicBool>,
@@ -217,8 +226,14 @@ impl EpochSink for PostgresEpochs {
             return; // replayed: Postgres already holds the result
         }
         let Some(sink) = self.sink.as_mut() else { return };
+        let started = Instant::now();
         match sink.commit(&self.topic, &changes, &changes.offsets) {
-            Ok(stats) => tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed"),
+            Ok(stats) => {
+                if stats.attempts > 0 {
+                    self.metrics.record_commit(epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
+                }
+                tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed");
+            }
             Err(error) => {
                 // Nothing more may be committed: later epochs build on this one.
                 self.sink = None;
@@ -234,7 +249,28 @@ impl EpochSink for PostgresEpochs {
 /// Runs the job on this process's workers. `sink` is this process's Postgres connection;
 /// only process 0's is used for writing.
 pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: Arc<AtomicBool>) -> Result<StreamSummary, StreamError> {
+    run_with_metrics(config, job, sink, stop, None)
+}
+
+/// [`run`], publishing to `metrics` ([`crate::metrics`]): the workers at every epoch close,
+/// the sink after every commit, and a poller thread the partitions' high watermarks every
+/// [`WATERMARK_INTERVAL`].
+pub fn run_with_metrics(
+    config: timely::Config,
+    job: StreamJob,
+    sink: Option<PgSink>,
+    stop: Arc<AtomicBool>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<StreamSummary, StreamError> {
     let partitions = partition_count(&job)?;
+    let served = metrics.is_some();
+    // Unserved, the registry is still updated (a few atomics per epoch) but never read.
+    let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new(0, false)));
+    if sink.is_some() {
+        metrics.set_committed(&job.committed);
+    }
+    let poller_job = job.clone();
+    let worker_metrics = Arc::clone(&metrics);
     let failure = Arc::new(Mutex::new(None));
     let sink = Arc::new(Mutex::new(sink));
     let worker_failure = Arc::clone(&failure);
@@ -244,27 +280,37 @@ pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: A
         let peers = worker.peers();
         let epoch_sink = PostgresEpochs {
             sink: if index == 0 { sink.lock().ok().and_then(|mut s| s.take()) } else { None },
+            metrics: Arc::clone(&worker_metrics),
             topic: job.topic.clone(),
             failure: Arc::clone(&worker_failure),
             stop: Arc::clone(&worker_stop),
         };
         let mut inputs = job::install(worker, &job.params, job.emit_co_listens, epoch_sink);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
-        let result = consume(worker, &mut inputs, &job, &mine, &worker_stop);
+        let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
+        let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);
         inputs.close();
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         result
     })
     .map_err(StreamError::Worker)?;
+    let finished = Arc::new(AtomicBool::new(false));
+    let poller = served.then(|| watch_watermarks(poller_job, metrics, Arc::clone(&finished))).flatten();
 
     let mut summary = StreamSummary::default();
     let mut first_error = None;
-    for result in guards.join() {
+    let results = guards.join();
+    finished.store(true, Ordering::SeqCst);
+    if let Some(poller) = poller {
+        let _ = poller.join();
+    }
+    for result in results {
         match result {
             Ok(Ok(worker)) => {
                 summary.live_messages += worker.live_messages;
                 summary.replayed_messages += worker.replayed_messages;
                 summary.invalid += worker.invalid;
+                summary.listens += worker.listens;
                 summary.replay_seconds = summary.replay_seconds.max(worker.replay_seconds);
                 summary.seconds = summary.seconds.max(worker.seconds);
             }
@@ -285,6 +331,60 @@ pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: A
     }
 }
 
+/// Refreshes the high watermarks of the partitions this process reads (as registered in
+/// `metrics` by its workers) every [`WATERMARK_INTERVAL`], until `finished`. Off the hot
+/// path: a thread and a Kafka client of its own, since `fetch_watermarks` blocks.
+fn watch_watermarks(job: StreamJob, metrics: Arc<Metrics>, finished: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    let spawned = std::thread::Builder::new().name("watermarks".to_owned()).spawn(move || {
+        let consumer = match consumer(&job, "encore-flow-watermarks") {
+            Ok(consumer) => consumer,
+            Err(error) => return warn!(%error, "no watermark client: metrics show the watermarks seen at start"),
+        };
+        loop {
+            let next_round = Instant::now() + WATERMARK_INTERVAL;
+            while Instant::now() < next_round {
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for p in metrics.partitions() {
+                match consumer.fetch_watermarks(&job.topic, p, WATERMARK_TIMEOUT) {
+                    Ok((_low, high)) => metrics.partition(p).set_high_watermark(high),
+                    Err(error) => {
+                        metrics.watermark_error();
+                        tracing::debug!(%error, p, "watermark request failed");
+                    }
+                }
+            }
+        }
+    });
+    spawned.map_err(|error| warn!(%error, "no watermark thread: metrics show the watermarks seen at start")).ok()
+}
+
+/// Counts one live message by what it was.
+fn count_live(summary: &mut StreamSummary, kind: MessageKind) {
+    summary.live_messages += 1;
+    match kind {
+        MessageKind::Listen => summary.listens += 1,
+        MessageKind::Invalid => summary.invalid += 1,
+        MessageKind::Other => {}
+    }
+}
+
+/// Publishes a worker's progress to the metrics (once per epoch, never per message).
+fn publish(report: &mut WorkerReport, gauges: &[(i32, Arc<PartitionGauges>)], summary: &StreamSummary, next: &BTreeMap<i32, i64>) {
+    for (p, gauge) in gauges {
+        gauge.set_next_offset(next.get(p).copied().unwrap_or(0));
+    }
+    report.publish(Consumed {
+        events: summary.live_messages,
+        replayed: summary.replayed_messages,
+        listens: summary.listens,
+        invalid: summary.invalid,
+    });
+}
+
 /// One worker's consumption: replay, then live epochs, until caught up or stopped.
 ///
 /// One consumer reads every partition of the worker from its beginning and is never moved:
@@ -299,6 +399,7 @@ fn consume(
     job: &StreamJob,
     partitions: &[i32],
     stop: &AtomicBool,
+    report: &mut WorkerReport,
 ) -> Result<StreamSummary, StreamError> {
     let started = Instant::now();
     let mut summary = StreamSummary::default();
@@ -312,12 +413,16 @@ fn consume(
     // Where the topic ends now, and whether it still starts at 0 where we need it to.
     let mut targets = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
+    let mut gauges = Vec::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
         if committed(p) > 0 && low > 0 {
             return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low });
         }
         targets.insert(p, high);
+        let gauge = report.metrics().partition(p);
+        gauge.set_high_watermark(high);
+        gauges.push((p, gauge));
         assignment.add_partition_offset(&job.topic, p, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
@@ -335,23 +440,24 @@ fn consume(
     let epoch_length = Duration::from_millis(job.epoch_ms.max(1));
     let mut epoch_started = Instant::now();
     let mut in_epoch = 0usize;
-    if !replaying {
+    if replaying {
+        report.metrics().replaying(true);
+    } else {
         inputs.advance_to(LIVE);
     }
     loop {
         if replaying && next.iter().all(|(&p, &n)| n >= committed(p)) {
             replaying = false;
+            report.metrics().replaying(false);
             inputs.advance_to(LIVE);
             summary.replay_seconds = started.elapsed().as_secs_f64();
             info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay done");
             for (p, offset, payload) in std::mem::take(&mut waiting) {
                 advanced.insert(p, offset + 1);
-                if !inputs.feed(&payload, &job.topic, p, offset) {
-                    summary.invalid += 1;
-                }
-                summary.live_messages += 1;
+                count_live(&mut summary, inputs.feed(&payload, &job.topic, p, offset));
                 in_epoch += 1;
             }
+            publish(report, &gauges, &summary, &next);
             epoch_started = Instant::now();
         }
         let stopping = stop.load(Ordering::SeqCst);
@@ -364,6 +470,7 @@ fn consume(
                 in_epoch = 0;
                 let epoch = inputs.epoch() + 1;
                 inputs.advance_to(epoch);
+                publish(report, &gauges, &summary, &next);
                 worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
             }
         } else {
@@ -375,6 +482,11 @@ fn consume(
                 advanced.clear();
                 let epoch = inputs.epoch() + 1;
                 inputs.advance_to(epoch);
+                if worker.index() == 0 {
+                    // The sink, on this thread, times the epoch from here to its commit.
+                    report.metrics().epoch_closed(epoch - 1 - LIVE);
+                }
+                publish(report, &gauges, &summary, &next);
                 in_epoch = 0;
                 epoch_started = Instant::now();
                 // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
@@ -421,15 +533,13 @@ fn consume(
                     waiting.push((p, offset, payload.to_vec()));
                 } else {
                     advanced.insert(p, offset + 1);
-                    if !inputs.feed(payload, &job.topic, p, offset) {
-                        summary.invalid += 1;
-                    }
-                    summary.live_messages += 1;
+                    count_live(&mut summary, inputs.feed(payload, &job.topic, p, offset));
                     in_epoch += 1;
                 }
             }
         }
     }
+    publish(report, &gauges, &summary, &next);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
