@@ -256,7 +256,7 @@ impl Metrics {
         for (name, value, help) in [
             ("encore_events_consumed_total", &c.events, "Messages consumed live (after the replay) by this process's workers, valid or not; events/s is rate() of it."),
             ("encore_events_replayed_total", &c.replayed, "Messages replayed at start to rebuild the state (their results are already in Postgres)."),
-            ("encore_listens_total", &c.listens, "Listens (SPEC 1: likes and plays of at least 30 s) among the messages consumed live."),
+            ("encore_listens_total", &c.listens, "Listens (likes, and plays of at least 30 s or of unknown length) among the messages consumed live."),
             ("encore_invalid_messages_total", &c.invalid, "Invalid messages among those consumed live; each becomes a dead letter."),
             ("encore_watermark_fetch_errors_total", &self.watermark_errors, "Periodic high-watermark requests that failed (lag then shows the last known watermark)."),
         ] {

@@ -342,6 +342,8 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
             && s.value("encore_rows_written_total", &[("table", "dead_letters")]) == Some(invalid.len() as f64)
     });
 
+    eprintln!("process 0 scrape:\n{}\nprocess 1 scrape:\n{}", zero.text, one.text);
+
     // Each process reads (and shows) its own partition; the labels say which process.
     for (process, scrape) in [(0, &zero), (1, &one)] {
         let readers: BTreeSet<String> = scrape
