@@ -113,6 +113,22 @@ fn write_input(scratch: &Scratch, lines: &[Vec<u8>]) -> String {
     scratch.str("events.jsonl")
 }
 
+/// The output of the launcher `child` once it exits. A launcher still running after 300 s
+/// (e.g. one that never stops a waiting process) is killed and the test fails: a guard
+/// against a hang, not a speed requirement.
+fn finished(child: Child) -> Output {
+    let pid = child.id().to_string();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match receiver.recv_timeout(Duration::from_secs(300)) {
+        Ok(output) => output.expect("the launcher's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the launcher did not finish within 300 s");
+        }
+    }
+}
+
 /// Pids of the live encore-flow processes whose command line mentions `marker` (a scratch
 /// directory, unique to one test).
 fn flow_processes_mentioning(marker: &str) -> Vec<u32> {
@@ -161,11 +177,15 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     // Locally: both addresses are loopback, so no ssh.
     let local = scratch.str("local");
     let logs = scratch.str("logs");
-    let output = launcher()
-        .args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local])
-        .args(SMALL)
-        .output()
-        .expect("run the launcher");
+    let output = finished(
+        launcher()
+            .args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local])
+            .args(SMALL)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the launcher"),
+    );
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     assert!(text(&output.stdout).contains("[p0 127.0.0.2] events=3000 "), "p0's summary line, prefixed");
@@ -191,12 +211,16 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     std::fs::copy(&input, scratch.path("remote-events.jsonl")).expect("copy input");
     let ssh = scratch.fake_ssh();
     let remote = scratch.str("remote");
-    let output = launcher()
-        .args(["--always-ssh", "--ssh", &ssh, "-o", "ConnectTimeout=5", "--remote-dir", &scratch.str(""), &hosts])
-        .args(["--", "--input", "remote-events.jsonl", "--output-dir", &remote])
-        .args(SMALL)
-        .output()
-        .expect("run the launcher");
+    let output = finished(
+        launcher()
+            .args(["--always-ssh", "--ssh", &ssh, "-o", "ConnectTimeout=5", "--remote-dir", &scratch.str(""), &hosts])
+            .args(["--", "--input", "remote-events.jsonl", "--output-dir", &remote])
+            .args(SMALL)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the launcher"),
+    );
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     assert!(text(&output.stderr).contains("(ssh, pid "));
@@ -221,10 +245,14 @@ fn run_with_a_blocked_port(blocked: usize) -> (Output, String) {
         .collect();
     let hostfile = scratch.hostfile(&lines);
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
-    let output = launcher()
-        .args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")])
-        .output()
-        .expect("run the launcher");
+    let output = finished(
+        launcher()
+            .args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the launcher"),
+    );
     let left = flow_processes_mentioning(&scratch.str(""));
     assert!(left.is_empty(), "encore-flow processes left running: {left:?}\n{}", describe(&output));
     drop(holder);
