@@ -224,6 +224,7 @@ fn main() -> Result<()> {
     println!("| path | threads | messages | valid | seconds | events/s | MB/s |");
     println!("|---|--:|--:|--:|--:|--:|--:|");
     let mut best_parse = 0.0f64;
+    let mut parse_rates: BTreeMap<usize, f64> = BTreeMap::new();
     for &threads in &args.consume_threads {
         for parse in [false, true] {
             eprintln!("raw consume, {threads} thread(s), parse {parse} ... ({})", load_average());
@@ -231,6 +232,7 @@ fn main() -> Result<()> {
             let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
             if parse {
                 best_parse = best_parse.max(rate);
+                parse_rates.insert(threads, rate);
             }
             println!(
                 "| Kafka consume{} | {threads} | {} | {} | {:.2} | {:.0} | {:.1} |",
@@ -265,7 +267,7 @@ fn main() -> Result<()> {
         eprintln!("  {:.1} s, {:.0} events/s ({})", run.finished.seconds, run.events_per_second(args.events), load_average());
         runs.push(run);
     }
-    print_catch_up(&runs, &args, best_parse, copy_plain, &catch_up_args);
+    print_catch_up(&runs, &args, &parse_rates, best_parse, copy_plain, &catch_up_args);
 
     // Latency.
     let mut latencies = Vec::new();
@@ -341,22 +343,30 @@ fn schema_of(layout: Layout) -> String {
     format!("pipeline_{layout}")
 }
 
-fn print_catch_up(runs: &[CatchUp], args: &Args, best_parse: f64, copy_plain: f64, flags: &[String]) {
+fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f64>, best_parse: f64, copy_plain: f64, flags: &[String]) {
     println!(
         "\n## End to end: {} pre-filled events to caught up (encore-flow {} --until-caught-up, fresh schema, all live)\n",
         args.events,
         flags.join(" ")
     );
-    println!("row changes = inserted + updated + deleted rows of the result tables (pg_stat_user_tables); COPY-equivalent = raw COPY rows/s / (row changes per event).\n");
-    println!("| processes × workers | seconds | events/s | replayed | live | row changes | rows held | row changes/event | peak RSS per process | % of consume+parse | COPY-equivalent events/s | % of it |");
-    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!(
+        "row changes = inserted + updated + deleted rows of the result tables (pg_stat_user_tables); \
+         % of consume+parse: of the best rate measured ({best_parse:.0}/s), and of the rate with as many threads as workers; \
+         COPY-equivalent = raw COPY rows/s / (row changes per event).\n"
+    );
+    println!("| processes × workers | seconds | events/s | replayed | live | row changes | rows held | row changes/event | peak RSS per process | % of consume+parse (best) | % of it, same threads | COPY-equivalent events/s | % of it |");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for run in runs {
+        let same_threads = parse_rates
+            .get(&run.layout.total_workers())
+            .map(|limit| format!("{:.1} %", 100.0 * run.events_per_second(args.events) / limit.max(1e-9)))
+            .unwrap_or_else(|| "n/a".to_owned());
         let rate = run.events_per_second(args.events);
         let per_event = run.row_changes() as f64 / args.events as f64;
         let copy_events = copy_plain / per_event.max(1e-12);
         let held: u64 = run.rows.values().map(|(_, held)| held).sum();
         println!(
-            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {:.1} % | {:.0} | {:.1} % |",
+            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {:.1} % | {same_threads} | {:.0} | {:.1} % |",
             run.layout.processes,
             run.layout.workers,
             run.finished.seconds,
