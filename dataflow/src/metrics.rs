@@ -22,8 +22,8 @@
 //!   rows written, committed offsets, latencies) exist only on process 0, which commits.
 //! * **Plain HTTP/1.1 on one thread.** [`serve`] binds before the job starts (so a taken
 //!   port is a one-line error at start) and answers one request per connection
-//!   (`Connection: close`) with a 5 s socket timeout, one connection at a time: scrapes are
-//!   rare and small, and no HTTP library is needed.
+//!   (`Connection: close`), one connection at a time, each given at most 5 s to send its
+//!   request: scrapes are rare and small, and no HTTP library is needed.
 //!
 //! The metrics and their meaning are listed in the README ("Operating it", "Metrics").
 
@@ -253,42 +253,78 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Exposition { text: String::with_capacity(4096), process: self.process.to_string() };
         let c = &self.consumption;
-        for (name, value, help) in [
-            ("encore_events_consumed_total", &c.events, "Messages consumed live (after the replay) by this process's workers, valid or not; events/s is rate() of it."),
-            ("encore_events_replayed_total", &c.replayed, "Messages replayed at start to rebuild the state (their results are already in Postgres)."),
-            ("encore_listens_total", &c.listens, "Listens (likes, and plays of at least 30 s or of unknown length) among the messages consumed live."),
-            ("encore_invalid_messages_total", &c.invalid, "Invalid messages among those consumed live; each becomes a dead letter."),
-            ("encore_watermark_fetch_errors_total", &self.watermark_errors, "Periodic high-watermark requests that failed (lag then shows the last known watermark)."),
-        ] {
-            out.family(name, "counter", help);
-            out.sample(name, &[], value.load(Relaxed));
-        }
-        out.family("encore_replaying_workers", "gauge", "Workers of this process still replaying the topic up to the committed offsets.");
-        out.sample("encore_replaying_workers", &[], self.replaying.load(Relaxed).max(0));
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        out.single(
+            "encore_events_consumed_total",
+            "counter",
+            "Messages consumed live (after the replay) by this process's workers, valid or not; \
+             events/s is rate() of it.",
+            load(&c.events),
+        );
+        out.single(
+            "encore_events_replayed_total",
+            "counter",
+            "Messages replayed at start to rebuild the state (their results are already in Postgres).",
+            load(&c.replayed),
+        );
+        out.single(
+            "encore_listens_total",
+            "counter",
+            "Listens (likes, and plays of at least 30 s or of unknown length) among the messages consumed live.",
+            load(&c.listens),
+        );
+        out.single(
+            "encore_invalid_messages_total",
+            "counter",
+            "Invalid messages among those consumed live; each becomes a dead letter.",
+            load(&c.invalid),
+        );
+        out.single(
+            "encore_watermark_fetch_errors_total",
+            "counter",
+            "Periodic high-watermark requests that failed (lag then shows the last known watermark).",
+            load(&self.watermark_errors),
+        );
+        out.single(
+            "encore_replaying_workers",
+            "gauge",
+            "Workers of this process still replaying the topic up to the committed offsets.",
+            self.replaying.load(Relaxed).max(0),
+        );
 
-        let partitions: Vec<(i32, Arc<PartitionGauges>)> =
-            self.partitions.read().map(|map| map.iter().map(|(&p, g)| (p, Arc::clone(g))).collect()).unwrap_or_default();
-        let readings: Vec<(String, i64, Option<i64>)> = partitions
-            .iter()
-            .map(|(p, gauges)| {
-                let high = gauges.high_watermark.load(Relaxed);
-                (p.to_string(), gauges.next_offset.load(Relaxed), (high >= 0).then_some(high))
+        let readings: Vec<(String, i64, Option<i64>)> = self
+            .partitions
+            .read()
+            .map(|map| {
+                map.iter()
+                    .map(|(p, gauges)| {
+                        let high = gauges.high_watermark.load(Relaxed);
+                        (p.to_string(), gauges.next_offset.load(Relaxed), (high >= 0).then_some(high))
+                    })
+                    .collect()
             })
-            .collect();
-        out.family("encore_partition_next_offset", "gauge", "Next offset to consume, per partition this process reads.");
+            .unwrap_or_default();
+        let name = "encore_partition_next_offset";
+        out.family(name, "gauge", "Next offset to consume, per partition this process reads.");
         for (p, next, _) in &readings {
-            out.sample("encore_partition_next_offset", &[("partition", p)], next);
+            out.sample(name, &[("partition", p)], next);
         }
-        out.family("encore_partition_high_watermark", "gauge", "High watermark last fetched from the broker (every 5 s), per partition this process reads.");
+        let name = "encore_partition_high_watermark";
+        out.family(name, "gauge", "High watermark last fetched from the broker (every 5 s), per partition this process reads.");
         for (p, _, high) in &readings {
             if let Some(high) = high {
-                out.sample("encore_partition_high_watermark", &[("partition", p)], high);
+                out.sample(name, &[("partition", p)], high);
             }
         }
-        out.family("encore_partition_lag", "gauge", "max(0, high watermark - next offset): messages not yet consumed, per partition this process reads.");
+        let name = "encore_partition_lag";
+        out.family(
+            name,
+            "gauge",
+            "max(0, high watermark - next offset): messages not yet consumed, per partition this process reads.",
+        );
         for (p, next, high) in &readings {
             if let Some(high) = high {
-                out.sample("encore_partition_lag", &[("partition", p)], (high - next).max(0));
+                out.sample(name, &[("partition", p)], (high - next).max(0));
             }
         }
         if self.writer {
@@ -299,8 +335,12 @@ impl Metrics {
 
     fn render_sink(&self, out: &mut Exposition) {
         let sink = &self.sink;
-        out.family("encore_commits_total", "counter", "Postgres transactions committed (one per live epoch with changes or progress).");
-        out.sample("encore_commits_total", &[], sink.commits.load(Relaxed));
+        out.single(
+            "encore_commits_total",
+            "counter",
+            "Postgres transactions committed (one per live epoch with changes or progress).",
+            sink.commits.load(Relaxed),
+        );
         out.histogram(
             "encore_commit_duration_seconds",
             "Duration of one commit: the Postgres transaction, with reconnects and retries.",
@@ -311,26 +351,35 @@ impl Metrics {
             "From worker 0 closing a live epoch to its commit: computing the epoch's changes plus the commit.",
             &sink.epoch_seconds,
         );
-        out.family("encore_rows_written_total", "counter", "Rows written to Postgres per table and op (insert, update, delete; net per key and commit).");
+        let name = "encore_rows_written_total";
+        out.family(name, "counter", "Rows written to Postgres per table and op (insert, update, delete; net per key and commit).");
         for (table, counters) in TABLES.iter().zip(&sink.rows) {
             for (op, counter) in OPS.iter().zip(counters) {
                 // Dead letters are only ever inserted.
                 if *table != "dead_letters" || *op == "insert" {
-                    out.sample("encore_rows_written_total", &[("table", table), ("op", op)], counter.load(Relaxed));
+                    out.sample(name, &[("table", table), ("op", op)], counter.load(Relaxed));
                 }
             }
         }
-        out.family("encore_partition_committed_offset", "gauge", "Next offset committed in Postgres (encore_progress), per partition of the topic.");
+        let name = "encore_partition_committed_offset";
+        out.family(name, "gauge", "Next offset committed in Postgres (encore_progress), per partition of the topic.");
         let committed = sink.committed.lock().map(|c| c.clone()).unwrap_or_default();
         for (p, offset) in committed {
-            out.sample("encore_partition_committed_offset", &[("partition", &p.to_string())], offset);
+            out.sample(name, &[("partition", &p.to_string())], offset);
         }
-        let last_epoch = sink.last_epoch.load(Relaxed);
-        out.family("encore_last_committed_epoch", "gauge", "Live epoch of the last commit, counted from 0 at this process's start (-1 before the first).");
-        out.sample("encore_last_committed_epoch", &[], last_epoch);
-        out.family("encore_last_commit_timestamp_seconds", "gauge", "Unix time of the last commit (0 before the first).");
+        out.single(
+            "encore_last_committed_epoch",
+            "gauge",
+            "Live epoch of the last commit, counted from 0 at this process's start (-1 before the first).",
+            sink.last_epoch.load(Relaxed),
+        );
         let millis = sink.last_commit_ms.load(Relaxed);
-        out.sample("encore_last_commit_timestamp_seconds", &[], format_args!("{}.{:03}", millis / 1000, millis % 1000));
+        out.single(
+            "encore_last_commit_timestamp_seconds",
+            "gauge",
+            "Unix time of the last commit (0 before the first).",
+            format_args!("{}.{:03}", millis / 1000, millis % 1000),
+        );
     }
 }
 
@@ -378,6 +427,12 @@ impl Exposition {
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
+    /// A family with one sample and no labels but `process`.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
         let _ = write!(self.text, "{name}{{process=\"{}\"", escape(&self.process));
         for (key, label) in labels {
@@ -416,12 +471,10 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, MetricsErr
     std::thread::Builder::new()
         .name("metrics".to_owned())
         .spawn(move || {
-            for connection in listener.incoming() {
-                // A failed connection (reset, timeout) concerns only that scrape.
-                if let Ok(stream) = connection {
-                    if let Err(error) = answer(stream, &metrics) {
-                        tracing::debug!(%error, "metrics request failed");
-                    }
+            // A failed connection (reset, timeout) concerns only that scrape: skip it.
+            for stream in listener.incoming().flatten() {
+                if let Err(error) = answer(stream, &metrics) {
+                    tracing::debug!(%error, "metrics request failed");
                 }
             }
         })
@@ -432,13 +485,18 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, MetricsErr
 /// Largest request head read; a scrape's is a few hundred bytes.
 const MAX_REQUEST: usize = 8192;
 
+/// Longest a connection may take to send its request (and to take the response): the
+/// server answers one connection at a time, so a stuck client must not hold it for long.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads one request head and writes one response.
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(CONNECTION_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECTION_TIMEOUT))?;
+    let started = Instant::now();
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST && started.elapsed() < CONNECTION_TIMEOUT {
         let read = stream.read(&mut chunk)?;
         if read == 0 {
             break;
