@@ -60,6 +60,10 @@ Options:
   -o, --ssh-option OPT an ssh option (repeatable), e.g. -o User=encore -o Port=2222
       --always-ssh     use ssh for every host, local ones included (to check the ssh setup)
       --log-dir DIR    also write process p's prefixed lines to DIR/p<p>.log (appended)
+      --metrics-port PORT
+                       add --metrics-addr HOST:PORT+p to process p (HOST its hostfile host):
+                       every process serves Prometheus metrics on its own address, even when
+                       several share a host (Kafka input only)
       --grace SECONDS  after SIGINT, how long a process may take to exit before SIGTERM [60]
       --dry-run        print the command of every process (local, or the exact ssh command)
                        and exit without running anything
@@ -103,6 +107,7 @@ SSH="ssh"
 SSH_OPTIONS=()
 ALWAYS_SSH=0
 LOG_DIR=""
+METRICS_PORT=""
 GRACE=60
 DRY_RUN=0
 HOSTFILE=""
@@ -132,6 +137,7 @@ while (($#)); do
     -o | --ssh-option) need_value "$@" && SSH_OPTIONS+=(-o "$2") && shift 2 ;;
     --always-ssh) ALWAYS_SSH=1 && shift ;;
     --log-dir) need_value "$@" && LOG_DIR="$2" && shift 2 ;;
+    --metrics-port) need_value "$@" && METRICS_PORT="$2" && shift 2 ;;
     --grace) need_value "$@" && GRACE="$2" && shift 2 ;;
     --dry-run) DRY_RUN=1 && shift ;;
     --)
@@ -156,6 +162,9 @@ if ! ((SEEN_SEPARATOR)) || ((${#FLOW_ARGS[@]} == 0)); then
     die "no encore-flow flags: put them after --, e.g. -- --input events.jsonl --output-dir out (see --help)"
 fi
 for arg in "${FLOW_ARGS[@]}"; do
+    if [[ -n "$METRICS_PORT" && "$arg" == --metrics-addr* ]]; then
+        die "--metrics-port sets each process's --metrics-addr: do not pass --metrics-addr too"
+    fi
     case "$arg" in
     -[nphw]* | --processes | --processes=* | --process | --process=* | --hostfile | --hostfile=* | --workers | --workers=*)
         die "'$arg' after --: the launcher sets -n, -p, -h and -w itself (use -w before -- for workers)"
@@ -198,6 +207,11 @@ while IFS= read -r line || [[ -n "$line" ]]; do
 done <"$HOSTFILE"
 PROCESSES=${#ADDRESSES[@]}
 ((PROCESSES > 0)) || die "hostfile $HOSTFILE names no process (one host:port line per process)"
+if [[ -n "$METRICS_PORT" ]]; then
+    if ! [[ "$METRICS_PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((METRICS_PORT + PROCESSES - 1 > 65535)); then
+        die "--metrics-port must be a port from which $PROCESSES ports fit below 65536, got '$METRICS_PORT'"
+    fi
+fi
 
 # --- local or remote -----------------------------------------------------------------------
 # The addresses of this machine's interfaces (iproute2, else the kernel's tables).
@@ -302,10 +316,20 @@ wait "$pid" || status=$?
 kill "$watcher" 2>/dev/null
 exit "$status"'
 
-# COMMAND: the argument vector that runs process $1 (local: encore-flow itself; remote: ssh).
+# COMMAND: the argument vector that runs process $1 (local: encore-flow itself; remote: ssh);
+# FLAGS: the encore-flow flags in it but for -h and -w.
 build_command() {
     local p="$1" hosts remote arg
-    local -a flags=("${FLOW_ARGS[@]}" -n "$PROCESSES" -p "$p")
+    local -a flags=("${FLOW_ARGS[@]}")
+    if [[ -n "$METRICS_PORT" ]]; then
+        if [[ "${HOSTS[$p]}" == *:* ]]; then
+            flags+=(--metrics-addr "[${HOSTS[$p]}]:$((METRICS_PORT + p))")
+        else
+            flags+=(--metrics-addr "${HOSTS[$p]}:$((METRICS_PORT + p))")
+        fi
+    fi
+    flags+=(-n "$PROCESSES" -p "$p")
+    FLAGS=("${flags[@]}")
     if ((LOCAL[p])); then
         COMMAND=("$BIN" "${flags[@]}" -h "$HOSTFILE_ABS" -w "$WORKERS")
         return 0
@@ -325,17 +349,18 @@ if ((DRY_RUN)); then
         if ((LOCAL[p])); then
             printf '# p%s on %s (local)\n' "$p" "${HOSTS[$p]}"
         else
-            printf '# p%s on %s (ssh): in %s runs %s %s -n %s -p %s -h <the hostfile, sent along> -w %s\n' \
-                "$p" "${HOSTS[$p]}" "$REMOTE_DIR" "$REMOTE_BIN" "${FLOW_ARGS[*]}" "$PROCESSES" "$p" "$WORKERS"
+            printf '# p%s on %s (ssh): in %s runs %s %s -h <the hostfile, sent along> -w %s\n' \
+                "$p" "${HOSTS[$p]}" "$REMOTE_DIR" "$REMOTE_BIN" "${FLAGS[*]}" "$WORKERS"
         fi
+        line=""
         for arg in "${COMMAND[@]}"; do
             if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-                printf '%s ' "$arg"
+                line+=" $arg"
             else
-                printf '%s ' "$(shell_quote "$arg")"
+                line+=" $(shell_quote "$arg")"
             fi
         done
-        printf '\n'
+        printf '%s\n' "${line# }"
     done
     exit 0
 fi
@@ -388,7 +413,7 @@ start_process() {
     if ((LOCAL[p])); then
         say "p$p on ${HOSTS[$p]} (local, pid ${PIDS[$p]}): ${COMMAND[*]}"
     else
-        say "p$p on ${HOSTS[$p]} (ssh, pid ${PIDS[$p]}): $REMOTE_BIN ${FLOW_ARGS[*]} -n $PROCESSES -p $p -h <hostfile> -w $WORKERS in $REMOTE_DIR"
+        say "p$p on ${HOSTS[$p]} (ssh, pid ${PIDS[$p]}): $REMOTE_BIN ${FLAGS[*]} -h <hostfile> -w $WORKERS in $REMOTE_DIR"
     fi
 }
 

@@ -339,9 +339,19 @@ fn summaries(stdout: &str) -> (u64, u64) {
     sums
 }
 
+/// The response to `GET /metrics` from `address`.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: encore\r\n\r\n").expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    response
+}
+
 /// Waits until `total` messages are committed (the run goes on: no --until-caught-up), then
-/// sends SIGINT to the launcher and returns its output.
-fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64) -> Output {
+/// runs `while_running`, sends SIGINT to the launcher and returns its output.
+fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64, while_running: impl FnOnce()) -> Output {
     // A guard against a hang, not a speed requirement.
     let deadline = Instant::now() + Duration::from_secs(300);
     while committed(postgres) < total {
@@ -355,6 +365,7 @@ fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    while_running();
     let status = Command::new("kill").args(["-INT", &launcher.id().to_string()]).status().expect("kill -INT");
     assert!(status.success());
     launcher.wait_with_output().expect("the launcher exits")
@@ -383,10 +394,17 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
 
     // Locally: SIGINT goes straight to each encore-flow.
     produce(&tansu, first);
+    // --metrics-port: process p serves metrics on its own host at the port + p.
+    let metrics_port = free_port("127.0.0.2");
     let mut command = launcher();
-    command.arg(&hosts);
+    command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
     flow_args(&mut command);
-    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64);
+    let mut scraped = String::new();
+    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64, || {
+        scraped = scrape(&format!("127.0.0.3:{}", metrics_port + 1));
+    });
+    assert!(scraped.starts_with("HTTP/1."), "{scraped}");
+    assert!(scraped.contains("encore_events_consumed_total{") && scraped.contains("process=\"1\""), "p1's metrics: {scraped}");
     assert!(output.status.success(), "a clean Ctrl-C stop exits 0: {}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     let stdout = text(&output.stdout);
@@ -401,7 +419,7 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let mut command = launcher();
     command.args(["--always-ssh", "--ssh", &ssh, &hosts]);
     flow_args(&mut command);
-    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, lines.len() as i64);
+    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, lines.len() as i64, || ());
     assert!(output.status.success(), "a clean Ctrl-C stop over ssh exits 0: {}", describe(&output));
     let stdout = text(&output.stdout);
     assert_eq!(summaries(&stdout), (first.len() as u64, second.len() as u64), "the second run resumes");
@@ -577,4 +595,20 @@ fn dry_run_prints_the_exact_ssh_command_for_remote_hosts() {
         ];
         assert_eq!(remote[3..], want, "the wrapper's arguments for p{p}");
     }
+
+    // --metrics-port: each process's own host, at the port + p (IPv6 in brackets).
+    let output = Command::new("bash")
+        .arg(LAUNCHER)
+        .args(["--dry-run", "--metrics-port", "9464", &hosts, "--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
+        .output()
+        .expect("dry run");
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(" --metrics-addr 127.0.0.2:9464 -n 4 -p 0 "), "{stdout}");
+    assert!(stdout.contains("# p2 on 2001:db8::7 (ssh): in "), "{stdout}");
+    assert!(stdout.contains(" --metrics-addr [2001:db8::7]:9466 -n 4 -p 2 -h <the hostfile, sent along> -w 1\n"), "{stdout}");
+    assert_usage_error(
+        &[&hosts, "--metrics-port", "9464", "--", "--brokers", "k", "--metrics-addr", "x:1"],
+        "do not pass --metrics-addr",
+    );
 }
