@@ -47,6 +47,8 @@ struct Service {
     depends_on: BTreeMap<String, DependsOn>,
     #[serde(default)]
     configs: Vec<ConfigMount>,
+    #[serde(default)]
+    ports: Vec<String>,
     stop_signal: Option<String>,
     restart: Option<String>,
 }
@@ -180,6 +182,35 @@ fn the_flow_services_form_one_timely_cluster() {
         assert_eq!(flow.stop_signal.as_deref(), Some("SIGINT"), "{name}");
         assert_eq!(flow.restart.as_deref(), Some("on-failure"), "{name}");
     }
+    // Each process serves metrics in its container, published on its own host port.
+    let mut host_ports = Vec::new();
+    for (name, flow) in &flows {
+        let (_, port) = flow
+            .flag("--metrics-addr")
+            .rsplit_once(':')
+            .expect("HOST:PORT");
+        let published: Vec<&String> = flow
+            .ports
+            .iter()
+            .filter(|mapping| mapping.ends_with(&format!(":{port}")))
+            .collect();
+        assert_eq!(published.len(), 1, "{name}: the metrics port is published");
+        assert!(
+            published[0].starts_with("127.0.0.1:"),
+            "{name}: on the host's loopback only"
+        );
+        host_ports.push(
+            published[0]
+                .split(':')
+                .nth(1)
+                .expect("host port")
+                .to_owned(),
+        );
+    }
+    host_ports.sort();
+    host_ports.dedup();
+    assert_eq!(host_ports.len(), n, "a host port per process");
+
     processes.sort_unstable();
     assert_eq!(
         processes,

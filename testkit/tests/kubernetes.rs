@@ -233,6 +233,33 @@ fn the_stateful_set_and_its_headless_service_match() {
     );
 }
 
+/// The container port named "metrics", which the scrape annotation names too.
+fn metrics_port(manifest: &Manifest) -> u64 {
+    let ports = at(manifest.container(), "ports")
+        .as_sequence()
+        .expect("ports");
+    let port = ports
+        .iter()
+        .find(|port| port.get("name").and_then(Value::as_str) == Some("metrics"))
+        .and_then(|port| port.get("containerPort"))
+        .and_then(Value::as_u64)
+        .expect("a container port named metrics");
+    // (Not `string`: the key holds dots.)
+    let annotation = at(
+        manifest.stateful_set(),
+        "spec.template.metadata.annotations",
+    )
+    .get("prometheus.io/port")
+    .and_then(Value::as_str)
+    .expect("a prometheus.io/port annotation");
+    assert_eq!(
+        annotation,
+        port.to_string(),
+        "the scrape annotation names the metrics port"
+    );
+    port
+}
+
 /// Runs the container's command for pod `pod` with stand-ins for encore-flow and getent in
 /// `dir`; returns the exit status, encore-flow's arguments, the hostfile and stderr.
 fn run_entrypoint(
@@ -325,6 +352,11 @@ fn every_pod_runs_its_process_of_one_cluster() {
         assert_eq!(flag("--brokers"), environment["ENCORE_BROKERS"]);
         assert_eq!(flag("--topic"), "music_streaming_data");
         assert_eq!(flag("--postgres"), environment["ENCORE_POSTGRES_URL"]);
+        assert_eq!(
+            flag("--metrics-addr"),
+            format!("0.0.0.0:{}", metrics_port(&manifest)),
+            "{pod}: metrics on the declared port"
+        );
         assert_eq!(
             hosts, expected_hosts,
             "{pod}: the same hostfile in every pod"
