@@ -23,9 +23,12 @@
 #  * Output: each process's stdout and stderr, line by line, prefixed `[p<i> <host>] `, on the
 #    launcher's stdout (and in <log-dir>/p<i>.log); the launcher's own lines go to stderr,
 #    prefixed `launch: `.
-#  * The first process to exit non-zero stops the run: the launcher waits a second (its peers
-#    then exit too, "lost a peer process"), names the process(es) that failed first with
-#    their host, status and last log line, stops the others and exits 1.
+#  * The first process to exit non-zero stops the run: the launcher waits two seconds (its
+#    peers then exit too, "lost a peer process"), names the process(es) that failed first
+#    with their host, status and last log line, stops the others and exits 1.
+#  * Limits: a launcher killed with SIGKILL leaves its local processes running (the remote
+#    ones stop: their stdin closes); the flags, a Postgres URL with its password included,
+#    appear in the launcher's log lines and in `ps` on every host.
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
