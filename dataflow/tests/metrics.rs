@@ -4,7 +4,8 @@
 //! Postgres holds; and bind failures as one-line errors.
 //!
 //! The run is 2 processes × 1 worker on a 2-partition topic, so each process reads one
-//! partition and serves its own endpoint; process 0 also commits.
+//! partition and serves its own endpoint; process 0 also commits. A restart then replays
+//! (counted apart) and commits nothing new.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -400,6 +401,33 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     assert!(zero.get("encore_last_commit_timestamp_seconds", &[]) > 1.7e9);
 
     // Ctrl-C: both commit what they have and exit 0, their summaries agreeing with the metrics.
+    assert_eq!(interrupt(children), lines.len());
+
+    // A restart replays what is committed (counted apart from live consumption) and goes
+    // live; with nothing new it commits nothing, and process 0 shows the offsets it read.
+    let metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+    let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
+    let replayed = |process: usize, scrape: &Scrape| {
+        scrape.value("encore_events_replayed_total", &[]) == Some(want[process])
+            && scrape.value("encore_replaying_workers", &[]) == Some(0.0)
+    };
+    let zero = scrape_until(&metrics[0], &mut children, "process 0 replayed", |s| replayed(0, s));
+    let one = scrape_until(&metrics[1], &mut children, "process 1 replayed", |s| replayed(1, s));
+    for scrape in [&zero, &one] {
+        assert_eq!(scrape.get("encore_events_consumed_total", &[]), 0.0);
+    }
+    assert!(committed_all(&zero, lines.len()), "committed offsets read at start:\n{}", zero.text);
+    assert_eq!(zero.get("encore_commits_total", &[]), 0.0);
+    assert_eq!(zero.get("encore_commit_duration_seconds_count", &[]), 0.0);
+    assert_eq!(zero.get("encore_last_committed_epoch", &[]), -1.0);
+    assert_eq!(zero.get("encore_last_commit_timestamp_seconds", &[]), 0.0);
+    assert_eq!(interrupt(children), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends SIGINT to every child; each must exit 0. Returns the live messages their summary
+/// lines report (`consumed=N`), summed.
+fn interrupt(children: Vec<Child>) -> usize {
     for child in &children {
         let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
         assert!(status.success());
@@ -412,8 +440,7 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
         let field = stdout.split_whitespace().find_map(|f| f.strip_prefix("consumed=")).expect("summary line");
         consumed += field.parse::<usize>().expect("a count");
     }
-    assert_eq!(consumed, lines.len());
-    let _ = std::fs::remove_dir_all(&dir);
+    consumed
 }
 
 /// A failed start: non-zero, and the last stderr line is the one `encore-flow: …` line.
