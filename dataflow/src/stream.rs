@@ -30,6 +30,8 @@
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
 //! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the sink.
+//! Each worker publishes its progress to [`crate::metrics`] when it closes an epoch, and the
+//! sink after each commit ([`run_with_metrics`]); never per message.
 //! Recovery time grows linearly with the topic (a full replay); see the README for figures.
 
 use std::collections::BTreeMap;
