@@ -6,16 +6,18 @@
 #  3. writes the music catalog (users, artists, albums, tracks) to Postgres;
 #  4. streams listening events into Kafka in the background (encore-gen stream);
 #  5. runs encore-flow as 2 processes × 1 worker (-n 2 -p 0|1 -h deploy/state/flow-hosts),
-#     logs in deploy/state/flow-p0.log and flow-p1.log, each line prefixed [p0]/[p1];
+#     logs in deploy/state/flow-p0.log and flow-p1.log, each line prefixed [p0]/[p1]; each
+#     process serves Prometheus metrics (--metrics-addr) at http://127.0.0.1:PORT/metrics,
+#     on two free ports from 9464 (p0 the first);
 #  6. shows live progress until Ctrl-C (deploy/watch.sh: events/s, lag per partition, last
-#     commit, one user's recommendations and one track's neighbours); when stdout is not a
-#     terminal, a compact line every 10 s instead.
+#     commit, one user's recommendations and one track's neighbours; the metrics URLs above
+#     them); when stdout is not a terminal, a compact line every 10 s instead.
 #
 # Ctrl-C (SIGINT or SIGTERM to this script): both encore-flow processes get SIGINT, commit
 # their current epoch and exit; then the generator is stopped; then the script says where the
-# data is. The stack keeps running (deploy/stop.sh stops it). If an encore-flow process exits
-# on its own, the other one and the generator are stopped and the script exits 1 saying which
-# process failed and why.
+# data is (and where the metrics were served). The stack keeps running (deploy/stop.sh stops
+# it). If an encore-flow process exits on its own, the other one and the generator are
+# stopped and the script exits 1 saying which process failed and why.
 #
 # Rerunnable: the stack and its data are kept, the catalog is rewritten identically, and
 # encore-flow resumes from the offsets it committed to Postgres (it rebuilds its state by
@@ -27,7 +29,11 @@
 #   ENCORE_SEED       seed of the catalog and the events (they must match) [1]
 #   ENCORE_FLOW_PORT  first of the two ports the encore-flow processes talk on
 #                     [the first two free ports from 2101]
+#   ENCORE_METRICS_PORT  metrics port of process 0; process 1 takes the next one
+#                     [the first two free ports from 9464]
 #   ENCORE_FLOW_ARGS  extra encore-flow flags for both processes, e.g. "--epoch-ms 500" []
+#                     (not --metrics-addr: each process gets its own, see ENCORE_METRICS_PORT)
+#   CARGO_TARGET_DIR  where cargo builds, as for cargo itself [target]
 set -euo pipefail
 # The stack settings given in the environment, repeated in the hints printed at the end.
 STACK_ENV=""
@@ -42,6 +48,17 @@ source "$DEPLOY_DIR/watch.sh"
 ENCORE_RATE="${ENCORE_RATE:-500}"
 ENCORE_SEED="${ENCORE_SEED:-1}"
 read -r -a FLOW_EXTRA_ARGS <<<"${ENCORE_FLOW_ARGS:-}"
+for arg in "${FLOW_EXTRA_ARGS[@]}"; do
+    if [[ "$arg" == --metrics-addr* ]]; then
+        die "ENCORE_FLOW_ARGS must not hold --metrics-addr: run.sh gives each process its own (ENCORE_METRICS_PORT pins them)"
+    fi
+done
+# Checked before anything starts (the stack, a build of several minutes).
+if [[ -n "${ENCORE_METRICS_PORT:-}" ]]; then
+    if ! [[ "$ENCORE_METRICS_PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((ENCORE_METRICS_PORT >= 65535)); then
+        die "ENCORE_METRICS_PORT must be a port number from 1 to 65534 (process 1 takes the next one), got '$ENCORE_METRICS_PORT'"
+    fi
+fi
 PROCESSES=2
 GENERATOR_LOG="$ENCORE_STATE_DIR/generator.log"
 HOSTFILE="$ENCORE_STATE_DIR/flow-hosts"
@@ -63,7 +80,10 @@ bash "$DEPLOY_DIR/start.sh"
 cd "$REPO_DIR"
 say "building encore (release; the first build takes several minutes)"
 cargo build --release --bin encore-gen --bin encore-flow
-BIN="$REPO_DIR/target/release"
+# Where cargo put them: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_DIR/$TARGET_DIR"
+BIN="$TARGET_DIR/release"
 
 say "writing the catalog (seed $ENCORE_SEED) to $ENCORE_POSTGRES_URL"
 "$BIN/encore-gen" catalog --postgres "$ENCORE_POSTGRES_URL" --seed "$ENCORE_SEED"
@@ -79,6 +99,20 @@ else
     FLOW_PORTS=("$first" "$second")
 fi
 printf '127.0.0.1:%s\n' "${FLOW_PORTS[@]}" >"$HOSTFILE"
+
+# Their metrics endpoints, found the same way (a taken port would end that process at start
+# with "cannot serve metrics on ADDR", reported below like any other failure).
+if [[ -n "${ENCORE_METRICS_PORT:-}" ]]; then
+    METRICS_PORTS=("$ENCORE_METRICS_PORT" $((ENCORE_METRICS_PORT + 1)))
+else
+    first="$(free_port 9464)" || die "no free port in 9464-9563: set ENCORE_METRICS_PORT"
+    second="$(free_port $((first + 1)))" || die "no second free port after $first: set ENCORE_METRICS_PORT"
+    METRICS_PORTS=("$first" "$second")
+fi
+METRICS_URLS=()
+for port in "${METRICS_PORTS[@]}"; do
+    METRICS_URLS+=("http://127.0.0.1:$port/metrics")
+done
 
 # --- children ------------------------------------------------------------------------------
 # Children run in their own session (setsid; bash's background children are never process
@@ -186,6 +220,8 @@ encore: stopped. The stack is still running and the data stays:
      psql '$ENCORE_POSTGRES_URL' -c 'SELECT * FROM user_recommendations_ranked WHERE user_id = $WATCH_USER'
      psql '$ENCORE_POSTGRES_URL' -c 'SELECT * FROM encore_progress'
   events (Kafka):      $ENCORE_BROKERS topic $ENCORE_TOPIC
+  metrics:             ${METRICS_URLS[0]} (p0), ${METRICS_URLS[1]} (p1)
+                       (Prometheus text format, served only while encore-flow runs)
   state and logs:      $ENCORE_STATE_DIR (flow-p0.log, flow-p1.log, generator.log)
   run again:           ${STACK_ENV}deploy/run.sh (resumes from the committed offsets)
   stop the stack:      ${STACK_ENV}deploy/stop.sh   (start afresh: also rm -rf $ENCORE_STATE_DIR)
@@ -208,10 +244,12 @@ echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
 # bash's note when a job is killed then names this function rather than the long command.
 encore_flow_process() {
     local p="$1" log="$ENCORE_STATE_DIR/flow-p$1.log"
-    printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s\n' "$p" "$(date -u '+%F %T UTC')" "$PROCESSES" "$p" "$HOSTFILE" >>"$log"
+    printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s --metrics-addr 127.0.0.1:%s\n' "$p" "$(date -u '+%F %T UTC')" \
+        "$PROCESSES" "$p" "$HOSTFILE" "${METRICS_PORTS[$p]}" >>"$log"
     NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "$BIN/encore-flow" \
         --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
-        "${FLOW_EXTRA_ARGS[@]}" -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
+        --metrics-addr "127.0.0.1:${METRICS_PORTS[$p]}" "${FLOW_EXTRA_ARGS[@]}" \
+        -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \
         > >(trap '' INT TERM; exec sed -u "s/^/[p$p] /" >>"$log") 2>&1
 }
 for ((p = 0; p < PROCESSES; p++)); do
@@ -220,6 +258,7 @@ for ((p = 0; p < PROCESSES; p++)); do
     echo "$!" >"$ENCORE_STATE_DIR/flow-p$p.pid"
 done
 say "encore-flow running as $PROCESSES processes × 1 worker on 127.0.0.1:${FLOW_PORTS[0]} and :${FLOW_PORTS[1]} (pids ${FLOW_PIDS[*]}; logs: $ENCORE_STATE_DIR/flow-p*.log)"
+say "metrics: ${METRICS_URLS[0]} (p0), ${METRICS_URLS[1]} (p1)"
 
 # --- progress, until Ctrl-C or a process exits ---------------------------------------------
 FAILED=""
@@ -245,6 +284,7 @@ while ((STOP_REQUESTED == 0)); do
                 printf 'encore quick start   %s UTC   Ctrl-C stops it cleanly\n' "$(date -u +%H:%M:%S)"
                 printf 'encore-flow: %s processes × 1 worker (pids %s), generator %s events/s (pid %s)\n' \
                     "$PROCESSES" "${FLOW_PIDS[*]}" "$ENCORE_RATE" "$GENERATOR_PID"
+                printf 'metrics: %s (p0)  %s (p1)\n' "${METRICS_URLS[0]}" "${METRICS_URLS[1]}"
                 for ((p = 0; p < PROCESSES; p++)); do
                     printf '  %.110s\n' "$(last_log_line "$p")"
                 done

@@ -2,6 +2,10 @@
 //! on the ports they are given, are idempotent, and keep the topic across a restart with the
 //! default (libsql file) storage. Each run uses its own state directory and free ports, so
 //! it neither needs nor disturbs a stack a developer is running.
+//!
+//! `deploy/run.sh` itself needs a release build and runs until Ctrl-C, so only its checks of
+//! the metrics settings (made before it starts anything) and the `free_port` it picks the
+//! flow and metrics ports with are tested here; the quick start is checked by running it.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -161,4 +165,88 @@ fn start_is_idempotent_and_stop_stops_everything() {
     );
     assert_eq!(stack.topic_partitions(), PARTITIONS);
     assert_eq!(stack.select_one(), 1);
+}
+
+/// Runs `deploy/run.sh` with its state in a fresh directory, ports no server listens on, and
+/// the extra environment `env`; it must fail before starting anything.
+fn run_sh_refused(env: &[(&str, &str)]) -> String {
+    let state = tempfile::Builder::new()
+        .prefix("encore-run-")
+        .tempdir()
+        .expect("state directory");
+    let mut command = Command::new("bash");
+    command
+        .arg(Path::new(DEPLOY_DIR).join("run.sh"))
+        .env("ENCORE_STATE_DIR", state.path())
+        .env("ENCORE_KAFKA_PORT", free_port().to_string())
+        .env("ENCORE_PG_PORT", free_port().to_string())
+        .env_remove("ENCORE_METRICS_PORT")
+        .env_remove("ENCORE_FLOW_ARGS");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("bash runs");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "run.sh with {env:?}: {said}");
+    let left: Vec<_> = std::fs::read_dir(state.path())
+        .expect("read state directory")
+        .map(|entry| entry.expect("directory entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "run.sh started something: {left:?}; {said}"
+    );
+    said
+}
+
+#[test]
+fn run_sh_checks_its_metrics_settings_before_starting_anything() {
+    for bad in ["0", "65535", "9464x", "-1", "09464"] {
+        let said = run_sh_refused(&[("ENCORE_METRICS_PORT", bad)]);
+        assert!(
+            said.contains("ENCORE_METRICS_PORT must be a port number from 1 to 65534")
+                && said.contains(&format!("got '{bad}'")),
+            "{said}"
+        );
+    }
+    // Both processes would get the same address: the second one could not bind it.
+    for flags in [
+        "--metrics-addr 127.0.0.1:9100",
+        "--epoch-ms 500 --metrics-addr=127.0.0.1:9100",
+    ] {
+        let said = run_sh_refused(&[("ENCORE_FLOW_ARGS", flags)]);
+        assert!(
+            said.contains("ENCORE_FLOW_ARGS must not hold --metrics-addr"),
+            "{said}"
+        );
+    }
+}
+
+/// `free_port` of deploy/lib.sh, which run.sh uses for the flow and metrics ports, skips a
+/// port something listens on.
+#[test]
+fn free_port_skips_a_listening_port() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
+    let taken = listener.local_addr().expect("local address").port();
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -euo pipefail; source "$1/lib.sh"; free_port "$2""#)
+        .arg("free_port")
+        .arg(DEPLOY_DIR)
+        .arg(taken.to_string())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let found: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("free_port prints a port");
+    assert!(
+        found > taken && found <= taken.saturating_add(100),
+        "{taken} taken, free_port said {found}"
+    );
 }
