@@ -113,6 +113,9 @@ struct Args {
     /// Skip the latency runs.
     #[arg(long)]
     no_latency: bool,
+    /// Skip the raw consume and COPY limits (the fractions are then not printed).
+    #[arg(long)]
+    no_limits: bool,
     /// Most seconds any one encore-flow run may take.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
@@ -225,7 +228,8 @@ fn main() -> Result<()> {
     println!("|---|--:|--:|--:|--:|--:|--:|");
     let mut best_parse = 0.0f64;
     let mut parse_rates: BTreeMap<usize, f64> = BTreeMap::new();
-    for &threads in &args.consume_threads {
+    let consume_threads = if args.no_limits { &[][..] } else { &args.consume_threads[..] };
+    for &threads in consume_threads {
         for parse in [false, true] {
             eprintln!("raw consume, {threads} thread(s), parse {parse} ... ({})", load_average());
             let consumed = kafka::consume(&brokers, &args.topic, &ends, threads, parse)?;
@@ -246,8 +250,12 @@ fn main() -> Result<()> {
         }
     }
     // Limit 2: raw binary COPY.
-    eprintln!("raw COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
-    let (copy_plain, copy_keyed) = pg::raw_copy(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?;
+    let (copy_plain, copy_keyed) = if args.no_limits {
+        (0.0, 0.0)
+    } else {
+        eprintln!("raw COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
+        pg::raw_copy(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
+    };
     println!(
         "\nraw binary COPY, {} rows (BIGINT, BIGINT, DOUBLE) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
         args.copy_rows, args.copy_reps, copy_plain, copy_keyed
@@ -305,7 +313,7 @@ fn main() -> Result<()> {
 
     // Summary lines.
     println!();
-    for run in &runs {
+    for run in runs.iter().filter(|_| !args.no_limits) {
         let rate = run.events_per_second(args.events);
         let fraction = rate / best_parse.max(1e-9);
         println!(
@@ -399,12 +407,12 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
         "half the catch-up rate of {} = {half:.0} events/s; {:.0} s of sending (linger 1 ms), first {:.0} s left out; commit seen by polling encore_progress every {} ms; {:.0} s to drain.\n",
         args.latency_layout, args.latency_seconds, args.latency_warmup, args.poll_ms, args.latency_drain
     );
-    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay s | polls (mean interval ms) | peak RSS per process |");
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay read s | ready s | polls (mean interval ms) | peak RSS per process |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (rate, m) in runs {
         let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
         println!(
-            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} |",
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} ({:.1}) | {} |",
             m.send_rate,
             m.sent,
             m.measured,
@@ -413,6 +421,7 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
             fmt_ms(m.quantile(0.99), args.latency_drain),
             fmt_ms(max, args.latency_drain),
             m.replay_seconds,
+            m.ready_seconds,
             m.polls,
             m.poll_interval.as_secs_f64() * 1e3,
             m.peak_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(", "),

@@ -65,8 +65,10 @@ pub struct Measured {
     pub uncommitted: u64,
     /// Latencies (committed, after the warm-up), sorted.
     pub latencies: Vec<Duration>,
-    /// Seconds of the replay before the live part.
+    /// Seconds until the consumers had read the replayed messages.
     pub replay_seconds: f64,
+    /// Seconds until a marker message sent then was committed: the replay's work is done.
+    pub ready_seconds: f64,
     /// Polls made, and the mean interval between them.
     pub polls: u64,
     /// Mean time between polls.
@@ -114,13 +116,35 @@ pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, 
         std::thread::sleep(Duration::from_millis(50));
     }
     let replay_seconds = job.elapsed();
-    eprintln!("  replay done after {replay_seconds:.1} s; producing {:.0} events/s for {:.0} s", plan.rate, plan.seconds);
-
+    // "replay done" means the consumers reached the committed offsets; the dataflow may still
+    // be computing the replayed epochs, and live epochs queue behind them. One marker
+    // message (the stream's next event), committed, proves the replay's work is over: a live
+    // epoch commits only once every earlier epoch is complete.
     let mut producer = BenchProducer::connect(brokers, &target.topic, 1, true)?;
+    let mut payload = Vec::with_capacity(512);
+    let marker = stream.next_message(&mut payload);
+    producer.send(usize::MAX, marker.key(), &payload)?;
+    producer.flush()?;
+    for (_, partition, offset) in producer.take_landed() {
+        let end = ends.entry(partition).or_default();
+        *end = (*end).max(offset + 1);
+        while pg::committed(url, plan.schema, &target.topic)?.get(&partition).is_none_or(|c| *c <= offset) {
+            job.check_alive()?;
+            if job.elapsed() > plan.timeout.as_secs_f64() {
+                bail!("the marker message was not committed within {} s", plan.timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let ready_seconds = job.elapsed();
+    eprintln!(
+        "  replay read after {replay_seconds:.1} s, marker committed after {ready_seconds:.1} s; producing {:.0} events/s for {:.0} s",
+        plan.rate, plan.seconds
+    );
+
     let poller = ProgressPoller::start(url, plan.schema, &target.topic, plan.poll)?;
     let total = (plan.rate * plan.seconds).round() as usize;
     let mut sent_at = Vec::with_capacity(total);
-    let mut payload = Vec::with_capacity(512);
     let start = Instant::now();
     for index in 0..total {
         let due = start + Duration::from_secs_f64(index as f64 / plan.rate);
@@ -177,6 +201,7 @@ pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, 
         sent: total as u64,
         send_rate: total as f64 / send_seconds.max(1e-9),
         replay_seconds,
+        ready_seconds,
         polls,
         poll_interval: poll_window / polls.max(1) as u32,
         peak_rss,
