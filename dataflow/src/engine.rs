@@ -11,8 +11,9 @@
 //!   ├─ c(i,j)      members ⋈ members on u, i < j → count_total      ((i,j), c)
 //!   ├─ s(i,j)      c ≥ C ⋈ n(i) ⋈ n(j) → cosine_units, s > 0        ((i,j), s)
 //!   ├─ N(i)        s both ways as weights → TopK per track          (i, (s, j))
-//!   ├─ R(u)        N(i) with s as its diff ⋈ members on i → (u,j)   scores summed in diffs
-//!   │              → TopK per user, excluding j ∈ H(u) (members)     (u, (score, j))
+//!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
+//!   │              (broadcast): per user Σ s(i,j) over its history, top-N of j ∉ H(u)
+//!   │              (engine/recommend.rs)
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
 //!
@@ -21,21 +22,24 @@
 //!
 //! ## Choices
 //!
-//! * **Exchange by key.** Every stateful stage is keyed (user, track, pair, bucket), so work
-//!   and state spread over all workers, and results do not depend on how many there are.
+//! * **Exchange by key.** Every stateful stage is keyed (user, track, pair), so work and state
+//!   spread over all workers, and results do not depend on how many there are. The one
+//!   exception is small: the neighbour lists (`k` per track) are broadcast, so that each
+//!   worker updates its own users' scores without an exchange per `(user, candidate)`.
 //! * **Totally ordered time.** Epochs are `u64`, so counts use `count_total`, which keeps
 //!   only its input arrangement (no output trace): the pair counts are the largest state.
 //! * **History** is a custom operator rather than `reduce`s: listens are append-only, so the
 //!   latest listen per track and the top `K` can be kept exactly in `O(log K)` per listen
 //!   without storing every listen (see [`history`]).
-//! * **Top-k** for neighbours and recommendations is one custom operator (see [`top_k`]):
-//!   per key an ordered set of weighted items, `O(log n)` per change, so a change to a popular
+//! * **Top-k** for neighbours and recommendations keeps per key an ordered set of weighted
+//!   items (see [`top_k`], [`recommend`]): `O(log n)` per change, so a change to a popular
 //!   track's pair list does not re-read the whole list, and no stage stores the pairs twice.
 //! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
-//!   recommendation scores are exact sums carried as differential diffs.
+//!   recommendation scores are exact integer sums.
 
 pub mod history;
+pub mod recommend;
 pub mod top_k;
 
 use std::cmp::Reverse;
@@ -104,9 +108,8 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         UserTrackChange::Member { .. } => None,
     });
 
-    // Histories by user (for pairs) and by track (for recommendations), arranged once.
+    // Histories by user, for pairs.
     let members_by_user = members.clone().arrange_by_key();
-    let members_by_track = members.clone().map(|(user, track)| (track, user)).arrange_by_key();
 
     // n(i): users with i in their history.
     let history_counts = members.clone().map(|(_user, track)| track).count_total().arrange_by_key();
@@ -132,23 +135,12 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
     let neighbor_lists = top_k::top_k(
         "Neighbors",
         similarities.explode(|((i, j), s)| [((i, j), s as isize), ((j, i), s as isize)]),
-        None,
         neighbors,
     );
 
-    // score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), carried in the diffs, and R(u) its N
-    // best tracks j ∉ H(u), ties to the smaller id.
-    let recommendation_lists = top_k::top_k(
-        "Recommendations",
-        // s goes into the diff before the join: a score change s → s' is then one update
-        // (i, j, s' - s) per user of i, not a retraction and an assertion per user.
-        neighbor_lists
-            .clone()
-            .explode(|(i, (Reverse(s), j))| Some(((i, j), s as isize)))
-            .join_core(members_by_track, |_i, &j, &user| Some((user, j))),
-        Some(members),
-        recommendations,
-    );
+    // R(u): score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), the N best j ∉ H(u), ties to the
+    // smaller id; kept where each user lives, from the neighbour lists broadcast to all.
+    let recommendation_lists = recommend::recommendations(members, neighbor_lists.clone(), recommendations);
 
     // plays, listeners and likes as one three-part diff, accumulated per track.
     let track_stats = listens
