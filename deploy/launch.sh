@@ -54,7 +54,8 @@ followed by -n N -p p -h HOSTFILE -w W (so do not pass -n/-p/-h/-w yourself).
 Options:
   -w, --workers W      worker threads per process [1]
       --bin PATH       encore-flow binary for local processes
-                       [$REPO_DIR/target/release/encore-flow, else encore-flow on PATH]
+                       [\$CARGO_TARGET_DIR/release/encore-flow (CARGO_TARGET_DIR as for
+                        cargo, default target/ in the repository), else encore-flow on PATH]
       --remote-bin PATH
                        encore-flow binary on the remote hosts [the absolute path of --bin]
       --remote-dir DIR directory a remote process runs in; relative paths in the flags
@@ -258,14 +259,18 @@ for ((p = 0; p < PROCESSES; p++)); do
 done
 
 # --- the binaries --------------------------------------------------------------------------
+# Where cargo put it: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.
+BUILT="${CARGO_TARGET_DIR:-target}"
+[[ "$BUILT" == /* ]] || BUILT="$REPO_DIR/$BUILT"
+BUILT="$BUILT/release/encore-flow"
 if [[ -z "$BIN" ]]; then
-    if [[ -x "$REPO_DIR/target/release/encore-flow" ]]; then
-        BIN="$REPO_DIR/target/release/encore-flow"
+    if [[ -x "$BUILT" ]]; then
+        BIN="$BUILT"
     else
         BIN="$(command -v encore-flow || true)"
         ((any_local)) && [[ -z "$BIN" ]] &&
             die "no encore-flow binary: build it (cargo build --release --bin encore-flow) or give --bin PATH"
-        BIN="${BIN:-$REPO_DIR/target/release/encore-flow}"
+        BIN="${BIN:-$BUILT}"
     fi
 fi
 [[ "$BIN" == */* ]] || BIN="$(command -v "$BIN" || printf '%s' "$BIN")"

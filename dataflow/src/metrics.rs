@@ -56,7 +56,7 @@ const OPS: [&str; 3] = ["insert", "update", "delete"];
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The address does not resolve, or the port cannot be bound.
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}")]
     Bind {
         /// The address as given.
         addr: String,
@@ -639,9 +639,12 @@ mod tests {
     fn bind_errors_name_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let error = serve(&addr, Arc::new(Metrics::new(0, true))).unwrap_err().to_string();
+        // As the binary prints it (`{:#}`): the message, then the cause, once.
+        let chain = |error: MetricsError| format!("{error}: {}", std::error::Error::source(&error).map(|s| s.to_string()).unwrap_or_default());
+        let error = chain(serve(&addr, Arc::new(Metrics::new(0, true))).unwrap_err());
         assert!(error.starts_with(&format!("cannot serve metrics on {addr}: ")), "{error}");
-        let error = serve("no-port-here", Arc::new(Metrics::new(0, true))).unwrap_err().to_string();
+        assert_eq!(error.matches("in use").count(), 1, "{error}");
+        let error = chain(serve("no-port-here", Arc::new(Metrics::new(0, true))).unwrap_err());
         assert!(error.starts_with("cannot serve metrics on no-port-here: ") && !error.contains('\n'), "{error}");
     }
 }

@@ -67,6 +67,11 @@ pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
 /// refresh, never the job (the poller has a thread and a client of its own).
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Set once this process's timely workers run. Before that the process is still connecting
+/// to its peers (timely retries until every one answers), holds no state and has written
+/// nothing, so an interrupt may end it at once instead of waiting for an epoch to close.
+pub static WORKERS_STARTED: AtomicBool = AtomicBool::new(false);
+
 /// A Kafka-to-Postgres job.
 #[derive(Clone, Debug)]
 pub struct StreamJob {
@@ -278,6 +283,7 @@ pub fn run_with_metrics(
     let worker_failure = Arc::clone(&failure);
     let worker_stop = Arc::clone(&stop);
     let guards = timely::execute(config, move |worker| {
+        WORKERS_STARTED.store(true, Ordering::SeqCst);
         let index = worker.index();
         let peers = worker.peers();
         let epoch_sink = PostgresEpochs {

@@ -175,3 +175,66 @@ fn a_lost_peer_process_stops_the_others() {
     assert!(started.elapsed() < Duration::from_secs(60), "the survivor does not hang");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Ctrl-C while a process still waits for its peers (timely retries the connection without
+/// end): it exits at once with one line rather than after the launcher's patience runs out.
+#[test]
+fn an_interrupt_while_connecting_to_peers_exits_at_once() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, Stdio};
+
+    /// Kills the process if the test fails before it ends.
+    struct Reap(Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let postgres = encore_testkit::Postgres::start().expect("start PostgreSQL");
+    let tansu = encore_testkit::Tansu::start().expect("start Tansu");
+    tansu.create_topic("t", 1).expect("create topic");
+    let dir = scratch("connecting");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    // Process 1 alone: process 0 never comes.
+    let mut child = Reap(
+        flow()
+            .args(["--brokers", &tansu.brokers(), "--topic", "t", "--postgres", &postgres.url()])
+            .args(["-n", "2", "-p", "1", "-h", hosts.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn encore-flow"),
+    );
+    // timely reports each failed attempt on stdout.
+    let (lines, received) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
+    std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(|line| drop(lines.send(line))));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = received.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        match line {
+            Ok(line) if line.contains("error connecting to worker 0") => break,
+            Ok(_) => {}
+            Err(_) => panic!("process 1 never tried to connect to process 0"),
+        }
+    }
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still running 30 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.0.stderr.take().expect("stderr").read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("encore-flow: interrupted while connecting"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -465,7 +465,10 @@ fn metrics_address_taken_or_invalid_fails_before_the_job_starts() {
             .output()
             .expect("run encore-flow")
     };
-    assert_one_line_error(&run(&addr), &format!("cannot serve metrics on {addr}: "));
+    let taken = run(&addr);
+    assert_one_line_error(&taken, &format!("cannot serve metrics on {addr}: "));
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert_eq!(stderr.matches("in use").count(), 1, "the cause is said once: {stderr}");
     assert_one_line_error(&run("127.0.0.1:port"), "cannot serve metrics on 127.0.0.1:port: ");
     assert_one_line_error(&run("no-port-given"), "cannot serve metrics on no-port-given: ");
 
