@@ -373,8 +373,10 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
         let per_event = run.row_changes() as f64 / args.events as f64;
         let copy_events = copy_plain / per_event.max(1e-12);
         let held: u64 = run.rows.values().map(|(_, held)| held).sum();
+        // Without measured limits (--no-limits) there is nothing to divide by.
+        let percent = |value: f64, limit: f64| if limit > 0.0 { format!("{:.1} %", 100.0 * value / limit) } else { "n/a".to_owned() };
         println!(
-            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {:.1} % | {same_threads} | {:.0} | {:.1} % |",
+            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {same_threads} | {:.0} | {} |",
             run.layout.processes,
             run.layout.workers,
             run.finished.seconds,
@@ -385,9 +387,9 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
             held,
             per_event,
             run.finished.peak_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(", "),
-            100.0 * rate / best_parse.max(1e-9),
+            percent(rate, best_parse),
             copy_events,
-            100.0 * rate / copy_events.max(1e-9),
+            percent(rate, copy_events),
         );
     }
     for run in runs {
