@@ -535,6 +535,18 @@ pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
     same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
+/// Asserts that an `encore-flow` run failed the way users are promised: a non-zero status
+/// and one `encore-flow: …` line naming `expected`, last on stderr (warnings logged while
+/// retrying may come before it).
+pub fn assert_one_line_error(output: &std::process::Output, expected: &str) {
+    assert!(!output.status.success(), "should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
+    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
+    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
+    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

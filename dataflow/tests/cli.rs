@@ -4,10 +4,11 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use encore_dataflow::tables::Params;
+use encore_dataflow::testing::assert_one_line_error;
 use encore_dataflow::{oracle, testing};
 
 fn flow() -> Command {
@@ -29,16 +30,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A failed run: non-zero, and one `encore-flow: …` line naming `expected`, last on stderr
-/// (warnings logged while retrying may come before it).
-fn assert_one_line_error(output: &Output, expected: &str) {
-    assert!(!output.status.success(), "should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
-    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
-    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
-    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
-}
 
 /// Starts `encore-flow ARGS -n 2 -p i -h HOSTFILE` for i = 0, 1 (a fresh hostfile in `dir`).
 fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {

@@ -24,8 +24,6 @@ use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/launch.sh");
 const FLOW: &str = env!("CARGO_BIN_EXE_encore-flow");
@@ -292,22 +290,7 @@ fn a_failed_process_makes_the_launcher_stop_the_others() {
 
 /// Produces `lines` as message values spread over the topic's partitions.
 fn produce(tansu: &Tansu, lines: &[Vec<u8>]) {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", tansu.brokers()).set("acks", "all").create().expect("producer");
-    for (number, line) in lines.iter().enumerate() {
-        let key = number.to_string();
-        let mut record = BaseRecord::to(TOPIC).payload(line).key(&key);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).expect("all messages delivered");
+    tansu.produce(TOPIC, lines, |_| None, false).expect("all messages delivered");
 }
 
 /// Messages committed so far (0 while the tables do not exist yet).

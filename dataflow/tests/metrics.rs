@@ -15,10 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
-use encore_dataflow::testing::{self, LineMix};
+use encore_dataflow::testing::{self, assert_one_line_error, LineMix};
 use encore_testkit::{Postgres, Tansu};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const TOPIC: &str = "music_streaming_data";
 const PARTITIONS: i32 = 2;
@@ -221,27 +219,8 @@ fn free_port() -> u16 {
 /// Tansu 0.6 reports the base offset of the last batch + 1 as the high watermark, which is
 /// then the true end and the watermark gauges can be checked exactly.
 fn produce(tansu: &Tansu, lines: &[Vec<u8>], first_index: usize) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
-        .create()
-        .expect("producer");
-    for (i, line) in lines.iter().enumerate() {
-        let partition = ((first_index + i) % PARTITIONS as usize) as i32;
-        let mut record = BaseRecord::<(), _>::to(TOPIC).payload(line).partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("all messages delivered");
+    let partition = |i: usize| Some(((first_index + i) % PARTITIONS as usize) as i32);
+    tansu.produce(TOPIC, lines, partition, true).expect("all messages delivered");
 }
 
 /// Scrapes `addr` until `done` holds for the parsed metrics; fails (with the last scrape)
@@ -443,15 +422,6 @@ fn interrupt(children: Vec<Child>) -> usize {
     consumed
 }
 
-/// A failed start: non-zero, and the last stderr line is the one `encore-flow: …` line.
-fn assert_one_line_error(output: &Output, expected: &str) {
-    assert!(!output.status.success(), "should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
-    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
-    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
-    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
-}
 
 #[test]
 fn metrics_address_taken_or_invalid_fails_before_the_job_starts() {

@@ -14,8 +14,6 @@ use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const TOPIC: &str = "music_streaming_data";
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
@@ -39,25 +37,7 @@ impl Stack {
     /// Produces `lines` as message values, keyed by a hash of the line so that they spread
     /// over every partition.
     fn produce(&self, lines: &[Vec<u8>]) {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.tansu.brokers())
-            .set("acks", "all")
-            .create()
-            .expect("producer");
-        for (number, line) in lines.iter().enumerate() {
-            let key = number.to_string();
-            let mut record = BaseRecord::to(TOPIC).payload(line).key(&key);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, returned)) => {
-                        record = returned;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(30)).expect("all messages delivered");
+        self.tansu.produce(TOPIC, lines, |_| None, false).expect("all messages delivered");
     }
 
     fn command(&self, schema: &str, cluster: &[String]) -> Command {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tempfile::TempDir;
 
 use crate::ports::free_port;
@@ -305,6 +306,34 @@ impl Tansu {
             ))),
             Err(error) => Err(self.not_ready(format!("metadata request failed: {error}"))),
         }
+    }
+
+    /// Produces `payloads` to `topic` with `acks=all` and returns once every one is
+    /// delivered. `partition(i)` places message `i`; `None` leaves it to the partitioner, with
+    /// the message's index as its key (so messages spread over all partitions).
+    ///
+    /// With `one_batch_each`, every message is its own record batch: Tansu 0.6 reports "the
+    /// last batch's base offset + 1" as a partition's high watermark, which is then exact.
+    pub fn produce(&self, topic: &str, payloads: &[Vec<u8>], partition: impl Fn(usize) -> Option<i32>, one_batch_each: bool) -> Result<()> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.brokers()).set("acks", "all");
+        if one_batch_each {
+            config.set("linger.ms", "0").set("batch.num.messages", "1");
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = config.create().map_err(|source| self.kafka_error(source))?;
+        for (index, payload) in payloads.iter().enumerate() {
+            let key = index.to_string();
+            let mut record = BaseRecord::to(topic).payload(payload).key(&key);
+            if let Some(partition) = partition(index) {
+                record = record.partition(partition);
+            }
+            // A full local queue hands the record back: wait for deliveries and try again.
+            while let Err((_, returned)) = producer.send(record) {
+                record = returned;
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        producer.flush(Duration::from_secs(60)).map_err(|source| self.kafka_error(source))
     }
 
     fn client_config(&self) -> ClientConfig {
