@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  encore-flow (live, SIGINT at the end) on the schema of a caught-up run: replay, then live
-//!       ▲ waits for every worker's "replay done"
+//!       ▲ waits for every worker's "replay done", then for one marker message's commit
 //!  producer: message i sent at t0 + i/rate (send time kept) ──► delivery (i, partition, offset)
 //!  poller:   encore_progress every --poll-ms ──► (partition, next_offset, seen at)
 //!  latency(i) = first time next_offset(partition) > offset − send time(i)
