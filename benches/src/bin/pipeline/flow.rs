@@ -303,3 +303,28 @@ pub fn binary(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_parse_as_processes_by_workers() {
+        assert_eq!("2x1".parse::<Layout>(), Ok(Layout { processes: 2, workers: 1 }));
+        assert_eq!("1X4".parse::<Layout>().map(|l| l.total_workers()), Ok(4));
+        assert!("0x1".parse::<Layout>().is_err());
+        assert!("2".parse::<Layout>().is_err());
+        assert!("ax1".parse::<Layout>().is_err());
+        assert_eq!(Layout { processes: 1, workers: 2 }.to_string(), "1x2");
+    }
+
+    #[test]
+    fn the_summary_line_of_encore_flow_is_read() {
+        let out = "noise\nprocess=1 replayed=250 consumed=1000 invalid=3 replay_seconds=1.500 seconds=9.000\n";
+        let summary = parse_summary(out).expect("a summary");
+        assert_eq!((summary.replayed, summary.consumed), (250, 1000));
+        assert!((summary.replay_seconds - 1.5).abs() < 1e-9);
+        assert!(parse_summary("process=0 replayed=x consumed=1 replay_seconds=0").is_none());
+        assert!(parse_summary("").is_none());
+    }
+}

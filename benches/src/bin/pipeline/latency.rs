@@ -229,3 +229,19 @@ pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, 
     measured.latencies.sort_unstable();
     Ok(measured)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_count_uncommitted_messages_as_slowest() {
+        let ms = Duration::from_millis;
+        let measured = Measured { measured: 4, uncommitted: 1, latencies: vec![ms(10), ms(20), ms(30)], ..Measured::default() };
+        assert_eq!(measured.quantile(0.5), Some(ms(20)));
+        assert_eq!(measured.quantile(0.75), Some(ms(30)));
+        // The 99th percentile falls on the uncommitted message: no latency to report.
+        assert_eq!(measured.quantile(0.99), None);
+        assert_eq!(Measured::default().quantile(0.5), None);
+    }
+}
