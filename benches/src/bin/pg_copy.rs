@@ -211,16 +211,7 @@ fn raw_copy_client_encoder(client: &mut Client, schema: &str, rows: usize) -> Re
 /// Raw COPY of bytes encoded before the clock starts, into `table` (emptied first).
 fn raw_copy_pre_encoded(client: &mut Client, schema: &str, table: &str, rows: usize) -> Result<Duration> {
     client.batch_execute(&format!("TRUNCATE {schema}.{table}"))?;
-    let mut data = Vec::with_capacity(19 + rows * 38 + 2);
-    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
-    for i in 0..rows as i64 {
-        data.extend_from_slice(&3i16.to_be_bytes());
-        for field in [(i / 20).to_be_bytes(), (i % 20).to_be_bytes(), 0.5f64.to_bits().to_be_bytes()] {
-            data.extend_from_slice(&8i32.to_be_bytes());
-            data.extend_from_slice(&field);
-        }
-    }
-    data.extend_from_slice(&(-1i16).to_be_bytes());
+    let data = encore_benches::neighbor_rows_binary_copy(rows);
     let start = Instant::now();
     let mut tx = client.transaction()?;
     let mut writer = tx.copy_in(&format!("COPY {schema}.{table} FROM STDIN (FORMAT binary)"))?;

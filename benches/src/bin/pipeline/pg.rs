@@ -80,7 +80,7 @@ pub fn raw_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<(f6
          CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
          PRIMARY KEY (track_id, neighbor_id));"
     ))?;
-    let data = encode_rows(rows);
+    let data = encore_benches::neighbor_rows_binary_copy(rows);
     let mut rate = |table: &str| -> Result<f64> {
         let mut times = Vec::new();
         for _ in 0..reps.max(1) {
@@ -102,21 +102,6 @@ pub fn raw_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<(f6
     Ok((plain, keyed))
 }
 
-/// `rows` rows `(i / 20, i % 20, 0.5)` in PostgreSQL's binary COPY format: 20 neighbours per
-/// track, as `track_neighbors` holds them.
-fn encode_rows(rows: usize) -> Vec<u8> {
-    let mut data = Vec::with_capacity(19 + rows * 38 + 2);
-    data.extend_from_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
-    for i in 0..rows as i64 {
-        data.extend_from_slice(&3i16.to_be_bytes());
-        for field in [(i / 20).to_be_bytes(), (i % 20).to_be_bytes(), 0.5f64.to_bits().to_be_bytes()] {
-            data.extend_from_slice(&8i32.to_be_bytes());
-            data.extend_from_slice(&field);
-        }
-    }
-    data.extend_from_slice(&(-1i16).to_be_bytes());
-    data
-}
 
 /// Every change of `encore_progress` seen by the poller: `(partition, next_offset, seen at)`.
 pub type Commits = Vec<(i32, i64, Instant)>;
