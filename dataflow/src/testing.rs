@@ -535,6 +535,17 @@ pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
     same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
+/// Asserts that an `encore-flow` run succeeded, showing its output when it did not.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Asserts that an `encore-flow` run failed the way users are promised: a non-zero status
 /// and one `encore-flow: …` line naming `expected`, last on stderr (warnings logged while
 /// retrying may come before it).

@@ -111,10 +111,11 @@ fn write_input(scratch: &Scratch, lines: &[Vec<u8>]) -> String {
     scratch.str("events.jsonl")
 }
 
-/// The output of the launcher `child` once it exits. A launcher still running after 300 s
+/// The output of the launcher `command`, run with stdout and stderr captured, once it exits. A launcher still running after 300 s
 /// (e.g. one that never stops a waiting process) is killed and the test fails: a guard
 /// against a hang, not a speed requirement.
-fn finished(child: Child) -> Output {
+fn finished(command: &mut Command) -> Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the launcher");
     let pid = child.id().to_string();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || sender.send(child.wait_with_output()));
@@ -178,11 +179,7 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     let output = finished(
         launcher()
             .args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local])
-            .args(SMALL)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the launcher"),
+            .args(SMALL),
     );
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
@@ -213,11 +210,7 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
         launcher()
             .args(["--always-ssh", "--ssh", &ssh, "-o", "ConnectTimeout=5", "--remote-dir", &scratch.str(""), &hosts])
             .args(["--", "--input", "remote-events.jsonl", "--output-dir", &remote])
-            .args(SMALL)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the launcher"),
+            .args(SMALL),
     );
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
@@ -245,11 +238,7 @@ fn run_with_a_blocked_port(blocked: usize) -> (Output, String) {
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
     let output = finished(
         launcher()
-            .args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the launcher"),
+            .args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")]),
     );
     let left = flow_processes_mentioning(&scratch.str(""));
     assert!(left.is_empty(), "encore-flow processes left running: {left:?}\n{}", describe(&output));

@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
-use encore_dataflow::testing::{self, assert_one_line_error, LineMix};
+use encore_dataflow::testing::{self, assert_one_line_error, assert_success, LineMix};
 use encore_testkit::{Postgres, Tansu};
 
 const TOPIC: &str = "music_streaming_data";
@@ -245,16 +245,6 @@ fn scrape_until(addr: &str, children: &mut [Child], what: &str, done: impl Fn(&S
         assert!(started.elapsed() < patience, "no {what} at {addr} after {patience:?}; last scrape:\n{last}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[String]) -> Vec<Child> {

@@ -6,12 +6,12 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
-use encore_dataflow::testing::assert_tables_eq;
+use encore_dataflow::testing::{assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
 
@@ -120,16 +120,6 @@ impl Drop for Stack {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn assert_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn free_port(host: &str) -> u16 {
