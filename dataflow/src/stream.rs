@@ -14,6 +14,11 @@
 //!   (≥ [`LIVE`]), each committed as one transaction with its offsets.
 //! * Results depend only on the set of messages, not on how they fall into epochs, so the
 //!   replayed state is the committed state, and live deltas apply on top of it exactly.
+//! * One writer, process 0's committer thread ([`committer`]), commits the live epochs
+//!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
+//!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
+//!   while one commits. The process reports success only after the committer has committed
+//!   every epoch handed over and ended.
 //!
 //! It can fail if the topic no longer holds the messages the stored offsets cover (retention
 //! or a recreated topic): the job detects a low watermark above 0 or an end of partition
@@ -25,14 +30,34 @@
 //!  partition p ──► worker p mod W (all workers of all processes; static, no rebalances)
 //!  worker: poll its BaseConsumer (zero timeout) ─► parse ─► listens / dead letters
 //!          every --epoch-ms (or --epoch-events messages): report (p, next offset), advance
-//!  worker 0: EpochSink = PgSink, one transaction per closed live epoch
+//!  worker 0: EpochSink ══ bounded queue (2) ══► committer thread (process 0): PgSink,
+//!            hands over closed live epochs          one transaction per epoch, in order
 //! ```
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
-//! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the sink.
-//! Each worker publishes its progress to [`crate::metrics`] when it closes an epoch, and the
-//! sink after each commit ([`run_with_metrics`]); never per message.
+//! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the
+//! hand-over to the committer, whose queue holds at most [`committer::COMMIT_QUEUE`] more: when
+//! Postgres is slow, worker 0 blocks on the hand-over and the consumers fall behind, with
+//! bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
+//! epoch, and the committer after each commit ([`run_with_metrics`]); never per message.
+//!
+//! # Stopping
+//!
+//! `--until-caught-up` and Ctrl-C end the same way: the workers close their current epoch and
+//! their inputs, the dataflow completes every epoch in flight, and the committer commits each
+//! of them before the process exits 0. A failed commit sets the stop flag, commits nothing
+//! more, and the process exits non-zero with the commit's one-line reason; a restart resumes
+//! from the last committed offsets.
+//!
+//! # Progress logs
+//!
+//! Each worker logs `replay read` once its consumer has read up to the committed offsets; the
+//! dataflow may still be computing the replayed epochs then (minutes for a large topic), and
+//! live epochs wait behind them. Process 0 logs `first live commit` when the committer has
+//! committed the first live epoch: from then on the job is live.
 //! Recovery time grows linearly with the topic (a full replay); see the README for figures.
+
+mod committer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +77,7 @@ use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
 use crate::output::EpochSink;
 use crate::postgres::{PgSink, SinkError};
 use crate::tables::{Changes, Params};
+use committer::{Committer, Halt, Handover};
 
 /// The first live epoch; epochs below it replay already-committed messages.
 pub const LIVE: Epoch = 1 << 40;
@@ -218,13 +244,10 @@ pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
     Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason: last_error })
 }
 
-/// The worker 0 sink: commits live epochs to Postgres, skips replayed ones.
+/// The worker 0 sink: hands live epochs to the committer, skips replayed ones. `None` on
+/// every other worker and process.
 struct PostgresEpochs {
-    sink: Option<PgSink>,
-    metrics: Arc<Metrics>,
-    topic: String,
-    failure: Arc<Mutex<Option<SinkError>>>,
-    stop: Arc<AtomicBool>,
+    handover: Option<Handover>,
 }
 
 impl EpochSink for PostgresEpochs {
@@ -232,36 +255,53 @@ impl EpochSink for PostgresEpochs {
         if epoch < LIVE {
             return; // replayed: Postgres already holds the result
         }
-        let Some(sink) = self.sink.as_mut() else { return };
-        let started = Instant::now();
-        match sink.commit(&self.topic, &changes, &changes.offsets) {
-            Ok(stats) => {
-                if stats.attempts > 0 {
-                    self.metrics.record_commit(epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
-                }
-                tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed");
-            }
-            Err(error) => {
-                // Nothing more may be committed: later epochs build on this one.
-                self.sink = None;
-                if let Ok(mut failure) = self.failure.lock() {
-                    failure.get_or_insert(error);
-                }
-                self.stop.store(true, Ordering::SeqCst);
+        if let Some(handover) = self.handover.as_mut() {
+            // Blocks while the committer's queue is full. `false`: a commit failed, the stop
+            // flag is set, and this and every later epoch must stay uncommitted.
+            if !handover.hand_over(epoch, changes) {
+                self.handover = None;
             }
         }
     }
 }
 
+/// The commit function of process 0's committer thread: one [`PgSink::commit`] per live
+/// epoch, its metrics, and the `first live commit` log line.
+fn postgres_commit(
+    mut sink: PgSink,
+    topic: String,
+    metrics: Arc<Metrics>,
+    run_started: Instant,
+) -> impl FnMut(Epoch, &Changes) -> Result<(), SinkError> + Send + 'static {
+    let mut first = true;
+    move |epoch, changes| {
+        let started = Instant::now();
+        let stats = sink.commit(&topic, changes, &changes.offsets)?;
+        if stats.attempts > 0 {
+            metrics.record_commit(epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
+            if std::mem::take(&mut first) {
+                // Every replayed epoch was complete before this one could close: the job is live.
+                info!(epoch = epoch - LIVE, seconds = run_started.elapsed().as_secs_f64(), "first live commit");
+            }
+        }
+        tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed");
+        Ok(())
+    }
+}
+
 /// Runs the job on this process's workers. `sink` is this process's Postgres connection;
-/// only process 0's is used for writing.
+/// only process 0's is used for writing (by its committer thread).
 pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: Arc<AtomicBool>) -> Result<StreamSummary, StreamError> {
     run_with_metrics(config, job, sink, stop, None)
 }
 
 /// [`run`], publishing to `metrics` ([`crate::metrics`]): the workers at every epoch close,
-/// the sink after every commit, and a poller thread the partitions' high watermarks every
-/// [`WATERMARK_INTERVAL`].
+/// the committer after every commit, and a poller thread the partitions' high watermarks
+/// every [`WATERMARK_INTERVAL`].
+///
+/// With a `sink`, this is where the committer thread starts and ends: spawned before the
+/// workers, its [`Handover`] taken by worker 0, joined after the workers, so that `Ok` means
+/// every live epoch is committed.
 pub fn run_with_metrics(
     config: timely::Config,
     job: StreamJob,
@@ -269,6 +309,7 @@ pub fn run_with_metrics(
     stop: Arc<AtomicBool>,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<StreamSummary, StreamError> {
+    let run_started = Instant::now();
     let partitions = partition_count(&job)?;
     let served = metrics.is_some();
     // Unserved, the registry is still updated (a few atomics per epoch) but never read.
@@ -279,19 +320,27 @@ pub fn run_with_metrics(
     let poller_job = job.clone();
     let worker_metrics = Arc::clone(&metrics);
     let failure = Arc::new(Mutex::new(None));
-    let sink = Arc::new(Mutex::new(sink));
-    let worker_failure = Arc::clone(&failure);
+    let halt = Halt { failure: Arc::clone(&failure), stop: Arc::clone(&stop) };
+    let (handover, committer) = match sink {
+        Some(sink) => {
+            let commit = postgres_commit(sink, job.topic.clone(), Arc::clone(&metrics), run_started);
+            let (handover, committer) = Committer::spawn(commit, halt)
+                .map_err(|error| StreamError::Worker(format!("cannot start the committer thread: {error}")))?;
+            (Some(handover), Some(committer))
+        }
+        None => (None, None),
+    };
+    // Worker 0 takes the hand-over; whatever is left here is dropped after the workers end,
+    // so that the committer sees the end of its queue even if no worker took it.
+    let handover = Arc::new(Mutex::new(handover));
+    let worker_handover = Arc::clone(&handover);
     let worker_stop = Arc::clone(&stop);
     let guards = timely::execute(config, move |worker| {
         WORKERS_STARTED.store(true, Ordering::SeqCst);
         let index = worker.index();
         let peers = worker.peers();
         let epoch_sink = PostgresEpochs {
-            sink: if index == 0 { sink.lock().ok().and_then(|mut s| s.take()) } else { None },
-            metrics: Arc::clone(&worker_metrics),
-            topic: job.topic.clone(),
-            failure: Arc::clone(&worker_failure),
-            stop: Arc::clone(&worker_stop),
+            handover: if index == 0 { worker_handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() } else { None },
         };
         let mut inputs = job::install(worker, &job.params, job.emit_co_listens, epoch_sink);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
@@ -300,17 +349,29 @@ pub fn run_with_metrics(
         inputs.close();
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         result
-    })
-    .map_err(StreamError::Worker)?;
+    });
+    let guards = match guards {
+        Ok(guards) => guards,
+        Err(error) => {
+            let _ = finish_committer(&handover, committer); // it committed nothing: no worker ran
+            return Err(StreamError::Worker(error));
+        }
+    };
     let finished = Arc::new(AtomicBool::new(false));
     let poller = served.then(|| watch_watermarks(poller_job, metrics, Arc::clone(&finished))).flatten();
 
     let mut summary = StreamSummary::default();
     let mut first_error = None;
     let results = guards.join();
+    // The workers have ended, their hand-over with them: the committer commits what is queued
+    // and ends. Only then may the run report success.
+    let committer_result = finish_committer(&handover, committer);
     finished.store(true, Ordering::SeqCst);
     if let Some(poller) = poller {
         let _ = poller.join();
+    }
+    if let Err(panic) = committer_result {
+        first_error.get_or_insert(StreamError::Worker(panic));
     }
     for result in results {
         match result {
@@ -336,6 +397,17 @@ pub fn run_with_metrics(
     match first_error {
         Some(error) => Err(error),
         None => Ok(summary),
+    }
+}
+
+/// Drops the hand-over if no worker took it and waits for the committer to commit every epoch
+/// handed over (or to stop at its first failure, recorded in the failure slot).
+fn finish_committer(handover: &Mutex<Option<Handover>>, committer: Option<Committer>) -> Result<(), String> {
+    // A poisoned lock (a worker panicked) still holds the hand-over, which must be dropped.
+    handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    match committer {
+        Some(committer) => committer.join().map(|committed| tracing::debug!(committed, "committer finished")),
+        None => Ok(()),
     }
 }
 
@@ -459,7 +531,7 @@ fn consume(
             report.metrics().replaying(false);
             inputs.advance_to(LIVE);
             summary.replay_seconds = started.elapsed().as_secs_f64();
-            info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay done");
+            info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay read");
             for (p, offset, payload) in std::mem::take(&mut waiting) {
                 advanced.insert(p, offset + 1);
                 count_live(&mut summary, inputs.feed(&payload, &job.topic, p, offset));
@@ -491,7 +563,7 @@ fn consume(
                 let epoch = inputs.epoch() + 1;
                 inputs.advance_to(epoch);
                 if worker.index() == 0 {
-                    // The sink, on this thread, times the epoch from here to its commit.
+                    // The committer times the epoch from here to its commit.
                     report.metrics().epoch_closed(epoch - 1 - LIVE);
                 }
                 publish(report, &gauges, &summary, &next);

@@ -2,7 +2,10 @@
 //! messages (valid and invalid) on a 4-partition topic → `encore-flow --until-caught-up` as
 //! 1 process × 2 workers and as 2 processes × 1 worker → every table equals the sequential
 //! implementation over the topic's messages, dead letters exactly once; appending and
-//! rerunning processes only the new messages; `kill -9` mid-run and a restart stay exact.
+//! rerunning processes only the new messages; `kill -9` mid-run and a restart stay exact;
+//! Postgres restarted mid-run is waited for, Postgres gone for good ends the run non-zero
+//! with one line (the committer's failure stops the workers, nothing hangs). The progress log
+//! lines (`replay read`, `first live commit`) are checked where they must and must not appear.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
-use encore_dataflow::testing::{assert_success, assert_tables_eq};
+use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
 
@@ -48,19 +51,23 @@ impl Stack {
             .args(["--epoch-events", "300", "--history-cap", "5", "--min-co", "1", "--neighbors", "3"])
             .args(["--recommendations", "3"])
             .args(cluster)
+            // The progress lines the tests look for are INFO.
+            .env("RUST_LOG", "warn,encore_dataflow=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
     }
 
     /// Runs `processes` × `workers` on 127.0.0.1 to caught-up; every process must exit 0.
-    fn run_flow(&self, schema: &str, processes: usize, workers: usize) {
-        self.run_flow_on(schema, &vec!["127.0.0.1"; processes], workers);
+    /// Returns each process's stderr (its log).
+    fn run_flow(&self, schema: &str, processes: usize, workers: usize) -> Vec<String> {
+        self.run_flow_on(schema, &vec!["127.0.0.1"; processes], workers)
     }
 
     /// Runs one process per address in `hosts` (each binds its own address, as its hostfile
-    /// line says) with `workers` each, to caught-up; every process must exit 0.
-    fn run_flow_on(&self, schema: &str, hosts: &[&str], workers: usize) {
+    /// line says) with `workers` each, to caught-up; every process must exit 0. Returns each
+    /// process's stderr.
+    fn run_flow_on(&self, schema: &str, hosts: &[&str], workers: usize) -> Vec<String> {
         let hostfile = self.dir.join(format!("hosts-{schema}-{}", hosts.len()));
         let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port(host))).collect();
         std::fs::write(&hostfile, lines.join("\n")).expect("hostfile");
@@ -74,10 +81,14 @@ impl Stack {
                 self.command(schema, &args).spawn().expect("spawn encore-flow")
             })
             .collect();
-        for child in children {
-            let output = child.wait_with_output().expect("encore-flow runs");
-            assert_success(&output);
-        }
+        children
+            .into_iter()
+            .map(|child| {
+                let output = child.wait_with_output().expect("encore-flow runs");
+                assert_success(&output);
+                String::from_utf8_lossy(&output.stderr).into_owned()
+            })
+            .collect()
     }
 
     /// The tables in `schema` equal the oracle over `lines`, and the dead letters are the
@@ -133,18 +144,31 @@ fn until_caught_up_is_exact_for_workers_and_processes_and_resumes_after_append()
     let (first, second) = lines.split_at(2_000);
     stack.produce(first);
 
-    stack.run_flow("one_by_two", 1, 2);
+    let logs = stack.run_flow("one_by_two", 1, 2);
     stack.check("one_by_two", first);
-    stack.run_flow("two_by_one", 2, 1);
+    assert_progress_lines(&logs[0], 0, 1);
+    let logs = stack.run_flow("two_by_one", 2, 1);
     stack.check("two_by_one", first);
+    assert_progress_lines(&logs[0], 0, 1);
+    assert_progress_lines(&logs[1], 0, 0); // only process 0 commits
 
     // Appended messages: the next run replays the first 2 000 silently and adds the rest.
     stack.produce(second);
-    stack.run_flow("one_by_two", 1, 2);
+    let logs = stack.run_flow("one_by_two", 1, 2);
     stack.check("one_by_two", &lines);
-    // And a run with nothing new changes nothing.
-    stack.run_flow("one_by_two", 1, 2);
+    assert_progress_lines(&logs[0], 2, 1); // both workers read partitions to replay
+    // And a run with nothing new changes nothing, and commits nothing live.
+    let logs = stack.run_flow("one_by_two", 1, 2);
     stack.check("one_by_two", &lines);
+    assert_progress_lines(&logs[0], 2, 0);
+}
+
+/// A process's log holds `replay_read` "replay read" lines (one per worker that replayed) and
+/// `first_live` "first live commit" lines (process 0, once it committed live messages).
+fn assert_progress_lines(log: &str, replay_read: usize, first_live: usize) {
+    assert_eq!(log.matches("replay read").count(), replay_read, "replay read lines in:\n{log}");
+    assert_eq!(log.matches("first live commit").count(), first_live, "first live commit lines in:\n{log}");
+    assert!(!log.contains("replay done"), "the old, misleading line is gone");
 }
 
 #[test]
@@ -199,6 +223,31 @@ fn postgres_restarted_during_a_run_finishes_exact() {
     let output = child.wait_with_output().expect("encore-flow runs");
     assert_success(&output);
     stack.check("restart", &lines);
+}
+
+/// Postgres gone for good mid-run: the committer's commit fails after its bounded retries, it
+/// stops the workers (worker 0 may be blocked handing it the next epoch: it is released), and
+/// the process exits non-zero with one line; what was committed before stays consistent.
+#[test]
+fn postgres_gone_mid_run_fails_with_one_line() {
+    let mut stack = Stack::start("pg-gone");
+    let lines = testing::random_lines(19, 12_000);
+    stack.produce(&lines);
+    let mut child = stack.command("gone", &[]).spawn().expect("spawn encore-flow");
+    while stack.committed("gone") == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(child.try_wait().expect("poll child").is_none(), "the job is still running when Postgres stops");
+    stack.postgres.stop().expect("stop PostgreSQL");
+    let output = child.wait_with_output().expect("encore-flow runs");
+    assert_one_line_error(&output, "Postgres");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(log.matches("first live commit").count(), 1, "one commit landed before the stop:\n{log}");
+
+    // Back up, a rerun finishes exact from whatever was committed.
+    stack.postgres.start_again().expect("start PostgreSQL again");
+    stack.run_flow("gone", 1, 1);
+    stack.check("gone", &lines);
 }
 
 /// Rescaling: stop, change the process count, start. 1 process to caught-up, more messages,
