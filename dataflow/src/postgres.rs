@@ -65,7 +65,9 @@
 //! disjoint partitions of one topic, but then each sink's rows must depend only on its own
 //! partitions, or a crash between their commits leaves tables of two different prefixes; the
 //! simple way to keep the guarantee is one writer that commits every timestamp for all
-//! partitions.
+//! partitions. `encore-flow` does that: one sink, owned by a committer thread of process 0,
+//! commits the closed timestamps in order while the dataflow computes the next ones
+//! ([`crate::stream`]).
 //!
 //! # How it can fail
 //!

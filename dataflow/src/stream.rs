@@ -14,7 +14,7 @@
 //!   (≥ [`LIVE`]), each committed as one transaction with its offsets.
 //! * Results depend only on the set of messages, not on how they fall into epochs, so the
 //!   replayed state is the committed state, and live deltas apply on top of it exactly.
-//! * One writer, process 0's committer thread ([`committer`]), commits the live epochs
+//! * One writer, process 0's committer thread (`stream/committer.rs`), commits the live epochs
 //!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
 //!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
 //!   while one commits. The process reports success only after the committer has committed
@@ -36,7 +36,7 @@
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
 //! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the
-//! hand-over to the committer, whose queue holds at most [`committer::COMMIT_QUEUE`] more: when
+//! hand-over to the committer, whose queue holds at most `COMMIT_QUEUE` more: when
 //! Postgres is slow, worker 0 blocks on the hand-over and the consumers fall behind, with
 //! bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
 //! epoch, and the committer after each commit ([`run_with_metrics`]); never per message.
@@ -300,7 +300,7 @@ pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: A
 /// every [`WATERMARK_INTERVAL`].
 ///
 /// With a `sink`, this is where the committer thread starts and ends: spawned before the
-/// workers, its [`Handover`] taken by worker 0, joined after the workers, so that `Ok` means
+/// workers, its hand-over taken by worker 0, joined after the workers, so that `Ok` means
 /// every live epoch is committed.
 pub fn run_with_metrics(
     config: timely::Config,

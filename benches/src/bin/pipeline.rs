@@ -414,7 +414,7 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
     for (rate, m) in runs {
         let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
         println!(
-            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} ({:.1}) | {} |",
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} |",
             m.send_rate,
             m.sent,
             m.measured,
@@ -422,7 +422,7 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
             fmt_ms(m.quantile(0.50), args.latency_drain),
             fmt_ms(m.quantile(0.99), args.latency_drain),
             fmt_ms(max, args.latency_drain),
-            m.replay_seconds,
+            m.replay_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
             m.ready_seconds,
             m.polls,
             m.poll_interval.as_secs_f64() * 1e3,

@@ -150,9 +150,10 @@ impl Running {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// How many `replay done` lines the processes have logged (one per worker with partitions).
-    pub fn replays_done(&self) -> usize {
-        self.logs.iter().filter_map(|log| std::fs::read_to_string(log).ok()).map(|text| text.matches("replay done").count()).sum()
+    /// How many `replay read` lines the processes have logged (one per worker with partitions
+    /// once its consumer reached the committed offsets; the dataflow may still be computing).
+    pub fn replays_read(&self) -> usize {
+        self.logs.iter().filter_map(|log| std::fs::read_to_string(log).ok()).map(|text| text.matches("replay read").count()).sum()
     }
 
     /// Fails if a process has exited (a live run must not end on its own).
