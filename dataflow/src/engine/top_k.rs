@@ -1,35 +1,28 @@
 //! Top-k by accumulated weight: per key, the `k` items with the largest weight, kept at
-//! `O(log n)` per change, however many items a key has.
-//!
-//! Both ranked outputs of SPEC §2 have this shape:
+//! `O(log n)` per change, however many items a key has. Used for the neighbour lists:
 //!
 //! ```text
-//!  N(i)  key = track i, item = track j, weight = s(i,j)                      nothing excluded
-//!  R(u)  key = user u,  item = track j, weight = Σ s(i,j) over i ∈ H(u), j ∈ N(i)
-//!                                                                       excluded: j ∈ H(u)
+//!  N(i)  key = track i, item = track j, weight = s(i,j)
 //! ```
 //!
-//! [`Ranking`] is one key's state, shared by both; [`top_k`] is the operator for `N(i)`,
-//! whose weights arrive as differential diffs on `(key, item)` (a similarity that changes
-//! from `s` to `s'` is the update `s' - s`). `R(u)` feeds its rankings itself, where the users
-//! live ([`super::recommend`]).
+//! Weights arrive as differential diffs on `(key, item)` (a similarity that changes from `s`
+//! to `s'` is the update `s' - s`). Recommendations `R(u)` rank differently, where the users
+//! live, because a user's candidates are bounded by `K·k` ([`super::recommend`]).
 //!
 //! ## Why one operator instead of `reduce`
 //!
 //! A `reduce` keyed by track re-reads the track's whole pair list whenever one pair changes,
 //! and popular tracks (thousands of co-listened tracks) change in every epoch. The usual
 //! differential fix is a hierarchy of bucketed reduces; that bounds the re-reading but
-//! arranges (almost) every value once per stage, input and output; for recommendations the
-//! sums need a `count_total` and the exclusion an `antijoin` first, each one more arrangement
-//! of every `(user, candidate)`. Measured, those copies were most of the memory and time of
-//! the engine (replacing them made it about 5× faster and halved its memory).
+//! arranges (almost) every value once per stage, input and output. Measured, those copies
+//! were most of the memory and time of the engine (replacing them made it about 5× faster
+//! and halved its memory).
 //!
 //! Here each key owns, on the worker its key hashes to:
 //!
 //! ```text
-//!  items     item → (accumulated weight, multiplicity in the exclusion set)   (a hash map)
-//!            excluded: R(u)'s ≤ K history members; entries that are all zero are dropped
-//!  ranked    ordered set of (Reverse(weight), item) for items with weight > 0, not excluded
+//!  items     item → accumulated weight (a hash map; zero weights are dropped)
+//!  ranked    ordered set of (Reverse(weight), item) for items with weight > 0
 //! ```
 //!
 //! A change of one item moves one entry of `ranked`: `O(log n)`. When an epoch is complete
@@ -38,7 +31,7 @@
 //! key, independent of how many items the key has. Ties fall to the smaller item, because
 //! `(Reverse(weight), item)` orders that way, which is SPEC §2's order for both lists.
 //!
-//! The state is one entry per `(key, item)` with a non-zero weight, about 60 bytes, against
+//! The state is one entry per `(key, item)` with a non-zero weight, about 50 bytes, against
 //! several arranged copies of the same pairs (each with its time and diff) before.
 //!
 //! Epochs are applied in order, each only once complete, as in [`super::history`]; the
@@ -60,47 +53,27 @@ use super::Epoch;
 /// A ranked entry: best first, ties to the smaller item.
 pub type Ranked = (Reverse<i64>, u64);
 
-/// One key's items: weights, exclusions and the ranking they give.
+/// One key's items: their weights and the ranking they give.
 #[derive(Default)]
-pub(super) struct Ranking {
-    items: HashMap<u64, Item>,
+struct Ranking {
+    /// Accumulated weight per item; zero weights are dropped.
+    items: HashMap<u64, i64>,
     ranked: BTreeSet<Ranked>,
 }
 
-/// What a key knows of one item: both parts in one map entry, so a change costs one lookup.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Item {
-    /// Accumulated weight.
-    weight: i64,
-    /// Multiplicity in the exclusion set (0 or 1 at every complete epoch).
-    excluded: isize,
-}
-
-impl Item {
-    /// The ranked entry the item has, if any.
-    fn ranked(self, item: u64) -> Option<Ranked> {
-        (self.weight > 0 && self.excluded == 0).then_some((Reverse(self.weight), item))
-    }
+/// The ranked entry of an item of weight `weight`, if it has one.
+fn ranked(item: u64, weight: i64) -> Option<Ranked> {
+    (weight > 0).then_some((Reverse(weight), item))
 }
 
 impl Ranking {
-    /// Adds `weight` to the weight of `item`.
-    pub(super) fn add_weight(&mut self, item: u64, weight: i64) {
-        self.update(item, |slot| slot.weight += weight);
-    }
-
-    /// Adds `diff` to the multiplicity of `item` in the exclusion set.
-    pub(super) fn add_exclusion(&mut self, item: u64, diff: isize) {
-        self.update(item, |slot| slot.excluded += diff);
-    }
-
-    /// Changes one item, keeping `ranked` in step: `O(log n)`.
-    fn update(&mut self, item: u64, change: impl FnOnce(&mut Item)) {
+    /// Adds `weight` to the weight of `item`, keeping `ranked` in step: `O(log n)`.
+    fn add_weight(&mut self, item: u64, weight: i64) {
         let slot = self.items.entry(item).or_default();
-        let old = slot.ranked(item);
-        change(slot);
-        let new = slot.ranked(item);
-        if *slot == Item::default() {
+        let old = ranked(item, *slot);
+        *slot += weight;
+        let new = ranked(item, *slot);
+        if *slot == 0 {
             self.items.remove(&item);
         }
         if old != new {
@@ -114,12 +87,12 @@ impl Ranking {
     }
 
     /// The first `k` ranked entries, best first.
-    pub(super) fn top(&self, k: usize) -> impl Iterator<Item = Ranked> + '_ {
+    fn top(&self, k: usize) -> impl Iterator<Item = Ranked> + '_ {
         self.ranked.iter().take(k).copied()
     }
 
     /// Whether nothing is left (the key's state can be dropped).
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 }
@@ -223,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn ranks_by_weight_then_smaller_item_and_honours_exclusions() {
+    fn ranks_by_weight_then_smaller_item() {
         let mut r = Ranking::default();
         r.add_weight(5, 10);
         r.add_weight(3, 10);
@@ -232,11 +205,6 @@ mod tests {
         // A weight that changes moves its entry (10 → 40).
         r.add_weight(3, 30);
         assert_eq!(top(&r, 3), vec![(40, 3), (30, 9), (10, 5)]);
-        // An excluded item keeps its weight but is not ranked until the exclusion ends.
-        r.add_exclusion(3, 1);
-        assert_eq!(top(&r, 3), vec![(30, 9), (10, 5)]);
-        r.add_exclusion(3, -1);
-        assert_eq!(top(&r, 1), vec![(40, 3)]);
         // Weights back to zero leave no state behind.
         r.add_weight(3, -40);
         r.add_weight(5, -10);
