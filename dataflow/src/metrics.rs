@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::{Display, Write as _};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -218,9 +219,11 @@ impl Metrics {
         }
     }
 
-    /// One committed transaction: live epoch `epoch` (counted from 0 in this run, as in
-    /// [`Metrics::epoch_closed`]), which took `duration`, wrote `stats` and stored `offsets`.
-    pub fn record_commit(&self, epoch: u64, duration: Duration, stats: &CommitStats, offsets: &BTreeMap<i32, i64>) {
+    /// One committed transaction: live epochs `epochs` (counted from 0 in this run, as in
+    /// [`Metrics::epoch_closed`]; several when epochs queued up during the previous commit),
+    /// which took `duration`, wrote `stats` and stored `offsets`.
+    pub fn record_commit(&self, epochs: RangeInclusive<u64>, duration: Duration, stats: &CommitStats, offsets: &BTreeMap<i32, i64>) {
+        let epoch = *epochs.end();
         let sink = &self.sink;
         sink.commits.fetch_add(1, Relaxed);
         sink.commit_seconds.observe(duration);
@@ -233,12 +236,10 @@ impl Metrics {
         }
         sink.rows[TABLES.len() - 1][0].fetch_add(stats.dead_letters, Relaxed);
         if let Ok(mut closed) = sink.closed.lock() {
-            while closed.front().is_some_and(|&(e, _)| e < epoch) {
+            // Closed epochs before these had nothing to commit; those in the range are durable now.
+            while let Some(&(e, at)) = closed.front().filter(|&&(e, _)| e <= epoch) {
                 closed.pop_front();
-            }
-            if let Some(&(e, at)) = closed.front() {
-                if e == epoch {
-                    closed.pop_front();
+                if epochs.contains(&e) {
                     sink.epoch_seconds.observe(at.elapsed());
                 }
             }
@@ -348,7 +349,7 @@ impl Metrics {
         );
         out.histogram(
             "encore_epoch_latency_seconds",
-            "From worker 0 closing a live epoch to its commit: computing the epoch's changes plus the commit.",
+            "From worker 0 closing a live epoch to its commit: computing the epoch's changes, waiting for the committer, the commit.",
             &sink.epoch_seconds,
         );
         let name = "encore_rows_written_total";
@@ -541,6 +542,24 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_of_merged_epochs_observes_each_of_their_latencies() {
+        let metrics = Metrics::new(0, true);
+        for epoch in 3..=6 {
+            metrics.epoch_closed(epoch);
+        }
+        let stats = CommitStats { attempts: 1, ..CommitStats::default() };
+        // Epoch 3 had nothing to commit; 4 to 5 commit together, 6 is still open.
+        metrics.record_commit(4..=5, Duration::from_millis(5), &stats, &BTreeMap::new());
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"encore_epoch_latency_seconds_count{process="0"}"#), Some("2"), "{text}");
+        assert_eq!(sample(&text, r#"encore_commits_total{process="0"}"#), Some("1"));
+        assert_eq!(sample(&text, r#"encore_last_committed_epoch{process="0"}"#), Some("5"));
+        metrics.record_commit(6..=6, Duration::from_millis(5), &stats, &BTreeMap::new());
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"encore_epoch_latency_seconds_count{process="0"}"#), Some("3"));
+    }
+
+    #[test]
     fn renders_counters_gauges_and_cumulative_histograms() {
         let metrics = Arc::new(Metrics::new(1, true));
         let mut worker_a = WorkerReport::new(Arc::clone(&metrics));
@@ -561,8 +580,8 @@ mod tests {
         metrics.epoch_closed(7);
         let mut stats = CommitStats { dead_letters: 2, attempts: 1, ..CommitStats::default() };
         stats.tables[1] = TableRows { table: "track_stats", inserted: 4, updated: 1, deleted: 0 };
-        metrics.record_commit(7, Duration::from_millis(3), &stats, &BTreeMap::from([(0, 40)]));
-        metrics.record_commit(8, Duration::from_millis(700), &stats, &BTreeMap::new());
+        metrics.record_commit(7..=7, Duration::from_millis(3), &stats, &BTreeMap::from([(0, 40)]));
+        metrics.record_commit(8..=8, Duration::from_millis(700), &stats, &BTreeMap::new());
 
         let text = metrics.render();
         let get = |prefix: &str| sample(&text, prefix).unwrap_or_else(|| panic!("{prefix} in\n{text}"));

@@ -60,6 +60,7 @@
 mod committer;
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -265,20 +266,21 @@ impl EpochSink for PostgresEpochs {
     }
 }
 
-/// The commit function of process 0's committer thread: one [`PgSink::commit`] per live
-/// epoch, its metrics, and the `first live commit` log line.
+/// The commit function of process 0's committer thread: one [`PgSink::commit`] per call (one
+/// or more consecutive live epochs), its metrics, and the `first live commit` log line.
 fn postgres_commit(
     mut sink: PgSink,
     topic: String,
     metrics: Arc<Metrics>,
     run_started: Instant,
-) -> impl FnMut(Epoch, &Changes) -> Result<(), SinkError> + Send + 'static {
+) -> impl FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), SinkError> + Send + 'static {
     let mut first = true;
-    move |epoch, changes| {
+    move |epochs, changes| {
         let started = Instant::now();
         let stats = sink.commit(&topic, changes, &changes.offsets)?;
+        let epoch = *epochs.end();
         if stats.attempts > 0 {
-            metrics.record_commit(epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
+            metrics.record_commit(epochs.start() - LIVE..=epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
             if std::mem::take(&mut first) {
                 // Every replayed epoch was complete before this one could close: the job is live.
                 info!(epoch = epoch - LIVE, seconds = run_started.elapsed().as_secs_f64(), "first live commit");

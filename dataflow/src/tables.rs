@@ -92,3 +92,82 @@ pub struct Changes {
     /// advanced in it (Kafka input only).
     pub offsets: BTreeMap<i32, i64>,
 }
+
+impl Changes {
+    /// Appends the changes of the epoch right after this one, so that both commit as one:
+    /// the update triples are summed per `(key, value)`, so a row changed in both epochs
+    /// keeps only its value before the first and after the second (`-v0 +v1 -v1 +v2` is
+    /// `-v0 +v2`); dead letters add up; offsets take the later (larger) one.
+    pub fn absorb(&mut self, later: Changes) {
+        fn sum<K: Ord + Copy, V: Ord + Copy>(into: &mut Vec<(K, V, i64)>, more: Vec<(K, V, i64)>) {
+            if more.is_empty() {
+                return;
+            }
+            into.extend(more);
+            into.sort_unstable_by_key(|&(key, value, _)| (key, value));
+            let mut write = 0;
+            for read in 0..into.len() {
+                if write > 0 && (into[write - 1].0, into[write - 1].1) == (into[read].0, into[read].1) {
+                    into[write - 1].2 += into[read].2;
+                } else {
+                    into[write] = into[read];
+                    write += 1;
+                }
+            }
+            into.truncate(write);
+            into.retain(|&(_, _, diff)| diff != 0);
+        }
+        sum(&mut self.track_neighbors, later.track_neighbors);
+        sum(&mut self.user_recommendations, later.user_recommendations);
+        sum(&mut self.track_stats, later.track_stats);
+        sum(&mut self.co_listens, later.co_listens);
+        self.dead_letters.extend(later.dead_letters);
+        for (partition, next) in later.offsets {
+            let entry = self.offsets.entry(partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absorbing_the_next_epoch_keeps_only_the_net_change_of_each_row() {
+        let stats = |plays| TrackStats { plays, listeners: 1, likes: 0 };
+        let mut first = Changes {
+            // (1,2): 5 → 6; (1,3) appears with 4; (9,9) untouched later.
+            track_neighbors: vec![((1, 2), 5, -1), ((1, 2), 6, 1), ((1, 3), 4, 1), ((9, 9), 1, 1)],
+            track_stats: vec![(7, stats(1), 1)],
+            offsets: BTreeMap::from([(0, 10), (1, 20)]),
+            ..Changes::default()
+        };
+        let later = Changes {
+            // (1,2): 6 → 8; (1,3) disappears again; a new row.
+            track_neighbors: vec![((1, 2), 6, -1), ((1, 2), 8, 1), ((1, 3), 4, -1), ((2, 1), 3, 1)],
+            track_stats: vec![(7, stats(1), -1), (7, stats(2), 1)],
+            dead_letters: vec![DeadLetter {
+                topic: "t".into(),
+                partition: 0,
+                offset: 11,
+                payload: b"x".to_vec(),
+                error: "bad".into(),
+            }],
+            offsets: BTreeMap::from([(0, 12), (2, 5)]),
+            ..Changes::default()
+        };
+        // Both epochs applied one after the other give the same tables as the merged one.
+        let mut stepwise = Tables::default();
+        stepwise.apply(&first);
+        stepwise.apply(&later);
+        first.absorb(later);
+        assert_eq!(first.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 8, 1), ((2, 1), 3, 1), ((9, 9), 1, 1)]);
+        assert_eq!(first.track_stats, vec![(7, stats(2), 1)]);
+        assert_eq!(first.dead_letters.len(), 1);
+        assert_eq!(first.offsets, BTreeMap::from([(0, 12), (1, 20), (2, 5)]));
+        let mut merged = Tables::default();
+        merged.apply(&first);
+        assert_eq!(merged, stepwise);
+    }
+}

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //!  worker 0, EpochSink ──► Handover ══ sync_channel(COMMIT_QUEUE) ══► committer thread
-//!  (closed live epochs,     blocks while the queue is full               commit(epoch, changes)
-//!   in epoch order)         (backpressure, bounded memory)               one at a time, in order
+//!  (closed live epochs,     blocks while the queue is full               commit(epochs, changes)
+//!   in epoch order)         (backpressure, bounded memory)               one at a time, in order;
+//!                                                                         epochs queued meanwhile
+//!                                                                         merged into the next
 //!                                                                         │ first failure:
 //!                                          failure slot ◄── the error ────┤ record it, set stop,
 //!                                          stop flag    ◄── true ─────────┘ drop the receiver
@@ -19,6 +21,18 @@
 //! so never two at once; and after the first failed commit nothing more is committed (the
 //! thread ends at once, dropping whatever is queued), since later epochs build on the failed
 //! one. A restart resumes from the last committed offsets, as after any crash.
+//!
+//! # Epochs merged into one transaction
+//!
+//! Epochs that queued up while a commit ran are merged into the next transaction
+//! ([`Changes::absorb`]): their update triples summed per row, so a row changed in several of
+//! them is written once, with its value after the last; the offsets are the last epoch's. The
+//! guarantee is unchanged, because a transaction still holds every change of whole,
+//! consecutive epochs with the offsets they reached: Postgres moves from the state after one
+//! epoch to the state after a later one, never to a state between. It is what keeps live
+//! latency bounded when commits are slower than epochs: at 1 000 events/s with 250 ms epochs
+//! a commit (~50 000 row writes, mostly recommendation rows that the next epochs change
+//! again) took longer than an epoch, so one transaction per epoch fell ever further behind.
 //!
 //! # Backpressure and shutdown
 //!
@@ -38,6 +52,7 @@
 //! their current epoch, the dataflow completes the epochs in flight, and each is committed
 //! before the process exits, exactly as with `--until-caught-up`.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -96,12 +111,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the thread; `commit` is called once per epoch handed over, in order, until it
-    /// fails. Returns the sender side for worker 0.
+    /// Starts the thread; `commit` is called with the changes of one or more consecutive epochs
+    /// handed over (the range from the first to the last), in order, until it fails. Returns
+    /// the sender side for worker 0.
     pub fn spawn<E, C>(mut commit: C, halt: Halt<E>) -> std::io::Result<(Handover, Committer)>
     where
         E: Send + 'static,
-        C: FnMut(Epoch, &Changes) -> Result<(), E> + Send + 'static,
+        C: FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), E> + Send + 'static,
     {
         let (sender, receiver) = sync_channel(COMMIT_QUEUE);
         let thread = std::thread::Builder::new().name("committer".to_owned()).spawn(move || {
@@ -134,20 +150,27 @@ impl Committer {
 /// Commits every epoch received until the senders are gone or one commit fails.
 fn commit_all<E, C>(receiver: &Receiver<(Epoch, Changes)>, commit: &mut C, halt: &Halt<E>) -> u64
 where
-    C: FnMut(Epoch, &Changes) -> Result<(), E>,
+    C: FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), E>,
 {
     let mut committed = 0;
     let mut last: Option<Epoch> = None;
     // `iter` ends when every sender is dropped and the queue is empty.
-    for (epoch, changes) in receiver.iter() {
-        debug_assert!(last.is_none_or(|last| last < epoch), "epochs are handed over in order");
+    for (first, mut changes) in receiver.iter() {
+        debug_assert!(last.is_none_or(|last| last < first), "epochs are handed over in order");
+        // Epochs that queued up during the previous commit join this one (see the module docs).
+        let (mut epoch, mut epochs) = (first, 1);
+        while let Ok((next, more)) = receiver.try_recv() {
+            debug_assert!(epoch < next, "epochs are handed over in order");
+            changes.absorb(more);
+            (epoch, epochs) = (next, epochs + 1);
+        }
         last = Some(epoch);
-        if let Err(error) = commit(epoch, &changes) {
+        if let Err(error) = commit(first..=epoch, &changes) {
             // Nothing after a failed epoch may be committed: later ones build on it.
             halt.fail(Some(error));
             return committed;
         }
-        committed += 1;
+        committed += epochs;
     }
     committed
 }
@@ -190,9 +213,10 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let (mut handover, committer) = Committer::spawn(
-            move |epoch, changes: &Changes| {
-                assert_eq!(changes.offsets.get(&0), Some(&(epoch as i64)), "the epoch's own changes");
-                log.lock().map_err(|e| e.to_string())?.push(epoch);
+            move |epochs: RangeInclusive<Epoch>, changes: &Changes| {
+                // Merged epochs carry the last one's offsets.
+                assert_eq!(changes.offsets.get(&0), Some(&(*epochs.end() as i64)), "the epochs' own changes");
+                log.lock().map_err(|e| e.to_string())?.push(epochs);
                 Ok::<(), String>(())
             },
             halt.clone(),
@@ -205,7 +229,10 @@ mod tests {
         }
         drop(handover);
         assert_eq!(committer.join(), Ok(50));
-        assert_eq!(*seen.lock().expect("lock"), (10..60).collect::<Vec<_>>());
+        // Every epoch in exactly one transaction, in order (consecutive ranges from 10 to 59).
+        let seen = seen.lock().expect("lock");
+        let covered: Vec<Epoch> = seen.iter().flat_map(|range| range.clone()).collect();
+        assert_eq!(covered, (10..60).collect::<Vec<_>>(), "{seen:?}");
         assert!(halt.failure.lock().expect("lock").is_none());
     }
 
@@ -214,29 +241,36 @@ mod tests {
         let halt = halt();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        // Epoch 2's commit waits for the test's go, then fails.
+        // The transaction holding epoch 2 waits for the test's go, then fails.
         let (entered_tx, entered) = channel();
         let (go, go_rx) = channel::<()>();
         let (mut handover, committer) = Committer::spawn(
-            move |epoch, _changes: &Changes| {
-                if epoch == 2 {
+            move |epochs: RangeInclusive<Epoch>, _changes: &Changes| {
+                if epochs.contains(&2) {
                     entered_tx.send(()).map_err(|e| e.to_string())?;
                     go_rx.recv().map_err(|e| e.to_string())?;
                     return Err("Postgres unreachable".to_owned());
                 }
-                log.lock().map_err(|e| e.to_string())?.push(epoch);
+                log.lock().map_err(|e| e.to_string())?.push(epochs);
                 Ok(())
             },
             halt.clone(),
         )
         .expect("spawn");
+        // Epoch 1 alone, committed before anything else is handed over.
+        assert!(handover.hand_over(1, changes(1)));
+        let deadline = std::time::Instant::now() + HANG;
+        while seen.lock().expect("lock").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "epoch 1 commits");
+            std::thread::sleep(Duration::from_millis(1));
+        }
 
         let handed = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&handed);
         let (done_tx, done) = channel();
         let sender = std::thread::spawn(move || {
             let mut accepted = Vec::new();
-            for epoch in 1..=20 {
+            for epoch in 2..=20 {
                 if handover.hand_over(epoch, changes(epoch)) {
                     accepted.push(epoch);
                     count.fetch_add(1, Ordering::SeqCst);
@@ -246,9 +280,8 @@ mod tests {
             accepted
         });
         entered.recv_timeout(HANG).expect("epoch 2 reaches the committer");
-        // Epochs 1 and 2 left the queue; 3 and 4 fill it, so sending 5 blocks.
-        let deadline = std::time::Instant::now() + HANG;
-        while handed.load(Ordering::SeqCst) < 2 + COMMIT_QUEUE {
+        // At least epoch 2 left the queue, and COMMIT_QUEUE more fill it: the sender blocks.
+        while handed.load(Ordering::SeqCst) < 1 + COMMIT_QUEUE {
             assert!(std::time::Instant::now() < deadline, "the queue fills");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -256,24 +289,59 @@ mod tests {
         go.send(()).expect("release epoch 2");
         done.recv_timeout(HANG).expect("the blocked sender was released by the failure");
         let accepted = sender.join().expect("sender thread");
-        assert!(accepted.len() < 20, "epochs after the failure are refused: {accepted:?}");
+        assert!(accepted.len() < 19, "epochs after the failure are refused: {accepted:?}");
 
         assert_eq!(committer.join(), Ok(1));
-        assert_eq!(*seen.lock().expect("lock"), vec![1], "nothing after the failed epoch");
+        assert_eq!(*seen.lock().expect("lock"), vec![1..=1], "nothing after the failed epoch");
         assert_eq!(halt.failure.lock().expect("lock").as_deref(), Some("Postgres unreachable"));
         assert!(halt.stop.load(Ordering::SeqCst), "the workers are told to stop");
+    }
+
+    #[test]
+    fn epochs_queued_during_a_commit_are_merged_into_the_next() {
+        let halt = halt();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let (entered_tx, entered) = channel();
+        let (go, go_rx) = channel::<()>();
+        let (mut handover, committer) = Committer::spawn(
+            move |epochs: RangeInclusive<Epoch>, changes: &Changes| {
+                if *epochs.start() == 1 {
+                    // Hold the first commit until epochs 2 and 3 are queued.
+                    entered_tx.send(()).map_err(|e| e.to_string())?;
+                    go_rx.recv().map_err(|e| e.to_string())?;
+                }
+                log.lock().map_err(|e| e.to_string())?.push((epochs, changes.clone()));
+                Ok::<(), String>(())
+            },
+            halt.clone(),
+        )
+        .expect("spawn");
+        let neighbors = |epoch: Epoch, rows: Vec<((u64, u64), i64, i64)>| {
+            let mut changes = changes(epoch);
+            changes.track_neighbors = rows;
+            changes
+        };
+        assert!(handover.hand_over(1, neighbors(1, vec![((1, 2), 5, 1)])));
+        entered.recv_timeout(HANG).expect("epoch 1 is committing");
+        assert!(handover.hand_over(2, neighbors(2, vec![((1, 2), 5, -1), ((1, 2), 6, 1)])));
+        assert!(handover.hand_over(3, neighbors(3, vec![((1, 2), 6, -1), ((1, 2), 7, 1), ((3, 4), 1, 1)])));
+        go.send(()).expect("release epoch 1");
+        drop(handover);
+        assert_eq!(committer.join(), Ok(3));
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.iter().map(|(epochs, _)| epochs.clone()).collect::<Vec<_>>(), vec![1..=1, 2..=3]);
+        // One write per row: (1,2) goes from 5 straight to 7, with epoch 3's offsets.
+        let merged = &seen[1].1;
+        assert_eq!(merged.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 7, 1), ((3, 4), 1, 1)]);
+        assert_eq!(merged.offsets.get(&0), Some(&3));
     }
 
     #[test]
     fn a_panicking_commit_stops_the_workers_and_releases_the_sender() {
         let halt = halt();
         let (mut handover, committer) = Committer::spawn(
-            |epoch, _changes: &Changes| -> Result<(), String> {
-                if epoch == 1 {
-                    panic!("bug in the commit");
-                }
-                Ok(())
-            },
+            |_epochs: RangeInclusive<Epoch>, _changes: &Changes| -> Result<(), String> { panic!("bug in the commit") },
             halt.clone(),
         )
         .expect("spawn");
