@@ -57,8 +57,10 @@ struct Cli {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_events: u64,
 
-    /// Longest epoch with Kafka input, in milliseconds: bounds the latency from a message to
-    /// the commit that contains its effects.
+    /// Epoch length with Kafka input, in milliseconds: bounds the latency from a message to
+    /// the commit that contains its effects while the job keeps up. Under a backlog an epoch
+    /// stays open longer (up to --epoch-events messages per worker) until the dataflow has
+    /// finished the earlier ones, so epochs grow and the job catches up.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_ms: u64,
 

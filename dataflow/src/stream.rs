@@ -35,7 +35,9 @@
 //! ```
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
-//! the frontier keeps moving. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the
+//! the frontier keeps moving. Under a backlog a due epoch stays open while the dataflow is
+//! at its in-flight bound, so epochs grow until the job keeps up (adaptive batching: a big
+//! epoch costs far less per event than many small ones); `--epoch-events` caps them. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the
 //! hand-over to the committer, whose queue holds at most `COMMIT_QUEUE` more: when
 //! Postgres is slow, worker 0 blocks on the hand-over and the consumers fall behind, with
 //! bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
@@ -84,6 +86,8 @@ use committer::{Committer, Halt, Handover};
 pub const LIVE: Epoch = 1 << 40;
 /// How many epochs a worker may feed ahead of the sink.
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+/// Messages a worker reads between two steps of its dataflow while messages keep coming.
+const STEP_EVERY_MESSAGES: usize = 1024;
 /// How long metadata and watermark requests may take before the broker counts as unreachable.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts of the start-up metadata request (with backoff) before giving up.
@@ -522,6 +526,7 @@ fn consume(
     let epoch_length = Duration::from_millis(job.epoch_ms.max(1));
     let mut epoch_started = Instant::now();
     let mut in_epoch = 0usize;
+    let mut read_since_step = 0usize;
     if replaying {
         report.metrics().replaying(true);
     } else {
@@ -557,7 +562,14 @@ fn consume(
             }
         } else {
             let done = stopping || (job.until_caught_up && caught_up.len() == partitions.len());
-            if done || in_epoch >= job.epoch_events || epoch_started.elapsed() >= epoch_length {
+            // An epoch that is due stays open while the dataflow still has MAX_EPOCHS_IN_FLIGHT
+            // epochs to finish: the consumer keeps reading into it (up to --epoch-events)
+            // instead of waiting, so under a backlog epochs grow and the cost per event falls
+            // (one big epoch costs far less per event than many small ones); without a
+            // backlog they close every --epoch-ms as before.
+            let due = epoch_started.elapsed() >= epoch_length
+                && !inputs.pending_before((inputs.epoch() + 1).saturating_sub(MAX_EPOCHS_IN_FLIGHT));
+            if done || in_epoch >= job.epoch_events || due {
                 for (&p, &n) in &advanced {
                     inputs.offsets.insert((p, n));
                 }
@@ -617,6 +629,13 @@ fn consume(
                     advanced.insert(p, offset + 1);
                     count_live(&mut summary, inputs.feed(payload, &job.topic, p, offset));
                     in_epoch += 1;
+                }
+                // With a backlog the poll never comes back empty: step the dataflow now and
+                // then, so that earlier epochs complete while this one fills.
+                read_since_step += 1;
+                if read_since_step >= STEP_EVERY_MESSAGES {
+                    read_since_step = 0;
+                    worker.step();
                 }
             }
         }
