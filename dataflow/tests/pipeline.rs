@@ -207,17 +207,24 @@ fn kill_nine_mid_run_then_restart_is_exact() {
     stack.check("crash", &lines);
 }
 
-#[test]
-fn postgres_restarted_during_a_run_finishes_exact() {
-    let mut stack = Stack::start("pg-restart");
-    let lines = testing::random_lines(13, 12_000);
+/// Seeded messages in the topic, encore-flow running on them into `schema`, and Postgres
+/// stopped once its first epoch is committed (the job still running): the messages and the job.
+fn stop_postgres_after_a_commit(stack: &mut Stack, schema: &str, seed: u64) -> (Vec<Vec<u8>>, Child) {
+    let lines = testing::random_lines(seed, 12_000);
     stack.produce(&lines);
-    let mut child = stack.command("restart", &[]).spawn().expect("spawn encore-flow");
-    while stack.committed("restart") == 0 {
+    let mut child = stack.command(schema, &[]).spawn().expect("spawn encore-flow");
+    while stack.committed(schema) == 0 {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(child.try_wait().expect("poll child").is_none(), "the job is still running when Postgres stops");
     stack.postgres.stop().expect("stop PostgreSQL");
+    (lines, child)
+}
+
+#[test]
+fn postgres_restarted_during_a_run_finishes_exact() {
+    let mut stack = Stack::start("pg-restart");
+    let (lines, child) = stop_postgres_after_a_commit(&mut stack, "restart", 13);
     std::thread::sleep(Duration::from_secs(2));
     stack.postgres.start_again().expect("start PostgreSQL again");
     let output = child.wait_with_output().expect("encore-flow runs");
@@ -231,14 +238,7 @@ fn postgres_restarted_during_a_run_finishes_exact() {
 #[test]
 fn postgres_gone_mid_run_fails_with_one_line() {
     let mut stack = Stack::start("pg-gone");
-    let lines = testing::random_lines(19, 12_000);
-    stack.produce(&lines);
-    let mut child = stack.command("gone", &[]).spawn().expect("spawn encore-flow");
-    while stack.committed("gone") == 0 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(child.try_wait().expect("poll child").is_none(), "the job is still running when Postgres stops");
-    stack.postgres.stop().expect("stop PostgreSQL");
+    let (lines, child) = stop_postgres_after_a_commit(&mut stack, "gone", 19);
     let output = child.wait_with_output().expect("encore-flow runs");
     assert_one_line_error(&output, "Postgres");
     let log = String::from_utf8_lossy(&output.stderr);

@@ -197,6 +197,22 @@ mod tests {
     /// Generous bound on waits that only a bug makes long: the test fails instead of hanging.
     const HANG: Duration = Duration::from_secs(60);
 
+    /// A point in a commit function that tells the test it arrived, then waits for its go.
+    struct Gate {
+        entered: Receiver<()>,
+        go: std::sync::mpsc::Sender<()>,
+    }
+
+    fn gate() -> (Gate, impl Fn() -> Result<(), String> + Send) {
+        let (entered_tx, entered) = channel();
+        let (go, go_rx) = channel::<()>();
+        let wait = move || {
+            entered_tx.send(()).map_err(|e| e.to_string())?;
+            go_rx.recv().map_err(|e| e.to_string())
+        };
+        (Gate { entered, go }, wait)
+    }
+
     fn halt() -> Halt<String> {
         Halt { failure: Arc::new(Mutex::new(None)), stop: Arc::new(AtomicBool::new(false)) }
     }
@@ -242,13 +258,11 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         // The transaction holding epoch 2 waits for the test's go, then fails.
-        let (entered_tx, entered) = channel();
-        let (go, go_rx) = channel::<()>();
+        let (gate, wait) = gate();
         let (mut handover, committer) = Committer::spawn(
             move |epochs: RangeInclusive<Epoch>, _changes: &Changes| {
                 if epochs.contains(&2) {
-                    entered_tx.send(()).map_err(|e| e.to_string())?;
-                    go_rx.recv().map_err(|e| e.to_string())?;
+                    wait()?;
                     return Err("Postgres unreachable".to_owned());
                 }
                 log.lock().map_err(|e| e.to_string())?.push(epochs);
@@ -279,14 +293,14 @@ mod tests {
             let _ = done_tx.send(());
             accepted
         });
-        entered.recv_timeout(HANG).expect("epoch 2 reaches the committer");
+        gate.entered.recv_timeout(HANG).expect("epoch 2 reaches the committer");
         // At least epoch 2 left the queue, and COMMIT_QUEUE more fill it: the sender blocks.
         while handed.load(Ordering::SeqCst) < 1 + COMMIT_QUEUE {
             assert!(std::time::Instant::now() < deadline, "the queue fills");
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(done.try_recv().is_err(), "the sender cannot finish while the queue is full");
-        go.send(()).expect("release epoch 2");
+        gate.go.send(()).expect("release epoch 2");
         done.recv_timeout(HANG).expect("the blocked sender was released by the failure");
         let accepted = sender.join().expect("sender thread");
         assert!(accepted.len() < 19, "epochs after the failure are refused: {accepted:?}");
@@ -302,14 +316,11 @@ mod tests {
         let halt = halt();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        let (entered_tx, entered) = channel();
-        let (go, go_rx) = channel::<()>();
+        let (gate, wait) = gate();
         let (mut handover, committer) = Committer::spawn(
             move |epochs: RangeInclusive<Epoch>, changes: &Changes| {
                 if *epochs.start() == 1 {
-                    // Hold the first commit until epochs 2 and 3 are queued.
-                    entered_tx.send(()).map_err(|e| e.to_string())?;
-                    go_rx.recv().map_err(|e| e.to_string())?;
+                    wait()?; // the first commit holds until epochs 2 and 3 are queued
                 }
                 log.lock().map_err(|e| e.to_string())?.push((epochs, changes.clone()));
                 Ok::<(), String>(())
@@ -323,10 +334,10 @@ mod tests {
             changes
         };
         assert!(handover.hand_over(1, neighbors(1, vec![((1, 2), 5, 1)])));
-        entered.recv_timeout(HANG).expect("epoch 1 is committing");
+        gate.entered.recv_timeout(HANG).expect("epoch 1 is committing");
         assert!(handover.hand_over(2, neighbors(2, vec![((1, 2), 5, -1), ((1, 2), 6, 1)])));
         assert!(handover.hand_over(3, neighbors(3, vec![((1, 2), 6, -1), ((1, 2), 7, 1), ((3, 4), 1, 1)])));
-        go.send(()).expect("release epoch 1");
+        gate.go.send(()).expect("release epoch 1");
         drop(handover);
         assert_eq!(committer.join(), Ok(3));
         let seen = seen.lock().expect("lock");
