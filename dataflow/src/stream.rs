@@ -11,7 +11,8 @@
 //! * On start the job **replays** the topic from the beginning up to the stored offsets to
 //!   rebuild its state, in epochs below [`LIVE`] whose changes are *not* written: Postgres
 //!   already holds their result. From the stored offsets on it runs **live** epochs
-//!   (≥ [`LIVE`]), each committed as one transaction with its offsets.
+//!   (≥ [`LIVE`]), each committed in one transaction with its offsets (epochs that queued up
+//!   during a commit share the next transaction).
 //! * Results depend only on the set of messages, not on how they fall into epochs, so the
 //!   replayed state is the committed state, and live deltas apply on top of it exactly.
 //! * One writer, process 0's committer thread (`stream/committer.rs`), commits the live epochs
@@ -31,7 +32,8 @@
 //!  worker: poll its BaseConsumer (zero timeout) ─► parse ─► listens / dead letters
 //!          every --epoch-ms (or --epoch-events messages): report (p, next offset), advance
 //!  worker 0: EpochSink ══ bounded queue (2) ══► committer thread (process 0): PgSink,
-//!            hands over closed live epochs          one transaction per epoch, in order
+//!            hands over closed live epochs          one transaction per epoch (or per run of
+//!                                                   epochs queued meanwhile), in order
 //! ```
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
