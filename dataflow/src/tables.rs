@@ -99,23 +99,11 @@ impl Changes {
     /// keeps only its value before the first and after the second (`-v0 +v1 -v1 +v2` is
     /// `-v0 +v2`); dead letters add up; offsets take the later (larger) one.
     pub fn absorb(&mut self, later: Changes) {
-        fn sum<K: Ord + Copy, V: Ord + Copy>(into: &mut Vec<(K, V, i64)>, more: Vec<(K, V, i64)>) {
-            if more.is_empty() {
-                return;
+        fn sum<K: Ord, V: Ord>(into: &mut Vec<(K, V, i64)>, more: Vec<(K, V, i64)>) {
+            if !more.is_empty() {
+                into.extend(more);
+                differential_dataflow::consolidation::consolidate_updates(into);
             }
-            into.extend(more);
-            into.sort_unstable_by_key(|&(key, value, _)| (key, value));
-            let mut write = 0;
-            for read in 0..into.len() {
-                if write > 0 && (into[write - 1].0, into[write - 1].1) == (into[read].0, into[read].1) {
-                    into[write - 1].2 += into[read].2;
-                } else {
-                    into[write] = into[read];
-                    write += 1;
-                }
-            }
-            into.truncate(write);
-            into.retain(|&(_, _, diff)| diff != 0);
         }
         sum(&mut self.track_neighbors, later.track_neighbors);
         sum(&mut self.user_recommendations, later.user_recommendations);
