@@ -5,29 +5,36 @@
 //!   │
 //!   ├─ History ─────────────── custom operator, exchanged by user (engine/history.rs)
 //!   │    ├─ members  (u, t)        t ∈ H(u): the K tracks with the latest last(u,t)
-//!   │    └─ firsts   (u, t)        +1 on a user's first listen of a track
+//!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
+//!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
 //!   ├─ n(i)        members → map t → count_total                    (i, n)
-//!   ├─ c(i,j)      members ⋈ members on u, i < j → count_total      ((i,j), c)
-//!   ├─ s(i,j)      c ≥ C ⋈ n(i) ⋈ n(j) → cosine_units, s > 0        ((i,j), s)
-//!   ├─ N(i)        s both ways as weights → TopK per track          (i, (s, j))
+//!   ├─ c, s        Similarity: pairs (by track) + n (broadcast)      ((i,j), s) both ways,
+//!   │              per track its partners' counts → cosine_units     ((a,b), c) a < b
+//!   │              where c ≥ C, s > 0 (engine/similarity.rs)
+//!   ├─ N(i)        s → TopK per track (ordered set of (s, j))        (i, (s, j))
 //!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
 //!   │              (broadcast): per user Σ s(i,j) over its history, top-N of j ∉ H(u)
 //!   │              (engine/recommend.rs)
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
-//!
+
 //! Every output is a differential collection whose changes are exactly the row deltas of a
 //! SPEC §3 table: a row's old value retracted, its new value asserted, in the same epoch.
 //!
 //! ## Choices
 //!
 //! * **Exchange by key.** Every stateful stage is keyed (user, track, pair), so work and state
-//!   spread over all workers, and results do not depend on how many there are. The one
-//!   exception is small: the neighbour lists (`k` per track) are broadcast, so that each
-//!   worker updates its own users' scores without an exchange per `(user, candidate)`.
+//!   spread over all workers, and results do not depend on how many there are. Two small
+//!   collections are broadcast: the neighbour lists (`k` per track), so that each worker
+//!   updates its own users' scores without an exchange per `(user, candidate)`, and `n(i)`
+//!   (one number per track), so that each worker rescores its tracks' pairs.
 //! * **Totally ordered time.** Epochs are `u64`, so counts use `count_total`, which keeps
-//!   only its input arrangement (no output trace): the pair counts are the largest state.
+//!   only its input arrangement (no output trace).
+//! * **Pair counts and similarities** are one custom operator rather than a self-join,
+//!   `count_total` and two joins: the pairs are the largest state (52 M with `c ≥ 1` at
+//!   10 M events), and it keeps each at 16 bytes instead of several arranged copies with
+//!   times and diffs ([`similarity`]).
 //! * **History** is a custom operator rather than `reduce`s: listens are append-only, so the
 //!   latest listen per track and the top `K` can be kept exactly in `O(log K)` per listen
 //!   without storing every listen (see [`history`]).
@@ -42,6 +49,7 @@
 
 pub mod history;
 pub mod recommend;
+pub mod similarity;
 pub mod top_k;
 
 use std::cmp::Reverse;
@@ -52,6 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::tables::{Params, TrackStats};
 use history::UserTrackChange;
+use similarity::PairRecord;
 
 /// Logical time of the dataflow: an epoch of input.
 pub type Epoch = u64;
@@ -100,7 +109,7 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
     let Params { history_cap, min_co, neighbors, recommendations, score_precision } = *params;
 
     // H(u) and first listens, from one pass over each user's listens.
-    let user_tracks = history::history(listens.clone(), history_cap);
+    let history::History { changes: user_tracks, pairs } = history::history(listens.clone(), history_cap);
     let members = user_tracks.clone().flat_map(|change| match change {
         UserTrackChange::Member { user, track } => Some((user, track)),
         UserTrackChange::FirstListen { .. } => None,
@@ -110,35 +119,18 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         UserTrackChange::Member { .. } => None,
     });
 
-    // Histories by user, for pairs.
-    let members_by_user = members.clone().arrange_by_key();
-
     // n(i): users with i in their history.
-    let history_counts = members.clone().map(|(_user, track)| track).count_total().arrange_by_key();
+    let history_counts = members.clone().map(|(_user, track)| track).count_total();
 
-    // c(i,j): users with both i and j in their history, i < j.
-    let co_listens = members_by_user
-        .clone()
-        .join_core(members_by_user, |_user, &i, &j| (i < j).then_some((i, j)))
-        .count_total();
-
-    // s(i,j) = cosine in score units, where c ≥ C and s > 0.
-    let similarities = co_listens
-        .clone()
-        .filter(move |(_pair, c)| *c as u64 >= min_co)
-        .map(|((i, j), c)| (i, (j, c)))
-        .join_core(history_counts.clone(), |&i, &(j, c), &n_i| Some((j, (i, c, n_i))))
-        .join_core(history_counts, move |&j, &(i, c, n_i), &n_j| {
-            let s = encore_udfs::cosine_units(c as u64, n_i as u64, n_j as u64, score_precision)?;
-            (s > 0).then_some(((i, j), s))
-        });
+    // c(i,j) and s(i,j) = cosine in score units, where c ≥ C and s > 0.
+    let pair_records = similarity::similarities(pairs, history_counts, min_co, score_precision, emit_co_listens);
+    let similarities = pair_records.clone().flat_map(|record| match record {
+        PairRecord::Similar { track, partner, score } => Some(((track, partner), score)),
+        PairRecord::CoListen { .. } => None,
+    });
 
     // N(i): the k most similar tracks, ties to the smaller id; s(i,j) is the weight of j under i.
-    let neighbor_lists = top_k::top_k(
-        "Neighbors",
-        similarities.explode(|((i, j), s)| [((i, j), s as isize), ((j, i), s as isize)]),
-        neighbors,
-    );
+    let neighbor_lists = top_k::top_k("Neighbors", similarities, neighbors);
 
     // R(u): score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), the N best j ∉ H(u), ties to the
     // smaller id; kept where each user lives, from the neighbour lists broadcast to all.
@@ -157,6 +149,11 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         track_neighbors: neighbor_lists.map(|(i, (Reverse(s), j))| ((i, j), s)),
         user_recommendations: recommendation_lists.map(|(user, (Reverse(score), j))| ((user, j), score)),
         track_stats,
-        co_listens: emit_co_listens.then(|| co_listens.map(|(pair, c)| (pair, c as u64))),
+        co_listens: emit_co_listens.then(|| {
+            pair_records.flat_map(|record| match record {
+                PairRecord::CoListen { a, b, count } => Some(((a, b), count)),
+                PairRecord::Similar { .. } => None,
+            })
+        }),
     }
 }

@@ -19,15 +19,22 @@
 //!
 //! Listens are exchanged by user, so one worker owns each user's state. Updates of epoch `e`
 //! may arrive before those of an earlier epoch have all arrived; the operator therefore
-//! stages updates per epoch and applies an epoch only once the input frontier has passed it,
-//! in epoch order. The changes it emits for an epoch are the difference between `H(u)` before
+//! stages updates of later epochs and applies them, in epoch order, once nothing earlier
+//! can arrive. The changes it emits for an epoch are the difference between `H(u)` before
 //! and after the epoch (differential consolidates the intermediate swaps away).
 //!
 //! ## Output
 //!
 //! One stream of [`UserTrackChange`]s with differential's `(data, time, diff)` layout:
-//! history membership changes (`+1` enters, `-1` leaves) and, once per `(u,t)`, the first
-//! listen (`+1`), from which `listeners(t)` is counted.
+//! history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the first
+//! listen (`+1`), from which `listeners(t)` is counted; and the pair changes of each
+//! membership change (the track with every other member), from which `c(i,j)` is counted
+//! ([`super::similarity`]). Emitting pairs here, where `H(u)` already is, replaces a
+//! self-join of the histories and its arrangement.
+//!
+//! A listen at the input frontier's epoch is applied as it arrives: nothing earlier can
+//! come, and an epoch's result does not depend on the order of its listens, so even a
+//! 10 M-event epoch is never held here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,9 +42,11 @@ use foldhash::HashMap;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Operator;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Stream;
 
 use super::{Epoch, Listen};
 
@@ -69,8 +78,9 @@ struct UserHistory {
 }
 
 impl UserHistory {
-    /// Applies one listen; pushes the membership and first-listen changes it causes.
-    fn listen(&mut self, user: u64, track: u64, time: i64, cap: usize, out: &mut Vec<(UserTrackChange, isize)>) {
+    /// Applies one listen; pushes the membership and first-listen changes it causes to `out`
+    /// and the pair changes to `pairs`.
+    fn listen(&mut self, user: u64, track: u64, time: i64, cap: usize, out: &mut Vec<(UserTrackChange, isize)>, pairs: &mut Vec<PairChange>) {
         let previous = self.last.get(&track).copied();
         if previous.is_none() {
             out.push((UserTrackChange::FirstListen { user, track }, 1));
@@ -91,70 +101,121 @@ impl UserHistory {
             return;
         }
         if self.members.len() < cap {
+            self.pairs(track, 1, pairs);
             self.members.insert((new_last, track));
             out.push((UserTrackChange::Member { user, track }, 1));
         } else if let Some(&smallest) = self.members.first() {
             // Ties on `last` keep the larger track id (SPEC §2 step 2): tuple order does that.
             if (new_last, track) > smallest {
                 self.members.pop_first();
+                self.pairs(smallest.1, -1, pairs);
+                self.pairs(track, 1, pairs);
                 self.members.insert((new_last, track));
                 out.push((UserTrackChange::Member { user, track: smallest.1 }, -1));
                 out.push((UserTrackChange::Member { user, track }, 1));
             }
         }
     }
+
+    /// `track` enters (`diff` 1) or leaves (-1) the pairs it forms with the other members,
+    /// each pushed in both directions.
+    fn pairs(&self, track: u64, diff: i32, pairs: &mut Vec<PairChange>) {
+        for &(_, other) in &self.members {
+            pairs.push((track, other, diff));
+            pairs.push((other, track, diff));
+        }
+    }
 }
 
-/// Maintains `H(u)` and first listens from the (append-only) listens collection.
+/// A change of `c(track, partner)` by `Δ` (±1), from one user's history; every change is
+/// present once in each direction, so that each track's worker sees all of its pairs.
+pub type PairChange = (u64, u64, i32);
+
+/// The operator's outputs.
+pub struct History<'scope> {
+    /// Membership and first-listen changes.
+    pub changes: VecCollection<'scope, Epoch, UserTrackChange>,
+    /// Pair changes, at the time of the message's capability (not a differential collection:
+    /// a plain stream keeps them at 24 bytes, and they are the engine's largest stream).
+    pub pairs: Stream<'scope, Epoch, Vec<PairChange>>,
+}
+
+/// Buffers one user's changes from [`UserHistory::listen`].
+#[derive(Default)]
+struct Changes {
+    members: Vec<(UserTrackChange, isize)>,
+    pairs: Vec<PairChange>,
+}
+
+/// Applies one listen update (`diff` copies of it) to its user's state.
+fn apply(users: &mut HashMap<u64, UserHistory>, listen: Listen, diff: isize, history_cap: usize, out: &mut Changes) {
+    debug_assert!(diff > 0, "listens are append-only");
+    let state = users.entry(listen.user).or_default();
+    for _ in 0..diff {
+        state.listen(listen.user, listen.track, listen.time_ms, history_cap, &mut out.members, &mut out.pairs);
+    }
+}
+
+/// Maintains `H(u)`, first listens and pair changes from the (append-only) listens.
 ///
 /// Listens must only ever be added (diff +1); the engine's inputs guarantee that.
-pub fn history<'scope>(
-    listens: VecCollection<'scope, Epoch, Listen>,
-    history_cap: usize,
-) -> VecCollection<'scope, Epoch, UserTrackChange> {
+pub fn history<'scope>(listens: VecCollection<'scope, Epoch, Listen>, history_cap: usize) -> History<'scope> {
     let by_user = Exchange::new(|(listen, _time, _diff): &(Listen, Epoch, isize)| listen.user.hashed());
-    listens
-        .inner
-        .unary_frontier::<CapacityContainerBuilder<Vec<(UserTrackChange, Epoch, isize)>>, _, _, _>(
-            by_user,
-            "History",
-            move |_capability, _info| {
-                let mut users: HashMap<u64, UserHistory> = HashMap::default();
-                // Staged listens per epoch, with the capability to emit at that epoch.
-                let mut staged = BTreeMap::new();
-                let mut changes = Vec::new();
-                move |(input, frontier), output| {
-                    let port = output.output_index();
-                    input.for_each(|cap, data| {
-                        // Stage by each update's own time: differential may send updates at
-                        // times later than the message's capability.
-                        for update in data.drain(..) {
-                            staged
-                                .entry(update.1)
-                                .or_insert_with(|| (cap.delayed(&update.1, port), Vec::new()))
-                                .1
-                                .push(update);
-                        }
-                    });
-                    while let Some(entry) = staged.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break; // an earlier-or-equal epoch may still send listens
-                        }
-                        let (epoch, (capability, listens)) = entry.remove_entry();
-                        let mut session = output.session(&capability);
-                        for (listen, _time, diff) in listens {
-                            debug_assert!(diff > 0, "listens are append-only");
-                            let state = users.entry(listen.user).or_default();
-                            for _ in 0..diff {
-                                state.listen(listen.user, listen.track, listen.time_ms, history_cap, &mut changes);
-                            }
-                            session.give_iterator(changes.drain(..).map(|(change, d)| (change, epoch, d)));
-                        }
-                    }
+    let mut builder = OperatorBuilder::new("History".to_owned(), listens.inner.scope());
+    let mut input = builder.new_input(listens.inner, by_user);
+    let (changes_output, changes) = builder.new_output::<Vec<(UserTrackChange, Epoch, isize)>>();
+    let (pairs_output, pairs) = builder.new_output::<Vec<PairChange>>();
+    let mut changes_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(changes_output);
+    let mut pairs_output = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(pairs_output);
+    builder.build(move |_capabilities| {
+        let mut users: HashMap<u64, UserHistory> = HashMap::default();
+        // Staged listens per later epoch, with the capabilities to emit at that epoch.
+        let mut staged = BTreeMap::new();
+        let mut out = Changes::default();
+        move |frontiers| {
+            let frontier = &frontiers[0];
+            let mut changes_handle = changes_output.activate();
+            let mut pairs_handle = pairs_output.activate();
+            // Staged epochs that nothing earlier can precede any more go first, in order.
+            while let Some(entry) = staged.first_entry() {
+                if frontier.less_than(entry.key()) {
+                    break; // an earlier epoch may still send listens
                 }
-            },
-        )
-        .as_collection()
+                let (epoch, ((changes_capability, pairs_capability), listens)) = entry.remove_entry();
+                let mut changes_session = changes_handle.session(&changes_capability);
+                let mut pairs_session = pairs_handle.session(&pairs_capability);
+                for (listen, _time, diff) in listens {
+                    apply(&mut users, listen, diff, history_cap, &mut out);
+                    changes_session.give_iterator(out.members.drain(..).map(|(change, d)| (change, epoch, d)));
+                    pairs_session.give_iterator(out.pairs.drain(..));
+                }
+            }
+            input.for_each(|cap, data| {
+                // A listen at the frontier's own epoch is applied at once: no earlier listen
+                // can arrive, and an epoch's result does not depend on the order of its
+                // listens, so a big epoch is never held in memory. Later epochs are staged by
+                // each update's own time (differential may send updates at times later than
+                // the message's capability). Direct listens are all at the frontier's one
+                // least epoch (time is totally ordered), which is then also the capability's.
+                let mut changes_session = changes_handle.session(&cap);
+                let mut pairs_session = pairs_handle.session(&cap);
+                for (listen, time, diff) in data.drain(..) {
+                    if frontier.less_than(&time) {
+                        staged
+                            .entry(time)
+                            .or_insert_with(|| ((cap.delayed(&time, 0), cap.delayed(&time, 1)), Vec::new()))
+                            .1
+                            .push((listen, time, diff));
+                        continue;
+                    }
+                    apply(&mut users, listen, diff, history_cap, &mut out);
+                    changes_session.give_iterator(out.members.drain(..).map(|(change, d)| (change, time, d)));
+                    pairs_session.give_iterator(out.pairs.drain(..));
+                }
+            });
+        }
+    });
+    History { changes: changes.as_collection(), pairs }
 }
 
 #[cfg(test)]
@@ -168,35 +229,43 @@ mod tests {
     #[test]
     fn evicts_the_oldest_and_breaks_ties_by_larger_track() {
         let mut h = UserHistory::default();
-        let mut out = Vec::new();
-        h.listen(1, 10, 100, 2, &mut out);
-        h.listen(1, 11, 100, 2, &mut out);
+        let (mut out, mut pairs) = (Vec::new(), Vec::new());
+        h.listen(1, 10, 100, 2, &mut out, &mut pairs);
+        h.listen(1, 11, 100, 2, &mut out, &mut pairs);
         assert_eq!(members(&h), vec![10, 11]);
         // Same time as both members, larger id than 10: 10 leaves.
-        h.listen(1, 12, 100, 2, &mut out);
+        h.listen(1, 12, 100, 2, &mut out, &mut pairs);
         assert_eq!(members(&h), vec![11, 12]);
         // Same time, smaller id than every member: does not enter.
-        h.listen(1, 9, 100, 2, &mut out);
+        h.listen(1, 9, 100, 2, &mut out, &mut pairs);
         assert_eq!(members(&h), vec![11, 12]);
         // An old listen of an evicted track cannot bring it back...
-        h.listen(1, 10, 50, 2, &mut out);
+        h.listen(1, 10, 50, 2, &mut out, &mut pairs);
         assert_eq!(members(&h), vec![11, 12]);
         // ...a newer one does.
-        h.listen(1, 10, 101, 2, &mut out);
+        h.listen(1, 10, 101, 2, &mut out, &mut pairs);
         assert_eq!(members(&h), vec![12, 10]);
         let firsts = out.iter().filter(|(c, _)| matches!(c, UserTrackChange::FirstListen { .. })).count();
         assert_eq!(firsts, 4);
+        // Pair changes sum to the pairs of the final history, in both directions.
+        let mut sums = std::collections::BTreeMap::new();
+        for &(a, b, diff) in &pairs {
+            *sums.entry((a, b)).or_insert(0) += diff;
+        }
+        sums.retain(|_, diff| *diff != 0);
+        assert_eq!(sums.into_iter().collect::<Vec<_>>(), vec![((10, 12), 1), ((12, 10), 1)]);
     }
 
     #[test]
     fn repeats_of_a_member_change_nothing() {
         let mut h = UserHistory::default();
-        let mut out = Vec::new();
-        h.listen(1, 10, 100, 2, &mut out);
+        let (mut out, mut pairs) = (Vec::new(), Vec::new());
+        h.listen(1, 10, 100, 2, &mut out, &mut pairs);
         out.clear();
-        h.listen(1, 10, 200, 2, &mut out);
-        h.listen(1, 10, 150, 2, &mut out);
-        assert!(out.is_empty());
+        pairs.clear();
+        h.listen(1, 10, 200, 2, &mut out, &mut pairs);
+        h.listen(1, 10, 150, 2, &mut out, &mut pairs);
+        assert!(out.is_empty() && pairs.is_empty());
         assert_eq!(h.last[&10], 200);
     }
 }

@@ -1,0 +1,620 @@
+//! Co-listening counts `c(i,j)` and similarities `s(i,j)` (SPEC §2 steps 3–4), maintained by
+//! one operator per worker that owns its tracks' partner counts and sees every `n` change.
+//!
+//! ```text
+//!  pair changes (i, j) ±1, both directions ── exchanged by i ──┐
+//!  (History emits them as a track enters or leaves H(u))       ├─► Similarity (per worker)
+//!  n(t) changes ───────────────────────────────── broadcast ───┘    per local track i: its
+//!                                                                   partners j with c(i,j)
+//!                                                                   ─► s(i,j) and s(j,i) changes,
+//!                                                                      c(i,j) changes (i < j)
+//! ```
+//!
+//! ## Why not `count_total` and two joins
+//!
+//! The differential plan (self-join of the histories → `count_total` → join with `n(i)` →
+//! join with `n(j)`) arranges every pair with its time and diff: about 40 bytes for each of
+//! the 52 M pairs with `c ≥ 1` at 10 M events, plus the batcher's sorted runs of the ~120 M
+//! pair updates of a big epoch and the two join arrangements of the pairs with `c ≥ C`.
+//! Measured with heaptrack, those were the largest memory of the engine. Here each track owns
+//! one vector of `(partner, count)` sorted by partner, 8 bytes per entry: partners are
+//! interned per worker as `u32` indices and counts are `u32` (a co-listening count is at most
+//! the number of users). Each pair is kept on both its tracks' workers (16 bytes a pair),
+//! which is what lets a change of `n(j)` reach every `s(·,j)` without a second exchange.
+//!
+//! ## Applying an epoch
+//!
+//! Pair changes are appended to one buffer per worker as they arrive (when nothing earlier
+//! can still arrive; a later epoch is staged until then). Applying each on arrival to its
+//! track's vector cost a cache miss per change (the hottest instruction of a 10 M-event
+//! load); the buffer is sorted in bulk instead, so each track is visited once per sort. When the epoch is complete
+//! (both inputs' frontiers have passed it), the buffer is sorted and consolidated, and every
+//! track in it turns its run of changes into `(partner, c before, c after)`: by binary search
+//! and insert when they are few against its entries, by one merge otherwise. An epoch bigger
+//! than the buffer (`FLUSH_AT` changes, 48 MB) merges the full buffer into its tracks early,
+//! after keeping a copy of each such track's entries as they were at the epoch's start, and
+//! compares with that copy at the end. Untouched entries are never visited, except where
+//! `n(i)` changed: then every `s(i,·)` is recomputed, which is the work itself.
+//!
+//! ## Who emits a pair
+//!
+//! `s(i,j)` depends on `c(i,j)`, `n(i)` and `n(j)`. Both workers holding the pair know all
+//! three (counts are stored both ways, `n` is replicated), so exactly one of them emits each
+//! changed pair, both directions at once, by a rule both evaluate alike:
+//!
+//! * `c(i,j)` changed, or `n(min(i,j))` changed: the worker of `min(i,j)`;
+//! * only `n(max(i,j))` changed: the worker of `max(i,j)`.
+//!
+//! The output is two differential collections in one stream: `s` per directed pair (set
+//! semantics: the old score retracted, the new one asserted) for the neighbour lists, and
+//! `c` per pair `a < b` when co-listens are wanted.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use foldhash::HashMap;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::Stream;
+
+use super::history::PairChange;
+use super::top_k::consolidate;
+use super::Epoch;
+
+/// A record of the operator's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PairRecord {
+    /// `s(track, partner) = score` units, `score > 0`; both directions of a pair are present.
+    Similar {
+        /// The track whose neighbour `partner` may be.
+        track: u64,
+        /// The other track.
+        partner: u64,
+        /// `s` in units of 10^-P.
+        score: i64,
+    },
+    /// `c(a, b) = count`, `a < b`, `count ≥ 1`.
+    CoListen {
+        /// The smaller track.
+        a: u64,
+        /// The larger track.
+        b: u64,
+        /// Users with both in their history.
+        count: u64,
+    },
+}
+
+/// A partner of a track: its interned index and `c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    partner: u32,
+    count: u32,
+}
+
+/// Buffered pair changes are sorted and merged into their tracks once this many pile up.
+const FLUSH_AT: usize = 1 << 22;
+
+/// `((track, partner), Δc)` by interned index.
+type Delta = ((u32, u32), i32);
+
+/// One local track's partners.
+#[derive(Default)]
+struct Partners {
+    /// Sorted by partner index; counts > 0.
+    entries: Vec<Entry>,
+    /// The entries at the open epoch's start, kept once a full buffer was merged into them.
+    before: Option<Vec<Entry>>,
+}
+
+impl Partners {
+    /// Merges a run of the open epoch's changes (sorted by partner, consolidated) into the
+    /// entries, keeping the epoch-start entries first.
+    fn absorb(&mut self, run: &[Delta], scratch: &mut Vec<Entry>) {
+        if self.before.is_none() {
+            self.before = Some(self.entries.clone());
+        }
+        merge(&self.entries, run, scratch, |_, _, _| ());
+        replace_tight(&mut self.entries, scratch);
+    }
+
+    /// Ends the open epoch with its last run of changes: pushes `(partner, c before,
+    /// c after)` of every changed count, sorted by partner, into `changes`.
+    fn close(&mut self, run: &[Delta], scratch: &mut Vec<Entry>, changes: &mut Vec<(u32, u32, u32)>) {
+        changes.clear();
+        if let Some(before) = self.before.take() {
+            merge(&self.entries, run, scratch, |_, _, _| ());
+            replace_tight(&mut self.entries, scratch);
+            diff(&before, &self.entries, changes);
+        } else if run.len() > self.entries.len() / 16 + 16 {
+            merge(&self.entries, run, scratch, |partner, old, new| changes.push((partner, old, new)));
+            replace_tight(&mut self.entries, scratch);
+        } else {
+            for &((_, partner), delta) in run {
+                match self.entries.binary_search_by_key(&partner, |e| e.partner) {
+                    Ok(at) => {
+                        let old = self.entries[at].count;
+                        let new = add(old, delta);
+                        changes.push((partner, old, new));
+                        if new == 0 {
+                            self.entries.remove(at);
+                        } else {
+                            self.entries[at].count = new;
+                        }
+                    }
+                    Err(at) => {
+                        let new = add(0, delta);
+                        changes.push((partner, 0, new));
+                        self.entries.insert(at, Entry { partner, count: new });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `count + delta` for a complete epoch, which never takes a count below zero.
+fn add(count: u32, delta: i32) -> u32 {
+    let sum = count as i64 + delta as i64;
+    debug_assert!(sum >= 0, "co-listening count {count} + {delta} below zero");
+    // A co-listening count is at most the number of users, far below 2^32 on any machine.
+    u32::try_from(sum.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Merges `entries` and a run of changes (sorted by partner, consolidated) into `out`,
+/// dropping zero counts; reports every changed count as `(partner, before, after)`.
+fn merge(entries: &[Entry], run: &[Delta], out: &mut Vec<Entry>, mut changed: impl FnMut(u32, u32, u32)) {
+    out.clear();
+    out.reserve(entries.len() + run.len());
+    let mut old = entries.iter().copied().peekable();
+    for &((_, partner), delta) in run {
+        while let Some(entry) = old.next_if(|e| e.partner < partner) {
+            out.push(entry);
+        }
+        let before = old.next_if(|e| e.partner == partner).map_or(0, |e| e.count);
+        let after = add(before, delta);
+        changed(partner, before, after);
+        if after > 0 {
+            out.push(Entry { partner, count: after });
+        }
+    }
+    out.extend(old);
+}
+
+/// `(partner, before, after)` for every partner whose count differs between two sorted lists.
+fn diff(before: &[Entry], after: &[Entry], changes: &mut Vec<(u32, u32, u32)>) {
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x.partner == y.partner => {
+                if x.count != y.count {
+                    changes.push((x.partner, x.count, y.count));
+                }
+                b.next();
+                a.next();
+            }
+            (Some(x), y) if y.is_none_or(|y| x.partner < y.partner) => {
+                changes.push((x.partner, x.count, 0));
+                b.next();
+            }
+            (_, Some(y)) => {
+                changes.push((y.partner, 0, y.count));
+                a.next();
+            }
+            (Some(_), None) => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Copies `from` into `to`, keeping `to`'s capacity near its length: one vector per track,
+/// so slack would add up to a large share of the state.
+fn replace_tight(to: &mut Vec<Entry>, from: &[Entry]) {
+    if from.len() > to.capacity() {
+        to.reserve_exact(from.len() - to.len() + from.len() / 8);
+    }
+    to.clear();
+    to.extend_from_slice(from);
+    if to.capacity() > 2 * to.len() + 16 {
+        to.shrink_to(to.len() + to.len() / 8);
+    }
+}
+
+/// A worker's state: its tracks' partners, `n` for every track, and the open epoch's changes.
+struct Similarity {
+    min_co: u64,
+    precision: u32,
+    emit_co_listens: bool,
+    /// Track id of each interned index, and the reverse.
+    ids: Vec<u64>,
+    index: HashMap<u64, u32>,
+    /// `n` by index as of the last complete epoch, and after the open one.
+    n: Vec<u64>,
+    n_next: Vec<u64>,
+    n_changed: Vec<bool>,
+    /// Indices whose `n` changed in the open epoch.
+    changed_n: Vec<u32>,
+    /// This worker's tracks (those that hash here), by index.
+    tracks: HashMap<u32, Partners>,
+    /// The open epoch's pair changes not merged yet, appended as they arrive: sorting them
+    /// in bulk visits each track once, where applying each on arrival cost a cache miss.
+    buffer: Vec<Delta>,
+    /// Local tracks a full buffer was merged into in the open epoch.
+    flushed: Vec<u32>,
+    /// Local tracks closed by the last epoch (reused).
+    closed: Vec<u32>,
+    scratch: Vec<Entry>,
+    changes: Vec<(u32, u32, u32)>,
+}
+
+impl Similarity {
+    fn new(min_co: u64, precision: u32, emit_co_listens: bool) -> Self {
+        Similarity {
+            min_co,
+            precision,
+            emit_co_listens,
+            ids: Vec::new(),
+            index: HashMap::default(),
+            n: Vec::new(),
+            n_next: Vec::new(),
+            n_changed: Vec::new(),
+            changed_n: Vec::new(),
+            tracks: HashMap::default(),
+            buffer: Vec::new(),
+            flushed: Vec::new(),
+            closed: Vec::new(),
+            scratch: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, track: u64) -> u32 {
+        *self.index.entry(track).or_insert_with(|| {
+            let at = u32::try_from(self.ids.len()).expect("fewer than 2^32 distinct tracks");
+            self.ids.push(track);
+            self.n.push(0);
+            self.n_next.push(0);
+            self.n_changed.push(false);
+            at
+        })
+    }
+
+    /// `c(track, partner)` changes by `delta` in the open epoch (`track` is local).
+    fn pair(&mut self, track: u64, partner: u64, delta: i32) {
+        let (track, partner) = (self.intern(track), self.intern(partner));
+        self.buffer.push(((track, partner), delta));
+        if self.buffer.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// Merges the buffered changes into their tracks (an epoch bigger than the buffer).
+    fn flush(&mut self) {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        consolidate(&mut buffer);
+        for run in buffer.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+            let track = run[0].0 .0;
+            let partners = self.tracks.entry(track).or_default();
+            if partners.before.is_none() {
+                self.flushed.push(track);
+            }
+            partners.absorb(run, &mut self.scratch);
+        }
+        buffer.clear();
+        self.buffer = buffer;
+    }
+
+    /// A `count_total` update of `n(track)` in the open epoch.
+    fn count(&mut self, track: u64, n: isize, diff: isize) {
+        let at = self.intern(track) as usize;
+        if !self.n_changed[at] {
+            self.n_changed[at] = true;
+            self.changed_n.push(at as u32);
+            self.n_next[at] = 0; // a retraction without an assertion: n fell to zero
+        }
+        if diff > 0 {
+            self.n_next[at] = n as u64;
+        }
+    }
+
+    /// `s` from a count and two `n`s: 0 where `c < C` or the cosine rounds to 0.
+    fn score(&self, count: u32, n_i: u64, n_j: u64) -> i64 {
+        if count == 0 || u64::from(count) < self.min_co {
+            return 0;
+        }
+        encore_udfs::cosine_units(u64::from(count), n_i, n_j, self.precision).unwrap_or(0)
+    }
+
+    /// Closes the open epoch: emits every changed `s` and `c` through `emit`.
+    fn finish(&mut self, mut emit: impl FnMut(PairRecord, isize)) {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut closed = std::mem::take(&mut self.closed);
+        consolidate(&mut buffer);
+        for run in buffer.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+            self.close(run[0].0 .0, run, &mut emit);
+            closed.push(run[0].0 .0);
+        }
+        for track in std::mem::take(&mut self.flushed) {
+            if self.tracks.get(&track).is_some_and(|partners| partners.before.is_some()) {
+                self.close(track, &[], &mut emit);
+                closed.push(track);
+            }
+        }
+        closed.sort_unstable();
+        // Local tracks whose n changed without any count change.
+        for at in 0..self.changed_n.len() {
+            let track = self.changed_n[at];
+            if closed.binary_search(&track).is_err() {
+                if let Some(partners) = self.tracks.get_mut(&track) {
+                    let entries = std::mem::take(&mut partners.entries);
+                    self.rescore(track, &entries, &[], &mut emit);
+                    self.tracks.get_mut(&track).expect("present").entries = entries;
+                }
+            }
+        }
+        for &at in &self.changed_n {
+            let at = at as usize;
+            self.n[at] = self.n_next[at];
+            self.n_changed[at] = false;
+        }
+        self.changed_n.clear();
+        closed.clear();
+        self.closed = closed;
+        buffer.clear();
+        if buffer.capacity() > FLUSH_AT / 16 {
+            buffer = Vec::new(); // a big epoch's buffer is not kept for small ones
+        }
+        self.buffer = buffer;
+    }
+
+    /// Ends the open epoch for one local track (`run`: its last changes, sorted) and emits
+    /// the pairs it is the emitter of.
+    fn close(&mut self, track: u32, run: &[Delta], emit: &mut impl FnMut(PairRecord, isize)) {
+        let mut partners = self.tracks.remove(&track).unwrap_or_default();
+        let mut changes = std::mem::take(&mut self.changes);
+        partners.close(run, &mut self.scratch, &mut changes);
+        if self.n_changed[track as usize] {
+            self.rescore(track, &partners.entries, &changes, emit);
+        } else {
+            for &(partner, before, after) in &changes {
+                if self.ids[track as usize] < self.ids[partner as usize] {
+                    self.emit_pair(track, partner, before, after, emit);
+                }
+            }
+        }
+        self.changes = changes;
+        if !partners.entries.is_empty() {
+            self.tracks.insert(track, partners);
+        }
+    }
+
+    /// Every pair of `track` (whose `n` changed): `entries` are the counts after the epoch,
+    /// `changes` the changed ones with their counts before, both sorted by partner.
+    fn rescore(&self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord, isize)) {
+        let id = self.ids[track as usize];
+        let mut changed = changes.iter().peekable();
+        let mut visit = |partner: u32, before: u32, after: u32| {
+            let smaller = id < self.ids[partner as usize];
+            let emits = if before != after { smaller } else { smaller || !self.n_changed[partner as usize] };
+            if emits {
+                self.emit_pair(track, partner, before, after, emit);
+            }
+        };
+        for entry in entries {
+            while let Some(&(partner, before, after)) = changed.next_if(|c| c.0 < entry.partner) {
+                visit(partner, before, after); // removed: no entry after the epoch
+            }
+            match changed.next_if(|c| c.0 == entry.partner) {
+                Some(&(partner, before, after)) => visit(partner, before, after),
+                None => visit(entry.partner, entry.count, entry.count),
+            }
+        }
+        for &(partner, before, after) in changed {
+            visit(partner, before, after);
+        }
+    }
+
+    /// Emits the changes of pair `(track, partner)` (both directions of `s`, and `c` once).
+    fn emit_pair(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord, isize)) {
+        let (t, p) = (track as usize, partner as usize);
+        let (i, j) = (self.ids[t], self.ids[p]);
+        let old = self.score(before, self.n[t], self.n[p]);
+        let new = self.score(after, self.n_next[t], self.n_next[p]);
+        if old != new {
+            for (score, diff) in [(old, -1), (new, 1)] {
+                if score > 0 {
+                    emit(PairRecord::Similar { track: i, partner: j, score }, diff);
+                    emit(PairRecord::Similar { track: j, partner: i, score }, diff);
+                }
+            }
+        }
+        if self.emit_co_listens && before != after {
+            let (a, b) = (i.min(j), i.max(j));
+            for (count, diff) in [(before, -1), (after, 1)] {
+                if count > 0 {
+                    emit(PairRecord::CoListen { a, b, count: u64::from(count) }, diff);
+                }
+            }
+        }
+    }
+}
+
+/// `s` (and `c`, with `emit_co_listens`) from directed pair changes `(i, j)` (each change of
+/// `c(i,j)` present once in each direction) and the counts `(t, n(t))`.
+pub fn similarities<'scope>(
+    pairs: Stream<'scope, Epoch, Vec<PairChange>>,
+    counts: VecCollection<'scope, Epoch, (u64, isize)>,
+    min_co: u64,
+    precision: u32,
+    emit_co_listens: bool,
+) -> VecCollection<'scope, Epoch, PairRecord> {
+    let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
+    pairs
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<(PairRecord, Epoch, isize)>>, _, _, _, _>(
+            counts.inner.broadcast(),
+            by_track,
+            Pipeline,
+            "Similarity",
+            move |_capability, _info| {
+                let mut state = Similarity::new(min_co, precision, emit_co_listens);
+                let mut capabilities = BTreeMap::new();
+                // Pair changes of epochs after the open one, and every epoch's n changes.
+                let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
+                type Count = ((u64, isize), isize);
+                let mut staged_counts: BTreeMap<Epoch, Vec<Count>> = BTreeMap::new();
+                // The epoch whose pair changes are applied as they arrive.
+                let mut open: Option<Epoch> = None;
+                move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
+                    let port = output.output_index();
+                    pairs.for_each(|cap, data| {
+                        // Pair changes travel at their capability's time.
+                        let Some(&time) = cap.least() else { return };
+                        capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
+                        // Applied now only if nothing earlier is pending or can arrive.
+                        let earliest = capabilities.keys().next() == Some(&time);
+                        if open == Some(time) || (open.is_none() && earliest && !pairs_frontier.less_than(&time)) {
+                            open = Some(time);
+                            for (track, partner, diff) in data.drain(..) {
+                                state.pair(track, partner, diff);
+                            }
+                        } else {
+                            staged_pairs.entry(time).or_default().append(data);
+                        }
+                    });
+                    counts.for_each(|cap, data| {
+                        for (count, time, diff) in data.drain(..) {
+                            capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
+                            staged_counts.entry(time).or_default().push((count, diff));
+                        }
+                    });
+                    while let Some(entry) = capabilities.first_entry() {
+                        let epoch = *entry.key();
+                        if pairs_frontier.less_equal(&epoch) || counts_frontier.less_equal(&epoch) {
+                            break; // an earlier-or-equal epoch may still send changes
+                        }
+                        let capability = entry.remove();
+                        for (track, partner, diff) in staged_pairs.remove(&epoch).unwrap_or_default() {
+                            state.pair(track, partner, diff);
+                        }
+                        for ((track, n), diff) in staged_counts.remove(&epoch).unwrap_or_default() {
+                            state.count(track, n, diff);
+                        }
+                        open = None;
+                        let mut session = output.session(&capability);
+                        state.finish(|record, diff| session.give((record, epoch, diff)));
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(list: &[(u32, u32)]) -> Vec<Entry> {
+        list.iter().map(|&(partner, count)| Entry { partner, count }).collect()
+    }
+
+    /// The three ways of closing an epoch give the same counts and the same changes.
+    #[test]
+    fn closing_paths_agree() {
+        let start = entries(&[(1, 3), (4, 1), (6, 2), (9, 5)]);
+        let mut run: Vec<Delta> = [(4, -1), (2, 1), (9, 1), (2, 1), (10, 4), (6, 1), (6, -1)]
+            .iter()
+            .map(|&(partner, delta)| ((0, partner), delta))
+            .collect();
+        consolidate(&mut run);
+        let expected_entries = entries(&[(1, 3), (2, 2), (6, 2), (9, 6), (10, 4)]);
+        let expected_changes = vec![(2, 0, 2), (4, 1, 0), (9, 5, 6), (10, 0, 4)];
+        let mut scratch = Vec::new();
+        for path in ["search", "merge", "early"] {
+            let mut p = Partners { entries: start.clone(), ..Partners::default() };
+            let mut last = run.clone();
+            if path == "merge" {
+                // Forty new partners make the run long enough for the merging path.
+                last.extend((100..140).map(|partner| ((0, partner), 1)));
+            }
+            if path == "early" {
+                p.absorb(&run, &mut scratch);
+                last.clear();
+            }
+            let mut changes = Vec::new();
+            p.close(&last, &mut scratch, &mut changes);
+            let mut expected = expected_entries.clone();
+            let mut expected_changes = expected_changes.clone();
+            if path == "merge" {
+                expected.extend((100..140).map(|partner| Entry { partner, count: 1 }));
+                expected_changes.extend((100..140).map(|partner| (partner, 0, 1)));
+            }
+            assert_eq!(p.entries, expected, "{path}");
+            assert_eq!(changes, expected_changes, "{path}");
+            assert!(p.before.is_none(), "{path}");
+        }
+    }
+
+    /// An epoch bigger than the buffer gives the same changes as one merged at its end.
+    #[test]
+    fn flushed_epochs_emit_like_unflushed_ones() {
+        let run = |flush: bool| {
+            let mut s = Similarity::new(1, 4, true);
+            for (track, n) in [(1, 3), (2, 3), (3, 3)] {
+                s.count(track, n, 1);
+            }
+            s.pair(1, 2, 1);
+            s.pair(1, 3, 1);
+            let mut out = Vec::new();
+            s.finish(|r, d| out.push((r, d)));
+            s.pair(1, 2, 1);
+            if flush {
+                s.flush();
+            }
+            s.pair(1, 3, -1);
+            s.pair(1, 4, 1);
+            out.clear();
+            s.finish(|r, d| out.push((r, d)));
+            out.sort();
+            out
+        };
+        let flushed = run(true);
+        assert_eq!(flushed, run(false));
+        // c(1,2) 1 → 2, c(1,3) 1 → 0, c(1,4) 0 → 1 (n(4) = 0: no score).
+        assert_eq!(flushed.iter().filter(|(r, _)| matches!(r, PairRecord::CoListen { .. })).count(), 4);
+    }
+
+    /// A pair whose count and `n(min)` change is emitted once, by the smaller track's owner,
+    /// in both directions; a pair where only `n(max)` changed by the larger's owner.
+    #[test]
+    fn one_worker_emits_each_pair() {
+        // Two "workers": a owns track 1, b owns track 2; both know n(1), n(2).
+        let run = |first_epoch: bool, owner_of: u64| {
+            let mut s = Similarity::new(2, 4, true);
+            let (mine, other) = if owner_of == 1 { (1, 2) } else { (2, 1) };
+            for _ in 0..2 {
+                s.pair(mine, other, 1);
+            }
+            s.count(1, 2, 1);
+            s.count(2, 3, 1);
+            let mut out = Vec::new();
+            s.finish(|r, d| out.push((r, d)));
+            if first_epoch {
+                return out;
+            }
+            // Second epoch: only n(2) grows 3 → 4.
+            out.clear();
+            s.count(2, 3, -1);
+            s.count(2, 4, 1);
+            s.finish(|r, d| out.push((r, d)));
+            out
+        };
+        let first = run(true, 1);
+        assert_eq!(first.len(), 3, "{first:?}"); // s both ways and c(1,2)
+        assert!(run(true, 2).is_empty());
+        let second = run(false, 2);
+        assert_eq!(second.len(), 4, "{second:?}"); // s both ways, retracted and asserted
+        assert!(run(false, 1).is_empty());
+    }
+}
