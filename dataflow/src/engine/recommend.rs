@@ -51,6 +51,13 @@
 //! epoch touches ~85 % of all users with ~13 changes each against ~150 candidates, so the
 //! per-change pointer chasing cost more than the pass (30 % more CPU per epoch), and its
 //! ~60 bytes per candidate made the users' candidates the largest state at 10 M events.
+//!
+//! ## Big epochs
+//!
+//! A big epoch (a first load, a catch-up) expands its neighbour changes into hundreds of
+//! millions of `(user, candidate)` score changes. Once `SCORES_FLUSH_AT` of them are staged,
+//! they are merged into their users' candidates at once (scores are sums, so merging in parts
+//! changes nothing) and those users are ranked at the epoch's end like every touched user.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +80,8 @@ struct User {
     history: Vec<u64>,
     /// `R(u)` as last emitted, best first.
     top: Vec<Ranked>,
+    /// Whether a flush of the open epoch's score changes reached this user.
+    flushed: bool,
 }
 
 impl User {
@@ -171,7 +180,13 @@ struct Recommender {
     scores: Vec<((u64, u64), isize)>,
     /// `((user, track), ±1)`: history changes of this epoch, excluded from recommendations.
     exclusions: Vec<((u64, u64), isize)>,
+    /// Users whose candidates a flush changed in this epoch, ranked again at its end.
+    flushed: Vec<u64>,
 }
+
+/// Staged score changes are merged into their users once this many pile up (192 MB): a big
+/// epoch (a first load, a catch-up) expands to hundreds of millions of them.
+const SCORES_FLUSH_AT: usize = 1 << 23;
 
 impl Recommender {
     /// Step 1: a neighbour score changes by `delta`; the users who have `i` now (before this
@@ -192,6 +207,26 @@ impl Recommender {
         }
         let users = self.listeners.get(&i).map_or(&[][..], |users| users);
         self.scores.extend(users.iter().map(|&user| ((user, j), delta as isize)));
+        if self.scores.len() >= SCORES_FLUSH_AT {
+            self.flush_scores();
+        }
+    }
+
+    /// Merges the staged score changes into their users' candidates, leaving the ranking
+    /// (and so the output) to `finish`: scores are sums, so the order of merging is free.
+    fn flush_scores(&mut self) {
+        consolidate(&mut self.scores);
+        let (mut scratch, mut unranked) = (Vec::new(), Vec::new());
+        for run in self.scores.chunk_by(|a, b| a.0 .0 == b.0 .0) {
+            let user = run[0].0 .0;
+            let state = self.users.entry(user).or_default();
+            state.change_scores(run, 0, &mut scratch, &mut unranked);
+            if !state.flushed {
+                state.flushed = true;
+                self.flushed.push(user);
+            }
+        }
+        self.scores.clear();
     }
 
     /// Step 2: `i` enters (`diff` 1) or leaves (`diff` -1) `H(user)`, with `N(i)` as it is
@@ -252,19 +287,36 @@ impl Recommender {
             } else {
                 state.change_scores(changes, n, &mut scratch, &mut top);
             }
-            for (entry, diff) in difference(&state.top, &top) {
-                emit(user, entry, diff);
-            }
-            std::mem::swap(&mut state.top, &mut top);
-            if state.candidates.is_empty() && state.history.is_empty() {
-                self.users.remove(&user);
+            state.flushed = false;
+            Self::publish(&mut self.users, user, &mut top, &mut emit);
+        }
+        // Users only a flush reached: their candidates are merged, their ranking is not.
+        for user in std::mem::take(&mut self.flushed) {
+            let Some(state) = self.users.get_mut(&user) else { continue };
+            if state.flushed {
+                state.flushed = false;
+                state.rank(n, &mut top);
+                Self::publish(&mut self.users, user, &mut top, &mut emit);
             }
         }
-        // A large epoch (a first load, a catch-up) must not pin its staging buffers for good.
+        // A large epoch must not pin its staging buffers for good.
         for staged in [&mut self.scores, &mut self.exclusions] {
-            let used = staged.len();
             staged.clear();
-            staged.shrink_to(used.max(1 << 16));
+            if staged.capacity() > 1 << 20 {
+                staged.shrink_to(1 << 16);
+            }
+        }
+    }
+
+    /// Emits the change from `user`'s last top-N to `top` (which becomes the last).
+    fn publish(users: &mut HashMap<u64, User>, user: u64, top: &mut Vec<Ranked>, emit: &mut impl FnMut(u64, Ranked, isize)) {
+        let Some(state) = users.get_mut(&user) else { return };
+        for (entry, diff) in difference(&state.top, top) {
+            emit(user, entry, diff);
+        }
+        std::mem::swap(&mut state.top, top);
+        if state.candidates.is_empty() && state.history.is_empty() {
+            users.remove(&user);
         }
     }
 }
@@ -369,6 +421,30 @@ mod tests {
         let out = step(&mut r, &[(1, 5, 9), (1, 30, 6), (1, 60, 1), (1, 10, -3)], &[]);
         assert_eq!(out, vec![(7, (3, 10), -1), (7, (4, 50), -1), (7, (6, 30), 1), (7, (9, 5), 1)]);
         assert_eq!(r.users[&7].candidates, vec![(5, 9), (30, 6), (50, 4), (60, 1)]);
+    }
+
+    /// An epoch whose score changes are flushed part-way emits what an unflushed one does.
+    #[test]
+    fn flushed_score_changes_rank_like_unflushed_ones() {
+        let run = |flush: bool| {
+            let mut r = Recommender::default();
+            step(&mut r, &[(1, 5, 10), (1, 6, 20), (2, 7, 30)], &[(7, 1, 1), (8, 1, 1), (8, 2, 1)]);
+            r.neighbor_change(1, 5, 25);
+            r.neighbor_change(1, 6, -20);
+            if flush {
+                r.flush_scores();
+            }
+            r.membership_change(7, 2, 1);
+            let mut out = Vec::new();
+            r.finish(2, |u, (Reverse(s), j), d| out.push((u, (s, j), d)));
+            out.sort();
+            (out, r.users.values().all(|user| !user.flushed), r.flushed.is_empty())
+        };
+        let flushed = run(true);
+        assert_eq!(flushed, run(false));
+        // User 8 is reached only by the flush (tracks 5 and 6); user 7 also by its history.
+        assert!(flushed.0.contains(&(8, (35, 5), 1)) && flushed.0.contains(&(8, (20, 6), -1)), "{flushed:?}");
+        assert!(flushed.1 && flushed.2);
     }
 
     #[test]
