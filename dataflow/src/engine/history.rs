@@ -25,12 +25,12 @@
 //!
 //! ## Output
 //!
-//! One stream of [`UserTrackChange`]s with differential's `(data, time, diff)` layout:
-//! history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the first
-//! listen (`+1`), from which `listeners(t)` is counted; and the pair changes of each
-//! membership change (the track with every other member), from which `c(i,j)` is counted
-//! ([`super::similarity`]). Emitting pairs here, where `H(u)` already is, replaces a
-//! self-join of the histories and its arrangement.
+//! Two outputs. A collection of [`UserTrackChange`]s (differential's `(data, time, diff)`
+//! layout): history membership changes (`+1` enters, `-1` leaves) and, once per `(u,t)`, the
+//! first listen (`+1`), from which `listeners(t)` is counted. And a plain stream of
+//! [`PairChange`]s: each membership change's pairs with every other member, both ways, from
+//! which `c(i,j)` is counted ([`super::similarity`]). Emitting pairs here, where `H(u)`
+//! already is, replaces a self-join of the histories and its arrangement.
 //!
 //! A listen at the input frontier's epoch is applied as it arrives: nothing earlier can
 //! come, and an epoch's result does not depend on the order of its listens, so even a
