@@ -351,20 +351,36 @@ mod tests {
     #[test]
     fn a_panicking_commit_stops_the_workers_and_releases_the_sender() {
         let halt = halt();
+        let (gate, wait) = gate();
         let (mut handover, committer) = Committer::spawn(
-            |_epochs: RangeInclusive<Epoch>, _changes: &Changes| -> Result<(), String> { panic!("bug in the commit") },
+            move |_epochs: RangeInclusive<Epoch>, _changes: &Changes| -> Result<(), String> {
+                wait()?; // epoch 1's commit holds until the queue is full and a sender blocks
+                panic!("bug in the commit")
+            },
             halt.clone(),
         )
         .expect("spawn");
-        // At most 1 + COMMIT_QUEUE are accepted before the panic; the next send must return.
-        let mut refused = false;
-        for epoch in 1..=10 {
-            refused |= !handover.hand_over(epoch, changes(epoch));
+        assert!(handover.hand_over(1, changes(1)));
+        gate.entered.recv_timeout(HANG).expect("epoch 1 is committing");
+        for epoch in 2..=1 + COMMIT_QUEUE as Epoch {
+            assert!(handover.hand_over(epoch, changes(epoch)), "the queue takes epoch {epoch}");
         }
+        // The queue is full and the committer is inside a commit: this send blocks.
+        let (done_tx, done) = channel();
+        let sender = std::thread::spawn(move || {
+            let accepted = handover.hand_over(10, changes(10));
+            done_tx.send(()).expect("report");
+            (handover, accepted)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(done.try_recv().is_err(), "the sender cannot finish while the queue is full");
+        gate.go.send(()).expect("release epoch 1");
+        done.recv_timeout(HANG).expect("the blocked sender was released by the panic");
+        let (mut handover, accepted) = sender.join().expect("sender thread");
+        assert!(!accepted, "the blocked epoch is refused, not queued");
         let error = committer.join().expect_err("the panic is reported");
         assert!(error.contains("bug in the commit"), "{error}");
         assert!(!handover.hand_over(11, changes(11)), "nothing is accepted after the panic");
-        assert!(refused, "the sends after the panic were refused, not blocked forever");
         assert!(halt.stop.load(Ordering::SeqCst), "the workers are told to stop");
     }
 }
