@@ -18,7 +18,7 @@
 //!   │              (engine/recommend.rs)
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
-
+//!
 //! Every output is a differential collection whose changes are exactly the row deltas of a
 //! SPEC §3 table: a row's old value retracted, its new value asserted, in the same epoch.
 //!
@@ -108,7 +108,7 @@ pub struct Outputs<'scope> {
 pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision } = *params;
 
-    // H(u) and first listens, from one pass over each user's listens.
+    // H(u), first listens and pair changes, from one pass over each user's listens.
     let history::History { changes: user_tracks, pairs } = history::history(listens.clone(), history_cap);
     let members = user_tracks.clone().flat_map(|change| match change {
         UserTrackChange::Member { user, track } => Some((user, track)),
