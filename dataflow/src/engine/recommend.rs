@@ -68,7 +68,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Operator;
 
-use super::top_k::{consolidate, difference, Ranked};
+use super::top_k::{consolidate, difference, replace_tight, Ranked};
 use super::Epoch;
 
 /// One user's state: candidate scores, history (the exclusions) and the top-N last emitted.
@@ -138,13 +138,7 @@ impl User {
             }
         }
         old.for_each(|(item, score)| offer(item, score));
-        // Copied back rather than swapped, so each user's buffer keeps a capacity near its
-        // own length (swapping would hand every user the largest capacity seen).
-        if scratch.len() > self.candidates.capacity() {
-            self.candidates.reserve_exact(scratch.len() - self.candidates.len() + scratch.len() / 8);
-        }
-        self.candidates.clear();
-        self.candidates.extend_from_slice(scratch);
+        replace_tight(&mut self.candidates, scratch);
     }
 
     /// Recomputes the top `n` from the candidates (after a history-only change).

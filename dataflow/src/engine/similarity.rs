@@ -61,7 +61,7 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
 use super::history::PairChange;
-use super::top_k::consolidate;
+use super::top_k::{consolidate, replace_tight};
 use super::Epoch;
 
 /// A record of the operator's output.
@@ -206,19 +206,6 @@ fn diff(before: &[Entry], after: &[Entry], changes: &mut Vec<(u32, u32, u32)>) {
             }
             (Some(_), None) => unreachable!("handled above"),
         }
-    }
-}
-
-/// Copies `from` into `to`, keeping `to`'s capacity near its length: one vector per track,
-/// so slack would add up to a large share of the state.
-fn replace_tight(to: &mut Vec<Entry>, from: &[Entry]) {
-    if from.len() > to.capacity() {
-        to.reserve_exact(from.len() - to.len() + from.len() / 8);
-    }
-    to.clear();
-    to.extend_from_slice(from);
-    if to.capacity() > 2 * to.len() + 16 {
-        to.shrink_to(to.len() + to.len() / 8);
     }
 }
 

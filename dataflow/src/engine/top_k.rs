@@ -140,6 +140,21 @@ pub(super) fn consolidate<T: Ord + Copy, D: Copy + std::ops::AddAssign + Partial
     changes.retain(|&(_, diff)| diff != D::default());
 }
 
+/// Copies `from` into `to`, keeping `to`'s capacity near its length: the engine keeps one
+/// such vector per user or per track, so slack would add up to a large share of its state.
+/// (Copied rather than swapped with a scratch buffer, which would hand every owner the
+/// largest capacity seen.)
+pub(super) fn replace_tight<T: Copy>(to: &mut Vec<T>, from: &[T]) {
+    if from.len() > to.capacity() {
+        to.reserve_exact(from.len() - to.len() + from.len() / 8);
+    }
+    to.clear();
+    to.extend_from_slice(from);
+    if to.capacity() > 2 * to.len() + 16 {
+        to.shrink_to(to.len() + to.len() / 8);
+    }
+}
+
 /// The updates turning the sorted list `before` into the sorted list `after`.
 pub(super) fn difference<'a>(before: &'a [Ranked], after: &'a [Ranked]) -> impl Iterator<Item = (Ranked, isize)> + 'a {
     let removed = before.iter().filter(|e| after.binary_search(e).is_err()).map(|&e| (e, -1));
