@@ -39,10 +39,10 @@
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
 //! the frontier keeps moving. Under a backlog a due epoch stays open while the dataflow is
 //! at its in-flight bound, so epochs grow until the job keeps up (adaptive batching: a big
-//! epoch costs far less per event than many small ones); `--epoch-events` caps them. At most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the
-//! hand-over to the committer, whose queue holds at most `COMMIT_QUEUE` more: when
-//! Postgres is slow, worker 0 blocks on the hand-over and the consumers fall behind, with
-//! bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
+//! epoch costs far less per event than many small ones); `--epoch-events` caps them. At
+//! most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the hand-over to the committer, whose
+//! queue holds at most `COMMIT_QUEUE` more: when Postgres is slow, worker 0 blocks on the
+//! hand-over and the consumers fall behind, with bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
 //! epoch, and the committer after each commit ([`run_with_metrics`]); never per message.
 //!
 //! # Stopping
