@@ -95,6 +95,8 @@ const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
 
 /// One user's state: candidate scores, history (the exclusions) and its best candidates.
 struct User {
+    /// The user's id.
+    id: u64,
     /// `(track, score)` sorted by track, scores non-zero: every `j` in some `N(i)`, `i ∈ H(u)`.
     candidates: Vec<(u64, i64)>,
     /// `H(u)`, sorted: never recommended.
@@ -109,9 +111,9 @@ struct User {
     flushed: bool,
 }
 
-impl Default for User {
-    fn default() -> Self {
-        User { candidates: Vec::new(), history: Vec::new(), leaders: Vec::new(), floor: BOTTOM, flushed: false }
+impl User {
+    fn new(id: u64) -> Self {
+        User { id, candidates: Vec::new(), history: Vec::new(), leaders: Vec::new(), floor: BOTTOM, flushed: false }
     }
 }
 
@@ -131,7 +133,7 @@ struct Scratch {
     /// `R(u)` before the epoch.
     before: Vec<Ranked>,
     /// A user's score changes plus those of its own history changes.
-    own: Vec<((u64, u64), isize)>,
+    own: Vec<(u64, i64)>,
 }
 
 impl User {
@@ -142,7 +144,7 @@ impl User {
 
     /// Applies one epoch's history changes (`(track, ±1)`, sorted, consolidated), listing
     /// the tracks that left in `left`.
-    fn change_history(&mut self, changes: &[((u64, u64), isize)], left: &mut Vec<u64>) {
+    fn change_history(&mut self, changes: &[((u32, u64), isize)], left: &mut Vec<u64>) {
         left.clear();
         for &((_, track), diff) in changes {
             match (self.history.binary_search(&track), diff > 0) {
@@ -161,7 +163,7 @@ impl User {
     /// the candidates. Few changes are applied in place and listed with their new scores in
     /// `scratch.changed` (true is returned); many are merged in one pass into a new vector
     /// and not listed (false: the caller ranks the user from scratch).
-    fn change_scores(&mut self, changes: &[((u64, u64), isize)], scratch: &mut Scratch) -> bool {
+    fn change_scores(&mut self, changes: &[(u64, i64)], scratch: &mut Scratch) -> bool {
         let Scratch { merged, changed, inserted, .. } = scratch;
         changed.clear();
         inserted.clear();
@@ -171,20 +173,20 @@ impl User {
             // memory, and a sequential read is prefetched where scattered probes each miss.
             let mut zeros = false;
             let mut at = 0;
-            for &((_, track), delta) in changes {
+            for &(track, delta) in changes {
                 while self.candidates.get(at).is_some_and(|&(item, _)| item < track) {
                     at += 1;
                 }
                 match self.candidates.get_mut(at) {
                     Some((item, score)) if *item == track => {
-                        *score += delta as i64;
+                        *score += delta;
                         zeros |= *score == 0;
                         changed.push((track, *score));
                         at += 1;
                     }
                     _ => {
-                        inserted.push((track, delta as i64));
-                        changed.push((track, delta as i64));
+                        inserted.push((track, delta));
+                        changed.push((track, delta));
                     }
                 }
             }
@@ -220,7 +222,7 @@ impl User {
         if sparse {
             inserted.iter().for_each(|&(track, delta)| offer(track, delta));
         } else {
-            changes.iter().for_each(|&((_, track), delta)| offer(track, delta as i64));
+            changes.iter().for_each(|&(track, delta)| offer(track, delta));
         }
         old.filter(|&(_, score)| score != 0).for_each(|entry| merged.push(entry));
         replace_tight(&mut self.candidates, merged);
@@ -303,23 +305,31 @@ impl User {
 /// applied.
 #[derive(Default)]
 struct Recommender {
-    users: HashMap<u64, User>,
-    listeners: HashMap<u64, Vec<u64>>,
+    /// The local index of each user of this worker, into `users`.
+    index: HashMap<u64, u32>,
+    users: Vec<User>,
+    /// Per track, the local indexes of the users with it in their history.
+    listeners: HashMap<u64, Vec<u32>>,
     neighbors: HashMap<u64, Vec<(u64, i64)>>,
-    /// `((user, track), weight change)` of this epoch.
-    scores: Vec<((u64, u64), isize)>,
-    /// `((user, track), ±1)`: history changes of this epoch, excluded from recommendations.
-    exclusions: Vec<((u64, u64), isize)>,
+    /// `(user index, track, Δscore)` of this epoch.
+    scores: Vec<(u32, u64, i64)>,
+    /// `((user index, track), ±1)`: history changes of this epoch, excluded from
+    /// recommendations.
+    exclusions: Vec<((u32, u64), isize)>,
     /// Users whose candidates a flush changed in this epoch, ranked again at its end.
-    flushed: Vec<u64>,
+    flushed: Vec<u32>,
+    /// The staged scores grouped by user: `grouped[starts[u]..starts[u + 1]]` are user `u`'s.
+    grouped: Vec<(u64, i64)>,
+    starts: Vec<usize>,
     /// How many times a touched user was ranked from its leaders, and from all candidates.
     reranks: u64,
     full_ranks: u64,
 }
 
-/// Staged score changes are merged into their users once this many pile up (192 MB): a big
-/// epoch (a first load, a catch-up) expands to hundreds of millions of them.
-const SCORES_FLUSH_AT: usize = 1 << 23;
+/// Staged score changes are merged into their users once this many pile up (96 MB, and
+/// 64 MB more to group them): a big epoch (a first load, a catch-up) expands to hundreds of
+/// millions of them.
+const SCORES_FLUSH_AT: usize = 1 << 22;
 
 impl Recommender {
     /// Step 1: a neighbour score changes by `delta`; the users who have `i` now (before this
@@ -339,32 +349,93 @@ impl Recommender {
             self.neighbors.remove(&i);
         }
         let users = self.listeners.get(&i).map_or(&[][..], |users| users);
-        self.scores.extend(users.iter().map(|&user| ((user, j), delta as isize)));
+        self.scores.extend(users.iter().map(|&user| (user, j, delta)));
         if self.scores.len() >= SCORES_FLUSH_AT {
             self.flush_scores();
         }
     }
 
+    /// Groups the staged score changes by user (a counting sort: two sequential passes,
+    /// where a comparison sort of the epoch's changes cost a tenth of the engine's time), and
+    /// sorts and consolidates each user's by track.
+    fn group_scores(&mut self) {
+        let (starts, grouped) = (&mut self.starts, &mut self.grouped);
+        starts.clear();
+        starts.resize(self.users.len() + 1, 0);
+        for &(user, _, _) in &self.scores {
+            starts[user as usize + 1] += 1;
+        }
+        for user in 1..starts.len() {
+            starts[user] += starts[user - 1];
+        }
+        grouped.clear();
+        grouped.resize(self.scores.len(), (0, 0));
+        // `starts[u]` is the next free slot of user `u` while scattering, the end of its run
+        // after; shifted back below.
+        for &(user, track, delta) in &self.scores {
+            let at = &mut starts[user as usize];
+            grouped[*at] = (track, delta);
+            *at += 1;
+        }
+        starts.rotate_right(1);
+        starts[0] = 0;
+        self.scores.clear();
+        for user in 0..self.users.len() {
+            let run = &mut grouped[starts[user]..starts[user + 1]];
+            if run.len() > 1 {
+                run.sort_unstable_by_key(|&(track, _)| track);
+            }
+        }
+    }
+
+    /// User `user`'s grouped score changes, consolidated (zeros dropped) in place.
+    fn user_scores<'a>(grouped: &'a mut [(u64, i64)], starts: &[usize], user: usize) -> &'a [(u64, i64)] {
+        let run = &mut grouped[starts[user]..starts[user + 1]];
+        let mut write = 0;
+        for read in 0..run.len() {
+            if write > 0 && run[write - 1].0 == run[read].0 {
+                run[write - 1].1 += run[read].1;
+            } else {
+                if write > 0 && run[write - 1].1 == 0 {
+                    write -= 1;
+                }
+                run[write] = run[read];
+                write += 1;
+            }
+        }
+        if write > 0 && run[write - 1].1 == 0 {
+            write -= 1;
+        }
+        &run[..write]
+    }
+
     /// Merges the staged score changes into their users' candidates, leaving the ranking
     /// (and so the output) to `finish`: scores are sums, so the order of merging is free.
     fn flush_scores(&mut self) {
-        consolidate(&mut self.scores);
+        self.group_scores();
         let mut scratch = Scratch::default();
-        for run in self.scores.chunk_by(|a, b| a.0 .0 == b.0 .0) {
-            let user = run[0].0 .0;
-            let state = self.users.entry(user).or_default();
-            state.change_scores(run, &mut scratch);
+        for user in 0..self.users.len() {
+            let changes = Self::user_scores(&mut self.grouped, &self.starts, user);
+            if changes.is_empty() {
+                continue;
+            }
+            let state = &mut self.users[user];
+            state.change_scores(changes, &mut scratch);
             if !state.flushed {
                 state.flushed = true;
-                self.flushed.push(user);
+                self.flushed.push(user as u32);
             }
         }
-        self.scores.clear();
     }
 
     /// Step 2: `i` enters (`diff` 1) or leaves (`diff` -1) `H(user)`, with `N(i)` as it is
     /// after this epoch's neighbour changes.
-    fn membership_change(&mut self, user: u64, i: u64, diff: isize) {
+    fn membership_change(&mut self, id: u64, i: u64, diff: isize) {
+        let next = self.users.len() as u32;
+        let user = *self.index.entry(id).or_insert(next);
+        if user == next {
+            self.users.push(User::new(id));
+        }
         let listeners = self.listeners.entry(i).or_default();
         if diff > 0 {
             listeners.push(user);
@@ -379,27 +450,22 @@ impl Recommender {
         self.exclusions.push(((user, i), diff));
     }
 
-    /// Step 3: applies the epoch's changes user by user (both lists sorted by user, so each
+    /// Step 3: applies the epoch's changes user by user (both grouped by user, so each
     /// user's state is visited once) and reports the changes of each touched user's top-N.
     fn finish(&mut self, n: usize, mut emit: impl FnMut(u64, Ranked, isize)) {
-        consolidate(&mut self.scores);
+        self.group_scores();
         consolidate(&mut self.exclusions);
         let mut scratch = Scratch::default();
-        let (mut scores, mut exclusions) = (&self.scores[..], &self.exclusions[..]);
-        // The runs are short (a user's changes), so they are found by scanning, not searching.
-        let run = |changes: &[((u64, u64), isize)], user: u64| changes.iter().take_while(|c| c.0 .0 == user).count();
-        loop {
-            // The next user in either list, and its runs in both.
-            let user = match (scores.first(), exclusions.first()) {
-                (None, None) => break,
-                (Some(s), None) => s.0 .0,
-                (None, Some(e)) => e.0 .0,
-                (Some(s), Some(e)) => s.0 .0.min(e.0 .0),
-            };
-            let (history_run, rest) = exclusions.split_at(run(exclusions, user));
+        let mut exclusions = &self.exclusions[..];
+        for user in 0..self.users.len() {
+            // The user's runs in both lists (exclusions are few: found by scanning).
+            let (history_run, rest) = exclusions.split_at(exclusions.iter().take_while(|e| e.0 .0 as usize == user).count());
             exclusions = rest;
-            let (score_run, rest) = scores.split_at(run(scores, user));
-            scores = rest;
+            let score_run = Self::user_scores(&mut self.grouped, &self.starts, user);
+            if history_run.is_empty() && score_run.is_empty() {
+                continue; // untouched, or reached by a flush only (below)
+            }
+            let state = &mut self.users[user];
             // ΔH · N_after: the user's own membership changes, added to its H_before · ΔN.
             let mut own = std::mem::take(&mut scratch.own);
             let changes = if history_run.is_empty() {
@@ -409,12 +475,11 @@ impl Recommender {
                 own.extend_from_slice(score_run);
                 for &((_, i), diff) in history_run {
                     let list = self.neighbors.get(&i).map_or(&[][..], |list| list);
-                    own.extend(list.iter().map(|&(j, s)| ((user, j), s as isize * diff)));
+                    own.extend(list.iter().map(|&(j, s)| (j, s * diff as i64)));
                 }
                 consolidate(&mut own);
                 &own[..]
             };
-            let state = self.users.entry(user).or_default();
             scratch.before.clear();
             scratch.before.extend_from_slice(state.top(n));
             state.change_history(history_run, &mut scratch.left);
@@ -431,39 +496,35 @@ impl Recommender {
                 self.full_ranks += 1;
             }
             state.flushed = false;
-            if Self::publish(state, user, n, &scratch.before, &mut emit) {
-                self.users.remove(&user);
+            for (entry, diff) in difference(&scratch.before, state.top(n)) {
+                emit(state.id, entry, diff);
             }
         }
         // Users only a flush reached: their candidates are merged, their ranking is not.
         for user in std::mem::take(&mut self.flushed) {
-            let Some(state) = self.users.get_mut(&user) else { continue };
+            let state = &mut self.users[user as usize];
             if state.flushed {
                 state.flushed = false;
                 scratch.before.clear();
                 scratch.before.extend_from_slice(state.top(n));
                 state.rank(n);
-                if Self::publish(state, user, n, &scratch.before, &mut emit) {
-                    self.users.remove(&user);
+                self.full_ranks += 1;
+                for (entry, diff) in difference(&scratch.before, state.top(n)) {
+                    emit(state.id, entry, diff);
                 }
             }
         }
         // A large epoch must not pin its staging buffers for good.
-        for staged in [&mut self.scores, &mut self.exclusions] {
-            staged.clear();
-            if staged.capacity() > 1 << 20 {
-                staged.shrink_to(1 << 16);
-            }
+        self.exclusions.clear();
+        if self.exclusions.capacity() > 1 << 20 {
+            self.exclusions.shrink_to(1 << 16);
         }
-    }
-
-    /// Emits the change of `user`'s top-N from `before`; true if the user has nothing left
-    /// (and may be forgotten).
-    fn publish(state: &User, user: u64, n: usize, before: &[Ranked], emit: &mut impl FnMut(u64, Ranked, isize)) -> bool {
-        for (entry, diff) in difference(before, state.top(n)) {
-            emit(user, entry, diff);
+        if self.scores.capacity() > 1 << 20 {
+            self.scores.shrink_to(1 << 16);
         }
-        state.candidates.is_empty() && state.history.is_empty()
+        if self.grouped.capacity() > 1 << 20 {
+            self.grouped.shrink_to(1 << 16);
+        }
     }
 }
 
@@ -566,7 +627,7 @@ mod tests {
         // Candidates on both sides of and between the existing ones; 10 drops to zero.
         let out = step(&mut r, &[(1, 5, 9), (1, 30, 6), (1, 60, 1), (1, 10, -3)], &[]);
         assert_eq!(out, vec![(7, (3, 10), -1), (7, (4, 50), -1), (7, (6, 30), 1), (7, (9, 5), 1)]);
-        assert_eq!(r.users[&7].candidates, vec![(5, 9), (30, 6), (50, 4), (60, 1)]);
+        assert_eq!(r.users[r.index[&7] as usize].candidates, vec![(5, 9), (30, 6), (50, 4), (60, 1)]);
     }
 
     /// An epoch whose score changes are flushed part-way emits what an unflushed one does.
@@ -584,7 +645,7 @@ mod tests {
             let mut out = Vec::new();
             r.finish(2, |u, (Reverse(s), j), d| out.push((u, (s, j), d)));
             out.sort();
-            (out, r.users.values().all(|user| !user.flushed), r.flushed.is_empty())
+            (out, r.users.iter().all(|user| !user.flushed), r.flushed.is_empty())
         };
         let flushed = run(true);
         assert_eq!(flushed, run(false));
