@@ -24,7 +24,9 @@
 //! `(Reverse(weight), item)` for its items with weight > 0. A change of one item moves one
 //! entry: `O(log n)`. When an epoch is complete (the input frontier has passed it), each key
 //! it touched compares its first `k` entries before and after the epoch's updates and emits
-//! the difference: `O(k)` per touched key, independent of how many items the key has. Ties
+//! the difference: `O(k)` per touched key, independent of how many items the key has. A
+//! key also remembers its `k`-th entry, so that an epoch whose changes all rank after it
+//! (a popular track whose distant partners' scores drift) skips the comparison. Ties
 //! fall to the smaller item, because `(Reverse(weight), item)` orders that way, which is
 //! SPEC §2's order for both lists. The state is one set entry (16 bytes plus the B-tree's
 //! share) per `(key, item)` with a positive weight.
@@ -66,7 +68,8 @@ pub fn top_k<'scope>(
             by_key,
             name,
             move |_capability, _info| {
-                let mut keys: HashMap<u64, BTreeSet<Ranked>> = HashMap::default();
+                // Per key its ordered set, and its k-th entry when it has k.
+                let mut keys: HashMap<u64, (BTreeSet<Ranked>, Option<Ranked>)> = HashMap::default();
                 // Staged changes per epoch, with the capability to emit at that epoch.
                 let mut staged = BTreeMap::new();
                 let mut before = Vec::new();
@@ -93,22 +96,21 @@ pub fn top_k<'scope>(
                         let mut session = output.session(&capability);
                         for run in changes.chunk_by(|a, b| a.0 .0 == b.0 .0) {
                             let key = run[0].0 .0;
-                            let ranking = keys.entry(key).or_default();
-                            before.clear();
-                            before.extend(ranking.iter().take(k).copied());
-                            for &((_key, entry), diff) in run {
-                                if entry.0 .0 <= 0 {
+                            let (ranking, last) = keys.entry(key).or_default();
+                            // Changes that all rank after the k-th entry leave the top k as it
+                            // is: a popular track's top k is not read for a distant partner.
+                            if let Some(last) = *last {
+                                if run.iter().all(|&((_, entry), _)| entry > last) {
+                                    apply(ranking, run);
                                     continue;
                                 }
-                                // Set semantics: +1 asserts an entry, -1 retracts it.
-                                if diff > 0 {
-                                    ranking.insert(entry);
-                                } else {
-                                    ranking.remove(&entry);
-                                }
                             }
+                            before.clear();
+                            before.extend(ranking.iter().take(k).copied());
+                            apply(ranking, run);
                             after.clear();
                             after.extend(ranking.iter().take(k).copied());
+                            *last = if after.len() == k { after.last().copied() } else { None };
                             if ranking.is_empty() {
                                 keys.remove(&key);
                             }
@@ -121,6 +123,21 @@ pub fn top_k<'scope>(
             },
         )
         .as_collection()
+}
+
+/// Applies one key's changes (set semantics: +1 asserts an entry, -1 retracts it) to its
+/// ordered set; entries whose weight is not positive are never ranked.
+fn apply(ranking: &mut BTreeSet<Ranked>, changes: &[((u64, Ranked), isize)]) {
+    for &((_key, entry), diff) in changes {
+        if entry.0 .0 <= 0 {
+            continue;
+        }
+        if diff > 0 {
+            ranking.insert(entry);
+        } else {
+            ranking.remove(&entry);
+        }
+    }
 }
 
 /// Sorts by record and sums the diffs of equal records, dropping zeros.
