@@ -8,11 +8,11 @@
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
-//!   ├─ n(i)        members → map t → count_total                    (i, n)
-//!   ├─ c, s        Similarity: pairs (by track) + n (broadcast)      ((i,j), s) both ways,
-//!   │              per track its partners' counts → cosine_units     ((a,b), c) a < b
-//!   │              where c ≥ C, s > 0 (engine/similarity.rs)
-//!   ├─ N(i)        s → TopK per track (ordered set of (s, j))        (i, (s, j))
+//!   ├─ n(i)        members → map t → count_total                      (i, n)
+//!   ├─ c, s        Similarity: pairs (by track) + n (broadcast)       (i, j, old s, new s)
+//!   │              per track its partners' counts → cosine_units      both ways (a stream);
+//!   │              where c ≥ C, s > 0 (engine/similarity.rs)          ((a,b), c) a < b
+//!   ├─ N(i)        s changes → TopK per track (ordered set of (s, j)) (i, (s, j))
 //!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
 //!   │              (broadcast): per user Σ s(i,j) over its history, top-N of j ∉ H(u)
 //!   │              (engine/recommend.rs)
@@ -55,7 +55,11 @@ pub mod top_k;
 use std::cmp::Reverse;
 
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::Operator;
+use timely::dataflow::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::tables::{Params, TrackStats};
@@ -124,8 +128,9 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
 
     // c(i,j) and s(i,j) = cosine in score units, where c ≥ C and s > 0.
     let pair_records = similarity::similarities(pairs, history_counts, min_co, score_precision, emit_co_listens);
-    let similarities = pair_records.clone().flat_map(|record| match record {
-        PairRecord::Similar { track, partner, score } => Some(((track, partner), score)),
+    let co_listens = emit_co_listens.then(|| co_listen_updates(pair_records.clone()));
+    let similarities = pair_records.flat_map(|record| match record {
+        PairRecord::Similar { track, partner, old, new } => Some((track, partner, old, new)),
         PairRecord::CoListen { .. } => None,
     });
 
@@ -149,11 +154,25 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         track_neighbors: neighbor_lists.map(|(i, (Reverse(s), j))| ((i, j), s)),
         user_recommendations: recommendation_lists.map(|(user, (Reverse(score), j))| ((user, j), score)),
         track_stats,
-        co_listens: emit_co_listens.then(|| {
-            pair_records.flat_map(|record| match record {
-                PairRecord::CoListen { a, b, count } => Some(((a, b), count)),
-                PairRecord::Similar { .. } => None,
-            })
-        }),
+        co_listens,
     }
+}
+
+/// The `c(a,b)` updates among the similarity operator's records, as a collection.
+fn co_listen_updates<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>) -> Collection<'scope, ((u64, u64), u64)> {
+    records
+        .unary(Pipeline, "CoListens", |_capability, _info| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for record in data.drain(..) {
+                        if let PairRecord::CoListen { a, b, count, diff } = record {
+                            session.give((((a, b), count), time, diff));
+                        }
+                    }
+                });
+            }
+        })
+        .as_collection()
 }

@@ -45,13 +45,15 @@
 //! * `c(i,j)` changed, or `n(min(i,j))` changed: the worker of `min(i,j)`;
 //! * only `n(max(i,j))` changed: the worker of `max(i,j)`.
 //!
-//! The output is two differential collections in one stream: `s` per directed pair (set
-//! semantics: the old score retracted, the new one asserted) for the neighbour lists, and
-//! `c` per pair `a < b` when co-listens are wanted.
+//! The output is one plain stream of two kinds of records: each changed `s` per directed
+//! pair as one `(old, new)` record for the neighbour lists (half the records of a retraction
+//! plus an assertion, and nothing to consolidate downstream: a pair changes at most once an
+//! epoch), and, when co-listens are wanted, the updates of `c` per pair `a < b` as a
+//! differential collection's.
 
 use std::collections::BTreeMap;
 
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use differential_dataflow::{Hashable, VecCollection};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -64,19 +66,23 @@ use super::history::PairChange;
 use super::top_k::{consolidate, replace_tight};
 use super::Epoch;
 
-/// A record of the operator's output.
+/// A record of the operator's output, at the epoch of its message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PairRecord {
-    /// `s(track, partner) = score` units, `score > 0`; both directions of a pair are present.
+    /// `s(track, partner)` changed from `old` to `new` units of 10^-P in the epoch (0: no
+    /// similarity); both directions of a pair are present, each once.
     Similar {
         /// The track whose neighbour `partner` may be.
         track: u64,
         /// The other track.
         partner: u64,
-        /// `s` in units of 10^-P.
-        score: i64,
+        /// `s` before the epoch.
+        old: i64,
+        /// `s` after the epoch.
+        new: i64,
     },
-    /// `c(a, b) = count`, `a < b`, `count ≥ 1`.
+    /// `c(a, b) = count` asserted (`diff` 1) or retracted (`diff` -1), `a < b`, `count ≥ 1`:
+    /// a differential collection's update.
     CoListen {
         /// The smaller track.
         a: u64,
@@ -84,6 +90,8 @@ pub enum PairRecord {
         b: u64,
         /// Users with both in their history.
         count: u64,
+        /// +1 or -1.
+        diff: isize,
     },
 }
 
@@ -315,7 +323,7 @@ impl Similarity {
     }
 
     /// Closes the open epoch: emits every changed `s` and `c` through `emit`.
-    fn finish(&mut self, mut emit: impl FnMut(PairRecord, isize)) {
+    fn finish(&mut self, mut emit: impl FnMut(PairRecord)) {
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut closed = std::mem::take(&mut self.closed);
         consolidate(&mut buffer);
@@ -358,7 +366,7 @@ impl Similarity {
 
     /// Ends the open epoch for one local track (`run`: its last changes, sorted) and emits
     /// the pairs it is the emitter of.
-    fn close(&mut self, track: u32, run: &[Delta], emit: &mut impl FnMut(PairRecord, isize)) {
+    fn close(&mut self, track: u32, run: &[Delta], emit: &mut impl FnMut(PairRecord)) {
         let mut partners = self.tracks.remove(&track).unwrap_or_default();
         let mut changes = std::mem::take(&mut self.changes);
         partners.close(run, &mut self.scratch, &mut changes);
@@ -379,7 +387,7 @@ impl Similarity {
 
     /// Every pair of `track` (whose `n` changed): `entries` are the counts after the epoch,
     /// `changes` the changed ones with their counts before, both sorted by partner.
-    fn rescore(&self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord, isize)) {
+    fn rescore(&self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
         let id = self.ids[track as usize];
         let mut changed = changes.iter().peekable();
         let mut visit = |partner: u32, before: u32, after: u32| {
@@ -404,24 +412,20 @@ impl Similarity {
     }
 
     /// Emits the changes of pair `(track, partner)` (both directions of `s`, and `c` once).
-    fn emit_pair(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord, isize)) {
+    fn emit_pair(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord)) {
         let (t, p) = (track as usize, partner as usize);
         let (i, j) = (self.ids[t], self.ids[p]);
         let old = self.score(before, self.n[t], self.n[p]);
         let new = self.score(after, self.n_next[t], self.n_next[p]);
         if old != new {
-            for (score, diff) in [(old, -1), (new, 1)] {
-                if score > 0 {
-                    emit(PairRecord::Similar { track: i, partner: j, score }, diff);
-                    emit(PairRecord::Similar { track: j, partner: i, score }, diff);
-                }
-            }
+            emit(PairRecord::Similar { track: i, partner: j, old, new });
+            emit(PairRecord::Similar { track: j, partner: i, old, new });
         }
         if self.emit_co_listens && before != after {
             let (a, b) = (i.min(j), i.max(j));
             for (count, diff) in [(before, -1), (after, 1)] {
                 if count > 0 {
-                    emit(PairRecord::CoListen { a, b, count: u64::from(count) }, diff);
+                    emit(PairRecord::CoListen { a, b, count: u64::from(count), diff });
                 }
             }
         }
@@ -436,10 +440,10 @@ pub fn similarities<'scope>(
     min_co: u64,
     precision: u32,
     emit_co_listens: bool,
-) -> VecCollection<'scope, Epoch, PairRecord> {
+) -> Stream<'scope, Epoch, Vec<PairRecord>> {
     let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
     pairs
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<(PairRecord, Epoch, isize)>>, _, _, _, _>(
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
             counts.inner.broadcast(),
             by_track,
             Pipeline,
@@ -490,12 +494,11 @@ pub fn similarities<'scope>(
                         }
                         open = None;
                         let mut session = output.session(&capability);
-                        state.finish(|record, diff| session.give((record, epoch, diff)));
+                        state.finish(|record| session.give(record));
                     }
                 }
             },
         )
-        .as_collection()
 }
 
 #[cfg(test)]
@@ -554,7 +557,7 @@ mod tests {
             s.pair(1, 2, 1);
             s.pair(1, 3, 1);
             let mut out = Vec::new();
-            s.finish(|r, d| out.push((r, d)));
+            s.finish(|r| out.push(r));
             s.pair(1, 2, 1);
             if flush {
                 s.flush();
@@ -562,14 +565,14 @@ mod tests {
             s.pair(1, 3, -1);
             s.pair(1, 4, 1);
             out.clear();
-            s.finish(|r, d| out.push((r, d)));
+            s.finish(|r| out.push(r));
             out.sort();
             out
         };
         let flushed = run(true);
         assert_eq!(flushed, run(false));
         // c(1,2) 1 → 2, c(1,3) 1 → 0, c(1,4) 0 → 1 (n(4) = 0: no score).
-        assert_eq!(flushed.iter().filter(|(r, _)| matches!(r, PairRecord::CoListen { .. })).count(), 4);
+        assert_eq!(flushed.iter().filter(|r| matches!(r, PairRecord::CoListen { .. })).count(), 4);
     }
 
     /// A pair whose count and `n(min)` change is emitted once, by the smaller track's owner,
@@ -586,7 +589,7 @@ mod tests {
             s.count(1, 2, 1);
             s.count(2, 3, 1);
             let mut out = Vec::new();
-            s.finish(|r, d| out.push((r, d)));
+            s.finish(|r| out.push(r));
             if first_epoch {
                 return out;
             }
@@ -594,14 +597,15 @@ mod tests {
             out.clear();
             s.count(2, 3, -1);
             s.count(2, 4, 1);
-            s.finish(|r, d| out.push((r, d)));
+            s.finish(|r| out.push(r));
             out
         };
         let first = run(true, 1);
         assert_eq!(first.len(), 3, "{first:?}"); // s both ways and c(1,2)
         assert!(run(true, 2).is_empty());
         let second = run(false, 2);
-        assert_eq!(second.len(), 4, "{second:?}"); // s both ways, retracted and asserted
+        assert_eq!(second.len(), 2, "{second:?}"); // s both ways, old to new
+        assert!(second.iter().all(|r| matches!(r, PairRecord::Similar { old, new, .. } if old != new && *old > 0)));
         assert!(run(false, 1).is_empty());
     }
 }

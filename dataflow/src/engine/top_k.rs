@@ -5,9 +5,9 @@
 //!  N(i)  key = track i, item = track j, weight = s(i,j)
 //! ```
 //!
-//! Weights arrive as a differential collection of `((key, item), weight)` with set semantics
-//! (a similarity that changes from `s` to `s'` is `s` retracted and `s'` asserted), so the
-//! operator needs no map of current weights: the retraction names the entry to remove.
+//! Weights arrive as a stream of changes `(key, item, old, new)`, at most one per item per
+//! epoch (the similarity operator emits a changed pair once), so the operator needs no map
+//! of current weights (the old weight names the entry to remove) and nothing to consolidate.
 //! Recommendations `R(u)` rank differently, where the users live, because a user's
 //! candidates are bounded by `K·k` ([`super::recommend`]).
 //!
@@ -44,26 +44,28 @@ use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
+use timely::dataflow::Stream;
 
 use super::Epoch;
 
 /// A ranked entry: best first, ties to the smaller item.
 pub type Ranked = (Reverse<i64>, u64);
 
+/// A weight change: `(key, item, old, new)`, weights not positive meaning no entry.
+pub type WeightChange = (u64, u64, i64, i64);
+
 /// Per key, the `k` best `(key, (Reverse(weight), item))` entries (ties: smaller item).
 ///
-/// `weights` holds `((key, item), weight)` records with set semantics: each `(key, item)`
-/// has at most one weight at a complete epoch, and a changed weight is its old record
-/// retracted and its new one asserted. The output is the set of `(key, (Reverse(weight),
-/// item))` in each key's top `k`; records whose weight is not positive are never ranked.
+/// `changes` holds, at each epoch, at most one `(key, item, old, new)` per `(key, item)`
+/// whose weight changed in it. The output is the set of `(key, (Reverse(weight), item))` in
+/// each key's top `k`; items whose weight is not positive are never ranked.
 pub fn top_k<'scope>(
     name: &str,
-    weights: VecCollection<'scope, Epoch, ((u64, u64), i64)>,
+    changes: Stream<'scope, Epoch, Vec<WeightChange>>,
     k: usize,
 ) -> VecCollection<'scope, Epoch, (u64, Ranked)> {
-    let by_key = Exchange::new(|(((key, _item), _weight), _time, _diff): &(((u64, u64), i64), Epoch, isize)| key.hashed());
-    weights
-        .inner
+    let by_key = Exchange::new(|&(key, _item, _old, _new): &WeightChange| key.hashed());
+    changes
         .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(
             by_key,
             name,
@@ -77,30 +79,24 @@ pub fn top_k<'scope>(
                 move |(input, frontier), output| {
                     let port = output.output_index();
                     input.for_each(|cap, data| {
-                        // Stage by each update's own time: differential may send updates at
-                        // times later than the message's capability.
-                        for (((key, item), weight), time, diff) in data.drain(..) {
-                            staged
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, port), Vec::new()))
-                                .1
-                                .push(((key, (Reverse(weight), item)), diff));
-                        }
+                        let Some(&time) = cap.least() else { return };
+                        staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Vec::new())).1.append(data);
                     });
                     while let Some(entry) = staged.first_entry() {
                         if frontier.less_equal(entry.key()) {
                             break; // an earlier-or-equal epoch may still send changes
                         }
                         let (epoch, (capability, mut changes)) = entry.remove_entry();
-                        consolidate(&mut changes);
+                        changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
+                        debug_assert!(changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)), "two changes of one item in an epoch");
                         let mut session = output.session(&capability);
-                        for run in changes.chunk_by(|a, b| a.0 .0 == b.0 .0) {
-                            let key = run[0].0 .0;
+                        for run in changes.chunk_by(|a, b| a.0 == b.0) {
+                            let key = run[0].0;
                             let (ranking, last) = keys.entry(key).or_default();
                             // Changes that all rank after the k-th entry leave the top k as it
                             // is: a popular track's top k is not read for a distant partner.
                             if let Some(last) = *last {
-                                if run.iter().all(|&((_, entry), _)| entry > last) {
+                                if run.iter().all(|&(_, item, old, new)| (Reverse(old), item) > last && (Reverse(new), item) > last) {
                                     apply(ranking, run);
                                     continue;
                                 }
@@ -125,17 +121,15 @@ pub fn top_k<'scope>(
         .as_collection()
 }
 
-/// Applies one key's changes (set semantics: +1 asserts an entry, -1 retracts it) to its
-/// ordered set; entries whose weight is not positive are never ranked.
-fn apply(ranking: &mut BTreeSet<Ranked>, changes: &[((u64, Ranked), isize)]) {
-    for &((_key, entry), diff) in changes {
-        if entry.0 .0 <= 0 {
-            continue;
+/// Applies one key's changes to its ordered set: the old entry leaves, the new one enters;
+/// weights that are not positive have no entry.
+fn apply(ranking: &mut BTreeSet<Ranked>, changes: &[WeightChange]) {
+    for &(_key, item, old, new) in changes {
+        if old > 0 {
+            ranking.remove(&(Reverse(old), item));
         }
-        if diff > 0 {
-            ranking.insert(entry);
-        } else {
-            ranking.remove(&entry);
+        if new > 0 {
+            ranking.insert((Reverse(new), item));
         }
     }
 }
