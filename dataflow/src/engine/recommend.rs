@@ -117,6 +117,13 @@ impl User {
     }
 }
 
+/// The tracks that entered and left a user's history in an epoch.
+#[derive(Default)]
+struct Moved {
+    entered: Vec<u64>,
+    left: Vec<u64>,
+}
+
 /// Buffers reused from one user to the next.
 #[derive(Default)]
 struct Scratch {
@@ -126,8 +133,8 @@ struct Scratch {
     changed: Vec<(u64, i64)>,
     /// Score changes to tracks that were not candidates.
     inserted: Vec<(u64, i64)>,
-    /// Tracks that left the history in the epoch.
-    left: Vec<u64>,
+    /// Tracks that entered and left the user's history in the epoch.
+    moved: Moved,
     /// The next leaders.
     leaders: Vec<Ranked>,
     /// `R(u)` before the epoch.
@@ -143,15 +150,19 @@ impl User {
     }
 
     /// Applies one epoch's history changes (`(track, ±1)`, sorted, consolidated), listing
-    /// the tracks that left in `left`.
-    fn change_history(&mut self, changes: &[((u32, u64), isize)], left: &mut Vec<u64>) {
-        left.clear();
+    /// the tracks that entered and left in `moved`.
+    fn change_history(&mut self, changes: &[((u32, u64), isize)], moved: &mut Moved) {
+        moved.entered.clear();
+        moved.left.clear();
         for &((_, track), diff) in changes {
             match (self.history.binary_search(&track), diff > 0) {
-                (Err(at), true) => self.history.insert(at, track),
+                (Err(at), true) => {
+                    self.history.insert(at, track);
+                    moved.entered.push(track);
+                }
                 (Ok(at), false) => {
                     self.history.remove(at);
-                    left.push(track);
+                    moved.left.push(track);
                 }
                 // A complete epoch adds only absent members and removes only present ones.
                 _ => debug_assert!(false, "history change {track} {diff} against {:?}", self.history),
@@ -230,10 +241,10 @@ impl User {
     }
 
     /// Updates the leaders after the candidates in `changed` (`(track, new score)`, sorted by
-    /// track) changed and the tracks in `left` left the history; `O(leaders + changes)`.
+    /// track) changed and tracks `moved` in or out of the history; `O(leaders + changes)`.
     /// Returns false if fewer than `n` leaders would remain above a floor that is not
     /// [`BOTTOM`]: the top `n` is then unknown without [`User::rank`].
-    fn rerank(&mut self, n: usize, changed: &[(u64, i64)], left: &[u64], next: &mut Vec<Ranked>) -> bool {
+    fn rerank(&mut self, n: usize, changed: &[(u64, i64)], moved: &Moved, next: &mut Vec<Ranked>) -> bool {
         let m = n * LEADERS_PER_RECOMMENDATION;
         if m == 0 {
             return true;
@@ -246,9 +257,9 @@ impl User {
         next.clear();
         // Unchanged leaders keep their place unless they entered the history; every
         // changed candidate, or one that left the history, leads if it ranks above the floor.
-        next.extend(self.leaders.iter().filter(|&&(_, track)| !is_changed(track) && history.binary_search(&track).is_err()));
+        next.extend(self.leaders.iter().filter(|&&(_, track)| !is_changed(track) && !moved.entered.contains(&track)));
         next.extend(changed.iter().filter(|&&(track, score)| leads(track, score)).map(|&(track, score)| (Reverse(score), track)));
-        for &track in left.iter().filter(|&&track| !is_changed(track)) {
+        for &track in moved.left.iter().filter(|&&track| !is_changed(track)) {
             if let Ok(at) = self.candidates.binary_search_by_key(&track, |&(item, _)| item) {
                 let score = self.candidates[at].1;
                 if leads(track, score) {
@@ -482,14 +493,14 @@ impl Recommender {
             };
             scratch.before.clear();
             scratch.before.extend_from_slice(state.top(n));
-            state.change_history(history_run, &mut scratch.left);
+            state.change_history(history_run, &mut scratch.moved);
             let listed = changes.is_empty() || state.change_scores(changes, &mut scratch);
             if changes.is_empty() {
                 scratch.changed.clear();
             }
             scratch.own = own;
-            let Scratch { changed, left, leaders, .. } = &mut scratch;
-            if !state.flushed && listed && state.rerank(n, changed, left, leaders) {
+            let Scratch { changed, moved, leaders, .. } = &mut scratch;
+            if !state.flushed && listed && state.rerank(n, changed, moved, leaders) {
                 self.reranks += 1;
             } else {
                 state.rank(n);
