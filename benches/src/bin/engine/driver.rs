@@ -5,7 +5,7 @@
 //!  every worker: EventStream (same seed) ──► keep lines n ≡ w (mod W) ──► buffer
 //!                                                                          │ barrier
 //!                       timed: feed buffer ─► advance_to(e+1) ─► step_while(probe < e+1)
-//!  worker 0:  CountingSink  (row changes per table, per epoch)
+//!  worker 0:  CountingSink  (keeps each epoch's changes; rows counted after the timed span)
 //!             /proc/self/status (VmRSS, VmHWM) after chosen epochs
 //! ```
 //!
@@ -20,7 +20,8 @@
 //! chunks of [`CHUNK`] for big epochs), meet at a barrier, then worker 0 starts its clock,
 //! feeds (JSON parsing included), closes the epoch and waits until the sink on worker 0 has
 //! received it. So an epoch's latency is "input available in memory → every output change of
-//! the epoch delivered to the sink", the sink itself only counting rows.
+//! the epoch delivered to the sink". The sink only keeps the changes, as the pipeline's hands
+//! them to its committer thread; worker 0 counts their rows after the timed span.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Barrier, Mutex};
@@ -173,21 +174,37 @@ impl Reach {
     }
 }
 
-/// Counts the row changes of every closed epoch (worker 0).
+/// Receives every closed epoch's changes (worker 0). It only keeps them, as the pipeline's
+/// sink only hands them to its committer thread; the driver counts them after the epoch's
+/// timed span ([`CountingSink::count`]), so that the bench's own bookkeeping is not timed.
 struct CountingSink {
-    counts: Arc<Mutex<BTreeMap<Epoch, EpochChanges>>>,
+    received: Arc<Mutex<Vec<(Epoch, Changes)>>>,
 }
 
 impl EpochSink for CountingSink {
     fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
-        let counted = EpochChanges {
-            neighbors: TableChanges::of(&changes.track_neighbors),
-            recommendations: TableChanges::of(&changes.user_recommendations),
-            stats: TableChanges::of(&changes.track_stats),
-        };
         // A poisoned lock means a worker panicked; the run reports that failure.
-        if let Ok(mut counts) = self.counts.lock() {
-            counts.insert(epoch, counted);
+        if let Ok(mut received) = self.received.lock() {
+            received.push((epoch, changes));
+        }
+    }
+}
+
+impl CountingSink {
+    /// Counts the row changes of the epochs received so far into `counts`.
+    fn count(received: &Mutex<Vec<(Epoch, Changes)>>, counts: &Mutex<BTreeMap<Epoch, EpochChanges>>) {
+        let received = received.lock().map(|mut received| std::mem::take(&mut *received)).unwrap_or_default();
+        if let Ok(mut counts) = counts.lock() {
+            for (epoch, changes) in received {
+                counts.insert(
+                    epoch,
+                    EpochChanges {
+                        neighbors: TableChanges::of(&changes.track_neighbors),
+                        recommendations: TableChanges::of(&changes.user_recommendations),
+                        stats: TableChanges::of(&changes.track_stats),
+                    },
+                );
+            }
         }
     }
 }
@@ -196,6 +213,7 @@ impl EpochSink for CountingSink {
 pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord>> {
     let workers = schedule.workers.max(1);
     let counts: Arc<Mutex<BTreeMap<Epoch, EpochChanges>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(Epoch, Changes)>>> = Arc::default();
     let records: Arc<Mutex<Vec<EpochRecord>>> = Arc::default();
     let barrier = Arc::new(Barrier::new(workers));
     let schedule = Arc::new(schedule.clone());
@@ -204,7 +222,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
-        let sink = CountingSink { counts: counts_in.clone() };
+        let sink = CountingSink { received: received.clone() };
         let mut inputs = job::install(worker, &schedule.params, false, sink);
         let mut stream = EventStream::new(&catalog, 0.0);
         let mut payload = Vec::with_capacity(512);
@@ -258,6 +276,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
                 record.cpu += process_cpu().saturating_sub(cpu_before);
             }
             if index == 0 {
+                CountingSink::count(&received, &counts_in);
                 if schedule.memory_after.contains(&epoch_index) {
                     record.memory = Memory::read();
                     // Progress on stderr, so that a run cut short still says how far it got.
@@ -278,6 +297,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
         }
         inputs.close();
         while worker.step_or_park(None) {}
+        CountingSink::count(&received, &counts_in);
     })
     .map_err(|error| anyhow!("starting timely: {error}"))?;
     for result in guards.join() {
