@@ -12,7 +12,7 @@
 //!   ├─ c, s        Similarity: pairs (by track) + n (broadcast)       (i, j, old s, new s)
 //!   │              per track its partners' counts → cosine_units      both ways (a stream);
 //!   │              where c ≥ C, s > 0 (engine/similarity.rs)          ((a,b), c) a < b
-//!   ├─ N(i)        s changes → TopK per track (ordered set of (s, j)) (i, (s, j))
+//!   ├─ N(i)        s changes → TopK per track (weights, 2k leaders)   (i, (s, j))
 //!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
 //!   │              (broadcast): per user Σ s(i,j) over its history, top-N of j ∉ H(u)
 //!   │              (engine/recommend.rs)
@@ -38,11 +38,12 @@
 //! * **History** is a custom operator rather than `reduce`s: listens are append-only, so the
 //!   latest listen per track and the top `K` can be kept exactly in `O(log K)` per listen
 //!   without storing every listen (see [`history`]).
-//! * **Top-k** for neighbours keeps per track an ordered set of weighted items ([`top_k`]):
-//!   `O(log n)` per change, so a change to a popular track's pair list does not re-read the
+//! * **Top-k** for neighbours keeps per track a map of weighted items and its `2k` best in
+//!   order above a floor ([`top_k`]): `O(1)` per change, and an epoch reads only the best of
+//!   each track it touched, so a change to a popular track's pair list does not re-read the
 //!   whole list, and no stage stores the pairs twice. Recommendations keep per user a sorted
-//!   vector of its at most `K·k` candidates, merged with each epoch's changes in one pass
-//!   ([`recommend`]): cheaper per change and 4× smaller than an ordered set.
+//!   vector of its at most `K·k` candidates, updated with each epoch's changes in one pass,
+//!   and its `2N` best the same way ([`recommend`]): 4× smaller than an ordered set.
 //! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
 //!   recommendation scores are exact integer sums.

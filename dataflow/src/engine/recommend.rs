@@ -59,8 +59,8 @@
 //! 98 % of a 1 000-event epoch's touched users take the short path: similarities mostly drift
 //! by little, so the old top `N` stays well above the `2·N`-th score.
 //!
-//! The alternative, a hash map plus an ordered set per user (`O(log n)` per change, as
-//! [`super::top_k`] does for tracks), was measured first: after 1 M events a 1 000-event
+//! The alternative, a hash map plus an ordered set per user (`O(log n)` per change), was
+//! measured first: after 1 M events a 1 000-event
 //! epoch touches ~85 % of all users with ~13 changes each against ~150 candidates, so the
 //! per-change pointer chasing cost more than a pass (30 % more CPU per epoch), and its
 //! ~60 bytes per candidate made the users' candidates the largest state at 10 M events.
