@@ -95,7 +95,7 @@ pub fn top_k<'scope>(
                         let mut session = output.session(&capability);
                         for run in changes.chunk_by(|a, b| a.0 == b.0) {
                             let key = run[0].0;
-                            let ranking = keys.entry(key).or_insert_with(Ranking::new);
+                            let ranking = keys.entry(key).or_default();
                             before.clear();
                             before.extend_from_slice(ranking.top(k));
                             ranking.change(run, k, &mut next);
@@ -118,7 +118,6 @@ pub fn top_k<'scope>(
 const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
 
 /// One key's items: every weight, and the best items in order.
-#[derive(Default)]
 struct Ranking {
     /// Every item with a positive weight.
     weights: HashMap<u64, i64>,
@@ -129,11 +128,13 @@ struct Ranking {
     floor: Ranked,
 }
 
-impl Ranking {
-    fn new() -> Self {
+impl Default for Ranking {
+    fn default() -> Self {
         Ranking { weights: HashMap::default(), leaders: Vec::new(), floor: BOTTOM }
     }
+}
 
+impl Ranking {
     /// The top `k`.
     fn top(&self, k: usize) -> &[Ranked] {
         &self.leaders[..k.min(self.leaders.len())]
@@ -247,7 +248,7 @@ mod tests {
         for seed in 0..30 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let k = rng.random_range(0..5usize);
-            let mut ranking = Ranking::new();
+            let mut ranking = Ranking::default();
             let mut weights: BTreeMap<u64, i64> = BTreeMap::new();
             let mut next = Vec::new();
             for epoch in 0..300 {
