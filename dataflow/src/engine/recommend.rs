@@ -391,9 +391,11 @@ impl Recommender {
         starts.rotate_right(1);
         starts[0] = 0;
         self.scores.clear();
+        // The scatter keeps each user's changes in arrival order, which is by track when the
+        // neighbour changes are applied by candidate (see `recommendations`).
         for user in 0..self.users.len() {
             let run = &mut grouped[starts[user]..starts[user + 1]];
-            if run.len() > 1 {
+            if !run.is_sorted_by_key(|&(track, _)| track) {
                 run.sort_unstable_by_key(|&(track, _)| track);
             }
         }
@@ -570,7 +572,8 @@ pub fn recommendations<'scope>(
                     neighbors.for_each(|cap, data| {
                         for ((i, (std::cmp::Reverse(s), j)), time, diff) in data.drain(..) {
                             let slot = staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Staged::default()));
-                            slot.1 .1.push(((i, j), s as isize * diff));
+                            // Keyed by candidate first: see below.
+                            slot.1 .1.push(((j, i), s as isize * diff));
                         }
                     });
                     while let Some(entry) = staged.first_entry() {
@@ -580,7 +583,9 @@ pub fn recommendations<'scope>(
                         let (epoch, (capability, (mut memberships, mut scores))) = entry.remove_entry();
                         consolidate(&mut scores);
                         consolidate(&mut memberships);
-                        for &((i, j), delta) in &scores {
+                        // In candidate order, so that each user's score changes are staged
+                        // sorted by track and need no sorting per user.
+                        for &((j, i), delta) in &scores {
                             state.neighbor_change(i, j, delta as i64);
                         }
                         for &((user, i), diff) in &memberships {
