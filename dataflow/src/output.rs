@@ -36,8 +36,9 @@ pub enum RowChange {
     Stats(u64, TrackStats),
     /// A `co_listens` row.
     CoListen((u64, u64), u64),
-    /// A `dead_letters` row.
-    DeadLetter(DeadLetter),
+    /// A `dead_letters` row (boxed: it is rare and five times the size of the others, and
+    /// every record of the stream would otherwise carry its size).
+    DeadLetter(Box<DeadLetter>),
     /// Consumed progress: the next offset of a partition at the end of the epoch.
     Offset(i32, i64),
 }
@@ -55,7 +56,7 @@ pub fn gather<'scope>(
         .map(|(key, score)| RowChange::Neighbor(key, score))
         .concat(outputs.user_recommendations.map(|(key, score)| RowChange::Recommendation(key, score)))
         .concat(outputs.track_stats.map(|(track, stats)| RowChange::Stats(track, stats)))
-        .concat(dead_letters.map(RowChange::DeadLetter))
+        .concat(dead_letters.map(|letter| RowChange::DeadLetter(Box::new(letter))))
         .concat(offsets.map(|(partition, next)| RowChange::Offset(partition, next)));
     if let Some(co_listens) = outputs.co_listens {
         changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
@@ -121,7 +122,7 @@ fn add(changes: &mut Changes, change: RowChange, diff: i64) {
         }
         RowChange::DeadLetter(letter) => {
             for _ in 0..diff.max(0) {
-                changes.dead_letters.push(letter.clone());
+                changes.dead_letters.push((*letter).clone());
             }
         }
     }
