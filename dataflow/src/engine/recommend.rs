@@ -111,12 +111,6 @@ struct User {
     flushed: bool,
 }
 
-impl User {
-    fn new(id: u64) -> Self {
-        User { id, candidates: Vec::new(), history: Vec::new(), leaders: Vec::new(), floor: BOTTOM, flushed: false }
-    }
-}
-
 /// The tracks that entered and left a user's history in an epoch.
 #[derive(Default)]
 struct Moved {
@@ -144,6 +138,10 @@ struct Scratch {
 }
 
 impl User {
+    fn new(id: u64) -> Self {
+        User { id, candidates: Vec::new(), history: Vec::new(), leaders: Vec::new(), floor: BOTTOM, flushed: false }
+    }
+
     /// The first `n` leaders: `R(u)`.
     fn top(&self, n: usize) -> &[Ranked] {
         &self.leaders[..n.min(self.leaders.len())]
@@ -367,8 +365,8 @@ impl Recommender {
     }
 
     /// Groups the staged score changes by user (a counting sort: two sequential passes,
-    /// where a comparison sort of the epoch's changes cost a tenth of the engine's time), and
-    /// sorts and consolidates each user's by track.
+    /// where a comparison sort of the epoch's changes cost a tenth of the engine's time), each
+    /// user's sorted by track ([`Recommender::user_scores`] consolidates them).
     fn group_scores(&mut self) {
         let (starts, grouped) = (&mut self.starts, &mut self.grouped);
         starts.clear();
