@@ -82,16 +82,12 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Operator;
 
-use super::top_k::{consolidate, difference, replace_tight, Ranked};
+use super::top_k::{consolidate, cut_leaders, difference, replace_tight, Ranked, BOTTOM};
 use super::Epoch;
 
 /// A user's leaders hold this many times `N` entries: enough that an epoch which lowers a few
 /// of the best scores still leaves `N` leaders, so the user is ranked without a full pass.
 const LEADERS_PER_RECOMMENDATION: usize = 2;
-
-/// Ranks after every entry with a positive score: the floor of a user all of whose eligible
-/// candidates are leaders.
-const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
 
 /// One user's state: candidate scores, history (the exclusions) and its best candidates.
 struct User {
@@ -268,12 +264,7 @@ impl User {
         if next.len() < n && floor != BOTTOM {
             return false;
         }
-        next.sort_unstable();
-        if next.len() > m {
-            // What is cut ranks after the last kept leader, which becomes the floor.
-            next.truncate(m);
-            self.floor = next[m - 1];
-        }
+        cut_leaders(next, m, &mut self.floor);
         self.leaders.clear();
         self.leaders.extend_from_slice(next);
         true

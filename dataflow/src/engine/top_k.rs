@@ -113,9 +113,22 @@ pub fn top_k<'scope>(
         .as_collection()
 }
 
-/// Ranks after every entry with a positive weight: the floor of a key all of whose items are
-/// leaders.
-const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
+/// Ranks after every entry with a positive weight: the floor of a ranking all of whose
+/// entries are leaders (here a key's items, in [`super::recommend`] a user's candidates).
+pub(super) const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
+
+/// Sorts the next leaders best first and keeps the best `m`: what is cut ranks after the
+/// last kept one, which becomes the floor (`m > 0`).
+pub(super) fn cut_leaders(next: &mut Vec<Ranked>, m: usize, floor: &mut Ranked) {
+    if next.len() > m {
+        next.select_nth_unstable(m - 1);
+        next.truncate(m);
+        next.sort_unstable();
+        *floor = next[m - 1];
+    } else {
+        next.sort_unstable();
+    }
+}
 
 /// One key's items: every weight, and the best items in order.
 struct Ranking {
@@ -175,15 +188,7 @@ impl Ranking {
             next.extend(self.weights.iter().map(|(&item, &weight)| (Reverse(weight), item)));
             self.floor = BOTTOM;
         }
-        if next.len() > m {
-            next.select_nth_unstable(m - 1);
-            next.truncate(m);
-            next.sort_unstable();
-            // What is cut ranks after the last kept leader, which becomes the floor.
-            self.floor = next[m - 1];
-        } else {
-            next.sort_unstable();
-        }
+        cut_leaders(next, m, &mut self.floor);
         self.leaders.clear();
         self.leaders.extend_from_slice(next);
     }
