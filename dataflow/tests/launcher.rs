@@ -80,8 +80,12 @@ impl Drop for Scratch {
 }
 
 fn launcher() -> Command {
-    let mut command = Command::new("bash");
-    command.arg(LAUNCHER).args(["--bin", FLOW]);
+    // Through `env --default-signal=INT`: a shell cannot trap a signal it was started with
+    // ignored, and a test run started in the background of a non-interactive shell
+    // (`.ci/run &`) hands SIGINT down ignored; the launcher's Ctrl-C stop would then never
+    // come, and the tests that send it would hang.
+    let mut command = Command::new("env");
+    command.args(["--default-signal=INT", "bash", LAUNCHER, "--bin", FLOW]);
     command
 }
 
