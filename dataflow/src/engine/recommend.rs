@@ -485,10 +485,7 @@ impl Recommender {
             scratch.before.clear();
             scratch.before.extend_from_slice(state.top(n));
             state.change_history(history_run, &mut scratch.moved);
-            let listed = changes.is_empty() || state.change_scores(changes, &mut scratch);
-            if changes.is_empty() {
-                scratch.changed.clear();
-            }
+            let listed = state.change_scores(changes, &mut scratch);
             scratch.own = own;
             let Scratch { changed, moved, leaders, .. } = &mut scratch;
             if !state.flushed && listed && state.rerank(n, changed, moved, leaders) {
