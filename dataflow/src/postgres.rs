@@ -49,12 +49,19 @@
 //! fast path uses both, and checks their premise: an INSERT of an existing key fails with a
 //! unique violation, and the UPDATE must report as many rows as there are updates.
 //!
+//! The keyed tables are created with `fillfactor = 70`: commits rewrite scores and counts,
+//! never keys, so the room left on each page lets most updates be heap-only (the new row
+//! version beside the old one, no new primary-key entry). `pg_copy`'s sink updates went from
+//! ~250 k to ~290 k rows/s; in psql, 270 k random updates of a 1 M-row table from 1.0 to
+//! 0.64–0.74 s (96 % heap-only). Tables created by an older encore keep their fill factor
+//! (`ALTER TABLE … SET (fillfactor = 70)` then `VACUUM FULL` adopts it).
+//!
 //! # Schema
 //!
 //! [`PgSink::connect`] creates what is missing, in one transaction under a transaction-level
 //! advisory lock (so processes starting together do not race): the schema (`--pg-schema`,
-//! quoted with [`quote_ident`]), the SPEC §3 tables with exactly their columns (`co_listens`
-//! only with `--emit-co-listens`), the views `track_neighbors_ranked` and
+//! quoted with [`quote_ident`]), the SPEC §3 tables with exactly their columns and
+//! `fillfactor = 70` (`co_listens` only with `--emit-co-listens`), the views `track_neighbors_ranked` and
 //! `user_recommendations_ranked` (`rank` = `row_number()` by score desc, then id asc; ranking
 //! the stored doubles is exact because `units / 10^P` preserves the order of units), a unique
 //! index on `dead_letters (topic, kafka_partition, kafka_offset)`, and

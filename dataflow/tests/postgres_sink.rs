@@ -208,6 +208,49 @@ fn schema_creation_is_idempotent_and_survives_a_race() {
     assert_eq!(objects(&mut client, "raced"), expected);
 }
 
+/// Commits rewrite values, never keys: the keyed tables leave room on each page, so that the
+/// new version of an updated row stays on the page of the old one (a heap-only update, which
+/// adds no index entry). Pages filled to the brim would send every new version elsewhere.
+#[test]
+fn value_updates_stay_on_their_page() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let keys: Vec<(u64, u64)> = (0..5_000u64).map(|i| (i / 20, i % 20)).collect();
+    let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, 100, 1)).collect(), ..Changes::default() };
+    sink.commit(TOPIC, &insert, &offsets(&[(0, 1)])).unwrap();
+    let mut client = client(&pg);
+    let pages = |client: &mut Client| -> BTreeMap<(i64, i64), i64> {
+        client
+            .query("SELECT track_id, neighbor_id, (ctid::text::point)[0]::int8 FROM track_neighbors", &[])
+            .unwrap()
+            .iter()
+            .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+            .collect()
+    };
+    let before = pages(&mut client);
+    // Two commits, each rewriting a different fifth of the rows.
+    for (round, offset) in [(0u64, 2i64), (1, 3)] {
+        let update = Changes {
+            track_neighbors: keys
+                .iter()
+                .filter(|&&(track, neighbor)| (track + neighbor) % 5 == round)
+                .flat_map(|&k| [(k, 100, -1), (k, 200, 1)])
+                .collect(),
+            ..Changes::default()
+        };
+        sink.commit(TOPIC, &update, &offsets(&[(0, offset)])).unwrap();
+    }
+    let after = pages(&mut client);
+    assert_eq!(before.len(), keys.len());
+    let moved = before.iter().filter(|(key, page)| after.get(key) != Some(page)).count();
+    assert_eq!(moved, 0, "{moved} of {} rows moved to another page when their score changed", keys.len());
+    let updated: i64 = client
+        .query_one("SELECT count(*) FROM track_neighbors WHERE score = 200 / 10000.0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(updated, 2_000);
+}
+
 #[test]
 fn ranked_views_order_by_score_then_id() {
     let pg = start_postgres();
