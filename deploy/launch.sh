@@ -27,8 +27,10 @@
 #    peers then exit too, "lost a peer process"), names the process(es) that failed first
 #    with their host, status and last log line, stops the others and exits 1.
 #  * Limits: a launcher killed with SIGKILL leaves its local processes running (the remote
-#    ones stop: their stdin closes); the flags, a Postgres URL with its password included,
-#    appear in the launcher's log lines and in `ps` on every host.
+#    ones stop: their stdin closes); the flags appear in the launcher's log lines and in `ps`
+#    on every host, so keep the password out of `--postgres URL`: encore-flow reads it from
+#    PGPASSWORD, which local processes inherit from the launcher; remote ones need it set on
+#    their host (or `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that sshd).
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

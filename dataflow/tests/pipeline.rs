@@ -44,9 +44,13 @@ impl Stack {
     }
 
     fn command(&self, schema: &str, cluster: &[String]) -> Command {
+        self.command_to(&self.postgres.url(), schema, cluster)
+    }
+
+    fn command_to(&self, url: &str, schema: &str, cluster: &[String]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_encore-flow"));
         command
-            .args(["--brokers", &self.tansu.brokers(), "--topic", TOPIC, "--postgres", &self.postgres.url()])
+            .args(["--brokers", &self.tansu.brokers(), "--topic", TOPIC, "--postgres", url])
             .args(["--pg-schema", schema, "--until-caught-up", "--emit-co-listens", "--epoch-ms", "50"])
             .args(["--epoch-events", "300", "--history-cap", "5", "--min-co", "1", "--neighbors", "3"])
             .args(["--recommendations", "3"])
@@ -248,6 +252,23 @@ fn postgres_gone_mid_run_fails_with_one_line() {
     stack.postgres.start_again().expect("start PostgreSQL again");
     stack.run_flow("gone", 1, 1);
     stack.check("gone", &lines);
+}
+
+/// A password kept out of the URL (and so out of `ps`): a role that must authenticate
+/// (scram-sha-256) runs with the password from PGPASSWORD; without it, the run ends with one
+/// line that names the cause.
+#[test]
+fn a_url_without_password_takes_it_from_pgpassword() {
+    let stack = Stack::start("password");
+    let lines = testing::random_lines(23, 500);
+    stack.produce(&lines);
+    let url = stack.postgres.add_password_role("encore_pw", "kept out of argv").expect("a role with a password");
+    let output = stack.command_to(&url, "password", &[]).env_remove("PGPASSWORD").output().expect("encore-flow runs");
+    assert_one_line_error(&output, "password missing (give it in the URL or in PGPASSWORD)");
+
+    let output = stack.command_to(&url, "password", &[]).env("PGPASSWORD", "kept out of argv").output().expect("encore-flow runs");
+    assert_success(&output);
+    stack.check("password", &lines);
 }
 
 /// Rescaling: stop, change the process count, start. 1 process to caught-up, more messages,

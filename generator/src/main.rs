@@ -59,7 +59,8 @@ impl SizeArgs {
 
 #[derive(Args, Debug)]
 struct CatalogArgs {
-    /// Postgres connection URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres.
+    /// Postgres connection URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres. A URL
+    /// without a password takes it from PGPASSWORD, as libpq does.
     #[arg(long)]
     postgres: String,
     /// Seed: the same seed and sizes give the same catalog.

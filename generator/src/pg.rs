@@ -23,11 +23,23 @@ pub enum PgError {
     #[error("invalid Postgres URL: {0}")]
     Url(postgres::Error),
     /// Connecting failed.
-    #[error("cannot connect to Postgres: {0}")]
+    #[error("cannot connect to Postgres: {}", connect_reason(.0))]
     Connect(postgres::Error),
     /// A statement or the COPY failed.
     #[error("writing the catalog failed: {0}")]
     Write(postgres::Error),
+}
+
+/// The client's error with its cause, which it keeps apart ("invalid configuration" alone
+/// would not say that a password is missing).
+fn connect_reason(err: &postgres::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(cause) if cause.to_string() == "password missing" => {
+            format!("{err}: {cause} (give it in the URL or in PGPASSWORD)")
+        }
+        Some(cause) => format!("{err}: {cause}"),
+        None => err.to_string(),
+    }
 }
 
 /// Rows written per table.
@@ -46,6 +58,12 @@ pub struct CatalogCounts {
 /// Connects to `url`, waiting at most 10 s unless the URL sets `connect_timeout`.
 pub fn connect(url: &str) -> Result<Client, PgError> {
     let mut config = postgres::Config::from_str(url).map_err(PgError::Url)?;
+    // As libpq (and encore-flow) do: a URL without a password takes it from PGPASSWORD.
+    if config.get_password().is_none() {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            config.password(password.as_encoded_bytes());
+        }
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }

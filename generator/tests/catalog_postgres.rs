@@ -163,3 +163,31 @@ fn another_schema_and_a_bad_url() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot connect to Postgres"), "{stderr}");
 }
+
+/// A password kept out of the URL (and so out of `ps`) is taken from PGPASSWORD.
+#[test]
+fn a_url_without_password_takes_it_from_pgpassword() {
+    let postgres = Postgres::start().expect("postgres");
+    let url = postgres
+        .add_password_role("catalog_writer", "not on the command line")
+        .expect("a role with a password");
+    let run = |password: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_encore-gen"));
+        command.args(["catalog", "--postgres", &url, "--pg-schema", "guarded", "--seed", "1"]);
+        command.args(SIZES);
+        match password {
+            Some(password) => command.env("PGPASSWORD", password),
+            None => command.env_remove("PGPASSWORD"),
+        };
+        command.output().expect("encore-gen runs")
+    };
+    let refused = run(None);
+    assert!(!refused.status.success());
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert!(reason.contains("password missing (give it in the URL or in PGPASSWORD)"), "{reason}");
+
+    let output = run(Some("not on the command line"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut client = Client::connect(&postgres.url(), NoTls).expect("connect");
+    assert_eq!(count(&mut client, "guarded.artists"), 400);
+}

@@ -113,6 +113,34 @@ impl Postgres {
         )
     }
 
+    /// Creates a login role that must authenticate with `password` (scram-sha-256 over TCP)
+    /// and may create schemas in the database, and returns its URL, which holds no password:
+    /// for testing that a password kept out of the URL is found elsewhere (`PGPASSWORD`).
+    pub fn add_password_role(&self, role: &str, password: &str) -> Result<String> {
+        let sql_failed = |source: postgres::Error| self.not_ready(format!("creating role {role}: {source}"));
+        let mut admin = postgres::Client::connect(&self.url(), postgres::NoTls).map_err(sql_failed)?;
+        let literal = format!("'{}'", password.replace('\'', "''"));
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE \"{role}\" LOGIN PASSWORD {literal}; GRANT CREATE ON DATABASE postgres TO \"{role}\";"
+            ))
+            .map_err(sql_failed)?;
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = fs::read_to_string(&hba)
+            .and_then(|rules| fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}")));
+        rules.map_err(|source| Error::Io { action: "adding a rule to", path: hba.clone(), source })?;
+        admin.batch_execute("SELECT pg_reload_conf()").map_err(sql_failed)?;
+        let url = format!("postgres://{role}@127.0.0.1:{}/postgres", self.port);
+        // The reload is asynchronous: wait until a login without the password is refused.
+        for _ in 0..250 {
+            if postgres::Client::connect(&url, postgres::NoTls).is_err() {
+                return Ok(url);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(self.not_ready(format!("{role} still logs in without a password after reloading {}", hba.display())))
+    }
+
     /// The TCP port the server listens on (the same across [`stop`](Self::stop) and
     /// [`start_again`](Self::start_again)).
     pub fn port(&self) -> u16 {

@@ -352,6 +352,9 @@ fn every_pod_runs_its_process_of_one_cluster() {
         assert_eq!(flag("--brokers"), environment["ENCORE_BROKERS"]);
         assert_eq!(flag("--topic"), "music_streaming_data");
         assert_eq!(flag("--postgres"), environment["ENCORE_POSTGRES_URL"]);
+        let user_info = flag("--postgres").split("://").nth(1).and_then(|rest| rest.split('@').next()).unwrap_or("");
+        assert!(!user_info.contains(':'), "{pod}: no password on the command line: {}", flag("--postgres"));
+        assert!(!environment["PGPASSWORD"].is_empty(), "{pod}: the password comes from the Secret as PGPASSWORD");
         assert_eq!(
             flag("--metrics-addr"),
             format!("0.0.0.0:{}", metrics_port(&manifest)),

@@ -179,6 +179,10 @@ pub(super) fn describe(err: &postgres::Error) -> String {
         (None, Some(source)) => format!("{err}: {source}"),
         (None, None) => err.to_string(),
     };
+    // The server asked for a password the URL does not hold.
+    if text.ends_with("password missing") {
+        return format!("{text} (give it in the URL or in PGPASSWORD)");
+    }
     one_line(&text)
 }
 

@@ -75,6 +75,13 @@ pub(super) fn select_offsets(session: &mut Session, topic: &str) -> Result<BTree
 pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<postgres::Config, SinkError> {
     let mut config: postgres::Config =
         url.parse().map_err(|err: postgres::Error| SinkError::InvalidUrl(describe(&err)))?;
+    // As libpq does: a password kept out of the URL (and so out of `ps` and the launcher's
+    // log lines) comes from the environment, which only the process's own user can read.
+    if config.get_password().is_none() {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            config.password(password.as_encoded_bytes());
+        }
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(retry.connect_timeout);
     }
