@@ -26,8 +26,9 @@
 #  * The first process to exit non-zero stops the run: the launcher waits two seconds (its
 #    peers then exit too, "lost a peer process"), names the process(es) that failed first
 #    with their host, status and last log line, stops the others and exits 1.
-#  * Limits: a launcher killed with SIGKILL leaves its local processes running (the remote
-#    ones stop: their stdin closes); the flags appear in the launcher's log lines and in `ps`
+#  * A launcher killed with SIGKILL still stops its processes: local ones get SIGINT from the
+#    kernel (setpriv --pdeathsig, where util-linux has it), remote ones see their stdin close.
+#  * Limits: the flags appear in the launcher's log lines and in `ps`
 #    on every host, so keep the password out of `--postgres URL`: encore-flow reads it from
 #    PGPASSWORD, which local processes inherit from the launcher; remote ones need it set on
 #    their host (or `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that sshd).
@@ -387,6 +388,14 @@ STOP_REQUESTED=0
 
 log_of() { printf '%s/p%s.log' "${LOG_DIR:-$RUN_DIR}" "$1"; }
 
+# A local encore-flow gets SIGINT from the kernel if the launcher dies without stopping it
+# (SIGKILL, OOM killer): it commits its epoch and exits, as on Ctrl-C, instead of running on
+# unattended. setpriv (util-linux) sets that parent-death signal and execs the program.
+ORPHAN_SIGNAL=()
+if command -v setpriv >/dev/null 2>&1 && setpriv --help 2>&1 | grep -q -- --pdeathsig; then
+    ORPHAN_SIGNAL=(setpriv --pdeathsig INT)
+fi
+
 # Starts process $1 in the background, its output through a prefixing job.
 start_process() {
     local p="$1" fd out="$RUN_DIR/p$1.out" stdin="$RUN_DIR/p$1.in" log
@@ -406,7 +415,7 @@ start_process() {
         (
             for fd in "${STOP_FDS[@]}"; do exec {fd}>&-; done
             trap - INT QUIT
-            exec setsid "${COMMAND[@]}" </dev/null >"$out" 2>&1
+            exec setsid "${ORPHAN_SIGNAL[@]}" "${COMMAND[@]}" </dev/null >"$out" 2>&1
         ) &
         PIDS[p]=$!
     else

@@ -401,7 +401,33 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     assert_eq!(summaries(&stdout), (first.len() as u64, second.len() as u64), "the second run resumes");
     assert!(flow_processes_mentioning(&scratch.str("")).is_empty() && flow_processes_mentioning(&url).is_empty());
 
-    // Exactly once across both runs and both stops.
+    // The launcher killed outright (SIGKILL, no chance to stop anyone): its local processes
+    // get SIGINT from the kernel and stop, rather than run on unattended.
+    let mut command = launcher();
+    command.arg(&hosts);
+    flow_args(&mut command);
+    let mut killed = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("launcher");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flow_processes_mentioning(&url).len() < 2 {
+        assert!(Instant::now() < deadline, "both processes start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    killed.kill().expect("kill -9 the launcher");
+    killed.wait().expect("reap the launcher");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !flow_processes_mentioning(&url).is_empty() {
+        if Instant::now() > deadline {
+            let left = flow_processes_mentioning(&url);
+            for pid in &left {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+            panic!("still running 60 s after the launcher died: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Exactly once across the three runs and their stops.
     let mut sink = PgSink::connect(&url, "public", PARAMS.score_precision, true, RetryPolicy::default()).expect("connect");
     let (tables, dead_letters) = sink.read_tables().expect("read tables");
     let (events, invalid) = testing::parse_lines(&lines);
