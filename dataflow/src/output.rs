@@ -2,22 +2,24 @@
 //!
 //! ```text
 //!  track_neighbors ─┐
-//!  user_recommend. ─┤ map to RowChange
-//!  track_stats ─────┼──────────────────► exchange to worker 0 ──► EpochSink
-//!  co_listens ──────┤                                              stages by epoch; once the
-//!  dead_letters ────┤
-//!  offsets ─────────┘                                              frontier passes an epoch,
-//!                                                                  hands its Changes to the
-//!                                                                  sink, in epoch order
+//!  user_recommend. ─┤ map to     EpochShares (every worker)     exchange    EpochSink (worker 0)
+//!  track_stats ─────┼────────►   sorts its own row changes  ──► to worker ─► appends the shares
+//!  co_listens ──────┤ RowChange  into one Changes per epoch;    0: one      of an epoch; once
+//!  dead_letters ────┤            sends it once the frontier     record per  its frontier passes
+//!  offsets ─────────┘            passes the epoch               worker      it, hands the epoch's
+//!                                                                           Changes to the sink,
+//!                                                                           in epoch order
 //! ```
 //!
 //! One writer sees every change: a sink commits each closed epoch as one unit (a CSV state
-//! for files, one transaction for Postgres), which is what makes exactly-once simple.
+//! for files, one transaction for Postgres), which is what makes exactly-once simple. Each
+//! worker sorts its own share first, so worker 0 receives a few records per epoch instead of
+//! every row change (tens of thousands per live epoch), and does no more work than the others.
 
 use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::{Capability, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
@@ -83,22 +85,47 @@ impl<S: EpochSink + Send> EpochSink for std::sync::Arc<std::sync::Mutex<S>> {
 /// Routes every change to worker 0 and hands each closed epoch to `sink` there. The returned
 /// probe passes an epoch once the sink has received it.
 pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, mut sink: S) -> ProbeHandle<Epoch> {
-    let to_worker_zero = Exchange::new(|_update: &(RowChange, Epoch, isize)| 0u64);
-    // Each staged epoch holds a capability, so the probe cannot pass it before the sink ran.
-    let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
-    let (probe, _) = changes
-        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(to_worker_zero, "EpochSink", move |_cap, _info| {
+    // Each staged epoch holds a capability, so that nothing downstream (the next operator,
+    // the probe) passes the epoch before its changes have moved on.
+    let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+    let shares = changes.unary_frontier::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(
+        Pipeline,
+        "EpochShares",
+        move |_cap, _info| {
             move |(input, frontier), output| {
                 let port = output.output_index();
                 input.for_each(|cap, data| {
                     for (change, epoch, diff) in data.drain(..) {
-                        let entry = staged.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                        let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
                         add(&mut entry.1, change, diff as i64);
+                    }
+                });
+                while let Some(entry) = shares.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break; // the epoch may still receive changes
+                    }
+                    let (_epoch, (capability, share)) = entry.remove_entry();
+                    output.session(&capability).give(share);
+                }
+            }
+        },
+    );
+    let to_worker_zero = Exchange::new(|_share: &Changes| 0u64);
+    let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+    let (probe, _) = shares
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(to_worker_zero, "EpochSink", move |_cap, _info| {
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    for share in data.drain(..) {
+                        let entry = staged.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                        entry.1.append(share);
                     }
                 });
                 while let Some(entry) = staged.first_entry() {
                     if frontier.less_equal(entry.key()) {
-                        break; // the epoch may still receive changes
+                        break; // another worker's share may still arrive
                     }
                     let (epoch, (_capability, changes)) = entry.remove_entry();
                     sink.epoch_closed(epoch, changes);

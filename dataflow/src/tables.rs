@@ -94,6 +94,20 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Adds another worker's share of the same epoch. Concatenated, not consolidated: the
+    /// shares are what worker 0 used to receive record by record, in no particular order.
+    pub fn append(&mut self, mut share: Changes) {
+        self.track_neighbors.append(&mut share.track_neighbors);
+        self.user_recommendations.append(&mut share.user_recommendations);
+        self.track_stats.append(&mut share.track_stats);
+        self.co_listens.append(&mut share.co_listens);
+        self.dead_letters.append(&mut share.dead_letters);
+        for (partition, next) in share.offsets {
+            let entry = self.offsets.entry(partition).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+    }
+
     /// Appends the changes of the epoch right after this one, so that both commit as one:
     /// the update triples are summed per `(key, value)`, so a row changed in both epochs
     /// keeps only its value before the first and after the second (`-v0 +v1 -v1 +v2` is
@@ -120,6 +134,25 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_of_one_epoch_are_concatenated_and_offsets_take_the_larger() {
+        let mut epoch = Changes {
+            track_neighbors: vec![((1, 2), 5, -1), ((1, 2), 6, 1)],
+            offsets: BTreeMap::from([(0, 10), (1, 20)]),
+            ..Changes::default()
+        };
+        let share = Changes {
+            user_recommendations: vec![((7, 3), 9, 1)],
+            track_neighbors: vec![((4, 5), 1, 1)],
+            offsets: BTreeMap::from([(1, 15), (2, 5)]),
+            ..Changes::default()
+        };
+        epoch.append(share);
+        assert_eq!(epoch.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 6, 1), ((4, 5), 1, 1)]);
+        assert_eq!(epoch.user_recommendations, vec![((7, 3), 9, 1)]);
+        assert_eq!(epoch.offsets, BTreeMap::from([(0, 10), (1, 20), (2, 5)]));
+    }
 
     #[test]
     fn absorbing_the_next_epoch_keeps_only_the_net_change_of_each_row() {
