@@ -68,7 +68,7 @@
 //! ## Big epochs
 //!
 //! A big epoch (a first load, a catch-up) expands its neighbour changes into hundreds of
-//! millions of `(user, candidate)` score changes. Once `SCORES_FLUSH_AT` of them are staged,
+//! millions of `(user, candidate)` score changes. Once `SCORES_FLUSH_AT` of them are pending,
 //! they are merged into their users' candidates at once (scores are sums, so merging in parts
 //! changes nothing) and those users are ranked at the epoch's end like every touched user.
 
@@ -311,14 +311,24 @@ struct Recommender {
     /// Per track, the local indexes of the users with it in their history.
     listeners: HashMap<u64, Vec<u32>>,
     neighbors: HashMap<u64, Vec<(u64, i64)>>,
-    /// `(user index, track, Δscore)` of this epoch.
-    scores: Vec<(u32, u64, i64)>,
+    /// `(i, j, Δs)`: this epoch's neighbour changes not yet spread to the listeners of `i`,
+    /// and how many score changes they make for each user (indexed like `users`) and in all.
+    /// The `(user, j, Δs)` changes themselves are only ever written once, grouped by user
+    /// ([`Recommender::group_scores`]): staging them first cost a write and a read of 24
+    /// bytes each, millions per epoch from 10 000 events up.
+    pending: Vec<(u64, u64, i64)>,
+    counts: Vec<u32>,
+    staged: usize,
+    /// Whether `grouped` holds the pending changes (grouped before the first membership
+    /// change of the epoch, which alters the listeners they go to) and awaits `finish`.
+    grouped_ready: bool,
     /// `((user index, track), ±1)`: history changes of this epoch, excluded from
     /// recommendations.
     exclusions: Vec<((u32, u64), isize)>,
     /// Users whose candidates a flush changed in this epoch, ranked again at its end.
     flushed: Vec<u32>,
-    /// The staged scores grouped by user: `grouped[starts[u]..starts[u + 1]]` are user `u`'s.
+    /// The pending score changes grouped by user: `grouped[starts[u]..starts[u + 1]]` are
+    /// user `u`'s.
     grouped: Vec<(u64, i64)>,
     starts: Vec<usize>,
     /// How many times a touched user was ranked from its leaders, and from all candidates.
@@ -326,9 +336,8 @@ struct Recommender {
     full_ranks: u64,
 }
 
-/// Staged score changes are merged into their users once this many pile up (96 MB, and
-/// 64 MB more to group them): a big epoch (a first load, a catch-up) expands to hundreds of
-/// millions of them.
+/// Pending score changes are merged into their users once this many pile up (64 MB to group
+/// them): a big epoch (a first load, a catch-up) expands to hundreds of millions of them.
 const SCORES_FLUSH_AT: usize = 1 << 22;
 
 impl Recommender {
@@ -348,42 +357,61 @@ impl Recommender {
         if list.is_empty() {
             self.neighbors.remove(&i);
         }
-        let users = self.listeners.get(&i).map_or(&[][..], |users| users);
-        self.scores.extend(users.iter().map(|&user| (user, j, delta)));
-        if self.scores.len() >= SCORES_FLUSH_AT {
+        debug_assert!(!self.grouped_ready, "neighbour changes come before membership changes");
+        let Recommender { listeners, counts, pending, staged, users, .. } = self;
+        let listening = listeners.get(&i).map_or(&[][..], |users| users);
+        if !listening.is_empty() {
+            if counts.len() < users.len() {
+                counts.resize(users.len(), 0);
+            }
+            for &user in listening {
+                counts[user as usize] += 1;
+            }
+            pending.push((i, j, delta));
+            *staged += listening.len();
+        }
+        if self.staged >= SCORES_FLUSH_AT {
             self.flush_scores();
         }
     }
 
-    /// Groups the staged score changes by user (a counting sort: two sequential passes,
-    /// where a comparison sort of the epoch's changes cost a tenth of the engine's time), each
-    /// user's sorted by track ([`Recommender::user_scores`] consolidates them).
+    /// Spreads the pending neighbour changes to the listeners, grouped by user (a counting
+    /// sort: the counts were kept as they came, so one pass writes each change in its user's
+    /// run, where a comparison sort of the epoch's changes cost a tenth of the engine's time),
+    /// each user's sorted by track ([`Recommender::user_scores`] consolidates them). Nothing
+    /// to do if they are grouped already.
     fn group_scores(&mut self) {
-        let (starts, grouped) = (&mut self.starts, &mut self.grouped);
-        starts.clear();
-        starts.resize(self.users.len() + 1, 0);
-        for &(user, _, _) in &self.scores {
-            starts[user as usize + 1] += 1;
+        if self.grouped_ready {
+            debug_assert!(self.pending.is_empty());
+            return;
         }
-        for user in 1..starts.len() {
-            starts[user] += starts[user - 1];
+        let Recommender { listeners, counts, pending, staged, starts, grouped, users, .. } = self;
+        counts.resize(users.len(), 0);
+        // `starts[u]` is where user `u`'s run begins; `counts[u]` becomes its next free slot.
+        starts.clear();
+        starts.push(0);
+        for count in counts.iter_mut() {
+            let start = *starts.last().unwrap_or(&0);
+            starts.push(start + *count as usize);
+            *count = start as u32;
         }
         grouped.clear();
-        grouped.resize(self.scores.len(), (0, 0));
-        // `starts[u]` is the next free slot of user `u` while scattering, the end of its run
-        // after; shifted back below.
-        for &(user, track, delta) in &self.scores {
-            let at = &mut starts[user as usize];
-            grouped[*at] = (track, delta);
-            *at += 1;
+        grouped.resize(*staged, (0, 0));
+        for &(i, j, delta) in pending.iter() {
+            for &user in listeners.get(&i).map_or(&[][..], |users| users) {
+                let at = &mut counts[user as usize];
+                grouped[*at as usize] = (j, delta);
+                *at += 1;
+            }
         }
-        starts.rotate_right(1);
-        starts[0] = 0;
-        self.scores.clear();
+        counts.fill(0);
+        pending.clear();
+        *staged = 0;
+        self.grouped_ready = true;
         // The scatter keeps each user's changes in arrival order, which is by track when the
         // neighbour changes are applied by candidate (see `recommendations`).
-        for user in 0..self.users.len() {
-            let run = &mut grouped[starts[user]..starts[user + 1]];
+        for user in 0..self.starts.len() - 1 {
+            let run = &mut self.grouped[self.starts[user]..self.starts[user + 1]];
             if !run.is_sorted_by_key(|&(track, _)| track) {
                 run.sort_unstable_by_key(|&(track, _)| track);
             }
@@ -411,7 +439,7 @@ impl Recommender {
         &run[..write]
     }
 
-    /// Merges the staged score changes into their users' candidates, leaving the ranking
+    /// Merges the pending score changes into their users' candidates, leaving the ranking
     /// (and so the output) to `finish`: scores are sums, so the order of merging is free.
     fn flush_scores(&mut self) {
         self.group_scores();
@@ -428,11 +456,15 @@ impl Recommender {
                 self.flushed.push(user as u32);
             }
         }
+        self.grouped_ready = false;
     }
 
     /// Step 2: `i` enters (`diff` 1) or leaves (`diff` -1) `H(user)`, with `N(i)` as it is
     /// after this epoch's neighbour changes.
     fn membership_change(&mut self, id: u64, i: u64, diff: isize) {
+        // The pending neighbour changes go to the listeners before any of this epoch's
+        // membership changes (`H_before · ΔN`).
+        self.group_scores();
         let next = self.users.len() as u32;
         let user = *self.index.entry(id).or_insert(next);
         if user == next {
@@ -456,6 +488,9 @@ impl Recommender {
     /// user's state is visited once) and reports the changes of each touched user's top-N.
     fn finish(&mut self, n: usize, mut emit: impl FnMut(u64, Ranked, isize)) {
         self.group_scores();
+        // Users that joined in this epoch's membership changes have no runs.
+        let end = *self.starts.last().unwrap_or(&0);
+        self.starts.resize(self.users.len() + 1, end);
         consolidate(&mut self.exclusions);
         let mut scratch = Scratch::default();
         let mut exclusions = &self.exclusions[..];
@@ -513,13 +548,11 @@ impl Recommender {
                 }
             }
         }
+        self.grouped_ready = false;
         // A large epoch must not pin its staging buffers for good.
         self.exclusions.clear();
         if self.exclusions.capacity() > 1 << 20 {
             self.exclusions.shrink_to(1 << 16);
-        }
-        if self.scores.capacity() > 1 << 20 {
-            self.scores.shrink_to(1 << 16);
         }
         if self.grouped.capacity() > 1 << 20 {
             self.grouped.shrink_to(1 << 16);
@@ -569,7 +602,7 @@ pub fn recommendations<'scope>(
                         let (epoch, (capability, (mut memberships, mut scores))) = entry.remove_entry();
                         consolidate(&mut scores);
                         consolidate(&mut memberships);
-                        // In candidate order, so that each user's score changes are staged
+                        // In candidate order, so that each user's score changes are grouped
                         // sorted by track and need no sorting per user.
                         for &((j, i), delta) in &scores {
                             state.neighbor_change(i, j, delta as i64);
