@@ -3,18 +3,19 @@
 //! ```text
 //!  track_neighbors ─┐
 //!  user_recommend. ─┤ map to     EpochShares (every worker)     exchange    EpochSink (worker 0)
-//!  track_stats ─────┼────────►   sorts its own row changes  ──► to worker ─► appends the shares
-//!  co_listens ──────┤ RowChange  into one Changes per epoch;    0: one      of an epoch; once
-//!  dead_letters ────┤            sends it once the frontier     record per  its frontier passes
-//!  offsets ─────────┘            passes the epoch               worker      it, hands the epoch's
+//!  track_stats ─────┼────────►   sorts the row changes of   ──► to worker ─► appends the shares
+//!  co_listens ──────┤ RowChange  one activation into one        0: a few    of an epoch; once
+//!  dead_letters ────┤            Changes per epoch (a share)    records     its frontier passes
+//!  offsets ─────────┘            and sends it at once           per worker  it, hands the epoch's
 //!                                                                           Changes to the sink,
 //!                                                                           in epoch order
 //! ```
 //!
 //! One writer sees every change: a sink commits each closed epoch as one unit (a CSV state
 //! for files, one transaction for Postgres), which is what makes exactly-once simple. Each
-//! worker sorts its own share first, so worker 0 receives a few records per epoch instead of
-//! every row change (tens of thousands per live epoch), and does no more work than the others.
+//! worker sorts its own row changes into shares first, so worker 0 receives a few records
+//! per epoch instead of every row change (tens of thousands per live epoch), and does no
+//! more work than the others.
 
 use std::collections::BTreeMap;
 
@@ -85,31 +86,24 @@ impl<S: EpochSink + Send> EpochSink for std::sync::Arc<std::sync::Mutex<S>> {
 /// Routes every change to worker 0 and hands each closed epoch to `sink` there. The returned
 /// probe passes an epoch once the sink has received it.
 pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, mut sink: S) -> ProbeHandle<Epoch> {
-    // Each staged epoch holds a capability, so that nothing downstream (the next operator,
-    // the probe) passes the epoch before its changes have moved on.
-    let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
-    let shares = changes.unary_frontier::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(
-        Pipeline,
-        "EpochShares",
-        move |_cap, _info| {
-            move |(input, frontier), output| {
-                let port = output.output_index();
-                input.for_each(|cap, data| {
-                    for (change, epoch, diff) in data.drain(..) {
-                        let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
-                        add(&mut entry.1, change, diff as i64);
-                    }
-                });
-                while let Some(entry) = shares.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break; // the epoch may still receive changes
-                    }
-                    let (_epoch, (capability, share)) = entry.remove_entry();
-                    output.session(&capability).give(share);
+    // Each activation sends what it received as one share per epoch, at once: held until
+    // the epoch closed, a big epoch's (a catch-up's) changes would all sit on each worker
+    // and then all be in flight to worker 0 at the same time.
+    let shares = changes.unary::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(Pipeline, "EpochShares", |_cap, _info| {
+        move |input, output| {
+            let port = output.output_index();
+            let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+            input.for_each(|cap, data| {
+                for (change, epoch, diff) in data.drain(..) {
+                    let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                    add(&mut entry.1, change, diff as i64);
                 }
+            });
+            for (_epoch, (capability, share)) in shares {
+                output.session(&capability).give(share);
             }
-        },
-    );
+        }
+    });
     let to_worker_zero = Exchange::new(|_share: &Changes| 0u64);
     let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
     let (probe, _) = shares
