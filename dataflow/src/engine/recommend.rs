@@ -534,9 +534,7 @@ impl Recommender {
             let changes = if history_run.is_empty() {
                 score_run
             } else {
-                // Sorted on their own and merged: the score run is sorted already, and at
-                // 10 M events an active user's run is long (sorting it again was a sixth
-                // of a 1 000-event epoch).
+                // Sorted on their own and merged: the score run is sorted already.
                 let extra = &mut scratch.extra;
                 extra.clear();
                 for &((_, i), diff) in history_run {
