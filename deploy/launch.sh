@@ -28,10 +28,10 @@
 #    with their host, status and last log line, stops the others and exits 1.
 #  * A launcher killed with SIGKILL still stops its processes: local ones get SIGINT from the
 #    kernel (setpriv --pdeathsig, where util-linux has it), remote ones see their stdin close.
-#  * Limits: the flags appear in the launcher's log lines and in `ps`
-#    on every host, so keep the password out of `--postgres URL`: encore-flow reads it from
-#    PGPASSWORD, which local processes inherit from the launcher; remote ones need it set on
-#    their host (or `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that sshd).
+#  * Limits: the flags appear in the launcher's log lines and in `ps` on every host, so keep
+#    the password out of `--postgres URL`: encore-flow reads it from PGPASSWORD, which local
+#    processes inherit from the launcher; remote ones need it set on their host (or
+#    `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that host's sshd).
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

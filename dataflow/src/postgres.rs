@@ -61,8 +61,8 @@
 //! [`PgSink::connect`] creates what is missing, in one transaction under a transaction-level
 //! advisory lock (so processes starting together do not race): the schema (`--pg-schema`,
 //! quoted with [`quote_ident`]), the SPEC §3 tables with exactly their columns and
-//! `fillfactor = 70` (`co_listens` only with `--emit-co-listens`), the views `track_neighbors_ranked` and
-//! `user_recommendations_ranked` (`rank` = `row_number()` by score desc, then id asc; ranking
+//! `fillfactor = 70` (`co_listens` only with `--emit-co-listens`), the views
+//! `track_neighbors_ranked` and `user_recommendations_ranked` (`rank` = `row_number()` by score desc, then id asc; ranking
 //! the stored doubles is exact because `units / 10^P` preserves the order of units), a unique
 //! index on `dead_letters (topic, kafka_partition, kafka_offset)`, and
 //! `encore_progress (topic, kafka_partition, next_offset, committed_at)`. Each connection

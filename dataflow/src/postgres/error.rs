@@ -181,7 +181,7 @@ pub(super) fn describe(err: &postgres::Error) -> String {
     };
     // The server asked for a password the URL does not hold.
     if text.ends_with("password missing") {
-        return format!("{text} (give it in the URL or in PGPASSWORD)");
+        return one_line(&format!("{text} (give it in the URL or in PGPASSWORD)"));
     }
     one_line(&text)
 }
