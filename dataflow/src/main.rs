@@ -99,9 +99,9 @@ struct Output {
     /// Write the final tables as DIR/<table>.csv (process 0 writes them).
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
-    /// Postgres connection URL, e.g. postgres://USER@HOST:5432/DB?sslmode=require. A URL
-    /// without a password takes it from PGPASSWORD, as libpq does: the environment, unlike
-    /// the command line, is not shown by `ps`.
+    /// Postgres connection URL, e.g. postgres://USER@HOST:5432/DB. A URL without a password
+    /// takes it from PGPASSWORD, as libpq does: the environment, unlike the command line, is
+    /// not shown by `ps`. Connections are not encrypted (no TLS: sslmode=require fails).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 }
