@@ -344,7 +344,7 @@ struct Recommender {
     /// bytes each, millions per epoch from 10 000 events up.
     pending: Vec<(u64, u64, i64)>,
     counts: Vec<u32>,
-    staged: usize,
+    pending_scores: usize,
     /// Whether `grouped` holds the pending changes (grouped before the first membership
     /// change of the epoch, which alters the listeners they go to) and awaits `finish`.
     grouped_ready: bool,
@@ -384,7 +384,7 @@ impl Recommender {
             self.neighbors.remove(&i);
         }
         debug_assert!(!self.grouped_ready, "neighbour changes come before membership changes");
-        let Recommender { listeners, counts, pending, staged, users, .. } = self;
+        let Recommender { listeners, counts, pending, pending_scores, users, .. } = self;
         let listening = listeners.get(&i).map_or(&[][..], |users| users);
         if !listening.is_empty() {
             if counts.len() < users.len() {
@@ -394,9 +394,9 @@ impl Recommender {
                 counts[user as usize] += 1;
             }
             pending.push((i, j, delta));
-            *staged += listening.len();
+            *pending_scores += listening.len();
         }
-        if self.staged >= SCORES_FLUSH_AT {
+        if self.pending_scores >= SCORES_FLUSH_AT {
             self.flush_scores();
         }
     }
@@ -411,7 +411,7 @@ impl Recommender {
             debug_assert!(self.pending.is_empty());
             return;
         }
-        let Recommender { listeners, counts, pending, staged, starts, grouped, users, .. } = self;
+        let Recommender { listeners, counts, pending, pending_scores, starts, grouped, users, .. } = self;
         counts.resize(users.len(), 0);
         // `starts[u]` is where user `u`'s run begins; `counts[u]` becomes its next free slot.
         starts.clear();
@@ -422,7 +422,7 @@ impl Recommender {
             *count = start as u32;
         }
         grouped.clear();
-        grouped.resize(*staged, (0, 0));
+        grouped.resize(*pending_scores, (0, 0));
         for &(i, j, delta) in pending.iter() {
             for &user in listeners.get(&i).map_or(&[][..], |users| users) {
                 let at = &mut counts[user as usize];
@@ -432,7 +432,7 @@ impl Recommender {
         }
         counts.fill(0);
         pending.clear();
-        *staged = 0;
+        *pending_scores = 0;
         self.grouped_ready = true;
         // The scatter keeps each user's changes in arrival order, which is by track when the
         // neighbour changes are applied by candidate (see `recommendations`).
