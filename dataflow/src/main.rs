@@ -99,9 +99,12 @@ struct Output {
     /// Write the final tables as DIR/<table>.csv (process 0 writes them).
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
-    /// Postgres connection URL, e.g. postgres://USER@HOST:5432/DB. A URL without a password
-    /// takes it from PGPASSWORD, as libpq does: the environment, unlike the command line, is
-    /// not shown by `ps`. Connections are not encrypted (no TLS: sslmode=require fails).
+    /// Postgres connection URL, e.g. postgres://USER@HOST:5432/DB. TLS as in libpq: sslmode
+    /// (disable, prefer [default: TLS if the server offers it], require, verify-ca,
+    /// verify-full), sslrootcert (a PEM file, or "system" for the system's roots), sslcert and
+    /// sslkey (client certificate), in the URL or as PGSSLMODE, PGSSLROOTCERT, PGSSLCERT,
+    /// PGSSLKEY. A URL without a password takes it from PGPASSWORD: the environment, unlike
+    /// the command line, is not shown by `ps`.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 }

@@ -180,7 +180,7 @@ pub struct TableRows {
 
 /// Writes the SPEC §3 tables of one schema; see the module docs.
 pub struct PgSink {
-    config: postgres::Config,
+    config: encore_pgconnect::Target,
     retry: RetryPolicy,
     sql: Statements,
     score_precision: u32,
@@ -221,7 +221,7 @@ impl PgSink {
         let config = session_config(url, &retry)?;
         let sql = Statements::new(schema, emit_co_listens);
         let session = open_session(&config, &sql, &retry, Some(schema))?;
-        info!(schema, "postgres sink connected");
+        info!(schema, tls = %config.tls_summary(), "postgres sink connected");
         Ok(PgSink {
             config,
             retry,

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use encore_dataflow::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
 use encore_dataflow::tables::{Changes, DeadLetter, Tables, TrackStats};
-use encore_testkit::Postgres;
+use encore_pgconnect::Target;
+use encore_testkit::{Postgres, TestCa};
 use postgres::{Client, NoTls};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
@@ -415,7 +416,7 @@ fn unreachable_postgres_fails_after_bounded_retries() {
     assert!(!err.to_string().contains('\n'));
 
     let err = PgSink::connect("postgres://127.0.0.1:x/", "public", 4, false, quick_retry(3)).unwrap_err();
-    assert!(matches!(err, SinkError::InvalidUrl(_)), "{err}");
+    assert!(matches!(err, SinkError::Config(_)), "{err}");
 }
 
 #[test]
@@ -428,6 +429,48 @@ fn permanent_errors_are_not_retried() {
         SinkError::Postgres { reason, .. } => assert!(reason.contains("3D000"), "{err}"),
         other => panic!("expected a Postgres error, got {other}"),
     }
+}
+
+#[test]
+fn commits_over_checked_tls_survive_a_restart_and_a_wrong_certificate_fails_at_once() {
+    let ca = TestCa::new("encore test CA").unwrap();
+    let mut pg = Postgres::start_tls(&ca).unwrap();
+    let tls = format!("sslmode=verify-full&sslrootcert={}", ca.root_path().display());
+    let url = format!("{}?{tls}", pg.url());
+    let mut sink = PgSink::connect(&url, "public", 4, true, quick_retry(10)).expect("connect over TLS");
+    let mut rng = ChaCha8Rng::seed_from_u64(443);
+    let mut model = Tables::default();
+    let first = random_commit(&mut rng, &mut model, 40);
+    sink.commit(TOPIC, &first, &offsets(&[(0, 1)])).unwrap();
+    pg.stop().unwrap();
+    pg.start_again().unwrap();
+    let second = random_commit(&mut rng, &mut model, 40);
+    let stats = sink.commit(TOPIC, &second, &offsets(&[(0, 2)])).unwrap();
+    assert!(stats.attempts >= 2, "the old connection died with the server: {stats:?}");
+    assert_eq!(sink.read_tables().unwrap().0, model);
+    // The server saw the sink's session encrypted (the cluster refuses plain TCP anyway).
+    let mut client = Target::parse(&url).unwrap().connect().unwrap();
+    let sessions: Vec<bool> = client
+        .query("SELECT ssl FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = 'encore-flow'", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(sessions, [true]);
+
+    // The certificate names 127.0.0.1, not localhost: no retries, one line naming the cause.
+    let wrong_name = format!("postgres://postgres@localhost:{}/postgres?{tls}", pg.port());
+    let err = PgSink::connect(&wrong_name, "public", 4, false, quick_retry(10)).unwrap_err();
+    match &err {
+        SinkError::Postgres { reason, .. } => {
+            assert!(reason.contains("certificate not valid for name \"localhost\""), "{err}")
+        }
+        other => panic!("expected a permanent error, got {other}"),
+    }
+    // A certificate file that does not exist is named before anything connects.
+    let err = PgSink::connect(&format!("{}?sslrootcert=/nonexistent/ca.pem", pg.url()), "public", 4, false, quick_retry(10))
+        .unwrap_err();
+    assert!(err.to_string().starts_with("cannot use root certificate /nonexistent/ca.pem:"), "{err}");
 }
 
 #[test]

@@ -59,8 +59,10 @@ impl SizeArgs {
 
 #[derive(Args, Debug)]
 struct CatalogArgs {
-    /// Postgres connection URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres. A URL
-    /// without a password takes it from PGPASSWORD, as libpq does.
+    /// Postgres connection URL, e.g. postgresql://postgres@127.0.0.1:5432/postgres. TLS as
+    /// in libpq: sslmode (disable, prefer [default], require, verify-ca, verify-full),
+    /// sslrootcert (a PEM file, or "system"), sslcert and sslkey, in the URL or as PGSSLMODE,
+    /// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY. A URL without a password takes it from PGPASSWORD.
     #[arg(long)]
     postgres: String,
     /// Seed: the same seed and sizes give the same catalog.

@@ -7,21 +7,20 @@
 //! and it is several times faster than INSERTs. If anything fails, the transaction is rolled
 //! back when dropped and the previous catalog stays.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
 use crate::catalog::{Catalog, CatalogNames};
 
 /// Why writing the catalog failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    /// The URL is not a Postgres connection string.
-    #[error("invalid Postgres URL: {0}")]
-    Url(postgres::Error),
+    /// The URL does not parse, or names certificates that cannot be used.
+    #[error("{0}")]
+    Url(#[from] encore_pgconnect::Error),
     /// Connecting failed.
     #[error("cannot connect to Postgres: {}", connect_reason(.0))]
     Connect(postgres::Error),
@@ -55,20 +54,17 @@ pub struct CatalogCounts {
     pub tracks: u64,
 }
 
-/// Connects to `url`, waiting at most 10 s unless the URL sets `connect_timeout`.
+/// Connects to `url`, waiting at most 10 s unless the URL sets `connect_timeout`. TLS and the
+/// `PG*` environment fallbacks (PGPASSWORD, PGSSLMODE, ...) work as in libpq and
+/// `encore-flow` (encore-pgconnect).
 pub fn connect(url: &str) -> Result<Client, PgError> {
-    let mut config = postgres::Config::from_str(url).map_err(PgError::Url)?;
-    // As libpq (and encore-flow) do: a URL without a password takes it from PGPASSWORD.
-    if config.get_password().is_none() {
-        if let Some(password) = std::env::var_os("PGPASSWORD") {
-            config.password(password.as_encoded_bytes());
-        }
-    }
+    let mut target = encore_pgconnect::Target::parse(url)?;
+    let config = target.config_mut();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("encore-gen");
-    config.connect(NoTls).map_err(PgError::Connect)
+    target.connect().map_err(PgError::Connect)
 }
 
 /// `name` as a quoted SQL identifier (the schema comes from a flag, not from data).

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::EventStream;
-use encore_testkit::Postgres;
+use encore_testkit::{Postgres, TestCa, CERT_ROLE};
 use postgres::{Client, NoTls};
 
 const SIZES: [&str; 8] = [
@@ -190,4 +190,35 @@ fn a_url_without_password_takes_it_from_pgpassword() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let mut client = Client::connect(&postgres.url(), NoTls).expect("connect");
     assert_eq!(count(&mut client, "guarded.artists"), 400);
+}
+
+/// TLS settings and a client certificate from the environment, as libpq takes them; the
+/// cluster refuses plain TCP and lets the role in by certificate only.
+#[test]
+fn tls_and_a_client_certificate_from_the_environment() {
+    let ca = TestCa::new("encore test CA").expect("CA");
+    let postgres = Postgres::start_tls(&ca).expect("postgres with TLS");
+    let url = postgres.add_cert_role().expect("role");
+    let (cert, key) = ca.issue(ca.dir(), "client", CERT_ROLE, &[]).expect("client certificate");
+    let run = |with_cert: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_encore-gen"));
+        command.args(["catalog", "--postgres", &url, "--pg-schema", "over_tls", "--seed", "1"]);
+        command.args(SIZES);
+        command.env("PGSSLMODE", "verify-full").env("PGSSLROOTCERT", ca.root_path());
+        if with_cert {
+            command.env("PGSSLCERT", &cert).env("PGSSLKEY", &key);
+        }
+        command.output().expect("encore-gen runs")
+    };
+    let refused = run(false);
+    assert!(!refused.status.success());
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(reason.trim().lines().count(), 1, "{reason}");
+    assert!(reason.contains("certificate"), "{reason}");
+
+    let output = run(true);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tls = format!("sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}", ca.root_path().display(), cert.display(), key.display());
+    let mut client = encore_pgconnect::Target::parse(&format!("{url}?{tls}")).unwrap().connect().expect("connect");
+    assert_eq!(count(&mut client, "over_tls.artists"), 400);
 }

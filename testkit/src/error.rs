@@ -73,6 +73,9 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
+    /// A test certificate could not be generated.
+    #[error("generating a test certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
 }
 
 impl Error {

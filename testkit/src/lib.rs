@@ -58,10 +58,12 @@ mod ports;
 mod postgres;
 mod process;
 mod tansu;
+mod tls;
 
 pub use error::Error;
-pub use postgres::{postgres_bin_dir, Postgres};
+pub use postgres::{postgres_bin_dir, Postgres, CERT_ROLE};
 pub use tansu::{tansu_binary, Tansu, TansuStorage};
+pub use tls::TestCa;
 
 /// The result type of every fallible testkit call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

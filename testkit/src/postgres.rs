@@ -9,6 +9,10 @@
 //!   socket/        unix socket directory, so no system path such as /var/run is needed
 //!   postgres.log   the server's log, quoted in errors
 //! ```
+//!
+//! [`Postgres::start_tls`] starts a cluster that refuses TCP clients without TLS, with a
+//! server certificate for `127.0.0.1` signed by a [`TestCa`]. The harness's own admin
+//! connections go over the unix socket, which TLS rules do not cover.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -19,6 +23,7 @@ use tempfile::TempDir;
 
 use crate::ports::free_port;
 use crate::process::{command_as, describe, find_binary, is_root, run, Watchdog};
+use crate::tls::{set_owner_only, TestCa};
 use crate::{Error, Result};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
@@ -44,6 +49,19 @@ shared_buffers = 32MB
 max_connections = 100
 ";
 
+/// Settings added for [`Postgres::start_tls`]; the files are in the data directory.
+const TLS_SETTINGS: &str = "
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+# Client certificates (the `cert` rule below) are checked against the test CA.
+ssl_ca_file = 'root.crt'
+";
+
+/// The role that [`Postgres::add_cert_role`] creates, and that TLS clusters let in by client
+/// certificate alone (its rule is written before the server starts, so no reload is raced).
+pub const CERT_ROLE: &str = "encore_cert";
+
 /// A running (or stopped) PostgreSQL cluster owned by one test.
 ///
 /// Dropping it stops the server (immediately: the data is discarded) and removes its directory.
@@ -67,6 +85,17 @@ impl Postgres {
     /// Fails with [`Error::MissingBinary`] when `initdb`/`pg_ctl` cannot be found (on `PATH`,
     /// in `$PG_BIN`, or in `/usr/lib/postgresql/*/bin`).
     pub fn start() -> Result<Postgres> {
+        Postgres::start_with(None)
+    }
+
+    /// As [`start`](Self::start), with TLS: the server presents a certificate for `127.0.0.1`
+    /// (IP only, so `localhost` does not match it) signed by `ca`, and refuses TCP clients
+    /// that do not use TLS. [`CERT_ROLE`] logs in by a client certificate from `ca`.
+    pub fn start_tls(ca: &TestCa) -> Result<Postgres> {
+        Postgres::start_with(Some(ca))
+    }
+
+    fn start_with(tls: Option<&TestCa>) -> Result<Postgres> {
         let bin_dir = postgres_bin_dir()?;
         let run_as = is_root().then_some(POSTGRES_USER);
         let dir = tempfile::Builder::new()
@@ -100,6 +129,9 @@ impl Postgres {
             watchdog: None,
         };
         postgres.init()?;
+        if let Some(ca) = tls {
+            postgres.configure_tls(ca)?;
+        }
         postgres.start_on_free_port()?;
         postgres.watchdog = Some(postgres.spawn_watchdog()?);
         Ok(postgres)
@@ -118,7 +150,7 @@ impl Postgres {
     /// for testing that a password kept out of the URL is found elsewhere (`PGPASSWORD`).
     pub fn add_password_role(&self, role: &str, password: &str) -> Result<String> {
         let sql_failed = |source: postgres::Error| self.not_ready(format!("creating role {role}: {source}"));
-        let mut admin = postgres::Client::connect(&self.url(), postgres::NoTls).map_err(sql_failed)?;
+        let mut admin = self.admin().map_err(sql_failed)?;
         let literal = format!("'{}'", password.replace('\'', "''"));
         admin
             .batch_execute(&format!(
@@ -139,6 +171,29 @@ impl Postgres {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Err(self.not_ready(format!("{role} still logs in without a password after reloading {}", hba.display())))
+    }
+
+    /// Creates [`CERT_ROLE`] (allowed to create schemas) and returns its URL, which holds no
+    /// TLS settings: on a [`start_tls`](Self::start_tls) cluster it logs in only over TLS with
+    /// a client certificate whose common name is the role, issued by the cluster's CA.
+    pub fn add_cert_role(&self) -> Result<String> {
+        let sql_failed = |source: postgres::Error| self.not_ready(format!("creating role {CERT_ROLE}: {source}"));
+        self.admin()
+            .and_then(|mut admin| {
+                admin.batch_execute(&format!(
+                    "CREATE ROLE {CERT_ROLE} LOGIN; GRANT CREATE ON DATABASE postgres TO {CERT_ROLE};"
+                ))
+            })
+            .map_err(sql_failed)?;
+        Ok(format!("postgres://{CERT_ROLE}@127.0.0.1:{}/postgres", self.port))
+    }
+
+    /// A superuser connection over the unix socket (which TLS-only rules do not cover).
+    fn admin(&self) -> std::result::Result<postgres::Client, postgres::Error> {
+        let socket = self.dir.path().join("socket");
+        let mut config = postgres::Config::new();
+        config.host_path(&socket).port(self.port).user(POSTGRES_USER).dbname("postgres");
+        config.connect(postgres::NoTls)
     }
 
     /// The TCP port the server listens on (the same across [`stop`](Self::stop) and
@@ -202,6 +257,42 @@ impl Postgres {
             path: conf,
             source,
         })
+    }
+
+    /// Server certificate, CA for client certificates, `ssl = on`, and rules that refuse TCP
+    /// without TLS and let [`CERT_ROLE`] in by certificate.
+    fn configure_tls(&self, ca: &TestCa) -> Result<()> {
+        let data = self.data_dir();
+        let io_error = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { action, path, source }
+        };
+        let (cert, key) = ca.issue(&data, "server", "127.0.0.1", &["127.0.0.1"])?;
+        fs::copy(ca.root_path(), data.join("root.crt")).map_err(io_error("copying the CA to", &data))?;
+        let conf = data.join("postgresql.conf");
+        OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .and_then(|mut file| file.write_all(TLS_SETTINGS.as_bytes()))
+            .map_err(io_error("appending settings to", &conf))?;
+        let hba = data.join("pg_hba.conf");
+        let rules = fs::read_to_string(&hba).and_then(|rules| {
+            fs::write(
+                &hba,
+                format!(
+                    "# Written by encore-testkit: TLS only over TCP.\n\
+                     hostnossl all all 0.0.0.0/0 reject\n\
+                     hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n{rules}"
+                ),
+            )
+        });
+        rules.map_err(io_error("adding rules to", &hba))?;
+        if let Some(user) = self.run_as {
+            for file in [&cert, &key, &data.join("root.crt")] {
+                run(std::process::Command::new("chown").arg(format!("{user}:")).arg(file))?;
+            }
+        }
+        set_owner_only(&key)
     }
 
     fn start_on_free_port(&mut self) -> Result<()> {

@@ -34,7 +34,7 @@ use encore_dataflow::postgres::{quote_ident, PgSink, RetryPolicy};
 use encore_dataflow::tables::{Changes, TrackStats};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 /// Measures binary COPY and `PgSink::commit` throughput into PostgreSQL.
 #[derive(Parser, Debug)]
@@ -70,7 +70,8 @@ fn main() -> Result<()> {
         }
     };
     let schema = quote_ident(&args.schema);
-    let mut client = Client::connect(&url, NoTls).context("connecting")?;
+    // Connected as the sink connects (TLS as in libpq), so both measure the same transport.
+    let mut client = encore_pgconnect::Target::parse(&url)?.connect().context("connecting")?;
     client.batch_execute(&format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
          CREATE TABLE {schema}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \

@@ -6,9 +6,10 @@ use super::MAX_SCORE_PRECISION;
 /// Why the sink failed; `Display` is one line, fit for `encore-flow`'s exit message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
-    /// The URL does not parse as a Postgres connection string.
-    #[error("invalid Postgres URL: {0}")]
-    InvalidUrl(String),
+    /// The connection string does not parse, or names certificates that cannot be used
+    /// (the message says which).
+    #[error("{0}")]
+    Config(String),
     /// `--score-precision` is beyond what `i64` score units can hold.
     #[error("score precision {0} is larger than {MAX_SCORE_PRECISION}")]
     InvalidPrecision(u32),
@@ -163,6 +164,10 @@ pub(super) fn is_transient(err: &postgres::Error) -> bool {
     }
     if err.is_closed() {
         return true;
+    }
+    // A certificate that fails the check (TLS errors come wrapped in io::Error) stays failing.
+    if encore_pgconnect::is_tls_rejection(err) {
+        return false;
     }
     match std::error::Error::source(err) {
         // Connect, read and write failures carry the socket's io::Error.

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::thread::sleep;
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement};
+use encore_pgconnect::Target;
+use postgres::{Client, Statement};
 use tracing::warn;
 
 use super::error::{describe, is_transient, SinkError};
@@ -71,17 +72,11 @@ pub(super) fn select_offsets(session: &mut Session, topic: &str) -> Result<BTree
     Ok(offsets)
 }
 
-/// The URL's settings plus ours (module docs, "Postgres settings").
-pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<postgres::Config, SinkError> {
-    let mut config: postgres::Config =
-        url.parse().map_err(|err: postgres::Error| SinkError::InvalidUrl(describe(&err)))?;
-    // As libpq does: a password kept out of the URL (and so out of `ps` and the launcher's
-    // log lines) comes from the environment, which only the process's own user can read.
-    if config.get_password().is_none() {
-        if let Some(password) = std::env::var_os("PGPASSWORD") {
-            config.password(password.as_encoded_bytes());
-        }
-    }
+/// The URL's settings plus ours (module docs, "Postgres settings"). TLS and the `PG*`
+/// environment fallbacks (PGPASSWORD, PGSSLMODE, ...) are encore-pgconnect's, as in libpq.
+pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<Target, SinkError> {
+    let mut target = Target::parse(url).map_err(|err| SinkError::Config(err.to_string()))?;
+    let config = target.config_mut();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(retry.connect_timeout);
     }
@@ -101,13 +96,13 @@ pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<postgres:
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(30));
     }
-    Ok(config)
+    Ok(target)
 }
 
 /// Returns the live session, opening one (with retries) if the last was lost.
 pub(super) fn ensure_session<'a>(
     slot: &'a mut Option<Session>,
-    config: &postgres::Config,
+    config: &Target,
     sql: &Statements,
     retry: &RetryPolicy,
 ) -> Result<&'a mut Session, SinkError> {
@@ -122,7 +117,7 @@ pub(super) fn ensure_session<'a>(
 /// a reconnect must not recreate tables someone dropped, which would silently restart them
 /// empty while the job continues from its in-memory state).
 pub(super) fn open_session(
-    config: &postgres::Config,
+    config: &Target,
     sql: &Statements,
     retry: &RetryPolicy,
     create_schema: Option<&str>,
@@ -146,11 +141,11 @@ pub(super) fn open_session(
 }
 
 fn try_open_session(
-    config: &postgres::Config,
+    config: &Target,
     sql: &Statements,
     create_schema: Option<&str>,
 ) -> Result<Session, postgres::Error> {
-    let mut client = config.connect(NoTls)?;
+    let mut client = config.connect()?;
     if let Some(schema) = create_schema {
         let mut tx = client.transaction()?;
         // Held to the end of the transaction: concurrent starts create the objects one after

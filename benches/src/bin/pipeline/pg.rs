@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use encore_dataflow::postgres::quote_ident;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 /// The SPEC §3 result tables whose row changes a run is credited with.
 pub const RESULT_TABLES: [&str; 4] = ["track_neighbors", "user_recommendations", "track_stats", "dead_letters"];
 
-/// Connects to `url`.
+/// Connects to `url` as encore-flow does (TLS and `PG*` fallbacks as in libpq).
 pub fn connect(url: &str) -> Result<Client> {
-    Client::connect(url, NoTls).with_context(|| format!("connecting to {url}"))
+    let target = encore_pgconnect::Target::parse(url)?;
+    target.connect().with_context(|| format!("connecting to {url}"))
 }
 
 /// Drops `schema` (and everything in it) and creates it empty.
