@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! cargo run --release -p encore-benches --bin pg_copy            # a throwaway testkit cluster
+//! cargo run --release -p encore-benches --bin pg_copy -- --tls        # the same over verify-full TLS
 //! cargo run --release -p encore-benches --bin pg_copy -- --postgres postgres://...
 //! ```
 //!
@@ -43,6 +44,10 @@ struct Args {
     /// Postgres URL; by default a throwaway cluster is started with encore-testkit.
     #[arg(long)]
     postgres: Option<String>,
+    /// Start the throwaway cluster with TLS only (a throwaway CA) and connect with
+    /// sslmode=verify-full, to measure what encryption costs.
+    #[arg(long, conflicts_with = "postgres")]
+    tls: bool,
     /// Schema for the benchmark's tables (dropped and recreated).
     #[arg(long, default_value = "encore_bench")]
     schema: String,
@@ -59,9 +64,16 @@ const PRECISION: u32 = 4;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let _cluster;
+    let (_cluster, _ca);
     let url = match &args.postgres {
         Some(url) => url.clone(),
+        None if args.tls => {
+            let ca = encore_testkit::TestCa::new("pg_copy CA").context("creating a test CA")?;
+            let cluster = encore_testkit::Postgres::start_tls(&ca).context("starting a test PostgreSQL with TLS")?;
+            let url = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.url(), ca.root_path().display());
+            (_cluster, _ca) = (cluster, ca);
+            url
+        }
         None => {
             let cluster = encore_testkit::Postgres::start().context("starting a test PostgreSQL")?;
             let url = cluster.url();
