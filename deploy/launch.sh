@@ -31,7 +31,9 @@
 #  * Limits: the flags appear in the launcher's log lines and in `ps` on every host, so keep
 #    the password out of `--postgres URL`: encore-flow reads it from PGPASSWORD, which local
 #    processes inherit from the launcher; remote ones need it set on their host (or
-#    `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that host's sshd).
+#    `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that host's sshd). The same holds
+#    for PGSSLMODE/PGSSLROOTCERT/PGSSLCERT/PGSSLKEY; TLS keys in the URL (`sslrootcert=PATH`)
+#    name files that must exist at that path on every host.
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
