@@ -65,7 +65,9 @@ struct Cli {
     epoch_ms: u64,
 
     /// A librdkafka setting for the consumers, `key=value` (repeatable), e.g.
-    /// `security.protocol=SSL` or `sasl.mechanism=PLAIN`.
+    /// `security.protocol=SSL` or `sasl.mechanism=PLAIN`. Applied after encore's own, e.g.
+    /// `fetch.wait.max.ms=100` (librdkafka's 500 adds latency on brokers that hold empty
+    /// fetches to the deadline, as Tansu does).
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
 
