@@ -237,7 +237,7 @@ impl Target {
             .map_err(|err| Error::Tls(err.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let client = match (cert, key) {
+        let mut client = match (cert, key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert), Some(key)) => {
                 let chain = certificates(Path::new(&cert), "client certificate")?;
@@ -250,6 +250,9 @@ impl Target {
             }
             _ => return Err(Error::ClientCertificatePair),
         };
+        // As libpq 17 does: PostgreSQL 17 requires this ALPN name for `sslnegotiation=direct`,
+        // and servers that do not know ALPN ignore it.
+        client.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Target { config, mode, tls: Some(MakeRustlsConnect::new(client)), verified })
     }
 
