@@ -24,6 +24,7 @@
 //!   mode to `verify-full` and refuses weaker ones: a public CA signs certificates for anyone,
 //!   so only the name check makes it mean something.
 //! * **Without `sslrootcert`**, `~/.postgresql/root.crt` is used if it exists, as libpq does.
+//! * **Unix sockets** take no TLS whatever the mode, as in libpq: Postgres has none there.
 //! * **`sslcert` + `sslkey`** give a client certificate (PEM, for `cert` authentication).
 //!   libpq's default files for these are not looked for.
 //! * Not checking the certificate under `prefer`/`require` is libpq's choice too. It keeps
@@ -43,7 +44,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use postgres::config::SslMode as WireMode;
+use postgres::config::{Host, SslMode as WireMode};
 use postgres::{Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -198,7 +199,11 @@ impl Target {
             None if system_roots => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
-        if mode == SslMode::Disable {
+        // Postgres has no TLS on unix sockets, and libpq ignores sslmode there. tokio-postgres
+        // with a TLS connector fails on them in every mode (no host name to give rustls).
+        let sockets_only = !config.get_hosts().is_empty()
+            && config.get_hosts().iter().all(|host| !matches!(host, Host::Tcp(_)));
+        if mode == SslMode::Disable || sockets_only {
             config.ssl_mode(WireMode::Disable);
             return Ok(Target { config, mode, tls: None, verified: false });
         }
@@ -274,7 +279,8 @@ impl Target {
     /// One phrase for logs: whether and how the connection is protected.
     pub fn tls_summary(&self) -> String {
         match (&self.tls, self.verified, self.mode) {
-            (None, _, _) => "sslmode=disable: not encrypted".into(),
+            (None, _, SslMode::Disable) => "sslmode=disable: not encrypted".into(),
+            (None, _, _) => "unix socket: local, TLS does not apply".into(),
             (Some(_), _, SslMode::VerifyFull) => "sslmode=verify-full: encrypted, certificate and host name checked".into(),
             (Some(_), true, mode) => format!("sslmode={mode}: encrypted, certificate chain checked"),
             (Some(_), false, mode @ SslMode::Require) => format!("sslmode={mode}: encrypted, certificate not checked"),
@@ -591,6 +597,18 @@ mod tests {
         assert!(target.tls_summary().contains("not checked"), "{}", target.tls_summary());
         let target = Target::parse_with_env("postgres://h/db?sslmode=allow", no_env).unwrap();
         assert_eq!(target.config().get_ssl_mode(), WireMode::Prefer);
+    }
+
+    #[test]
+    fn unix_sockets_take_no_tls_whatever_the_mode() {
+        let target = Target::parse_with_env("host=/run/postgresql user=u sslmode=verify-full", no_env).unwrap();
+        assert_eq!(target.config().get_ssl_mode(), WireMode::Disable);
+        assert!(target.tls.is_none());
+        assert_eq!(target.tls_summary(), "unix socket: local, TLS does not apply");
+        // One TCP host is enough to need TLS (and, for verify-full, a root certificate).
+        let home = |key: &str| (key == "HOME").then(|| OsString::from("/nonexistent-home"));
+        let err = Target::parse_with_env("host=/run/postgresql,db.example.com sslmode=verify-full", home).unwrap_err();
+        assert!(matches!(err, Error::NoRootCertificate { .. }), "{err}");
     }
 
     #[test]

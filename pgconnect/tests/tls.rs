@@ -111,3 +111,16 @@ fn prefer_falls_back_to_plain_text_and_require_does_not() {
     assert!(error.contains("server does not support TLS"), "{error}");
     assert!(!rejected, "{error}");
 }
+
+#[test]
+fn a_unix_socket_connects_whatever_the_mode_as_in_libpq() {
+    let ca = TestCa::new("encore test CA").unwrap();
+    let pg = Postgres::start_tls(&ca).unwrap();
+    let socket = format!("host='{}' port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port());
+    for mode in ["prefer", "require", "verify-full"] {
+        let mut client = target(&format!("{socket} sslmode={mode}")).connect().unwrap_or_else(|err| panic!("{mode}: {err:?}"));
+        let over_tls: Option<bool> =
+            client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0);
+        assert_eq!(over_tls, Some(false), "{mode}");
+    }
+}

@@ -188,11 +188,15 @@ impl Postgres {
         Ok(format!("postgres://{CERT_ROLE}@127.0.0.1:{}/postgres", self.port))
     }
 
+    /// The directory of the server's unix socket (a `host` for connection strings).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("socket")
+    }
+
     /// A superuser connection over the unix socket (which TLS-only rules do not cover).
     fn admin(&self) -> std::result::Result<postgres::Client, postgres::Error> {
-        let socket = self.dir.path().join("socket");
         let mut config = postgres::Config::new();
-        config.host_path(&socket).port(self.port).user(POSTGRES_USER).dbname("postgres");
+        config.host_path(self.socket_dir()).port(self.port).user(POSTGRES_USER).dbname("postgres");
         config.connect(postgres::NoTls)
     }
 
