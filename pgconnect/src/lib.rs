@@ -600,6 +600,16 @@ mod tests {
     }
 
     #[test]
+    fn system_roots_mean_verify_full() {
+        // Reads the machine's trusted roots: Debian's ca-certificates, which any machine that
+        // fetched crates from crates.io over HTTPS has (rustls-native-certs also honours
+        // SSL_CERT_FILE).
+        let target = Target::parse_with_env("postgres://h/db?sslrootcert=system", no_env).unwrap();
+        assert_eq!((target.ssl_mode(), target.config().get_ssl_mode()), (SslMode::VerifyFull, WireMode::Require));
+        assert_eq!(target.tls_summary(), "sslmode=verify-full: encrypted, certificate and host name checked");
+    }
+
+    #[test]
     fn unix_sockets_take_no_tls_whatever_the_mode() {
         let target = Target::parse_with_env("host=/run/postgresql user=u sslmode=verify-full", no_env).unwrap();
         assert_eq!(target.config().get_ssl_mode(), WireMode::Disable);
