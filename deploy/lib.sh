@@ -95,15 +95,22 @@ find_pg_bin() {
     return 0
 }
 
+# Installs Debian packages "$@" with apt-get when we are root and have it; fails otherwise
+# (the caller then says what is missing).
+apt_install() {
+    is_root && command -v apt-get >/dev/null || return 1
+    say "apt-get install $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
 # Prints the PostgreSQL binary directory, installing postgresql-15 with apt-get when missing.
 ensure_pg_bin() {
     local dir
     dir="$(find_pg_bin)"
     if [[ -z "$dir" ]]; then
-        if is_root && command -v apt-get >/dev/null; then
-            say "PostgreSQL server binaries not found: apt-get install postgresql-15"
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >&2
+        say "PostgreSQL server binaries not found"
+        if apt_install postgresql-15; then
             dir="$(find_pg_bin)"
         fi
         [[ -n "$dir" ]] || die "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql-15 or set PG_BIN"
@@ -112,6 +119,23 @@ ensure_pg_bin() {
         id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server (PostgreSQL refuses root)"
     fi
     printf '%s\n' "$dir"
+}
+
+# OpenSSL's headers, which building librdkafka with TLS (Kafka security.protocol=SSL) needs.
+ensure_openssl_dev() {
+    if pkg-config --exists openssl 2>/dev/null; then
+        return 0
+    fi
+    say "OpenSSL headers (libssl-dev) or pkg-config not found"
+    apt_install libssl-dev pkg-config && pkg-config --exists openssl \
+        || die "building encore needs OpenSSL's headers and pkg-config: install libssl-dev and pkg-config"
+}
+
+# socat, which terminates TLS in front of the test brokers (encore-testkit's Tansu::start_tls).
+ensure_socat() {
+    command -v socat >/dev/null && return 0
+    say "socat not found"
+    apt_install socat && command -v socat >/dev/null || die "the tests need socat: install it (apt-get install socat)"
 }
 
 # Succeeds when something accepts TCP connections on 127.0.0.1:$1.

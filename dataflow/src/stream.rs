@@ -685,4 +685,17 @@ mod tests {
         assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(config.get("enable.auto.commit"), Some("true"), "--kafka-option is applied last");
     }
+
+    #[test]
+    fn tls_and_scram_settings_are_accepted() {
+        // librdkafka built without OpenSSL refuses these when the client is created.
+        for options in [
+            &[("security.protocol", "SSL")][..],
+            &[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "u"), ("sasl.password", "p")],
+            &[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")],
+        ] {
+            let created = consumer_config(&job(options), "c").create_with_context::<_, BaseConsumer<Quiet>>(Quiet);
+            assert!(created.is_ok(), "{options:?}: {:?}", created.err());
+        }
+    }
 }

@@ -16,7 +16,7 @@ use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu};
+use encore_testkit::{Postgres, Tansu, TestCa};
 
 const TOPIC: &str = "music_streaming_data";
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
@@ -25,16 +25,39 @@ struct Stack {
     tansu: Tansu,
     postgres: Postgres,
     dir: PathBuf,
+    /// With [`Stack::start_tls`]: the CA of both servers' certificates.
+    ca: Option<TestCa>,
 }
 
 impl Stack {
     fn start(name: &str) -> Stack {
         let tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
-        tansu.create_topic(TOPIC, 4).expect("create the topic");
         let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+        Stack::with(name, tansu, postgres, None)
+    }
+
+    /// A broker reachable over TLS only and a Postgres that refuses plain TCP, as managed
+    /// services are; both certificates from one throwaway CA.
+    fn start_tls(name: &str) -> Stack {
+        let ca = TestCa::new("encore test CA").expect("a test CA");
+        let tansu = Tansu::start_tls(&ca).expect("start Tansu behind TLS (see encore-testkit)");
+        let postgres = Postgres::start_tls(&ca).expect("start PostgreSQL with TLS (see encore-testkit)");
+        Stack::with(name, tansu, postgres, Some(ca))
+    }
+
+    fn with(name: &str, tansu: Tansu, postgres: Postgres, ca: Option<TestCa>) -> Stack {
+        tansu.create_topic(TOPIC, 4).expect("create the topic");
         let dir = std::env::temp_dir().join(format!("encore-pipeline-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
-        Stack { tansu, postgres, dir }
+        Stack { tansu, postgres, dir, ca }
+    }
+
+    /// The results database's URL: with TLS, `verify-full` against the test CA.
+    fn postgres_url(&self) -> String {
+        match &self.ca {
+            None => self.postgres.url(),
+            Some(ca) => format!("{}?sslmode=verify-full&sslrootcert={}", self.postgres.url(), ca.root_path().display()),
+        }
     }
 
     /// Produces `lines` as message values, keyed by a hash of the line so that they spread
@@ -44,7 +67,7 @@ impl Stack {
     }
 
     fn command(&self, schema: &str, cluster: &[String]) -> Command {
-        self.command_to(&self.postgres.url(), schema, cluster)
+        self.command_to(&self.postgres_url(), schema, cluster)
     }
 
     fn command_to(&self, url: &str, schema: &str, cluster: &[String]) -> Command {
@@ -54,6 +77,7 @@ impl Stack {
             .args(["--pg-schema", schema, "--until-caught-up", "--emit-co-listens", "--epoch-ms", "50"])
             .args(["--epoch-events", "300", "--history-cap", "5", "--min-co", "1", "--neighbors", "3"])
             .args(["--recommendations", "3"])
+            .args(self.tansu.client_options().iter().flat_map(|(key, value)| ["--kafka-option".to_owned(), format!("{key}={value}")]))
             .args(cluster)
             // The progress lines the tests look for are INFO.
             .env("RUST_LOG", "warn,encore_dataflow=info")
@@ -98,7 +122,7 @@ impl Stack {
     /// The tables in `schema` equal the oracle over `lines`, and the dead letters are the
     /// invalid lines, each exactly once.
     fn check(&self, schema: &str, lines: &[Vec<u8>]) {
-        let mut sink = PgSink::connect(&self.postgres.url(), schema, PARAMS.score_precision, true, RetryPolicy::default())
+        let mut sink = PgSink::connect(&self.postgres_url(), schema, PARAMS.score_precision, true, RetryPolicy::default())
             .expect("connect");
         let (tables, dead_letters) = sink.read_tables().expect("read tables");
         let (events, invalid) = testing::parse_lines(lines);
@@ -124,7 +148,7 @@ impl Stack {
     /// Messages committed so far in `schema` (0 when Postgres is not answering).
     fn committed(&self, schema: &str) -> i64 {
         let quick = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
-        PgSink::connect(&self.postgres.url(), schema, PARAMS.score_precision, true, quick)
+        PgSink::connect(&self.postgres_url(), schema, PARAMS.score_precision, true, quick)
             .and_then(|mut sink| sink.committed_offsets(TOPIC))
             .map(|offsets| offsets.values().sum())
             .unwrap_or(0)
@@ -269,6 +293,20 @@ fn a_url_without_password_takes_it_from_pgpassword() {
     let output = stack.command_to(&url, "password", &[]).env("PGPASSWORD", "kept out of argv").output().expect("encore-flow runs");
     assert_success(&output);
     stack.check("password", &lines);
+}
+
+/// TLS on both sides, as with managed Kafka and Postgres services: the broker is reachable
+/// over TLS only and Postgres refuses plain TCP. encore-flow gets the broker's CA through
+/// `--kafka-option security.protocol=SSL --kafka-option ssl.ca.location=CA` and a
+/// `sslmode=verify-full` URL, and the tables are exact with 2 processes.
+#[test]
+fn tls_to_kafka_and_postgres_is_exact() {
+    let stack = Stack::start_tls("tls");
+    let lines = testing::random_lines(29, 800);
+    stack.produce(&lines);
+    let logs = stack.run_flow("tls", 2, 1);
+    stack.check("tls", &lines);
+    assert!(logs[0].contains("encrypted, certificate and host name checked"), "{}", logs[0]);
 }
 
 /// Rescaling: stop, change the process count, start. 1 process to caught-up, more messages,

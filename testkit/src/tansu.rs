@@ -29,7 +29,7 @@ use tempfile::TempDir;
 
 use crate::ports::free_port;
 use crate::process::{describe, find_binary, Watchdog};
-use crate::{Error, Result};
+use crate::{Error, Result, TestCa};
 
 /// How many fresh ports a start tries before giving up (see the crate docs on ports).
 const START_ATTEMPTS: u32 = 5;
@@ -76,6 +76,13 @@ pub struct Tansu {
     watchdog: Option<Watchdog>,
     /// Working directory: log file and, with [`TansuStorage::Sqlite`], the data.
     dir: TempDir,
+    /// With [`Tansu::start_tls`]: the CA certificate clients trust (the server's certificate
+    /// and key are `server.crt`/`server.key` in `dir`).
+    tls_root: Option<PathBuf>,
+    /// With TLS: the port Tansu itself listens on (plain text, behind the proxy); else `port`.
+    inner_port: u16,
+    /// With TLS: the `socat` process terminating TLS on `port`, and its watchdog.
+    proxy: Option<(Child, Watchdog)>,
 }
 
 impl Tansu {
@@ -89,6 +96,33 @@ impl Tansu {
     /// Fails with [`Error::MissingBinary`] when `tansu` is neither on `PATH` nor in
     /// `$TANSU_BIN`, `$CARGO_HOME/bin` or `~/.cargo/bin`.
     pub fn start_with(storage: TansuStorage) -> Result<Tansu> {
+        Tansu::start_inner(storage, None)
+    }
+
+    /// Starts an in-memory broker that clients reach over TLS only, with a certificate for
+    /// `127.0.0.1` signed by `ca`. Clients need [`client_options`](Self::client_options).
+    ///
+    /// Tansu 0.6 has TLS options, but its command line refuses `--cert` together with `--key`
+    /// (both are in one exclusive argument group). So `socat` terminates TLS on
+    /// [`port`](Self::port), which Tansu advertises, and forwards to Tansu listening on
+    /// another port of 127.0.0.1. Clients see a TLS-only broker either way.
+    pub fn start_tls(ca: &TestCa) -> Result<Tansu> {
+        Tansu::start_inner(TansuStorage::Memory, Some(ca))
+    }
+
+    /// The librdkafka settings a client needs besides `bootstrap.servers`: for a
+    /// [`start_tls`](Self::start_tls) broker, `security.protocol=SSL` and the CA; else none.
+    pub fn client_options(&self) -> Vec<(String, String)> {
+        match &self.tls_root {
+            None => Vec::new(),
+            Some(root) => vec![
+                ("security.protocol".into(), "SSL".into()),
+                ("ssl.ca.location".into(), root.display().to_string()),
+            ],
+        }
+    }
+
+    fn start_inner(storage: TansuStorage, tls: Option<&TestCa>) -> Result<Tansu> {
         let binary = tansu_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("encore-tansu-")
@@ -98,6 +132,13 @@ impl Tansu {
                 path: std::env::temp_dir(),
                 source,
             })?;
+        let tls_root = match tls {
+            Some(ca) => {
+                ca.issue(dir.path(), "server", "127.0.0.1", &["127.0.0.1"])?;
+                Some(ca.root_path())
+            }
+            None => None,
+        };
         let mut tansu = Tansu {
             binary,
             storage,
@@ -105,10 +146,14 @@ impl Tansu {
             child: None,
             watchdog: None,
             dir,
+            tls_root,
+            inner_port: 0,
+            proxy: None,
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             tansu.port = free_port()?;
+            tansu.inner_port = if tansu.tls_root.is_some() { free_port()? } else { tansu.port };
             match tansu.spawn_and_wait() {
                 Ok(()) => return Ok(tansu),
                 // Most likely the port was taken between `free_port` and the bind: retry.
@@ -216,12 +261,16 @@ impl Tansu {
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let listener = format!("tcp://127.0.0.1:{}", self.inner_port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.port);
+        if self.tls_root.is_some() && self.proxy.is_none() {
+            self.proxy = Some(self.spawn_proxy()?);
+        }
         let mut command = Command::new(&self.binary);
         command
             .arg("broker")
             .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", self.storage.url()])
             .current_dir(self.dir.path())
             // Tansu logs through `RUST_LOG`; a test run's own setting would flood its log.
@@ -264,9 +313,34 @@ impl Tansu {
         }
     }
 
+    /// `socat` terminating TLS on `port` and forwarding each connection to Tansu.
+    fn spawn_proxy(&self) -> Result<(Child, Watchdog)> {
+        let socat = find_binary("socat", &[]).ok_or(Error::MissingBinary {
+            binary: "socat",
+            hint: "install it (apt-get install socat) or run deploy/test.sh",
+        })?;
+        let mut command = Command::new(socat);
+        command
+            .arg(format!(
+                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert=server.crt,key=server.key,verify=0",
+                self.port
+            ))
+            .arg(format!("TCP:127.0.0.1:{}", self.inner_port))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().map_err(|source| Error::Spawn { command: describe(&command), source })?;
+        let pid = child.id().to_string();
+        let kill = ["kill", "-9", &pid].map(std::ffi::OsStr::new);
+        let watchdog = Watchdog::spawn(self.dir.path(), &kill)?;
+        Ok((child, watchdog))
+    }
+
     fn wait_until_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        // Tansu's own port: with TLS, the proxy's accepts before Tansu is up.
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.inner_port));
         // First the port (cheap to poll), then one metadata round trip.
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -317,6 +391,9 @@ impl Tansu {
     pub fn produce(&self, topic: &str, payloads: &[Vec<u8>], partition: impl Fn(usize) -> Option<i32>, one_batch_each: bool) -> Result<()> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.brokers()).set("acks", "all");
+        for (key, value) in self.client_options() {
+            config.set(key, value);
+        }
         if one_batch_each {
             config.set("linger.ms", "0").set("batch.num.messages", "1");
         }
@@ -344,6 +421,9 @@ impl Tansu {
             .set("socket.timeout.ms", REQUEST_TIMEOUT.as_millis().to_string())
             // Keep librdkafka's connection-refused chatter out of the test output.
             .set("log_level", "3");
+        for (key, value) in self.client_options() {
+            config.set(key, value);
+        }
         config
     }
 
@@ -366,6 +446,10 @@ impl Drop for Tansu {
                 "encore-testkit: stopping tansu on port {}: {error}",
                 self.port
             );
+        }
+        if let Some((mut proxy, _watchdog)) = self.proxy.take() {
+            let _already_exited = proxy.kill();
+            let _ = proxy.wait();
         }
     }
 }

@@ -369,8 +369,9 @@ fn encore_is_built_from_the_dockerfile_in_this_repository() {
     let dockerfile = std::fs::read_to_string(Path::new(DEPLOY_DIR).join("Dockerfile"))
         .expect("deploy/Dockerfile is readable");
     assert!(dockerfile.contains("cargo build --release"));
-    // sslrootcert=system (Postgres over TLS) reads the system's roots, which the slim image lacks.
-    assert!(dockerfile.contains("install -y --no-install-recommends ca-certificates"));
+    // librdkafka links OpenSSL (Kafka TLS), and sslrootcert=system (Postgres over TLS) reads
+    // the system's roots: the slim image has neither.
+    assert!(dockerfile.contains("install -y --no-install-recommends ca-certificates libssl3"));
     for (binary, krate) in [("encore-gen", "generator"), ("encore-flow", "dataflow")] {
         assert!(
             dockerfile.contains(&format!("--bin {binary}")),

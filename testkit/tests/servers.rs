@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use encore_testkit::{Postgres, Tansu, TansuStorage};
+use encore_testkit::{Postgres, Tansu, TansuStorage, TestCa};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -60,12 +60,17 @@ fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
 
 /// Reads partition `partition` of `topic` from the beginning until `count` messages arrived.
 fn consume(brokers: &str, topic: &str, partition: i32, count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "testkit")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    consume_with(brokers, &[], topic, partition, count)
+}
+
+/// As [`consume`], with extra client settings (TLS).
+fn consume_with(brokers: &str, options: &[(String, String)], topic: &str, partition: i32, count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("group.id", "testkit").set("enable.auto.commit", "false");
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Beginning)
@@ -110,6 +115,30 @@ fn tansu_round_trips_a_message_on_an_explicit_topic() {
         messages,
         vec![(b"7".to_vec(), br#"{"user_id":7,"track_id":42}"#.to_vec())]
     );
+}
+
+#[test]
+fn a_tls_broker_serves_clients_that_trust_its_ca_and_no_others() {
+    let ca = TestCa::new("encore test CA").expect("CA");
+    let tansu = Tansu::start_tls(&ca).expect("tansu starts with TLS");
+    tansu.create_topic("secure", 2).expect("topic created over TLS");
+    let payloads: Vec<Vec<u8>> = (0..5).map(|i| format!("message {i}").into_bytes()).collect();
+    tansu.produce("secure", &payloads, |_| Some(1), false).expect("produced over TLS");
+    let messages = consume_with(&tansu.brokers(), &tansu.client_options(), "secure", 1, 5);
+    assert_eq!(messages.into_iter().map(|(_, payload)| payload).collect::<Vec<_>>(), payloads);
+
+    // Plain text, or TLS without trusting the CA, reads nothing.
+    let other = TestCa::new("another CA").expect("CA");
+    let untrusted = [("security.protocol".to_string(), "SSL".to_string()), ("ssl.ca.location".to_string(), other.root_path().display().to_string())];
+    for options in [&[][..], &untrusted[..]] {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", tansu.brokers()).set("socket.timeout.ms", "3000").set("log_level", "0");
+        for (key, value) in options {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config.create().expect("consumer");
+        assert!(consumer.fetch_metadata(Some("secure"), Duration::from_secs(3)).is_err(), "{options:?}");
+    }
 }
 
 #[test]
