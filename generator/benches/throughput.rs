@@ -169,6 +169,7 @@ fn main() -> Result<()> {
                 brokers: brokers.clone(),
                 topic: args.topic.clone(),
                 idempotence: true,
+                extra: Vec::new(),
             })?;
             let mut sink = Sink::Kafka(kafka);
             let mut stream = EventStream::new(&catalog, 0.0);

@@ -163,6 +163,8 @@ pub struct KafkaOptions {
     pub topic: String,
     /// Use the idempotent producer (needs broker support for `InitProducerId`).
     pub idempotence: bool,
+    /// Extra librdkafka settings (`--kafka-option`: TLS, SASL, ...), applied last.
+    pub extra: Vec<(String, String)>,
 }
 
 /// A connected producer for one topic.
@@ -212,6 +214,9 @@ impl KafkaSink {
             // Hash keys like the Java client (murmur2), so a user's events land in the same
             // partition as with any other Kafka producer; unkeyed messages go anywhere.
             .set("partitioner", "murmur2_random");
+        for (key, value) in &options.extra {
+            config.set(key, value);
+        }
         let producer: BaseProducer<Deliveries> = config
             .create_with_context(Deliveries::default())
             .map_err(KafkaSinkError::Config)?;

@@ -111,11 +111,24 @@ struct StreamArgs {
     /// Do not use the idempotent producer (for brokers without InitProducerId).
     #[arg(long)]
     no_idempotence: bool,
+    /// A librdkafka producer setting, `key=value` (repeatable), applied after encore-gen's
+    /// own, e.g. `security.protocol=SSL` and `ssl.ca.location=FILE` for a TLS broker.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "brokers", value_parser = kafka_option)]
+    kafka_options: Vec<(String, String)>,
     /// Never draw a progress bar (a summary line is printed at the end either way).
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
     sizes: SizeArgs,
+}
+
+/// `key=value`, as encore-flow's `--kafka-option` takes it.
+fn kafka_option(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    match key.trim() {
+        "" => Err(format!("expected KEY=VALUE, got {text:?}")),
+        key => Ok((key.to_owned(), value.to_owned())),
+    }
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {
@@ -177,6 +190,7 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
                 brokers: brokers.clone(),
                 topic: args.topic.clone(),
                 idempotence: !args.no_idempotence,
+                extra: args.kafka_options.clone(),
             };
             let kafka = KafkaSink::connect(&options)?;
             let target = format!(

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_testkit::Tansu;
+use encore_testkit::{Tansu, TestCa};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
@@ -44,12 +44,17 @@ struct Consumed {
 /// Reads every partition of `topic` from the beginning until `expected` messages arrived and
 /// then two more seconds have passed without a new one (to catch extra copies).
 fn consume_all(brokers: &str, topic: &str, partitions: i32, expected: usize) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "encore-gen-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    consume_all_with(brokers, &[], topic, partitions, expected)
+}
+
+/// As [`consume_all`], with extra client settings (TLS).
+fn consume_all_with(brokers: &str, options: &[(String, String)], topic: &str, partitions: i32, expected: usize) -> Vec<Consumed> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("group.id", "encore-gen-test").set("enable.auto.commit", "false");
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment
@@ -166,6 +171,28 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
         }
     }
     assert_eq!(used_partitions.len(), 4);
+}
+
+/// A broker reachable over TLS only: `--kafka-option` gives the producer TLS and the CA.
+#[test]
+fn kafka_options_reach_a_tls_broker() {
+    let ca = TestCa::new("encore test CA").expect("CA");
+    let tansu = Tansu::start_tls(&ca).expect("tansu behind TLS");
+    tansu.create_topic("listens", 2).expect("topic");
+    let brokers = tansu.brokers();
+    let options: Vec<String> = tansu.client_options().iter().map(|(key, value)| format!("{key}={value}")).collect();
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens", "--events", "500", "--seed", "3"];
+    for option in &options {
+        args.extend_from_slice(&["--kafka-option", option]);
+    }
+    args.extend_from_slice(&SIZES);
+    let output = encore_gen(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(consume_all_with(&brokers, &tansu.client_options(), "listens", 2, 500).len(), 500);
+
+    let output = encore_gen(&["stream", "--brokers", &brokers, "--events", "1", "--kafka-option", "no-equals-sign"]);
+    assert!(!output.status.success());
+    assert!(stderr_of(&output).contains("expected KEY=VALUE"), "{}", stderr_of(&output));
 }
 
 #[test]
