@@ -278,14 +278,21 @@ impl Target {
 
     /// One phrase for logs: whether and how the connection is protected.
     pub fn tls_summary(&self) -> String {
-        match (&self.tls, self.verified, self.mode) {
-            (None, _, SslMode::Disable) => "sslmode=disable: not encrypted".into(),
-            (None, _, _) => "unix socket: local, TLS does not apply".into(),
-            (Some(_), _, SslMode::VerifyFull) => "sslmode=verify-full: encrypted, certificate and host name checked".into(),
-            (Some(_), true, mode) => format!("sslmode={mode}: encrypted, certificate chain checked"),
-            (Some(_), false, mode @ SslMode::Require) => format!("sslmode={mode}: encrypted, certificate not checked"),
-            (Some(_), false, mode) => {
-                format!("sslmode={mode}: encrypted if the server offers TLS, certificate not checked")
+        let mode = self.mode;
+        match (&self.tls, mode) {
+            (None, SslMode::Disable) => "sslmode=disable: not encrypted".into(),
+            (None, _) => "unix socket: local, TLS does not apply".into(),
+            (Some(_), _) => {
+                let when = match mode {
+                    SslMode::Allow | SslMode::Prefer => "encrypted if the server offers TLS",
+                    _ => "encrypted",
+                };
+                let check = match (mode, self.verified) {
+                    (SslMode::VerifyFull, _) => "certificate and host name checked",
+                    (_, true) => "certificate chain checked",
+                    (_, false) => "certificate not checked",
+                };
+                format!("sslmode={mode}: {when}, {check}")
             }
         }
     }
