@@ -29,6 +29,10 @@
 //!   temporary directory, for tests that restart the broker), listening *and advertising*
 //!   `127.0.0.1`: clients connect to the advertised address, and `localhost` may resolve to
 //!   `::1`, where nothing listens. Topics are created explicitly through the Kafka admin API.
+//! * **TLS** (`Postgres::start_tls`, `Tansu::start_tls`): certificates for `127.0.0.1` from a
+//!   throwaway [`TestCa`]. Postgres serves TLS itself and refuses plain TCP; Tansu is put
+//!   behind `socat`, which terminates TLS on the advertised port (Tansu 0.6's command line
+//!   cannot take a certificate and a key together).
 //!
 //! # Ports
 //!

@@ -156,8 +156,12 @@ impl Tansu {
             tansu.inner_port = if tansu.tls_root.is_some() { free_port()? } else { tansu.port };
             match tansu.spawn_and_wait() {
                 Ok(()) => return Ok(tansu),
-                // Most likely the port was taken between `free_port` and the bind: retry.
-                Err(error) => last_error = Some(error),
+                // Most likely the port was taken between `free_port` and the bind: retry (with
+                // TLS, the proxy too, on the new port).
+                Err(error) => {
+                    tansu.stop_proxy();
+                    last_error = Some(error);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| tansu.not_ready("no start attempted".into())))
@@ -313,6 +317,14 @@ impl Tansu {
         }
     }
 
+    fn stop_proxy(&mut self) {
+        if let Some((mut proxy, _watchdog)) = self.proxy.take() {
+            // An error means it already exited, which is what we want.
+            let _already_exited = proxy.kill();
+            let _ = proxy.wait();
+        }
+    }
+
     /// `socat` terminating TLS on `port` and forwarding each connection to Tansu.
     fn spawn_proxy(&self) -> Result<(Child, Watchdog)> {
         let socat = find_binary("socat", &[]).ok_or(Error::MissingBinary {
@@ -447,10 +459,7 @@ impl Drop for Tansu {
                 self.port
             );
         }
-        if let Some((mut proxy, _watchdog)) = self.proxy.take() {
-            let _already_exited = proxy.kill();
-            let _ = proxy.wait();
-        }
+        self.stop_proxy();
     }
 }
 
