@@ -59,12 +59,12 @@ pub struct Fed {
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// The input could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Not a `source`: the message already says it, and `{:#}` would repeat it.
+        reason: std::io::Error,
     },
     /// A worker failed (a panic or a lost peer process).
     #[error("worker failed: {0}")]
@@ -81,7 +81,7 @@ where
 {
     if let Lines::File(path) = &job.lines {
         // Fail fast, with the path, before any worker starts.
-        File::open(path).map_err(|source| BatchError::Read { path: path.clone(), source })?;
+        File::open(path).map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
     }
     let guards = timely::execute(config, move |worker| {
         let index = worker.index() as u64;
@@ -136,7 +136,7 @@ where
 }
 
 fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(), BatchError> {
-    let file = File::open(path).map_err(|source| BatchError::Read { path: path.clone(), source })?;
+    let file = File::open(path).map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::with_capacity(1024);
     let mut number = 0u64;
@@ -144,7 +144,7 @@ fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(), B
         line.clear();
         let read = reader
             .read_until(b'\n', &mut line)
-            .map_err(|source| BatchError::Read { path: path.clone(), source })?;
+            .map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
         if read == 0 {
             return Ok(());
         }

@@ -71,6 +71,12 @@ struct Cli {
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     kafka_options: Vec<(String, String)>,
 
+    /// librdkafka settings from FILE: `key=value` lines and `#` comments, like a managed Kafka
+    /// service's client.properties. Keeps SASL passwords off the command line. Applied
+    /// before --kafka-option; a bootstrap.servers line must match --brokers.
+    #[arg(long = "kafka-config", value_name = "FILE")]
+    kafka_config: Option<PathBuf>,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
     /// default). Every process serves its own: give each process its own address. Port 0
     /// picks a free port (logged at info level).
@@ -238,6 +244,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let output_dir = match (cli.input.input.clone(), cli.output.output_dir.clone(), cli.output.postgres.clone()) {
         (Some(_), _, _) if cli.metrics_addr.is_some() => bail!("--metrics-addr needs Kafka input (--brokers, --topic)"),
+        (Some(_), _, _) if cli.kafka_config.is_some() || !cli.kafka_options.is_empty() => {
+            bail!("--kafka-config and --kafka-option need Kafka input (--brokers, --topic)")
+        }
         (Some(input), Some(output_dir), None) => (input, output_dir),
         (None, None, Some(url)) => return run_stream(&cli, config, params, &url),
         (Some(_), None, Some(_)) => bail!("--input with --postgres is not supported: use --output-dir, or Kafka input"),
@@ -290,13 +299,18 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         None => None,
     };
+    let mut kafka_options = match &cli.kafka_config {
+        Some(path) => encore_dataflow::stream::read_kafka_config(path, &brokers).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    kafka_options.extend(cli.kafka_options.iter().cloned());
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     let committed = sink.committed_offsets(&topic)?;
     let job = StreamJob {
         brokers,
         topic,
         group: cli.group.clone(),
-        kafka_options: cli.kafka_options.clone(),
+        kafka_options,
         params,
         emit_co_listens: cli.emit_co_listens,
         until_caught_up: cli.until_caught_up,

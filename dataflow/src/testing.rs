@@ -556,6 +556,12 @@ pub fn assert_one_line_error(output: &std::process::Output, expected: &str) {
     assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
     assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
     assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
+    // `{:#}` appends every source to the message; one that the message already says would
+    // appear twice.
+    let parts: Vec<&str> = reasons[0].split(": ").collect();
+    for (index, part) in parts.iter().enumerate() {
+        assert!(part.len() < 12 || !parts[index + 1..].contains(part), "a cause repeated in {:?}", reasons[0]);
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::catalog::{Catalog, CatalogNames};
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The URL does not parse, or names certificates that cannot be used.
-    #[error("{0}")]
+    #[error(transparent)]
     Url(#[from] encore_pgconnect::Error),
     /// Connecting failed.
     #[error("cannot connect to Postgres: {}", connect_reason(.0))]

@@ -15,12 +15,13 @@ use crate::stream::{EventStream, Message};
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Creating or writing the output file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {reason}")]
     File {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error. Not a `source`: the message already says it, and `{:#}` would
+        /// repeat it.
+        reason: std::io::Error,
     },
     /// Producing to Kafka failed.
     #[error(transparent)]
@@ -46,9 +47,9 @@ impl Sink {
         let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(File::create(&path).map_err(|source| SinkError::File {
+            Box::new(File::create(&path).map_err(|reason| SinkError::File {
                 path: path.clone(),
-                source,
+                reason,
             })?)
         };
         // 1 MiB buffer: one write system call per ~7 000 events.
@@ -64,9 +65,9 @@ impl Sink {
                 let result = writer
                     .write_all(payload)
                     .and_then(|()| writer.write_all(b"\n"));
-                result.map_err(|source| SinkError::File {
+                result.map_err(|reason| SinkError::File {
                     path: path.clone(),
-                    source,
+                    reason,
                 })
             }
             Sink::Kafka(kafka) => Ok(kafka.send(key, payload)?),
@@ -83,9 +84,9 @@ impl Sink {
     /// Writes out everything buffered or in flight.
     pub fn finish(&mut self) -> Result<(), SinkError> {
         match self {
-            Sink::Lines { writer, path } => writer.flush().map_err(|source| SinkError::File {
+            Sink::Lines { writer, path } => writer.flush().map_err(|reason| SinkError::File {
                 path: path.clone(),
-                source,
+                reason,
             }),
             Sink::Kafka(kafka) => Ok(kafka.flush()?),
         }

@@ -230,5 +230,11 @@ fn bad_flags_fail_with_a_one_line_reason() {
         let output = encore_gen(args);
         assert!(!output.status.success(), "{args:?} succeeded");
         assert!(!output.stderr.is_empty(), "{args:?} printed no reason");
+        // The exit line appends every cause (`{:#}`): none may be said twice.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let parts: Vec<&str> = stderr.trim().split(": ").collect();
+        for (index, part) in parts.iter().enumerate() {
+            assert!(part.len() < 12 || !parts[index + 1..].contains(part), "a cause repeated in {stderr:?}");
+        }
     }
 }
