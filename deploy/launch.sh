@@ -32,8 +32,9 @@
 #    the password out of `--postgres URL`: encore-flow reads it from PGPASSWORD, which local
 #    processes inherit from the launcher; remote ones need it set on their host (or
 #    `-o SendEnv=PGPASSWORD` with `AcceptEnv PGPASSWORD` in that host's sshd). The same holds
-#    for PGSSLMODE/PGSSLROOTCERT/PGSSLCERT/PGSSLKEY; TLS keys in the URL (`sslrootcert=PATH`)
-#    name files that must exist at that path on every host.
+#    for PGSSLMODE/PGSSLROOTCERT/PGSSLCERT/PGSSLKEY. Files named in the flags (`sslrootcert=PATH`
+#    in the URL, `--kafka-config FILE`, `ssl.ca.location=PATH`) must exist at that path on
+#    every host; `--kafka-config` keeps a SASL password off the command line.
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
