@@ -180,7 +180,8 @@ pub struct TableRows {
 
 /// Writes the SPEC §3 tables of one schema; see the module docs.
 pub struct PgSink {
-    config: encore_pgconnect::Target,
+    /// The connection string, parsed once (TLS files read at start).
+    target: encore_pgconnect::Target,
     retry: RetryPolicy,
     sql: Statements,
     score_precision: u32,
@@ -218,12 +219,12 @@ impl PgSink {
         if score_precision > MAX_SCORE_PRECISION {
             return Err(SinkError::InvalidPrecision(score_precision));
         }
-        let config = session_config(url, &retry)?;
+        let target = session_config(url, &retry)?;
         let sql = Statements::new(schema, emit_co_listens);
-        let session = open_session(&config, &sql, &retry, Some(schema))?;
-        info!(schema, tls = %config.tls_summary(), "postgres sink connected");
+        let session = open_session(&target, &sql, &retry, Some(schema))?;
+        info!(schema, tls = %target.tls_summary(), "postgres sink connected");
         Ok(PgSink {
-            config,
+            target,
             retry,
             sql,
             score_precision,
@@ -287,7 +288,7 @@ impl PgSink {
         let mut fast = true;
         loop {
             stats.attempts += 1;
-            let result = match ensure_session(&mut self.session, &self.config, &self.sql, &self.retry) {
+            let result = match ensure_session(&mut self.session, &self.target, &self.sql, &self.retry) {
                 Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast),
                 Err(err) => return Err(err),
             };
@@ -405,7 +406,7 @@ impl PgSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let session = ensure_session(&mut self.session, &self.config, &self.sql, &self.retry)?;
+            let session = ensure_session(&mut self.session, &self.target, &self.sql, &self.retry)?;
             match op(session, &self.sql) {
                 Ok(value) => return Ok(value),
                 Err(failure) if failure.is_transient() && attempt < attempts => {

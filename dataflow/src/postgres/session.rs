@@ -102,13 +102,13 @@ pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<Target, S
 /// Returns the live session, opening one (with retries) if the last was lost.
 pub(super) fn ensure_session<'a>(
     slot: &'a mut Option<Session>,
-    config: &Target,
+    target: &Target,
     sql: &Statements,
     retry: &RetryPolicy,
 ) -> Result<&'a mut Session, SinkError> {
     let session = match slot.take() {
         Some(session) => session,
-        None => open_session(config, sql, retry, None)?,
+        None => open_session(target, sql, retry, None)?,
     };
     Ok(slot.insert(session))
 }
@@ -117,7 +117,7 @@ pub(super) fn ensure_session<'a>(
 /// a reconnect must not recreate tables someone dropped, which would silently restart them
 /// empty while the job continues from its in-memory state).
 pub(super) fn open_session(
-    config: &Target,
+    target: &Target,
     sql: &Statements,
     retry: &RetryPolicy,
     create_schema: Option<&str>,
@@ -126,7 +126,7 @@ pub(super) fn open_session(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_open_session(config, sql, create_schema) {
+        match try_open_session(target, sql, create_schema) {
             Ok(session) => return Ok(session),
             Err(err) if is_transient(&err) => {
                 if attempt >= attempts {
@@ -141,11 +141,11 @@ pub(super) fn open_session(
 }
 
 fn try_open_session(
-    config: &Target,
+    target: &Target,
     sql: &Statements,
     create_schema: Option<&str>,
 ) -> Result<Session, postgres::Error> {
-    let mut client = config.connect()?;
+    let mut client = target.connect()?;
     if let Some(schema) = create_schema {
         let mut tx = client.transaction()?;
         // Held to the end of the transaction: concurrent starts create the objects one after

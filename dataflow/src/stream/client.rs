@@ -1,0 +1,163 @@
+//! The Kafka consumers' settings: encore's own, a `--kafka-config` file's, then the
+//! `--kafka-option`s, in that order; and the client context that routes librdkafka's errors
+//! to our logs.
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use tracing::warn;
+
+use super::StreamJob;
+
+/// Routes librdkafka's error callbacks to our logs, minus end-of-partition events, which the
+/// consumer loop handles and which are not errors.
+pub(super) struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+/// Builds the consumer of one worker.
+pub(super) fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer<Quiet>, KafkaError> {
+    consumer_config(job, client_id).create_with_context(Quiet)
+}
+
+/// The consumers' settings: ours, then the user's `--kafka-option`s over them. Every setting
+/// says why it has its value.
+fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &job.brokers)
+        // Required by librdkafka; offsets are never committed to the group (see below).
+        .set("group.id", &job.group)
+        .set("client.id", client_id)
+        // Progress lives in Postgres, in the same transaction as the results: Kafka's group
+        // offsets would be a second, inconsistent truth.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Only reached when an assigned offset is out of range; the start-up checks have
+        // already refused truncated partitions, so "earliest" only ever means offset 0.
+        .set("auto.offset.reset", "earliest")
+        // End-of-partition events tell the replay that a partition holds fewer messages than
+        // the committed offsets say.
+        .set("enable.partition.eof", "true")
+        // Bounds the prefetch per consumer (one per worker): 64 MiB keeps throughput while
+        // leaving memory to the dataflow.
+        .set("queued.max.messages.kbytes", "65536")
+        // Fail a dead broker in seconds rather than minutes.
+        .set("socket.timeout.ms", "10000")
+        // A fetch that finds no new message waits this long at the broker. Apache Kafka
+        // answers as soon as data arrives, but Tansu answers only at the deadline, so
+        // librdkafka's 500 ms default added ~400 ms to every event's latency there (README,
+        // "Kafka fetch wait"). Shorter waits cost idle CPU on Tansu.
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in &job.kafka_options {
+        config.set(key, value);
+    }
+    config
+}
+
+/// The librdkafka settings of a client configuration file: `key=value` (or `key: value`)
+/// lines, `#` or `!` comments and blank lines, as in the `client.properties` files that
+/// managed Kafka services hand out. Keeps SASL passwords off the command line, where `ps`
+/// shows them. A `bootstrap.servers` line must name the `--brokers` given (`brokers`), so the
+/// two cannot silently disagree; it is then dropped.
+pub fn read_kafka_config(path: &std::path::Path, brokers: &str) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read --kafka-config {}: {err}", path.display()))?;
+    let mut options = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let split = line.find(['=', ':']).map(|at| (line[..at].trim(), line[at + 1..].trim()));
+        let (key, value) = match split {
+            Some((key, value)) if !key.is_empty() => (key, value),
+            _ => return Err(format!("{} line {}: expected key=value, got {line:?}", path.display(), number + 1)),
+        };
+        if key == "bootstrap.servers" {
+            if value != brokers {
+                return Err(format!(
+                    "{} line {}: bootstrap.servers={value} differs from --brokers {brokers}",
+                    path.display(),
+                    number + 1
+                ));
+            }
+            continue;
+        }
+        options.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::tables::Params;
+
+    fn job(kafka_options: &[(&str, &str)]) -> StreamJob {
+        StreamJob {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "t".into(),
+            group: "g".into(),
+            kafka_options: kafka_options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: Params::default(),
+            emit_co_listens: false,
+            until_caught_up: false,
+            epoch_ms: 250,
+            epoch_events: 10_000,
+            committed: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_fetch_wait_is_short_unless_the_user_says_otherwise() {
+        // librdkafka's 500 ms default added ~400 ms to live latency on Tansu (README).
+        assert_eq!(consumer_config(&job(&[]), "c").get("fetch.wait.max.ms"), Some("100"));
+        let config = consumer_config(&job(&[("fetch.wait.max.ms", "500"), ("enable.auto.commit", "true")]), "c");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(config.get("enable.auto.commit"), Some("true"), "--kafka-option is applied last");
+    }
+
+    #[test]
+    fn a_kafka_config_file_reads_like_client_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        let text = "# from the service's console\n\nbootstrap.servers=b:9092\nsecurity.protocol = SASL_SSL\n\
+                    ! another comment\nsasl.mechanisms: PLAIN\nsasl.password=a=b:c\n";
+        std::fs::write(&path, text).unwrap();
+        let options = read_kafka_config(&path, "b:9092").unwrap();
+        let want = [("security.protocol", "SASL_SSL"), ("sasl.mechanisms", "PLAIN"), ("sasl.password", "a=b:c")];
+        assert_eq!(options, want.map(|(k, v)| (k.to_string(), v.to_string())));
+
+        let err = read_kafka_config(&path, "other:9092").unwrap_err();
+        assert!(err.ends_with("line 3: bootstrap.servers=b:9092 differs from --brokers other:9092"), "{err}");
+        std::fs::write(&path, "security.protocol\n").unwrap();
+        let err = read_kafka_config(&path, "b:9092").unwrap_err();
+        assert!(err.ends_with("line 1: expected key=value, got \"security.protocol\""), "{err}");
+        let err = read_kafka_config(&dir.path().join("missing"), "b:9092").unwrap_err();
+        assert!(err.starts_with("cannot read --kafka-config"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_scram_settings_are_accepted() {
+        // librdkafka built without OpenSSL refuses these when the client is created.
+        for options in [
+            &[("security.protocol", "SSL")][..],
+            &[("security.protocol", "SASL_SSL"), ("ssl.ca.location", "probe"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "u"), ("sasl.password", "p")],
+            &[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")],
+        ] {
+            let created = consumer_config(&job(options), "c").create_with_context::<_, BaseConsumer<Quiet>>(Quiet);
+            assert!(created.is_ok(), "{options:?}: {:?}", created.err());
+        }
+    }
+}
