@@ -25,6 +25,8 @@
 //!   so only the name check makes it mean something.
 //! * **Without `sslrootcert`**, `~/.postgresql/root.crt` is used if it exists, as libpq does.
 //! * **Unix sockets** take no TLS whatever the mode, as in libpq: Postgres has none there.
+//! * **`hostaddr` without `host`** connects to the address with no name to check, as in
+//!   libpq: every mode but `verify-full` works, and `verify-full` is refused at start.
 //! * **`sslcert` + `sslkey`** give a client certificate (PEM, for `cert` authentication).
 //!   libpq's default files for these are not looked for.
 //! * Not checking the certificate under `prefer`/`require` is libpq's choice too. It keeps
@@ -93,6 +95,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// `sslmode=verify-full` with `hostaddr` but no `host`: no name to check the certificate for.
+    #[error(
+        "sslmode=verify-full needs host=NAME, the name in the server's certificate: hostaddr alone \
+         gives none to check (as in libpq); give both, or a weaker sslmode"
+    )]
+    VerifyFullNeedsHost,
     /// Only one of `sslcert` and `sslkey`.
     #[error("sslcert and sslkey go together: give both or neither")]
     ClientCertificatePair,
@@ -206,6 +214,18 @@ impl Target {
         if mode == SslMode::Disable || sockets_only {
             config.ssl_mode(WireMode::Disable);
             return Ok(Target { config, mode, tls: None, verified: false });
+        }
+        // `hostaddr` without `host`: libpq connects to the address and, having no host name,
+        // checks none, refusing verify-full ("host name must be specified for a verified SSL
+        // connection"). tokio-postgres would hand rustls an empty name and fail in every mode,
+        // so the addresses stand in as the names; only verify-full would read them.
+        if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+            if mode == SslMode::VerifyFull {
+                return Err(Error::VerifyFullNeedsHost);
+            }
+            for addr in config.get_hostaddrs().to_vec() {
+                config.host(&addr.to_string());
+            }
         }
         config.ssl_mode(match mode {
             SslMode::Allow | SslMode::Prefer => WireMode::Prefer,

@@ -76,6 +76,28 @@ fn each_mode_against_a_tls_only_server() {
 }
 
 #[test]
+fn hostaddr_without_host_connects_unnamed_as_in_libpq() {
+    let ca = TestCa::new("encore test CA").unwrap();
+    let pg = Postgres::start_tls(&ca).unwrap();
+    let root = ca.root_path();
+    let addr = format!("hostaddr=127.0.0.1 port={} user=postgres dbname=postgres", pg.port());
+    // tokio-postgres alone gives rustls an empty server name here and fails in every mode.
+    assert!(encrypted(&addr));
+    assert!(encrypted(&format!("{addr} sslmode=require")));
+    assert!(encrypted(&format!("{addr} sslmode=verify-ca sslrootcert='{}'", root.display())));
+    // The chain is still checked where the mode says so.
+    let other = TestCa::new("another CA").unwrap();
+    let (error, rejected) = refusal(&format!("{addr} sslmode=verify-ca sslrootcert='{}'", other.root_path().display()));
+    assert!(error.contains("UnknownIssuer") && rejected, "{error}");
+    // No name to check: verify-full is refused before connecting, and names what to add.
+    let error = Target::parse_with_env(&format!("{addr} sslmode=verify-full sslrootcert='{}'", root.display()), no_env)
+        .expect_err("verify-full without host");
+    assert!(error.to_string().contains("needs host=NAME"), "{error}");
+    // With both, the name is checked and the address connected to.
+    assert!(encrypted(&format!("host=127.0.0.1 {addr} sslmode=verify-full sslrootcert='{}'", root.display())));
+}
+
+#[test]
 fn a_client_certificate_logs_in_a_cert_role() {
     let ca = TestCa::new("encore test CA").unwrap();
     let pg = Postgres::start_tls(&ca).unwrap();
