@@ -10,6 +10,12 @@ use crate::engine::{self, Epoch, Listen};
 use crate::output::{self, EpochSink};
 use crate::tables::{DeadLetter, Params};
 
+/// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
+/// alike: the workers compute earlier epochs while they feed later ones, so every operator
+/// must (and the oracle tests check that it does) keep a later epoch's data apart until the
+/// earlier ones are complete.
+pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+
 /// What [`Inputs::feed`] made of one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {

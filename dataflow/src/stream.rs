@@ -76,7 +76,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::engine::Epoch;
-use crate::job::{self, MessageKind};
+use crate::job::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
 use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
 use crate::output::EpochSink;
 use crate::postgres::{PgSink, SinkError};
@@ -87,8 +87,6 @@ use committer::{Committer, Halt, Handover};
 
 /// The first live epoch; epochs below it replay already-committed messages.
 pub const LIVE: Epoch = 1 << 40;
-/// How many epochs a worker may feed ahead of the sink.
-pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 /// Messages a worker reads between two steps of its dataflow while messages keep coming.
 const STEP_EVERY_MESSAGES: usize = 1024;
 /// How long metadata and watermark requests may take before the broker counts as unreachable.

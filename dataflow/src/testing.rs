@@ -37,8 +37,12 @@
 //! ```
 
 use crate::oracle;
-use crate::tables::{Params, Tables};
+use crate::batch::{self, BatchJob, Lines};
+use crate::engine::Epoch;
+use crate::output::EpochSink;
+use crate::tables::{Changes, Params, Tables};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use encore_udfs::{parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -510,6 +514,54 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// A sink that keeps the tables after every closed epoch, and the dead letters.
+#[derive(Default)]
+pub struct Snapshots {
+    /// The tables after the last epoch.
+    pub tables: Tables,
+    /// `(line, error)` of every dead letter.
+    pub dead_letters: Vec<(i64, String)>,
+    /// The tables after each epoch that had changes.
+    pub after: BTreeMap<Epoch, Tables>,
+}
+
+impl EpochSink for Snapshots {
+    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
+        self.tables.apply(&changes);
+        self.dead_letters.extend(changes.dead_letters.iter().map(|d| (d.offset, d.error.clone())));
+        self.after.insert(epoch, self.tables.clone());
+    }
+}
+
+/// Runs the file job's dataflow (epochs in flight as in every job) over `lines` in memory.
+pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize) -> Snapshots {
+    let state = Arc::new(Mutex::new(Snapshots::default()));
+    let sink = Arc::clone(&state);
+    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, epoch_events };
+    batch::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
+    Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
+}
+
+/// Compares the dataflow with the oracle after every epoch of `lines` random lines (an epoch
+/// without changes keeps the previous state), and the dead letters with the parser's verdicts.
+pub fn check_every_epoch(seed: u64, lines: usize, params: Params, epoch_events: usize, workers: usize) {
+    let input = random_lines(seed, lines);
+    let expected = expected_after_each_epoch(&input, &params, epoch_events);
+    let (_, invalid) = parse_lines(&input);
+    let mut got = run_snapshots(input, params, epoch_events, workers);
+
+    let mut current = Tables::default();
+    for (epoch, want) in expected.iter().enumerate() {
+        if let Some(tables) = got.after.get(&(epoch as Epoch)) {
+            current = tables.clone();
+        }
+        assert_tables_eq(&current, want, &format!("seed {seed}, {workers} workers, {params:?}, after epoch {epoch}"));
+    }
+    got.dead_letters.sort();
+    let want_dead: Vec<(i64, String)> = invalid.into_iter().map(|(line, error)| (line as i64, error)).collect();
+    assert_eq!(got.dead_letters, want_dead, "dead letters, seed {seed}");
 }
 
 /// Panics, naming the table and up to five differing rows, unless `got` equals `want`.

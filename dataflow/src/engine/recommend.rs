@@ -363,8 +363,9 @@ struct Recommender {
 }
 
 /// Pending score changes are merged into their users once this many pile up (64 MB to group
-/// them): a big epoch (a first load, a catch-up) expands to hundreds of millions of them.
-const SCORES_FLUSH_AT: usize = 1 << 22;
+/// them): a big epoch (a first load, a catch-up) expands to hundreds of millions of them. The
+/// crate's own tests flush after a few dozen, as [`super::similarity`]'s do.
+const SCORES_FLUSH_AT: usize = if cfg!(test) { 64 } else { 1 << 22 };
 
 impl Recommender {
     /// Step 1: a neighbour score changes by `delta`; the users who have `i` now (before this

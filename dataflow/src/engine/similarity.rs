@@ -102,8 +102,10 @@ struct Entry {
     count: u32,
 }
 
-/// Buffered pair changes are sorted and merged into their tracks once this many pile up.
-const FLUSH_AT: usize = 1 << 22;
+/// Buffered pair changes are sorted and merged into their tracks once this many pile up. The
+/// crate's own tests flush after a few dozen, so that every test with epochs also runs the
+/// early-flush path, which otherwise only epochs of millions of events reach.
+const FLUSH_AT: usize = if cfg!(test) { 64 } else { 1 << 22 };
 
 /// `((track, partner), Δc)` by interned index.
 type Delta = ((u32, u32), i32);
@@ -463,10 +465,24 @@ pub fn similarities<'scope>(
                         // Pair changes travel at their capability's time.
                         let Some(&time) = cap.least() else { return };
                         capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                        // Applied now only if nothing earlier is pending or can arrive.
+                        // Applied now only if nothing earlier is pending or can arrive on
+                        // either input: the open epoch is the next one `finish` closes, so
+                        // an earlier epoch's n changes arriving later would close it with
+                        // this epoch's pair changes in its buffer (emitted at the wrong time,
+                        // scored with the wrong n).
                         let earliest = capabilities.keys().next() == Some(&time);
-                        if open == Some(time) || (open.is_none() && earliest && !pairs_frontier.less_than(&time)) {
+                        let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
+                        if open.is_none() && earliest && nothing_earlier {
                             open = Some(time);
+                            // This epoch's pair changes staged before it could open arrived
+                            // first, so they go first: each user's changes must reach the
+                            // counts in the order History made them, or a flush between a
+                            // user's +1 and -1 of one pair would take the count below zero.
+                            for (track, partner, diff) in staged_pairs.remove(&time).unwrap_or_default() {
+                                state.pair(track, partner, diff);
+                            }
+                        }
+                        if open == Some(time) {
                             for (track, partner, diff) in data.drain(..) {
                                 state.pair(track, partner, diff);
                             }
@@ -607,5 +623,65 @@ mod tests {
         assert_eq!(second.len(), 2, "{second:?}"); // s both ways, old to new
         assert!(second.iter().all(|r| matches!(r, PairRecord::Similar { old, new, .. } if old != new && *old > 0)));
         assert!(run(false, 1).is_empty());
+    }
+
+    /// Pair changes of an epoch staged while an earlier epoch's n changes could still come,
+    /// then more of the same epoch once it opens: a user's +1 of a pair is staged, its -1
+    /// comes later, and a flush (after 64 changes in tests) lands between them. The staged
+    /// +1 must be counted first, or the flush takes c(1,2) below zero (a debug assertion; in
+    /// release the -1 was lost, leaving c(1,2) = 1 for good).
+    #[test]
+    fn staged_pair_changes_count_before_later_ones_of_their_epoch() {
+        use differential_dataflow::input::Input as _;
+        use timely::dataflow::operators::capture::{Capture, Extract};
+        use timely::dataflow::operators::{Input, Probe};
+
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let sender = std::sync::Mutex::new(sender);
+        timely::execute(timely::Config::thread(), move |worker| {
+            let mut pairs_in = timely::dataflow::InputHandle::<Epoch, CapacityContainerBuilder<Vec<PairChange>>>::new();
+            let (mut counts_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (counts_in, counts) = scope.new_collection::<(u64, isize), isize>();
+                let pairs = scope.input_from(&mut pairs_in);
+                let (probe, out) = similarities(pairs, counts, 1, 4, true).probe();
+                out.capture_into(sender.lock().expect("one worker").clone());
+                (counts_in, probe)
+            });
+            let both = |pairs: &mut Vec<PairChange>, a: u64, b: u64, diff: i32| pairs.extend([(a, b, diff), (b, a, diff)]);
+            // Epoch 1's +1 arrives while epoch 0's n changes are still open: staged.
+            pairs_in.advance_to(1);
+            let mut first = Vec::new();
+            both(&mut first, 1, 2, 1);
+            pairs_in.send_batch(&mut first);
+            pairs_in.flush();
+            for _ in 0..10 {
+                worker.step();
+            }
+            // Epoch 0 ends; epoch 1 opens with the same user's -1 and enough to flush.
+            counts_in.advance_to(1);
+            counts_in.flush();
+            for _ in 0..10 {
+                worker.step();
+            }
+            let mut later = Vec::new();
+            both(&mut later, 1, 2, -1);
+            for partner in 100..140 {
+                both(&mut later, 3, partner, 1);
+            }
+            pairs_in.send_batch(&mut later);
+            pairs_in.advance_to(2);
+            counts_in.advance_to(2);
+            pairs_in.flush();
+            counts_in.flush();
+            worker.step_while(|| probe.less_than(&2));
+        })
+        .expect("dataflow runs");
+        let records: Vec<PairRecord> = receiver.extract().into_iter().flat_map(|(_, records)| records).collect();
+        assert!(records.iter().any(|r| matches!(r, PairRecord::CoListen { a: 3, .. })), "the filler counted: {records:?}");
+        assert!(
+            !records.iter().any(|r| matches!(r, PairRecord::CoListen { a: 1, b: 2, .. })),
+            "c(1,2) went 0 → 1 → 0 within epoch 1: no change to report, got {:?}",
+            records.iter().filter(|r| matches!(r, PairRecord::CoListen { a: 1, .. })).collect::<Vec<_>>()
+        );
     }
 }
