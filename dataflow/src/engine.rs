@@ -185,8 +185,9 @@ mod tests {
 
     /// In the crate's own tests the Similarity and Recommend operators flush their buffers
     /// after a few dozen changes, so here epochs of a few dozen lines run the early flushes
-    /// that only epochs of millions of events reach in a real run, with epochs in flight. (A
-    /// flush that saw one user's -1 of a pair before its +1 once lost the -1 this way.)
+    /// that only epochs of millions of events reach in a real run, with epochs in flight. (It
+    /// fails if an epoch opens before an earlier one's n changes are in; the order of one
+    /// user's changes around a flush has its own test in `similarity`.)
     #[test]
     fn early_flushes_with_epochs_in_flight_equal_the_oracle() {
         for seed in 60..100 {

@@ -15,8 +15,8 @@
 //! The oracle keeps every co-listening pair in an ordered map: at 10 M events of the default
 //! generator that is ~5 GiB and a few minutes.
 //!
-//! Dead letters are not compared: `dead_letters.csv` is written with the parser's errors in
-//! the same format, so a `diff -r` covers it too.
+//! `dead_letters.csv` is written too, with the parser's errors in encore-flow's format, so
+//! `diff -r` compares the dead letters as well.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -24,8 +24,11 @@
 //!
 //! ## Applying an epoch
 //!
-//! Pair changes are appended to one buffer per worker as they arrive (when nothing earlier
-//! can still arrive; a later epoch is staged until then). Applying each on arrival to its
+//! Pair changes are appended to one buffer per worker as they arrive, once nothing of an
+//! earlier epoch can still arrive on either input (until then they are staged, and staged
+//! ones go first when the epoch opens: each user's changes must be counted in the order
+//! History made them, or a flush between a user's `+1` and `-1` of one pair would take its
+//! count below zero). Applying each on arrival to its
 //! track's vector cost a cache miss per change (the hottest instruction of a 10 M-event
 //! load); the buffer is sorted in bulk instead, so each track is visited once per sort. When the epoch is complete
 //! (both inputs' frontiers have passed it), the buffer is sorted and consolidated, and every
