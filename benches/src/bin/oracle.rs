@@ -13,7 +13,7 @@
 //! inputs of thousands of events; this checks one end state of millions, where code paths
 //! that only large epochs take (early flushes of buffered changes, full re-rankings) run.
 //! The oracle keeps every co-listening pair in an ordered map: at 10 M events of the default
-//! generator that is ~5 GiB and a few minutes.
+//! generator that is ~4.2 GiB and ~5 minutes.
 //!
 //! `dead_letters.csv` is written too, with the parser's errors in encore-flow's format, so
 //! `diff -r` compares the dead letters as well.
