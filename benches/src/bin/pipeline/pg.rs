@@ -129,7 +129,11 @@ impl ProgressPoller {
             let mut commits = Vec::new();
             let mut polls = 0u64;
             let mut next_poll = Instant::now();
-            while !flag.load(Ordering::SeqCst) {
+            loop {
+                // One last poll once stopped: the caller stops right after seeing the final
+                // commit itself, which an earlier poll may have missed by a few milliseconds
+                // (its messages were then counted as never committed).
+                let stopping = flag.load(Ordering::SeqCst);
                 let rows = client.query(&query, &[&topic])?;
                 let at = Instant::now();
                 polls += 1;
@@ -139,6 +143,9 @@ impl ProgressPoller {
                         seen.insert(partition, next);
                         commits.push((partition, next, at));
                     }
+                }
+                if stopping {
+                    break;
                 }
                 next_poll += interval;
                 let now = Instant::now();
