@@ -137,7 +137,9 @@ where
     Ok(fed)
 }
 
-fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(), BatchError> {
+/// Calls `feed(line number, line)` for every line of `path`, 0-based, without its `\n` or
+/// `\r\n`: how `--input` reads a file (empty lines included; the caller skips them).
+pub fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(), BatchError> {
     let file = File::open(path).map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::with_capacity(1024);

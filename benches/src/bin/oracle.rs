@@ -18,13 +18,12 @@
 //! `dead_letters.csv` is written too, with the parser's errors in encore-flow's format, so
 //! `diff -r` compares the dead letters as well.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use encore_dataflow::batch::read_lines;
 use encore_dataflow::csv::write_tables;
 use encore_dataflow::oracle;
 use encore_dataflow::tables::{DeadLetter, Params};
@@ -69,29 +68,24 @@ fn main() -> Result<()> {
         score_precision: args.score_precision,
     };
     let start = Instant::now();
-    let file = File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let mut events = Vec::new();
     let mut dead_letters = Vec::new();
-    for (offset, line) in BufReader::with_capacity(1 << 20, file).split(b'\n').enumerate() {
-        let mut line = line.with_context(|| format!("cannot read {}", args.input.display()))?;
-        // As encore-flow reads a file: a line ends at \n or \r\n, and empty lines are no events.
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
+    // Read as `encore-flow --input` reads it: an empty line is no event.
+    read_lines(&args.input, &mut |number, line| {
         if line.is_empty() {
-            continue;
+            return;
         }
-        match encore_udfs::parse_event(&line) {
+        match encore_udfs::parse_event(line) {
             Ok(event) => events.push(event),
             Err(error) => dead_letters.push(DeadLetter {
                 topic: "file".into(),
                 partition: 0,
-                offset: offset as i64,
-                payload: line,
+                offset: number as i64,
+                payload: line.to_vec(),
                 error: error.to_string(),
             }),
         }
-    }
+    })?;
     eprintln!("read {} events, {} invalid, in {:.1} s", events.len(), dead_letters.len(), start.elapsed().as_secs_f64());
     let tables = oracle::compute(&events, &params);
     eprintln!("computed in {:.1} s", start.elapsed().as_secs_f64());
