@@ -68,7 +68,7 @@ struct Cli {
     /// `security.protocol=SSL` or `sasl.mechanism=PLAIN`. Applied after encore's own, e.g.
     /// `fetch.wait.max.ms=100` (librdkafka's 500 adds latency on brokers that hold empty
     /// fetches to the deadline, as Tansu does).
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = encore_kafkaconf::parse_option)]
     kafka_options: Vec<(String, String)>,
 
     /// librdkafka settings from FILE: `key=value` lines and `#` comments, like a managed Kafka
@@ -184,13 +184,6 @@ impl ClusterArgs {
     }
 }
 
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
-    }
-}
-
 /// A panic anywhere ends the process with one line and exit status 1. The usual cause is a
 /// lost peer process (timely's network threads panic when a connection breaks); without this
 /// hook every thread would print its own backtrace. Uncommitted work is rolled back by
@@ -299,11 +292,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         None => None,
     };
-    let mut kafka_options = match &cli.kafka_config {
-        Some(path) => encore_dataflow::stream::read_kafka_config(path, &brokers).map_err(anyhow::Error::msg)?,
-        None => Vec::new(),
-    };
-    kafka_options.extend(cli.kafka_options.iter().cloned());
+    let kafka_options = encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     let committed = sink.committed_offsets(&topic)?;
     let job = StreamJob {

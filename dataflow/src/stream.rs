@@ -82,7 +82,6 @@ use crate::output::EpochSink;
 use crate::postgres::{PgSink, SinkError};
 use crate::tables::{Changes, Params};
 use client::consumer;
-pub use client::read_kafka_config;
 use committer::{Committer, Halt, Handover};
 
 /// The first live epoch; epochs below it replay already-committed messages.

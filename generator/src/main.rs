@@ -112,23 +112,21 @@ struct StreamArgs {
     #[arg(long)]
     no_idempotence: bool,
     /// A librdkafka producer setting, `key=value` (repeatable), applied after encore-gen's
-    /// own, e.g. `security.protocol=SSL` and `ssl.ca.location=FILE` for a TLS broker.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "brokers", value_parser = kafka_option)]
+    /// own and --kafka-config's, e.g. `security.protocol=SSL` and `ssl.ca.location=FILE` for a
+    /// TLS broker.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "brokers", value_parser = encore_kafkaconf::parse_option)]
     kafka_options: Vec<(String, String)>,
+    /// librdkafka settings from FILE: `key=value` lines and `#` comments, like a managed Kafka
+    /// service's client.properties (the same file as encore-flow's --kafka-config). Keeps SASL
+    /// passwords off the command line. Applied before --kafka-option; a bootstrap.servers line
+    /// must match --brokers.
+    #[arg(long = "kafka-config", value_name = "FILE", requires = "brokers")]
+    kafka_config: Option<PathBuf>,
     /// Never draw a progress bar (a summary line is printed at the end either way).
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
     sizes: SizeArgs,
-}
-
-/// `key=value`, as encore-flow's `--kafka-option` takes it.
-fn kafka_option(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
-    match key.trim() {
-        "" => Err(format!("expected KEY=VALUE, got {text:?}")),
-        key => Ok((key.to_owned(), value.to_owned())),
-    }
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {
@@ -190,7 +188,8 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
                 brokers: brokers.clone(),
                 topic: args.topic.clone(),
                 idempotence: !args.no_idempotence,
-                extra: args.kafka_options.clone(),
+                extra: encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options)
+                    .map_err(anyhow::Error::msg)?,
             };
             let kafka = KafkaSink::connect(&options)?;
             let target = format!(

@@ -173,26 +173,44 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     assert_eq!(used_partitions.len(), 4);
 }
 
-/// A broker reachable over TLS only: `--kafka-option` gives the producer TLS and the CA.
+/// A broker reachable over TLS only: a `--kafka-config` file turns TLS on and a
+/// `--kafka-option` names the CA, so both reach the producer.
 #[test]
-fn kafka_options_reach_a_tls_broker() {
+fn kafka_config_and_options_reach_a_tls_broker() {
     let ca = TestCa::new("encore test CA").expect("CA");
     let tansu = Tansu::start_tls(&ca).expect("tansu behind TLS");
     tansu.create_topic("listens", 2).expect("topic");
     let brokers = tansu.brokers();
-    let options: Vec<String> = tansu.client_options().iter().map(|(key, value)| format!("{key}={value}")).collect();
-    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens", "--events", "500", "--seed", "3"];
-    for option in &options {
-        args.extend_from_slice(&["--kafka-option", option]);
+    let options = tansu.client_options();
+    let (file_settings, flag_settings): (Vec<_>, Vec<_>) = options.iter().partition(|(key, _)| key == "security.protocol");
+    assert!(!file_settings.is_empty() && !flag_settings.is_empty(), "{options:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("client.properties");
+    let mut text = format!("# as a managed service hands it out\nbootstrap.servers={brokers}\n");
+    for (key, value) in &file_settings {
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    std::fs::write(&config, text).expect("write the config file");
+    let config = config.display().to_string();
+    let flags: Vec<String> = flag_settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens", "--events", "500", "--seed", "3", "--kafka-config", &config];
+    for flag in &flags {
+        args.extend_from_slice(&["--kafka-option", flag]);
     }
     args.extend_from_slice(&SIZES);
     let output = encore_gen(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
-    assert_eq!(consume_all_with(&brokers, &tansu.client_options(), "listens", 2, 500).len(), 500);
+    assert_eq!(consume_all_with(&brokers, &options, "listens", 2, 500).len(), 500);
 
     let output = encore_gen(&["stream", "--brokers", &brokers, "--events", "1", "--kafka-option", "no-equals-sign"]);
     assert!(!output.status.success());
     assert!(stderr_of(&output).contains("expected KEY=VALUE"), "{}", stderr_of(&output));
+    // A file for another cluster is refused before anything is sent.
+    let output = encore_gen(&["stream", "--brokers", "127.0.0.1:1", "--events", "1", "--kafka-config", &config]);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains(&format!("line 2: bootstrap.servers={brokers} differs from --brokers 127.0.0.1:1")), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]

@@ -64,6 +64,15 @@ struct Args {
     /// in-memory Tansu is started.
     #[arg(long)]
     brokers: Option<String>,
+    /// librdkafka settings for --brokers from FILE (as encore-flow's --kafka-config: `key=value`
+    /// lines, e.g. a managed service's client.properties), for every client of the benchmark and
+    /// passed on to encore-flow.
+    #[arg(long = "kafka-config", value_name = "FILE", requires = "brokers")]
+    kafka_config: Option<PathBuf>,
+    /// A librdkafka setting for --brokers, `key=value` (repeatable), applied after
+    /// --kafka-config, for every client of the benchmark and passed on to encore-flow.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", requires = "brokers", value_parser = encore_kafkaconf::parse_option)]
+    kafka_options: Vec<(String, String)>,
     /// The topic (created with --partitions on the fresh Tansu).
     #[arg(long, default_value = "pipeline_bench")]
     topic: String,
@@ -166,20 +175,23 @@ fn main() -> Result<()> {
     let binary = flow::binary(args.flow_bin.as_deref())?;
 
     // Servers: given, or fresh ones owned by this process (stopped when it ends).
-    let (_tansu, brokers) = match &args.brokers {
+    let (_tansu, kafka) = match &args.brokers {
         Some(brokers) => {
-            if !kafka::topic_is_empty(brokers, &args.topic)? {
+            let settings = encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options).map_err(anyhow::Error::msg)?;
+            let kafka = kafka::Kafka { brokers: brokers.clone(), settings };
+            if !kafka::topic_is_empty(&kafka, &args.topic)? {
                 bail!("topic {} on {brokers} is not empty: the benchmark needs an empty topic", args.topic);
             }
-            (None, brokers.clone())
+            (None, kafka)
         }
         None => {
             let tansu = encore_testkit::Tansu::start().context("starting Tansu")?;
             tansu.create_topic(&args.topic, args.partitions).context("creating the topic")?;
-            let brokers = tansu.brokers();
-            (Some(tansu), brokers)
+            let kafka = kafka::Kafka { brokers: tansu.brokers(), settings: Vec::new() };
+            (Some(tansu), kafka)
         }
     };
+    let brokers = kafka.brokers.clone();
     let (_postgres, url) = match &args.postgres {
         Some(url) => (None, url.clone()),
         None => {
@@ -189,7 +201,22 @@ fn main() -> Result<()> {
         }
     };
     let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("encore-pipeline-{}", std::process::id())));
-    let target = FlowTarget { binary: binary.clone(), brokers: brokers.clone(), topic: args.topic.clone(), postgres: url.clone(), log_dir };
+    // encore-flow reads the same file and options itself (a password stays in the file).
+    let mut kafka_flags = Vec::new();
+    if let Some(path) = &args.kafka_config {
+        kafka_flags.extend(["--kafka-config".to_owned(), path.display().to_string()]);
+    }
+    for (key, value) in &args.kafka_options {
+        kafka_flags.extend(["--kafka-option".to_owned(), format!("{key}={value}")]);
+    }
+    let target = FlowTarget {
+        binary: binary.clone(),
+        brokers: brokers.clone(),
+        kafka_flags,
+        topic: args.topic.clone(),
+        postgres: url.clone(),
+        log_dir,
+    };
 
     println!(
         "encore pipeline bench: {} events, seed {}, topic {} ({}), Postgres {}; {} CPUs; source {}; {}",
@@ -207,7 +234,7 @@ fn main() -> Result<()> {
     // Fill.
     let catalog = Catalog::generate(args.seed, CatalogSizes::default());
     let mut stream = EventStream::new(&catalog, 0.0);
-    let mut producer = kafka::BenchProducer::connect(&brokers, &args.topic, 20, false)?;
+    let mut producer = kafka::BenchProducer::connect(&kafka, &args.topic, 20, false)?;
     eprintln!("filling {} events ... ({})", args.events, load_average());
     let fill_seconds = kafka::fill(&mut producer, &mut stream, args.events)?;
     let mut ends = producer.ends();
@@ -234,7 +261,7 @@ fn main() -> Result<()> {
     for &threads in consume_threads {
         for parse in [false, true] {
             eprintln!("raw consume, {threads} thread(s), parse {parse} ... ({})", load_average());
-            let consumed = kafka::consume(&brokers, &args.topic, &ends, threads, parse)?;
+            let consumed = kafka::consume(&kafka, &args.topic, &ends, threads, parse)?;
             let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
             if parse {
                 best_parse = best_parse.max(rate);
@@ -307,7 +334,7 @@ fn main() -> Result<()> {
                 stop_timeout: Duration::from_secs(args.stop_timeout),
                 catch_up_args: &catch_up_args,
             };
-            let measured = latency::run(&plan, &url, &brokers, &mut stream, &mut ends)?;
+            let measured = latency::run(&plan, &url, &kafka, &mut stream, &mut ends)?;
             latencies.push((rate, measured));
         }
         print_latency(&latencies, &args, &latency_args, half);

@@ -1,6 +1,6 @@
-//! The Kafka consumers' settings: encore's own, a `--kafka-config` file's, then the
-//! `--kafka-option`s, in that order; and the client context that routes librdkafka's errors
-//! to our logs.
+//! The Kafka consumers' settings: encore's own, then the user's (a `--kafka-config` file's,
+//! then the `--kafka-option`s, merged by `encore_kafkaconf`), in that order; and the client
+//! context that routes librdkafka's errors to our logs.
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -64,39 +64,6 @@ fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
     config
 }
 
-/// The librdkafka settings of a client configuration file: `key=value` (or `key: value`)
-/// lines, `#` or `!` comments and blank lines, as in the `client.properties` files that
-/// managed Kafka services hand out. Keeps SASL passwords off the command line, where `ps`
-/// shows them. A `bootstrap.servers` line must name the `--brokers` given (`brokers`), so the
-/// two cannot silently disagree; it is then dropped.
-pub fn read_kafka_config(path: &std::path::Path, brokers: &str) -> Result<Vec<(String, String)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|err| format!("cannot read --kafka-config {}: {err}", path.display()))?;
-    let mut options = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
-            continue;
-        }
-        let split = line.find(['=', ':']).map(|at| (line[..at].trim(), line[at + 1..].trim()));
-        let (key, value) = match split {
-            Some((key, value)) if !key.is_empty() => (key, value),
-            _ => return Err(format!("{} line {}: expected key=value, got {line:?}", path.display(), number + 1)),
-        };
-        if key == "bootstrap.servers" {
-            if value != brokers {
-                return Err(format!(
-                    "{} line {}: bootstrap.servers={value} differs from --brokers {brokers}",
-                    path.display(),
-                    number + 1
-                ));
-            }
-            continue;
-        }
-        options.push((key.to_owned(), value.to_owned()));
-    }
-    Ok(options)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -126,26 +93,6 @@ mod tests {
         let config = consumer_config(&job(&[("fetch.wait.max.ms", "500"), ("enable.auto.commit", "true")]), "c");
         assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(config.get("enable.auto.commit"), Some("true"), "--kafka-option is applied last");
-    }
-
-    #[test]
-    fn a_kafka_config_file_reads_like_client_properties() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("client.properties");
-        let text = "# from the service's console\n\nbootstrap.servers=b:9092\nsecurity.protocol = SASL_SSL\n\
-                    ! another comment\nsasl.mechanisms: PLAIN\nsasl.password=a=b:c\n";
-        std::fs::write(&path, text).unwrap();
-        let options = read_kafka_config(&path, "b:9092").unwrap();
-        let want = [("security.protocol", "SASL_SSL"), ("sasl.mechanisms", "PLAIN"), ("sasl.password", "a=b:c")];
-        assert_eq!(options, want.map(|(k, v)| (k.to_string(), v.to_string())));
-
-        let err = read_kafka_config(&path, "other:9092").unwrap_err();
-        assert!(err.ends_with("line 3: bootstrap.servers=b:9092 differs from --brokers other:9092"), "{err}");
-        std::fs::write(&path, "security.protocol\n").unwrap();
-        let err = read_kafka_config(&path, "b:9092").unwrap_err();
-        assert!(err.ends_with("line 1: expected key=value, got \"security.protocol\""), "{err}");
-        let err = read_kafka_config(&dir.path().join("missing"), "b:9092").unwrap_err();
-        assert!(err.starts_with("cannot read --kafka-config"), "{err}");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct FlowTarget {
     pub binary: PathBuf,
     /// `--brokers`.
     pub brokers: String,
+    /// `--kafka-config FILE` and `--kafka-option KEY=VALUE` flags, as the benchmark was given them.
+    pub kafka_flags: Vec<String>,
     /// `--topic`.
     pub topic: String,
     /// `--postgres`.
@@ -121,6 +123,7 @@ pub fn start(target: &FlowTarget, layout: Layout, schema: &str, args: &[String],
         let mut command = Command::new(&target.binary);
         command
             .args(["--brokers", &target.brokers, "--topic", &target.topic, "--postgres", &target.postgres])
+            .args(&target.kafka_flags)
             .args(["--pg-schema", schema, "-w", &layout.workers.to_string()])
             .args(args)
             .env("RUST_LOG", "encore_dataflow=info")

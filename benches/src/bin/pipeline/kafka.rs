@@ -24,6 +24,31 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
+/// A broker and the user's librdkafka settings for it (`--kafka-config`, `--kafka-option`),
+/// applied over the benchmark's own settings of every client, as encore-flow applies them.
+#[derive(Clone, Debug)]
+pub struct Kafka {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The user's settings, in the order they apply.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Kafka {
+    /// `own`, the benchmark's settings of one client, with the broker and the user's on top.
+    fn config(&self, own: &[(&str, String)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in own {
+            config.set(*key, value);
+        }
+        for (key, value) in &self.settings {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
 /// How long a flush may wait for acknowledgements before the run fails.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The raw consumer gives up when no message arrives for this long.
@@ -78,22 +103,24 @@ pub struct BenchProducer {
 
 impl BenchProducer {
     /// `linger_ms` trades batching for latency; `record` keeps every message's landing place.
-    pub fn connect(brokers: &str, topic: &str, linger_ms: u32, record: bool) -> Result<BenchProducer> {
-        let producer: BaseProducer<Deliveries> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "encore-pipeline-bench")
-            // As encore-gen: durable, exactly once into the log, compressed, keyed like Java.
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("linger.ms", linger_ms.to_string())
-            .set("batch.size", "1000000")
-            .set("batch.num.messages", "100000")
-            .set("queue.buffering.max.messages", "500000")
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("message.timeout.ms", "30000")
-            .set("allow.auto.create.topics", "false")
-            .set("partitioner", "murmur2_random")
+    pub fn connect(kafka: &Kafka, topic: &str, linger_ms: u32, record: bool) -> Result<BenchProducer> {
+        let brokers = &kafka.brokers;
+        let producer: BaseProducer<Deliveries> = kafka
+            .config(&[
+                ("client.id", "encore-pipeline-bench".into()),
+                // As encore-gen: durable, exactly once into the log, compressed, keyed like Java.
+                ("acks", "all".into()),
+                ("enable.idempotence", "true".into()),
+                ("compression.type", "lz4".into()),
+                ("linger.ms", linger_ms.to_string()),
+                ("batch.size", "1000000".into()),
+                ("batch.num.messages", "100000".into()),
+                ("queue.buffering.max.messages", "500000".into()),
+                ("queue.buffering.max.kbytes", "262144".into()),
+                ("message.timeout.ms", "30000".into()),
+                ("allow.auto.create.topics", "false".into()),
+                ("partitioner", "murmur2_random".into()),
+            ])
             .create_with_context(Deliveries { record, ..Deliveries::default() })
             .context("creating the Kafka producer")?;
         let metadata = producer
@@ -189,17 +216,17 @@ pub struct Consumed {
 /// Reads every partition up to `ends` from the beginning with `threads` consumers (partition
 /// `p` to thread `p mod threads`, as encore-flow assigns them to workers), parsing each
 /// payload with `encore_udfs::parse_event` unless `parse` is false.
-pub fn consume(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>, threads: usize, parse: bool) -> Result<Consumed> {
+pub fn consume(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, threads: usize, parse: bool) -> Result<Consumed> {
     let threads = threads.max(1);
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|thread| {
             let mine: BTreeMap<i32, i64> =
                 ends.iter().filter(|(p, _)| **p as usize % threads == thread).map(|(p, e)| (*p, *e)).collect();
-            let (brokers, topic, barrier) = (brokers.to_owned(), topic.to_owned(), Arc::clone(&barrier));
+            let (kafka, topic, barrier) = (kafka.clone(), topic.to_owned(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
-                consume_partitions(&brokers, &topic, &mine, thread, parse)
+                consume_partitions(&kafka, &topic, &mine, thread, parse)
             })
         })
         .collect();
@@ -214,20 +241,21 @@ pub fn consume(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>, threads: u
     Ok(total)
 }
 
-fn consume_partitions(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>, thread: usize, parse: bool) -> Result<Consumed> {
+fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thread: usize, parse: bool) -> Result<Consumed> {
     let started = Instant::now();
     let mut result = Consumed::default();
     if ends.is_empty() {
         return Ok(result);
     }
     // The settings of encore-flow's consumers (stream.rs) that matter for speed.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("encore-pipeline-raw-{thread}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "65536")
+    let consumer: BaseConsumer = kafka
+        .config(&[
+            ("group.id", format!("encore-pipeline-raw-{thread}")),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("queued.max.messages.kbytes", "65536".into()),
+        ])
         .create()
         .context("creating the raw consumer")?;
     let mut assignment = TopicPartitionList::new();
@@ -267,11 +295,9 @@ fn consume_partitions(brokers: &str, topic: &str, ends: &BTreeMap<i32, i64>, thr
 
 /// Whether every partition of `topic` is empty (high watermark 0), as the benchmark needs
 /// when it is pointed at an existing broker.
-pub fn topic_is_empty(brokers: &str, topic: &str) -> Result<bool> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "encore-pipeline-check")
-        .create()
+pub fn topic_is_empty(kafka: &Kafka, topic: &str) -> Result<bool> {
+    let brokers = &kafka.brokers;
+    let consumer: BaseConsumer = kafka.config(&[("group.id", "encore-pipeline-check".into())]).create()
         .context("creating a consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(15))

@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use encore_generator::stream::EventStream;
 
 use crate::flow::{self, FlowTarget, Layout};
-use crate::kafka::BenchProducer;
+use crate::kafka::{BenchProducer, Kafka};
 use crate::pg::{self, ProgressPoller};
 
 /// One latency run's settings.
@@ -93,7 +93,7 @@ impl Measured {
 
 /// Runs `plan`, producing the next messages of `stream`; `ends` (one past the last offset
 /// per partition of the topic) grows by what was produced.
-pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, ends: &mut BTreeMap<i32, i64>) -> Result<Measured> {
+pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, ends: &mut BTreeMap<i32, i64>) -> Result<Measured> {
     if plan.rate <= 0.0 || plan.seconds <= 0.0 {
         bail!("latency run needs a positive rate and duration");
     }
@@ -115,7 +115,7 @@ pub fn run(plan: &Plan<'_>, url: &str, brokers: &str, stream: &mut EventStream, 
     let partitions = pg::committed(url, plan.schema, &target.topic)?.len();
     let readers = plan.layout.total_workers().min(partitions);
     let mut replay_seconds = None;
-    let mut producer = BenchProducer::connect(brokers, &target.topic, 1, true)?;
+    let mut producer = BenchProducer::connect(kafka, &target.topic, 1, true)?;
     let mut payload = Vec::with_capacity(512);
     let marker = stream.next_message(&mut payload);
     producer.send(usize::MAX, marker.key(), &payload)?;
