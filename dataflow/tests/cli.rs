@@ -113,6 +113,19 @@ fn bad_flags_fail_with_one_line() {
     let output = flow().args(["--input", "x", "--postgres", "postgres://nowhere/x"]).output().unwrap();
     assert_one_line_error(&output, "--input with --postgres");
 
+    // A --kafka-config file that cannot be read, or names another cluster, stops the start
+    // before any connection (the Postgres URL leads nowhere).
+    let dir = scratch("kafka-config");
+    let config = dir.join("client.properties");
+    let kafka = |config: &Path| {
+        let config = config.to_str().unwrap().to_owned();
+        flow().args(["--brokers", "127.0.0.1:9", "--topic", "t", "--postgres", "postgres://nowhere/x", "--kafka-config", &config]).output().unwrap()
+    };
+    assert_one_line_error(&kafka(&config), "cannot read --kafka-config");
+    std::fs::write(&config, "bootstrap.servers=elsewhere:9092\n").unwrap();
+    assert_one_line_error(&kafka(&config), "line 1: bootstrap.servers=elsewhere:9092 differs from --brokers 127.0.0.1:9");
+    let _ = std::fs::remove_dir_all(&dir);
+
     // clap's own usage errors: non-zero, and the first line says what is wrong.
     let output = flow().args(["--input", "x"]).output().unwrap();
     assert!(!output.status.success());

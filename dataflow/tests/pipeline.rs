@@ -77,13 +77,33 @@ impl Stack {
             .args(["--pg-schema", schema, "--until-caught-up", "--emit-co-listens", "--epoch-ms", "50"])
             .args(["--epoch-events", "300", "--history-cap", "5", "--min-co", "1", "--neighbors", "3"])
             .args(["--recommendations", "3"])
-            .args(self.tansu.client_options().iter().flat_map(|(key, value)| ["--kafka-option".to_owned(), format!("{key}={value}")]))
+            .args(self.kafka_flags())
             .args(cluster)
             // The progress lines the tests look for are INFO.
             .env("RUST_LOG", "warn,encore_dataflow=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
+    }
+
+    /// The broker's client settings as a user of a managed service passes them: a
+    /// `--kafka-config` file (with the matching `bootstrap.servers` line such files carry)
+    /// holding `security.protocol`, the rest as `--kafka-option`s. Over plain TCP the file
+    /// holds `bootstrap.servers` only.
+    fn kafka_flags(&self) -> Vec<String> {
+        let brokers = self.tansu.brokers();
+        let config = self.dir.join("client.properties");
+        let mut text = format!("# the broker's client settings\nbootstrap.servers={brokers}\n");
+        let mut flags = vec!["--kafka-config".to_owned(), config.display().to_string()];
+        for (key, value) in self.tansu.client_options() {
+            if key == "security.protocol" {
+                text.push_str(&format!("{key}={value}\n"));
+            } else {
+                flags.extend(["--kafka-option".to_owned(), format!("{key}={value}")]);
+            }
+        }
+        std::fs::write(&config, text).expect("write the client settings");
+        flags
     }
 
     /// Runs `processes` × `workers` on 127.0.0.1 to caught-up; every process must exit 0.
@@ -296,9 +316,9 @@ fn a_url_without_password_takes_it_from_pgpassword() {
 }
 
 /// TLS on both sides, as with managed Kafka and Postgres services: the broker is reachable
-/// over TLS only and Postgres refuses plain TCP. encore-flow gets the broker's CA through
-/// `--kafka-option security.protocol=SSL --kafka-option ssl.ca.location=CA` and a
-/// `sslmode=verify-full` URL, and the tables are exact with 2 processes.
+/// over TLS only and Postgres refuses plain TCP. encore-flow gets TLS from a `--kafka-config`
+/// file (`security.protocol=SSL`), the broker's CA from `--kafka-option ssl.ca.location=CA`,
+/// and a `sslmode=verify-full` URL, and the tables are exact with 2 processes.
 #[test]
 fn tls_to_kafka_and_postgres_is_exact() {
     let stack = Stack::start_tls("tls");
