@@ -189,7 +189,16 @@ impl ClusterArgs {
 /// hook every thread would print its own backtrace. Uncommitted work is rolled back by
 /// Postgres when the connection drops, so exiting at once is safe.
 fn exit_on_panic() {
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     std::panic::set_hook(Box::new(|info| {
+        // A lost peer breaks both directions of a connection at once, and its reader and
+        // writer threads panic together: the first reports and exits, the others wait for
+        // that exit, so the reason is one line.
+        if REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            loop {
+                std::thread::park();
+            }
+        }
         let message = info
             .payload()
             .downcast_ref::<String>()
