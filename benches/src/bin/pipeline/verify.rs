@@ -10,7 +10,7 @@
 //! thousands of events; this checks one end state of millions, where only big epochs take
 //! some code paths (buffer flushes inside overlapping epochs found a bug at 10 M events that
 //! no test had shown). The oracle keeps every co-listening pair in an ordered map: at 10 M
-//! events that is ~4.2 GiB and ~5 minutes, run after the timed runs.
+//! events that is ~4 GiB and 1.5 minutes (85 s at commit `785cb62`), run after the timed runs.
 
 use std::collections::BTreeMap;
 
