@@ -217,7 +217,8 @@ pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
             Err(error) => last_error = error.to_string(),
         }
     }
-    Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason: last_error })
+    let reason = format!("{last_error}{}", encore_kafkaconf::unreachable_hint(&job.kafka_options));
+    Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason })
 }
 
 /// The worker 0 sink: hands live epochs to the committer, skips replayed ones. `None` on

@@ -226,7 +226,7 @@ impl KafkaSink {
             .fetch_metadata(Some(&options.topic), METADATA_TIMEOUT)
             .map_err(|error| KafkaSinkError::Unreachable {
                 brokers: options.brokers.clone(),
-                reason: error.to_string(),
+                reason: format!("{error}{}", encore_kafkaconf::unreachable_hint(&options.extra)),
             })?;
         let topic = metadata.topics().iter().find(|t| t.name() == options.topic);
         let partitions = match topic {

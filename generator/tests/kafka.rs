@@ -213,6 +213,33 @@ fn kafka_config_and_options_reach_a_tls_broker() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
+/// A broker that admits SASL/SCRAM-authenticated clients only: the credentials come from a
+/// `--kafka-config` file, off the command line; a wrong one is a one-line error that points
+/// at them.
+#[test]
+fn sasl_credentials_from_a_kafka_config_file() {
+    let tansu = Tansu::start_sasl("producer", "pa55word").expect("tansu with SASL");
+    tansu.create_topic("listens", 2).expect("topic");
+    let brokers = tansu.brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("client.properties");
+    let text: String = tansu.client_options().iter().map(|(key, value)| format!("{key}={value}\n")).collect();
+    std::fs::write(&config, text).expect("write the config file");
+    let config = config.display().to_string();
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens", "--events", "300", "--kafka-config", &config];
+    args.extend_from_slice(&SIZES);
+    let output = encore_gen(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(consume_all_with(&brokers, &tansu.client_options(), "listens", 2, 300).len(), 300);
+
+    args.extend_from_slice(&["--kafka-option", "sasl.password=wrong"]);
+    let output = encore_gen(&args);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("check sasl.username and sasl.password"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
 #[test]
 fn an_unreachable_broker_is_a_quick_one_line_error() {
     // A port nobody listens on: bind one, note it, release it.

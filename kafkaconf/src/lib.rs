@@ -70,6 +70,18 @@ pub fn settings(brokers: &str, config: Option<&Path>, options: &[Setting]) -> Re
     Ok(settings)
 }
 
+/// What to add to an "unreachable" error when `settings` authenticate with SASL. A broker
+/// that rejects the credentials may just close the connection, which librdkafka reports as a
+/// transport failure like any unreachable broker (Tansu 0.6 does so); the hint says to check
+/// the credentials too. Empty without SASL.
+pub fn unreachable_hint(settings: &[Setting]) -> &'static str {
+    if settings.iter().any(|(key, _)| key.starts_with("sasl.")) {
+        " (SASL is configured: a broker that rejects the credentials may close the connection, so check sasl.username and sasl.password too)"
+    } else {
+        ""
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +129,11 @@ mod tests {
         assert_eq!(got, pairs(&[("security.protocol", "SSL"), ("linger.ms", "5"), ("linger.ms", "50")]));
         assert_eq!(settings("b:9092", None, &options).unwrap(), options);
         assert!(settings("b:9092", Some(&dir.path().join("missing")), &options).is_err());
+    }
+
+    #[test]
+    fn an_unreachable_broker_with_sasl_hints_at_the_credentials() {
+        assert_eq!(unreachable_hint(&pairs(&[("security.protocol", "SSL")])), "");
+        assert!(unreachable_hint(&pairs(&[("sasl.password", "x")])).contains("check sasl.username and sasl.password"));
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! tansu broker --listener-url tcp://127.0.0.1:PORT --advertised-listener-url tcp://127.0.0.1:PORT
 //!              --storage-engine memory://tansu/     (or sqlite://tansu.db, relative to the cwd)
+//!              [--authentication]                   (SASL/SCRAM: Tansu::start_sasl)
 //! ```
 //!
 //! run with its working directory in a temporary directory: Tansu resolves a `sqlite://` path
@@ -83,6 +84,8 @@ pub struct Tansu {
     inner_port: u16,
     /// With TLS: the `socat` process terminating TLS on `port`, and its watchdog.
     proxy: Option<(Child, Watchdog)>,
+    /// With [`Tansu::start_sasl`]: the one user's name and password (SCRAM-SHA-512).
+    sasl: Option<(String, String)>,
 }
 
 impl Tansu {
@@ -110,9 +113,47 @@ impl Tansu {
         Tansu::start_inner(TansuStorage::Memory, Some(ca))
     }
 
+    /// Starts a broker that admits authenticated clients only: SASL/SCRAM-SHA-512 over plain
+    /// TCP, with one user `user` whose password is `password`. Clients need
+    /// [`client_options`](Self::client_options).
+    ///
+    /// Tansu 0.6 lets only authenticated clients change users once authentication is on, so
+    /// the user is created first (`tansu user create`) on a broker without it, which is then
+    /// restarted with `--authentication` on the same file storage.
+    pub fn start_sasl(user: &str, password: &str) -> Result<Tansu> {
+        let mut tansu = Tansu::start_inner(TansuStorage::Sqlite, None)?;
+        let mut command = Command::new(&tansu.binary);
+        command
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{}", tansu.port), user, password])
+            .args(["--mechanism", "scram512"])
+            .current_dir(tansu.dir.path())
+            .stdin(Stdio::null());
+        let output = command.output().map_err(|source| Error::Spawn { command: describe(&command), source })?;
+        if !output.status.success() {
+            return Err(tansu.not_ready(format!(
+                "`tansu user create` failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        tansu.sasl = Some((user.to_owned(), password.to_owned()));
+        tansu.restart()?;
+        Ok(tansu)
+    }
+
     /// The librdkafka settings a client needs besides `bootstrap.servers`: for a
-    /// [`start_tls`](Self::start_tls) broker, `security.protocol=SSL` and the CA; else none.
+    /// [`start_tls`](Self::start_tls) broker, `security.protocol=SSL` and the CA; for a
+    /// [`start_sasl`](Self::start_sasl) one, `SASL_PLAINTEXT` with SCRAM-SHA-512 and the
+    /// user's credentials; else none.
     pub fn client_options(&self) -> Vec<(String, String)> {
+        if let Some((user, password)) = &self.sasl {
+            return vec![
+                ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.username".into(), user.clone()),
+                ("sasl.password".into(), password.clone()),
+            ];
+        }
         match &self.tls_root {
             None => Vec::new(),
             Some(root) => vec![
@@ -149,6 +190,7 @@ impl Tansu {
             tls_root,
             inner_port: 0,
             proxy: None,
+            sasl: None,
         };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -276,6 +318,7 @@ impl Tansu {
             .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", self.storage.url()])
+            .args(self.sasl.is_some().then_some("--authentication"))
             .current_dir(self.dir.path())
             // Tansu logs through `RUST_LOG`; a test run's own setting would flood its log.
             .env(
