@@ -1,9 +1,10 @@
-//! Checks what a catch-up run left in Postgres against SPEC §2 computed by the sequential
-//! oracle over the same messages, so that a fast run is also a right one.
+//! Checks what a run left in Postgres (each catch-up; each latency run that committed every
+//! message) against SPEC §2 computed by the sequential oracle over the same messages, so
+//! that a fast run is also a right one.
 //!
 //! ```text
-//!  EventStream (seed) ── the --events messages the topic was filled with ──► parse ──► oracle::compute
-//!  each catch-up schema ── PgSink::read_tables (one snapshot) ──────────────────────────► compare
+//!  EventStream (seed) ── the first N messages, N = all the topic holds ──► parse ──► oracle::compute
+//!  the run's schema ── PgSink::read_tables (one snapshot) ─────────────────────────► compare
 //! ```
 //!
 //! The test suite checks the dataflow against the oracle after every epoch on inputs of
@@ -55,8 +56,9 @@ pub fn params_of(flags: &[String]) -> Result<(Params, bool)> {
     Ok((params, emit_co_listens))
 }
 
-/// The oracle's tables over the first `events` messages of the seed's stream (the messages
-/// the benchmark filled the topic with; none is invalid).
+/// The oracle's tables over the first `events` messages of the seed's stream: the benchmark
+/// fills the topic with its first messages and each latency run sends the next ones, so these
+/// are the topic's messages (none is invalid).
 pub fn expected(catalog: &Catalog, events: u64, params: &Params) -> Result<Tables> {
     let mut stream = EventStream::new(catalog, 0.0);
     let mut payload = Vec::with_capacity(512);
