@@ -45,11 +45,13 @@ impl Stack {
         Stack::with(name, tansu, postgres, Some(ca))
     }
 
-    /// A broker that admits SASL/SCRAM-authenticated clients only, as managed services do.
-    fn start_sasl(name: &str) -> Stack {
-        let tansu = Tansu::start_sasl("encore", "s3cret-pass").expect("start Tansu with SASL (see encore-testkit)");
-        let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
-        Stack::with(name, tansu, postgres, None)
+    /// A broker that admits SASL/SCRAM-authenticated clients over TLS only (`SASL_SSL`), and a
+    /// TLS-only Postgres, as managed services are.
+    fn start_sasl_tls(name: &str) -> Stack {
+        let ca = TestCa::new("encore test CA").expect("a test CA");
+        let tansu = Tansu::start_sasl_tls(&ca, "encore", "s3cret-pass").expect("start Tansu with SASL behind TLS (see encore-testkit)");
+        let postgres = Postgres::start_tls(&ca).expect("start PostgreSQL with TLS (see encore-testkit)");
+        Stack::with(name, tansu, postgres, Some(ca))
     }
 
     fn with(name: &str, tansu: Tansu, postgres: Postgres, ca: Option<TestCa>) -> Stack {
@@ -337,12 +339,13 @@ fn tls_to_kafka_and_postgres_is_exact() {
     assert!(logs[0].contains("encrypted, certificate and host name checked"), "{}", logs[0]);
 }
 
-/// SASL/SCRAM-SHA-512, as managed Kafka services require: the broker refuses clients that
-/// do not authenticate; encore-flow reads the credentials from its `--kafka-config` file, and
-/// the tables are exact with 2 workers.
+/// SASL/SCRAM-SHA-512 over TLS (`SASL_SSL`), as managed Kafka services require: the broker
+/// refuses clients that do not authenticate; encore-flow reads the protocol and credentials
+/// from its `--kafka-config` file (the CA comes as a `--kafka-option`), and the tables are
+/// exact with 2 workers.
 #[test]
-fn sasl_scram_to_kafka_is_exact() {
-    let stack = Stack::start_sasl("sasl");
+fn sasl_ssl_scram_to_kafka_is_exact() {
+    let stack = Stack::start_sasl_tls("sasl");
     let lines = testing::random_lines(31, 800);
     stack.produce(&lines);
     stack.run_flow("sasl", 1, 2);

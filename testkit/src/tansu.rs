@@ -5,7 +5,7 @@
 //! ```text
 //! tansu broker --listener-url tcp://127.0.0.1:PORT --advertised-listener-url tcp://127.0.0.1:PORT
 //!              --storage-engine memory://tansu/     (or sqlite://tansu.db, relative to the cwd)
-//!              [--authentication]                   (SASL/SCRAM: Tansu::start_sasl)
+//!              [--authentication]                   (SASL/SCRAM: Tansu::start_sasl, start_sasl_tls)
 //! ```
 //!
 //! run with its working directory in a temporary directory: Tansu resolves a `sqlite://` path
@@ -121,10 +121,21 @@ impl Tansu {
     /// the user is created first (`tansu user create`) on a broker without it, which is then
     /// restarted with `--authentication` on the same file storage.
     pub fn start_sasl(user: &str, password: &str) -> Result<Tansu> {
-        let mut tansu = Tansu::start_inner(TansuStorage::Sqlite, None)?;
+        Tansu::start_sasl_inner(user, password, None)
+    }
+
+    /// [`start_sasl`](Self::start_sasl) behind TLS, as in [`start_tls`](Self::start_tls):
+    /// clients reach it with `SASL_SSL`, as managed Kafka services require.
+    pub fn start_sasl_tls(ca: &TestCa, user: &str, password: &str) -> Result<Tansu> {
+        Tansu::start_sasl_inner(user, password, Some(ca))
+    }
+
+    fn start_sasl_inner(user: &str, password: &str, tls: Option<&TestCa>) -> Result<Tansu> {
+        let mut tansu = Tansu::start_inner(TansuStorage::Sqlite, tls)?;
         let mut command = Command::new(&tansu.binary);
         command
-            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{}", tansu.port), user, password])
+            // Tansu's own port: the CLI speaks plain TCP, and behind TLS that is the inner one.
+            .args(["user", "create", "--broker", &format!("tcp://127.0.0.1:{}", tansu.inner_port), user, password])
             .args(["--mechanism", "scram512"])
             .current_dir(tansu.dir.path())
             .stdin(Stdio::null());
@@ -141,26 +152,27 @@ impl Tansu {
         Ok(tansu)
     }
 
-    /// The librdkafka settings a client needs besides `bootstrap.servers`: for a
-    /// [`start_tls`](Self::start_tls) broker, `security.protocol=SSL` and the CA; for a
-    /// [`start_sasl`](Self::start_sasl) one, `SASL_PLAINTEXT` with SCRAM-SHA-512 and the
-    /// user's credentials; else none.
+    /// The librdkafka settings a client needs besides `bootstrap.servers`: with TLS
+    /// ([`start_tls`](Self::start_tls)) `security.protocol=SSL` and the CA; with SASL
+    /// ([`start_sasl`](Self::start_sasl)) `SASL_PLAINTEXT`, SCRAM-SHA-512 and the user's
+    /// credentials; with both `SASL_SSL`, the CA and the credentials; else none.
     pub fn client_options(&self) -> Vec<(String, String)> {
+        let protocol = match (&self.tls_root, &self.sasl) {
+            (None, None) => return Vec::new(),
+            (Some(_), None) => "SSL",
+            (None, Some(_)) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        let mut options = vec![("security.protocol".to_owned(), protocol.to_owned())];
+        if let Some(root) = &self.tls_root {
+            options.push(("ssl.ca.location".into(), root.display().to_string()));
+        }
         if let Some((user, password)) = &self.sasl {
-            return vec![
-                ("security.protocol".into(), "SASL_PLAINTEXT".into()),
-                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
-                ("sasl.username".into(), user.clone()),
-                ("sasl.password".into(), password.clone()),
-            ];
+            options.push(("sasl.mechanism".into(), "SCRAM-SHA-512".into()));
+            options.push(("sasl.username".into(), user.clone()));
+            options.push(("sasl.password".into(), password.clone()));
         }
-        match &self.tls_root {
-            None => Vec::new(),
-            Some(root) => vec![
-                ("security.protocol".into(), "SSL".into()),
-                ("ssl.ca.location".into(), root.display().to_string()),
-            ],
-        }
+        options
     }
 
     fn start_inner(storage: TansuStorage, tls: Option<&TestCa>) -> Result<Tansu> {
