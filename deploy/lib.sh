@@ -59,13 +59,13 @@ find_tansu() {
 }
 
 # Prints the tansu binary, installing it first when missing. The default build has no storage
-# engine, hence the features; the build takes about 11 minutes on 2 cores.
+# engine, hence the features; the build takes 11–18 minutes on 2 cores.
 ensure_tansu() {
     local tansu
     tansu="$(find_tansu)"
     if [[ -z "$tansu" ]]; then
         command -v cargo >/dev/null || die "tansu is missing and cargo is not installed (https://rustup.rs)"
-        say "tansu not found: running ${TANSU_INSTALL[*]} (about 11 minutes)"
+        say "tansu not found: running ${TANSU_INSTALL[*]} (11–18 minutes on 2 cores)"
         "${TANSU_INSTALL[@]}" >&2
         tansu="$(find_tansu)"
         [[ -n "$tansu" ]] || die "tansu still not found after ${TANSU_INSTALL[*]}"

@@ -598,10 +598,12 @@ fn dry_run_prints_the_exact_ssh_command_for_remote_hosts() {
         assert_eq!(remote[3..], want, "the wrapper's arguments for p{p}");
     }
 
-    // --metrics-port: each process's own host, at the port + p (IPv6 in brackets).
+    // --metrics-port: each process's own host, at the port + p (IPv6 in brackets). --bin as
+    // above: without it the launcher looks for a release build, which a fresh clone lacks.
     let output = Command::new("bash")
         .arg(LAUNCHER)
-        .args(["--dry-run", "--metrics-port", "9464", &hosts, "--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
+        .args(["--dry-run", "--bin", "/nonexistent/here/encore-flow", "--metrics-port", "9464", &hosts])
+        .args(["--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
         .output()
         .expect("dry run");
     assert!(output.status.success(), "{}", describe(&output));
