@@ -125,7 +125,7 @@ mod staging;
 
 pub use error::SinkError;
 pub use session::RetryPolicy;
-pub use sql::quote_ident;
+pub use sql::{quote_ident, FILLFACTOR};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;

@@ -1,5 +1,5 @@
 //! `pipeline`: encore end to end — Kafka in, the release `encore-flow`, Postgres out — against
-//! the two physical limits of the same machine, broker and database.
+//! the physical limits of the same machine, broker and database.
 //!
 //! ```text
 //!  Tansu (memory) ◄── fill: --events generator events (seed --seed), 4 partitions
@@ -10,6 +10,8 @@
 //!     └──► latency: encore-flow live on the caught-up schema of --latency-layout; produce at
 //!              half its catch-up rate for --latency-seconds; poll encore_progress ─► p50/p99
 //!  PostgreSQL ◄── limit 2: raw binary COPY of sink-shaped rows ─► rows/s (and as events/s)
+//!     ├──► limit 3: raw UPDATE of existing keys (staging COPY + UPDATE … FROM) ─► rows/s,
+//!     │        against which each latency run's row writes/s are set (sink load)
 //!     └──► after the catch-ups and each latency run that committed everything (untimed):
 //!              the schema against the sequential oracle over the topic's messages
 //!              ─► exact, or rows missing/extra/different
@@ -55,7 +57,7 @@ use encore_generator::stream::EventStream;
 use flow::{FlowTarget, Layout};
 
 /// Measures encore end to end (Kafka → encore-flow → Postgres): catch-up throughput per
-/// layout, latency at half load, and the raw consume+parse and COPY limits of the machine.
+/// layout, latency at half load, and the raw consume+parse, COPY and UPDATE limits of the machine.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -288,16 +290,24 @@ fn main() -> Result<()> {
             );
         }
     }
-    // Limit 2: raw binary COPY.
-    let (copy_plain, copy_keyed) = if args.no_limits {
-        (0.0, 0.0)
+    // Limit 2: raw binary COPY, and the raw UPDATE that live commits mostly are.
+    let limits = if args.no_limits {
+        pg::Limits::default()
     } else {
-        eprintln!("raw COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
-        pg::raw_copy(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
+        eprintln!("raw COPY of {} rows x {}, raw UPDATE ... ({})", args.copy_rows, args.copy_reps, load_average());
+        pg::raw_limits(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
     };
+    let copy_plain = limits.copy_plain;
     println!(
         "\nraw binary COPY, {} rows (BIGINT, BIGINT, DOUBLE) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
-        args.copy_rows, args.copy_reps, copy_plain, copy_keyed
+        args.copy_rows, args.copy_reps, copy_plain, limits.copy_keyed
+    );
+    println!(
+        "raw UPDATE of existing keys ({} rows per transaction of the {}-row keyed table, staging COPY + UPDATE ... FROM), median of {}: {:.0} rows/s",
+        args.copy_rows / 10,
+        args.copy_rows,
+        args.copy_reps,
+        limits.update
     );
 
     // Catch-up runs.
@@ -355,7 +365,7 @@ fn main() -> Result<()> {
             }
             latencies.push((rate, measured));
         }
-        print_latency(&latencies, &args, &latency_args, half);
+        print_latency(&latencies, &args, &latency_args, half, limits.update);
     }
 
     // Summary lines.
@@ -378,7 +388,7 @@ fn main() -> Result<()> {
     for (rate, measured) in &latencies {
         let p99 = measured.quantile(0.99);
         println!(
-            "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {})",
+            "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {}){}",
             args.latency_layout,
             rate,
             fmt_latency(measured.quantile(0.50), args.latency_drain),
@@ -388,6 +398,7 @@ fn main() -> Result<()> {
                 Some(p) => format!("missed, {:.1}x over", p.as_secs_f64()),
                 None => "missed, above the drain time".to_owned(),
             },
+            sink_load(measured, limits.update),
         );
     }
     match &verified {
@@ -503,7 +514,20 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
     }
 }
 
-fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String], half: f64) {
+/// What a latency run's commits asked of Postgres against its raw UPDATE limit, as a clause.
+fn sink_load(measured: &latency::Measured, update_limit: f64) -> String {
+    let Some(per_event) = measured.row_changes_per_event() else { return String::new() };
+    let demand = per_event * measured.send_rate;
+    let events_per_commit = measured.committed_messages as f64 / measured.commits.max(1) as f64;
+    let limit = if update_limit > 0.0 {
+        format!(", {:.2}x the raw UPDATE limit of {update_limit:.0} rows/s", demand / update_limit)
+    } else {
+        String::new()
+    };
+    format!("; its commits (~{events_per_commit:.0} events each) wrote {per_event:.1} rows/event: {demand:.0} row writes/s at this rate{limit}")
+}
+
+fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String], half: f64, update_limit: f64) {
     println!(
         "\n## Latency: produce → commit containing the event ({}, encore-flow {}, live after replaying the caught-up topic)\n",
         args.latency_layout,
@@ -513,12 +537,19 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
         "half the catch-up rate of {} = {half:.0} events/s; {:.0} s of sending (linger 1 ms), first {:.0} s left out; commit seen by polling encore_progress every {} ms; {:.0} s to drain.\n",
         args.latency_layout, args.latency_seconds, args.latency_warmup, args.poll_ms, args.latency_drain
     );
-    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay read s | ready s | polls (mean interval ms) | peak RSS per process |");
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!(
+        "sink load: result-table row changes (pg_stat_user_tables) per message committed from the job's start to its stop; \
+         row writes/s = that × the sent rate; raw UPDATE limit {update_limit:.0} rows/s.\n"
+    );
+    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay read s | ready s | polls (mean interval ms) | peak RSS per process | commits seen | events/commit | row changes/event | row writes/s | % of raw UPDATE |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (rate, m) in runs {
         let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
+        let per_event = m.row_changes_per_event().unwrap_or(0.0);
+        let demand = per_event * m.send_rate;
+        let of_limit = if update_limit > 0.0 { format!("{:.0} %", 100.0 * demand / update_limit) } else { "n/a".to_owned() };
         println!(
-            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} |",
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} | {} | {:.0} | {per_event:.2} | {demand:.0} | {of_limit} |",
             m.send_rate,
             m.sent,
             m.measured,
@@ -531,6 +562,8 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
             m.polls,
             m.poll_interval.as_secs_f64() * 1e3,
             m.peak_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(", "),
+            m.commits,
+            m.committed_messages as f64 / m.commits.max(1) as f64,
         );
     }
 }

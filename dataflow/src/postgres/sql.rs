@@ -10,7 +10,7 @@
 /// Postgres can store the new version beside the old one as a heap-only tuple: no new
 /// primary-key entry, and later commits prune the dead versions in passing. See the
 /// module docs of [`super`] for the measurement.
-const FILLFACTOR: u32 = 70;
+pub const FILLFACTOR: u32 = 70;
 
 /// Columns of one keyed SPEC §3 table.
 #[derive(Debug)]

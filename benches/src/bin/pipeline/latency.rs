@@ -7,6 +7,8 @@
 //!  producer: message i sent at t0 + i/rate (send time kept) ──► delivery (i, partition, offset)
 //!  poller:   encore_progress every --poll-ms ──► (partition, next_offset, seen at)
 //!  latency(i) = first time next_offset(partition) > offset − send time(i)
+//!  sink load: result-table row changes (pg_stat_user_tables) and committed offsets,
+//!             before the job starts and after it stopped ─► row changes per event
 //! ```
 //!
 //! Messages sent during the first `warmup` seconds are left out of the percentiles (the job's
@@ -77,9 +79,20 @@ pub struct Measured {
     pub poll_interval: Duration,
     /// Peak RSS per process.
     pub peak_rss: Vec<u64>,
+    /// Commits the poller saw while it ran (two within one poll interval count once).
+    pub commits: u64,
+    /// Messages the job committed from its start to its stop.
+    pub committed_messages: u64,
+    /// Row changes of the result tables from the job's start to its stop.
+    pub row_changes: u64,
 }
 
 impl Measured {
+    /// Result-table row changes per committed message: what each event costs the database.
+    pub fn row_changes_per_event(&self) -> Option<f64> {
+        (self.committed_messages > 0).then(|| self.row_changes as f64 / self.committed_messages as f64)
+    }
+
     /// The `q` quantile (nearest rank) over all measured messages; `None` when it falls
     /// among the uncommitted ones (above the drain time).
     pub fn quantile(&self, q: f64) -> Option<Duration> {
@@ -106,6 +119,8 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         args.push("--until-caught-up".to_owned());
         flow::start(target, plan.layout, plan.schema, &args, &format!("latency-catch-up-{:.0}", plan.rate))?.wait(plan.timeout)?;
     }
+    let rows_before = pg::rows_written(url, plan.schema)?;
+    let committed_before: i64 = pg::committed(url, plan.schema, &target.topic)?.values().sum();
     let mut job = flow::start(target, plan.layout, plan.schema, plan.args, &format!("latency-{}-{:.0}", plan.layout, plan.rate))?;
     // What the measurement needs is a live job: one marker message (the stream's next event),
     // committed, proves the replay's work is over, since a live epoch commits only once every
@@ -190,6 +205,12 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         }
     };
 
+    let rows_after = pg::rows_written(url, plan.schema)?;
+    let committed_after: i64 = pg::committed(url, plan.schema, &target.topic)?.values().sum();
+    let changes = |rows: &BTreeMap<String, (u64, u64)>| rows.values().map(|(changed, _)| changed).sum::<u64>();
+    let mut seen_at: Vec<Instant> = commits.iter().map(|(_, _, at)| *at).collect();
+    seen_at.dedup();
+
     // Per partition, the commits in the order seen (next_offset only grows).
     let mut by_partition: BTreeMap<i32, Vec<(i64, Instant)>> = BTreeMap::new();
     for (partition, next, at) in commits {
@@ -204,6 +225,9 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         polls,
         poll_interval: poll_window / polls.max(1) as u32,
         peak_rss,
+        commits: seen_at.len() as u64,
+        committed_messages: (committed_after - committed_before).max(0) as u64,
+        row_changes: changes(&rows_after).saturating_sub(changes(&rows_before)),
         ..Measured::default()
     };
     for &(_, partition, offset) in &landed {

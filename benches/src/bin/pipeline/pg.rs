@@ -6,6 +6,11 @@
 //!   `user_recommendations`, encoded before the clock starts and sent in one
 //!   `COPY … FROM STDIN (FORMAT binary)` per transaction, into an index-free table (the
 //!   physical limit) and into a table keyed like the sink's (index maintenance included).
+//! * **Raw UPDATE** is the path a live commit mostly takes (new scores for existing keys):
+//!   the keyed table, with the sink's fill factor, full; per transaction a tenth of its keys
+//!   (whole 20-row lists, spread over the table) get new values through a binary COPY into a
+//!   temporary staging table and one `UPDATE … FROM` it, as the sink's merge does, without
+//!   the sink's own work (consolidation, encoding, offsets).
 //! * **Rows written** by a run are PostgreSQL's own counters (`pg_stat_user_tables`:
 //!   inserted + updated + deleted tuples) of the result tables in the run's schema, so they
 //!   count every row change of every commit, not just the final rows. The sink's staging
@@ -70,19 +75,43 @@ pub fn rows_written(url: &str, schema: &str) -> Result<BTreeMap<String, (u64, u6
     previous.ok_or_else(|| anyhow!("no statistics for schema {schema}"))
 }
 
+/// The database's physical limits, rows/s (medians).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Binary COPY into an index-free table.
+    pub copy_plain: f64,
+    /// Binary COPY into a table keyed like the sink's.
+    pub copy_keyed: f64,
+    /// New values for existing keys: staging COPY + `UPDATE … FROM`.
+    pub update: f64,
+}
+
+/// A tenth of the keys per raw UPDATE transaction.
+const UPDATE_GROUPS: i64 = 10;
+
 /// Rows per second of a raw binary COPY of `rows` pre-encoded rows into an index-free table
-/// and into a keyed one, median of `reps`; each in one transaction.
-pub fn raw_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<(f64, f64)> {
+/// and into a keyed one, and of raw UPDATEs of `rows / 10` of them; median of `reps`, each
+/// in one transaction.
+pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<Limits> {
     let mut client = connect(url)?;
     fresh_schema(&mut client, schema)?;
     let s = quote_ident(schema);
+    let fillfactor = encore_dataflow::postgres::FILLFACTOR;
     client.batch_execute(&format!(
         "CREATE TABLE {s}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
          CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
-         PRIMARY KEY (track_id, neighbor_id));"
+         PRIMARY KEY (track_id, neighbor_id)); \
+         CREATE TABLE {s}.raw_update (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
+         PRIMARY KEY (track_id, neighbor_id)) WITH (fillfactor = {fillfactor}); \
+         CREATE TEMP TABLE raw_stage (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION) \
+         ON COMMIT DELETE ROWS;"
     ))?;
     let data = encore_benches::neighbor_rows_binary_copy(rows);
-    let mut rate = |table: &str| -> Result<f64> {
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2].max(1e-9)
+    };
+    let mut copy_rate = |table: &str| -> Result<f64> {
         let mut times = Vec::new();
         for _ in 0..reps.max(1) {
             client.batch_execute(&format!("TRUNCATE {s}.{table}"))?;
@@ -94,15 +123,38 @@ pub fn raw_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<(f6
             tx.commit()?;
             times.push(start.elapsed().as_secs_f64());
         }
-        times.sort_by(f64::total_cmp);
-        Ok(rows as f64 / times[times.len() / 2].max(1e-9))
+        Ok(rows as f64 / median(times))
     };
-    let plain = rate("raw_copy")?;
-    let keyed = rate("raw_keyed")?;
-    client.batch_execute(&format!("DROP SCHEMA {s} CASCADE"))?;
-    Ok((plain, keyed))
-}
+    let copy_plain = copy_rate("raw_copy")?;
+    let copy_keyed = copy_rate("raw_keyed")?;
 
+    let mut writer = client.copy_in(&format!("COPY {s}.raw_update FROM STDIN (FORMAT binary)"))?;
+    writer.write_all(&data)?;
+    writer.finish()?;
+    let mut seconds_per_row = Vec::new();
+    for rep in 0..reps.max(1) {
+        // Another tenth each time, each row with a new score, as a live commit rewrites values.
+        let group = rep as i64 % UPDATE_GROUPS;
+        let batch = encore_benches::neighbor_rows_group_binary_copy(rows, UPDATE_GROUPS, group, 1.0 + rep as f64);
+        let start = Instant::now();
+        let mut tx = client.transaction()?;
+        let mut writer = tx.copy_in("COPY pg_temp.raw_stage FROM STDIN (FORMAT binary)")?;
+        writer.write_all(&batch)?;
+        writer.finish()?;
+        let updated = tx.execute(
+            &format!(
+                "UPDATE {s}.raw_update AS t SET score = r.score FROM pg_temp.raw_stage AS r \
+                 WHERE t.track_id = r.track_id AND t.neighbor_id = r.neighbor_id"
+            ),
+            &[],
+        )?;
+        tx.commit()?;
+        seconds_per_row.push(start.elapsed().as_secs_f64() / updated.max(1) as f64);
+    }
+    let update = 1.0 / median(seconds_per_row);
+    client.batch_execute(&format!("DROP SCHEMA {s} CASCADE; DROP TABLE pg_temp.raw_stage"))?;
+    Ok(Limits { copy_plain, copy_keyed, update })
+}
 
 /// Every change of `encore_progress` seen by the poller: `(partition, next_offset, seen at)`.
 pub type Commits = Vec<(i32, i64, Instant)>;
