@@ -53,7 +53,9 @@ struct Cli {
     emit_co_listens: bool,
 
     /// Events per epoch (`--input`), or most messages a worker puts in one epoch (Kafka).
-    /// Each epoch's changes are committed together.
+    /// Each epoch's changes are committed together. With --until-caught-up, an epoch takes
+    /// up to an eighth more rather than leave a last epoch of a few messages (as costly as a
+    /// big one).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     epoch_events: u64,
 
