@@ -632,7 +632,9 @@ fn consume(
 /// still rescore the pairs and users they touch and their rows are rewritten (at 10 M events,
 /// 5 M-message epochs left one of 28 000 messages that took 14 s of a 112 s catch-up). An
 /// epoch never holds more than `cap + cap / TAIL_DIVISOR` messages, even when the topic grows
-/// past the offsets seen at start.
+/// past the offsets seen at start (or lies beyond them: Tansu 0.6 reports a high watermark
+/// short of the true end, so `rest()` is an estimate).
+///
 /// `rest` is only called once the epoch reaches the cap (it walks the worker's partitions).
 fn epoch_full(in_epoch: usize, cap: usize, rest: impl FnOnce() -> Option<u64>) -> bool {
     let tail = cap / TAIL_DIVISOR;
