@@ -111,7 +111,7 @@ pub struct Outputs<'scope> {
 
 /// Builds SPEC §2 over `listens`.
 pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
-    let Params { history_cap, min_co, neighbors, recommendations, score_precision } = *params;
+    let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = *params;
 
     // H(u), first listens and pair changes, from one pass over each user's listens.
     let history::History { changes: user_tracks, pairs } = history::history(listens.clone(), history_cap);
@@ -124,11 +124,19 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         UserTrackChange::Member { .. } => None,
     });
 
-    // n(i): users with i in their history.
-    let history_counts = members.clone().map(|(_user, track)| track).count_total();
+    // q(n(i)): users with i in their history, rounded to B significant bits. A change of n
+    // that leaves q(n) alone retracts and asserts the same record, which cancel here, before
+    // the broadcast: it costs O(1) and reaches no other operator.
+    let rounded_counts = members
+        .clone()
+        .map(|(_user, track)| track)
+        .count_total()
+        .map(move |(track, n)| (track, encore_udfs::round_count(n as u64, count_bits) as isize))
+        .consolidate_stream();
 
-    // c(i,j) and s(i,j) = cosine in score units, where c ≥ C and s > 0.
-    let pair_records = similarity::similarities(pairs, history_counts, min_co, score_precision, emit_co_listens);
+    // c(i,j) and s(i,j) = cosine over q(c), q(n) in score units, where the exact c ≥ C and s > 0.
+    let pair_records =
+        similarity::similarities(pairs, rounded_counts, similarity::Scoring { min_co, precision: score_precision, count_bits }, emit_co_listens);
     let co_listens = emit_co_listens.then(|| co_listen_updates(pair_records.clone()));
     let similarities = pair_records.flat_map(|record| match record {
         PairRecord::Similar { track, partner, old, new } => Some((track, partner, old, new)),
@@ -192,7 +200,7 @@ mod tests {
     fn early_flushes_with_epochs_in_flight_equal_the_oracle() {
         for seed in 60..100 {
             let workers = [1, 2, 3, 4][seed as usize % 4];
-            let params = Params { history_cap: 2 + seed as usize % 3, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+            let params = Params { history_cap: 2 + seed as usize % 3, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: seed as u32 % 4 };
             check_every_epoch(seed, 800, params, 10 + seed as usize % 30, workers);
         }
         check_every_epoch(72, 2_000, Params::default(), 200, 2);

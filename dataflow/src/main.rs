@@ -136,6 +136,13 @@ struct ParamArgs {
     /// P: decimal digits of a score (0–15).
     #[arg(long, value_name = "P", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=15))]
     score_precision: u32,
+    /// B: significant binary digits of the counts n(i), c(i,j) in the cosine; each is rounded
+    /// down to its B leading bits (B = 5: 99 → 96, 1000 → 992), so that a similarity changes
+    /// only 2^(B-1) times while a count doubles and the work per listen stays bounded as the
+    /// data grows. 0 = exact counts (more work and row changes per listen, growing with the
+    /// data). co_listens and the minimum --min-co always use the exact counts.
+    #[arg(long, value_name = "B", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=encore_udfs::MAX_COUNT_BITS as i64))]
+    count_bits: u32,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         neighbors: cli.params.neighbors,
         recommendations: cli.params.recommendations,
         score_precision: cli.params.score_precision,
+        count_bits: cli.params.count_bits,
     };
     let output_dir = match (cli.input.input.clone(), cli.output.output_dir.clone(), cli.output.postgres.clone()) {
         (Some(_), _, _) if cli.metrics_addr.is_some() => bail!("--metrics-addr needs Kafka input (--brokers, --topic)"),
@@ -306,6 +314,11 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     let kafka_options = encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     let committed = sink.committed_offsets(&topic)?;
+    let mut recorded = params.flags();
+    if cli.emit_co_listens {
+        recorded.push_str(" --emit-co-listens");
+    }
+    sink.check_parameters(&topic, &recorded, params.count_bits, &committed)?;
     let job = StreamJob {
         brokers,
         topic,

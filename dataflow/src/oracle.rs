@@ -5,8 +5,9 @@
 //! It is written to be obviously correct, not fast: [`compute`] is seven calls, one per SPEC §2
 //! step, each a short function over ordered maps (`BTreeMap`, so iteration order never depends
 //! on a hash seed). Nothing is incremental and nothing is shared with the dataflow engine: the
-//! only common code is the parser and the score formula of `encore-udfs`, which both sides must
-//! use verbatim because SPEC §2 step 4 fixes the floating-point evaluation order.
+//! only common code is the parser and the score formula of `encore-udfs` (the rounding `q` of
+//! the counts and the cosine), which both sides must use verbatim because SPEC §2 step 4 fixes
+//! the floating-point evaluation order. The tests below check `q` by other means.
 //!
 //! Input is a sequence of already-parsed valid events ([`encore_udfs::Event`]); invalid
 //! messages never reach here (they only feed `dead_letters`). Events that are not listens
@@ -28,7 +29,7 @@
 //! ```
 
 use crate::tables::{Params, Tables, TrackStats};
-use encore_udfs::{cosine_units, Event, EventType};
+use encore_udfs::{rounded_cosine_units, Event, EventType};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,7 +56,7 @@ pub fn compute<'a>(events: impl IntoIterator<Item = &'a Event>, params: &Params)
     let histories = histories(&last, params.history_cap); // step 2
     let listeners_in_history = history_counts(&histories); // step 3, n(i)
     let co_counts = co_listening_counts(&histories); // step 3, c(i,j)
-    let similarities = similarities(&co_counts, &listeners_in_history, params.min_co, params.score_precision); // step 4
+    let similarities = similarities(&co_counts, &listeners_in_history, params); // step 4
     let neighbors = neighbors(&similarities, params.neighbors); // step 5
     let recommendations = recommendations(&histories, &neighbors, params.recommendations); // step 6
     let track_stats = track_stats(&listens); // step 7
@@ -127,22 +128,22 @@ fn co_listening_counts(histories: &BTreeMap<User, BTreeSet<Track>>) -> BTreeMap<
     counts
 }
 
-/// Step 4: `s(i,j)` for every ordered pair `i ≠ j` with `c(i,j) ≥ C`, dropping `s = 0`.
-/// Returned as `i → [(j, s(i,j))]`.
+/// Step 4: `s(i,j)` for every ordered pair `i ≠ j` with the exact `c(i,j) ≥ C`, over the
+/// counts rounded to `B` significant bits, dropping `s = 0`. Returned as `i → [(j, s(i,j))]`.
 fn similarities(
     co_counts: &BTreeMap<(Track, Track), u64>,
     listeners_in_history: &BTreeMap<Track, u64>,
-    min_co: u64,
-    precision: u32,
+    params: &Params,
 ) -> BTreeMap<Track, Vec<(Track, Units)>> {
     let mut similarities: BTreeMap<Track, Vec<(Track, Units)>> = BTreeMap::new();
     for (&(a, b), &co) in co_counts {
-        if co < min_co {
+        if co < params.min_co {
             continue;
         }
         // Both directions, each evaluated literally as s(i,j) with n(i) first.
         for (i, j) in [(a, b), (b, a)] {
-            let units = cosine_units(co, listeners_in_history[&i], listeners_in_history[&j], precision)
+            let (n_i, n_j) = (listeners_in_history[&i], listeners_in_history[&j]);
+            let units = rounded_cosine_units(co, n_i, n_j, params.score_precision, params.count_bits)
                 .expect("SPEC §2 step 4 is defined for n(i), n(j) ≥ 1 (true: c ≥ 1) and P ≤ 18");
             if units != 0 {
                 similarities.entry(i).or_default().push((j, units));
@@ -258,7 +259,7 @@ mod tests {
         recommendations: usize,
         score_precision: u32,
     ) -> Params {
-        Params { history_cap, min_co, neighbors, recommendations, score_precision }
+        Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits: 0 }
     }
 
     fn map<K: Ord + Copy, V: Copy>(rows: &[(K, V)]) -> BTreeMap<K, V> {
@@ -487,6 +488,51 @@ mod tests {
             .collect()
     }
 
+    /// `q(x)` of SPEC §2 step 4 written from its words, not `round_count`'s bit arithmetic:
+    /// the binary digits of `x` after the first `bits` become zeros.
+    fn truncated(x: u64, bits: u32) -> u64 {
+        let digits = format!("{x:b}");
+        if bits == 0 || digits.len() <= bits as usize {
+            return x;
+        }
+        let kept: String = digits.chars().enumerate().map(|(at, digit)| if at < bits as usize { digit } else { '0' }).collect();
+        u64::from_str_radix(&kept, 2).expect("binary digits")
+    }
+
+    #[test]
+    fn independent_rounding_agrees_with_round_count() {
+        assert_eq!((truncated(99, 5), truncated(100, 5), truncated(1000, 5), truncated(31, 5), truncated(7, 0)), (96, 100, 992, 31, 7));
+        for x in (0..5_000u64).chain([u64::MAX, 1 << 40, (1 << 40) + 12_345]) {
+            for bits in 0..=8 {
+                assert_eq!(encore_udfs::round_count(x, bits), truncated(x, bits), "q({x}) at B = {bits}");
+            }
+        }
+    }
+
+    /// Rounded counts, by hand: 40 users share tracks 1 and 2, 9 more have only 1, 5 more only
+    /// 2: c(1,2) = 40, n(1) = 49, n(2) = 45. At B = 3: q(40) = 40, q(49) = 48, q(45) = 40, so
+    /// s = 400000 / sqrt(1920) = 9128.7…; exact (B = 0): 400000 / sqrt(2205) = 8518.2…
+    #[test]
+    fn counts_enter_the_cosine_rounded() {
+        let mut events = Vec::new();
+        for user in 0..40 {
+            events.extend([listen(user, 1, 0), listen(user, 2, 0)]);
+        }
+        events.extend((100..109).map(|user| listen(user, 1, 0)));
+        events.extend((200..205).map(|user| listen(user, 2, 0)));
+        let exact = compute(&events, &params(50, 2, 20, 10, 4));
+        assert_eq!(exact.track_neighbors, map(&[((1, 2), 8_518), ((2, 1), 8_518)]));
+        let rounded = compute(&events, &Params { count_bits: 3, ..params(50, 2, 20, 10, 4) });
+        assert_eq!(rounded.track_neighbors, map(&[((1, 2), 9_129), ((2, 1), 9_129)]));
+        // co_listens keeps the exact count, and C applies to it: at C = 33 the pair stays,
+        // although q(c) = 32 < 33 at B = 1.
+        assert_eq!(rounded.co_listens, map(&[((1, 2), 40)]));
+        let gated = compute(&events, &Params { count_bits: 1, ..params(50, 33, 20, 10, 4) });
+        assert_eq!(gated.track_neighbors.len(), 2, "C compares the exact c");
+        // B = 1: q(40) = 32, q(49) = 32, q(45) = 32 → 1.0.
+        assert_eq!(gated.track_neighbors[&(1, 2)], 10_000);
+    }
+
     /// Checks `tables` against properties of SPEC §2 derived from the raw events by other means
     /// than the oracle's. Returns a few figures for printing.
     fn assert_consistent(events: &[Event], params: &Params, tables: &Tables) -> String {
@@ -518,7 +564,8 @@ mod tests {
                 continue;
             }
             for (i, j) in [(a, b), (b, a)] {
-                let s = cosine_units(c, n[&i], n[&j], params.score_precision).expect("valid");
+                let (c, n_i, n_j) = (truncated(c, params.count_bits), truncated(n[&i], params.count_bits), truncated(n[&j], params.count_bits));
+                let s = encore_udfs::cosine_units(c, n_i, n_j, params.score_precision).expect("valid");
                 if s > 0 {
                     candidates.entry(i).or_default().push((j, s));
                 }
@@ -600,6 +647,9 @@ mod tests {
             params(5, 1, 2, 3, 2),
             params(1, 1, 5, 5, 4),
             params(8, 3, 20, 10, 0),
+            Params { count_bits: 1, ..params(4, 1, 3, 3, 4) },
+            Params { count_bits: 2, ..params(6, 2, 4, 3, 4) },
+            Params { count_bits: 3, ..params(10, 1, 5, 5, 3) },
             Params::default(),
         ];
         for seed in 0..12u64 {
@@ -624,7 +674,7 @@ mod tests {
         let (events, errors) = parse_lines(&lines);
         assert_eq!(lines.len(), 100_836);
         assert!(errors.is_empty(), "invalid lines: {:?}", &errors[..errors.len().min(3)]);
-        for params in [Params::default(), params(10, 3, 5, 5, 4)] {
+        for params in [Params::default(), params(10, 3, 5, 5, 4), Params { count_bits: 2, ..Params::default() }] {
             let started = std::time::Instant::now();
             let tables = compute(&events, &params);
             let elapsed = started.elapsed();

@@ -184,6 +184,8 @@ pub struct PgSink {
     target: encore_pgconnect::Target,
     retry: RetryPolicy,
     sql: Statements,
+    /// `--pg-schema`, unquoted (for messages).
+    schema: String,
     score_precision: u32,
     emit_co_listens: bool,
     /// `None` after a connection was lost, until the next operation reconnects.
@@ -227,6 +229,7 @@ impl PgSink {
             target,
             retry,
             sql,
+            schema: schema.to_owned(),
             score_precision,
             emit_co_listens,
             session: Some(session),
@@ -242,6 +245,47 @@ impl PgSink {
         })?;
         self.known_offsets.insert(topic.to_string(), offsets.clone());
         Ok(offsets)
+    }
+
+    /// Refuses to continue tables computed with other SPEC §2 parameters, and records this
+    /// run's where nothing is committed yet. `parameters` names them as flags (see
+    /// [`Params::flags`](crate::tables::Params::flags)); `committed` are the topic's stored
+    /// offsets ([`PgSink::committed_offsets`]).
+    ///
+    /// Why: on start the job replays the topic up to the stored offsets to rebuild its state,
+    /// and then writes changes to that state. Replayed with other parameters (say another
+    /// `--count-bits`), the state is not what the tables hold, and every later delta would
+    /// apply to rows that differ: wrong tables, silently. So:
+    ///
+    /// * parameters recorded for the topic: they must equal this run's
+    ///   ([`SinkError::ParametersDiffer`] otherwise);
+    /// * none recorded and nothing committed: this run's are recorded (a start that dies
+    ///   before its first commit leaves them, and the next start replaces them);
+    /// * none recorded but offsets committed: the tables were written by an encore-flow from
+    ///   before this record (2026-12-06), which computed exact counts with otherwise unknown
+    ///   parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
+    ///   another `--count-bits` is refused.
+    pub fn check_parameters(&mut self, topic: &str, parameters: &str, count_bits: u32, committed: &BTreeMap<i32, i64>) -> Result<(), SinkError> {
+        let stored: Option<String> = self.with_session("reading the recorded parameters", |session, sql| {
+            let rows = session.client.query(sql.select_parameters.as_str(), &[&topic]).map_err(Failure::from)?;
+            rows.first().map(|row| row.try_get::<_, String>(0)).transpose().map_err(Failure::from)
+        })?;
+        let differ = |stored: String| SinkError::ParametersDiffer {
+            schema: self.schema.clone(),
+            topic: topic.to_owned(),
+            stored,
+            asked: parameters.to_owned(),
+        };
+        match stored {
+            Some(stored) if stored == parameters => Ok(()),
+            Some(stored) => Err(differ(stored)),
+            None if !committed.is_empty() && count_bits != 0 => {
+                Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
+            }
+            None => self.with_session("recording the parameters", |session, sql| {
+                session.client.execute(sql.upsert_parameters.as_str(), &[&topic, &parameters]).map(drop).map_err(Failure::from)
+            }),
+        }
     }
 
     /// Commits one closed timestamp: `changes` and the `offsets` (next offset to consume per

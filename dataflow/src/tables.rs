@@ -26,11 +26,33 @@ pub struct Params {
     pub recommendations: usize,
     /// `P`, `--score-precision`: decimal digits of a score.
     pub score_precision: u32,
+    /// `B`, `--count-bits`: significant bits of the counts in the cosine (0: exact counts).
+    pub count_bits: u32,
+}
+
+impl Params {
+    /// The parameters as `encore-flow` flags, every one spelled out: how they are recorded
+    /// beside the tables and named in messages.
+    ///
+    /// ```
+    /// use encore_dataflow::tables::Params;
+    /// assert_eq!(
+    ///     Params::default().flags(),
+    ///     "--history-cap 50 --min-co 2 --neighbors 20 --recommendations 10 --score-precision 4 --count-bits 5"
+    /// );
+    /// ```
+    pub fn flags(&self) -> String {
+        let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = self;
+        format!(
+            "--history-cap {history_cap} --min-co {min_co} --neighbors {neighbors} --recommendations {recommendations} \
+             --score-precision {score_precision} --count-bits {count_bits}"
+        )
+    }
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { history_cap: 50, min_co: 2, neighbors: 20, recommendations: 10, score_precision: 4 }
+        Params { history_cap: 50, min_co: 2, neighbors: 20, recommendations: 10, score_precision: 4, count_bits: 5 }
     }
 }
 

@@ -181,6 +181,14 @@ pub fn random_lines(seed: u64, lines: usize) -> Vec<Vec<u8>> {
     generate(seed, &LineMix::random(seed, lines)).into_iter().map(|line| line.bytes).collect()
 }
 
+/// `lines` raw message lines from `seed` over exactly `users` users and `tracks` tracks, in a
+/// one-hour window with 2 % invalid lines: many users per track make n(i) and c(i,j) large
+/// enough for the count rounding of SPEC §2 step 4 to matter.
+pub fn dense_lines(seed: u64, lines: usize, users: u64, tracks: u64) -> Vec<Vec<u8>> {
+    let mix = LineMix { users, tracks, lines, window_seconds: 3_600, invalid_percent: 2 };
+    generate(seed, &mix).into_iter().map(|line| line.bytes).collect()
+}
+
 /// Splits `lines` into the valid events and `(0-based line number, parser error)` pairs, as
 /// the pipeline does (via [`encore_udfs::parse_event`]).
 pub fn parse_lines(lines: &[Vec<u8>]) -> (Vec<Event>, Vec<(usize, String)>) {
@@ -547,7 +555,11 @@ pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, w
 /// Compares the dataflow with the oracle after every epoch of `lines` random lines (an epoch
 /// without changes keeps the previous state), and the dead letters with the parser's verdicts.
 pub fn check_every_epoch(seed: u64, lines: usize, params: Params, epoch_events: usize, workers: usize) {
-    let input = random_lines(seed, lines);
+    check_lines_every_epoch(&format!("seed {seed}"), random_lines(seed, lines), params, epoch_events, workers);
+}
+
+/// [`check_every_epoch`] over given lines; `label` names them in a failure.
+pub fn check_lines_every_epoch(label: &str, input: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize) {
     let expected = expected_after_each_epoch(&input, &params, epoch_events);
     let (_, invalid) = parse_lines(&input);
     let mut got = run_snapshots(input, params, epoch_events, workers);
@@ -557,11 +569,11 @@ pub fn check_every_epoch(seed: u64, lines: usize, params: Params, epoch_events: 
         if let Some(tables) = got.after.get(&(epoch as Epoch)) {
             current = tables.clone();
         }
-        assert_tables_eq(&current, want, &format!("seed {seed}, {workers} workers, {params:?}, after epoch {epoch}"));
+        assert_tables_eq(&current, want, &format!("{label}, {workers} workers, {params:?}, after epoch {epoch}"));
     }
     got.dead_letters.sort();
     let want_dead: Vec<(i64, String)> = invalid.into_iter().map(|(line, error)| (line as i64, error)).collect();
-    assert_eq!(got.dead_letters, want_dead, "dead letters, seed {seed}");
+    assert_eq!(got.dead_letters, want_dead, "dead letters, {label}");
 }
 
 /// Panics, naming the table and up to five differing rows, unless `got` equals `want`.
@@ -742,7 +754,7 @@ mod tests {
     #[test]
     fn epochs_are_prefixes() {
         let lines = random_lines(11, 250);
-        let params = Params { history_cap: 4, min_co: 2, neighbors: 3, recommendations: 3, score_precision: 4 };
+        let params = Params { history_cap: 4, min_co: 2, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 2 };
         let epochs = expected_after_each_epoch(&lines, &params, 100);
         assert_eq!(epochs.len(), 3); // 100 + 100 + 50 lines
         let (all, _) = parse_lines(&lines);

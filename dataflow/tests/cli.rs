@@ -48,8 +48,9 @@ fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
         .collect()
 }
 
-const SMALL: [&str; 10] =
-    ["--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--epoch-events", "97"];
+const SMALL: [&str; 12] = [
+    "--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--count-bits", "2", "--epoch-events", "97",
+];
 
 #[test]
 fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
@@ -88,7 +89,7 @@ fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
     }
 
     // And the CSV equals the oracle, score for score.
-    let params = Params { history_cap: 4, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+    let params = Params { history_cap: 4, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 2 };
     let (events, invalid) = testing::parse_lines(&lines);
     let want = oracle::compute(&events, &params);
     let mut expected = String::from("track_id,neighbor_id,score\n");

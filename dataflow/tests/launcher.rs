@@ -28,7 +28,7 @@ use encore_testkit::{Postgres, Tansu};
 const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/launch.sh");
 const FLOW: &str = env!("CARGO_BIN_EXE_encore-flow");
 const TOPIC: &str = "music_streaming_data";
-const PARAMS: Params = Params { history_cap: 4, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+const PARAMS: Params = Params { history_cap: 4, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 5 };
 const SMALL: [&str; 8] = ["--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3"];
 const TABLES: [&str; 4] = ["track_neighbors", "user_recommendations", "track_stats", "dead_letters"];
 

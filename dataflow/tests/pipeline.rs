@@ -19,7 +19,7 @@ use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu, TestCa};
 
 const TOPIC: &str = "music_streaming_data";
-const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 1 };
 
 struct Stack {
     tansu: Tansu,
@@ -79,8 +79,12 @@ impl Stack {
         self.command_to(&self.postgres_url(), schema, cluster)
     }
 
+    /// `cluster` may hold other flags too; `--count-bits` there replaces `PARAMS`' own.
     fn command_to(&self, url: &str, schema: &str, cluster: &[String]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_encore-flow"));
+        if !cluster.iter().any(|arg| arg == "--count-bits") {
+            command.args(["--count-bits", &PARAMS.count_bits.to_string()]);
+        }
         command
             .args(["--brokers", &self.tansu.brokers(), "--topic", TOPIC, "--postgres", url])
             .args(["--pg-schema", schema, "--until-caught-up", "--emit-co-listens", "--epoch-ms", "50"])
@@ -219,6 +223,23 @@ fn until_caught_up_is_exact_for_workers_and_processes_and_resumes_after_append()
     let logs = stack.run_flow("one_by_two", 1, 2);
     stack.check("one_by_two", &lines);
     assert_progress_lines(&logs[0], 2, 0);
+
+    // Other SPEC §2 parameters would replay another state under these tables: refused, with
+    // what the tables hold and what was asked, and nothing written.
+    let other_bits = ["--count-bits".to_owned(), "2".to_owned()];
+    let output = stack.command("one_by_two", &other_bits).output().expect("encore-flow runs");
+    let flags = "--history-cap 5 --min-co 1 --neighbors 3 --recommendations 3 --score-precision 4";
+    assert_one_line_error(
+        &output,
+        &format!("computed with {flags} --count-bits 1 --emit-co-listens, this run asks for {flags} --count-bits 2 --emit-co-listens"),
+    );
+    // Tables from an encore-flow that recorded no parameters (before --count-bits) were
+    // computed with exact counts: continuing them with rounded ones is refused too.
+    let mut client = postgres::Client::connect(&stack.postgres_url(), postgres::NoTls).expect("connect");
+    client.batch_execute("DELETE FROM one_by_two.encore_parameters").expect("forget the parameters");
+    let output = stack.command("one_by_two", &[]).output().expect("encore-flow runs");
+    assert_one_line_error(&output, "computed with exact counts (--count-bits 0) by an encore-flow from before 2026-12-06");
+    stack.check("one_by_two", &lines);
 }
 
 /// A process's log holds `replay_read` "replay read" lines (one per worker that replayed) and

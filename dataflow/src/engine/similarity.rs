@@ -1,14 +1,31 @@
 //! Co-listening counts `c(i,j)` and similarities `s(i,j)` (SPEC §2 steps 3–4), maintained by
-//! one operator per worker that owns its tracks' partner counts and sees every `n` change.
+//! one operator per worker that owns its tracks' partner counts and sees every `q(n)` change.
 //!
 //! ```text
 //!  pair changes (i, j) ±1, both directions ── exchanged by i ──┐
 //!  (History emits them as a track enters or leaves H(u))       ├─► Similarity (per worker)
-//!  n(t) changes ───────────────────────────────── broadcast ───┘    per local track i: its
-//!                                                                   partners j with c(i,j)
+//!  q(n(t)) changes ────────────────────────────── broadcast ───┘    per local track i: its
+//!  (only where the rounded count changed)                           partners j with c(i,j)
 //!                                                                   ─► s(i,j) and s(j,i) changes,
 //!                                                                      c(i,j) changes (i < j)
 //! ```
+//!
+//! ## Rounded counts: work only where `q` changes
+//!
+//! SPEC §2 step 4 scores `q(c)`, `q(n(i))`, `q(n(j))`: each count rounded down to `B`
+//! significant bits ([`encore_udfs::round_count`]). The operator turns that into less work:
+//!
+//! * `n` arrives already rounded, and only when `q(n)` changed: upstream, the `count_total`'s
+//!   retraction and assertion of the same rounded value cancel before the broadcast. So a
+//!   first listen that leaves `q(n(i))` alone costs O(1) and no pair of `i` is visited. Only a
+//!   change of `q(n(i))` rescores every pair of `i` (below), and `q(n)` changes `2^(B−1)` times
+//!   per doubling of `n`: the rescore's cost, `O(partners of i)` with at most `(K−1)·n(i)`
+//!   partners, is spread over the `n(i)/2^(B−1)` listens between two changes, `O(K·2^B)` per
+//!   listen whatever the data's size. (`B = 0` is the exact cosine: every change rescores.)
+//! * A change of `c(i,j)` is applied to the pair's count in O(1); it is scored only when
+//!   `q(c)` or the side of `C` changed (the exact `c` decides `c ≥ C`), and emitted only when
+//!   `s` changed. Any change that leaves `s` alone produces no record, hence no work in the
+//!   neighbour lists and recommendations downstream.
 //!
 //! ## Why not `count_total` and two joins
 //!
@@ -96,6 +113,34 @@ pub enum PairRecord {
         /// +1 or -1.
         diff: isize,
     },
+}
+
+/// How a pair is scored: SPEC §2 step 4's `C`, `P` and `B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scoring {
+    /// `C`: the exact `c(i,j)` must be at least this for a similarity.
+    pub min_co: u64,
+    /// `P`: decimal digits of a score.
+    pub precision: u32,
+    /// `B`: significant bits of the counts in the cosine (0: exact).
+    pub count_bits: u32,
+}
+
+impl Scoring {
+    /// `q(c)` where `c` earns a similarity (`c ≥ C`, `c > 0`), else `None`: two counts with the
+    /// same value here give the same `s` for the same `q(n)`s.
+    fn scored_count(&self, count: u32) -> Option<u64> {
+        let count = u64::from(count);
+        (count > 0 && count >= self.min_co).then(|| encore_udfs::round_count(count, self.count_bits))
+    }
+
+    /// `s` from a count and two rounded `n`s: 0 where `c < C` or the cosine rounds to 0.
+    fn score(&self, count: u32, rounded_n_i: u64, rounded_n_j: u64) -> i64 {
+        match self.scored_count(count) {
+            Some(rounded) => encore_udfs::cosine_units(rounded, rounded_n_i, rounded_n_j, self.precision).unwrap_or(0),
+            None => 0,
+        }
+    }
 }
 
 /// A partner of a track: its interned index and `c`.
@@ -222,19 +267,18 @@ fn diff(before: &[Entry], after: &[Entry], changes: &mut Vec<(u32, u32, u32)>) {
     }
 }
 
-/// A worker's state: its tracks' partners, `n` for every track, and the open epoch's changes.
+/// A worker's state: its tracks' partners, `q(n)` for every track, and the open epoch's changes.
 struct Similarity {
-    min_co: u64,
-    precision: u32,
+    scoring: Scoring,
     emit_co_listens: bool,
     /// Track id of each interned index, and the reverse.
     ids: Vec<u64>,
     index: HashMap<u64, u32>,
-    /// `n` by index as of the last complete epoch, and after the open one.
+    /// `q(n)` by index as of the last complete epoch, and after the open one.
     n: Vec<u64>,
     n_next: Vec<u64>,
     n_changed: Vec<bool>,
-    /// Indices whose `n` changed in the open epoch.
+    /// Indices whose `q(n)` changed in the open epoch.
     changed_n: Vec<u32>,
     /// This worker's tracks (those that hash here), by index.
     tracks: HashMap<u32, Partners>,
@@ -247,13 +291,14 @@ struct Similarity {
     closed: Vec<u32>,
     scratch: Vec<Entry>,
     changes: Vec<(u32, u32, u32)>,
+    /// Pairs visited because an `n` changed, since the start: the work that rounding saves.
+    rescored_pairs: u64,
 }
 
 impl Similarity {
-    fn new(min_co: u64, precision: u32, emit_co_listens: bool) -> Self {
+    fn new(scoring: Scoring, emit_co_listens: bool) -> Self {
         Similarity {
-            min_co,
-            precision,
+            scoring,
             emit_co_listens,
             ids: Vec::new(),
             index: HashMap::default(),
@@ -267,6 +312,7 @@ impl Similarity {
             closed: Vec::new(),
             scratch: Vec::new(),
             changes: Vec::new(),
+            rescored_pairs: 0,
         }
     }
 
@@ -306,7 +352,7 @@ impl Similarity {
         self.buffer = buffer;
     }
 
-    /// A `count_total` update of `n(track)` in the open epoch.
+    /// A `count_total` update of `q(n(track))` in the open epoch.
     fn count(&mut self, track: u64, n: isize, diff: isize) {
         let at = self.intern(track) as usize;
         if !self.n_changed[at] {
@@ -319,16 +365,16 @@ impl Similarity {
         }
     }
 
-    /// `s` from a count and two `n`s: 0 where `c < C` or the cosine rounds to 0.
-    fn score(&self, count: u32, n_i: u64, n_j: u64) -> i64 {
-        if count == 0 || u64::from(count) < self.min_co {
-            return 0;
-        }
-        encore_udfs::cosine_units(u64::from(count), n_i, n_j, self.precision).unwrap_or(0)
-    }
-
     /// Closes the open epoch: emits every changed `s` and `c` through `emit`.
     fn finish(&mut self, mut emit: impl FnMut(PairRecord)) {
+        // A retraction and an assertion of the same q(n) that reached here in different
+        // batches (upstream cancels those it sees together): not a change, nothing to rescore.
+        let (n, n_next, n_changed) = (&self.n, &self.n_next, &mut self.n_changed);
+        self.changed_n.retain(|&at| {
+            let changed = n[at as usize] != n_next[at as usize];
+            n_changed[at as usize] = changed;
+            changed
+        });
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut closed = std::mem::take(&mut self.closed);
         consolidate(&mut buffer);
@@ -392,14 +438,16 @@ impl Similarity {
 
     /// Every pair of `track` (whose `n` changed): `entries` are the counts after the epoch,
     /// `changes` the changed ones with their counts before, both sorted by partner.
-    fn rescore(&self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
-        let id = self.ids[track as usize];
+    fn rescore(&mut self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
+        self.rescored_pairs += entries.len() as u64;
+        let this = &*self;
+        let id = this.ids[track as usize];
         let mut changed = changes.iter().peekable();
         let mut visit = |partner: u32, before: u32, after: u32| {
-            let smaller = id < self.ids[partner as usize];
-            let emits = if before != after { smaller } else { smaller || !self.n_changed[partner as usize] };
+            let smaller = id < this.ids[partner as usize];
+            let emits = if before != after { smaller } else { smaller || !this.n_changed[partner as usize] };
             if emits {
-                self.emit_pair(track, partner, before, after, emit);
+                this.emit_pair(track, partner, before, after, emit);
             }
         };
         for entry in entries {
@@ -420,11 +468,15 @@ impl Similarity {
     fn emit_pair(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord)) {
         let (t, p) = (track as usize, partner as usize);
         let (i, j) = (self.ids[t], self.ids[p]);
-        let old = self.score(before, self.n[t], self.n[p]);
-        let new = self.score(after, self.n_next[t], self.n_next[p]);
-        if old != new {
-            emit(PairRecord::Similar { track: i, partner: j, old, new });
-            emit(PairRecord::Similar { track: j, partner: i, old, new });
+        // Same q(n)s and the same rounded count: the same s, no cosine to evaluate.
+        let rescored = self.n_changed[t] || self.n_changed[p] || self.scoring.scored_count(before) != self.scoring.scored_count(after);
+        if rescored {
+            let old = self.scoring.score(before, self.n[t], self.n[p]);
+            let new = self.scoring.score(after, self.n_next[t], self.n_next[p]);
+            if old != new {
+                emit(PairRecord::Similar { track: i, partner: j, old, new });
+                emit(PairRecord::Similar { track: j, partner: i, old, new });
+            }
         }
         if self.emit_co_listens && before != after {
             let (a, b) = (i.min(j), i.max(j));
@@ -438,23 +490,22 @@ impl Similarity {
 }
 
 /// `s` (and `c`, with `emit_co_listens`) from directed pair changes `(i, j)` (each change of
-/// `c(i,j)` present once in each direction) and the counts `(t, n(t))`.
+/// `c(i,j)` present once in each direction) and the rounded counts `(t, q(n(t)))`.
 pub fn similarities<'scope>(
     pairs: Stream<'scope, Epoch, Vec<PairChange>>,
-    counts: VecCollection<'scope, Epoch, (u64, isize)>,
-    min_co: u64,
-    precision: u32,
+    rounded_counts: VecCollection<'scope, Epoch, (u64, isize)>,
+    scoring: Scoring,
     emit_co_listens: bool,
 ) -> Stream<'scope, Epoch, Vec<PairRecord>> {
     let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
     pairs
         .binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
-            counts.inner.broadcast(),
+            rounded_counts.inner.broadcast(),
             by_track,
             Pipeline,
             "Similarity",
             move |_capability, _info| {
-                let mut state = Similarity::new(min_co, precision, emit_co_listens);
+                let mut state = Similarity::new(scoring, emit_co_listens);
                 let mut capabilities = BTreeMap::new();
                 // Pair changes of epochs after the open one, and every epoch's n changes.
                 let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
@@ -569,7 +620,7 @@ mod tests {
     #[test]
     fn flushed_epochs_emit_like_unflushed_ones() {
         let run = |flush: bool| {
-            let mut s = Similarity::new(1, 4, true);
+            let mut s = Similarity::new(Scoring { min_co: 1, precision: 4, count_bits: 0 }, true);
             for (track, n) in [(1, 3), (2, 3), (3, 3)] {
                 s.count(track, n, 1);
             }
@@ -600,7 +651,7 @@ mod tests {
     fn one_worker_emits_each_pair() {
         // Two "workers": a owns track 1, b owns track 2; both know n(1), n(2).
         let run = |first_epoch: bool, owner_of: u64| {
-            let mut s = Similarity::new(2, 4, true);
+            let mut s = Similarity::new(Scoring { min_co: 2, precision: 4, count_bits: 0 }, true);
             let (mine, other) = if owner_of == 1 { (1, 2) } else { (2, 1) };
             for _ in 0..2 {
                 s.pair(mine, other, 1);
@@ -628,6 +679,60 @@ mod tests {
         assert!(run(false, 1).is_empty());
     }
 
+    /// B = 2: q(4) = q(5) = 4, q(6) = 6, q(12) = q(13) = 12. A change of n or c that leaves
+    /// its rounded value alone visits no pair and emits nothing; one that changes it rescores
+    /// the track's pairs. (One state holding both directions of every pair stands for all
+    /// workers; `n` arrives rounded, as upstream sends it.)
+    #[test]
+    fn changes_within_a_rounding_step_cost_nothing() {
+        let mut s = Similarity::new(Scoring { min_co: 2, precision: 4, count_bits: 2 }, false);
+        let both = |s: &mut Similarity, a: u64, b: u64, diff: i32| {
+            s.pair(a, b, diff);
+            s.pair(b, a, diff);
+        };
+        let mut out = Vec::new();
+        for (track, n) in [(1, 12), (2, 4), (3, 4)] {
+            s.count(track, n, 1);
+        }
+        for _ in 0..5 {
+            both(&mut s, 1, 2, 1);
+        }
+        both(&mut s, 1, 3, 1);
+        s.finish(|r| out.push(r));
+        // s(1,2) = q(5)·10^4 / sqrt(12·4) = 5774 both ways; c(1,3) = 1 < C.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|r| matches!(r, PairRecord::Similar { old: 0, new: 5774, .. })), "{out:?}");
+
+        // n(2) 4 → 5 (q(n) stays 4: a retraction and assertion of 4) and c(1,2) 5 → 4 (q
+        // stays 4): no record, no pair visited.
+        out.clear();
+        let visited = s.rescored_pairs;
+        s.count(2, 4, -1);
+        s.count(2, 4, 1);
+        both(&mut s, 1, 2, -1);
+        s.finish(|r| out.push(r));
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(s.rescored_pairs, visited, "no pair visited for an unchanged q(n)");
+
+        // Track 1 gains 100 partners below C, then n(1) 12 → 13 (q stays 12): nothing.
+        for partner in 100..200 {
+            both(&mut s, 1, partner, 1);
+        }
+        s.finish(|r| out.push(r));
+        s.count(1, 12, -1);
+        s.count(1, 12, 1);
+        s.finish(|r| out.push(r));
+        assert!(out.is_empty() && s.rescored_pairs == visited, "{out:?}");
+
+        // n(2) 5 → 6: q(n(2)) 4 → 6, s(1,2) 5774 → 4·10^4 / sqrt(12·6) = 4714.
+        s.count(2, 4, -1);
+        s.count(2, 6, 1);
+        s.finish(|r| out.push(r));
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|r| matches!(r, PairRecord::Similar { old: 5774, new: 4714, .. })), "{out:?}");
+        assert!(s.rescored_pairs > visited);
+    }
+
     /// Pair changes of an epoch staged while an earlier epoch's n changes could still come,
     /// then more of the same epoch once it opens: a user's +1 of a pair is staged, its -1
     /// comes later, and a flush (after 64 changes in tests) lands between them. The staged
@@ -646,7 +751,7 @@ mod tests {
             let (mut counts_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (counts_in, counts) = scope.new_collection::<(u64, isize), isize>();
                 let pairs = scope.input_from(&mut pairs_in);
-                let (probe, out) = similarities(pairs, counts, 1, 4, true).probe();
+                let (probe, out) = similarities(pairs, counts, Scoring { min_co: 1, precision: 4, count_bits: 0 }, true).probe();
                 out.capture_into(sender.lock().expect("one worker").clone());
                 (counts_in, probe)
             });

@@ -79,6 +79,21 @@ pub enum SinkError {
         /// What is wrong.
         reason: String,
     },
+    /// The tables of the topic were computed with other SPEC §2 parameters than this run's.
+    #[error(
+        "the tables in schema {schema:?} hold topic {topic:?} computed with {stored}, this run asks for \
+         {asked}: restart with the stored parameters, or compute the new ones into another --pg-schema"
+    )]
+    ParametersDiffer {
+        /// `--pg-schema`.
+        schema: String,
+        /// Topic.
+        topic: String,
+        /// The parameters the stored tables were computed with, as flags.
+        stored: String,
+        /// This run's parameters, as flags.
+        asked: String,
+    },
     /// A value does not fit its column.
     #[error("{what} {value} does not fit a BIGINT")]
     OutOfRange {

@@ -179,6 +179,8 @@ pub(super) struct Statements {
     pub(super) copy_dead_letters: String,
     pub(super) merge_dead_letters: String,
     pub(super) select_dead_letters: String,
+    pub(super) select_parameters: String,
+    pub(super) upsert_parameters: String,
     copy: Vec<(&'static str, String)>,
     merge_delete: Vec<(&'static str, String)>,
     merge_insert: Vec<(&'static str, String)>,
@@ -212,6 +214,10 @@ impl Statements {
              CREATE TABLE IF NOT EXISTS {s}.encore_progress (topic TEXT NOT NULL, \
              kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL, \
              committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, kafka_partition));\n\
+             -- The SPEC §2 parameters the tables of a topic were computed with: a restart with \
+             other ones would replay a different state under them (see PgSink::check_parameters).\n\
+             CREATE TABLE IF NOT EXISTS {s}.encore_parameters (topic TEXT PRIMARY KEY, \
+             parameters TEXT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now());\n\
              CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT track_id, neighbor_id, \
              score, row_number() OVER (PARTITION BY track_id ORDER BY score DESC, neighbor_id ASC) \
              AS rank FROM {s}.track_neighbors;\n\
@@ -259,6 +265,11 @@ impl Statements {
             ),
             select_dead_letters: format!(
                 "SELECT topic, kafka_partition, kafka_offset, payload, error FROM {s}.dead_letters ORDER BY id"
+            ),
+            select_parameters: format!("SELECT parameters FROM {s}.encore_parameters WHERE topic = $1::text"),
+            upsert_parameters: format!(
+                "INSERT INTO {s}.encore_parameters AS p (topic, parameters) VALUES ($1::text, $2::text) \
+                 ON CONFLICT (topic) DO UPDATE SET parameters = EXCLUDED.parameters, recorded_at = now()"
             ),
             copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
             merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
