@@ -79,6 +79,13 @@ struct Cli {
     #[arg(long = "kafka-config", value_name = "FILE")]
     kafka_config: Option<PathBuf>,
 
+    /// Seconds Kafka consumer errors may persist, with nothing consumed meanwhile, before the
+    /// job ends with the last one (a broker down, unreachable or refusing). Errors that can
+    /// never heal (a batch in a codec this build cannot decode, a denied topic, fatal errors)
+    /// end it at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = stream::DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    kafka_error_timeout: u64,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
     /// default). Every process serves its own: give each process its own address. Port 0
     /// picks a free port (logged at info level).
@@ -317,6 +324,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,
         committed,
+        error_timeout: std::time::Duration::from_secs(cli.kafka_error_timeout),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&stop);

@@ -1,0 +1,145 @@
+//! Operating encore-flow against a real Tansu broker and a real PostgreSQL (issue 22): a topic
+//! written in each of Kafka's compression codecs (none, gzip, snappy, lz4, zstd) is consumed
+//! exactly, and a broker gone for good ends the job with one line and a non-zero exit instead
+//! of an endless loop of consumer errors.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::tables::Params;
+use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
+use encore_dataflow::{oracle, testing};
+use encore_testkit::{Postgres, Tansu};
+
+const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+
+/// One broker and one Postgres for the codec tests (each test has its own topic and schema).
+/// Kept in a static, so never dropped: the testkit's watchdogs stop them after the test
+/// process ends.
+fn servers() -> &'static (Tansu, Postgres) {
+    static SERVERS: OnceLock<(Tansu, Postgres)> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
+        let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+        (tansu, postgres)
+    })
+}
+
+fn flow(tansu: &Tansu, topic: &str, url: &str, schema: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_encore-flow"));
+    command
+        .args(["--brokers", &tansu.brokers(), "--topic", topic, "--postgres", url, "--pg-schema", schema])
+        .args(["--emit-co-listens", "--epoch-ms", "50", "--epoch-events", "300"])
+        .args(["--history-cap", "5", "--min-co", "1", "--neighbors", "3", "--recommendations", "3"])
+        .env("RUST_LOG", "warn,encore_dataflow=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn sink(url: &str, schema: &str) -> PgSink {
+    PgSink::connect(url, schema, PARAMS.score_precision, true, RetryPolicy::default()).expect("connect")
+}
+
+/// Every table in `schema` equals the oracle over `lines`, each invalid line is a dead letter,
+/// and the committed offsets cover every message.
+fn check(url: &str, schema: &str, topic: &str, lines: &[Vec<u8>]) {
+    let mut sink = sink(url, schema);
+    let (tables, dead_letters) = sink.read_tables().expect("read tables");
+    let (events, invalid) = testing::parse_lines(lines);
+    assert_tables_eq(&tables, &oracle::compute(&events, &PARAMS), schema);
+    assert_eq!(dead_letters.len(), invalid.len(), "dead letters of {schema}");
+    let offsets = sink.committed_offsets(topic).expect("offsets");
+    assert_eq!(offsets.values().sum::<i64>(), lines.len() as i64, "offsets cover every message");
+}
+
+/// Writes a topic with `compression.type=codec` (the producer compresses every batch with it,
+/// and Tansu's memory storage keeps the batches as written), consumes it to caught-up, and
+/// checks the tables. A build without the codec fails already at the producer (librdkafka
+/// refuses the setting), and a consumer without it loops on NotImplemented (issue 22).
+fn consume_topic_written_with(codec: &str, seed: u64) {
+    let (tansu, postgres) = servers();
+    let (topic, schema) = (format!("events_{codec}"), format!("codec_{codec}"));
+    tansu.create_topic(&topic, 2).expect("create the topic");
+    let lines = testing::random_lines(seed, 600);
+    tansu
+        .produce_with(&topic, &lines, |_| None, false, &[("compression.type", codec)])
+        .unwrap_or_else(|error| panic!("produce with compression.type={codec}: {error}"));
+    let output = flow(tansu, &topic, &postgres.url(), &schema).arg("--until-caught-up").output().expect("encore-flow runs");
+    assert_success(&output);
+    check(&postgres.url(), &schema, &topic, &lines);
+}
+
+#[test]
+fn a_topic_without_compression_is_consumed_exactly() {
+    consume_topic_written_with("none", 41);
+}
+
+#[test]
+fn a_gzip_topic_is_consumed_exactly() {
+    consume_topic_written_with("gzip", 43);
+}
+
+#[test]
+fn a_snappy_topic_is_consumed_exactly() {
+    consume_topic_written_with("snappy", 47);
+}
+
+#[test]
+fn an_lz4_topic_is_consumed_exactly() {
+    consume_topic_written_with("lz4", 53);
+}
+
+#[test]
+fn a_zstd_topic_is_consumed_exactly() {
+    consume_topic_written_with("zstd", 59);
+}
+
+/// Waits for `child` to exit; a job still running after `failsafe` is killed and the test
+/// fails (the failure this guards against is a job that never ends).
+fn wait_ended(mut child: std::process::Child, failsafe: Duration) -> Output {
+    let deadline = Instant::now() + failsafe;
+    while child.try_wait().expect("poll encore-flow").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("encore-flow output");
+            panic!("encore-flow still running {failsafe:?} after the broker died:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("encore-flow output")
+}
+
+/// A live job whose broker dies for good: librdkafka retries for ever and reports an error now
+/// and then; once those errors have persisted beyond `--kafka-error-timeout` the job ends with
+/// one line naming Kafka and a non-zero exit, and what it committed before stays exact.
+#[test]
+fn a_broker_gone_for_good_ends_the_job_with_one_line() {
+    let mut tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
+    let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+    let topic = "music_streaming_data";
+    tansu.create_topic(topic, 2).expect("create the topic");
+    let lines = testing::random_lines(61, 400);
+    tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
+
+    let child = flow(&tansu, topic, &postgres.url(), "gone").args(["--kafka-error-timeout", "1"]).spawn().expect("spawn encore-flow");
+    let committed = || {
+        PgSink::connect(&postgres.url(), "gone", PARAMS.score_precision, true, RetryPolicy { attempts: 1, ..RetryPolicy::default() })
+            .and_then(|mut sink| sink.committed_offsets(topic))
+            .map(|offsets| offsets.values().sum::<i64>())
+            .unwrap_or(0)
+    };
+    while committed() < lines.len() as i64 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tansu.kill().expect("kill the broker");
+
+    let output = wait_ended(child, Duration::from_secs(300));
+    assert_one_line_error(&output, "consumer errors for");
+    let line = String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default().to_owned();
+    assert!(line.contains("Kafka at") && line.contains("--kafka-error-timeout 1 s"), "{line}");
+    eprintln!("the exit line: {line}");
+    check(&postgres.url(), "gone", topic, &lines);
+}
