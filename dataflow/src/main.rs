@@ -328,8 +328,10 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     };
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&stop);
-    // Ctrl-C: finish the current epoch, commit it, and exit cleanly; while still connecting to
-    // peers there is nothing to finish, and timely's connection retries would not notice.
+    // Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
+    // terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
+    // connecting to peers there is nothing to finish, and timely's connection retries would
+    // not notice.
     ctrlc::set_handler(move || {
         if !stream::WORKERS_STARTED.load(Ordering::SeqCst) {
             eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
@@ -337,7 +339,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         on_signal.store(true, Ordering::SeqCst);
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
     let writer = (cli.cluster.process == 0).then_some(sink);
     let summary = stream::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(

@@ -1,7 +1,8 @@
 //! Operating encore-flow against a real Tansu broker and a real PostgreSQL (issue 22): a topic
 //! written in each of Kafka's compression codecs (none, gzip, snappy, lz4, zstd) is consumed
-//! exactly, and a broker gone for good ends the job with one line and a non-zero exit instead
-//! of an endless loop of consumer errors.
+//! exactly; a broker gone for good ends the job with one line and a non-zero exit instead of
+//! an endless loop of consumer errors; SIGINT, SIGTERM and SIGHUP all stop a live job cleanly
+//! (what is complete is committed, exit 0).
 
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -53,6 +54,15 @@ fn check(url: &str, schema: &str, topic: &str, lines: &[Vec<u8>]) {
     assert_eq!(dead_letters.len(), invalid.len(), "dead letters of {schema}");
     let offsets = sink.committed_offsets(topic).expect("offsets");
     assert_eq!(offsets.values().sum::<i64>(), lines.len() as i64, "offsets cover every message");
+}
+
+/// Messages committed so far in `schema` (0 while nothing is).
+fn committed(url: &str, schema: &str, topic: &str) -> i64 {
+    let once = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+    PgSink::connect(url, schema, PARAMS.score_precision, true, once)
+        .and_then(|mut sink| sink.committed_offsets(topic))
+        .map(|offsets| offsets.values().sum::<i64>())
+        .unwrap_or(0)
 }
 
 /// Writes a topic with `compression.type=codec` (the producer compresses every batch with it,
@@ -125,13 +135,7 @@ fn a_broker_gone_for_good_ends_the_job_with_one_line() {
     tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
 
     let child = flow(&tansu, topic, &postgres.url(), "gone").args(["--kafka-error-timeout", "1"]).spawn().expect("spawn encore-flow");
-    let committed = || {
-        PgSink::connect(&postgres.url(), "gone", PARAMS.score_precision, true, RetryPolicy { attempts: 1, ..RetryPolicy::default() })
-            .and_then(|mut sink| sink.committed_offsets(topic))
-            .map(|offsets| offsets.values().sum::<i64>())
-            .unwrap_or(0)
-    };
-    while committed() < lines.len() as i64 {
+    while committed(&postgres.url(), "gone", topic) < lines.len() as i64 {
         std::thread::sleep(Duration::from_millis(50));
     }
     tansu.kill().expect("kill the broker");
@@ -142,4 +146,34 @@ fn a_broker_gone_for_good_ends_the_job_with_one_line() {
     assert!(line.contains("Kafka at") && line.contains("--kafka-error-timeout 1 s"), "{line}");
     eprintln!("the exit line: {line}");
     check(&postgres.url(), "gone", topic, &lines);
+}
+
+/// Stopping a live job the ways services are stopped: Ctrl-C (SIGINT), `docker stop`,
+/// systemd and Kubernetes (SIGTERM), a closed terminal (SIGHUP). Each time the job commits
+/// what is complete and exits 0 with its summary line; the messages produced before the signal
+/// and committed then are exact, and a final catch-up run has nothing left but what came later.
+#[test]
+fn sigint_sigterm_and_sighup_commit_what_is_complete_and_exit_0() {
+    let (tansu, postgres) = servers();
+    let topic = "events_signals";
+    tansu.create_topic(topic, 2).expect("create the topic");
+    let lines = testing::random_lines(67, 900);
+    let mut produced = 0;
+    for (round, signal) in ["INT", "TERM", "HUP"].into_iter().enumerate() {
+        let batch = &lines[round * 300..(round + 1) * 300];
+        tansu.produce(topic, batch, |_| None, false).expect("all messages delivered");
+        produced += batch.len() as i64;
+        let child = flow(tansu, topic, &postgres.url(), "signals").spawn().expect("spawn encore-flow");
+        // Live: the job has committed every message produced so far.
+        while committed(&postgres.url(), "signals", topic) < produced {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+        let output = wait_ended(child, Duration::from_secs(120));
+        assert_success(&output);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("process=0 "), "SIG{signal}: the summary line of a clean stop: {stdout}");
+        check(&postgres.url(), "signals", topic, &lines[..produced as usize]);
+    }
 }
