@@ -177,3 +177,59 @@ fn sigint_sigterm_and_sighup_commit_what_is_complete_and_exit_0() {
         check(&postgres.url(), "signals", topic, &lines[..produced as usize]);
     }
 }
+
+/// Postgres passwords kept off the command line, and never printed: a role that must log in
+/// with a password runs from `--postgres-password-file`, from libpq's password file
+/// (PGPASSFILE) and, discouraged, from the URL itself (which draws a warning). With every log
+/// at debug level, neither the password nor a wrong one shows in any output line, also when
+/// the login fails.
+#[test]
+fn postgres_passwords_come_from_files_and_are_never_printed() {
+    const PASSWORD: &str = "pw-3f9c-never-print-me";
+    const WRONG: &str = "pw-wrong-never-print-me-either";
+    let (tansu, postgres) = servers();
+    let topic = "events_passwords";
+    tansu.create_topic(topic, 2).expect("create the topic");
+    let lines = testing::random_lines(71, 300);
+    tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
+    let url = postgres.add_password_role("encore_secret", PASSWORD).expect("a role with a password");
+    let dir = tempfile::tempdir().expect("a scratch directory");
+    let secret_file = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path.display().to_string()
+    };
+    let run = |url: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut command = flow(tansu, topic, url, "passwords");
+        command.args(["--until-caught-up"]).args(args).env_remove("PGPASSWORD").env("HOME", dir.path()).env("RUST_LOG", "debug");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("encore-flow runs");
+        for text in [&output.stdout, &output.stderr] {
+            let text = String::from_utf8_lossy(text);
+            assert!(!text.contains(PASSWORD) && !text.contains(WRONG), "a password in the output:\n{text}");
+        }
+        output
+    };
+
+    let file = secret_file("password", &format!("{PASSWORD}\n"));
+    assert_success(&run(&url, &["--postgres-password-file", &file], &[]));
+    check(&postgres.url(), "passwords", topic, &lines);
+
+    let passfile = secret_file("pgpass", &format!("127.0.0.1:{}:postgres:encore_secret:{PASSWORD}\n", postgres.port()));
+    assert_success(&run(&url, &[], &[("PGPASSFILE", &passfile)]));
+
+    let wrong = secret_file("wrong", &format!("{WRONG}\n"));
+    assert_one_line_error(&run(&url, &["--postgres-password-file", &wrong], &[]), "password authentication failed");
+
+    let in_url = url.replacen("encore_secret@", &format!("encore_secret:{PASSWORD}@"), 1);
+    let mut command = flow(tansu, topic, &in_url, "passwords");
+    let output = command.arg("--until-caught-up").env_remove("PGPASSWORD").output().expect("encore-flow runs");
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the --postgres URL holds a password"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
