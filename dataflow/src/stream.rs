@@ -386,7 +386,11 @@ pub fn run_with_metrics(
         let mut finished = 0;
         while finished < local_workers {
             match ended.recv() {
-                Ok(Some(reason)) => return Err(StreamError::WorkerFailed(reason)),
+                Ok(Some(reason)) => {
+                    // Dropping the guards would join the workers, which may wait for ever.
+                    std::mem::forget(guards);
+                    return Err(StreamError::WorkerFailed(reason));
+                }
                 Ok(None) => finished += 1,
                 Err(_) => break,
             }

@@ -127,6 +127,16 @@ fn wait_ended(mut child: std::process::Child, failsafe: Duration) -> Output {
 /// one line naming Kafka and a non-zero exit, and what it committed before stays exact.
 #[test]
 fn a_broker_gone_for_good_ends_the_job_with_one_line() {
+    broker_gone_for_good(1);
+}
+
+/// As above with 2 processes: each ends, none waits for ever for a peer that stopped.
+#[test]
+fn a_broker_gone_for_good_ends_every_process_of_a_cluster() {
+    broker_gone_for_good(2);
+}
+
+fn broker_gone_for_good(processes: usize) {
     let mut tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
     let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
     let topic = "music_streaming_data";
@@ -134,18 +144,40 @@ fn a_broker_gone_for_good_ends_the_job_with_one_line() {
     let lines = testing::random_lines(61, 400);
     tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
 
-    let child = flow(&tansu, topic, &postgres.url(), "gone").args(["--kafka-error-timeout", "1"]).spawn().expect("spawn encore-flow");
+    let hosts = tempfile::NamedTempFile::new().expect("a hostfile");
+    let ports: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    std::fs::write(hosts.path(), ports.join("\n")).expect("write the hostfile");
+    let children: Vec<_> = (0..processes)
+        .map(|process| {
+            let mut command = flow(&tansu, topic, &postgres.url(), "gone");
+            command.args(["--kafka-error-timeout", "1"]);
+            if processes > 1 {
+                let hostfile = hosts.path().display().to_string();
+                command.args(["-n", &processes.to_string(), "-p", &process.to_string(), "-h", &hostfile]);
+            }
+            command.spawn().expect("spawn encore-flow")
+        })
+        .collect();
     while committed(&postgres.url(), "gone", topic) < lines.len() as i64 {
         std::thread::sleep(Duration::from_millis(50));
     }
     tansu.kill().expect("kill the broker");
 
-    let output = wait_ended(child, Duration::from_secs(300));
-    assert_one_line_error(&output, "consumer errors for");
-    let line = String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default().to_owned();
-    assert!(line.contains("Kafka at") && line.contains("--kafka-error-timeout 1 s"), "{line}");
-    eprintln!("the exit line: {line}");
+    for child in children {
+        let output = wait_ended(child, Duration::from_secs(300));
+        // A process either names the broker's failure or, when a peer ended first, the lost peer.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = if stderr.contains("lost a peer process") { "lost a peer process" } else { "consumer errors for" };
+        assert_one_line_error(&output, expected);
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(expected != "consumer errors for" || line.contains("--kafka-error-timeout 1 s"), "{line}");
+        eprintln!("the exit line: {line}");
+    }
     check(&postgres.url(), "gone", topic, &lines);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// Stopping a live job the ways services are stopped: Ctrl-C (SIGINT), `docker stop`,
