@@ -131,6 +131,17 @@ ensure_openssl_dev() {
         || die "building encore needs OpenSSL's headers and pkg-config: install libssl-dev and pkg-config"
 }
 
+# libclang, which zstd-sys's build script loads (bindgen) when librdkafka is built with zstd,
+# the codec that topics written with compression.type=zstd need.
+ensure_libclang() {
+    if compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
+        compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null || [[ -n "${LIBCLANG_PATH:-}" ]]; then
+        return 0
+    fi
+    say "libclang not found"
+    apt_install libclang-dev || die "building encore needs libclang (for zstd): install libclang-dev or set LIBCLANG_PATH"
+}
+
 # socat, which terminates TLS in front of the test brokers (encore-testkit's Tansu::start_tls).
 ensure_socat() {
     command -v socat >/dev/null && return 0

@@ -79,6 +79,7 @@ bash "$DEPLOY_DIR/start.sh"
 
 cd "$REPO_DIR"
 ensure_openssl_dev
+ensure_libclang
 say "building encore (release; the first build takes several minutes)"
 cargo build --release --bin encore-gen --bin encore-flow
 # Where cargo put them: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.

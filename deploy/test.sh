@@ -11,6 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ensure_openssl_dev
+ensure_libclang
 ensure_socat
 # Exported so the test harness uses exactly the binaries found (or installed) here.
 TANSU_BIN="$(ensure_tansu)"

@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long, default_value = "encore")]
     group: String,
 
+    /// Read the Postgres password from FILE (its first line), e.g. a mounted Docker or
+    /// Kubernetes secret. It wins over PGPASSWORD; a password in the URL wins over it.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    postgres_password_file: Option<PathBuf>,
+
     /// Postgres schema of the tables.
     #[arg(long, default_value = "public")]
     pg_schema: String,
@@ -79,6 +84,13 @@ struct Cli {
     #[arg(long = "kafka-config", value_name = "FILE")]
     kafka_config: Option<PathBuf>,
 
+    /// Seconds Kafka consumer errors may persist, with nothing consumed meanwhile, before the
+    /// job ends with the last one (a broker down, unreachable or refusing). Errors that can
+    /// never heal (a batch in a codec this build cannot decode, a denied topic, fatal errors)
+    /// end it at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = stream::DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    kafka_error_timeout: u64,
+
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
     /// default). Every process serves its own: give each process its own address. Port 0
     /// picks a free port (logged at info level).
@@ -113,8 +125,9 @@ struct Output {
     /// (disable, prefer [default: TLS if the server offers it], require, verify-ca,
     /// verify-full), sslrootcert (a PEM file, or "system" for the system's roots), sslcert and
     /// sslkey (client certificate), in the URL or as PGSSLMODE, PGSSLROOTCERT, PGSSLCERT,
-    /// PGSSLKEY. A URL without a password takes it from PGPASSWORD: the environment, unlike
-    /// the command line, is not shown by `ps`.
+    /// PGSSLKEY. A URL without a password takes it from --postgres-password-file, PGPASSWORD
+    /// or libpq's password file (`passfile` in the URL, PGPASSFILE, ~/.pgpass): the command
+    /// line is shown by `ps`, these are not.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 }
@@ -296,10 +309,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the Postgres password comes from. `--postgres-password-file` hands its first line to
+/// encore-pgconnect as PGPASSWORD, which it reads like libpq (the URL's own password first,
+/// then PGPASSWORD, then the password file). Set here, before the first thread starts: the
+/// environment may only be changed while one thread runs. A password in the URL works but is
+/// shown by `ps` to every user of the machine: a warning says so, without the password.
+fn postgres_password(url: &str, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --postgres-password-file {}", path.display()))?;
+        let password = text.lines().next().unwrap_or_default();
+        if password.is_empty() {
+            bail!("--postgres-password-file {} is empty", path.display());
+        }
+        std::env::set_var("PGPASSWORD", password);
+    }
+    let in_url = encore_pgconnect::Target::parse_with_env(url, |_| None).is_ok_and(|target| target.config().get_password().is_some());
+    if in_url {
+        tracing::warn!(
+            "the --postgres URL holds a password, which `ps` shows to every user of this machine: \
+             give it in PGPASSWORD, ~/.pgpass (or PGPASSFILE) or --postgres-password-file instead"
+        );
+    }
+    Ok(())
+}
+
 fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> anyhow::Result<()> {
     let (Some(brokers), Some(topic)) = (cli.input.brokers.clone(), cli.input.topic.clone()) else {
         bail!("Kafka input needs --brokers and --topic");
     };
+    postgres_password(url, cli.postgres_password_file.as_deref())?;
     // Bound first: a taken port fails the start before anything else happens.
     let metrics = match &cli.metrics_addr {
         Some(addr) => {
@@ -330,11 +368,14 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,
         committed,
+        error_timeout: std::time::Duration::from_secs(cli.kafka_error_timeout),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&stop);
-    // Ctrl-C: finish the current epoch, commit it, and exit cleanly; while still connecting to
-    // peers there is nothing to finish, and timely's connection retries would not notice.
+    // Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
+    // terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
+    // connecting to peers there is nothing to finish, and timely's connection retries would
+    // not notice.
     ctrlc::set_handler(move || {
         if !stream::WORKERS_STARTED.load(Ordering::SeqCst) {
             eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
@@ -342,7 +383,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         on_signal.store(true, Ordering::SeqCst);
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
     let writer = (cli.cluster.process == 0).then_some(sink);
     let summary = stream::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(

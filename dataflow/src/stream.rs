@@ -63,6 +63,7 @@
 
 mod client;
 mod committer;
+mod consumer_errors;
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -83,6 +84,8 @@ use crate::postgres::{PgSink, SinkError};
 use crate::tables::{Changes, Params};
 use client::consumer;
 use committer::{Committer, Halt, Handover};
+use consumer_errors::ErrorWatch;
+pub use consumer_errors::DEFAULT_ERROR_TIMEOUT;
 
 /// The first live epoch; epochs below it replay already-committed messages.
 pub const LIVE: Epoch = 1 << 40;
@@ -129,6 +132,9 @@ pub struct StreamJob {
     pub epoch_events: usize,
     /// Offsets committed in Postgres, read at start (same for every process).
     pub committed: BTreeMap<i32, i64>,
+    /// How long consumer errors may persist, with nothing consumed, before the job ends
+    /// (`--kafka-error-timeout`; errors that can never heal end it at once).
+    pub error_timeout: Duration,
 }
 
 /// A failure of the Kafka job.
@@ -160,12 +166,27 @@ pub enum StreamError {
     /// A Kafka error while consuming.
     #[error("Kafka: {0}")]
     Kafka(KafkaError),
+    /// Consuming failed for good: an error that cannot heal, or errors that persisted beyond
+    /// `--kafka-error-timeout` (see `stream/consumer_errors.rs`).
+    #[error("Kafka at {brokers}, topic {topic}: {reason}")]
+    KafkaFailed {
+        /// The bootstrap servers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// What failed and why it ends the job.
+        reason: String,
+    },
     /// Postgres failed for good.
     #[error("Postgres: {0}")]
     Postgres(SinkError),
     /// A worker failed (a panic or a lost peer process).
     #[error("worker failed: {0}")]
     Worker(String),
+    /// A worker of a multi-process job failed with this error (its message), returned before
+    /// the other workers end.
+    #[error("{0}")]
+    WorkerFailed(String),
 }
 
 // By hand rather than `#[from]`, which would also make the error a `source`: the messages
@@ -316,8 +337,16 @@ pub fn run_with_metrics(
     let handover = Arc::new(Mutex::new(handover));
     let worker_handover = Arc::clone(&handover);
     let worker_stop = Arc::clone(&stop);
+    let (local_workers, other_processes) = match &config.communication {
+        timely::CommunicationConfig::Cluster { threads, addresses, .. } => (*threads, addresses.len() > 1),
+        timely::CommunicationConfig::Process(threads) | timely::CommunicationConfig::ProcessBinary(threads) => (*threads, false),
+        timely::CommunicationConfig::Thread => (1, false),
+    };
+    // Each worker says here when it has failed (`Some(reason)`) and when it has ended (`None`).
+    let (worker_events, ended) = std::sync::mpsc::channel::<Option<String>>();
     let guards = timely::execute(config, move |worker| {
         WORKERS_STARTED.store(true, Ordering::SeqCst);
+        let _ended = WorkerEnded(worker_events.clone());
         let index = worker.index();
         let peers = worker.peers();
         let epoch_sink = PostgresEpochs {
@@ -327,6 +356,13 @@ pub fn run_with_metrics(
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
         let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
         let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);
+        if let Err(error) = &result {
+            // This worker cannot go on (e.g. Kafka failed for good): the other workers of this
+            // process finish as on Ctrl-C, committing every complete epoch, and the run reports
+            // the error. Other processes' workers never see this flag; see below.
+            worker_stop.store(true, Ordering::SeqCst);
+            let _ = worker_events.send(Some(error.to_string()));
+        }
         inputs.close();
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         result
@@ -341,6 +377,25 @@ pub fn run_with_metrics(
     let finished = Arc::new(AtomicBool::new(false));
     let poller = served.then(|| watch_watermarks(poller_job, metrics, Arc::clone(&finished))).flatten();
 
+    if other_processes {
+        // A failed worker stops only this process's workers; the other processes' workers keep
+        // their inputs open, so the dataflow would never complete and this process would wait
+        // for ever. Return the failure at once instead: the process exits with it, its peers
+        // then exit too (a lost peer), and nothing uncommitted was written (the open
+        // transaction, if any, rolls back with the connection), as after a crash.
+        let mut finished = 0;
+        while finished < local_workers {
+            match ended.recv() {
+                Ok(Some(reason)) => {
+                    // Dropping the guards would join the workers, which may wait for ever.
+                    std::mem::forget(guards);
+                    return Err(StreamError::WorkerFailed(reason));
+                }
+                Ok(None) => finished += 1,
+                Err(_) => break,
+            }
+        }
+    }
     let mut summary = StreamSummary::default();
     let mut first_error = None;
     let results = guards.join();
@@ -378,6 +433,15 @@ pub fn run_with_metrics(
     match first_error {
         Some(error) => Err(error),
         None => Ok(summary),
+    }
+}
+
+/// Tells the run that a worker has ended when dropped (also when the worker panics).
+struct WorkerEnded(std::sync::mpsc::Sender<Option<String>>);
+
+impl Drop for WorkerEnded {
+    fn drop(&mut self) {
+        let _ = self.0.send(None);
     }
 }
 
@@ -502,6 +566,7 @@ fn consume(
     let mut epoch_started = Instant::now();
     let mut in_epoch = 0usize;
     let mut read_since_step = 0usize;
+    let mut errors = ErrorWatch::new(job.error_timeout);
     if replaying {
         report.metrics().replaying(true);
     } else {
@@ -576,6 +641,7 @@ fn consume(
                 worker.step_or_park(Some(Duration::from_millis(2)));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
+                errors.progress();
                 let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
                 tracing::debug!(p, next = n, target, committed = committed(p), "end of partition");
                 if n < committed(p) {
@@ -590,8 +656,12 @@ fn consume(
                 if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
                     return Err(StreamError::NoTopic(job.topic.clone()));
                 }
+                if let Some(reason) = errors.error(&error, Instant::now()) {
+                    return Err(StreamError::KafkaFailed { brokers: job.brokers.clone(), topic: job.topic.clone(), reason });
+                }
             }
             Some(Ok(message)) => {
+                errors.progress();
                 let (p, offset) = (message.partition(), message.offset());
                 let Some(n) = next.get_mut(&p) else { continue };
                 if offset < *n {

@@ -37,6 +37,13 @@
 //! `PGSSLCERT` and `PGSSLKEY` apply when the string does not set the same thing. The
 //! environment, unlike the command line, is not shown by `ps`.
 //!
+//! **Password file**, as in libpq: without a password in the string or `PGPASSWORD`, the first
+//! matching `host:port:database:user:password` line of `passfile` (a key of the string), else
+//! of `PGPASSFILE`, else of `~/.pgpass`. A file named by `passfile` or `PGPASSFILE` that group
+//! or others may read is an error (libpq skips it with a warning, which shows only as a failed
+//! login); `~/.pgpass` is then skipped, as in libpq. The password is never part of an error
+//! message or of `Debug` output.
+//!
 //! Certificates are read when the string is parsed, so a missing or malformed file is an error
 //! at start-up, not on the first connect. A certificate the server presents that fails the
 //! check is an error no retry can fix: [`is_tls_rejection`] tells callers with retry loops.
@@ -56,8 +63,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// The TLS keys taken out of the connection string (they are not tokio-postgres options).
-const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+/// The keys taken out of the connection string (they are not tokio-postgres options): the TLS
+/// keys and libpq's `passfile`.
+const TLS_KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "passfile"];
 
 /// Why a connection string cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +205,22 @@ impl Target {
                 *slot = env(variable).map(|value| value.to_string_lossy().into_owned());
             }
         }
-        let [mode, root, cert, key] = tls;
+        let [mode, root, cert, key, passfile] = tls;
+        if config.get_password().is_none() {
+            // libpq's password file: `passfile` in the string, else PGPASSFILE, else ~/.pgpass.
+            // A file named explicitly must be usable; the default one is skipped when it is not
+            // (as libpq does), so that an unrelated ~/.pgpass cannot stop a passwordless login.
+            let named = passfile.map(PathBuf::from).or_else(|| env("PGPASSFILE").map(PathBuf::from));
+            let password = match named {
+                Some(path) => password_from_file(&config, &path)?,
+                None => env("HOME")
+                    .and_then(|home| password_from_file(&config, &PathBuf::from(home).join(".pgpass")).ok())
+                    .flatten(),
+            };
+            if let Some(password) = password {
+                config.password(password);
+            }
+        }
         let system_roots = root.as_deref() == Some("system");
         let mode = match mode.as_deref().map(SslMode::parse).transpose()? {
             Some(mode) if system_roots && mode != SslMode::VerifyFull => {
@@ -442,8 +465,8 @@ impl ServerCertVerifier for Lenient {
     }
 }
 
-/// The values of the TLS keys, in [`TLS_KEYS`] order.
-type TlsParams = [Option<String>; 4];
+/// The values of the TLS keys and `passfile`, in [`TLS_KEYS`] order.
+type TlsParams = [Option<String>; 5];
 
 /// Splits the TLS keys out of a URL or `key=value` string; the rest is left as written for
 /// tokio-postgres to parse (and to report its own syntax errors). A later occurrence of a key
@@ -553,6 +576,70 @@ fn key_value_pairs(s: &str) -> Vec<((usize, usize), &str, String)> {
         // Only ASCII bytes were tested above, so the value is still valid UTF-8.
         pairs.push(((start, i), key, String::from_utf8_lossy(&value).into_owned()));
     }
+}
+
+/// The password for `config` in libpq's password file at `path` (`host:port:database:user:
+/// password` lines, `*` matching anything, `\:` and `\\` escapes, `#` comments; the first line
+/// that matches wins), or `None` when the file does not exist or no line matches. As libpq,
+/// the host is `localhost` for a unix socket, the port 5432 and the database the user's name
+/// unless given. A file that others may read is refused (libpq ignores it with a warning):
+/// a password in it would be no secret.
+fn password_from_file(config: &postgres::Config, path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let file_error = |reason: String| Error::File { what: "password file", path: path.display().to_string(), reason };
+    let Some(user) = config.get_user() else { return Ok(None) };
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => metadata,
+        Ok(_) => return Err(file_error("not a regular file".into())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(file_error(error.to_string())),
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(file_error(format!(
+                "group or others may access it (mode {:04o}): chmod 0600 it, as libpq requires",
+                mode & 0o7777
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (Some(Host::Tcp(host)), _) => host.clone(),
+        (Some(_unix_socket), _) => "localhost".to_owned(),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let database = config.get_dbname().unwrap_or(user);
+    let wanted = [host.as_str(), port.as_str(), database, user];
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let fields = passfile_fields(line);
+        if fields.len() < 5 {
+            continue;
+        }
+        if fields[..4].iter().zip(wanted).all(|(field, value)| field == "*" || field == value) {
+            return Ok(Some(fields[4].clone().into_bytes()));
+        }
+    }
+    Ok(None)
+}
+
+/// The colon-separated fields of a password file line, `\:` and `\\` unescaped.
+fn passfile_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().expect("one field at least").extend(chars.next()),
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().expect("one field at least").push(c),
+        }
+    }
+    fields
 }
 
 fn percent_decode(s: &str) -> Result<String, Error> {
@@ -674,6 +761,57 @@ mod tests {
         assert!(matches!(err, Error::ClientCertificatePair), "{err}");
         let err = Target::parse_with_env("postgres://h/db?nosuch=1", no_env).unwrap_err();
         assert!(err.to_string().contains("unknown option"), "{err}");
+    }
+
+    /// A password file with the given text and mode in a fresh directory.
+    fn passfile(name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("encore-pgconnect-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pgpass");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_password_file_gives_the_password_of_the_first_matching_line() {
+        let path = passfile(
+            "match",
+            "# comment\nother:5432:db:u:wrong\nh:5433:*:u:port-5433\nh:*:db:u:p\\:w\\\\d\n*:*:*:*:any\n",
+            0o600,
+        );
+        let file = path.display().to_string();
+        let env = |key: &str| (key == "PGPASSFILE").then(|| OsString::from(&file));
+        let password = |url: &str| Target::parse_with_env(url, env).unwrap().config().get_password().map(<[u8]>::to_vec);
+        assert_eq!(password("postgres://u@h/db?sslmode=disable"), Some(b"p:w\\d".to_vec()), "escapes undone");
+        assert_eq!(password("postgres://u@h:5433/db?sslmode=disable"), Some(b"port-5433".to_vec()));
+        assert_eq!(password("postgres://v@elsewhere/x?sslmode=disable"), Some(b"any".to_vec()));
+        // The string's own password, and PGPASSWORD, come first.
+        assert_eq!(password("postgres://u:mine@h/db?sslmode=disable"), Some(b"mine".to_vec()));
+        let with_pgpassword = |key: &str| match key {
+            "PGPASSWORD" => Some(OsString::from("from-env")),
+            _ => env(key),
+        };
+        let target = Target::parse_with_env("postgres://u@h/db?sslmode=disable", with_pgpassword).unwrap();
+        assert_eq!(target.config().get_password(), Some(&b"from-env"[..]));
+        // `passfile` in a key/value string; a file that does not exist gives nothing.
+        let url = format!("host=h user=u dbname=db sslmode=disable passfile={file}");
+        assert_eq!(Target::parse_with_env(&url, no_env).unwrap().config().get_password(), Some(&b"p:w\\d"[..]));
+        let missing = |key: &str| (key == "PGPASSFILE").then(|| OsString::from("/nonexistent/pgpass"));
+        assert_eq!(Target::parse_with_env("postgres://u@h/db?sslmode=disable", missing).unwrap().config().get_password(), None);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_password_file_others_may_read_is_refused_without_showing_its_content() {
+        let path = passfile("open", "*:*:*:*:s3cret-in-file\n", 0o644);
+        let file = path.display().to_string();
+        let env = |key: &str| (key == "PGPASSFILE").then(|| OsString::from(&file));
+        let err = Target::parse_with_env("postgres://u@h/db?sslmode=disable", env).unwrap_err().to_string();
+        assert!(err.contains("chmod 0600") && err.contains(&file), "{err}");
+        assert!(!err.contains("s3cret-in-file"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[test]

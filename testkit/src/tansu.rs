@@ -456,6 +456,19 @@ impl Tansu {
     /// With `one_batch_each`, every message is its own record batch: Tansu 0.6 reports "the
     /// last batch's base offset + 1" as a partition's high watermark, which is then exact.
     pub fn produce(&self, topic: &str, payloads: &[Vec<u8>], partition: impl Fn(usize) -> Option<i32>, one_batch_each: bool) -> Result<()> {
+        self.produce_with(topic, payloads, partition, one_batch_each, &[])
+    }
+
+    /// [`produce`](Self::produce) with extra librdkafka producer `settings`, applied last, e.g.
+    /// `("compression.type", "zstd")` to write the topic in a given codec.
+    pub fn produce_with(
+        &self,
+        topic: &str,
+        payloads: &[Vec<u8>],
+        partition: impl Fn(usize) -> Option<i32>,
+        one_batch_each: bool,
+        settings: &[(&str, &str)],
+    ) -> Result<()> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.brokers()).set("acks", "all");
         for (key, value) in self.client_options() {
@@ -463,6 +476,9 @@ impl Tansu {
         }
         if one_batch_each {
             config.set("linger.ms", "0").set("batch.num.messages", "1");
+        }
+        for (key, value) in settings {
+            config.set(*key, *value);
         }
         let producer: ThreadedProducer<DefaultProducerContext> = config.create().map_err(|source| self.kafka_error(source))?;
         for (index, payload) in payloads.iter().enumerate() {
