@@ -52,6 +52,7 @@ pub mod history;
 pub mod recommend;
 pub mod similarity;
 pub mod top_k;
+pub mod work;
 
 use std::cmp::Reverse;
 

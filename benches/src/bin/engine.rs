@@ -12,7 +12,11 @@
 //!   table, and the process's VmRSS / VmHWM (peak) after each window;
 //! * **reach** (not part of `all`, no dataflow): replays the stream through an emulation of
 //!   the capped histories and prints n(i) at each history insertion per window — the fan-out
-//!   behind the amplification, cheap enough to see at 10 M events.
+//!   behind the amplification, cheap enough to see at 10 M events;
+//! * **bits** (not part of `all`): for each `--count-bits` B, a fresh process loads the stream
+//!   in epochs of `--load-epoch` and, at each of `--checkpoints` (1 M, 3 M, 10 M events),
+//!   runs the `--epoch-sizes` epochs: latency, throughput, CPU per epoch and per event, row
+//!   changes per event and peak RSS, then whether the work per event stays flat ([`bits`]).
 //!
 //! Each run is seeded (`--seed`), uses the default catalog (100 000 users, 50 000 tracks) and
 //! the default SPEC §2 parameters; see [`driver`] for what exactly is timed. Nothing is
@@ -22,6 +26,7 @@
 //! cargo run --release -p encore-benches --bin engine -- --which all
 //! cargo run --release -p encore-benches --bin engine -- --which memory --load-events 10000000
 //! cargo run --release -p encore-benches --bin engine -- --which reach --load-events 10000000 --window 1000000
+//! cargo run --release -p encore-benches --bin engine -- --which bits --count-bits 0,4,5,6 --workers 2
 //! ```
 //!
 //! VmHWM is a process-wide peak, so `--which all` runs the growth run first, before any
@@ -30,6 +35,8 @@
 // A binary root finds modules beside itself; keep the driver in the folder named after it.
 #[path = "engine/driver.rs"]
 mod driver;
+#[path = "engine/bits.rs"]
+mod bits;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -74,6 +81,27 @@ struct Args {
     /// Events per row of the growth tables.
     #[arg(long, default_value_t = 100_000)]
     window: usize,
+    /// SPEC §2 `B` (significant bits of the counts in the cosine, 0 = exact): every run uses
+    /// the first value; `--which bits` runs each.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    count_bits: Vec<u32>,
+    /// `--which bits`: event counts of state after which the epochs are measured.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,3000000,10000000")]
+    checkpoints: Vec<usize>,
+    /// `--which bits`: events per epoch while loading up to a checkpoint.
+    #[arg(long, default_value_t = 1_000_000)]
+    load_epoch: usize,
+    /// `--which bits`: run one B in this process and print its rows (the parent starts one
+    /// process per B, so that each peak RSS is its own).
+    #[arg(long, hide = true)]
+    bits_child: bool,
+}
+
+impl Args {
+    /// The default SPEC §2 parameters with the first `--count-bits`.
+    fn params(&self) -> Params {
+        Params { count_bits: self.count_bits.first().copied().unwrap_or(Params::default().count_bits), ..Params::default() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,6 +113,8 @@ enum Which {
     /// No dataflow: n(i) at each history insertion as the stream grows to --load-events, the
     /// fan-out that drives amplification (cheap enough for 10 M events).
     Reach,
+    /// Per --count-bits value: figures after each of --checkpoints events of state.
+    Bits,
     All,
 }
 
@@ -96,8 +126,17 @@ fn main() -> Result<()> {
     if args.workers.is_empty() || args.workers.contains(&0) {
         bail!("--workers needs positive worker counts");
     }
-    if args.load_events == 0 || args.growth_epoch == 0 || args.window == 0 {
-        bail!("--load-events, --growth-epoch and --window must be positive");
+    if args.load_events == 0 || args.growth_epoch == 0 || args.window == 0 || args.load_epoch == 0 {
+        bail!("--load-events, --growth-epoch, --window and --load-epoch must be positive");
+    }
+    if args.count_bits.is_empty() || args.count_bits.iter().any(|&b| b > encore_udfs::MAX_COUNT_BITS) {
+        bail!("--count-bits needs values from 0 to {}", encore_udfs::MAX_COUNT_BITS);
+    }
+    if args.checkpoints.is_empty() || args.checkpoints.windows(2).any(|w| w[0] >= w[1]) || args.checkpoints[0] == 0 {
+        bail!("--checkpoints needs rising positive event counts");
+    }
+    if args.which == Which::Bits {
+        return if args.bits_child { bits::child(&args) } else { bits::parent(&args) };
     }
     let max_workers = args.workers.iter().copied().max().unwrap_or(1);
     let started = Instant::now();
@@ -107,7 +146,7 @@ fn main() -> Result<()> {
         args.seed,
         catalog.sizes.users,
         catalog.sizes.tracks,
-        Params::default(),
+        args.params(),
         started.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         load_average(),
@@ -134,7 +173,7 @@ fn main() -> Result<()> {
             print_scratch(&[(max_workers, records)], &args);
         }
         Which::Reach => print_reach(&catalog, &args),
-        Which::Memory | Which::Amplification => {}
+        Which::Memory | Which::Amplification | Which::Bits => {}
     }
     println!("\ndone in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
     Ok(())
@@ -147,7 +186,7 @@ fn latency_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Ve
         epochs.extend(std::iter::repeat_n(size.max(1), count));
     }
     eprintln!("latency run: {workers} worker(s), {} epochs ... ({})", epochs.len(), load_average());
-    let schedule = Schedule { workers, params: Params::default(), epochs, memory_after: BTreeSet::from([0]) };
+    let schedule = Schedule { workers, params: args.params(), epochs, memory_after: BTreeSet::from([0]), reach: true };
     driver::run(catalog.clone(), &schedule).context("latency run")
 }
 
@@ -165,7 +204,7 @@ fn growth_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec
         }
     }
     eprintln!("growth run: {workers} worker(s), {count} epochs of {} ... ({})", args.growth_epoch, load_average());
-    let schedule = Schedule { workers, params: Params::default(), epochs, memory_after };
+    let schedule = Schedule { workers, params: args.params(), epochs, memory_after, reach: true };
     driver::run(catalog.clone(), &schedule).context("growth run")
 }
 
@@ -321,7 +360,7 @@ fn print_memory(records: &[EpochRecord], args: &Args, workers: usize) {
 /// `j` in N(i) — score(u,j) of each of the n(i) users holding `i`: about 2·k·n(i) updates of
 /// the score collection before the top-N, whatever the epoch size.
 fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
-    let params = Params::default();
+    let params = args.params();
     let mut stream = encore_generator::stream::EventStream::new(catalog, 0.0);
     let mut histories: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.sizes.users as usize + 1];
     let mut n: Vec<u64> = vec![0; catalog.sizes.tracks as usize + 1];

@@ -53,6 +53,9 @@ struct Args {
     /// `P`.
     #[arg(long, default_value_t = Params::default().score_precision)]
     score_precision: u32,
+    /// `B`.
+    #[arg(long, default_value_t = Params::default().count_bits)]
+    count_bits: u32,
     /// Also write `co_listens.csv` (as `--emit-co-listens`).
     #[arg(long)]
     emit_co_listens: bool,
@@ -66,6 +69,7 @@ fn main() -> Result<()> {
         neighbors: args.neighbors,
         recommendations: args.recommendations,
         score_precision: args.score_precision,
+        count_bits: args.count_bits,
     };
     let start = Instant::now();
     let mut events = Vec::new();

@@ -360,6 +360,8 @@ struct Recommender {
     /// How many times a touched user was ranked from its leaders, and from all candidates.
     reranks: u64,
     full_ranks: u64,
+    /// `(user, candidate)` score changes spread in the open epoch (for [`super::work`]).
+    score_updates: u64,
 }
 
 /// Pending score changes are merged into their users once this many pile up (64 MB to group
@@ -385,7 +387,7 @@ impl Recommender {
             self.neighbors.remove(&i);
         }
         debug_assert!(!self.grouped_ready, "neighbour changes come before membership changes");
-        let Recommender { listeners, counts, pending, pending_scores, users, .. } = self;
+        let Recommender { listeners, counts, pending, pending_scores, users, score_updates, .. } = self;
         let listening = listeners.get(&i).map_or(&[][..], |users| users);
         if !listening.is_empty() {
             if counts.len() < users.len() {
@@ -396,6 +398,7 @@ impl Recommender {
             }
             pending.push((i, j, delta));
             *pending_scores += listening.len();
+            *score_updates += listening.len() as u64;
         }
         if self.pending_scores >= SCORES_FLUSH_AT {
             self.flush_scores();
@@ -521,6 +524,7 @@ impl Recommender {
         consolidate(&mut self.exclusions);
         let mut scratch = Scratch::default();
         let mut exclusions = &self.exclusions[..];
+        let touched_before = self.reranks + self.full_ranks;
         for user in 0..self.users.len() {
             // The user's runs in both lists (exclusions are few: found by scanning).
             let (history_run, rest) = exclusions.split_at(exclusions.iter().take_while(|e| e.0 .0 as usize == user).count());
@@ -578,6 +582,7 @@ impl Recommender {
             }
         }
         self.grouped_ready = false;
+        super::work::add_recommend(std::mem::take(&mut self.score_updates), self.reranks + self.full_ranks - touched_before);
         // A large epoch must not pin its staging buffers for good.
         self.exclusions.clear();
         if self.exclusions.capacity() > 1 << 20 {

@@ -293,6 +293,10 @@ struct Similarity {
     changes: Vec<(u32, u32, u32)>,
     /// Pairs visited because an `n` changed, since the start: the work that rounding saves.
     rescored_pairs: u64,
+    /// Pairs whose `s` changed, since the start.
+    changed_pairs: std::cell::Cell<u64>,
+    /// Both counters as last reported to [`super::work`].
+    reported: (u64, u64),
 }
 
 impl Similarity {
@@ -313,6 +317,8 @@ impl Similarity {
             scratch: Vec::new(),
             changes: Vec::new(),
             rescored_pairs: 0,
+            changed_pairs: std::cell::Cell::new(0),
+            reported: (0, 0),
         }
     }
 
@@ -413,6 +419,9 @@ impl Similarity {
             buffer = Vec::new(); // a big epoch's buffer is not kept for small ones
         }
         self.buffer = buffer;
+        let counts = (self.rescored_pairs, self.changed_pairs.get());
+        super::work::add_similarity(counts.0 - self.reported.0, counts.1 - self.reported.1);
+        self.reported = counts;
     }
 
     /// Ends the open epoch for one local track (`run`: its last changes, sorted) and emits
@@ -474,6 +483,7 @@ impl Similarity {
             let old = self.scoring.score(before, self.n[t], self.n[p]);
             let new = self.scoring.score(after, self.n_next[t], self.n_next[p]);
             if old != new {
+                self.changed_pairs.set(self.changed_pairs.get() + 1);
                 emit(PairRecord::Similar { track: i, partner: j, old, new });
                 emit(PairRecord::Similar { track: j, partner: i, old, new });
             }

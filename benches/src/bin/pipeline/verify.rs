@@ -37,7 +37,7 @@ pub fn params_of(flags: &[String]) -> Result<(Params, bool)> {
             emit_co_listens = true;
             continue;
         }
-        if !matches!(name, "--history-cap" | "--min-co" | "--neighbors" | "--recommendations" | "--score-precision") {
+        if !matches!(name, "--history-cap" | "--min-co" | "--neighbors" | "--recommendations" | "--score-precision" | "--count-bits") {
             continue;
         }
         let value = match inline {
@@ -50,6 +50,7 @@ pub fn params_of(flags: &[String]) -> Result<(Params, bool)> {
             "--min-co" => params.min_co = value.parse().with_context(bad)?,
             "--neighbors" => params.neighbors = value.parse().with_context(bad)?,
             "--recommendations" => params.recommendations = value.parse().with_context(bad)?,
+            "--count-bits" => params.count_bits = value.parse().with_context(bad)?,
             _ => params.score_precision = value.parse().with_context(bad)?,
         }
     }
@@ -145,8 +146,8 @@ mod tests {
 
     #[test]
     fn the_oracle_gets_the_parameters_of_the_job() {
-        let (params, emit) = params_of(&strings(&["--epoch-ms", "600000", "--neighbors", "7", "--min-co=3", "--emit-co-listens"])).unwrap();
-        assert_eq!((params.neighbors, params.min_co, params.history_cap, emit), (7, 3, 50, true));
+        let (params, emit) = params_of(&strings(&["--epoch-ms", "600000", "--neighbors", "7", "--min-co=3", "--emit-co-listens", "--count-bits", "0"])).unwrap();
+        assert_eq!((params.neighbors, params.min_co, params.history_cap, params.count_bits, emit), (7, 3, 50, 0, true));
         assert!(params_of(&strings(&["--neighbors"])).is_err());
         assert!(params_of(&strings(&["--neighbors", "many"])).is_err());
         assert_eq!(params_of(&[]).unwrap(), (Params::default(), false));
