@@ -370,14 +370,14 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
 
     // Locally: SIGINT goes straight to each encore-flow.
     produce(&tansu, first);
-    // --metrics-port: process p serves metrics on its own host at the port + p.
-    let metrics_port = free_port("127.0.0.2");
+    // --metrics-port: process p serves metrics at the port + p, on loopback.
+    let metrics_port = free_port("127.0.0.1");
     let mut command = launcher();
     command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
     flow_args(&mut command);
     let mut scraped = String::new();
     let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64, || {
-        scraped = scrape(&format!("127.0.0.3:{}", metrics_port + 1));
+        scraped = scrape(&format!("127.0.0.1:{}", metrics_port + 1));
     });
     assert!(scraped.starts_with("HTTP/1."), "{scraped}");
     assert!(scraped.contains("encore_events_consumed_total{") && scraped.contains("process=\"1\""), "p1's metrics: {scraped}");
@@ -502,6 +502,8 @@ fn bad_hostfiles_and_flags_are_one_line_errors() {
         "--ssh CMD",
         "--ssh-option",
         "--dry-run",
+        "--metrics-host",
+        "0.0.0.0 (every interface)",
         "BatchMode=yes",
         "What a remote host needs",
     ] {
@@ -598,21 +600,40 @@ fn dry_run_prints_the_exact_ssh_command_for_remote_hosts() {
         assert_eq!(remote[3..], want, "the wrapper's arguments for p{p}");
     }
 
-    // --metrics-port: each process's own host, at the port + p (IPv6 in brackets). --bin as
+    // --metrics-port: the port + p on each host's loopback; --metrics-host exposes them, on
+    // each process's own hostfile host or one address for all (IPv6 in brackets). --bin as
     // above: without it the launcher looks for a release build, which a fresh clone lacks.
-    let output = Command::new("bash")
-        .arg(LAUNCHER)
-        .args(["--dry-run", "--bin", "/nonexistent/here/encore-flow", "--metrics-port", "9464", &hosts])
-        .args(["--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
-        .output()
-        .expect("dry run");
-    assert!(output.status.success(), "{}", describe(&output));
-    let stdout = text(&output.stdout);
-    assert!(stdout.contains(" --metrics-addr 127.0.0.2:9464 -n 4 -p 0 "), "{stdout}");
+    let metrics_dry_run = |extra: &[&str]| {
+        let output = Command::new("bash")
+            .arg(LAUNCHER)
+            .args(["--dry-run", "--bin", "/nonexistent/here/encore-flow", "--metrics-port", "9464"])
+            .args(extra)
+            .arg(&hosts)
+            .args(["--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
+            .output()
+            .expect("dry run");
+        assert!(output.status.success(), "{}", describe(&output));
+        text(&output.stdout)
+    };
+    let remote_p2 = |addr: &str| format!(" --metrics-addr {addr} -n 4 -p 2 -h <the hostfile, sent along> -w 1\n");
+    let stdout = metrics_dry_run(&[]);
+    assert!(stdout.contains(" --metrics-addr 127.0.0.1:9464 -n 4 -p 0 "), "{stdout}");
     assert!(stdout.contains("# p2 on 2001:db8::7 (ssh): in "), "{stdout}");
-    assert!(stdout.contains(" --metrics-addr [2001:db8::7]:9466 -n 4 -p 2 -h <the hostfile, sent along> -w 1\n"), "{stdout}");
+    assert!(stdout.contains(&remote_p2("127.0.0.1:9466")), "{stdout}");
+    let stdout = metrics_dry_run(&["--metrics-host", "hostfile"]);
+    assert!(stdout.contains(" --metrics-addr 127.0.0.2:9464 -n 4 -p 0 "), "{stdout}");
+    assert!(stdout.contains(&remote_p2("[2001:db8::7]:9466")), "{stdout}");
+    let stdout = metrics_dry_run(&["--metrics-host", "0.0.0.0"]);
+    assert!(stdout.contains(" --metrics-addr 0.0.0.0:9464 -n 4 -p 0 "), "{stdout}");
+    assert!(stdout.contains(&remote_p2("0.0.0.0:9466")), "{stdout}");
+    assert!(metrics_dry_run(&["--metrics-host", "::"]).contains(&remote_p2("[::]:9466")));
     assert_usage_error(
         &[&hosts, "--metrics-port", "9464", "--", "--brokers", "k", "--metrics-addr", "x:1"],
         "do not pass --metrics-addr",
+    );
+    assert_usage_error(&[&hosts, "--metrics-host", "0.0.0.0", "--", "--brokers", "k"], "--metrics-host needs --metrics-port");
+    assert_usage_error(
+        &[&hosts, "--metrics-port", "9464", "--metrics-host", "a b", "--", "--brokers", "k"],
+        "--metrics-host must be an address",
     );
 }
