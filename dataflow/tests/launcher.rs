@@ -435,6 +435,78 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     assert_eq!(dead_letters.len(), invalid.len(), "each invalid message once");
 }
 
+/// Stands in for encore-flow: runs until a signal and prints which one ended it (the real
+/// one commits and exits on SIGINT, SIGTERM and SIGHUP alike).
+const STAND_IN: &str = r#"#!/usr/bin/env bash
+for signal in INT TERM HUP; do
+    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
+done
+while :; do sleep 0.1; done
+"#;
+
+/// The launcher killed outright (SIGKILL: no trap runs) with both kinds of child running: a
+/// local process, which its parent-death signal stops, and one through the ssh path (a host
+/// that is not this machine, reached by the stand-in ssh), whose remote wrapper sees its
+/// stdin close and stops it. Every process the launcher started, prefixers and the ssh
+/// chain included, must end. A stand-in for encore-flow keeps it cheap; the real one is
+/// killed so in `ctrl_c_commits_and_exits_zero_locally_and_over_ssh`.
+#[test]
+fn a_killed_launcher_leaves_nothing_running() {
+    use encore_testkit::processes;
+
+    let scratch = Scratch::new("killed");
+    let stand_in = scratch.path("encore-flow");
+    std::fs::write(&stand_in, STAND_IN).expect("stand-in");
+    let status = Command::new("chmod").arg("+x").arg(&stand_in).status().expect("chmod");
+    assert!(status.success());
+    let stand_in = stand_in.display().to_string();
+    let ssh = scratch.fake_ssh();
+    let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), "remote.invalid:2101".to_owned()]);
+    let logs = scratch.str("logs");
+    let file = |name: &str| std::fs::File::create(scratch.path(name)).expect("output file");
+    let mut launched = launcher()
+        .args(["--bin", &stand_in, "--ssh", &ssh, "--log-dir", &logs, &hosts, "--", "--input", "x"])
+        .stdout(file("stdout"))
+        .stderr(file("stderr"))
+        .spawn()
+        .expect("launcher");
+    let said = || read(&scratch.path("stderr"));
+
+    // Both started, each its own way, and both stand-ins run (the remote one under ssh, sh
+    // and the wrapper). The deadline guards against a hang, not a speed requirement.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = |stderr: &str| {
+        stderr.contains("p0 on 127.0.0.2 (local, pid ") && stderr.contains("p1 on remote.invalid (ssh, pid ")
+    };
+    let children = loop {
+        let children = processes::descendants(launched.id());
+        // `bash SCRIPT ARGS`, as the kernel runs a script through its #! line.
+        let running = children.iter().filter(|p| p.command_line().starts_with(&format!("bash {stand_in} "))).count();
+        if running == 2 && started(&said()) {
+            break children;
+        }
+        assert!(launched.try_wait().expect("poll").is_none(), "the launcher ended:\n{}", said());
+        assert!(Instant::now() < deadline, "{running} stand-ins running:\n{}", said());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The remote wrapper (`bash -c SCRIPT encore-launch …`, which the stand-in ssh runs here).
+    let command_lines: Vec<String> = children.iter().map(|p| p.command_line()).collect();
+    assert!(command_lines.iter().any(|line| line.starts_with("bash -c ") && line.contains(" encore-launch ")), "{command_lines:#?}");
+
+    launched.kill().expect("kill -9 the launcher");
+    launched.wait().expect("reap the launcher");
+    if let Err(left) = processes::wait_until_gone(&children, Duration::from_secs(60)) {
+        panic!("still running 60 s after the launcher was killed: {left:?}\n{}", said());
+    }
+    // Stopped by SIGINT from the kernel (local) and from the wrapper (remote), not by the
+    // launcher, which had no chance to say so.
+    assert!(!said().contains("launch: stopping"), "{}", said());
+    for (p, host) in [(0, "127.0.0.2"), (1, "remote.invalid")] {
+        let log = read(&Path::new(&logs).join(format!("p{p}.log")));
+        assert!(log.contains(&format!("[p{p} {host}] stand-in ended by SIGINT")), "p{p}: {log}");
+    }
+}
+
 /// Runs the launcher with `args` and asserts a usage error: status 2, nothing on stdout, one
 /// `launch: error:` line containing `expected`.
 fn assert_usage_error(args: &[&str], expected: &str) {
