@@ -464,12 +464,14 @@ fn a_killed_launcher_leaves_nothing_running() {
     let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), "remote.invalid:2101".to_owned()]);
     let logs = scratch.str("logs");
     let file = |name: &str| std::fs::File::create(scratch.path(name)).expect("output file");
-    let mut launched = launcher()
-        .args(["--bin", &stand_in, "--ssh", &ssh, "--log-dir", &logs, &hosts, "--", "--input", "x"])
-        .stdout(file("stdout"))
-        .stderr(file("stderr"))
-        .spawn()
-        .expect("launcher");
+    let mut launched = processes::TermOnDrop::new(
+        launcher()
+            .args(["--bin", &stand_in, "--ssh", &ssh, "--log-dir", &logs, &hosts, "--", "--input", "x"])
+            .stdout(file("stdout"))
+            .stderr(file("stderr"))
+            .spawn()
+            .expect("launcher"),
+    );
     let said = || read(&scratch.path("stderr"));
 
     // Both started, each its own way, and both stand-ins run (the remote one under ssh, sh
@@ -479,13 +481,13 @@ fn a_killed_launcher_leaves_nothing_running() {
         stderr.contains("p0 on 127.0.0.2 (local, pid ") && stderr.contains("p1 on remote.invalid (ssh, pid ")
     };
     let children = loop {
-        let children = processes::descendants(launched.id());
+        let children = processes::descendants(launched.get().id());
         // `bash SCRIPT ARGS`, as the kernel runs a script through its #! line.
         let running = children.iter().filter(|p| p.command_line().starts_with(&format!("bash {stand_in} "))).count();
         if running == 2 && started(&said()) {
             break children;
         }
-        assert!(launched.try_wait().expect("poll").is_none(), "the launcher ended:\n{}", said());
+        assert!(launched.get().try_wait().expect("poll").is_none(), "the launcher ended:\n{}", said());
         assert!(Instant::now() < deadline, "{running} stand-ins running:\n{}", said());
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -493,6 +495,7 @@ fn a_killed_launcher_leaves_nothing_running() {
     let command_lines: Vec<String> = children.iter().map(|p| p.command_line()).collect();
     assert!(command_lines.iter().any(|line| line.starts_with("bash -c ") && line.contains(" encore-launch ")), "{command_lines:#?}");
 
+    let mut launched = launched.take();
     launched.kill().expect("kill -9 the launcher");
     launched.wait().expect("reap the launcher");
     if let Err(left) = processes::wait_until_gone(&children, Duration::from_secs(60)) {

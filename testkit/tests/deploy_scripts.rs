@@ -267,32 +267,45 @@ fn a_killed_run_sh_takes_its_children_along() {
     let output = tempfile::tempdir().expect("a directory");
     let stderr_path = output.path().join("stderr");
     let file = |name: &str| std::fs::File::create(output.path().join(name)).expect("output file");
-    let path = format!("{}:{}", stack.pg_bin.display(), std::env::var("PATH").unwrap_or_default());
-    let mut run = stack
-        .command("run.sh")
-        .env("ENCORE_BIN_DIR", bin.path())
-        .env("PATH", path)
-        .env_remove("ENCORE_METRICS_PORT")
-        .env_remove("ENCORE_FLOW_PORT")
-        .env_remove("ENCORE_FLOW_ARGS")
-        .stdin(Stdio::null())
-        .stdout(file("stdout"))
-        .stderr(file("stderr"))
-        .spawn()
-        .expect("start run.sh");
+    let path = format!(
+        "{}:{}",
+        stack.pg_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut run = processes::TermOnDrop::new(
+        stack
+            .command("run.sh")
+            .env("ENCORE_BIN_DIR", bin.path())
+            .env("PATH", path)
+            .env_remove("ENCORE_METRICS_PORT")
+            .env_remove("ENCORE_FLOW_PORT")
+            .env_remove("ENCORE_FLOW_ARGS")
+            .stdin(Stdio::null())
+            .stdout(file("stdout"))
+            .stderr(file("stderr"))
+            .spawn()
+            .expect("start run.sh"),
+    );
     let said = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
 
     // Running: the children started ("metrics:" comes after them) and it watches them.
     // The deadline guards against a hang (start.sh creates a cluster), not a speed limit.
     let deadline = Instant::now() + Duration::from_secs(180);
     while !said().contains("encore: metrics: ") {
-        if let Some(status) = run.try_wait().expect("poll run.sh") {
-            panic!("run.sh ended ({status}) before starting its children:\n{}", said());
+        if let Some(status) = run.get().try_wait().expect("poll run.sh") {
+            panic!(
+                "run.sh ended ({status}) before starting its children:\n{}",
+                said()
+            );
         }
-        assert!(Instant::now() < deadline, "run.sh did not start its children:\n{}", said());
+        assert!(
+            Instant::now() < deadline,
+            "run.sh did not start its children:\n{}",
+            said()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let children = processes::descendants(run.id());
+    let children = processes::descendants(run.get().id());
     let state = stack.state.path();
     for name in ["generator", "flow-p0", "flow-p1"] {
         let pid: u32 = std::fs::read_to_string(state.join(format!("{name}.pid")))
@@ -304,18 +317,21 @@ fn a_killed_run_sh_takes_its_children_along() {
             children.iter().any(|child| child.pid == pid),
             "{name} (pid {pid}) is a child of run.sh: {children:?}"
         );
-        let command_line = Process::read(pid).map(|p| p.command_line()).unwrap_or_default();
+        let command_line = Process::read(pid)
+            .map(|p| p.command_line())
+            .unwrap_or_default();
         assert!(
             command_line.contains(&format!("{}/encore-", bin.path().display())),
             "{name} runs the stand-in: {command_line}"
         );
     }
     assert!(
-        run.try_wait().expect("poll run.sh").is_none(),
+        run.get().try_wait().expect("poll run.sh").is_none(),
         "run.sh still running:\n{}",
         said()
     );
 
+    let mut run = run.take();
     run.kill().expect("kill -9 run.sh");
     run.wait().expect("reap run.sh");
 
@@ -327,10 +343,17 @@ fn a_killed_run_sh_takes_its_children_along() {
     // given no chance to).
     assert!(!said().contains("stopping encore-flow"), "{}", said());
     let log = |name: &str| std::fs::read_to_string(state.join(name)).expect("a log");
-    assert!(log("generator.log").contains("stand-in ended by SIGTERM"), "{}", log("generator.log"));
+    assert!(
+        log("generator.log").contains("stand-in ended by SIGTERM"),
+        "{}",
+        log("generator.log")
+    );
     for p in 0..2 {
         let text = log(&format!("flow-p{p}.log"));
-        assert!(text.contains(&format!("[p{p}] stand-in ended by SIGTERM")), "{text}");
+        assert!(
+            text.contains(&format!("[p{p}] stand-in ended by SIGTERM")),
+            "{text}"
+        );
     }
 }
 
