@@ -28,6 +28,8 @@
 #    with their host, status and last log line, stops the others and exits 1.
 #  * A launcher killed with SIGKILL still stops its processes: local ones get SIGINT from the
 #    kernel (setpriv --pdeathsig, where util-linux has it), remote ones see their stdin close.
+#  * Metrics (--metrics-port) listen on each host's loopback unless --metrics-host names
+#    another address: the endpoint answers anyone who reaches it, so exposing it is a choice.
 #  * Limits: the flags appear in the launcher's log lines and in `ps` on every host, so keep
 #    the password out of `--postgres URL`: encore-flow reads it from PGPASSWORD, which local
 #    processes inherit from the launcher; remote ones need it set on their host (or
@@ -71,9 +73,14 @@ Options:
       --always-ssh     use ssh for every host, local ones included (to check the ssh setup)
       --log-dir DIR    also write process p's prefixed lines to DIR/p<p>.log (appended)
       --metrics-port PORT
-                       add --metrics-addr HOST:PORT+p to process p (HOST its hostfile host):
-                       every process serves Prometheus metrics on its own address, even when
-                       several share a host (Kafka input only)
+                       add --metrics-addr 127.0.0.1:PORT+p to process p: every process serves
+                       Prometheus metrics on its own port, even when several share a host,
+                       on its host's loopback only (Kafka input only)
+      --metrics-host HOST
+                       with --metrics-port, bind HOST instead, to let Prometheus scrape from
+                       elsewhere: "hostfile" for each process's own hostfile address (the
+                       network the cluster talks on), or an address for every process, e.g.
+                       0.0.0.0 (every interface); the endpoint has no authentication
       --grace SECONDS  after SIGINT, how long a process may take to exit before SIGTERM [60]
       --dry-run        print the command of every process (local, or the exact ssh command)
                        and exit without running anything
@@ -118,6 +125,7 @@ SSH_OPTIONS=()
 ALWAYS_SSH=0
 LOG_DIR=""
 METRICS_PORT=""
+METRICS_HOST=""
 GRACE=60
 DRY_RUN=0
 HOSTFILE=""
@@ -148,6 +156,7 @@ while (($#)); do
     --always-ssh) ALWAYS_SSH=1 && shift ;;
     --log-dir) need_value "$@" && LOG_DIR="$2" && shift 2 ;;
     --metrics-port) need_value "$@" && METRICS_PORT="$2" && shift 2 ;;
+    --metrics-host) need_value "$@" && METRICS_HOST="$2" && shift 2 ;;
     --grace) need_value "$@" && GRACE="$2" && shift 2 ;;
     --dry-run) DRY_RUN=1 && shift ;;
     --)
@@ -168,6 +177,12 @@ done
 [[ -n "$HOSTFILE" ]] || die "no hostfile given (usage: deploy/launch.sh [OPTIONS] HOSTFILE -- ENCORE-FLOW-FLAGS; see --help)"
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive number, got '$WORKERS'"
 [[ "$GRACE" =~ ^[0-9]+$ ]] || die "--grace must be a number of seconds, got '$GRACE'"
+[[ -z "$METRICS_HOST" || -n "$METRICS_PORT" ]] || die "--metrics-host needs --metrics-port"
+if [[ -n "$METRICS_HOST" ]]; then
+    METRICS_HOST="${METRICS_HOST#\[}" METRICS_HOST="${METRICS_HOST%\]}"
+    [[ "$METRICS_HOST" =~ ^[A-Za-z0-9._:%-]+$ ]] ||
+        die "--metrics-host must be an address, a host name or 'hostfile', got '$METRICS_HOST'"
+fi
 if ! ((SEEN_SEPARATOR)) || ((${#FLOW_ARGS[@]} == 0)); then
     die "no encore-flow flags: put them after --, e.g. -- --input events.jsonl --output-dir out (see --help)"
 fi
@@ -333,14 +348,14 @@ exit "$status"'
 # COMMAND: the argument vector that runs process $1 (local: encore-flow itself; remote: ssh);
 # FLAGS: the encore-flow flags in it but for -h and -w.
 build_command() {
-    local p="$1" hosts remote arg
+    local p="$1" hosts remote arg metrics_host
     local -a flags=("${FLOW_ARGS[@]}")
     if [[ -n "$METRICS_PORT" ]]; then
-        if [[ "${HOSTS[$p]}" == *:* ]]; then
-            flags+=(--metrics-addr "[${HOSTS[$p]}]:$((METRICS_PORT + p))")
-        else
-            flags+=(--metrics-addr "${HOSTS[$p]}:$((METRICS_PORT + p))")
-        fi
+        # Loopback unless asked: the endpoint answers anyone who can reach it.
+        metrics_host="${METRICS_HOST:-127.0.0.1}"
+        [[ "$metrics_host" == hostfile ]] && metrics_host="${HOSTS[$p]}"
+        [[ "$metrics_host" == *:* ]] && metrics_host="[$metrics_host]"
+        flags+=(--metrics-addr "$metrics_host:$((METRICS_PORT + p))")
     fi
     flags+=(-n "$PROCESSES" -p "$p")
     FLAGS=("${flags[@]}")

@@ -17,7 +17,9 @@
 # their current epoch and exit; then the generator is stopped; then the script says where the
 # data is (and where the metrics were served). The stack keeps running (deploy/stop.sh stops
 # it). If an encore-flow process exits on its own, the other one and the generator are
-# stopped and the script exits 1 saying which process failed and why.
+# stopped and the script exits 1 saying which process failed and why. If the script itself
+# dies without stopping them (SIGKILL, the OOM killer), the kernel sends each of them SIGTERM
+# (setpriv --pdeathsig): they commit or flush and exit rather than run on unattended.
 #
 # Rerunnable: the stack and its data are kept, the catalog is rewritten identically, and
 # encore-flow resumes from the offsets it committed to Postgres (it rebuilds its state by
@@ -33,6 +35,8 @@
 #                     [the first two free ports from 9464]
 #   ENCORE_FLOW_ARGS  extra encore-flow flags for both processes, e.g. "--epoch-ms 500" []
 #                     (not --metrics-addr: each process gets its own, see ENCORE_METRICS_PORT)
+#   ENCORE_BIN_DIR    a directory holding encore-gen and encore-flow to run instead of
+#                     building them (e.g. binaries built elsewhere) [build with cargo]
 #   CARGO_TARGET_DIR  where cargo builds, as for cargo itself [target]
 set -euo pipefail
 # The stack settings given in the environment, repeated in the hints printed at the end.
@@ -59,6 +63,13 @@ if [[ -n "${ENCORE_METRICS_PORT:-}" ]]; then
         die "ENCORE_METRICS_PORT must be a port number from 1 to 65534 (process 1 takes the next one), got '$ENCORE_METRICS_PORT'"
     fi
 fi
+# Resolved before the cd below, so a path relative to the caller's directory works.
+if [[ -n "${ENCORE_BIN_DIR:-}" ]]; then
+    BIN="$(cd "$ENCORE_BIN_DIR" 2>/dev/null && pwd)" || die "ENCORE_BIN_DIR $ENCORE_BIN_DIR is not a directory"
+    for program in encore-gen encore-flow; do
+        [[ -f "$BIN/$program" && -x "$BIN/$program" ]] || die "ENCORE_BIN_DIR: no executable $BIN/$program"
+    done
+fi
 PROCESSES=2
 GENERATOR_LOG="$ENCORE_STATE_DIR/generator.log"
 HOSTFILE="$ENCORE_STATE_DIR/flow-hosts"
@@ -66,8 +77,9 @@ HOSTFILE="$ENCORE_STATE_DIR/flow-hosts"
 command -v psql >/dev/null || die "psql (the PostgreSQL client) is needed for the progress display"
 mkdir -p "$ENCORE_STATE_DIR"
 
-# A run killed with SIGKILL leaves its children behind; two jobs writing the same tables
-# would fence each other, so refuse rather than guess.
+# A run killed with SIGKILL stops its children only through their parent-death signal, so
+# they may still be committing (or, without setpriv, run on); two jobs writing the same
+# tables would fence each other, so refuse rather than guess.
 for name in flow-p0 flow-p1 generator; do
     pid="$(live_pid "$ENCORE_STATE_DIR/$name.pid" encore-)"
     if [[ -n "$pid" ]]; then
@@ -78,14 +90,18 @@ done
 bash "$DEPLOY_DIR/start.sh"
 
 cd "$REPO_DIR"
-ensure_openssl_dev
-ensure_libclang
-say "building encore (release; the first build takes several minutes)"
-cargo build --release --bin encore-gen --bin encore-flow
-# Where cargo put them: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_DIR/$TARGET_DIR"
-BIN="$TARGET_DIR/release"
+if [[ -n "${ENCORE_BIN_DIR:-}" ]]; then
+    say "running encore-gen and encore-flow from $BIN (ENCORE_BIN_DIR: no build)"
+else
+    ensure_openssl_dev
+    ensure_libclang
+    say "building encore (release; the first build takes several minutes)"
+    cargo build --release --bin encore-gen --bin encore-flow
+    # Where cargo put them: CARGO_TARGET_DIR (relative to the repository, where cargo ran) or target/.
+    TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+    [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$REPO_DIR/$TARGET_DIR"
+    BIN="$TARGET_DIR/release"
+fi
 
 say "writing the catalog (seed $ENCORE_SEED) to $ENCORE_POSTGRES_URL"
 "$BIN/encore-gen" catalog --postgres "$ENCORE_POSTGRES_URL" --seed "$ENCORE_SEED"
@@ -120,7 +136,24 @@ done
 # Children run in their own session (setsid; bash's background children are never process
 # group leaders, so setsid does not fork and $! is the program itself): a Ctrl-C in the
 # terminal then reaches only this script, which stops them in order. The log prefixers ignore
-# SIGINT so they keep the last lines a stopping process writes.
+# SIGINT so they keep the last lines a stopping process writes; they end when their program
+# does.
+#
+# If this script dies without stopping them (SIGKILL, the OOM killer: no trap runs), the
+# kernel sends each child SIGTERM, its parent-death signal, which setpriv (util-linux) sets
+# before it execs the program: encore-flow commits its epoch and exits, the generator
+# flushes and exits, as on Ctrl-C. The signal belongs to the process that called setpriv and
+# fires when its parent, this (single-threaded) shell, dies; setsid and exec keep it, a fork
+# would not, hence setsid first and no fork after. SIGTERM rather than SIGINT: bash starts
+# background commands with SIGINT ignored, so a SIGINT arriving before the program installs
+# its handler would be lost, while SIGTERM then still ends it. A script killed in the
+# instant between a fork and setpriv is not noticed; the pid check at the next start
+# catches that child.
+ORPHAN_SIGNAL=(setpriv --pdeathsig TERM)
+if ! setpriv --help 2>&1 | grep -q -- --pdeathsig; then
+    say "warning: setpriv --pdeathsig (util-linux) not found: if this script is killed with SIGKILL, encore-flow and the generator keep running (stop them with kill -INT)"
+    ORPHAN_SIGNAL=()
+fi
 GENERATOR_PID=""
 FLOW_PIDS=()
 STOPPED=0
@@ -237,8 +270,9 @@ trap 'STOP_REQUESTED=1' INT TERM
 # watermarks; 0 with memory storage or without sqlite3), instead of sending it again.
 ALREADY_SENT=$(topic_high_watermarks "$ENCORE_TOPIC" | awk '{sum += $2} END {print sum + 0}')
 say "streaming events at $ENCORE_RATE/s to $ENCORE_BROKERS topic $ENCORE_TOPIC after $ALREADY_SENT already there (log: $GENERATOR_LOG)"
-setsid "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --skip "$ALREADY_SENT" \
-    --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress </dev/null >>"$GENERATOR_LOG" 2>&1 &
+setsid "${ORPHAN_SIGNAL[@]}" "$BIN/encore-gen" stream --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" \
+    --skip "$ALREADY_SENT" --events 0 --rate "$ENCORE_RATE" --seed "$ENCORE_SEED" --no-progress \
+    </dev/null >>"$GENERATOR_LOG" 2>&1 &
 GENERATOR_PID=$!
 echo "$GENERATOR_PID" >"$ENCORE_STATE_DIR/generator.pid"
 
@@ -248,7 +282,7 @@ encore_flow_process() {
     local p="$1" log="$ENCORE_STATE_DIR/flow-p$1.log"
     printf '[p%s] ---- %s: encore-flow -n %s -p %s -h %s --metrics-addr 127.0.0.1:%s\n' "$p" "$(date -u '+%F %T UTC')" \
         "$PROCESSES" "$p" "$HOSTFILE" "${METRICS_PORTS[$p]}" >>"$log"
-    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "$BIN/encore-flow" \
+    NO_COLOR=1 RUST_LOG="${RUST_LOG:-warn,encore_dataflow=info}" exec setsid "${ORPHAN_SIGNAL[@]}" "$BIN/encore-flow" \
         --brokers "$ENCORE_BROKERS" --topic "$ENCORE_TOPIC" --postgres "$ENCORE_POSTGRES_URL" \
         --metrics-addr "127.0.0.1:${METRICS_PORTS[$p]}" "${FLOW_EXTRA_ARGS[@]}" \
         -n "$PROCESSES" -p "$p" -h "$HOSTFILE" </dev/null \

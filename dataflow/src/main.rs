@@ -92,9 +92,11 @@ struct Cli {
     kafka_error_timeout: u64,
 
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
-    /// default). Every process serves its own: give each process its own address. Port 0
-    /// picks a free port (logged at info level).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// default). A bare PORT (or :PORT) binds 127.0.0.1, reachable from this machine only;
+    /// to let another host scrape it, name the address to bind, e.g. 0.0.0.0:9464 (every
+    /// interface) or one interface's address. Every process serves its own: give each
+    /// process its own address. Port 0 picks a free port (logged at info level).
+    #[arg(long, value_name = "[HOST:]PORT")]
     metrics_addr: Option<String>,
 
     #[command(flatten)]

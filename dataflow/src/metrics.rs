@@ -1,4 +1,4 @@
-//! `encore-flow --metrics-addr HOST:PORT`: a Prometheus endpoint, one per process.
+//! `encore-flow --metrics-addr [HOST:]PORT`: a Prometheus endpoint, one per process.
 //!
 //! # Design
 //!
@@ -24,6 +24,9 @@
 //!   port is a one-line error at start) and answers one request per connection
 //!   (`Connection: close`), one connection at a time, each given at most 5 s to send its
 //!   request: scrapes are rare and small, and no HTTP library is needed.
+//! * **Loopback unless a host is named.** The endpoint has no authentication, so a bare port
+//!   binds 127.0.0.1 ([`listen_address`]); exposing it (`0.0.0.0:PORT`, an interface's
+//!   address) is the operator's explicit choice.
 //!
 //! The metrics and their meaning are listed in the README ("Operating it", "Metrics").
 
@@ -462,12 +465,25 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Binds `addr` (`HOST:PORT`; port 0 picks a free one) and answers `GET /metrics` with
-/// `metrics.render()` on a thread of its own, for the life of the process. Returns the
-/// bound address.
+/// The address `--metrics-addr` means: a bare `PORT` or `:PORT` is `127.0.0.1:PORT`, so the
+/// endpoint is reachable from this machine only unless the operator names a host (e.g.
+/// `0.0.0.0:9464` for every interface); `HOST:PORT` (`[V6]:PORT`) is taken as given.
+pub fn listen_address(addr: &str) -> String {
+    let port = addr.strip_prefix(':').unwrap_or(addr);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// Binds `addr` (`[HOST:]PORT`, see [`listen_address`]; port 0 picks a free one) and answers
+/// `GET /metrics` with `metrics.render()` on a thread of its own, for the life of the
+/// process. Returns the bound address.
 pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr, MetricsError> {
-    let bind_error = |source| MetricsError::Bind { addr: addr.to_owned(), source };
-    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    let addr = listen_address(addr);
+    let bind_error = |source| MetricsError::Bind { addr: addr.clone(), source };
+    let listener = TcpListener::bind(&addr).map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     std::thread::Builder::new()
         .name("metrics".to_owned())
@@ -665,5 +681,26 @@ mod tests {
         assert_eq!(error.matches("in use").count(), 1, "{error}");
         let error = chain(serve("no-port-here", Arc::new(Metrics::new(0, true))).unwrap_err());
         assert!(error.starts_with("cannot serve metrics on no-port-here: ") && !error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn a_bare_port_means_loopback_and_a_host_is_kept() {
+        assert_eq!(listen_address("9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address(":9464"), "127.0.0.1:9464");
+        assert_eq!(listen_address("0"), "127.0.0.1:0");
+        for kept in ["0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464", "[::1]:9464", "flow-0:9464", "localhost:9464"] {
+            assert_eq!(listen_address(kept), kept);
+        }
+        // Not a port: left for the bind to refuse, naming it as given.
+        for odd in ["", ":", "9464x", "::1", "no-port-here"] {
+            assert_eq!(listen_address(odd), odd);
+        }
+        let bound = serve(":0", Arc::new(Metrics::new(0, true))).unwrap();
+        assert_eq!(bound.ip(), std::net::Ipv4Addr::LOCALHOST, "{bound}");
+        // A taken bare port is reported at the address it means.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let error = serve(&port.to_string(), Arc::new(Metrics::new(0, true))).unwrap_err().to_string();
+        assert_eq!(error, format!("cannot serve metrics on 127.0.0.1:{port}"));
     }
 }

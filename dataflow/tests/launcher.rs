@@ -370,14 +370,14 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
 
     // Locally: SIGINT goes straight to each encore-flow.
     produce(&tansu, first);
-    // --metrics-port: process p serves metrics on its own host at the port + p.
-    let metrics_port = free_port("127.0.0.2");
+    // --metrics-port: process p serves metrics at the port + p, on loopback.
+    let metrics_port = free_port("127.0.0.1");
     let mut command = launcher();
     command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
     flow_args(&mut command);
     let mut scraped = String::new();
     let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64, || {
-        scraped = scrape(&format!("127.0.0.3:{}", metrics_port + 1));
+        scraped = scrape(&format!("127.0.0.1:{}", metrics_port + 1));
     });
     assert!(scraped.starts_with("HTTP/1."), "{scraped}");
     assert!(scraped.contains("encore_events_consumed_total{") && scraped.contains("process=\"1\""), "p1's metrics: {scraped}");
@@ -433,6 +433,81 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let (events, invalid) = testing::parse_lines(&lines);
     assert_tables_eq(&tables, &oracle::compute(&events, &PARAMS), "after two launches");
     assert_eq!(dead_letters.len(), invalid.len(), "each invalid message once");
+}
+
+/// Stands in for encore-flow: runs until a signal and prints which one ended it (the real
+/// one commits and exits on SIGINT, SIGTERM and SIGHUP alike).
+const STAND_IN: &str = r#"#!/usr/bin/env bash
+for signal in INT TERM HUP; do
+    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
+done
+while :; do sleep 0.1; done
+"#;
+
+/// The launcher killed outright (SIGKILL: no trap runs) with both kinds of child running: a
+/// local process, which its parent-death signal stops, and one through the ssh path (a host
+/// that is not this machine, reached by the stand-in ssh), whose remote wrapper sees its
+/// stdin close and stops it. Every process the launcher started, prefixers and the ssh
+/// chain included, must end. A stand-in for encore-flow keeps it cheap; the real one is
+/// killed so in `ctrl_c_commits_and_exits_zero_locally_and_over_ssh`.
+#[test]
+fn a_killed_launcher_leaves_nothing_running() {
+    use encore_testkit::processes;
+
+    let scratch = Scratch::new("killed");
+    let stand_in = scratch.path("encore-flow");
+    std::fs::write(&stand_in, STAND_IN).expect("stand-in");
+    let status = Command::new("chmod").arg("+x").arg(&stand_in).status().expect("chmod");
+    assert!(status.success());
+    let stand_in = stand_in.display().to_string();
+    let ssh = scratch.fake_ssh();
+    let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), "remote.invalid:2101".to_owned()]);
+    let logs = scratch.str("logs");
+    let file = |name: &str| std::fs::File::create(scratch.path(name)).expect("output file");
+    let mut launched = processes::TermOnDrop::new(
+        launcher()
+            .args(["--bin", &stand_in, "--ssh", &ssh, "--log-dir", &logs, &hosts, "--", "--input", "x"])
+            .stdout(file("stdout"))
+            .stderr(file("stderr"))
+            .spawn()
+            .expect("launcher"),
+    );
+    let said = || read(&scratch.path("stderr"));
+
+    // Both started, each its own way, and both stand-ins run (the remote one under ssh, sh
+    // and the wrapper). The deadline guards against a hang, not a speed requirement.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = |stderr: &str| {
+        stderr.contains("p0 on 127.0.0.2 (local, pid ") && stderr.contains("p1 on remote.invalid (ssh, pid ")
+    };
+    let children = loop {
+        let children = processes::descendants(launched.get().id());
+        // `bash SCRIPT ARGS`, as the kernel runs a script through its #! line.
+        let running = children.iter().filter(|p| p.command_line().starts_with(&format!("bash {stand_in} "))).count();
+        if running == 2 && started(&said()) {
+            break children;
+        }
+        assert!(launched.get().try_wait().expect("poll").is_none(), "the launcher ended:\n{}", said());
+        assert!(Instant::now() < deadline, "{running} stand-ins running:\n{}", said());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The remote wrapper (`bash -c SCRIPT encore-launch …`, which the stand-in ssh runs here).
+    let command_lines: Vec<String> = children.iter().map(|p| p.command_line()).collect();
+    assert!(command_lines.iter().any(|line| line.starts_with("bash -c ") && line.contains(" encore-launch ")), "{command_lines:#?}");
+
+    let mut launched = launched.take();
+    launched.kill().expect("kill -9 the launcher");
+    launched.wait().expect("reap the launcher");
+    if let Err(left) = processes::wait_until_gone(&children, Duration::from_secs(60)) {
+        panic!("still running 60 s after the launcher was killed: {left:?}\n{}", said());
+    }
+    // Stopped by SIGINT from the kernel (local) and from the wrapper (remote), not by the
+    // launcher, which had no chance to say so.
+    assert!(!said().contains("launch: stopping"), "{}", said());
+    for (p, host) in [(0, "127.0.0.2"), (1, "remote.invalid")] {
+        let log = read(&Path::new(&logs).join(format!("p{p}.log")));
+        assert!(log.contains(&format!("[p{p} {host}] stand-in ended by SIGINT")), "p{p}: {log}");
+    }
 }
 
 /// Runs the launcher with `args` and asserts a usage error: status 2, nothing on stdout, one
@@ -502,6 +577,8 @@ fn bad_hostfiles_and_flags_are_one_line_errors() {
         "--ssh CMD",
         "--ssh-option",
         "--dry-run",
+        "--metrics-host",
+        "0.0.0.0 (every interface)",
         "BatchMode=yes",
         "What a remote host needs",
     ] {
@@ -598,21 +675,40 @@ fn dry_run_prints_the_exact_ssh_command_for_remote_hosts() {
         assert_eq!(remote[3..], want, "the wrapper's arguments for p{p}");
     }
 
-    // --metrics-port: each process's own host, at the port + p (IPv6 in brackets). --bin as
+    // --metrics-port: the port + p on each host's loopback; --metrics-host exposes them, on
+    // each process's own hostfile host or one address for all (IPv6 in brackets). --bin as
     // above: without it the launcher looks for a release build, which a fresh clone lacks.
-    let output = Command::new("bash")
-        .arg(LAUNCHER)
-        .args(["--dry-run", "--bin", "/nonexistent/here/encore-flow", "--metrics-port", "9464", &hosts])
-        .args(["--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
-        .output()
-        .expect("dry run");
-    assert!(output.status.success(), "{}", describe(&output));
-    let stdout = text(&output.stdout);
-    assert!(stdout.contains(" --metrics-addr 127.0.0.2:9464 -n 4 -p 0 "), "{stdout}");
+    let metrics_dry_run = |extra: &[&str]| {
+        let output = Command::new("bash")
+            .arg(LAUNCHER)
+            .args(["--dry-run", "--bin", "/nonexistent/here/encore-flow", "--metrics-port", "9464"])
+            .args(extra)
+            .arg(&hosts)
+            .args(["--", "--brokers", "k:9092", "--topic", "t", "--postgres", "u"])
+            .output()
+            .expect("dry run");
+        assert!(output.status.success(), "{}", describe(&output));
+        text(&output.stdout)
+    };
+    let remote_p2 = |addr: &str| format!(" --metrics-addr {addr} -n 4 -p 2 -h <the hostfile, sent along> -w 1\n");
+    let stdout = metrics_dry_run(&[]);
+    assert!(stdout.contains(" --metrics-addr 127.0.0.1:9464 -n 4 -p 0 "), "{stdout}");
     assert!(stdout.contains("# p2 on 2001:db8::7 (ssh): in "), "{stdout}");
-    assert!(stdout.contains(" --metrics-addr [2001:db8::7]:9466 -n 4 -p 2 -h <the hostfile, sent along> -w 1\n"), "{stdout}");
+    assert!(stdout.contains(&remote_p2("127.0.0.1:9466")), "{stdout}");
+    let stdout = metrics_dry_run(&["--metrics-host", "hostfile"]);
+    assert!(stdout.contains(" --metrics-addr 127.0.0.2:9464 -n 4 -p 0 "), "{stdout}");
+    assert!(stdout.contains(&remote_p2("[2001:db8::7]:9466")), "{stdout}");
+    let stdout = metrics_dry_run(&["--metrics-host", "0.0.0.0"]);
+    assert!(stdout.contains(" --metrics-addr 0.0.0.0:9464 -n 4 -p 0 "), "{stdout}");
+    assert!(stdout.contains(&remote_p2("0.0.0.0:9466")), "{stdout}");
+    assert!(metrics_dry_run(&["--metrics-host", "::"]).contains(&remote_p2("[::]:9466")));
     assert_usage_error(
         &[&hosts, "--metrics-port", "9464", "--", "--brokers", "k", "--metrics-addr", "x:1"],
         "do not pass --metrics-addr",
+    );
+    assert_usage_error(&[&hosts, "--metrics-host", "0.0.0.0", "--", "--brokers", "k"], "--metrics-host needs --metrics-port");
+    assert_usage_error(
+        &[&hosts, "--metrics-port", "9464", "--metrics-host", "a b", "--", "--brokers", "k"],
+        "--metrics-host must be an address",
     );
 }

@@ -1,7 +1,8 @@
 //! `encore-flow --metrics-addr`: the Prometheus endpoint of a live Kafka → Postgres run
 //! against a real Tansu broker and a real PostgreSQL, scraped over plain TCP and parsed
 //! strictly (text format 0.0.4), its counters checked against what was produced and what
-//! Postgres holds; and bind failures as one-line errors.
+//! Postgres holds; that a bare `--metrics-addr PORT` (or `:PORT`) listens on 127.0.0.1
+//! only; and bind failures as one-line errors.
 //!
 //! The run is 2 processes × 1 worker on a 2-partition topic, so each process reads one
 //! partition and serves its own endpoint; process 0 also commits. A restart then replays
@@ -247,6 +248,34 @@ fn scrape_until(addr: &str, children: &mut [Child], what: &str, done: impl Fn(&S
     }
 }
 
+/// The local addresses of the TCP sockets listening on `port`, from the kernel's tables
+/// (`/proc/net/tcp`, and `/proc/net/tcp6` as its raw hex): what a process bound, whoever
+/// can connect.
+fn listening_on(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_else(|e| panic!("{table}: {e}"));
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some((address, hex_port)), Some(&state)) = (fields[1].split_once(':'), fields.get(3)) else {
+                panic!("{table} line {line:?}");
+            };
+            if state != LISTEN || u16::from_str_radix(hex_port, 16) != Ok(port) {
+                continue;
+            }
+            if address.len() == 8 {
+                // The address's bytes in network order, printed as a native-endian number.
+                let native = u32::from_str_radix(address, 16).expect("hex address");
+                found.push(std::net::Ipv4Addr::from(native.to_ne_bytes()).to_string());
+            } else {
+                found.push(format!("tcp6 {address}"));
+            }
+        }
+    }
+    found
+}
+
 fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[String]) -> Vec<Child> {
     let hostfile = dir.join("hosts");
     std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hostfile");
@@ -281,8 +310,11 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let (first, second) = lines.split_at(800);
     produce(&tansu, first, 0);
 
-    let metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
-    let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
+    // A bare port and `:PORT`: both mean loopback (checked below, once both serve).
+    let ports = [free_port(), free_port()];
+    let flags = [ports[0].to_string(), format!(":{}", ports[1])];
+    let metrics = ports.map(|port| format!("127.0.0.1:{port}"));
+    let mut children = spawn_processes(&tansu, &postgres, &dir, &flags);
     let per_partition = |total: usize| [total.div_ceil(2) as f64, (total / 2) as f64];
 
     // Process 0 commits everything produced so far (its committed offsets say so).
@@ -313,6 +345,9 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     });
 
     eprintln!("process 0 scrape:\n{}\nprocess 1 scrape:\n{}", zero.text, one.text);
+    for port in ports {
+        assert_eq!(listening_on(port), ["127.0.0.1"], "the socket listening on port {port}");
+    }
 
     // Each process reads (and shows) its own partition; the labels say which process.
     for (process, scrape) in [(0, &zero), (1, &one)] {
@@ -429,10 +464,19 @@ fn metrics_address_taken_or_invalid_fails_before_the_job_starts() {
     assert_one_line_error(&taken, &format!("cannot serve metrics on {addr}: "));
     let stderr = String::from_utf8_lossy(&taken.stderr);
     assert_eq!(stderr.matches("in use").count(), 1, "the cause is said once: {stderr}");
+    // A bare port is the loopback address, and the error names it so.
+    let port = addr.rsplit_once(':').expect("host:port").1;
+    assert_one_line_error(&run(port), &format!("cannot serve metrics on {addr}: "));
     assert_one_line_error(&run("127.0.0.1:port"), "cannot serve metrics on 127.0.0.1:port: ");
     assert_one_line_error(&run("no-port-given"), "cannot serve metrics on no-port-given: ");
 
     // Metrics describe the Kafka job: with a file input the flag is refused.
     let output = flow().args(["--input", "x.jsonl", "--output-dir", "out", "--metrics-addr", &addr]).output().expect("run");
     assert_one_line_error(&output, "--metrics-addr needs Kafka input");
+
+    // --help says what a bare port binds and how to expose the endpoint.
+    let help = flow().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(help.contains("--metrics-addr <[HOST:]PORT>"), "{help}");
+    assert!(help.contains("A bare PORT (or :PORT) binds 127.0.0.1") && help.contains("e.g. 0.0.0.0:9464"), "{help}");
 }

@@ -61,6 +61,7 @@ mod error;
 mod ports;
 mod postgres;
 mod process;
+pub mod processes;
 mod tansu;
 mod tls;
 

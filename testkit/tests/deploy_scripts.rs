@@ -3,16 +3,19 @@
 //! default (libsql file) storage. Each run uses its own state directory and free ports, so
 //! it neither needs nor disturbs a stack a developer is running.
 //!
-//! `deploy/run.sh` itself needs a release build and runs until Ctrl-C, so only its checks of
-//! the metrics settings (made before it starts anything) and the `free_port` it picks the
-//! flow and metrics ports with are tested here; the quick start is checked by running it.
+//! `deploy/run.sh` builds and runs the real programs until Ctrl-C; here it runs against a
+//! real stack with stand-ins for them (`ENCORE_BIN_DIR`), to check that killing it outright
+//! takes its children along. Its checks of its settings (made before it starts anything)
+//! and the `free_port` it picks the flow and metrics ports with are tested too; the quick
+//! start itself is checked by running it.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+use encore_testkit::processes::{self, Process};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tempfile::TempDir;
@@ -54,8 +57,10 @@ impl Stack {
         }
     }
 
-    fn run(&self, script: &str) -> Output {
-        let output = Command::new("bash")
+    /// `bash deploy/SCRIPT` with this stack's settings.
+    fn command(&self, script: &str) -> Command {
+        let mut command = Command::new("bash");
+        command
             .arg(Path::new(DEPLOY_DIR).join(script))
             .env("ENCORE_STATE_DIR", self.state.path())
             .env("ENCORE_KAFKA_PORT", self.kafka_port.to_string())
@@ -63,9 +68,12 @@ impl Stack {
             .env("ENCORE_PARTITIONS", PARTITIONS.to_string())
             .env_remove("ENCORE_STORAGE")
             .env("TANSU_BIN", &self.tansu)
-            .env("PG_BIN", &self.pg_bin)
-            .output()
-            .expect("bash runs");
+            .env("PG_BIN", &self.pg_bin);
+        command
+    }
+
+    fn run(&self, script: &str) -> Output {
+        let output = self.command(script).output().expect("bash runs");
         assert!(
             output.status.success(),
             "{script} failed: {}",
@@ -218,6 +226,133 @@ fn run_sh_checks_its_metrics_settings_before_starting_anything() {
         assert!(
             said.contains("ENCORE_FLOW_ARGS must not hold --metrics-addr"),
             "{said}"
+        );
+    }
+    let said = run_sh_refused(&[("ENCORE_BIN_DIR", "/nonexistent/encore-bin")]);
+    assert!(
+        said.contains("ENCORE_BIN_DIR /nonexistent/encore-bin is not a directory"),
+        "{said}"
+    );
+    let empty = tempfile::tempdir().expect("a directory");
+    let said = run_sh_refused(&[("ENCORE_BIN_DIR", &empty.path().display().to_string())]);
+    assert!(
+        said.contains("ENCORE_BIN_DIR: no executable") && said.contains("/encore-gen"),
+        "{said}"
+    );
+}
+
+/// Stands in for encore-gen and encore-flow: `catalog` is done at once; anything else runs
+/// until a signal and prints which one ended it (the real programs stop cleanly on SIGINT,
+/// SIGTERM and SIGHUP alike).
+const STAND_IN: &str = r#"#!/usr/bin/env bash
+[[ "${1:-}" == catalog ]] && exit 0
+for signal in INT TERM HUP; do
+    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
+done
+while :; do sleep 0.1; done
+"#;
+
+/// `deploy/run.sh` killed with SIGKILL (no trap runs, nothing is stopped in order): the
+/// kernel sends its encore-flow processes and its generator their parent-death signal, and
+/// nothing it started is left running.
+#[test]
+fn a_killed_run_sh_takes_its_children_along() {
+    let stack = Stack::new();
+    let bin = tempfile::tempdir().expect("a directory");
+    for program in ["encore-gen", "encore-flow"] {
+        let path = bin.path().join(program);
+        std::fs::write(&path, STAND_IN).expect("write a stand-in");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let output = tempfile::tempdir().expect("a directory");
+    let stderr_path = output.path().join("stderr");
+    let file = |name: &str| std::fs::File::create(output.path().join(name)).expect("output file");
+    let path = format!(
+        "{}:{}",
+        stack.pg_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut run = processes::TermOnDrop::new(
+        stack
+            .command("run.sh")
+            .env("ENCORE_BIN_DIR", bin.path())
+            .env("PATH", path)
+            .env_remove("ENCORE_METRICS_PORT")
+            .env_remove("ENCORE_FLOW_PORT")
+            .env_remove("ENCORE_FLOW_ARGS")
+            .stdin(Stdio::null())
+            .stdout(file("stdout"))
+            .stderr(file("stderr"))
+            .spawn()
+            .expect("start run.sh"),
+    );
+    let said = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+
+    // Running: the children started ("metrics:" comes after them) and it watches them.
+    // The deadline guards against a hang (start.sh creates a cluster), not a speed limit.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !said().contains("encore: metrics: ") {
+        if let Some(status) = run.get().try_wait().expect("poll run.sh") {
+            panic!(
+                "run.sh ended ({status}) before starting its children:\n{}",
+                said()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run.sh did not start its children:\n{}",
+            said()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let children = processes::descendants(run.get().id());
+    let state = stack.state.path();
+    for name in ["generator", "flow-p0", "flow-p1"] {
+        let pid: u32 = std::fs::read_to_string(state.join(format!("{name}.pid")))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid");
+        assert!(
+            children.iter().any(|child| child.pid == pid),
+            "{name} (pid {pid}) is a child of run.sh: {children:?}"
+        );
+        let command_line = Process::read(pid)
+            .map(|p| p.command_line())
+            .unwrap_or_default();
+        assert!(
+            command_line.contains(&format!("{}/encore-", bin.path().display())),
+            "{name} runs the stand-in: {command_line}"
+        );
+    }
+    assert!(
+        run.get().try_wait().expect("poll run.sh").is_none(),
+        "run.sh still running:\n{}",
+        said()
+    );
+
+    let mut run = run.take();
+    run.kill().expect("kill -9 run.sh");
+    run.wait().expect("reap run.sh");
+
+    // A guard against a hang, not a speed requirement.
+    if let Err(left) = processes::wait_until_gone(&children, Duration::from_secs(60)) {
+        panic!("still running 60 s after run.sh was killed: {left:?}");
+    }
+    // They were stopped by the kernel's SIGTERM, not by run.sh (which sends SIGINT, and was
+    // given no chance to).
+    assert!(!said().contains("stopping encore-flow"), "{}", said());
+    let log = |name: &str| std::fs::read_to_string(state.join(name)).expect("a log");
+    assert!(
+        log("generator.log").contains("stand-in ended by SIGTERM"),
+        "{}",
+        log("generator.log")
+    );
+    for p in 0..2 {
+        let text = log(&format!("flow-p{p}.log"));
+        assert!(
+            text.contains(&format!("[p{p}] stand-in ended by SIGTERM")),
+            "{text}"
         );
     }
 }
