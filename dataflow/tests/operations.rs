@@ -14,7 +14,7 @@ use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tab
 use encore_dataflow::{oracle, testing};
 use encore_testkit::{Postgres, Tansu};
 
-const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4 };
+const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 5 };
 
 /// One broker and one Postgres for the codec tests (each test has its own topic and schema).
 /// Kept in a static, so never dropped: the testkit's watchdogs stop them after the test

@@ -368,19 +368,22 @@ fn main() -> Result<()> {
         print_latency(&latencies, &args, &latency_args, half, limits.update);
     }
 
-    // Summary lines.
+    // Summary lines. The catch-up target: issue 4 asked for half the consume + parse limit;
+    // issue 20, with the work per listen bounded by --count-bits, for 90 %.
+    const CATCH_UP_TARGET: f64 = 0.9;
     println!();
     for run in runs.iter().filter(|_| !args.no_limits) {
         let rate = run.events_per_second(args.events);
         let fraction = rate / best_parse.max(1e-9);
         println!(
-            "pipeline {}: {:.0} events/s end to end at {} events = {:.1} % of consume+parse ({:.0}/s; target >= 50 %: {}), {:.1} % of raw COPY ({:.2} rows/event)",
+            "pipeline {}: {:.0} events/s end to end at {} events = {:.1} % of consume+parse ({:.0}/s; target >= {:.0} %: {}), {:.1} % of raw COPY ({:.2} rows/event)",
             run.layout,
             rate,
             args.events,
             100.0 * fraction,
             best_parse,
-            if fraction >= 0.5 { "met".to_owned() } else { format!("missed by {:.1} points", 100.0 * (0.5 - fraction)) },
+            100.0 * CATCH_UP_TARGET,
+            if fraction >= CATCH_UP_TARGET { "met".to_owned() } else { format!("missed by {:.1} points", 100.0 * (CATCH_UP_TARGET - fraction)) },
             100.0 * run.row_changes() as f64 / run.finished.seconds.max(1e-9) / copy_plain.max(1e-9),
             run.row_changes() as f64 / args.events as f64,
         );
