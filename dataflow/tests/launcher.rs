@@ -435,15 +435,6 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     assert_eq!(dead_letters.len(), invalid.len(), "each invalid message once");
 }
 
-/// Stands in for encore-flow: runs until a signal and prints which one ended it (the real
-/// one commits and exits on SIGINT, SIGTERM and SIGHUP alike).
-const STAND_IN: &str = r#"#!/usr/bin/env bash
-for signal in INT TERM HUP; do
-    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
-done
-while :; do sleep 0.1; done
-"#;
-
 /// The launcher killed outright (SIGKILL: no trap runs) with both kinds of child running: a
 /// local process, which its parent-death signal stops, and one through the ssh path (a host
 /// that is not this machine, reached by the stand-in ssh), whose remote wrapper sees its
@@ -456,7 +447,7 @@ fn a_killed_launcher_leaves_nothing_running() {
 
     let scratch = Scratch::new("killed");
     let stand_in = scratch.path("encore-flow");
-    std::fs::write(&stand_in, STAND_IN).expect("stand-in");
+    std::fs::write(&stand_in, encore_testkit::processes::STAND_IN).expect("stand-in");
     let status = Command::new("chmod").arg("+x").arg(&stand_in).status().expect("chmod");
     assert!(status.success());
     let stand_in = stand_in.display().to_string();

@@ -197,6 +197,7 @@ fn schema_creation_is_idempotent_and_survives_a_race() {
     };
     let mut expected = vec![
         "dead_letters",
+        "encore_parameters",
         "encore_progress",
         "track_neighbors",
         "track_neighbors_ranked",
@@ -402,7 +403,8 @@ fn schema_name_with_quotes_and_spaces() {
             .unwrap()
             .get(0)
     };
-    assert_eq!(count(&mut client, schema), 5);
+    // The four SPEC §3 tables written here, encore_progress and encore_parameters.
+    assert_eq!(count(&mut client, schema), 6);
     assert_eq!(count(&mut client, "public"), 0);
 }
 

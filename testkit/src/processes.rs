@@ -7,6 +7,18 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// A stand-in for encore-flow and encore-gen in tests of the scripts that start them (write
+/// it to a file named after the program and make it executable): `catalog` is done at once;
+/// anything else runs until a signal and prints which one ended it, `stand-in ended by
+/// SIGTERM` (the real programs stop cleanly on SIGINT, SIGTERM and SIGHUP alike).
+pub const STAND_IN: &str = r#"#!/usr/bin/env bash
+[[ "${1:-}" == catalog ]] && exit 0
+for signal in INT TERM HUP; do
+    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
+done
+while :; do sleep 0.1; done
+"#;
+
 /// One process as `/proc/PID/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Process {

@@ -241,17 +241,6 @@ fn run_sh_checks_its_metrics_settings_before_starting_anything() {
     );
 }
 
-/// Stands in for encore-gen and encore-flow: `catalog` is done at once; anything else runs
-/// until a signal and prints which one ended it (the real programs stop cleanly on SIGINT,
-/// SIGTERM and SIGHUP alike).
-const STAND_IN: &str = r#"#!/usr/bin/env bash
-[[ "${1:-}" == catalog ]] && exit 0
-for signal in INT TERM HUP; do
-    trap "echo 'stand-in ended by SIG$signal'; exit 0" "$signal"
-done
-while :; do sleep 0.1; done
-"#;
-
 /// `deploy/run.sh` killed with SIGKILL (no trap runs, nothing is stopped in order): the
 /// kernel sends its encore-flow processes and its generator their parent-death signal, and
 /// nothing it started is left running.
@@ -261,7 +250,7 @@ fn a_killed_run_sh_takes_its_children_along() {
     let bin = tempfile::tempdir().expect("a directory");
     for program in ["encore-gen", "encore-flow"] {
         let path = bin.path().join(program);
-        std::fs::write(&path, STAND_IN).expect("write a stand-in");
+        std::fs::write(&path, encore_testkit::processes::STAND_IN).expect("write a stand-in");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     let output = tempfile::tempdir().expect("a directory");
