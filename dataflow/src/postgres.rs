@@ -278,11 +278,13 @@ impl PgSink {
         };
         match stored {
             Some(stored) if stored == parameters => Ok(()),
-            Some(stored) => Err(differ(stored)),
+            Some(stored) if !committed.is_empty() => Err(differ(stored)),
             None if !committed.is_empty() && count_bits != 0 => {
                 Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
             }
-            None => self.with_session("recording the parameters", |session, sql| {
+            // Nothing committed (whatever a start that died before its first commit recorded),
+            // or tables from before the record taken as this run's: record this run's.
+            _ => self.with_session("recording the parameters", |session, sql| {
                 session.client.execute(sql.upsert_parameters.as_str(), &[&topic, &parameters]).map(drop).map_err(Failure::from)
             }),
         }

@@ -240,6 +240,14 @@ fn until_caught_up_is_exact_for_workers_and_processes_and_resumes_after_append()
     let output = stack.command("one_by_two", &[]).output().expect("encore-flow runs");
     assert_one_line_error(&output, "computed with exact counts (--count-bits 0) by an encore-flow from before 2026-12-06");
     stack.check("one_by_two", &lines);
+
+    // Parameters recorded by a start that committed nothing bind nothing: replaced.
+    PgSink::connect(&stack.postgres_url(), "uncommitted", PARAMS.score_precision, true, RetryPolicy::default()).expect("create the tables");
+    client
+        .batch_execute("INSERT INTO uncommitted.encore_parameters (topic, parameters) VALUES ('music_streaming_data', '--count-bits 3')")
+        .expect("a record without commits");
+    stack.run_flow("uncommitted", 1, 1);
+    stack.check("uncommitted", &lines);
 }
 
 /// A process's log holds `replay_read` "replay read" lines (one per worker that replayed) and
