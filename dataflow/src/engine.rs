@@ -8,9 +8,11 @@
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
-//!   ├─ n(i)        members → map t → count_total                      (i, n)
-//!   ├─ c, s        Similarity: pairs (by track) + n (broadcast)       (i, j, old s, new s)
-//!   │              per track its partners' counts → cosine_units      both ways (a stream);
+//!   ├─ q(n(i))     members → map t → count_total → round to B bits    (i, q(n))
+//!   │              → consolidate_stream: an unchanged q(n) cancels here, before the broadcast
+//!   ├─ c, s        Similarity: pairs (by track) + q(n) (broadcast)    (i, j, old s, new s)
+//!   │              per track its partners' counts → cosine of q(c),   both ways (a stream);
+//!   │              q(n)s; work only where a rounded count moved
 //!   │              where c ≥ C, s > 0 (engine/similarity.rs)          ((a,b), c) a < b
 //!   ├─ N(i)        s changes → TopK per track (weights, 2k leaders)   (i, (s, j))
 //!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
@@ -44,6 +46,9 @@
 //!   whole list, and no stage stores the pairs twice. Recommendations keep per user a sorted
 //!   vector of its at most `K·k` candidates, updated with each epoch's changes in one pass,
 //!   and its `2N` best the same way ([`recommend`]): 4× smaller than an ordered set.
+//! * **Rounded counts** (SPEC §2 step 4, `B`): see [`similarity`], "Rounded counts". A count
+//!   change that leaves its rounded value alone stops where it is made; [`work`] counts what
+//!   the rest costs, for the benchmarks.
 //! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
 //!   recommendation scores are exact integer sums.
