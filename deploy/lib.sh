@@ -149,6 +149,12 @@ ensure_socat() {
     apt_install socat && command -v socat >/dev/null || die "the tests need socat: install it (apt-get install socat)"
 }
 
+ensure_sqlite3() {
+    command -v sqlite3 >/dev/null && return 0
+    say "sqlite3 not found"
+    apt_install sqlite3 && command -v sqlite3 >/dev/null || die "the tests need sqlite3: install it (apt-get install sqlite3)"
+}
+
 # Succeeds when something accepts TCP connections on 127.0.0.1:$1.
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing (Tansu via cargo install;
-# PostgreSQL 15 server binaries, OpenSSL headers and socat via apt-get when root), then runs
+# PostgreSQL 15 server binaries, OpenSSL headers, socat and sqlite3 via apt-get when root), then runs
 # the whole workspace's tests.
 # The tests start their own Tansu brokers and PostgreSQL clusters on free ports (encore-testkit),
 # so no stack needs to be running, and a running deploy/start.sh stack is not disturbed.
@@ -13,6 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_openssl_dev
 ensure_libclang
 ensure_socat
+ensure_sqlite3
 # Exported so the test harness uses exactly the binaries found (or installed) here.
 TANSU_BIN="$(ensure_tansu)"
 PG_BIN="$(ensure_pg_bin)"

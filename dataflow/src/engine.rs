@@ -2,10 +2,12 @@
 //!
 //! ```text
 //!  listens (user, track, time, like)                       input, append-only, +1 each
+//!   │  ⊕ restored last(u,t) and (plays, likes) on a restart   (Restored; not listens)
 //!   │
 //!   ├─ History ─────────────── custom operator, exchanged by user (engine/history.rs)
 //!   │    ├─ members  (u, t)        t ∈ H(u): the K tracks with the latest last(u,t)
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
+//!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (stream.rs)
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
 //!   ├─ q(n(i))     members → map t → count_total → round to B bits    (i, q(n))
@@ -113,21 +115,50 @@ pub struct Outputs<'scope> {
     pub track_stats: Collection<'scope, (u64, TrackStats)>,
     /// `((a, b), c)` with `a < b`, when asked for.
     pub co_listens: Option<Collection<'scope, ((u64, u64), u64)>>,
+    /// `((user, track), last(u,t))` for every pair with a listen: the durable state.
+    pub last_listens: Collection<'scope, ((u64, u64), i64)>,
+}
+
+/// State loaded from a sink to continue from ([`crate::stream`], "Durable state"): it stands
+/// for every listen before the stored offsets.
+pub struct Restored<'scope> {
+    /// One record per `(user, track)` ever listened, at `time_ms = last(u,t)` (`like` unused):
+    /// enough to rebuild `H(u)` and the first listens, hence `n`, `c`, `s`, `N`, `R` and
+    /// `listeners`, exactly.
+    pub last_listens: Collection<'scope, Listen>,
+    /// `plays` and `likes` per track (`listeners` is ignored: the first listens rebuild it).
+    pub track_stats: Collection<'scope, (u64, TrackStats)>,
 }
 
 /// Builds SPEC §2 over `listens`.
 pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
+    recommend_from(listens, None, params, emit_co_listens)
+}
+
+/// Builds SPEC §2 over `listens` and, when continuing a stored state, the `restored` listens
+/// it stands for.
+pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Option<Restored<'scope>>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = *params;
 
-    // H(u), first listens and pair changes, from one pass over each user's listens.
-    let history::History { changes: user_tracks, pairs } = history::history(listens.clone(), history_cap);
+    // H(u), first listens and pair changes, from one pass over each user's listens. A
+    // restored last(u,t) goes through History like a listen at that time: History keeps the
+    // maximum per (u,t) and the top K of those, which is all it needs of the listens.
+    let history_input = match &restored {
+        Some(restored) => listens.clone().concat(restored.last_listens.clone()),
+        None => listens.clone(),
+    };
+    let history::History { changes: user_tracks, pairs } = history::history(history_input, history_cap);
     let members = user_tracks.clone().flat_map(|change| match change {
         UserTrackChange::Member { user, track } => Some((user, track)),
-        UserTrackChange::FirstListen { .. } => None,
+        _ => None,
     });
-    let firsts = user_tracks.flat_map(|change| match change {
+    let firsts = user_tracks.clone().flat_map(|change| match change {
         UserTrackChange::FirstListen { user: _, track } => Some(track),
-        UserTrackChange::Member { .. } => None,
+        _ => None,
+    });
+    let last_listens = user_tracks.flat_map(|change| match change {
+        UserTrackChange::Last { user, track, last_ms } => Some(((user, track), last_ms)),
+        _ => None,
     });
 
     // q(n(i)): users with i in their history, rounded to B significant bits. A change of n
@@ -157,9 +188,15 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
     let recommendation_lists = recommend::recommendations(members, neighbor_lists.clone(), recommendations);
 
     // plays, listeners and likes as one three-part diff, accumulated per track.
-    let track_stats = listens
+    let mut stat_parts = listens
         .explode(|l| Some((l.track, (1isize, 0isize, isize::from(l.like)))))
-        .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))))
+        .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))));
+    if let Some(restored) = restored {
+        stat_parts = stat_parts.concat(
+            restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))),
+        );
+    }
+    let track_stats = stat_parts
         .count_total()
         .map(|(track, (plays, listeners, likes))| {
             (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
@@ -170,6 +207,7 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
         user_recommendations: recommendation_lists.map(|(user, (Reverse(score), j))| ((user, j), score)),
         track_stats,
         co_listens,
+        last_listens,
     }
 }
 

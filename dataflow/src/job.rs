@@ -7,8 +7,8 @@ use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen};
-use crate::output::{self, EpochSink};
-use crate::tables::{DeadLetter, Params};
+use crate::output::{self, EpochSink, Gathered};
+use crate::tables::{DeadLetter, Params, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
 /// alike: the workers compute earlier epochs while they feed later ones, so every operator
@@ -35,6 +35,10 @@ pub struct Inputs {
     pub dead_letters: InputSession<Epoch, DeadLetter, isize>,
     /// `(partition, next offset)`: consumed progress, committed with the epoch's changes.
     pub offsets: InputSession<Epoch, (i32, i64), isize>,
+    /// A stored state's `last(u,t)` per `(user, track)`, as listens at that time (a restart).
+    pub restored_listens: InputSession<Epoch, Listen, isize>,
+    /// A stored state's `plays` and `likes` per track (a restart).
+    pub restored_stats: InputSession<Epoch, (u64, TrackStats), isize>,
     /// Passes an epoch once the sink (on worker 0) has received it.
     pub probe: ProbeHandle<Epoch>,
 }
@@ -50,9 +54,18 @@ impl Inputs {
         self.listens.advance_to(epoch);
         self.dead_letters.advance_to(epoch);
         self.offsets.advance_to(epoch);
+        self.restored_listens.advance_to(epoch);
+        self.restored_stats.advance_to(epoch);
+        self.flush();
+    }
+
+    /// Sends what was fed so far into the dataflow without closing the epoch.
+    pub fn flush(&mut self) {
         self.listens.flush();
         self.dead_letters.flush();
         self.offsets.flush();
+        self.restored_listens.flush();
+        self.restored_stats.flush();
     }
 
     /// Whether the sink has not yet received every epoch before `epoch`.
@@ -89,17 +102,35 @@ impl Inputs {
         self.listens.close();
         self.dead_letters.close();
         self.offsets.close();
+        self.restored_listens.close();
+        self.restored_stats.close();
     }
 }
 
-/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0.
+/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with
+/// every change but the durable state's.
 pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
+    install_with(worker, params, emit_co_listens, sink, Gathered::default())
+}
+
+/// [`install`], the sink receiving the changes `gathered` says.
+pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S, gathered: Gathered) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
         let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
         let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
-        let outputs = engine::recommend(listens, params, emit_co_listens);
-        let probe = output::sink_epochs(output::gather(outputs, dead_letters, offsets), sink);
-        Inputs { listens: listens_input, dead_letters: dead_input, offsets: offsets_input, probe }
+        let (restored_listens_input, restored_listens) = scope.new_collection::<Listen, isize>();
+        let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
+        let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
+        let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
+        let probe = output::sink_epochs(output::gather(outputs, dead_letters, offsets, gathered), sink);
+        Inputs {
+            listens: listens_input,
+            dead_letters: dead_input,
+            offsets: offsets_input,
+            restored_listens: restored_listens_input,
+            restored_stats: restored_stats_input,
+            probe,
+        }
     })
 }

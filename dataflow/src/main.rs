@@ -50,6 +50,15 @@ struct Cli {
     #[arg(long)]
     until_caught_up: bool,
 
+    /// Rebuild the state by replaying the topic from its first message up to the stored
+    /// offsets, instead of loading it from Postgres (encore_last_listen): time and memory
+    /// grow with the topic, and it needs every message since the first (no retention). For
+    /// a state table that was lost or damaged; tables written before encore-flow kept its
+    /// state are replayed this way without the flag. The replayed state is written with the
+    /// first commit.
+    #[arg(long, requires = "postgres")]
+    replay_topic: bool,
+
     #[command(flatten)]
     params: ParamArgs,
 
@@ -358,7 +367,18 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     if cli.emit_co_listens {
         recorded.push_str(" --emit-co-listens");
     }
-    sink.check_parameters(&topic, &recorded, params.count_bits, &committed)?;
+    let recovery = match sink.check_parameters(&topic, &recorded, params.count_bits, &committed)? {
+        _ if cli.replay_topic => stream::Recovery::Replay,
+        true => stream::Recovery::Load(sink.state_reader()),
+        false => {
+            tracing::warn!(
+                "the tables in --pg-schema {} were written before encore-flow kept its state in Postgres: \
+                 replaying the topic once to rebuild it (it is stored with the first commit)",
+                cli.pg_schema
+            );
+            stream::Recovery::Replay
+        }
+    };
     let job = StreamJob {
         brokers,
         topic,
@@ -370,6 +390,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,
         committed,
+        recovery,
         error_timeout: std::time::Duration::from_secs(cli.kafka_error_timeout),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -389,9 +410,10 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     let writer = (cli.cluster.process == 0).then_some(sink);
     let summary = stream::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(
-        "process={} replayed={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
+        "process={} replayed={} restored={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
         cli.cluster.process,
         summary.replayed_messages,
+        summary.restored_rows,
         summary.live_messages,
         summary.invalid,
         summary.replay_seconds,

@@ -112,6 +112,7 @@ impl Histogram {
 struct Consumption {
     events: AtomicU64,
     replayed: AtomicU64,
+    restored: AtomicU64,
     listens: AtomicU64,
     invalid: AtomicU64,
 }
@@ -123,6 +124,8 @@ pub struct Consumed {
     pub events: u64,
     /// Messages replayed to rebuild state.
     pub replayed: u64,
+    /// Rows of durable state loaded to rebuild state.
+    pub restored: u64,
     /// Listens among the live messages.
     pub listens: u64,
     /// Invalid messages among the live messages.
@@ -272,6 +275,12 @@ impl Metrics {
             load(&c.replayed),
         );
         out.single(
+            "encore_state_rows_loaded_total",
+            "counter",
+            "Rows of durable state (encore_last_listen, track_stats) loaded from Postgres at start to rebuild the state.",
+            load(&c.restored),
+        );
+        out.single(
             "encore_listens_total",
             "counter",
             "Listens (likes, and plays of at least 30 s or of unknown length) among the messages consumed live.",
@@ -292,7 +301,7 @@ impl Metrics {
         out.single(
             "encore_replaying_workers",
             "gauge",
-            "Workers of this process still replaying the topic up to the committed offsets.",
+            "Workers of this process still rebuilding the state: loading it from Postgres, or replaying the topic up to the committed offsets.",
             self.replaying.load(Relaxed).max(0),
         );
 
@@ -412,6 +421,7 @@ impl WorkerReport {
         let last = self.published;
         c.events.fetch_add(now.events.saturating_sub(last.events), Relaxed);
         c.replayed.fetch_add(now.replayed.saturating_sub(last.replayed), Relaxed);
+        c.restored.fetch_add(now.restored.saturating_sub(last.restored), Relaxed);
         c.listens.fetch_add(now.listens.saturating_sub(last.listens), Relaxed);
         c.invalid.fetch_add(now.invalid.saturating_sub(last.invalid), Relaxed);
         self.published = now;
@@ -580,9 +590,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new(1, true));
         let mut worker_a = WorkerReport::new(Arc::clone(&metrics));
         let mut worker_b = WorkerReport::new(Arc::clone(&metrics));
-        worker_a.publish(Consumed { events: 5, replayed: 2, listens: 3, invalid: 1 });
-        worker_a.publish(Consumed { events: 7, replayed: 2, listens: 4, invalid: 1 });
-        worker_b.publish(Consumed { events: 10, replayed: 0, listens: 9, invalid: 0 });
+        worker_a.publish(Consumed { events: 5, replayed: 2, restored: 0, listens: 3, invalid: 1 });
+        worker_a.publish(Consumed { events: 7, replayed: 2, restored: 0, listens: 4, invalid: 1 });
+        worker_b.publish(Consumed { events: 10, replayed: 0, restored: 0, listens: 9, invalid: 0 });
         let p0 = metrics.partition(0);
         p0.set_next_offset(40);
         p0.set_high_watermark(50);

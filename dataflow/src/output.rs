@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use differential_dataflow::VecCollection;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::{Capability, Operator, Probe};
+use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 
 use crate::engine::{Epoch, Outputs};
@@ -39,6 +40,8 @@ pub enum RowChange {
     Stats(u64, TrackStats),
     /// A `co_listens` row.
     CoListen((u64, u64), u64),
+    /// A row of the durable state: `last(u,t)` of `(user, track)`.
+    LastListen((u64, u64), i64),
     /// A `dead_letters` row (boxed: it is rare and five times the size of the others, and
     /// every record of the stream would otherwise carry its size).
     DeadLetter(Box<DeadLetter>),
@@ -48,11 +51,24 @@ pub enum RowChange {
 
 type Updates = Vec<(RowChange, Epoch, isize)>;
 
+/// Which epochs' changes [`gather`] sends on to the sink. Changes of earlier epochs are
+/// dropped where they are made, before the exchange to worker 0: a restart's rebuild emits
+/// every row of every table once, which the sink already holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gathered {
+    /// The SPEC §3 tables, dead letters and offsets: from this epoch on.
+    pub tables_from: Epoch,
+    /// The durable state (`last(u,t)`): from this epoch on; `None`: not at all (a sink that
+    /// keeps no state, such as the file job's).
+    pub state_from: Option<Epoch>,
+}
+
 /// All row changes of the computation, gathered on worker 0.
 pub fn gather<'scope>(
     outputs: Outputs<'scope>,
     dead_letters: VecCollection<'scope, Epoch, DeadLetter>,
     offsets: VecCollection<'scope, Epoch, (i32, i64)>,
+    gathered: Gathered,
 ) -> Stream<'scope, Epoch, Updates> {
     let mut changes = outputs
         .track_neighbors
@@ -64,7 +80,17 @@ pub fn gather<'scope>(
     if let Some(co_listens) = outputs.co_listens {
         changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
     }
-    changes.inner
+    let tables_from = gathered.tables_from;
+    let mut changes = changes.inner.filter(move |(_, epoch, _)| *epoch >= tables_from);
+    if let Some(state_from) = gathered.state_from {
+        let state = outputs
+            .last_listens
+            .inner
+            .filter(move |(_, epoch, _)| *epoch >= state_from)
+            .map(|((key, last), epoch, diff)| (RowChange::LastListen(key, last), epoch, diff));
+        changes = changes.concat(state);
+    }
+    changes
 }
 
 /// Receives the changes of each closed epoch, in epoch order, on worker 0.
@@ -136,6 +162,7 @@ fn add(changes: &mut Changes, change: RowChange, diff: i64) {
         RowChange::Recommendation(key, score) => changes.user_recommendations.push((key, score, diff)),
         RowChange::Stats(track, stats) => changes.track_stats.push((track, stats, diff)),
         RowChange::CoListen(pair, c) => changes.co_listens.push((pair, c, diff)),
+        RowChange::LastListen(key, last) => changes.last_listens.push((key, last, diff)),
         RowChange::Offset(partition, next) => {
             // Offsets only grow; an epoch may carry several reports of one partition.
             let entry = changes.offsets.entry(partition).or_insert(next);

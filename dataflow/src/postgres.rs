@@ -3,14 +3,15 @@
 //!
 //! # Delivery guarantee
 //!
-//! **Exactly once per table row, given deterministic replay from the stored offsets.** Every
-//! [`PgSink::commit`] writes the net changes of one closed timestamp *and* the Kafka offsets
-//! they were computed from in a single transaction, so Postgres always holds the tables of
-//! some prefix of the topic together with the offsets that say which prefix. A job that
-//! restarts reads [`PgSink::committed_offsets`], rebuilds its state from the topic and writes
-//! only what comes after: nothing is lost (uncommitted offsets are consumed again) and nothing
-//! is counted twice (committed offsets are never consumed again for output). Kafka's own
-//! consumer-group offsets play no part.
+//! **Exactly once per table row, given a deterministic rebuild of the stored offsets' state.**
+//! Every [`PgSink::commit`] writes the net changes of one closed timestamp, the changes of
+//! the durable state (`encore_last_listen`) *and* the Kafka offsets they were computed from
+//! in a single transaction, so Postgres always holds the tables and the state of some prefix
+//! of the topic together with the offsets that say which prefix. A job that restarts reads
+//! [`PgSink::committed_offsets`], loads the state ([`StateReader`]) and writes only what
+//! comes after: nothing is lost (uncommitted offsets are consumed again) and nothing is
+//! counted twice (committed offsets are never consumed again). Kafka's own consumer-group
+//! offsets play no part.
 //!
 //! # How
 //!
@@ -65,7 +66,9 @@
 //! `track_neighbors_ranked` and `user_recommendations_ranked` (`rank` = `row_number()` by score desc, then id asc; ranking
 //! the stored doubles is exact because `units / 10^P` preserves the order of units), a unique
 //! index on `dead_letters (topic, kafka_partition, kafka_offset)`, and
-//! `encore_progress (topic, kafka_partition, next_offset, committed_at)`. Each connection
+//! `encore_progress (topic, kafka_partition, next_offset, committed_at)`,
+//! `encore_parameters (topic, parameters, recorded_at, durable_state)` and the durable state
+//! `encore_last_listen (user_id, track_id, last_ms)` (merged like the SPEC tables). Each connection
 //! also creates its `pg_temp.encore_stage_*` tables (`ON COMMIT DELETE ROWS`).
 //!
 //! One sink writes through one connection. Several sinks (say, one per worker) may write
@@ -82,7 +85,7 @@
 //!   exponential backoff between them; then [`SinkError::Unreachable`] or
 //!   [`SinkError::Retries`] with a one-line reason. The caller exits non-zero; a restart
 //!   resumes from the stored offsets.
-//! * The caller's replay is not deterministic (different changes for the same offsets): the
+//! * The caller's rebuild is not deterministic (different changes for the same offsets): the
 //!   tables are then wrong, and nothing in the sink can tell. This is the assumption above.
 //! * Incoherent changes (two new values for one key, a diff of +2): refused before any write
 //!   with [`SinkError::InvalidChanges`].
@@ -137,7 +140,7 @@ use tracing::{info, warn};
 use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
 use error::Failure;
 use session::{ensure_session, open_session, select_offsets, session_config, Session};
-use sql::{Statements, CO_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use sql::{Statements, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
 use staging::Staged;
 
 /// Larger `P` cannot be represented: scores are `i64` units.
@@ -161,8 +164,9 @@ pub struct CommitStats {
     /// had landed, so it was not retried.
     pub ack_lost: bool,
     /// Per keyed table (`track_neighbors`, `user_recommendations`, `track_stats`,
-    /// `co_listens`, in that order): rows inserted, updated and deleted (net per key).
-    pub tables: [TableRows; 4],
+    /// `co_listens`, `encore_last_listen`, in that order): rows inserted, updated and deleted
+    /// (net per key).
+    pub tables: [TableRows; 5],
 }
 
 /// The rows one commit wrote to one keyed table.
@@ -193,6 +197,8 @@ pub struct PgSink {
     /// Offsets stored before the next commit, per topic, as far as this sink knows (from
     /// `committed_offsets` and its own commits); used to judge a commit whose ack was lost.
     known_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// The next commit records that `encore_last_listen` is complete for this topic.
+    mark_state: Option<String>,
 }
 
 impl std::fmt::Debug for PgSink {
@@ -234,6 +240,7 @@ impl PgSink {
             emit_co_listens,
             session: Some(session),
             known_offsets: BTreeMap::new(),
+            mark_state: None,
         })
     }
 
@@ -252,8 +259,8 @@ impl PgSink {
     /// [`Params::flags`](crate::tables::Params::flags)); `committed` are the topic's stored
     /// offsets ([`PgSink::committed_offsets`]).
     ///
-    /// Why: on start the job replays the topic up to the stored offsets to rebuild its state,
-    /// and then writes changes to that state. Replayed with other parameters (say another
+    /// Why: on start the job rebuilds its state from the stored one (or the topic), and then
+    /// writes changes to that state. Rebuilt with other parameters (say another
     /// `--count-bits`), the state is not what the tables hold, and every later delta would
     /// apply to rows that differ: wrong tables, silently. So:
     ///
@@ -265,10 +272,15 @@ impl PgSink {
     ///   before this record (2026-12-06), which computed exact counts with otherwise unknown
     ///   parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
     ///   another `--count-bits` is refused.
-    pub fn check_parameters(&mut self, topic: &str, parameters: &str, count_bits: u32, committed: &BTreeMap<i32, i64>) -> Result<(), SinkError> {
-        let stored: Option<String> = self.with_session("reading the recorded parameters", |session, sql| {
+    ///
+    /// Returns whether `encore_last_listen` holds the state of every committed offset (the
+    /// job then loads it, see [`crate::stream`], "Durable state"): always where nothing is
+    /// committed; not for tables written before the durable state, which the job rebuilds by
+    /// replaying the topic once (and then records its state with its first commit).
+    pub fn check_parameters(&mut self, topic: &str, parameters: &str, count_bits: u32, committed: &BTreeMap<i32, i64>) -> Result<bool, SinkError> {
+        let stored: Option<(String, bool)> = self.with_session("reading the recorded parameters", |session, sql| {
             let rows = session.client.query(sql.select_parameters.as_str(), &[&topic]).map_err(Failure::from)?;
-            rows.first().map(|row| row.try_get::<_, String>(0)).transpose().map_err(Failure::from)
+            rows.first().map(|row| Ok::<_, postgres::Error>((row.try_get::<_, String>(0)?, row.try_get::<_, bool>(1)?))).transpose().map_err(Failure::from)
         })?;
         let differ = |stored: String| SinkError::ParametersDiffer {
             schema: self.schema.clone(),
@@ -276,18 +288,33 @@ impl PgSink {
             stored,
             asked: parameters.to_owned(),
         };
-        match stored {
-            Some(stored) if stored == parameters => Ok(()),
-            Some(stored) if !committed.is_empty() => Err(differ(stored)),
+        let durable = match stored {
+            Some((stored, durable)) if stored == parameters && !committed.is_empty() => return Ok(durable),
+            Some((stored, _)) if !committed.is_empty() => return Err(differ(stored)),
             None if !committed.is_empty() && count_bits != 0 => {
-                Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
+                return Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
             }
-            // Nothing committed (whatever a start that died before its first commit recorded),
-            // or tables from before the record taken as this run's: record this run's.
-            _ => self.with_session("recording the parameters", |session, sql| {
-                session.client.execute(sql.upsert_parameters.as_str(), &[&topic, &parameters]).map(drop).map_err(Failure::from)
-            }),
-        }
+            // Tables from before the record, taken as this run's: their state is to be rebuilt.
+            None if !committed.is_empty() => false,
+            // Nothing committed (whatever a start that died before its first commit recorded):
+            // the empty state is complete.
+            _ => true,
+        };
+        self.with_session("recording the parameters", |session, sql| {
+            session.client.execute(sql.upsert_parameters.as_str(), &[&topic, &parameters, &durable]).map(drop).map_err(Failure::from)
+        })?;
+        Ok(durable)
+    }
+
+    /// Makes the next [`commit`](Self::commit) of `topic` record, in its transaction, that
+    /// `encore_last_listen` holds the state of its offsets (after a replay rebuilt it).
+    pub fn mark_state_on_next_commit(&mut self, topic: &str) {
+        self.mark_state = Some(topic.to_owned());
+    }
+
+    /// A reader of the durable state, for loaders on other threads.
+    pub fn state_reader(&self) -> StateReader {
+        StateReader { target: self.target.clone(), retry: self.retry, sql: self.sql.clone(), schema: self.schema.clone() }
     }
 
     /// Commits one closed timestamp: `changes` and the `offsets` (next offset to consume per
@@ -318,7 +345,7 @@ impl PgSink {
                 + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64),
             attempts: 0,
             ack_lost: false,
-            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS].map(|spec| {
+            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
                 let mut rows = TableRows { table: spec.name, ..TableRows::default() };
                 for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
                     (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
@@ -334,12 +361,16 @@ impl PgSink {
         let mut fast = true;
         loop {
             stats.attempts += 1;
+            let mark = self.mark_state.as_deref() == Some(topic);
             let result = match ensure_session(&mut self.session, &self.target, &self.sql, &self.retry) {
-                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast),
+                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast, mark),
                 Err(err) => return Err(err),
             };
             let failure = match result {
                 Ok(()) => {
+                    if mark {
+                        self.mark_state = None;
+                    }
                     self.remember(topic, offsets);
                     return Ok(stats);
                 }
@@ -367,6 +398,9 @@ impl PgSink {
             match commit_landed(&stored, offsets, self.known_offsets.get(topic)) {
                 Landed::Yes => {
                     info!(attempt = stats.attempts, "postgres commit had landed; its ack was lost");
+                    if self.mark_state.as_deref() == Some(topic) {
+                        self.mark_state = None;
+                    }
                     self.remember(topic, offsets);
                     stats.ack_lost = true;
                     return Ok(stats);
@@ -479,9 +513,13 @@ fn commit_once(
     staged: &Staged,
     offsets: &BTreeMap<i32, i64>,
     fast: bool,
+    mark_state: bool,
 ) -> Result<(), Failure> {
     // Dropping `tx` on any early return rolls the transaction back.
     let mut tx = session.client.transaction()?;
+    if mark_state {
+        tx.execute(sql.mark_durable_state.as_str(), &[&topic])?;
+    }
     if !offsets.is_empty() {
         let partitions: Vec<i32> = offsets.keys().copied().collect();
         let next: Vec<i64> = offsets.values().copied().collect();
@@ -555,6 +593,90 @@ fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
     u64::try_from(value).map_err(|_| {
         Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") })
     })
+}
+
+/// Loads the durable state (`encore_last_listen` and the plays and likes of `track_stats`),
+/// one share at a time, on any thread; see [`crate::stream`], "Durable state".
+#[derive(Clone)]
+pub struct StateReader {
+    target: encore_pgconnect::Target,
+    retry: RetryPolicy,
+    sql: Statements,
+    schema: String,
+}
+
+impl std::fmt::Debug for StateReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateReader").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+/// One loader's share of the durable state.
+#[derive(Debug, Default)]
+pub struct LoadedState {
+    /// `(user, track, last(u,t))`, sorted by user, then by `(last, track)` descending.
+    pub last_listens: Vec<(u64, u64, i64)>,
+    /// `(track, plays, likes)`.
+    pub track_stats: Vec<(u64, u64, u64)>,
+}
+
+impl StateReader {
+    /// The rows of users `u` with `u % peers == index` and of tracks `t` with `t % peers ==
+    /// index`, read in one snapshot whose stored offsets of `topic` must equal `committed`
+    /// ([`SinkError::StateMoved`] otherwise: another writer).
+    pub fn load(&self, topic: &str, committed: &BTreeMap<i32, i64>, peers: usize, index: usize) -> Result<LoadedState, SinkError> {
+        let mut session = None;
+        let attempts = self.retry.attempts();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let live = ensure_session(&mut session, &self.target, &self.sql, &self.retry)?;
+            match self.load_once(live, topic, committed, peers, index) {
+                Ok(mut state) => {
+                    // Each user's tracks latest first: History then fills H(u) without a swap.
+                    state.last_listens.sort_unstable_by(|a, b| a.0.cmp(&b.0).then((b.2, b.1).cmp(&(a.2, a.1))));
+                    return Ok(state);
+                }
+                Err(failure) if failure.is_transient() && attempt < attempts => {
+                    warn!(attempt, error = %failure.reason(), "postgres loading the state failed; reconnecting");
+                    session = None;
+                    sleep(self.retry.backoff(attempt));
+                }
+                Err(failure) => return Err(failure.into_error("loading the state", attempt)),
+            }
+        }
+    }
+
+    fn load_once(&self, session: &mut Session, topic: &str, committed: &BTreeMap<i32, i64>, peers: usize, index: usize) -> Result<LoadedState, Failure> {
+        let mut tx = session.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+        let mut stored = BTreeMap::new();
+        for row in tx.query(&session.select_offsets, &[&topic])? {
+            stored.insert(row.try_get::<_, i32>(0)?, row.try_get::<_, i64>(1)?);
+        }
+        if &stored != committed {
+            return Err(Failure::Sink(SinkError::StateMoved { schema: self.schema.clone(), topic: topic.to_owned() }));
+        }
+        let mut state = LoadedState::default();
+        let copy = self.sql.copy_share(LAST_LISTENS.name, "user_id, track_id, last_ms", "user_id", peers, index);
+        staging::read_int8_rows::<3>(tx.copy_out(copy.as_str())?, LAST_LISTENS.name, |[user, track, last]| {
+            state.last_listens.push((stored_id(user, LAST_LISTENS.name)?, stored_id(track, LAST_LISTENS.name)?, last));
+            Ok(())
+        })?;
+        let copy = self.sql.copy_share(TRACK_STATS.name, "track_id, plays, likes", "track_id", peers, index);
+        staging::read_int8_rows::<3>(tx.copy_out(copy.as_str())?, TRACK_STATS.name, |[track, plays, likes]| {
+            let table = TRACK_STATS.name;
+            state.track_stats.push((stored_id(track, table)?, stored_id(plays, table)?, stored_id(likes, table)?));
+            Ok(())
+        })?;
+        tx.commit()?;
+        Ok(state)
+    }
+}
+
+/// A stored BIGINT id or count, which must be ≥ 0.
+fn stored_id(value: i64, table: &'static str) -> Result<u64, Failure> {
+    u64::try_from(value)
+        .map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value}") }))
 }
 
 /// What the stored offsets say about a commit whose outcome is unknown.

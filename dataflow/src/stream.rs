@@ -6,24 +6,61 @@
 //! offsets stored beside it, after any crash and restart: nothing lost, nothing counted twice.
 //!
 //! * Offsets live only in Postgres ([`crate::postgres`]), committed in the same transaction as
-//!   the changes of the epoch that consumed them. Kafka's consumer-group offsets are never
-//!   read or written (`enable.auto.commit=false`, explicit `assign`).
-//! * On start the job **replays** the topic from the beginning up to the stored offsets to
-//!   rebuild its state, in epochs below [`LIVE`] whose changes are *not* written: Postgres
-//!   already holds their result. From the stored offsets on it runs **live** epochs
-//!   (≥ [`LIVE`]), each committed in one transaction with its offsets (epochs that queued up
-//!   during a commit share the next transaction).
-//! * Results depend only on the set of messages, not on how they fall into epochs, so the
-//!   replayed state is the committed state, and live deltas apply on top of it exactly.
+//!   the changes of the epoch that consumed them, and so is the **durable state** below.
+//!   Kafka's consumer-group offsets are never read or written (`enable.auto.commit=false`,
+//!   explicit `assign`).
+//! * On start the job **loads** that state (every worker of every process its share, in
+//!   parallel) and feeds it into one epoch below [`LIVE`], whose changes are *not* written:
+//!   Postgres already holds their result. From the stored offsets on it runs **live** epochs
+//!   (≥ [`LIVE`]), each committed in one transaction with its offsets and its state changes
+//!   (epochs that queued up during a commit share the next transaction).
+//! * Results depend only on the set of listens, and the state stands for exactly the
+//!   listens before the stored offsets, so the rebuilt state is the committed one, and live
+//!   deltas apply on top of it exactly.
 //! * One writer, process 0's committer thread (`stream/committer.rs`), commits the live epochs
 //!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
 //!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
 //!   while one commits. The process reports success only after the committer has committed
 //!   every epoch handed over and ended.
 //!
-//! It can fail if the topic no longer holds the messages the stored offsets cover (retention
-//! or a recreated topic): the job detects a low watermark above 0 or an end of partition
-//! before the stored offset and refuses to start rather than write wrong tables.
+//! # Durable state
+//!
+//! Everything SPEC §2 computes follows from two things per `(user, track)` and per track:
+//!
+//! ```text
+//!  encore_last_listen (user_id, track_id, last_ms)   last(u,t) of every pair with a listen
+//!      └─► H(u) = its K latest per user ─► n(i), c(i,j) ─► s ─► N(i) ─► R(u)
+//!      └─► one first listen per row      ─► listeners(t)
+//!  track_stats (track_id, plays, …, likes)           plays(t), likes(t): already a SPEC table
+//! ```
+//!
+//! `last(u,t)` of a track outside `H(u)` cannot matter to `H(u)` again (a track re-enters only
+//! with a later listen, which sets its `last`), but its row says the pair was heard, which
+//! `listeners` counts. History emits every change of `last(u,t)` (see
+//! [`crate::engine::history`]); the sink upserts them with the epoch's deltas, about one row
+//! per listen that raised a `last`, fewer after an epoch's consolidation: the write cost is
+//! proportional to what changed, and the table holds one row per distinct `(user, track)`.
+//!
+//! A restart loads its share of both tables (`user_id` resp. `track_id` modulo the number of
+//! workers, so any `-n`/`-w` loads the same state: a rescale is a restart), in one snapshot
+//! whose stored offsets must equal the ones read at start. The rows enter History as listens
+//! at their `last` (each user's latest first: `H(u)` fills without swaps) and the stats as
+//! plays and likes, all in one epoch fed in chunks with dataflow steps between them, so the
+//! operators compute their result once and the pair changes in flight stay bounded. Then each
+//! worker consumes from the stored offsets ([`resume_at`] says how exactly). The topic before
+//! them is never read: retention may have deleted it. The time and memory of a restart grow
+//! with the state (distinct pairs, tracks), not with the topic.
+//!
+//! **Replay** remains for tables without a durable state (written before it existed; they
+//! record `durable_state = false` in `encore_parameters`) and on request (`--replay-topic`,
+//! for a lost or damaged state table): the topic is read from its beginning up to the stored
+//! offsets into replay epochs, and the replayed state is written with the first live commit,
+//! which records it as complete. It needs every message since offset 0.
+//!
+//! A partition that no longer holds a message the job needs — below the stored offset
+//! replaying, from it loading, from 0 on a fresh start — is refused at start (its low
+//! watermark is above that offset), as is one that ends before the stored offset: the job
+//! would otherwise write tables that miss messages.
 //!
 //! # Partitions and epochs
 //!
@@ -55,11 +92,11 @@
 //!
 //! # Progress logs
 //!
-//! Each worker logs `replay read` once its consumer has read up to the committed offsets; the
-//! dataflow may still be computing the replayed epochs then (minutes for a large topic), and
-//! live epochs wait behind them. Process 0 logs `first live commit` when the committer has
-//! committed the first live epoch: from then on the job is live.
-//! Recovery time grows linearly with the topic (a full replay); see the README for figures.
+//! Each worker logs `state loaded` once it has read and fed its share of the durable state
+//! (or, replaying, `replay read` once its consumer has read up to the committed offsets); the
+//! dataflow may still be computing the rebuilding epoch then, and live epochs wait behind it.
+//! Process 0 logs `first live commit` when the committer has committed the first live epoch:
+//! from then on the job is live. Figures: `benches/README.md`, "Restart".
 
 mod client;
 mod committer;
@@ -76,12 +113,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::engine::Epoch;
+use crate::engine::{Epoch, Listen};
 use crate::job::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
 use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
-use crate::output::EpochSink;
-use crate::postgres::{PgSink, SinkError};
-use crate::tables::{Changes, Params};
+use crate::output::{EpochSink, Gathered};
+use crate::postgres::{LoadedState, PgSink, SinkError, StateReader};
+use crate::tables::{Changes, Params, TrackStats};
 use client::consumer;
 use committer::{Committer, Halt, Handover};
 use consumer_errors::ErrorWatch;
@@ -132,9 +169,23 @@ pub struct StreamJob {
     pub epoch_events: usize,
     /// Offsets committed in Postgres, read at start (same for every process).
     pub committed: BTreeMap<i32, i64>,
+    /// How the state of the committed offsets is rebuilt.
+    pub recovery: Recovery,
     /// How long consumer errors may persist, with nothing consumed, before the job ends
     /// (`--kafka-error-timeout`; errors that can never heal end it at once).
     pub error_timeout: Duration,
+}
+
+/// How a job rebuilds the state of the committed offsets (see "Durable state" above).
+#[derive(Clone, Debug)]
+pub enum Recovery {
+    /// Load it from Postgres (`encore_last_listen`, `track_stats`), each worker its share, and
+    /// consume from the committed offsets on. Also a fresh start (nothing committed, nothing
+    /// to load).
+    Load(StateReader),
+    /// Replay the topic from its beginning up to the committed offsets: tables written before
+    /// the durable state existed. The replayed state is written with the first commit.
+    Replay,
 }
 
 /// A failure of the Kafka job.
@@ -151,15 +202,19 @@ pub enum StreamError {
     /// The topic is missing.
     #[error("Kafka topic {0} does not exist (create it first, e.g. deploy/start.sh)")]
     NoTopic(String),
-    /// The topic lost messages that the committed state covers.
-    #[error("partition {partition} of {topic} no longer holds offsets below {committed} (low watermark {low}): the state cannot be rebuilt")]
+    /// The topic no longer holds messages the job needs: those after the committed offsets
+    /// (or, replaying, all of them).
+    #[error(
+        "partition {partition} of {topic} starts at offset {low}, but the job needs its messages from offset {needed} on \
+         (deleted by retention, or the topic was recreated): refusing to compute tables that miss them"
+    )]
     Truncated {
         /// The topic.
         topic: String,
         /// The partition.
         partition: i32,
-        /// The committed offset.
-        committed: i64,
+        /// The first offset the job needs.
+        needed: i64,
         /// The first offset still held.
         low: i64,
     },
@@ -214,8 +269,12 @@ pub struct StreamSummary {
     pub invalid: u64,
     /// Listens among the live ones.
     pub listens: u64,
-    /// Seconds spent replaying (slowest worker).
+    /// Seconds spent rebuilding the state before live consumption: loading it, or replaying
+    /// the topic (slowest worker).
     pub replay_seconds: f64,
+    /// Rows of durable state this process's workers loaded (`encore_last_listen` and
+    /// `track_stats`).
+    pub restored_rows: u64,
     /// Seconds in all (slowest worker).
     pub seconds: f64,
 }
@@ -245,16 +304,27 @@ pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
     Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason })
 }
 
-/// The worker 0 sink: hands live epochs to the committer, skips replayed ones. `None` on
-/// every other worker and process.
+/// The worker 0 sink: hands live epochs to the committer, skips the rebuilding ones. `None`
+/// on every other worker and process.
 struct PostgresEpochs {
     handover: Option<Handover>,
+    /// Replaying: the durable state of the replayed epochs, written with the first live one.
+    replayed_state: Option<Changes>,
 }
 
 impl EpochSink for PostgresEpochs {
-    fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
+    fn epoch_closed(&mut self, epoch: Epoch, mut changes: Changes) {
         if epoch < LIVE {
-            return; // replayed: Postgres already holds the result
+            // Rebuilding: Postgres already holds the tables (the gather dropped their changes),
+            // but a replay's state is new to it.
+            if let Some(state) = self.replayed_state.as_mut() {
+                state.absorb(Changes { last_listens: changes.last_listens, ..Changes::default() });
+            }
+            return;
+        }
+        if let Some(mut state) = self.replayed_state.take() {
+            state.absorb(changes);
+            changes = state;
         }
         if let Some(handover) = self.handover.as_mut() {
             // Blocks while the committer's queue is full. `false`: a commit failed, the stop
@@ -323,8 +393,13 @@ pub fn run_with_metrics(
     let worker_metrics = Arc::clone(&metrics);
     let failure = Arc::new(Mutex::new(None));
     let halt = Halt { failure: Arc::clone(&failure), stop: Arc::clone(&stop) };
+    let replaying = matches!(job.recovery, Recovery::Replay);
     let (handover, committer) = match sink {
-        Some(sink) => {
+        Some(mut sink) => {
+            if replaying {
+                // The replayed state goes into the first commit, which records it as complete.
+                sink.mark_state_on_next_commit(&job.topic);
+            }
             let commit = postgres_commit(sink, job.topic.clone(), Arc::clone(&metrics), run_started);
             let (handover, committer) = Committer::spawn(commit, halt)
                 .map_err(|error| StreamError::Worker(format!("cannot start the committer thread: {error}")))?;
@@ -351,8 +426,12 @@ pub fn run_with_metrics(
         let peers = worker.peers();
         let epoch_sink = PostgresEpochs {
             handover: if index == 0 { worker_handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() } else { None },
+            replayed_state: replaying.then(Changes::default),
         };
-        let mut inputs = job::install(worker, &job.params, job.emit_co_listens, epoch_sink);
+        // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
+        // made. Their state changes too, unless they come from a replay (new to Postgres).
+        let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
+        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
         let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
         let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);
@@ -417,6 +496,7 @@ pub fn run_with_metrics(
                 summary.invalid += worker.invalid;
                 summary.listens += worker.listens;
                 summary.replay_seconds = summary.replay_seconds.max(worker.replay_seconds);
+                summary.restored_rows += worker.restored_rows;
                 summary.seconds = summary.seconds.max(worker.seconds);
             }
             Ok(Err(error)) => {
@@ -505,19 +585,22 @@ fn publish(report: &mut WorkerReport, gauges: &[(i32, Arc<PartitionGauges>)], su
     report.publish(Consumed {
         events: summary.live_messages,
         replayed: summary.replayed_messages,
+        restored: summary.restored_rows,
         listens: summary.listens,
         invalid: summary.invalid,
     });
 }
 
-/// One worker's consumption: replay, then live epochs, until caught up or stopped.
+/// One worker's consumption: rebuild the state (load or replay), then live epochs, until
+/// caught up or stopped.
 ///
-/// One consumer reads every partition of the worker from its beginning and is never moved:
-/// messages below the committed offsets feed replay epochs, later ones live epochs. A live
-/// message that arrives while another partition is still replaying waits in memory until the
-/// replay ends (so the buffer holds at most the difference in replay progress between the
-/// worker's partitions). Never seeking matters on Tansu 0.6, whose fetch from an offset inside
-/// a record batch returns nothing.
+/// Loading, the worker reads its share of the durable state and feeds it into the first
+/// epoch (below [`LIVE`]); its consumer then starts at the committed offsets, checked as
+/// [`resume_at`] says. Replaying, one consumer reads every partition of the worker from its
+/// beginning and is never moved: messages below the committed offsets feed replay epochs,
+/// later ones live epochs. A live message that arrives while another partition is still
+/// replaying waits in memory until the replay ends (so the buffer holds at most the
+/// difference in replay progress between the worker's partitions).
 fn consume(
     worker: &mut timely::worker::Worker,
     inputs: &mut job::Inputs,
@@ -528,6 +611,18 @@ fn consume(
 ) -> Result<StreamSummary, StreamError> {
     let started = Instant::now();
     let mut summary = StreamSummary::default();
+    let replay = matches!(job.recovery, Recovery::Replay);
+    if let Recovery::Load(reader) = &job.recovery {
+        if !job.committed.is_empty() {
+            report.metrics().replaying(true);
+            summary.restored_rows = restore(worker, inputs, reader, job)?;
+            publish(report, &[], &summary, &BTreeMap::new());
+            report.metrics().replaying(false);
+            summary.replay_seconds = started.elapsed().as_secs_f64();
+            info!(worker = worker.index(), rows = summary.restored_rows, seconds = summary.replay_seconds, "state loaded");
+        }
+        inputs.advance_to(LIVE);
+    }
     if partitions.is_empty() {
         inputs.advance_to(LIVE);
         return Ok(summary);
@@ -535,25 +630,42 @@ fn consume(
     let consumer = consumer(job, &format!("encore-flow-{}", worker.index()))?;
     let committed = |p: i32| job.committed.get(&p).copied().unwrap_or(0);
 
-    // Where the topic ends now, and whether it still starts at 0 where we need it to.
+    // Where the topic ends now, whether it still holds what we need, and where to start.
     let mut targets = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
     let mut gauges = Vec::new();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    // Partitions started at an offset whose first message must be exactly that one.
+    let mut unverified: BTreeMap<i32, i64> = BTreeMap::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
-        if committed(p) > 0 && low > 0 {
-            return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low });
+        let needed = if replay { 0 } else { committed(p) };
+        if low > needed {
+            return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed, low });
         }
         targets.insert(p, high);
         let gauge = report.metrics().partition(p);
         gauge.set_high_watermark(high);
         gauges.push((p, gauge));
-        assignment.add_partition_offset(&job.topic, p, Offset::Beginning)?;
+        let (start, verify) = if replay { (0, false) } else { resume_at(committed(p), low, high) };
+        if verify {
+            unverified.insert(p, start);
+        }
+        next.insert(p, start);
+        let offset = if start == 0 { Offset::Beginning } else { Offset::Offset(start) };
+        assignment.add_partition_offset(&job.topic, p, offset)?;
     }
     consumer.assign(&assignment)?;
+    // The broker answered a fetch at a verified start with another message (or none): read
+    // the partition from its beginning instead, skipping what the state holds.
+    let rewind = |p: i32, expected: i64, got: Option<i64>, next: &mut BTreeMap<i32, i64>| -> Result<(), StreamError> {
+        warn!(p, expected, ?got, "the broker did not start the partition at the offset asked for: reading it from its beginning");
+        consumer.seek(&job.topic, p, Offset::Beginning, KAFKA_TIMEOUT)?;
+        next.insert(p, 0);
+        Ok(())
+    };
 
-    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
-    let mut replaying = partitions.iter().any(|&p| committed(p) > 0);
+    let mut replaying = replay && partitions.iter().any(|&p| committed(p) > 0);
     let mut waiting: Vec<(i32, i64, Vec<u8>)> = Vec::new();
     // Partitions consumed up to where they ended at start. A partition counts only once the
     // consumer also reached its end (an end-of-partition event): Tansu 0.6 reports the base
@@ -642,10 +754,15 @@ fn consume(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 errors.progress();
+                if let Some(expected) = unverified.remove(&p) {
+                    rewind(p, expected, None, &mut next)?;
+                    continue;
+                }
                 let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
                 tracing::debug!(p, next = n, target, committed = committed(p), "end of partition");
                 if n < committed(p) {
-                    return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, committed: committed(p), low: n });
+                    // The partition ends before the committed offset: recreated or truncated.
+                    return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed: committed(p), low: n });
                 }
                 if n >= target {
                     caught_up.insert(p);
@@ -663,6 +780,12 @@ fn consume(
             Some(Ok(message)) => {
                 errors.progress();
                 let (p, offset) = (message.partition(), message.offset());
+                if let Some(expected) = unverified.remove(&p) {
+                    if offset != expected {
+                        rewind(p, expected, Some(offset), &mut next)?;
+                        continue;
+                    }
+                }
                 let Some(n) = next.get_mut(&p) else { continue };
                 if offset < *n {
                     continue; // delivered twice
@@ -670,6 +793,9 @@ fn consume(
                 *n = offset + 1;
                 let payload = message.payload().unwrap_or_default();
                 if offset < committed(p) {
+                    if !replay {
+                        continue; // in the loaded state
+                    }
                     inputs.feed(payload, &job.topic, p, offset);
                     summary.replayed_messages += 1;
                     in_epoch += 1;
@@ -693,6 +819,59 @@ fn consume(
     publish(report, &gauges, &summary, &next);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Rows of state fed between two steps of the dataflow while loading: each step lets History
+/// turn them into pair changes and Similarity count those, so that the load never holds
+/// more than a chunk's pair changes in flight, while the whole state is one epoch (every
+/// operator computes its result once, not once per chunk).
+const RESTORE_CHUNK: usize = 1 << 15;
+/// Dataflow steps after each chunk.
+const RESTORE_STEPS: usize = 4;
+
+/// Loads this worker's share of the durable state and feeds it into the current epoch.
+/// Returns the rows loaded.
+fn restore(worker: &mut timely::worker::Worker, inputs: &mut job::Inputs, reader: &StateReader, job: &StreamJob) -> Result<u64, StreamError> {
+    let LoadedState { last_listens, track_stats } = reader.load(&job.topic, &job.committed, worker.peers(), worker.index())?;
+    let rows = (last_listens.len() + track_stats.len()) as u64;
+    for (track, plays, likes) in track_stats {
+        inputs.restored_stats.insert((track, TrackStats { plays, listeners: 0, likes }));
+    }
+    // Each user's tracks come latest first (see StateReader::load): History fills H(u) and
+    // the later (older) ones stay out, without a swap and its pair changes.
+    for chunk in last_listens.chunks(RESTORE_CHUNK) {
+        for &(user, track, time_ms) in chunk {
+            inputs.restored_listens.insert(Listen { user, track, time_ms, like: false });
+        }
+        inputs.flush();
+        for _ in 0..RESTORE_STEPS {
+            worker.step();
+        }
+    }
+    Ok(rows)
+}
+
+/// Where a loaded worker starts reading a partition with `committed` offset and watermarks
+/// `low` ≤ `committed` and `high`, and whether its first message must be exactly there.
+///
+/// Kafka answers a fetch at any offset with the batch holding it, and the client drops the
+/// messages before the offset. Tansu 0.6's memory storage answers a fetch inside a record
+/// batch with the *next* batch, silently skipping the rest of that one, and reports the base
+/// offset of its last batch + 1 as the high watermark. So a loaded worker starts one message
+/// early, at `committed − 1`, which it consumed before and which must still be there: if the
+/// broker's first answer is another message or none, the worker reads the partition from its
+/// beginning instead, skipping the committed messages (correct on every broker, at the cost
+/// of reading the partition). Where `committed − 1` is gone (`low == committed`) there is
+/// nothing to check it against; a high watermark below `committed` is not to be trusted:
+/// from the beginning.
+fn resume_at(committed: i64, low: i64, high: i64) -> (i64, bool) {
+    if committed <= 1 || high < committed {
+        (0, false)
+    } else if low < committed {
+        (committed - 1, true)
+    } else {
+        (committed, false)
+    }
 }
 
 /// Whether a live epoch of `in_epoch` messages is full at `--epoch-events` = `cap`. With

@@ -108,6 +108,9 @@ pub struct Changes {
     pub track_stats: Vec<(u64, TrackStats, i64)>,
     /// Changes of `co_listens` (empty unless `--emit-co-listens`).
     pub co_listens: Vec<((u64, u64), u64, i64)>,
+    /// Changes of `last(u,t)` per `(user, track)`: the durable state (Kafka job only; see
+    /// [`crate::stream`], "Durable state").
+    pub last_listens: Vec<((u64, u64), i64, i64)>,
     /// New dead letters (they are only ever added).
     pub dead_letters: Vec<DeadLetter>,
     /// Consumed progress at the end of the epoch: the next offset per partition that
@@ -123,6 +126,7 @@ impl Changes {
         self.user_recommendations.append(&mut share.user_recommendations);
         self.track_stats.append(&mut share.track_stats);
         self.co_listens.append(&mut share.co_listens);
+        self.last_listens.append(&mut share.last_listens);
         self.dead_letters.append(&mut share.dead_letters);
         for (partition, next) in share.offsets {
             let entry = self.offsets.entry(partition).or_insert(next);
@@ -145,6 +149,7 @@ impl Changes {
         sum(&mut self.user_recommendations, later.user_recommendations);
         sum(&mut self.track_stats, later.track_stats);
         sum(&mut self.co_listens, later.co_listens);
+        sum(&mut self.last_listens, later.last_listens);
         self.dead_letters.extend(later.dead_letters);
         for (partition, next) in later.offsets {
             let entry = self.offsets.entry(partition).or_insert(next);

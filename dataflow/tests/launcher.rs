@@ -295,22 +295,23 @@ fn committed(postgres: &Postgres) -> i64 {
         .unwrap_or(0)
 }
 
-/// The sums of `replayed=` and `consumed=` over the summary lines of p0 and p1, each of
+/// The sums of `replayed=`, `restored=` and `consumed=` over the summary lines of p0 and p1, each of
 /// which must be there exactly once, prefixed.
-fn summaries(stdout: &str) -> (u64, u64) {
+fn summaries(stdout: &str) -> (u64, u64, u64) {
     let field = |line: &str, name: &str| -> u64 {
         line.split(' ')
             .find_map(|word| word.strip_prefix(name))
             .and_then(|value| value.parse().ok())
             .unwrap_or_else(|| panic!("{name} in {line:?}"))
     };
-    let mut sums = (0, 0);
+    let mut sums = (0, 0, 0);
     for (p, host) in [(0, "127.0.0.2"), (1, "127.0.0.3")] {
         let prefix = format!("[p{p} {host}] process={p} ");
         let lines: Vec<&str> = stdout.lines().filter(|line| line.starts_with(&prefix)).collect();
         assert_eq!(lines.len(), 1, "one summary line of p{p} in\n{stdout}");
         sums.0 += field(lines[0], "replayed=");
-        sums.1 += field(lines[0], "consumed=");
+        sums.1 += field(lines[0], "restored=");
+        sums.2 += field(lines[0], "consumed=");
     }
     sums
 }
@@ -384,7 +385,7 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     assert!(output.status.success(), "a clean Ctrl-C stop exits 0: {}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     let stdout = text(&output.stdout);
-    assert_eq!(summaries(&stdout), (0, first.len() as u64), "replayed and consumed messages, both processes");
+    assert_eq!(summaries(&stdout), (0, 0, first.len() as u64), "replayed, restored and consumed, both processes");
     let stderr = text(&output.stderr);
     assert!(stderr.contains("launch: stopping p0 p1 (SIGINT"), "{stderr}");
     assert!(stderr.contains("launch: all 2 processes exited 0"), "{stderr}");
@@ -398,7 +399,10 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, lines.len() as i64, || ());
     assert!(output.status.success(), "a clean Ctrl-C stop over ssh exits 0: {}", describe(&output));
     let stdout = text(&output.stdout);
-    assert_eq!(summaries(&stdout), (first.len() as u64, second.len() as u64), "the second run resumes");
+    // The second run loads the state of the first (nothing replayed) and consumes the rest.
+    let (replayed, restored, consumed) = summaries(&stdout);
+    assert_eq!((replayed, consumed), (0, second.len() as u64), "the second run resumes");
+    assert!(restored > 0, "from the state of the first run's messages");
     assert!(flow_processes_mentioning(&scratch.str("")).is_empty() && flow_processes_mentioning(&url).is_empty());
 
     // The launcher killed outright (SIGKILL, no chance to stop anyone): its local processes

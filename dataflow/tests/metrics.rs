@@ -407,18 +407,27 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     // Ctrl-C: both commit what they have and exit 0, their summaries agreeing with the metrics.
     assert_eq!(interrupt(children), lines.len());
 
-    // A restart replays what is committed (counted apart from live consumption) and goes
-    // live; with nothing new it commits nothing, and process 0 shows the offsets it read.
+    // A restart loads the committed state (each process its share of the rows, counted apart
+    // from live consumption; no message is replayed) and goes live; with nothing new it
+    // commits nothing, and process 0 shows the offsets it read.
+    let state_rows: i64 = {
+        let mut client = postgres::Client::connect(&postgres.url(), postgres::NoTls).expect("connect");
+        let row = client
+            .query_one("SELECT (SELECT count(*) FROM encore_last_listen) + (SELECT count(*) FROM track_stats)", &[])
+            .expect("count the state");
+        row.get(0)
+    };
+    assert!(state_rows > 0);
     let metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
     let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
-    let replayed = |process: usize, scrape: &Scrape| {
-        scrape.value("encore_events_replayed_total", &[]) == Some(want[process])
-            && scrape.value("encore_replaying_workers", &[]) == Some(0.0)
-    };
-    let zero = scrape_until(&metrics[0], &mut children, "process 0 replayed", |s| replayed(0, s));
-    let one = scrape_until(&metrics[1], &mut children, "process 1 replayed", |s| replayed(1, s));
+    let loaded = |scrape: &Scrape| scrape.value("encore_replaying_workers", &[]) == Some(0.0) && scrape.value("encore_state_rows_loaded_total", &[]).is_some_and(|rows| rows > 0.0);
+    let zero = scrape_until(&metrics[0], &mut children, "process 0 loaded", loaded);
+    let one = scrape_until(&metrics[1], &mut children, "process 1 loaded", loaded);
+    let rows = zero.get("encore_state_rows_loaded_total", &[]) + one.get("encore_state_rows_loaded_total", &[]);
+    assert_eq!(rows, state_rows as f64, "every row of the state loaded once, over both processes");
     for scrape in [&zero, &one] {
         assert_eq!(scrape.get("encore_events_consumed_total", &[]), 0.0);
+        assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
     }
     assert!(committed_all(&zero, lines.len()), "committed offsets read at start:\n{}", zero.text);
     assert_eq!(zero.get("encore_commits_total", &[]), 0.0);

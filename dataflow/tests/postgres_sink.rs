@@ -129,6 +129,7 @@ fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Chang
             },
             |rng| rng.random_range(1..50u64),
         ),
+        last_listens: Vec::new(),
         dead_letters: Vec::new(),
         offsets: BTreeMap::new(),
     }
@@ -197,6 +198,7 @@ fn schema_creation_is_idempotent_and_survives_a_race() {
     };
     let mut expected = vec![
         "dead_letters",
+        "encore_last_listen",
         "encore_parameters",
         "encore_progress",
         "track_neighbors",
@@ -403,8 +405,9 @@ fn schema_name_with_quotes_and_spaces() {
             .unwrap()
             .get(0)
     };
-    // The four SPEC §3 tables written here, encore_progress and encore_parameters.
-    assert_eq!(count(&mut client, schema), 6);
+    // The four SPEC §3 tables written here, encore_progress, encore_parameters and the
+    // durable state (encore_last_listen).
+    assert_eq!(count(&mut client, schema), 7);
     assert_eq!(count(&mut client, "public"), 0);
 }
 

@@ -311,6 +311,40 @@ impl Tansu {
         Ok(())
     }
 
+    /// Deletes the messages of `topic` below offset `before` of each `(partition, before)`, as
+    /// retention does, and restarts the broker: each low watermark is then its `before`. Tansu 0.6 does not
+    /// implement Kafka's DeleteRecords, so this edits its SQLite storage (the `record` rows
+    /// and the partition's `watermark`) while the broker is stopped, with the `sqlite3`
+    /// command (`deploy/test.sh` installs it). Only for [`TansuStorage::Sqlite`].
+    pub fn delete_records_before(&mut self, topic: &str, partitions: &[(i32, i64)]) -> Result<()> {
+        assert_eq!(self.storage, TansuStorage::Sqlite, "deleting records needs the SQLite storage");
+        self.kill()?;
+        // Topic names are [a-zA-Z0-9._-] (Kafka's rule), so quoting them in SQL is safe.
+        assert!(topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "a Kafka topic name");
+        let mut sql = String::new();
+        for (partition, before) in partitions {
+            let topition = format!(
+                "(SELECT tp.id FROM topition tp JOIN topic t ON tp.topic = t.id WHERE t.name = '{topic}' AND tp.partition = {partition})"
+            );
+            sql.push_str(&format!(
+                "DELETE FROM header WHERE topition = {topition} AND offset_id < {before};\n\
+                 DELETE FROM record WHERE topition = {topition} AND offset_id < {before};\n\
+                 UPDATE watermark SET low = {before} WHERE topition = {topition};\n"
+            ));
+        }
+        let mut command = Command::new("sqlite3");
+        command.arg("tansu.db").arg(&sql).current_dir(self.dir.path()).stdin(Stdio::null());
+        let output = command.output().map_err(|source| Error::Spawn { command: describe(&command), source })?;
+        if !output.status.success() {
+            return Err(Error::CommandFailed {
+                command: describe(&command),
+                status: output.status,
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        self.spawn_and_wait()
+    }
+
     /// Starts a killed broker again on the same port. With [`TansuStorage::Memory`] its topics
     /// and messages are gone; with [`TansuStorage::Sqlite`] they survive.
     pub fn restart(&mut self) -> Result<()> {

@@ -42,6 +42,8 @@ mod kafka;
 mod latency;
 #[path = "pipeline/pg.rs"]
 mod pg;
+#[path = "pipeline/restart.rs"]
+mod restart;
 #[path = "pipeline/verify.rs"]
 mod verify;
 
@@ -131,6 +133,12 @@ struct Args {
     /// Skip the latency runs.
     #[arg(long)]
     no_latency: bool,
+    /// Restart measurements on the caught-up schema of --latency-layout, before the latency
+    /// runs: `load` (the durable state from Postgres, the default way), `replay` (the topic
+    /// from its beginning, `--replay-topic`); empty for none. Each sends one marker message
+    /// and measures the seconds to its commit and the peak RSS until then.
+    #[arg(long, value_delimiter = ',', default_value = "load,replay")]
+    restarts: Vec<String>,
     /// Skip checking the tables of each catch-up, and of each latency run that committed
     /// everything, against the sequential oracle over the same messages (untimed; at 10 M
     /// events ~1.5 minutes and ~4 GiB).
@@ -327,6 +335,30 @@ fn main() -> Result<()> {
     print_catch_up(&runs, &args, &parse_rates, best_parse, copy_plain, &catch_up_args);
     // Before the latency runs, which add messages to the topic and to one schema.
     let mut verified = if args.no_verify { None } else { Some(verify_catch_ups(&runs, &args, &catalog, &url, &catch_up_args)?) };
+
+    // Restarts, on the latency layout's caught-up schema (before the latency runs grow it).
+    let mut restarts = Vec::new();
+    if let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout).filter(|_| !args.restarts.is_empty()) {
+        let schema = schema_of(args.latency_layout);
+        for mode in &args.restarts {
+            let mode: &'static str = match mode.as_str() {
+                "load" => "load",
+                "replay" => "replay",
+                other => bail!("--restarts takes load and replay, not {other:?}"),
+            };
+            eprintln!("restart {} ({mode}) ... ({})", args.latency_layout, load_average());
+            let restart = restart::run(&target, args.latency_layout, &schema, &latency_args, mode, &url, &kafka, &mut stream, &mut ends, timeout)?;
+            eprintln!("  first new commit after {:.1} s ({})", restart.first_commit_seconds, load_average());
+            if let Some(wrong) = verified.as_mut() {
+                let label = format!("restart {} ({mode})", args.latency_layout);
+                if !verify_latency_run(&label, &catalog, &url, &schema, &args.topic, &ends, &latency_args)? {
+                    wrong.push(label);
+                }
+            }
+            restarts.push(restart);
+        }
+        print_restarts(&restarts, &base.finished.peak_rss, &latency_args);
+    }
 
     // Latency.
     let mut latencies = Vec::new();
@@ -582,6 +614,47 @@ fn fmt_latency(latency: Option<Duration>, drain: f64) -> String {
     match latency {
         Some(l) => format!("{:.0} ms", l.as_secs_f64() * 1e3),
         None => format!("not committed within the {drain:.0} s drain"),
+    }
+}
+
+/// The restart table, against the catch-up's peak RSS (the steady state of the same layout).
+fn print_restarts(restarts: &[restart::Restart], steady_rss: &[u64], flags: &[String]) {
+    println!(
+        "\n## Restart on the caught-up schema (encore-flow {}), to the first new commit\n\n\
+         load = the durable state from Postgres (default); replay = the topic from its beginning (--replay-topic). \
+         Steady state: the catch-up run's peak RSS per process, {}.\n",
+        flags.join(" "),
+        steady_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(" + ")
+    );
+    println!("| mode | messages of state | seconds to the first new commit | peak RSS per process | of the steady state's |");
+    println!("|---|--:|--:|--:|--:|");
+    for restart in restarts {
+        let peak: Vec<String> = restart.peak_rss.iter().map(|b| gib(*b)).collect();
+        let ratio: Vec<String> = restart
+            .peak_rss
+            .iter()
+            .zip(steady_rss)
+            .map(|(peak, steady)| format!("{:.2}×", *peak as f64 / (*steady).max(1) as f64))
+            .collect();
+        println!(
+            "| {} | {} | {:.1} | {} | {} |",
+            restart.mode,
+            restart.state_messages,
+            restart.first_commit_seconds,
+            peak.join(" + "),
+            ratio.join(" + ")
+        );
+    }
+    const RESTART_TARGET: f64 = 15.0;
+    for restart in restarts.iter().filter(|r| r.mode == "load") {
+        let within = restart.peak_rss.iter().zip(steady_rss).all(|(peak, steady)| peak <= steady);
+        println!(
+            "restart (load) at {} messages: {:.1} s to the first new commit (target <= {RESTART_TARGET:.0} s: {}); peak RSS <= steady state's: {}",
+            restart.state_messages,
+            restart.first_commit_seconds,
+            if restart.first_commit_seconds <= RESTART_TARGET { "met" } else { "missed" },
+            if within { "met" } else { "missed" }
+        );
     }
 }
 

@@ -26,8 +26,10 @@
 //! ## Output
 //!
 //! Two outputs. A collection of [`UserTrackChange`]s (differential's `(data, time, diff)`
-//! layout): history membership changes (`+1` enters, `-1` leaves) and, once per `(u,t)`, the
-//! first listen (`+1`), from which `listeners(t)` is counted. And a plain stream of
+//! layout): history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the
+//! first listen (`+1`), from which `listeners(t)` is counted; and every change of
+//! `last(u,t)`, the durable state a restart rebuilds everything else from (see
+//! [`crate::stream`], "Durable state"). And a plain stream of
 //! [`PairChange`]s: each membership change's pairs with every other member, both ways, from
 //! which `c(i,j)` is counted ([`super::similarity`]). Emitting pairs here, where `H(u)`
 //! already is, replaces a self-join of the histories and its arrangement.
@@ -67,6 +69,16 @@ pub enum UserTrackChange {
         /// The track.
         track: u64,
     },
+    /// `last(user, track) = last_ms` (diff +1 when it is set, -1 when a later listen replaces
+    /// it): the durable state from which a restart rebuilds `H(u)` and the first listens.
+    Last {
+        /// The listener.
+        user: u64,
+        /// The track.
+        track: u64,
+        /// `last(u,t)`, ms since the Unix epoch.
+        last_ms: i64,
+    },
 }
 
 /// One user's state: `last(u,t)` for every track heard, and `H(u)` ordered by
@@ -90,6 +102,10 @@ impl UserHistory {
             return; // last(u,t) did not grow: nothing can change
         }
         self.last.insert(track, new_last);
+        if let Some(p) = previous {
+            out.push((UserTrackChange::Last { user, track, last_ms: p }, -1));
+        }
+        out.push((UserTrackChange::Last { user, track, last_ms: new_last }, 1));
         if let Some(p) = previous {
             if self.members.remove(&(p, track)) {
                 // Already a member: its key grows, it stays a member.
@@ -265,7 +281,10 @@ mod tests {
         pairs.clear();
         h.listen(1, 10, 200, 2, &mut out, &mut pairs);
         h.listen(1, 10, 150, 2, &mut out, &mut pairs);
-        assert!(out.is_empty() && pairs.is_empty());
+        // Only last(u,t) moved, once: no membership, first-listen or pair change.
+        let last = |last_ms| UserTrackChange::Last { user: 1, track: 10, last_ms };
+        assert_eq!(out, vec![(last(100), -1), (last(200), 1)]);
+        assert!(pairs.is_empty());
         assert_eq!(h.last[&10], 200);
     }
 }

@@ -94,6 +94,17 @@ pub enum SinkError {
         /// This run's parameters, as flags.
         asked: String,
     },
+    /// The stored offsets moved while the durable state was being loaded.
+    #[error(
+        "the offsets of topic {topic:?} in schema {schema:?} changed while its state was loaded: \
+         another encore-flow writes this schema (stop it first)"
+    )]
+    StateMoved {
+        /// `--pg-schema`.
+        schema: String,
+        /// Topic.
+        topic: String,
+    },
     /// A value does not fit its column.
     #[error("{what} {value} does not fit a BIGINT")]
     OutOfRange {

@@ -155,8 +155,16 @@ pub(super) const CO_LISTENS: TableSpec = TableSpec {
     values: &[("users", "BIGINT")],
 };
 
+/// `encore_last_listen`: `last(u,t)` for every `(user, track)` with a listen, the durable
+/// state a restart rebuilds from (see [`crate::stream`], "Durable state").
+pub(super) const LAST_LISTENS: TableSpec = TableSpec {
+    name: "encore_last_listen",
+    keys: &["user_id", "track_id"],
+    values: &[("last_ms", "BIGINT")],
+};
+
 /// The keyed tables in the order a commit merges them.
-const KEYED: [&TableSpec; 4] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS];
+const KEYED: [&TableSpec; 5] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS];
 
 /// Any fixed number works as long as every encore process uses the same one: it serialises
 /// concurrent schema creation (two `CREATE TABLE IF NOT EXISTS` racing can both pass the
@@ -170,7 +178,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// All SQL of one sink, for one schema.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Statements {
     pub(super) create_tables: String,
     pub(super) create_staging: String,
@@ -181,6 +189,7 @@ pub(super) struct Statements {
     pub(super) select_dead_letters: String,
     pub(super) select_parameters: String,
     pub(super) upsert_parameters: String,
+    pub(super) mark_durable_state: String,
     copy: Vec<(&'static str, String)>,
     merge_delete: Vec<(&'static str, String)>,
     merge_insert: Vec<(&'static str, String)>,
@@ -218,6 +227,10 @@ impl Statements {
              other ones would replay a different state under them (see PgSink::check_parameters).\n\
              CREATE TABLE IF NOT EXISTS {s}.encore_parameters (topic TEXT PRIMARY KEY, \
              parameters TEXT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now());\n\
+             -- Whether encore_last_listen holds the state of every committed offset of the \
+             topic (tables from before the durable state have offsets but no state).\n\
+             ALTER TABLE {s}.encore_parameters ADD COLUMN IF NOT EXISTS durable_state BOOLEAN \
+             NOT NULL DEFAULT false;\n\
              CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT track_id, neighbor_id, \
              score, row_number() OVER (PARTITION BY track_id ORDER BY score DESC, neighbor_id ASC) \
              AS rank FROM {s}.track_neighbors;\n\
@@ -266,11 +279,13 @@ impl Statements {
             select_dead_letters: format!(
                 "SELECT topic, kafka_partition, kafka_offset, payload, error FROM {s}.dead_letters ORDER BY id"
             ),
-            select_parameters: format!("SELECT parameters FROM {s}.encore_parameters WHERE topic = $1::text"),
+            select_parameters: format!("SELECT parameters, durable_state FROM {s}.encore_parameters WHERE topic = $1::text"),
             upsert_parameters: format!(
-                "INSERT INTO {s}.encore_parameters AS p (topic, parameters) VALUES ($1::text, $2::text) \
-                 ON CONFLICT (topic) DO UPDATE SET parameters = EXCLUDED.parameters, recorded_at = now()"
+                "INSERT INTO {s}.encore_parameters AS p (topic, parameters, durable_state) \
+                 VALUES ($1::text, $2::text, $3::bool) ON CONFLICT (topic) DO UPDATE \
+                 SET parameters = EXCLUDED.parameters, durable_state = EXCLUDED.durable_state, recorded_at = now()"
             ),
+            mark_durable_state: format!("UPDATE {s}.encore_parameters SET durable_state = true WHERE topic = $1::text"),
             copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
             merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
             merge_insert: keyed.iter().map(|spec| (spec.name, spec.merge_insert(&s))).collect(),
@@ -312,6 +327,16 @@ impl Statements {
     /// `SELECT` of a whole keyed table, keys first, in key order.
     pub(super) fn select_table(&self, spec: &TableSpec) -> String {
         format!("SELECT {} FROM {}.{} ORDER BY {}", spec.columns(), self.schema, spec.name, spec.keys.join(", "))
+    }
+
+    /// Binary `COPY` out of `columns` of the rows of `table` whose `key_column` is `index`
+    /// modulo `peers`: one loader's share of a table. (COPY takes no parameters; both
+    /// numbers are integers formatted here.)
+    pub(super) fn copy_share(&self, table: &str, columns: &str, key_column: &str, peers: usize, index: usize) -> String {
+        format!(
+            "COPY (SELECT {columns} FROM {}.{table} WHERE {key_column} % {peers} = {index}) TO STDOUT (FORMAT binary)",
+            self.schema
+        )
     }
 }
 

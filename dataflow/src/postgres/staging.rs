@@ -19,8 +19,10 @@
 //! would cost one trip through the client's runtime (`block_on`) per row inside the open
 //! transaction; the `pg_copy` benchmark measures both.
 
-use super::sql::{TableSpec, CO_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use super::sql::{TableSpec, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
+use super::error::Failure;
 use super::SinkError;
+use std::io::Read as _;
 use crate::tables::{score_value, Changes, DeadLetter, TrackStats};
 
 /// The fixed start of every binary COPY stream: signature, flags, header extension length.
@@ -235,6 +237,17 @@ impl Staged {
             })?;
         }
 
+        let actions = consolidate(LAST_LISTENS.name, &changes.last_listens)?;
+        staged.push(&LAST_LISTENS, &actions, |encoder, &(user, track), value: Option<i64>| {
+            encoder.int8(bigint(user, "user_id")?);
+            encoder.int8(bigint(track, "track_id")?);
+            match value {
+                Some(last_ms) => encoder.int8(last_ms),
+                None => encoder.null(),
+            }
+            Ok(())
+        })?;
+
         if !changes.dead_letters.is_empty() {
             staged.dead_letters = Some(encode_dead_letters(&changes.dead_letters)?);
             staged.dead_letter_count = changes.dead_letters.len() as u64;
@@ -291,6 +304,46 @@ fn encode_dead_letters(dead_letters: &[DeadLetter]) -> Result<Vec<u8>, SinkError
     Ok(encoder.finish())
 }
 
+/// Reads a binary `COPY … TO STDOUT` stream of rows of `N` non-NULL `BIGINT`s (the format
+/// above), calling `row` for each: streamed, so a table of millions of rows is never held as
+/// bytes.
+pub(super) fn read_int8_rows<const N: usize>(
+    reader: impl std::io::Read,
+    table: &'static str,
+    mut row: impl FnMut([i64; N]) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let bad = |reason: String| Failure::Sink(SinkError::BadRow { table, reason });
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, reader);
+    let mut header = [0u8; COPY_HEADER.len()];
+    reader.read_exact(&mut header).map_err(Failure::Io)?;
+    if header[..11] != COPY_HEADER[..11] {
+        return Err(bad("not a binary COPY stream".to_owned()));
+    }
+    // A header extension (flags, then its length) is allowed and skipped.
+    let extension = u32::from_be_bytes([header[15], header[16], header[17], header[18]]);
+    std::io::copy(&mut (&mut reader).take(u64::from(extension)), &mut std::io::sink()).map_err(Failure::Io)?;
+    let mut fields = [0u8; 2];
+    let mut field = [0u8; 12];
+    loop {
+        reader.read_exact(&mut fields).map_err(Failure::Io)?;
+        match i16::from_be_bytes(fields) {
+            -1 => return Ok(()),
+            n if n as usize == N => {}
+            n => return Err(bad(format!("a row of {n} fields, expected {N}"))),
+        }
+        let mut values = [0i64; N];
+        for value in &mut values {
+            reader.read_exact(&mut field).map_err(Failure::Io)?;
+            let len = i32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+            if len != 8 {
+                return Err(bad(format!("a field of length {len} where a non-NULL BIGINT was expected")));
+            }
+            *value = i64::from_be_bytes(field[4..].try_into().expect("8 bytes"));
+        }
+        row(values)?;
+    }
+}
+
 /// SPEC §1 keeps ids below 2^63 and counts never get near it, but a `BIGINT` column must
 /// refuse, not wrap, anything larger.
 fn bigint(value: u64, what: &'static str) -> Result<i64, SinkError> {
@@ -341,6 +394,32 @@ mod tests {
         expected.extend_from_slice(&[255, 255, 255, 255, 255, 255]);
         assert_eq!(bytes, expected);
         assert_eq!(COPY_HEADER.len(), 19);
+    }
+
+    #[test]
+    fn int8_rows_read_back_what_was_encoded() {
+        let mut encoder = CopyEncoder::new(2, 38);
+        for row in [[1i64, -2, i64::MAX], [0, 7, i64::MIN]] {
+            encoder.row(3);
+            row.iter().for_each(|&v| encoder.int8(v));
+        }
+        let bytes = encoder.finish();
+        let mut rows = Vec::new();
+        assert!(read_int8_rows::<3>(bytes.as_slice(), "t", |row| {
+            rows.push(row);
+            Ok(())
+        })
+        .is_ok());
+        assert_eq!(rows, vec![[1, -2, i64::MAX], [0, 7, i64::MIN]]);
+        // A NULL, a wrong field count and a cut stream are refused, not misread.
+        let mut encoder = CopyEncoder::new(1, 38);
+        encoder.row(3);
+        encoder.int8(1);
+        encoder.null();
+        encoder.int8(2);
+        assert!(read_int8_rows::<3>(encoder.finish().as_slice(), "t", |_| Ok(())).is_err());
+        assert!(read_int8_rows::<2>(bytes.as_slice(), "t", |_| Ok(())).is_err());
+        assert!(read_int8_rows::<3>(&bytes[..bytes.len() - 5], "t", |_| Ok(())).is_err());
     }
 
     #[test]

@@ -83,6 +83,7 @@ mod tests {
             epoch_ms: 250,
             epoch_events: 10_000,
             committed: BTreeMap::new(),
+            recovery: crate::stream::Recovery::Replay,
             error_timeout: crate::stream::DEFAULT_ERROR_TIMEOUT,
         }
     }

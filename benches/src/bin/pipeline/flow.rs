@@ -159,6 +159,11 @@ impl Running {
         self.logs.iter().filter_map(|log| std::fs::read_to_string(log).ok()).map(|text| text.matches("replay read").count()).sum()
     }
 
+    /// The highest VmHWM seen so far per process, bytes (sampled by [`check_alive`](Self::check_alive)).
+    pub fn peaks(&self) -> &[u64] {
+        &self.peaks
+    }
+
     /// Fails if a process has exited (a live run must not end on its own).
     pub fn check_alive(&mut self) -> Result<()> {
         self.sample_memory();

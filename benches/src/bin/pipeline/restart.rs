@@ -1,0 +1,83 @@
+//! Restart time and memory: encore-flow started on the schema of a caught-up run, as after a
+//! crash, until its first new commit.
+//!
+//! ```text
+//!  caught-up schema (N messages of state) ──► encore-flow (live flags) ──► state rebuilt:
+//!     loaded from Postgres (default) or replayed from the topic (--replay-topic)
+//!  one marker message sent at the start ──► committed ⇒ the job is live: restart seconds
+//!  VmHWM of every process, sampled every 50 ms until then ──► peak RSS of the restart
+//! ```
+//!
+//! The marker lies beyond the stored offsets, and a live epoch commits only once every
+//! earlier epoch (the rebuilding ones) is complete, so its commit is the first moment the
+//! restarted job serves new messages. The job is then stopped with SIGINT.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use encore_generator::stream::EventStream;
+
+use crate::flow::{self, FlowTarget, Layout};
+use crate::kafka::{BenchProducer, Kafka};
+use crate::pg;
+
+/// One restart.
+#[derive(Clone, Debug)]
+pub struct Restart {
+    /// `load` or `replay`.
+    pub mode: &'static str,
+    /// Messages of state (committed offsets summed) at the restart.
+    pub state_messages: i64,
+    /// Seconds from the first spawn to the marker's commit.
+    pub first_commit_seconds: f64,
+    /// Peak resident set per process until then, bytes.
+    pub peak_rss: Vec<u64>,
+}
+
+/// Restarts `layout` on `schema` with `args` (plus `--replay-topic` for `mode` "replay"),
+/// sends one marker message (the next of `stream`), waits for its commit, stops the job.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    target: &FlowTarget,
+    layout: Layout,
+    schema: &str,
+    args: &[String],
+    mode: &'static str,
+    url: &str,
+    kafka: &Kafka,
+    stream: &mut EventStream,
+    ends: &mut BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<Restart> {
+    let state_messages: i64 = pg::committed(url, schema, &target.topic)?.values().sum();
+    let mut args = args.to_vec();
+    if mode == "replay" {
+        args.push("--replay-topic".to_owned());
+    }
+    let mut job = flow::start(target, layout, schema, &args, &format!("restart-{mode}-{layout}"))?;
+    let mut producer = BenchProducer::connect(kafka, &target.topic, 1, true)?;
+    let mut payload = Vec::with_capacity(512);
+    let marker = stream.next_message(&mut payload);
+    producer.send(usize::MAX, marker.key(), &payload)?;
+    producer.flush()?;
+    for (_, partition, offset) in producer.take_landed() {
+        let end = ends.entry(partition).or_default();
+        *end = (*end).max(offset + 1);
+        while pg::committed(url, schema, &target.topic)?.get(&partition).is_none_or(|c| *c <= offset) {
+            job.check_alive()?;
+            if job.elapsed() > timeout.as_secs_f64() {
+                bail!("the restarted job did not commit the marker within {} s", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let first_commit_seconds = job.elapsed();
+    job.check_alive()?; // samples the memory once more
+    let peak_rss = job.peaks().to_vec();
+    job.interrupt()?;
+    if let Err(error) = job.wait(timeout) {
+        eprintln!("  warning: the restarted job did not stop cleanly: {error:#}");
+    }
+    Ok(Restart { mode, state_messages, first_commit_seconds, peak_rss })
+}
