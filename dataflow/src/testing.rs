@@ -43,7 +43,7 @@ use crate::output::EpochSink;
 use crate::tables::{Changes, Params, Tables};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use encore_udfs::{parse_event, Event, EventType, MAX_ID};
+use encore_udfs::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
@@ -507,21 +507,6 @@ fn wall_clock_seconds(ms: i64) -> String {
     let second_of_day = seconds.rem_euclid(86_400);
     let (hour, minute, second) = (second_of_day / 3600, second_of_day % 3600 / 60, second_of_day % 60);
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")
-}
-
-/// Proleptic Gregorian date of a day number (0 = 1970-01-01): Howard Hinnant's
-/// `civil_from_days` (<http://howardhinnant.github.io/date_algorithms.html>).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468; // day 0 = 0000-03-01
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A sink that keeps the tables after every closed epoch, and the dead letters.
