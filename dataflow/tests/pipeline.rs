@@ -7,7 +7,6 @@
 //! with one line (the committer's failure stops the workers, nothing hangs). The progress log
 //! lines (`replay read`, `first live commit`) are checked where they must and must not appear.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu, TestCa};
+use encore_testkit::{free_port_on, Postgres, Tansu, TestCa};
 
 const TOPIC: &str = "music_streaming_data";
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 1 };
@@ -131,7 +130,7 @@ impl Stack {
     /// process's stderr.
     fn run_flow_on(&self, schema: &str, hosts: &[&str], workers: usize) -> Vec<String> {
         let hostfile = self.dir.join(format!("hosts-{schema}-{}", hosts.len()));
-        let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port(host))).collect();
+        let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port_on(host).expect("a free port"))).collect();
         std::fs::write(&hostfile, lines.join("\n")).expect("hostfile");
         let children: Vec<Child> = (0..hosts.len())
             .map(|process| {
@@ -193,10 +192,6 @@ impl Drop for Stack {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 #[test]

@@ -57,6 +57,7 @@
 //! checks once a second whether the test process still exists and, once it does not, stops
 //! the server and deletes its directory.
 
+pub mod cli;
 mod error;
 mod ports;
 mod postgres;
@@ -65,7 +66,9 @@ pub mod processes;
 mod tansu;
 mod tls;
 
+pub use cli::{assert_one_line_error, assert_success, run_bin};
 pub use error::Error;
+pub use ports::{free_port, free_port_on};
 pub use postgres::{postgres_bin_dir, Postgres, CERT_ROLE};
 pub use tansu::{tansu_binary, Tansu, TansuStorage};
 pub use tls::TestCa;
