@@ -24,9 +24,11 @@ pub mod csv;
 pub mod engine;
 pub mod job;
 pub mod metrics;
+#[cfg(any(test, feature = "testing"))]
 pub mod oracle;
 pub mod output;
 pub mod postgres;
 pub mod stream;
 pub mod tables;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

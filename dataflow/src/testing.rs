@@ -584,33 +584,13 @@ pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
     same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
-/// Asserts that an `encore-flow` run succeeded, showing its output when it did not.
-pub fn assert_success(output: &std::process::Output) {
-    assert!(
-        output.status.success(),
-        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+pub use encore_testkit::assert_success;
 
 /// Asserts that an `encore-flow` run failed the way users are promised: a non-zero status
 /// and one `encore-flow: …` line naming `expected`, last on stderr (warnings logged while
-/// retrying may come before it).
+/// retrying may come before it); [`encore_testkit::assert_one_line_error`] for `encore-flow`.
 pub fn assert_one_line_error(output: &std::process::Output, expected: &str) {
-    assert!(!output.status.success(), "should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
-    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
-    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
-    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
-    // `{:#}` appends every source to the message; one that the message already says would
-    // appear twice.
-    let parts: Vec<&str> = reasons[0].split(": ").collect();
-    for (index, part) in parts.iter().enumerate() {
-        assert!(part.len() < 12 || !parts[index + 1..].contains(part), "a cause repeated in {:?}", reasons[0]);
-    }
+    encore_testkit::assert_one_line_error("encore-flow", output, expected);
 }
 
 #[cfg(test)]
