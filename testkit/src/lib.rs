@@ -17,6 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The [`cli`] module runs the workspace's binaries and asserts on how they exit
+//! ([`assert_one_line_error`], [`assert_success`], [`run_bin`]); [`free_port`] and
+//! [`free_port_on`] pick ports for the programs under test. Test files use these instead of
+//! copies of their own.
+//!
 //! # How the servers run
 //!
 //! * **PostgreSQL**: `initdb` creates a cluster in a temporary directory with trust
