@@ -1,12 +1,32 @@
 //! encore's incremental engine: SPEC §2 (co-listening counts, cosine similarity, per-track
 //! neighbours, per-user recommendations, track statistics) maintained exactly by timely and
-//! differential dataflow, for any number of workers and processes.
+//! differential dataflow, for any number of workers and processes. SPEC is the contract in
+//! the repository's `docs/contract.md`.
+//!
+//! ```text
+//! source   Kafka topic (stream)              JSON-lines file (batch)
+//!                    └──────────────┬──────────────┘
+//!                                   ▼  parse (encore_udfs); invalid messages → dead letters
+//! engine   history H(u) ─► similarity s(i,j) ─► top_k N(i) ─► recommend R(u);
+//!          track statistics                                    (engine, installed by job)
+//!                                   ▼  row changes of each closed epoch, to worker 0 (output)
+//! sink     Postgres: one transaction per epoch,    or    CSV files at exit (csv)
+//!          the consumed offsets in it (postgres)
+//! ```
+//!
+//! **The guarantee: exactly once.** With Kafka in and Postgres out, the consumed offsets are
+//! committed in the same Postgres transaction as the row changes they produced, so after any
+//! crash and restart every table again equals its SPEC §3 definition over exactly the
+//! messages in the topic: nothing lost, nothing counted twice ([`stream`] and [`postgres`]
+//! say how, and how it can fail). Whatever the input, the tables are a function of the set of
+//! listens alone: arrival order, partitioning, workers and processes do not change them.
 //!
 //! * [`engine`] builds the dataflow (its module docs hold the operator diagram);
 //! * [`output`] gathers the row changes of every closed epoch to one sink;
 //! * [`batch`] runs it over JSON lines (`encore-flow --input`), [`csv`] writes the tables;
 //! * [`tables`] says what the outputs mean as plain Rust values;
-//! * [`stream`] runs it from Kafka into [`postgres`], observed by [`metrics`].
+//! * [`stream`] runs it from Kafka into [`postgres`], observed by [`metrics`];
+//! * `oracle` and `testing` (feature `testing`): the sequential SPEC §2 and test helpers.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -24,9 +44,11 @@ pub mod csv;
 pub mod engine;
 pub mod job;
 pub mod metrics;
+#[cfg(any(test, feature = "testing"))]
 pub mod oracle;
 pub mod output;
 pub mod postgres;
 pub mod stream;
 pub mod tables;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -28,7 +28,7 @@
 //!   binds 127.0.0.1 ([`listen_address`]); exposing it (`0.0.0.0:PORT`, an interface's
 //!   address) is the operator's explicit choice.
 //!
-//! The metrics and their meaning are listed in the README ("Operating it", "Metrics").
+//! The metrics and their meaning are listed in docs/operating.md ("Metrics").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::{Display, Write as _};

@@ -43,7 +43,7 @@ use crate::output::EpochSink;
 use crate::tables::{Changes, Params, Tables};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use encore_udfs::{parse_event, Event, EventType, MAX_ID};
+use encore_udfs::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
@@ -509,21 +509,6 @@ fn wall_clock_seconds(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")
 }
 
-/// Proleptic Gregorian date of a day number (0 = 1970-01-01): Howard Hinnant's
-/// `civil_from_days` (<http://howardhinnant.github.io/date_algorithms.html>).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468; // day 0 = 0000-03-01
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// A sink that keeps the tables after every closed epoch, and the dead letters.
 #[derive(Default)]
 pub struct Snapshots {
@@ -599,33 +584,13 @@ pub fn assert_tables_eq(got: &Tables, want: &Tables, context: &str) {
     same("user_recommendations", &got.user_recommendations, &want.user_recommendations, context);
 }
 
-/// Asserts that an `encore-flow` run succeeded, showing its output when it did not.
-pub fn assert_success(output: &std::process::Output) {
-    assert!(
-        output.status.success(),
-        "encore-flow failed ({}):\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+pub use encore_testkit::assert_success;
 
 /// Asserts that an `encore-flow` run failed the way users are promised: a non-zero status
 /// and one `encore-flow: …` line naming `expected`, last on stderr (warnings logged while
-/// retrying may come before it).
+/// retrying may come before it); [`encore_testkit::assert_one_line_error`] for `encore-flow`.
 pub fn assert_one_line_error(output: &std::process::Output, expected: &str) {
-    assert!(!output.status.success(), "should fail");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("encore-flow: ")).collect();
-    assert_eq!(reasons.len(), 1, "one reason line on stderr, got: {stderr}");
-    assert_eq!(stderr.lines().last(), Some(reasons[0]), "the reason comes last");
-    assert!(reasons[0].contains(expected), "{expected:?} in {:?}", reasons[0]);
-    // `{:#}` appends every source to the message; one that the message already says would
-    // appear twice.
-    let parts: Vec<&str> = reasons[0].split(": ").collect();
-    for (index, part) in parts.iter().enumerate() {
-        assert!(part.len() < 12 || !parts[index + 1..].contains(part), "a cause repeated in {:?}", reasons[0]);
-    }
+    encore_testkit::assert_one_line_error("encore-flow", output, expected);
 }
 
 #[cfg(test)]

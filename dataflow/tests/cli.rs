@@ -2,7 +2,6 @@
 //! processes, the CSV files against the oracle, and clear one-line errors for bad flags and
 //! unreachable services.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_one_line_error;
 use encore_dataflow::{oracle, testing};
+use encore_testkit::free_port;
 
 fn flow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_encore-flow"))
@@ -22,10 +22,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -34,7 +30,7 @@ fn read(path: &Path) -> String {
 /// Starts `encore-flow ARGS -n 2 -p i -h HOSTFILE` for i = 0, 1 (a fresh hostfile in `dir`).
 fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
     let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).unwrap();
     (0..2)
         .map(|process| {
             flow()
@@ -144,7 +140,7 @@ fn bad_flags_fail_with_one_line() {
 
 #[test]
 fn unreachable_services_fail_with_one_line_in_bounded_time() {
-    let dead_port = free_port();
+    let dead_port = free_port().expect("a free port");
     let started = Instant::now();
     let output = flow()
         .args(["--brokers", "127.0.0.1:9", "--topic", "t", "--postgres", &format!("postgres://postgres@127.0.0.1:{dead_port}/x")])
@@ -202,7 +198,7 @@ fn an_interrupt_while_connecting_to_peers_exits_at_once() {
     tansu.create_topic("t", 1).expect("create topic");
     let dir = scratch("connecting");
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).unwrap();
     // Process 1 alone: process 0 never comes.
     let mut child = Reap(
         flow()

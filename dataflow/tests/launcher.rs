@@ -23,7 +23,7 @@ use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu};
+use encore_testkit::{free_port_on, Postgres, Tansu};
 
 const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/launch.sh");
 const FLOW: &str = env!("CARGO_BIN_EXE_encore-flow");
@@ -87,10 +87,6 @@ fn launcher() -> Command {
     let mut command = Command::new("env");
     command.args(["--default-signal=INT", "bash", LAUNCHER, "--bin", FLOW]);
     command
-}
-
-fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn read(path: &Path) -> String {
@@ -171,7 +167,7 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     let lines = testing::random_lines(11, 3_000);
     let input = write_input(&scratch, &lines);
     let hosts =
-        scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), format!("127.0.0.3:{}", free_port("127.0.0.3"))]);
+        scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port"))]);
 
     let single = scratch.str("single");
     let output = Command::new(FLOW).args(["--input", &input, "--output-dir", &single]).args(SMALL).output().expect("run");
@@ -236,7 +232,7 @@ fn run_with_a_blocked_port(blocked: usize) -> (Output, String) {
     let lines: Vec<String> = hosts
         .iter()
         .enumerate()
-        .map(|(p, host)| format!("{host}:{}", if p == blocked { held } else { free_port(host) }))
+        .map(|(p, host)| format!("{host}:{}", if p == blocked { held } else { free_port_on(host).expect("a free port") }))
         .collect();
     let hostfile = scratch.hostfile(&lines);
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
@@ -357,7 +353,7 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let lines = testing::random_lines(23, 4_000);
     let (first, second) = lines.split_at(2_500);
     let hosts =
-        scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), format!("127.0.0.3:{}", free_port("127.0.0.3"))]);
+        scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port"))]);
     let brokers = tansu.brokers();
     let url = postgres.url();
     let flow_args = |command: &mut Command| {
@@ -372,7 +368,7 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     // Locally: SIGINT goes straight to each encore-flow.
     produce(&tansu, first);
     // --metrics-port: process p serves metrics at the port + p, on loopback.
-    let metrics_port = free_port("127.0.0.1");
+    let metrics_port = free_port_on("127.0.0.1").expect("a free port");
     let mut command = launcher();
     command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
     flow_args(&mut command);
@@ -456,7 +452,7 @@ fn a_killed_launcher_leaves_nothing_running() {
     assert!(status.success());
     let stand_in = stand_in.display().to_string();
     let ssh = scratch.fake_ssh();
-    let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port("127.0.0.2")), "remote.invalid:2101".to_owned()]);
+    let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), "remote.invalid:2101".to_owned()]);
     let logs = scratch.str("logs");
     let file = |name: &str| std::fs::File::create(scratch.path(name)).expect("output file");
     let mut launched = processes::TermOnDrop::new(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::testing::{self, assert_one_line_error, assert_success, LineMix};
-use encore_testkit::{Postgres, Tansu};
+use encore_testkit::{free_port, Postgres, Tansu};
 
 const TOPIC: &str = "music_streaming_data";
 const PARTITIONS: i32 = 2;
@@ -212,10 +212,6 @@ fn flow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_encore-flow"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 /// Produces `lines[i]` to partition `i mod PARTITIONS`, one record batch per message:
 /// Tansu 0.6 reports the base offset of the last batch + 1 as the high watermark, which is
 /// then the true end and the watermark gauges can be checked exactly.
@@ -278,7 +274,7 @@ fn listening_on(port: u16) -> Vec<String> {
 
 fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[String]) -> Vec<Child> {
     let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hostfile");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).expect("hostfile");
     (0..2)
         .map(|process| {
             flow()
@@ -311,7 +307,7 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     produce(&tansu, first, 0);
 
     // A bare port and `:PORT`: both mean loopback (checked below, once both serve).
-    let ports = [free_port(), free_port()];
+    let ports = [free_port().expect("a free port"), free_port().expect("a free port")];
     let flags = [ports[0].to_string(), format!(":{}", ports[1])];
     let metrics = ports.map(|port| format!("127.0.0.1:{port}"));
     let mut children = spawn_processes(&tansu, &postgres, &dir, &flags);
@@ -418,7 +414,7 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
         row.get(0)
     };
     assert!(state_rows > 0);
-    let metrics = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+    let metrics = [format!("127.0.0.1:{}", free_port().expect("a free port")), format!("127.0.0.1:{}", free_port().expect("a free port"))];
     let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
     let loaded = |scrape: &Scrape| scrape.value("encore_replaying_workers", &[]) == Some(0.0) && scrape.value("encore_state_rows_loaded_total", &[]).is_some_and(|rows| rows > 0.0);
     let zero = scrape_until(&metrics[0], &mut children, "process 0 loaded", loaded);

@@ -12,7 +12,7 @@ use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu};
+use encore_testkit::{free_port, Postgres, Tansu};
 
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 5 };
 
@@ -145,7 +145,7 @@ fn broker_gone_for_good(processes: usize) {
     tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
 
     let hosts = tempfile::NamedTempFile::new().expect("a hostfile");
-    let ports: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let ports: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port().expect("a free port"))).collect();
     std::fs::write(hosts.path(), ports.join("\n")).expect("write the hostfile");
     let children: Vec<_> = (0..processes)
         .map(|process| {
@@ -174,10 +174,6 @@ fn broker_gone_for_good(processes: usize) {
         eprintln!("the exit line: {line}");
     }
     check(&postgres.url(), "gone", topic, &lines);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// Stopping a live job the ways services are stopped: Ctrl-C (SIGINT), `docker stop`,

@@ -13,7 +13,6 @@
 //! must not appear.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,7 +21,7 @@ use encore_dataflow::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu, TansuStorage, TestCa};
+use encore_testkit::{free_port_on, Postgres, Tansu, TansuStorage, TestCa};
 
 const TOPIC: &str = "music_streaming_data";
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 1 };
@@ -149,7 +148,7 @@ impl Stack {
     /// Starts one process per address in `hosts` with `workers` each and `extra` flags.
     fn spawn_flow_on(&self, schema: &str, hosts: &[&str], workers: usize, extra: &[String]) -> Vec<Child> {
         let hostfile = self.dir.join(format!("hosts-{schema}-{}", hosts.len()));
-        let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port(host))).collect();
+        let lines: Vec<String> = hosts.iter().map(|host| format!("{host}:{}", free_port_on(host).expect("a free port"))).collect();
         std::fs::write(&hostfile, lines.join("\n")).expect("hostfile");
         (0..hosts.len())
             .map(|process| {
@@ -267,10 +266,6 @@ impl Drop for Stack {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Transaction};
+use encore_pgconnect::quote_ident;
 
 use crate::catalog::{Catalog, CatalogNames};
 
@@ -33,10 +34,7 @@ pub enum PgError {
 /// would not say that a password is missing).
 fn connect_reason(err: &postgres::Error) -> String {
     match std::error::Error::source(err) {
-        Some(cause) if cause.to_string() == "password missing" => {
-            format!("{err}: {cause} (give it in the URL or in PGPASSWORD)")
-        }
-        Some(cause) => format!("{err}: {cause}"),
+        Some(cause) => encore_pgconnect::with_password_hint(format!("{err}: {cause}")),
         None => err.to_string(),
     }
 }
@@ -67,11 +65,6 @@ pub fn connect(url: &str) -> Result<Client, PgError> {
     target.connect().map_err(PgError::Connect)
 }
 
-/// `name` as a quoted SQL identifier (the schema comes from a flag, not from data).
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Replaces the catalog tables in `schema` with `catalog` in one transaction.
 pub fn write_catalog(
     client: &mut Client,
@@ -79,7 +72,7 @@ pub fn write_catalog(
     catalog: &Catalog,
     names: &CatalogNames,
 ) -> Result<CatalogCounts, PgError> {
-    let s = quote_identifier(schema);
+    let s = quote_ident(schema);
     let mut tx = client.transaction().map_err(PgError::Write)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
@@ -191,7 +184,7 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted() {
-        assert_eq!(quote_identifier("public"), "\"public\"");
-        assert_eq!(quote_identifier("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_ident("public"), "\"public\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::EventStream;
-use encore_testkit::{Postgres, TestCa, CERT_ROLE};
+use encore_testkit::{run_bin, Postgres, TestCa, CERT_ROLE};
 use postgres::{Client, NoTls};
 
 const SIZES: [&str; 8] = [
@@ -21,10 +21,7 @@ const SIZES: [&str; 8] = [
 ];
 
 fn encore_gen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_encore-gen"))
-        .args(args)
-        .output()
-        .expect("encore-gen runs")
+    run_bin(env!("CARGO_BIN_EXE_encore-gen"), args)
 }
 
 fn write_catalog(url: &str, seed: &str, extra: &[&str]) {

@@ -6,28 +6,14 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_testkit::{Tansu, TestCa};
+use encore_testkit::{cli::SMALL_CATALOG, run_bin, Tansu, TestCa};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-const SIZES: [&str; 8] = [
-    "--users",
-    "5000",
-    "--artists",
-    "500",
-    "--tracks",
-    "5000",
-    "--albums",
-    "600",
-];
-
 fn encore_gen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_encore-gen"))
-        .args(args)
-        .output()
-        .expect("encore-gen runs")
+    run_bin(env!("CARGO_BIN_EXE_encore-gen"), args)
 }
 
 fn stderr_of(output: &Output) -> String {
@@ -96,7 +82,7 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     let brokers = tansu.brokers();
     let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens"];
     args.extend_from_slice(&["--events", &events, "--seed", "9", "--invalid-rate", "0.05"]);
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
     let summary = stderr_of(&output);
@@ -116,7 +102,7 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     let file = dir.path().join("events.jsonl");
     let mut args = vec!["stream", "--output", file.to_str().expect("UTF-8 path")];
     args.extend_from_slice(&["--events", &events, "--seed", "9", "--invalid-rate", "0.05"]);
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
     let bytes = std::fs::read(&file).expect("file");
@@ -197,7 +183,7 @@ fn kafka_config_and_options_reach_a_tls_broker() {
     for flag in &flags {
         args.extend_from_slice(&["--kafka-option", flag]);
     }
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(consume_all_with(&brokers, &options, "listens", 2, 500).len(), 500);
@@ -227,7 +213,7 @@ fn sasl_credentials_from_a_kafka_config_file() {
     std::fs::write(&config, text).expect("write the config file");
     let config = config.display().to_string();
     let mut args = vec!["stream", "--brokers", &brokers, "--topic", "listens", "--events", "300", "--kafka-config", &config];
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(consume_all_with(&brokers, &tansu.client_options(), "listens", 2, 300).len(), 300);
@@ -311,7 +297,7 @@ fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
         "--rate",
         "2000",
     ];
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
         .args(&args)
         .stdout(Stdio::null())
@@ -358,7 +344,7 @@ fn a_broker_lost_mid_stream_fails_the_run_instead_of_hanging() {
         "--rate",
         "1000",
     ];
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let mut child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
         .args(&args)
         .stdout(Stdio::null())

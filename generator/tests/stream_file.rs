@@ -5,32 +5,19 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::{EventKind, EventStream, InvalidKind, Message};
+use encore_testkit::{cli::SMALL_CATALOG, run_bin};
 use encore_udfs::{parse_event, EventType};
-
-const SIZES: [&str; 8] = [
-    "--users",
-    "5000",
-    "--artists",
-    "500",
-    "--tracks",
-    "5000",
-    "--albums",
-    "600",
-];
 
 fn sizes() -> CatalogSizes {
     CatalogSizes::new(5_000, 500, Some(600), 5_000).expect("valid sizes")
 }
 
 fn encore_gen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_encore-gen"))
-        .args(args)
-        .output()
-        .expect("encore-gen runs")
+    run_bin(env!("CARGO_BIN_EXE_encore-gen"), args)
 }
 
 fn temp_dir() -> tempfile::TempDir {
@@ -43,7 +30,7 @@ fn stream_to_file(dir: &Path, name: &str, extra: &[&str]) -> Vec<u8> {
     let path_text = path.to_str().expect("UTF-8 temp path");
     let mut args = vec!["stream", "--output", path_text];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&SIZES);
+    args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
     assert!(
         output.status.success(),

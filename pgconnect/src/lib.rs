@@ -367,6 +367,39 @@ pub fn is_tls_rejection(err: &postgres::Error) -> bool {
     false
 }
 
+/// Quotes an SQL identifier: wrapped in `"` with every `"` doubled, so that any schema name,
+/// including one with quotes, spaces or upper case, names exactly itself. Schemas come from
+/// flags, never from data; `encore-flow` and `encore-gen` both quote them with this.
+///
+/// ```
+/// assert_eq!(encore_pgconnect::quote_ident("public"), "\"public\"");
+/// assert_eq!(encore_pgconnect::quote_ident("a\"b; DROP"), "\"a\"\"b; DROP\"");
+/// ```
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text`, a client error's message, with where the password goes when it says the server
+/// asked for one that neither the URL nor `PGPASSWORD` held ("password missing"); any other
+/// text unchanged. The one wording `encore-flow` and `encore-gen` share.
+///
+/// ```
+/// use encore_pgconnect::with_password_hint;
+///
+/// assert_eq!(
+///     with_password_hint("invalid configuration: password missing".into()),
+///     "invalid configuration: password missing (give it in the URL or in PGPASSWORD)"
+/// );
+/// assert_eq!(with_password_hint("connection refused".into()), "connection refused");
+/// ```
+pub fn with_password_hint(text: String) -> String {
+    if text.ends_with("password missing") {
+        format!("{text} (give it in the URL or in PGPASSWORD)")
+    } else {
+        text
+    }
+}
+
 /// `err` with its cause: tokio-postgres keeps the reason (e.g. "unknown option") apart.
 fn with_cause(err: &postgres::Error) -> String {
     match std::error::Error::source(err) {

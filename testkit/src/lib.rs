@@ -17,6 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The [`cli`] module runs the workspace's binaries and asserts on how they exit
+//! ([`assert_one_line_error`], [`assert_success`], [`run_bin`]); [`free_port`] and
+//! [`free_port_on`] pick ports for the programs under test. Test files use these instead of
+//! copies of their own.
+//!
 //! # How the servers run
 //!
 //! * **PostgreSQL**: `initdb` creates a cluster in a temporary directory with trust
@@ -57,6 +62,7 @@
 //! checks once a second whether the test process still exists and, once it does not, stops
 //! the server and deletes its directory.
 
+pub mod cli;
 mod error;
 mod ports;
 mod postgres;
@@ -65,7 +71,9 @@ pub mod processes;
 mod tansu;
 mod tls;
 
+pub use cli::{assert_one_line_error, assert_success, run_bin};
 pub use error::Error;
+pub use ports::{free_port, free_port_on};
 pub use postgres::{postgres_bin_dir, Postgres, CERT_ROLE};
 pub use tansu::{tansu_binary, Tansu, TansuStorage};
 pub use tls::TestCa;

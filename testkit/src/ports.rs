@@ -1,6 +1,6 @@
 //! Free loopback ports.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 
 use crate::{Error, Result};
 
@@ -8,20 +8,27 @@ use crate::{Error, Result};
 ///
 /// The kernel picks it (bind to port 0); the listener is closed before returning so the server
 /// can bind it. Another process may grab it in between, which is why callers retry a failed
-/// start on a new port.
-pub(crate) fn free_port() -> Result<u16> {
+/// start on a new port. Tests use it for `encore-flow`'s metrics address and hostfiles too.
+pub fn free_port() -> Result<u16> {
+    free_port_on("127.0.0.1")
+}
+
+/// A TCP port on `host` (an address of this machine, e.g. `127.0.0.2`) that was free a moment
+/// ago; see [`free_port`].
+pub fn free_port_on(host: &str) -> Result<u16> {
     let io_error = |source| Error::Io {
         action: "binding a free port on",
-        path: "127.0.0.1:0".into(),
+        path: format!("{host}:0").into(),
         source,
     };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_error)?;
+    let listener = TcpListener::bind((host, 0)).map_err(io_error)?;
     Ok(listener.local_addr().map_err(io_error)?.port())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn a_free_port_can_be_bound_again() {

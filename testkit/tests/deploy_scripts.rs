@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use encore_testkit::free_port;
 use encore_testkit::processes::{self, Process};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,11 +34,6 @@ struct Stack {
     pg_bin: PathBuf,
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
-
 impl Stack {
     fn new() -> Stack {
         let state = tempfile::Builder::new()
@@ -49,8 +45,8 @@ impl Stack {
             .expect("chmod state directory");
         Stack {
             state,
-            kafka_port: free_port(),
-            pg_port: free_port(),
+            kafka_port: free_port().expect("a free port"),
+            pg_port: free_port().expect("a free port"),
             // Resolved here so that the scripts never try to install anything from a test.
             tansu: encore_testkit::tansu_binary().expect("tansu installed"),
             pg_bin: encore_testkit::postgres_bin_dir().expect("postgres binaries installed"),
@@ -186,8 +182,8 @@ fn run_sh_refused(env: &[(&str, &str)]) -> String {
     command
         .arg(Path::new(DEPLOY_DIR).join("run.sh"))
         .env("ENCORE_STATE_DIR", state.path())
-        .env("ENCORE_KAFKA_PORT", free_port().to_string())
-        .env("ENCORE_PG_PORT", free_port().to_string())
+        .env("ENCORE_KAFKA_PORT", free_port().expect("a free port").to_string())
+        .env("ENCORE_PG_PORT", free_port().expect("a free port").to_string())
         .env_remove("ENCORE_METRICS_PORT")
         .env_remove("ENCORE_FLOW_ARGS");
     for (name, value) in env {

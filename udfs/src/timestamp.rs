@@ -263,8 +263,17 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-/// The date of a day count since 1970-01-01 (Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// The proleptic Gregorian date `(year, month, day)` of a day count since 1970-01-01, any
+/// sign (Howard Hinnant's `civil_from_days`,
+/// <http://howardhinnant.github.io/date_algorithms.html>). The one copy in the workspace: the
+/// generator's timestamp writer and the test line generator use it too.
+///
+/// ```
+/// assert_eq!(encore_udfs::civil_from_days(0), (1970, 1, 1));
+/// assert_eq!(encore_udfs::civil_from_days(-1), (1969, 12, 31));
+/// assert_eq!(encore_udfs::civil_from_days(11_016), (2000, 2, 29));
+/// ```
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let days = days + 719_468;
     let era = days.div_euclid(146_097);
     let day_of_era = days.rem_euclid(146_097);

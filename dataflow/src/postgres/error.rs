@@ -211,10 +211,7 @@ pub(super) fn describe(err: &postgres::Error) -> String {
         (None, None) => err.to_string(),
     };
     // The server asked for a password the URL does not hold.
-    if text.ends_with("password missing") {
-        return one_line(&format!("{text} (give it in the URL or in PGPASSWORD)"));
-    }
-    one_line(&text)
+    one_line(&encore_pgconnect::with_password_hint(text))
 }
 
 pub(super) fn one_line(text: &str) -> String {

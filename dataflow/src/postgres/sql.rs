@@ -171,11 +171,7 @@ const KEYED: [&TableSpec; 5] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_
 /// existence check and one then fails on a duplicate catalog row). ASCII "encore".
 pub(super) const SCHEMA_LOCK_KEY: i64 = 0x656e_636f_7265;
 
-/// Quotes an SQL identifier: wrapped in `"` with every `"` doubled, so that any schema name,
-/// including one with quotes, spaces or upper case, names exactly itself.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use encore_pgconnect::quote_ident;
 
 /// All SQL of one sink, for one schema.
 #[derive(Clone, Debug)]

@@ -13,7 +13,6 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Read as _;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -111,7 +110,7 @@ pub fn start(target: &FlowTarget, layout: Layout, schema: &str, args: &[String],
     if layout.processes > 1 {
         let mut hosts = String::new();
         for _ in 0..layout.processes {
-            hosts.push_str(&format!("127.0.0.1:{}\n", free_port()?));
+            hosts.push_str(&format!("127.0.0.1:{}\n", encore_testkit::free_port().context("binding a free port")?));
         }
         std::fs::write(&hostfile, hosts).with_context(|| format!("writing {}", hostfile.display()))?;
     }
@@ -281,11 +280,6 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for the timely hostfile).
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// The release `encore-flow`: `explicit` if given, else built with cargo (so that the figures
 /// are those of the current source) next to this benchmark's own binary.
 pub fn binary(explicit: Option<&Path>) -> Result<PathBuf> {
