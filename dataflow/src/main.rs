@@ -369,7 +369,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     }
     let recovery = match sink.check_parameters(&topic, &recorded, params.count_bits, &committed)? {
         _ if cli.replay_topic => stream::Recovery::Replay,
-        true => stream::Recovery::Load(sink.state_reader()),
+        true => stream::Recovery::Load(Box::new(sink.state_reader())),
         false => {
             tracing::warn!(
                 "the tables in --pg-schema {} were written before encore-flow kept its state in Postgres: \

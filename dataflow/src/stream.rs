@@ -182,7 +182,7 @@ pub enum Recovery {
     /// Load it from Postgres (`encore_last_listen`, `track_stats`), each worker its share, and
     /// consume from the committed offsets on. Also a fresh start (nothing committed, nothing
     /// to load).
-    Load(StateReader),
+    Load(Box<StateReader>),
     /// Replay the topic from its beginning up to the committed offsets: tables written before
     /// the durable state existed. The replayed state is written with the first commit.
     Replay,
