@@ -8,7 +8,7 @@ use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen};
 use crate::output::{self, EpochSink};
-use crate::tables::{DeadLetter, Params};
+use crate::tables::{DeadLetter, LoggedEvent, Params};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
 /// alike: the workers compute earlier epochs while they feed later ones, so every operator
@@ -37,6 +37,11 @@ pub struct Inputs {
     pub offsets: InputSession<Epoch, (i32, i64), isize>,
     /// Passes an epoch once the sink (on worker 0) has received it.
     pub probe: ProbeHandle<Epoch>,
+    /// Valid events for the event log (`--emit-events`), from the epoch of
+    /// [`Inputs::log_events_from`] on; `None` without the flag.
+    pub events: Option<InputSession<Epoch, LoggedEvent, isize>>,
+    /// The first epoch whose events are logged.
+    events_from: Epoch,
 }
 
 impl Inputs {
@@ -53,6 +58,16 @@ impl Inputs {
         self.listens.flush();
         self.dead_letters.flush();
         self.offsets.flush();
+        if let Some(events) = self.events.as_mut() {
+            events.advance_to(epoch);
+            events.flush();
+        }
+    }
+
+    /// Logs the events of `epoch` and later only: the Kafka job's replayed epochs (below
+    /// [`crate::stream::LIVE`]) hold messages whose events the log already has.
+    pub fn log_events_from(&mut self, epoch: Epoch) {
+        self.events_from = epoch;
     }
 
     /// Whether the sink has not yet received every epoch before `epoch`.
@@ -64,7 +79,7 @@ impl Inputs {
     /// letter. Returns which it was.
     pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
         match encore_udfs::parse_event(payload) {
-            Ok(event) => match Listen::from_event(&event) {
+            Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
                 Some(listen) => {
                     self.listens.insert(listen);
                     MessageKind::Listen
@@ -84,22 +99,47 @@ impl Inputs {
         }
     }
 
+    /// Feeds a valid event to the event log, if it is kept and the epoch is logged; returns
+    /// the event.
+    fn logged(&mut self, event: encore_udfs::Event, partition: i32, offset: i64) -> encore_udfs::Event {
+        if let Some(events) = self.events.as_mut().filter(|events| *events.time() >= self.events_from) {
+            events.insert(LoggedEvent::new(&event, partition, offset));
+        }
+        event
+    }
+
     /// Closes every input: the dataflow drains and completes.
     pub fn close(self) {
         self.listens.close();
         self.dead_letters.close();
         self.offsets.close();
+        if let Some(events) = self.events {
+            events.close();
+        }
     }
 }
 
 /// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0.
 pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
+    install_with_event_log(worker, params, emit_co_listens, false, sink)
+}
+
+/// [`install`], and with `emit_events` a fourth input, the valid events, which travel with
+/// their epoch to the sink ([`Changes::events`](crate::tables::Changes::events)) beside the
+/// engine (they need no computation).
+pub fn install_with_event_log<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, emit_events: bool, sink: S) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
         let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
         let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
+        let (events_input, events) = if emit_events {
+            let (input, events) = scope.new_collection::<LoggedEvent, isize>();
+            (Some(input), Some(output::event_shares(events)))
+        } else {
+            (None, None)
+        };
         let outputs = engine::recommend(listens, params, emit_co_listens);
-        let probe = output::sink_epochs(output::gather(outputs, dead_letters, offsets), sink);
-        Inputs { listens: listens_input, dead_letters: dead_input, offsets: offsets_input, probe }
+        let probe = output::sink_epochs_with(output::gather(outputs, dead_letters, offsets), events, sink);
+        Inputs { listens: listens_input, dead_letters: dead_input, offsets: offsets_input, probe, events: events_input, events_from: 0 }
     })
 }

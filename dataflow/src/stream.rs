@@ -124,6 +124,9 @@ pub struct StreamJob {
     pub params: Params,
     /// Whether to maintain `co_listens`.
     pub emit_co_listens: bool,
+    /// Whether to append every valid live event to the event log (`--emit-events`; the sink
+    /// must be [`PgSink::with_event_log`]).
+    pub emit_events: bool,
     /// Exit once the high watermarks seen at start are consumed and committed.
     pub until_caught_up: bool,
     /// Longest epoch, in milliseconds of wall-clock time.
@@ -352,7 +355,9 @@ pub fn run_with_metrics(
         let epoch_sink = PostgresEpochs {
             handover: if index == 0 { worker_handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() } else { None },
         };
-        let mut inputs = job::install(worker, &job.params, job.emit_co_listens, epoch_sink);
+        let mut inputs = job::install_with_event_log(worker, &job.params, job.emit_co_listens, job.emit_events, epoch_sink);
+        // Replayed messages are in the log already.
+        inputs.log_events_from(LIVE);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
         let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
         let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);

@@ -131,6 +131,7 @@ fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Chang
         ),
         dead_letters: Vec::new(),
         offsets: BTreeMap::new(),
+        ..Changes::default()
     }
 }
 
