@@ -207,6 +207,10 @@ fn kill_nine_rounds_then_restart_log_each_event_exactly_once() {
     stack.check("crash", &all);
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("encore-event-log-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -249,6 +253,29 @@ fn output_dir_writes_both_logs_as_csv() {
     assert_eq!(read("track_like_event_log"), likes);
     assert!(stream.ends_with("1,2,,0,2000,skip,12\n"), "the far-future event is there");
     assert!(likes.lines().count() > 10 && stream.lines().count() > 10);
+
+    // Two processes (the events of process 1 cross the network to process 0): the same files.
+    let pair = dir.join("pair");
+    let ports = [free_port(), free_port()];
+    let hostfile = dir.join("hosts");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
+    let children: Vec<_> = (0..2)
+        .map(|process| {
+            Command::new(env!("CARGO_BIN_EXE_encore-flow"))
+                .args(["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-events"])
+                .args(["--epoch-events", "300", "-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn encore-flow")
+        })
+        .collect();
+    for child in children {
+        assert_success(&child.wait_with_output().expect("encore-flow runs"));
+    }
+    let read_pair = |table: &str| std::fs::read_to_string(pair.join(format!("{table}.csv"))).expect("a CSV file");
+    assert_eq!(read_pair("track_stream_event_log"), stream, "2 processes");
+    assert_eq!(read_pair("track_like_event_log"), likes, "2 processes");
 
     // Without the flag, no log files.
     let plain = dir.join("plain");
