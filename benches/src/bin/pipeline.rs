@@ -544,9 +544,10 @@ fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<
             .collect();
         all.join(", ")
     };
+    let mut every_run = Vec::new();
     for &layout in &args.layouts {
         let (Some(without), Some(with)) = (fastest(layout, false), fastest(layout, true)) else { continue };
-        println!("{layout}: seconds of every run without the log {}; with it {}", seconds(layout, false), seconds(layout, true));
+        every_run.push(format!("{layout}: seconds of every run without the log {}; with it {}", seconds(layout, false), seconds(layout, true)));
         let log_rows = pg::event_log_rows(url, &with.schema())?;
         let ratio = with.events_per_second(args.events) / without.events_per_second(args.events).max(1e-9);
         let log_rate = log_rows as f64 / with.finished.seconds.max(1e-9);
@@ -572,6 +573,10 @@ fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<
             if ratio >= TARGET { "met".to_owned() } else { format!("missed by {:.1} points", 100.0 * (TARGET - ratio)) },
             if log_rows == valid { "one per valid message".to_owned() } else { format!("EXPECTED {valid}, one per valid message") },
         ));
+    }
+    println!();
+    for line in every_run {
+        println!("{line}");
     }
     Ok(lines)
 }
