@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::job::{self, MAX_EPOCHS_IN_FLIGHT};
-use crate::output::EpochSink;
+use crate::output::{EpochSink, Gathered};
 use crate::tables::Params;
 
 /// Where the lines come from.
@@ -42,6 +42,9 @@ pub struct BatchJob {
     pub params: Params,
     /// Whether to compute `co_listens`.
     pub emit_co_listens: bool,
+    /// Whether to pass every valid event to the sink ([`Changes::events`](crate::tables::Changes::events)),
+    /// with partition 0 and its line number as offset.
+    pub emit_events: bool,
     /// Lines per epoch (≥ 1).
     pub epoch_events: usize,
 }
@@ -88,7 +91,7 @@ where
     let guards = timely::execute(config, move |worker| {
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
-        let mut inputs = job::install(worker, &job.params, job.emit_co_listens, make_sink());
+        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, make_sink(), Gathered::default(), job.emit_events);
 
         let started = Instant::now();
         let epoch_events = job.epoch_events.max(1) as u64;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::output::EpochSink;
 use crate::engine::Epoch;
-use crate::tables::{score_value, Changes, DeadLetter, Tables};
+use crate::tables::{score_value, Changes, DeadLetter, LoggedEvent, Tables};
 
 /// A sink that keeps the current tables in memory, for `--output-dir` and tests.
 #[derive(Debug, Default)]
@@ -23,12 +23,15 @@ pub struct MemorySink {
     pub dead_letters: Vec<DeadLetter>,
     /// The last closed epoch.
     pub last_epoch: Option<Epoch>,
+    /// Every valid event so far (with `--emit-events`), in no particular order.
+    pub events: Vec<LoggedEvent>,
 }
 
 impl EpochSink for MemorySink {
     fn epoch_closed(&mut self, epoch: Epoch, changes: Changes) {
         self.tables.apply(&changes);
         self.dead_letters.extend(changes.dead_letters);
+        self.events.extend(changes.events);
         self.last_epoch = Some(epoch);
     }
 }
@@ -78,6 +81,36 @@ pub fn write_tables(
         }
         Ok(())
     })
+}
+
+/// Writes `track_stream_event_log.csv` (streaming and skip events) and
+/// `track_like_event_log.csv` (likes) into `dir` (`--emit-events`): the columns of the
+/// Postgres tables but `created_timestamp` (the time of a database write; a file has none),
+/// rows in `(kafka_partition, kafka_offset)` order. `event_timestamp` is ISO 8601 in UTC with
+/// milliseconds (`2024-05-01T10:00:00.123Z`), empty where Postgres would hold NULL (beyond
+/// its range), as is an absent `ms_played`.
+pub fn write_event_logs(dir: &Path, events: &[LoggedEvent]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let mut sorted: Vec<&LoggedEvent> = events.iter().collect();
+    sorted.sort_unstable_by_key(|event| (event.partition, event.offset));
+    let header = "user_id,track_id,event_timestamp,kafka_partition,kafka_offset,event_type,ms_played";
+    for (table, likes) in [(crate::postgres::STREAM_EVENT_LOG, false), (crate::postgres::LIKE_EVENT_LOG, true)] {
+        write_csv(dir, table, header, |out| {
+            for event in sorted.iter().filter(|event| event.is_like() == likes) {
+                let time = crate::postgres::pg_timestamp(event.time_ms)
+                    .map(|_| encore_udfs::format_iso_timestamp(event.time_ms))
+                    .unwrap_or_default();
+                let ms_played = event.ms_played.map(|ms| ms.to_string()).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{},{},{time},{},{},{},{ms_played}",
+                    event.user, event.track, event.partition, event.offset, event.event_type
+                )?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 fn write_csv(

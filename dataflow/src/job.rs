@@ -1,4 +1,4 @@
-//! The dataflow every job installs on every worker: the engine, its three inputs and the
+//! The dataflow every job installs on every worker: the engine, its inputs and the
 //! per-epoch sink. Shared by the file job ([`crate::batch`]) and the Kafka job
 //! ([`crate::stream`]), so that both compute exactly the same thing.
 
@@ -8,7 +8,7 @@ use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen};
 use crate::output::{self, EpochSink, Gathered};
-use crate::tables::{DeadLetter, Params, TrackStats};
+use crate::tables::{DeadLetter, LoggedEvent, Params, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
 /// alike: the workers compute earlier epochs while they feed later ones, so every operator
@@ -41,6 +41,11 @@ pub struct Inputs {
     pub restored_stats: InputSession<Epoch, (u64, TrackStats), isize>,
     /// Passes an epoch once the sink (on worker 0) has received it.
     pub probe: ProbeHandle<Epoch>,
+    /// Valid events for the event log (`--emit-events`), from the epoch of
+    /// [`Inputs::log_events_from`] on; `None` without the flag.
+    pub events: Option<InputSession<Epoch, LoggedEvent, isize>>,
+    /// The first epoch whose events are logged.
+    events_from: Epoch,
 }
 
 impl Inputs {
@@ -56,6 +61,9 @@ impl Inputs {
         self.offsets.advance_to(epoch);
         self.restored_listens.advance_to(epoch);
         self.restored_stats.advance_to(epoch);
+        if let Some(events) = self.events.as_mut() {
+            events.advance_to(epoch);
+        }
         self.flush();
     }
 
@@ -66,6 +74,15 @@ impl Inputs {
         self.offsets.flush();
         self.restored_listens.flush();
         self.restored_stats.flush();
+        if let Some(events) = self.events.as_mut() {
+            events.flush();
+        }
+    }
+
+    /// Logs the events of `epoch` and later only: the Kafka job's replayed epochs (below
+    /// [`crate::stream::LIVE`]) hold messages whose events the log already has.
+    pub fn log_events_from(&mut self, epoch: Epoch) {
+        self.events_from = epoch;
     }
 
     /// Whether the sink has not yet received every epoch before `epoch`.
@@ -77,7 +94,7 @@ impl Inputs {
     /// letter. Returns which it was.
     pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
         match encore_udfs::parse_event(payload) {
-            Ok(event) => match Listen::from_event(&event) {
+            Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
                 Some(listen) => {
                     self.listens.insert(listen);
                     MessageKind::Listen
@@ -97,6 +114,15 @@ impl Inputs {
         }
     }
 
+    /// Feeds a valid event to the event log, if it is kept and the epoch is logged; returns
+    /// the event.
+    fn logged(&mut self, event: encore_udfs::Event, partition: i32, offset: i64) -> encore_udfs::Event {
+        if let Some(events) = self.events.as_mut().filter(|events| *events.time() >= self.events_from) {
+            events.insert(LoggedEvent::new(&event, partition, offset));
+        }
+        event
+    }
+
     /// Closes every input: the dataflow drains and completes.
     pub fn close(self) {
         self.listens.close();
@@ -104,26 +130,38 @@ impl Inputs {
         self.offsets.close();
         self.restored_listens.close();
         self.restored_stats.close();
+        if let Some(events) = self.events {
+            events.close();
+        }
     }
 }
 
 /// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with
-/// every change but the durable state's.
+/// every change but the durable state's, and no event log.
 pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
-    install_with(worker, params, emit_co_listens, sink, Gathered::default())
+    install_with(worker, params, emit_co_listens, sink, Gathered::default(), false)
 }
 
-/// [`install`], the sink receiving the changes `gathered` says.
-pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S, gathered: Gathered) -> Inputs {
+/// [`install`], the sink receiving the changes `gathered` says, and with `emit_events` one
+/// more input, the valid events, which travel with their epoch to the sink
+/// ([`Changes::events`](crate::tables::Changes::events)) beside the engine (they need no
+/// computation).
+pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S, gathered: Gathered, emit_events: bool) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
         let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
         let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
         let (restored_listens_input, restored_listens) = scope.new_collection::<Listen, isize>();
         let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
+        let (events_input, events) = if emit_events {
+            let (input, events) = scope.new_collection::<LoggedEvent, isize>();
+            (Some(input), Some(output::event_shares(events)))
+        } else {
+            (None, None)
+        };
         let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
         let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
-        let probe = output::sink_epochs(output::gather(outputs, dead_letters, offsets, gathered), sink);
+        let probe = output::sink_epochs_with(output::gather(outputs, dead_letters, offsets, gathered), events, sink);
         Inputs {
             listens: listens_input,
             dead_letters: dead_input,
@@ -131,6 +169,8 @@ pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_
             restored_listens: restored_listens_input,
             restored_stats: restored_stats_input,
             probe,
+            events: events_input,
+            events_from: 0,
         }
     })
 }

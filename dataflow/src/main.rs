@@ -66,6 +66,14 @@ struct Cli {
     #[arg(long)]
     emit_co_listens: bool,
 
+    /// Also append every valid event (listens and non-listens) to the event log of the
+    /// system encore replaces: streaming and skip events to `track_stream_event_log`, likes to
+    /// `track_like_event_log` (created if missing), in the transaction of its epoch, so each is
+    /// logged exactly once, unique per (kafka_partition, kafka_offset). With --output-dir,
+    /// both tables are written as CSV files (partition 0, the line number as offset).
+    #[arg(long)]
+    emit_events: bool,
+
     /// Events per epoch (`--input`), or most messages a worker puts in one epoch (Kafka).
     /// Each epoch's changes are committed together. With --until-caught-up, an epoch takes
     /// up to an eighth more rather than leave a last epoch of a few messages (as costly as a
@@ -295,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         lines: Lines::File(input),
         params,
         emit_co_listens: cli.emit_co_listens,
+        emit_events: cli.emit_events,
         epoch_events: cli.epoch_events as usize,
     };
     let sink = Arc::clone(&state);
@@ -304,6 +313,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let state = state.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
         csv::write_tables(&output_dir, &state.tables, &state.dead_letters, params.score_precision, cli.emit_co_listens)
             .with_context(|| format!("cannot write tables to {}", output_dir.display()))?;
+        if cli.emit_events {
+            csv::write_event_logs(&output_dir, &state.events)
+                .with_context(|| format!("cannot write the event logs to {}", output_dir.display()))?;
+        }
         let first = fed.first().copied().unwrap_or_default();
         let listens: u64 = state.tables.track_stats.values().map(|stats| stats.plays).sum();
         let seconds = fed.iter().map(|f| f.seconds).fold(0.0, f64::max);
@@ -362,6 +375,9 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     };
     let kafka_options = encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
+    if cli.emit_events {
+        sink = sink.with_event_log()?;
+    }
     let committed = sink.committed_offsets(&topic)?;
     let mut recorded = params.flags();
     if cli.emit_co_listens {
@@ -386,6 +402,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         kafka_options,
         params,
         emit_co_listens: cli.emit_co_listens,
+        emit_events: cli.emit_events,
         until_caught_up: cli.until_caught_up,
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,

@@ -16,6 +16,11 @@
 //! worker sorts its own row changes into shares first, so worker 0 receives a few records
 //! per epoch instead of every row change (tens of thousands per live epoch), and does no
 //! more work than the others.
+//!
+//! With `--emit-events`, the valid events (an input of their own, untouched by the engine)
+//! become shares of their epochs in `EventShares` ([`event_shares`]) and join the exchange to
+//! worker 0 beside the row changes' shares, so an epoch's events reach the sink in its
+//! [`Changes`] and commit with it.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +32,7 @@ use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 
 use crate::engine::{Epoch, Outputs};
-use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
+use crate::tables::{Changes, DeadLetter, LoggedEvent, Tables, TrackStats};
 
 /// One row change of one SPEC §3 table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -111,7 +116,42 @@ impl<S: EpochSink + Send> EpochSink for std::sync::Arc<std::sync::Mutex<S>> {
 
 /// Routes every change to worker 0 and hands each closed epoch to `sink` there. The returned
 /// probe passes an epoch once the sink has received it.
-pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, mut sink: S) -> ProbeHandle<Epoch> {
+pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, sink: S) -> ProbeHandle<Epoch> {
+    sink_epochs_with(changes, None, sink)
+}
+
+/// The valid events of the event log (`--emit-events`) as shares of their epochs, one
+/// [`Changes`] per epoch and activation holding only [`Changes::events`]. They bypass
+/// [`RowChange`] (whose every record would grow by a third to hold one) and join the other
+/// shares on their way to worker 0 in [`sink_epochs_with`].
+pub fn event_shares<'scope>(events: VecCollection<'scope, Epoch, LoggedEvent>) -> Stream<'scope, Epoch, Vec<Changes>> {
+    events.inner.unary::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(Pipeline, "EventShares", |_cap, _info| {
+        move |input, output| {
+            let port = output.output_index();
+            let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+            input.for_each(|cap, data| {
+                for (event, epoch, diff) in data.drain(..) {
+                    let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                    // Inputs only ever insert an event once (diff +1).
+                    for _ in 0..diff.max(0) {
+                        entry.1.events.push(event);
+                    }
+                }
+            });
+            for (_epoch, (capability, share)) in shares {
+                output.session(&capability).give(share);
+            }
+        }
+    })
+}
+
+/// [`sink_epochs`], with more shares (from [`event_shares`]) sent to worker 0 beside the
+/// row changes' and appended to their epochs' [`Changes`].
+pub fn sink_epochs_with<'scope, S: EpochSink>(
+    changes: Stream<'scope, Epoch, Updates>,
+    more_shares: Option<Stream<'scope, Epoch, Vec<Changes>>>,
+    mut sink: S,
+) -> ProbeHandle<Epoch> {
     // Each activation sends what it received as one share per epoch, at once: held until
     // the epoch closed, a big epoch's (a catch-up's) changes would all sit on each worker
     // and then all be in flight to worker 0 at the same time.
@@ -130,6 +170,10 @@ pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, mut sink: 
             }
         }
     });
+    let shares = match more_shares {
+        Some(more) => shares.concat(more),
+        None => shares,
+    };
     let to_worker_zero = Exchange::new(|_share: &Changes| 0u64);
     let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
     let (probe, _) = shares

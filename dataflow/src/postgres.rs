@@ -38,6 +38,10 @@
 //!             anything else                  → Diverged error (another writer, lost data)
 //! ```
 //!
+//! With [`PgSink::with_event_log`] (`--emit-events`) the epoch's valid events are COPYed
+//! straight into `track_stream_event_log` / `track_like_event_log` inside the same
+//! transaction, after the offsets; see `postgres/event_log.rs` for their guarantee and encoding.
+//!
 //! The merge is state-based (a row is set to its new value or deleted, never incremented),
 //! the fast path falls back to upserts when a row is not as expected, and dead letters are unique per
 //! `(topic, kafka_partition, kafka_offset)`; so even applying the same commit twice leaves
@@ -122,11 +126,16 @@
 //! `tcp_user_timeout` are set only where the URL does not set them.
 
 mod error;
+mod event_log;
 mod session;
 mod sql;
 mod staging;
 
 pub use error::SinkError;
+pub use event_log::{
+    copy_event_log_sql, create_event_log_sql, encode_events, pg_timestamp, EncodedEvents, EventLogRow, LIKE_EVENT_LOG,
+    STREAM_EVENT_LOG,
+};
 pub use session::RetryPolicy;
 pub use sql::{quote_ident, FILLFACTOR};
 
@@ -167,6 +176,8 @@ pub struct CommitStats {
     /// `co_listens`, `encore_last_listen`, in that order): rows inserted, updated and deleted
     /// (net per key).
     pub tables: [TableRows; 5],
+    /// Rows appended to the event logs (with [`PgSink::with_event_log`]).
+    pub events_logged: u64,
 }
 
 /// The rows one commit wrote to one keyed table.
@@ -194,6 +205,8 @@ pub struct PgSink {
     emit_co_listens: bool,
     /// `None` after a connection was lost, until the next operation reconnects.
     session: Option<Session>,
+    /// The event log's statements, once [`PgSink::with_event_log`] created its tables.
+    event_log: Option<event_log::EventLogSql>,
     /// Offsets stored before the next commit, per topic, as far as this sink knows (from
     /// `committed_offsets` and its own commits); used to judge a commit whose ack was lost.
     known_offsets: BTreeMap<String, BTreeMap<i32, i64>>,
@@ -239,6 +252,7 @@ impl PgSink {
             score_precision,
             emit_co_listens,
             session: Some(session),
+            event_log: None,
             known_offsets: BTreeMap::new(),
             mark_state: None,
         })
@@ -337,12 +351,17 @@ impl PgSink {
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<CommitStats, SinkError> {
         let staged = Staged::new(changes, self.score_precision, self.emit_co_listens)?;
+        let events = match (&self.event_log, changes.events.is_empty()) {
+            (Some(_), false) => Some(event_log::encode_events(&changes.events)?),
+            _ => None,
+        };
         let mut stats = CommitStats {
             upserted: staged.tables.iter().map(|t| t.inserts + t.updates).sum(),
             deleted: staged.tables.iter().map(|t| t.deletes).sum(),
             dead_letters: staged.dead_letter_count,
             copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
-                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64),
+                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64)
+                + events.as_ref().map_or(0, EncodedEvents::bytes),
             attempts: 0,
             ack_lost: false,
             tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
@@ -352,8 +371,9 @@ impl PgSink {
                 }
                 rows
             }),
+            events_logged: events.as_ref().map_or(0, |e| e.stream_rows + e.like_rows),
         };
-        if staged.is_empty() && offsets.is_empty() {
+        if staged.is_empty() && offsets.is_empty() && events.is_none() {
             return Ok(stats); // nothing to write: no transaction at all
         }
         let attempts = self.retry.attempts();
@@ -363,7 +383,10 @@ impl PgSink {
             stats.attempts += 1;
             let mark = self.mark_state.as_deref() == Some(topic);
             let result = match ensure_session(&mut self.session, &self.target, &self.sql, &self.retry) {
-                Ok(session) => commit_once(session, &self.sql, topic, &staged, offsets, fast, mark),
+                Ok(session) => {
+                    let events = self.event_log.as_ref().zip(events.as_ref());
+                    commit_once(session, &self.sql, topic, &staged, offsets, fast, mark, events)
+                }
                 Err(err) => return Err(err),
             };
             let failure = match result {
@@ -506,6 +529,8 @@ impl PgSink {
 }
 
 /// One attempt of a commit; see the diagram in the module docs.
+// Each argument is one part of the one transaction; bundling them would only name the bundle.
+#[allow(clippy::too_many_arguments)]
 fn commit_once(
     session: &mut Session,
     sql: &Statements,
@@ -514,6 +539,7 @@ fn commit_once(
     offsets: &BTreeMap<i32, i64>,
     fast: bool,
     mark_state: bool,
+    events: Option<(&event_log::EventLogSql, &EncodedEvents)>,
 ) -> Result<(), Failure> {
     // Dropping `tx` on any early return rolls the transaction back.
     let mut tx = session.client.transaction()?;
@@ -533,6 +559,10 @@ fn commit_once(
                 return Err(Failure::Sink(SinkError::Fenced { topic: topic.to_string(), partition, offset }));
             }
         }
+    }
+    // The event log: straight into its tables (a duplicate fails the commit; event_log.rs).
+    if let Some((log, events)) = events {
+        log.copy(&mut tx, events)?;
     }
     // All merges go to the server as one simple-query batch: one round trip for the lot.
     // `expected[i]`: the row count statement i must report for the fast path to hold.

@@ -161,6 +161,9 @@ pub struct StreamJob {
     pub params: Params,
     /// Whether to maintain `co_listens`.
     pub emit_co_listens: bool,
+    /// Whether to append every valid live event to the event log (`--emit-events`; the sink
+    /// must be [`PgSink::with_event_log`]).
+    pub emit_events: bool,
     /// Exit once the high watermarks seen at start are consumed and committed.
     pub until_caught_up: bool,
     /// Longest epoch, in milliseconds of wall-clock time.
@@ -431,7 +434,9 @@ pub fn run_with_metrics(
         // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
         // made. Their state changes too, unless they come from a replay (new to Postgres).
         let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
-        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered);
+        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
+        // Replayed messages are in the log already.
+        inputs.log_events_from(LIVE);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
         let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
         let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);

@@ -82,6 +82,48 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// One valid event as the event log records it (`--emit-events`): where it came from and its
+/// SPEC §1 fields, without a `String` (48 bytes). Streaming and skip events go to
+/// `track_stream_event_log`, likes to `track_like_event_log`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    /// Kafka partition (0 for a file).
+    pub partition: i32,
+    /// Kafka offset, or the 0-based line number of a file.
+    pub offset: i64,
+    /// The listener.
+    pub user: u64,
+    /// The track.
+    pub track: u64,
+    /// Event time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// What happened.
+    pub event_type: encore_udfs::EventType,
+    /// How long the track played, where the event said, as the log's `INT` column holds it:
+    /// values beyond `i32::MAX` (24.8 days) are stored as `i32::MAX`.
+    pub ms_played: Option<i32>,
+}
+
+impl LoggedEvent {
+    /// The log record of a parsed event read at `partition`, `offset`.
+    pub fn new(event: &encore_udfs::Event, partition: i32, offset: i64) -> LoggedEvent {
+        LoggedEvent {
+            partition,
+            offset,
+            user: event.user_id,
+            track: event.track_id,
+            time_ms: event.event_time_ms,
+            event_type: event.event_type,
+            ms_played: event.ms_played.map(|ms| i32::try_from(ms).unwrap_or(i32::MAX)),
+        }
+    }
+
+    /// Whether it belongs in `track_like_event_log` (else `track_stream_event_log`).
+    pub fn is_like(&self) -> bool {
+        self.event_type == encore_udfs::EventType::Like
+    }
+}
+
 /// The complete current value of every SPEC §3 table (but `dead_letters`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tables {
@@ -113,6 +155,8 @@ pub struct Changes {
     pub last_listens: Vec<((u64, u64), i64, i64)>,
     /// New dead letters (they are only ever added).
     pub dead_letters: Vec<DeadLetter>,
+    /// Valid events for the event log (empty unless `--emit-events`; only ever added).
+    pub events: Vec<LoggedEvent>,
     /// Consumed progress at the end of the epoch: the next offset per partition that
     /// advanced in it (Kafka input only).
     pub offsets: BTreeMap<i32, i64>,
@@ -128,6 +172,7 @@ impl Changes {
         self.co_listens.append(&mut share.co_listens);
         self.last_listens.append(&mut share.last_listens);
         self.dead_letters.append(&mut share.dead_letters);
+        self.events.append(&mut share.events);
         for (partition, next) in share.offsets {
             let entry = self.offsets.entry(partition).or_insert(next);
             *entry = (*entry).max(next);
@@ -151,6 +196,7 @@ impl Changes {
         sum(&mut self.co_listens, later.co_listens);
         sum(&mut self.last_listens, later.last_listens);
         self.dead_letters.extend(later.dead_letters);
+        self.events.extend(later.events);
         for (partition, next) in later.offsets {
             let entry = self.offsets.entry(partition).or_insert(next);
             *entry = (*entry).max(next);
@@ -161,6 +207,19 @@ impl Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_event_is_compact_and_saturates_ms_played() {
+        assert_eq!(std::mem::size_of::<LoggedEvent>(), 48);
+        let event = encore_udfs::parse_event(
+            br#"{"user_id":1,"track_id":2,"event_timestamp":5,"event_type":"skip","ms_played":3000000000}"#,
+        )
+        .unwrap();
+        let logged = LoggedEvent::new(&event, 3, 9);
+        assert_eq!((logged.partition, logged.offset, logged.user, logged.track, logged.time_ms), (3, 9, 1, 2, 5));
+        assert_eq!(logged.ms_played, Some(i32::MAX));
+        assert!(!logged.is_like());
+    }
 
     #[test]
     fn shares_of_one_epoch_are_concatenated_and_offsets_take_the_larger() {

@@ -532,7 +532,7 @@ impl EpochSink for Snapshots {
 pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize) -> Snapshots {
     let state = Arc::new(Mutex::new(Snapshots::default()));
     let sink = Arc::clone(&state);
-    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, epoch_events };
+    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events };
     batch::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
     Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
 }

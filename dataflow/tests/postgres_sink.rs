@@ -132,6 +132,7 @@ fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Chang
         last_listens: Vec::new(),
         dead_letters: Vec::new(),
         offsets: BTreeMap::new(),
+        ..Changes::default()
     }
 }
 

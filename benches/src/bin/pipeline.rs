@@ -6,10 +6,12 @@
 //!     │
 //!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_udfs::parse_event ─► events/s
 //!     ├──► per --layouts P×W: encore-flow --until-caught-up, fresh schema ─► events/s, rows
-//!     │        (P OS processes on 127.0.0.1 ports, W workers each; start → last exit)
+//!     │        (P OS processes on 127.0.0.1 ports, W workers each; start → last exit);
+//!     │        with --emit-events once more with the event log ─► ratio, log rows/s
 //!     └──► latency: encore-flow live on the caught-up schema of --latency-layout; produce at
 //!              half its catch-up rate for --latency-seconds; poll encore_progress ─► p50/p99
 //!  PostgreSQL ◄── limit 2: raw binary COPY of sink-shaped rows ─► rows/s (and as events/s)
+//!     ├──► with --emit-events: raw binary COPY of event-log rows into the log's own table ─► rows/s
 //!     ├──► limit 3: raw UPDATE of existing keys (staging COPY + UPDATE … FROM) ─► rows/s,
 //!     │        against which each latency run's row writes/s are set (sink load)
 //!     └──► after the catch-ups and each latency run that committed everything (untimed):
@@ -139,6 +141,17 @@ struct Args {
     /// and measures the seconds to its commit and the peak RSS until then.
     #[arg(long, value_delimiter = ',', default_value = "load,replay")]
     restarts: Vec<String>,
+    /// Run each catch-up twice, without and with `--emit-events` (schema pipeline_PxW_events),
+    /// and measure the raw binary COPY of event-log rows (--copy-rows of them) into the log's
+    /// own table: the catch-up rate with the log against without it (issue 24: ≥ 80 %), and the
+    /// log's rows/s against that COPY limit.
+    #[arg(long)]
+    emit_events: bool,
+    /// With --emit-events: runs per layout and variant, alternating without and with the
+    /// log; the comparison takes each variant's fastest (other engineers' jobs on the same
+    /// cores only ever slow a run down).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    emit_events_reps: u64,
     /// Skip checking the tables of each catch-up, and of each latency run that committed
     /// everything, against the sequential oracle over the same messages (untimed; at 10 M
     /// events ~1.5 minutes and ~4 GiB).
@@ -165,6 +178,8 @@ struct Args {
 /// One catch-up run's figures.
 struct CatchUp {
     layout: Layout,
+    /// Whether the run kept the event log (`--emit-events`).
+    emit_events: bool,
     finished: flow::Finished,
     /// Per result table: (row changes, rows held at the end).
     rows: BTreeMap<String, (u64, u64)>,
@@ -177,6 +192,16 @@ impl CatchUp {
 
     fn row_changes(&self) -> u64 {
         self.rows.values().map(|(changed, _)| changed).sum()
+    }
+
+    /// Its schema.
+    fn schema(&self) -> String {
+        schema_of(self.layout) + if self.emit_events { "_events" } else { "" }
+    }
+
+    /// The layout, marked when the run kept the event log.
+    fn label(&self) -> String {
+        format!("{}{}", self.layout, if self.emit_events { " + --emit-events" } else { "" })
     }
 }
 
@@ -306,6 +331,18 @@ fn main() -> Result<()> {
         pg::raw_limits(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
     };
     let copy_plain = limits.copy_plain;
+    let event_log_copy = if args.emit_events && !args.no_limits {
+        eprintln!("raw event-log COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
+        Some(pg::raw_event_log_copy(&url, "pipeline_raw_event_log", args.copy_rows, args.copy_reps)?)
+    } else {
+        None
+    };
+    if let Some(rate) = event_log_copy {
+        println!(
+            "raw binary COPY of event-log rows, {} rows per transaction into a table like track_stream_event_log (its unique key included), median of {}: {rate:.0} rows/s",
+            args.copy_rows, args.copy_reps
+        );
+    }
     println!(
         "\nraw binary COPY, {} rows (BIGINT, BIGINT, DOUBLE) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
         args.copy_rows, args.copy_reps, copy_plain, limits.copy_keyed
@@ -320,19 +357,31 @@ fn main() -> Result<()> {
 
     // Catch-up runs.
     let mut runs = Vec::new();
+    let variants: Vec<bool> = if args.emit_events {
+        (0..args.emit_events_reps).flat_map(|_| [false, true]).collect()
+    } else {
+        vec![false]
+    };
     for &layout in &args.layouts {
-        let schema = schema_of(layout);
-        pg::fresh_schema(&mut pg::connect(&url)?, &schema)?;
-        let mut flags = catch_up_args.clone();
-        flags.push("--until-caught-up".to_owned());
-        eprintln!("catch-up {layout}: encore-flow {} ... ({})", flags.join(" "), load_average());
-        let finished = flow::start(&target, layout, &schema, &flags, &format!("catch-up-{layout}"))?.wait(timeout)?;
-        let rows = pg::rows_written(&url, &schema)?;
-        let run = CatchUp { layout, finished, rows };
-        eprintln!("  {:.1} s, {:.0} events/s ({})", run.finished.seconds, run.events_per_second(args.events), load_average());
-        runs.push(run);
+        for &emit_events in &variants {
+            let mut run = CatchUp { layout, emit_events, finished: flow::Finished::default(), rows: BTreeMap::new() };
+            let schema = run.schema();
+            pg::fresh_schema(&mut pg::connect(&url)?, &schema)?;
+            let mut flags = catch_up_args.clone();
+            flags.push("--until-caught-up".to_owned());
+            if emit_events {
+                flags.push("--emit-events".to_owned());
+            }
+            let name = format!("catch-up-{layout}{}", if emit_events { "-events" } else { "" });
+            eprintln!("catch-up {}: encore-flow {} ... ({})", run.label(), flags.join(" "), load_average());
+            run.finished = flow::start(&target, layout, &schema, &flags, &name)?.wait(timeout)?;
+            run.rows = pg::rows_written(&url, &schema)?;
+            eprintln!("  {:.1} s, {:.0} events/s ({})", run.finished.seconds, run.events_per_second(args.events), load_average());
+            runs.push(run);
+        }
     }
     print_catch_up(&runs, &args, &parse_rates, best_parse, copy_plain, &catch_up_args);
+    let event_log_lines = if args.emit_events { print_event_log(&runs, &args, &url, event_log_copy)? } else { Vec::new() };
     // Before the latency runs, which add messages to the topic and to one schema.
     let mut verified = if args.no_verify { None } else { Some(verify_catch_ups(&runs, &args, &catalog, &url, &catch_up_args)?) };
 
@@ -363,7 +412,7 @@ fn main() -> Result<()> {
     // Latency.
     let mut latencies = Vec::new();
     if !args.no_latency {
-        let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout) else {
+        let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout && !r.emit_events) else {
             bail!("no catch-up run of {}", args.latency_layout);
         };
         let half = base.events_per_second(args.events) / 2.0;
@@ -404,12 +453,15 @@ fn main() -> Result<()> {
     // issue 20, with the work per listen bounded by --count-bits, for 90 %.
     const CATCH_UP_TARGET: f64 = 0.9;
     println!();
+    for line in &event_log_lines {
+        println!("{line}");
+    }
     for run in runs.iter().filter(|_| !args.no_limits) {
         let rate = run.events_per_second(args.events);
         let fraction = rate / best_parse.max(1e-9);
         println!(
             "pipeline {}: {:.0} events/s end to end at {} events = {:.1} % of consume+parse ({:.0}/s; target >= {:.0} %: {}), {:.1} % of raw COPY ({:.2} rows/event)",
-            run.layout,
+            run.label(),
             rate,
             args.events,
             100.0 * fraction,
@@ -459,9 +511,11 @@ fn verify_catch_ups(runs: &[CatchUp], args: &Args, catalog: &Catalog, url: &str,
     let want = verify::expected(catalog, args.events, &params)?;
     println!("\n## Tables against the sequential oracle ({:.0} s to compute it)\n", oracle_started.elapsed().as_secs_f64());
     let mut wrong = Vec::new();
-    for run in runs {
-        let label = run.layout.to_string();
-        if !check_against_oracle(&label, url, &schema_of(run.layout), &want, &params, emit_co_listens)? {
+    // A schema holds its last run (each run of a layout and variant recreates it).
+    let last = |index: usize| !runs[index + 1..].iter().any(|later| later.schema() == runs[index].schema());
+    for run in runs.iter().enumerate().filter(|(index, _)| last(*index)).map(|(_, run)| run) {
+        let label = run.label();
+        if !check_against_oracle(&label, url, &run.schema(), &want, &params, emit_co_listens)? {
             wrong.push(label);
         }
     }
@@ -497,6 +551,68 @@ fn check_against_oracle(label: &str, url: &str, schema: &str, want: &encore_data
     Ok(exact)
 }
 
+/// Prints the event-log comparison (each layout without and with `--emit-events`) and returns
+/// its summary lines, one per layout.
+fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<f64>) -> Result<Vec<String>> {
+    const TARGET: f64 = 0.8;
+    println!("\n## Event log (--emit-events): catch-up without and with it\n");
+    println!(
+        "Fastest of {} run(s) per variant, run alternately; log rows/s = rows in track_stream_event_log + track_like_event_log / seconds of the run with the log; raw COPY = event-log rows into the same table by one binary COPY (above).\n",
+        args.emit_events_reps
+    );
+    println!("| layout | seconds without | events/s without | seconds with | events/s with | with / without | log rows | log rows/s | raw event-log COPY rows/s | % of it |");
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let mut lines = Vec::new();
+    let fastest = |layout: Layout, emit_events: bool| {
+        runs.iter()
+            .filter(|run| run.layout == layout && run.emit_events == emit_events)
+            .min_by(|a, b| a.finished.seconds.total_cmp(&b.finished.seconds))
+    };
+    let seconds = |layout: Layout, emit_events: bool| {
+        let all: Vec<String> = runs
+            .iter()
+            .filter(|run| run.layout == layout && run.emit_events == emit_events)
+            .map(|run| format!("{:.1}", run.finished.seconds))
+            .collect();
+        all.join(", ")
+    };
+    let mut every_run = Vec::new();
+    for &layout in &args.layouts {
+        let (Some(without), Some(with)) = (fastest(layout, false), fastest(layout, true)) else { continue };
+        every_run.push(format!("{layout}: seconds of every run without the log {}; with it {}", seconds(layout, false), seconds(layout, true)));
+        let log_rows = pg::event_log_rows(url, &with.schema())?;
+        let ratio = with.events_per_second(args.events) / without.events_per_second(args.events).max(1e-9);
+        let log_rate = log_rows as f64 / with.finished.seconds.max(1e-9);
+        let of_copy = copy_limit.map_or("n/a".to_owned(), |limit| format!("{:.1} %", 100.0 * log_rate / limit.max(1e-9)));
+        println!(
+            "| {} × {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {log_rows} | {log_rate:.0} | {} | {of_copy} |",
+            with.layout.processes,
+            with.layout.workers,
+            without.finished.seconds,
+            without.events_per_second(args.events),
+            with.finished.seconds,
+            with.events_per_second(args.events),
+            100.0 * ratio,
+            copy_limit.map_or("n/a".to_owned(), |limit| format!("{limit:.0}")),
+        );
+        let dead_letters = with.rows.get("dead_letters").map_or(0, |(_, held)| *held);
+        let valid = with.finished.summary.consumed.saturating_sub(dead_letters);
+        lines.push(format!(
+            "event log {}: catch-up with it at {:.1} % of the rate without (target >= {:.0} %: {}); {log_rows} log rows ({}), {log_rate:.0} rows/s, {of_copy} of the raw event-log COPY",
+            with.layout,
+            100.0 * ratio,
+            100.0 * TARGET,
+            if ratio >= TARGET { "met".to_owned() } else { format!("missed by {:.1} points", 100.0 * (TARGET - ratio)) },
+            if log_rows == valid { "one per valid message".to_owned() } else { format!("EXPECTED {valid}, one per valid message") },
+        ));
+    }
+    println!();
+    for line in every_run {
+        println!("{line}");
+    }
+    Ok(lines)
+}
+
 fn schema_of(layout: Layout) -> String {
     format!("pipeline_{layout}")
 }
@@ -526,9 +642,10 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
         // Without measured limits (--no-limits) there is nothing to divide by.
         let percent = |value: f64, limit: f64| if limit > 0.0 { format!("{:.1} %", 100.0 * value / limit) } else { "n/a".to_owned() };
         println!(
-            "| {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {same_threads} | {:.0} | {} |",
+            "| {} × {}{} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {same_threads} | {:.0} | {} |",
             run.layout.processes,
             run.layout.workers,
+            if run.emit_events { " + --emit-events" } else { "" },
             run.finished.seconds,
             rate,
             run.finished.summary.replayed,
@@ -545,7 +662,7 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
     for run in runs {
         let tables: Vec<String> =
             run.rows.iter().map(|(table, (changed, held))| format!("{table} {changed} changes / {held} rows")).collect();
-        println!("\n{}: {}", run.layout, tables.join(", "));
+        println!("\n{}: {}", run.label(), tables.join(", "));
     }
 }
 

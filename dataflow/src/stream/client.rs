@@ -79,6 +79,7 @@ mod tests {
             kafka_options: kafka_options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             params: Params::default(),
             emit_co_listens: false,
+            emit_events: false,
             until_caught_up: false,
             epoch_ms: 250,
             epoch_events: 10_000,

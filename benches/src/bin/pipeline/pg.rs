@@ -11,6 +11,10 @@
 //!   (whole 20-row lists, spread over the table) get new values through a binary COPY into a
 //!   temporary staging table and one `UPDATE … FROM` it, as the sink's merge does, without
 //!   the sink's own work (consolidation, encoding, offsets).
+//! * **Raw event-log COPY** (`--emit-events`): event-log rows (ids, timestamp, partition,
+//!   offset, event type, `ms_played`), encoded before the clock starts by the sink's own
+//!   encoder, in one binary COPY per transaction into a table created by the sink's own DDL
+//!   (so with its unique key on `(kafka_partition, kafka_offset)`): the most the log can take.
 //! * **Rows written** by a run are PostgreSQL's own counters (`pg_stat_user_tables`:
 //!   inserted + updated + deleted tuples) of the result tables in the run's schema, so they
 //!   count every row change of every commit, not just the final rows. The sink's staging
@@ -154,6 +158,60 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
     let update = 1.0 / median(seconds_per_row);
     client.batch_execute(&format!("DROP SCHEMA {s} CASCADE; DROP TABLE pg_temp.raw_stage"))?;
     Ok(Limits { copy_plain, copy_keyed, update })
+}
+
+/// Rows per second of a raw binary COPY of `rows` event-log rows into a table identical to
+/// `track_stream_event_log` (the sink's DDL and encoder), median of `reps`, each in one
+/// transaction into an emptied table. Offsets run on per partition (4 partitions), as a
+/// catch-up's do.
+pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<f64> {
+    use encore_dataflow::postgres::{copy_event_log_sql, create_event_log_sql, encode_events, STREAM_EVENT_LOG};
+    use encore_dataflow::tables::LoggedEvent;
+    let mut client = connect(url)?;
+    fresh_schema(&mut client, schema)?;
+    client.batch_execute(&create_event_log_sql(schema))?;
+    let events: Vec<LoggedEvent> = (0..rows as i64)
+        .map(|i| LoggedEvent {
+            partition: (i % 4) as i32,
+            offset: i / 4,
+            user: (i * 7_919 % 100_000) as u64,
+            track: (i * 104_729 % 50_000) as u64,
+            time_ms: 1_714_521_600_000 + i * 10,
+            event_type: encore_udfs::EventType::Streaming,
+            ms_played: (i % 3 != 0).then_some((i % 300_000) as i32),
+        })
+        .collect();
+    let data = encode_events(&events)?.stream.unwrap_or_default();
+    let copy = copy_event_log_sql(schema, STREAM_EVENT_LOG);
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        client.batch_execute(&format!("TRUNCATE {}.{STREAM_EVENT_LOG}", quote_ident(schema)))?;
+        let start = Instant::now();
+        let mut tx = client.transaction()?;
+        let mut writer = tx.copy_in(&copy)?;
+        writer.write_all(&data)?;
+        writer.finish()?;
+        tx.commit()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    client.batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(schema)))?;
+    times.sort_by(f64::total_cmp);
+    Ok(rows as f64 / times[times.len() / 2].max(1e-9))
+}
+
+/// Rows of both event logs in `schema` (0 where they do not exist).
+pub fn event_log_rows(url: &str, schema: &str) -> Result<u64> {
+    let mut client = connect(url)?;
+    let mut rows = 0;
+    for table in [encore_dataflow::postgres::STREAM_EVENT_LOG, encore_dataflow::postgres::LIKE_EVENT_LOG] {
+        let name = format!("{}.{table}", quote_ident(schema));
+        let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])?.get(0);
+        if exists {
+            let count: i64 = client.query_one(&format!("SELECT count(*) FROM {name}"), &[])?.get(0);
+            rows += count as u64;
+        }
+    }
+    Ok(rows)
 }
 
 /// Every change of `encore_progress` seen by the poller: `(partition, next_offset, seen at)`.
