@@ -135,7 +135,12 @@ impl Stack {
     /// line says) with `workers` each, to caught-up; every process must exit 0. Returns each
     /// process's stderr.
     fn run_flow_on(&self, schema: &str, hosts: &[&str], workers: usize) -> Vec<String> {
-        self.spawn_flow_on(schema, hosts, workers, &[])
+        self.run_flow_with(schema, hosts, workers, &[])
+    }
+
+    /// [`run_flow_on`](Self::run_flow_on) with `extra` flags.
+    fn run_flow_with(&self, schema: &str, hosts: &[&str], workers: usize, extra: &[String]) -> Vec<String> {
+        self.spawn_flow_on(schema, hosts, workers, extra)
             .into_iter()
             .map(|child| {
                 let output = child.wait_with_output().expect("encore-flow runs");
@@ -599,27 +604,14 @@ fn tables_from_before_the_durable_state_are_replayed_once() {
     let lines = testing::random_lines(31, 3_000);
     let (first, second) = lines.split_at(2_000);
     stack.produce(first);
-    for child in stack.spawn_flow_on("legacy", &["127.0.0.1"], 2, &bits) {
-        assert_success(&child.wait_with_output().expect("encore-flow runs"));
-    }
+    stack.run_flow_with("legacy", &["127.0.0.1"], 2, &bits);
     let mut client = postgres::Client::connect(&stack.postgres_url(), postgres::NoTls).expect("connect");
     client
         .batch_execute("DELETE FROM legacy.encore_parameters; TRUNCATE legacy.encore_last_listen")
         .expect("make the tables look like an older encore-flow's");
 
     stack.produce(second);
-    let run = |hosts: &[&str], workers| -> Vec<String> {
-        stack
-            .spawn_flow_on("legacy", hosts, workers, &bits)
-            .into_iter()
-            .map(|child| {
-                let output = child.wait_with_output().expect("encore-flow runs");
-                assert_success(&output);
-                String::from_utf8_lossy(&output.stderr).into_owned()
-            })
-            .collect()
-    };
-    let logs = run(&["127.0.0.1"], 2);
+    let logs = stack.run_flow_with("legacy", &["127.0.0.1"], 2, &bits);
     assert_progress_lines(&logs[0], Rebuilt::Replayed(2), 1);
     stack.check_with("legacy", &lines, &exact);
     let row = client
@@ -628,7 +620,7 @@ fn tables_from_before_the_durable_state_are_replayed_once() {
     assert!(row.get::<_, bool>(0), "the first commit records the state as complete");
     assert!(row.get::<_, i64>(1) > 0, "and writes it");
 
-    let logs = run(&["127.0.0.1", "127.0.0.1"], 1);
+    let logs = stack.run_flow_with("legacy", &["127.0.0.1", "127.0.0.1"], 1, &bits);
     assert_progress_lines(&logs[0], Rebuilt::Loaded(1), 0);
     stack.check_with("legacy", &lines, &exact);
 }

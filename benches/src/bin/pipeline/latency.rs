@@ -25,6 +25,7 @@ use encore_generator::stream::EventStream;
 use crate::flow::{self, FlowTarget, Layout};
 use crate::kafka::{BenchProducer, Kafka};
 use crate::pg::{self, ProgressPoller};
+use crate::restart::Marker;
 
 /// One latency run's settings.
 pub struct Plan<'a> {
@@ -130,25 +131,12 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
     let partitions = pg::committed(url, plan.schema, &target.topic)?.len();
     let readers = plan.layout.total_workers().min(partitions);
     let mut replay_seconds = None;
-    let mut producer = BenchProducer::connect(kafka, &target.topic, 1, true)?;
-    let mut payload = Vec::with_capacity(512);
-    let marker = stream.next_message(&mut payload);
-    producer.send(usize::MAX, marker.key(), &payload)?;
-    producer.flush()?;
-    for (_, partition, offset) in producer.take_landed() {
-        let end = ends.entry(partition).or_default();
-        *end = (*end).max(offset + 1);
-        while pg::committed(url, plan.schema, &target.topic)?.get(&partition).is_none_or(|c| *c <= offset) {
-            job.check_alive()?;
-            if replay_seconds.is_none() && job.replays_read() >= readers {
-                replay_seconds = Some(job.elapsed());
-            }
-            if job.elapsed() > plan.timeout.as_secs_f64() {
-                bail!("the marker message was not committed within {} s", plan.timeout.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    let marker = Marker { url, schema: plan.schema, kafka, timeout: plan.timeout, poll: Duration::from_millis(100) };
+    marker.commit(&mut job, &target.topic, stream, ends, |job| {
+        if replay_seconds.is_none() && job.replays_read() >= readers {
+            replay_seconds = Some(job.elapsed());
         }
-    }
+    })?;
     let ready_seconds = job.elapsed();
     let replay_read = replay_seconds.map_or_else(|| "(not seen)".to_owned(), |s| format!("after {s:.1} s"));
     eprintln!(
@@ -156,6 +144,8 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         plan.rate, plan.seconds
     );
 
+    let mut producer = BenchProducer::connect(kafka, &target.topic, 1, true)?;
+    let mut payload = Vec::with_capacity(512);
     let poller = ProgressPoller::start(url, plan.schema, &target.topic, plan.poll)?;
     let total = (plan.rate * plan.seconds).round() as usize;
     let mut sent_at = Vec::with_capacity(total);

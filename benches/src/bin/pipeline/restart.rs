@@ -56,22 +56,8 @@ pub fn run(
         args.push("--replay-topic".to_owned());
     }
     let mut job = flow::start(target, layout, schema, &args, &format!("restart-{mode}-{layout}"))?;
-    let mut producer = BenchProducer::connect(kafka, &target.topic, 1, true)?;
-    let mut payload = Vec::with_capacity(512);
-    let marker = stream.next_message(&mut payload);
-    producer.send(usize::MAX, marker.key(), &payload)?;
-    producer.flush()?;
-    for (_, partition, offset) in producer.take_landed() {
-        let end = ends.entry(partition).or_default();
-        *end = (*end).max(offset + 1);
-        while pg::committed(url, schema, &target.topic)?.get(&partition).is_none_or(|c| *c <= offset) {
-            job.check_alive()?;
-            if job.elapsed() > timeout.as_secs_f64() {
-                bail!("the restarted job did not commit the marker within {} s", timeout.as_secs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let marker = Marker { url, schema, kafka, timeout, poll: Duration::from_millis(20) };
+    marker.commit(&mut job, &target.topic, stream, ends, |_| {})?;
     let first_commit_seconds = job.elapsed();
     job.check_alive()?; // samples the memory once more
     let peak_rss = job.peaks().to_vec();
@@ -80,4 +66,50 @@ pub fn run(
         eprintln!("  warning: the restarted job did not stop cleanly: {error:#}");
     }
     Ok(Restart { mode, state_messages, first_commit_seconds, peak_rss })
+}
+
+/// One marker message, sent to a running job and waited for: its commit proves the job live.
+pub struct Marker<'a> {
+    /// The results database.
+    pub url: &'a str,
+    /// The job's schema.
+    pub schema: &'a str,
+    /// The broker.
+    pub kafka: &'a Kafka,
+    /// Longest wait, counted from the job's start.
+    pub timeout: Duration,
+    /// Interval of the `encore_progress` polls.
+    pub poll: Duration,
+}
+
+impl Marker<'_> {
+    /// Sends the next message of `stream` to `topic` (growing `ends` by it) and waits until
+    /// `job` has committed it; `waiting` runs at every poll.
+    pub fn commit(
+        &self,
+        job: &mut flow::Running,
+        topic: &str,
+        stream: &mut EventStream,
+        ends: &mut BTreeMap<i32, i64>,
+        mut waiting: impl FnMut(&mut flow::Running),
+    ) -> Result<()> {
+        let mut producer = BenchProducer::connect(self.kafka, topic, 1, true)?;
+        let mut payload = Vec::with_capacity(512);
+        let marker = stream.next_message(&mut payload);
+        producer.send(usize::MAX, marker.key(), &payload)?;
+        producer.flush()?;
+        for (_, partition, offset) in producer.take_landed() {
+            let end = ends.entry(partition).or_default();
+            *end = (*end).max(offset + 1);
+            while pg::committed(self.url, self.schema, topic)?.get(&partition).is_none_or(|c| *c <= offset) {
+                job.check_alive()?;
+                waiting(job);
+                if job.elapsed() > self.timeout.as_secs_f64() {
+                    bail!("the marker message was not committed within {} s", self.timeout.as_secs());
+                }
+                std::thread::sleep(self.poll);
+            }
+        }
+        Ok(())
+    }
 }
