@@ -640,7 +640,8 @@ fn consume(
     let mut assignment = TopicPartitionList::new();
     let mut gauges = Vec::new();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    // Partitions started at an offset whose first message must be exactly that one.
+    // Partitions started one message early, with the committed offset: their first message
+    // must come at or before it (see `resume_at`).
     let mut unverified: BTreeMap<i32, i64> = BTreeMap::new();
     for &p in partitions {
         let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
@@ -654,17 +655,18 @@ fn consume(
         gauges.push((p, gauge));
         let (start, verify) = if replay { (0, false) } else { resume_at(committed(p), low, high) };
         if verify {
-            unverified.insert(p, start);
+            unverified.insert(p, committed(p));
         }
         next.insert(p, start);
         let offset = if start == 0 { Offset::Beginning } else { Offset::Offset(start) };
         assignment.add_partition_offset(&job.topic, p, offset)?;
     }
     consumer.assign(&assignment)?;
-    // The broker answered a fetch at a verified start with another message (or none): read
-    // the partition from its beginning instead, skipping what the state holds.
-    let rewind = |p: i32, expected: i64, got: Option<i64>, next: &mut BTreeMap<i32, i64>| -> Result<(), StreamError> {
-        warn!(p, expected, ?got, "the broker did not start the partition at the offset asked for: reading it from its beginning");
+    // The broker answered a fetch one message before the committed offset with a message
+    // after it (or none): read the partition from its beginning instead, skipping what the
+    // state holds.
+    let rewind = |p: i32, committed: i64, got: Option<i64>, next: &mut BTreeMap<i32, i64>| -> Result<(), StreamError> {
+        warn!(p, committed, ?got, "the broker may have skipped messages from the committed offset on: reading the partition from its beginning");
         consumer.seek(&job.topic, p, Offset::Beginning, KAFKA_TIMEOUT)?;
         next.insert(p, 0);
         Ok(())
@@ -759,8 +761,8 @@ fn consume(
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 errors.progress();
-                if let Some(expected) = unverified.remove(&p) {
-                    rewind(p, expected, None, &mut next)?;
+                if let Some(must) = unverified.remove(&p) {
+                    rewind(p, must, None, &mut next)?;
                     continue;
                 }
                 let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
@@ -785,9 +787,9 @@ fn consume(
             Some(Ok(message)) => {
                 errors.progress();
                 let (p, offset) = (message.partition(), message.offset());
-                if let Some(expected) = unverified.remove(&p) {
-                    if offset != expected {
-                        rewind(p, expected, Some(offset), &mut next)?;
+                if let Some(must) = unverified.remove(&p) {
+                    if offset > must {
+                        rewind(p, must, Some(offset), &mut next)?;
                         continue;
                     }
                 }
@@ -857,18 +859,20 @@ fn restore(worker: &mut timely::worker::Worker, inputs: &mut job::Inputs, reader
 }
 
 /// Where a loaded worker starts reading a partition with `committed` offset and watermarks
-/// `low` ≤ `committed` and `high`, and whether its first message must be exactly there.
+/// `low` ≤ `committed` and `high`, and whether its first message must be checked.
 ///
 /// Kafka answers a fetch at any offset with the batch holding it, and the client drops the
 /// messages before the offset. Tansu 0.6's memory storage answers a fetch inside a record
 /// batch with the *next* batch, silently skipping the rest of that one, and reports the base
 /// offset of its last batch + 1 as the high watermark. So a loaded worker starts one message
-/// early, at `committed − 1`, which it consumed before and which must still be there: if the
-/// broker's first answer is another message or none, the worker reads the partition from its
-/// beginning instead, skipping the committed messages (correct on every broker, at the cost
-/// of reading the partition). Where `committed − 1` is gone (`low == committed`) there is
-/// nothing to check it against; a high watermark below `committed` is not to be trusted:
-/// from the beginning.
+/// early, at `committed − 1`, which it consumed before and which must still be there, and
+/// checks the first answer: a message at or before `committed` means nothing it needs was
+/// skipped (`committed` itself comes first when `committed − 1` ended a batch); a later one,
+/// or none at all, means messages may have been skipped, and the worker reads the partition
+/// from its beginning instead, skipping the committed messages (correct on every broker, at
+/// the cost of reading the partition). Where `committed − 1` is gone (`low == committed`)
+/// there is nothing to check against; a high watermark below `committed` is not to be
+/// trusted: from the beginning.
 fn resume_at(committed: i64, low: i64, high: i64) -> (i64, bool) {
     if committed <= 1 || high < committed {
         (0, false)
@@ -913,6 +917,21 @@ mod tests {
         // Never beyond cap + cap/8, whatever the rest (a topic that grows while it is read).
         assert!(!epoch_full(1124, 1000, || Some(0)));
         assert!(epoch_full(1125, 1000, || Some(0)));
+    }
+
+    #[test]
+    fn a_loaded_worker_resumes_one_message_early_where_it_can_check() {
+        // Nothing committed, or only offset 0: from the beginning.
+        assert_eq!(resume_at(0, 0, 10), (0, false));
+        assert_eq!(resume_at(1, 0, 10), (0, false));
+        // The last committed message is still there: start at it and check the answer.
+        assert_eq!(resume_at(5, 0, 10), (4, true));
+        assert_eq!(resume_at(5, 0, 5), (4, true));
+        // Retention took everything before the committed offset: nothing to check against.
+        assert_eq!(resume_at(5, 5, 10), (5, false));
+        // A high watermark short of the committed offset (Tansu 0.6's memory storage, or a
+        // recreated topic): read from the beginning, where a real truncation is detected.
+        assert_eq!(resume_at(5, 0, 3), (0, false));
     }
 
     #[test]
