@@ -149,9 +149,7 @@ pub fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(
     let mut number = 0u64;
     loop {
         line.clear();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
+        let read = reader.read_until(b'\n', &mut line).map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
         if read == 0 {
             return Ok(());
         }

@@ -10,8 +10,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::output::EpochSink;
 use crate::engine::Epoch;
+use crate::output::EpochSink;
 use crate::tables::{score_value, Changes, DeadLetter, LoggedEvent, Tables};
 
 /// A sink that keeps the current tables in memory, for `--output-dir` and tests.
@@ -113,12 +113,7 @@ pub fn write_event_logs(dir: &Path, events: &[LoggedEvent]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_csv(
-    dir: &Path,
-    table: &str,
-    header: &str,
-    rows: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> io::Result<()> {
+fn write_csv(dir: &Path, table: &str, header: &str, rows: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
     // Write beside the target and rename, so a reader never sees a half-written table.
     let path = dir.join(format!("{table}.csv"));
     let partial = dir.join(format!(".{table}.csv.partial"));

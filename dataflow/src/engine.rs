@@ -65,11 +65,11 @@ use std::cmp::Reverse;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
-use serde::{Deserialize, Serialize};
 
 use crate::tables::{Params, TrackStats};
 use history::UserTrackChange;
@@ -137,7 +137,12 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
 
 /// Builds SPEC §2 over `listens` and, when continuing a stored state, the `restored` listens
 /// it stands for.
-pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Option<Restored<'scope>>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
+pub fn recommend_from<'scope>(
+    listens: Collection<'scope, Listen>,
+    restored: Option<Restored<'scope>>,
+    params: &Params,
+    emit_co_listens: bool,
+) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = *params;
 
     // H(u), first listens and pair changes, from one pass over each user's listens. A
@@ -172,8 +177,12 @@ pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Opt
         .consolidate_stream();
 
     // c(i,j) and s(i,j) = cosine over q(c), q(n) in score units, where the exact c ≥ C and s > 0.
-    let pair_records =
-        similarity::similarities(pairs, rounded_counts, similarity::Scoring { min_co, precision: score_precision, count_bits }, emit_co_listens);
+    let pair_records = similarity::similarities(
+        pairs,
+        rounded_counts,
+        similarity::Scoring { min_co, precision: score_precision, count_bits },
+        emit_co_listens,
+    );
     let co_listens = emit_co_listens.then(|| co_listen_updates(pair_records.clone()));
     let similarities = pair_records.flat_map(|record| match record {
         PairRecord::Similar { track, partner, old, new } => Some((track, partner, old, new)),
@@ -192,15 +201,12 @@ pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Opt
         .explode(|l| Some((l.track, (1isize, 0isize, isize::from(l.like)))))
         .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))));
     if let Some(restored) = restored {
-        stat_parts = stat_parts.concat(
-            restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))),
-        );
+        stat_parts = stat_parts
+            .concat(restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))));
     }
-    let track_stats = stat_parts
-        .count_total()
-        .map(|(track, (plays, listeners, likes))| {
-            (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
-        });
+    let track_stats = stat_parts.count_total().map(|(track, (plays, listeners, likes))| {
+        (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
+    });
 
     Outputs {
         track_neighbors: neighbor_lists.map(|(i, (Reverse(s), j))| ((i, j), s)),
@@ -244,7 +250,14 @@ mod tests {
     fn early_flushes_with_epochs_in_flight_equal_the_oracle() {
         for seed in 60..100 {
             let workers = [1, 2, 3, 4][seed as usize % 4];
-            let params = Params { history_cap: 2 + seed as usize % 3, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: seed as u32 % 4 };
+            let params = Params {
+                history_cap: 2 + seed as usize % 3,
+                min_co: 1,
+                neighbors: 3,
+                recommendations: 3,
+                score_precision: 4,
+                count_bits: seed as u32 % 4,
+            };
             check_every_epoch(seed, 800, params, 10 + seed as usize % 30, workers);
         }
         check_every_epoch(72, 2_000, Params::default(), 200, 2);

@@ -146,7 +146,14 @@ pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_liste
 /// more input, the valid events, which travel with their epoch to the sink
 /// ([`Changes::events`](crate::tables::Changes::events)) beside the engine (they need no
 /// computation).
-pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S, gathered: Gathered, emit_events: bool) -> Inputs {
+pub fn install_with<S: EpochSink>(
+    worker: &mut Worker,
+    params: &Params,
+    emit_co_listens: bool,
+    sink: S,
+    gathered: Gathered,
+    emit_events: bool,
+) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
         let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();

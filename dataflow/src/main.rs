@@ -204,14 +204,9 @@ impl ClusterArgs {
         } else {
             let addresses = match &self.hostfile {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read hostfile {}", path.display()))?;
-                    let hosts: Vec<String> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                        .map(str::to_owned)
-                        .collect();
+                    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read hostfile {}", path.display()))?;
+                    let hosts: Vec<String> =
+                        text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')).map(str::to_owned).collect();
                     if hosts.len() < processes {
                         bail!("hostfile {} names {} processes, -n asks for {processes}", path.display(), hosts.len());
                     }
@@ -373,7 +368,8 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         None => None,
     };
-    let kafka_options = encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
+    let kafka_options =
+        encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     if cli.emit_events {
         sink = sink.with_event_log()?;

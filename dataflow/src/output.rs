@@ -25,8 +25,8 @@
 use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
@@ -224,10 +224,7 @@ impl Tables {
     /// Applies one epoch's changes: a retraction removes its row only if the row still holds
     /// the retracted value, so the order of a row's `-old` and `+new` does not matter.
     pub fn apply(&mut self, changes: &Changes) {
-        fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(
-            table: &mut BTreeMap<K, V>,
-            updates: &[(K, V, i64)],
-        ) {
+        fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(table: &mut BTreeMap<K, V>, updates: &[(K, V, i64)]) {
             for &(key, value, diff) in updates.iter().filter(|u| u.2 < 0) {
                 debug_assert_eq!(diff, -1);
                 if table.get(&key) == Some(&value) {

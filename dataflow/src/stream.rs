@@ -727,9 +727,8 @@ fn consume(
             let due = epoch_started.elapsed() >= epoch_length
                 && !inputs.pending_before((inputs.epoch() + 1).saturating_sub(MAX_EPOCHS_IN_FLIGHT));
             let rest = || {
-                job.until_caught_up.then(|| {
-                    targets.iter().map(|(p, &target)| (target - next.get(p).copied().unwrap_or(0)).max(0) as u64).sum()
-                })
+                job.until_caught_up
+                    .then(|| targets.iter().map(|(p, &target)| (target - next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
             };
             if done || epoch_full(in_epoch, job.epoch_events, rest) || due {
                 for (&p, &n) in &advanced {
@@ -775,7 +774,8 @@ fn consume(
             }
             Some(Err(error)) => {
                 warn!(%error, "Kafka consumer error");
-                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+                {
                     return Err(StreamError::NoTopic(job.topic.clone()));
                 }
                 if let Some(reason) = errors.error(&error, Instant::now()) {
@@ -836,7 +836,12 @@ const RESTORE_STEPS: usize = 4;
 
 /// Loads this worker's share of the durable state and feeds it into the current epoch.
 /// Returns the rows loaded.
-fn restore(worker: &mut timely::worker::Worker, inputs: &mut job::Inputs, reader: &StateReader, job: &StreamJob) -> Result<u64, StreamError> {
+fn restore(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut job::Inputs,
+    reader: &StateReader,
+    job: &StreamJob,
+) -> Result<u64, StreamError> {
     let LoadedState { last_listens, track_stats } = reader.load(&job.topic, &job.committed, worker.peers(), worker.index())?;
     let rows = (last_listens.len() + track_stats.len()) as u64;
     for (track, plays, likes) in track_stats {

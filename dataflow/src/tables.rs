@@ -211,10 +211,9 @@ mod tests {
     #[test]
     fn a_logged_event_is_compact_and_saturates_ms_played() {
         assert_eq!(std::mem::size_of::<LoggedEvent>(), 48);
-        let event = encore_udfs::parse_event(
-            br#"{"user_id":1,"track_id":2,"event_timestamp":5,"event_type":"skip","ms_played":3000000000}"#,
-        )
-        .unwrap();
+        let event =
+            encore_udfs::parse_event(br#"{"user_id":1,"track_id":2,"event_timestamp":5,"event_type":"skip","ms_played":3000000000}"#)
+                .unwrap();
         let logged = LoggedEvent::new(&event, 3, 9);
         assert_eq!((logged.partition, logged.offset, logged.user, logged.track, logged.time_ms), (3, 9, 1, 2, 5));
         assert_eq!(logged.ms_played, Some(i32::MAX));
@@ -254,13 +253,7 @@ mod tests {
             // (1,2): 6 → 8; (1,3) disappears again; a new row.
             track_neighbors: vec![((1, 2), 6, -1), ((1, 2), 8, 1), ((1, 3), 4, -1), ((2, 1), 3, 1)],
             track_stats: vec![(7, stats(1), -1), (7, stats(2), 1)],
-            dead_letters: vec![DeadLetter {
-                topic: "t".into(),
-                partition: 0,
-                offset: 11,
-                payload: b"x".to_vec(),
-                error: "bad".into(),
-            }],
+            dead_letters: vec![DeadLetter { topic: "t".into(), partition: 0, offset: 11, payload: b"x".to_vec(), error: "bad".into() }],
             offsets: BTreeMap::from([(0, 12), (2, 5)]),
             ..Changes::default()
         };

@@ -87,9 +87,7 @@ impl Stack {
         while messages.len() < expected {
             assert!(Instant::now() < deadline, "read {} of {expected} messages back", messages.len());
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    messages.push((message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec()))
-                }
+                Some(Ok(message)) => messages.push((message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec())),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(error)) => panic!("reading the topic back: {error}"),
             }
@@ -194,7 +192,10 @@ fn kill_nine_rounds_then_restart_log_each_event_exactly_once() {
     let mut client = stack.client();
     for table in ["track_stream_event_log", "track_like_event_log"] {
         client
-            .execute(&format!("INSERT INTO crash.{table} (user_id, track_id, kafka_partition, kafka_offset) VALUES (0, 0, 0, $1)"), &[&next])
+            .execute(
+                &format!("INSERT INTO crash.{table} (user_id, track_id, kafka_partition, kafka_offset) VALUES (0, 0, 0, $1)"),
+                &[&next],
+            )
             .expect("a row by hand");
     }
     let output = stack.command("crash", &["--emit-events"]).output().expect("encore-flow runs");

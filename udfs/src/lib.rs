@@ -28,8 +28,6 @@ mod event;
 mod score;
 mod timestamp;
 
-pub use event::{
-    is_listen, parse_event, Event, EventError, EventType, LISTEN_MIN_MS_PLAYED, MAX_ID,
-};
+pub use event::{is_listen, parse_event, Event, EventError, EventType, LISTEN_MIN_MS_PLAYED, MAX_ID};
 pub use score::{cosine_units, round_count, rounded_cosine_units, MAX_COUNT_BITS, MAX_PRECISION};
 pub use timestamp::{civil_from_days, format_iso_timestamp, parse_iso_timestamp, TimestampError};

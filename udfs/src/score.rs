@@ -105,11 +105,7 @@ mod tests {
             (1, 1, 1, 19, None),
         ];
         for &(co, n_i, n_j, precision, expected) in cases {
-            assert_eq!(
-                cosine_units(co, n_i, n_j, precision),
-                expected,
-                "{co} {n_i} {n_j} {precision}"
-            );
+            assert_eq!(cosine_units(co, n_i, n_j, precision), expected, "{co} {n_i} {n_j} {precision}");
         }
     }
 
@@ -117,8 +113,7 @@ mod tests {
     fn products_are_exact_before_conversion() {
         // n_i · n_j = (2^32 + 1)^2 = 2^64 + 2^33 + 1 needs 65 bits: a u64 product would wrap.
         let n = (1u64 << 32) + 1;
-        let expected =
-            (1e4 * n as f64 / ((n as u128 * n as u128) as f64).sqrt() + 0.5).floor() as i64;
+        let expected = (1e4 * n as f64 / ((n as u128 * n as u128) as f64).sqrt() + 0.5).floor() as i64;
         assert_eq!(cosine_units(n, n, n, 4), Some(expected));
         assert_eq!(expected, 10_000);
     }

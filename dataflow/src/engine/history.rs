@@ -92,7 +92,15 @@ struct UserHistory {
 impl UserHistory {
     /// Applies one listen; pushes the membership and first-listen changes it causes to `out`
     /// and the pair changes to `pairs`.
-    fn listen(&mut self, user: u64, track: u64, time: i64, cap: usize, out: &mut Vec<(UserTrackChange, isize)>, pairs: &mut Vec<PairChange>) {
+    fn listen(
+        &mut self,
+        user: u64,
+        track: u64,
+        time: i64,
+        cap: usize,
+        out: &mut Vec<(UserTrackChange, isize)>,
+        pairs: &mut Vec<PairChange>,
+    ) {
         let previous = self.last.get(&track).copied();
         if previous.is_none() {
             out.push((UserTrackChange::FirstListen { user, track }, 1));

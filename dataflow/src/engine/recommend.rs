@@ -271,9 +271,7 @@ impl User {
         }
         let (history, floor) = (&self.history, self.floor);
         let is_changed = |track: u64| changed.binary_search_by_key(&track, |&(item, _)| item).is_ok();
-        let leads = |track: u64, score: i64| {
-            score > 0 && (Reverse(score), track) <= floor && history.binary_search(&track).is_err()
-        };
+        let leads = |track: u64, score: i64| score > 0 && (Reverse(score), track) <= floor && history.binary_search(&track).is_err();
         next.clear();
         // Unchanged leaders keep their place unless they entered the history; every
         // changed candidate, or one that left the history, leads if it ranks above the floor.
@@ -776,7 +774,12 @@ mod tests {
                 }
                 for _ in 0..member_changes {
                     let (user, i) = (rng.random_range(0..15u64), rng.random_range(0..40u64));
-                    let diff = if members.remove(&(user, i)) { -1 } else { members.insert((user, i)); 1 };
+                    let diff = if members.remove(&(user, i)) {
+                        -1
+                    } else {
+                        members.insert((user, i));
+                        1
+                    };
                     r.membership_change(user, i, diff);
                 }
                 r.finish(n, |user, entry, diff| {

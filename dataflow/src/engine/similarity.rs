@@ -508,77 +508,76 @@ pub fn similarities<'scope>(
     emit_co_listens: bool,
 ) -> Stream<'scope, Epoch, Vec<PairRecord>> {
     let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
-    pairs
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
-            rounded_counts.inner.broadcast(),
-            by_track,
-            Pipeline,
-            "Similarity",
-            move |_capability, _info| {
-                let mut state = Similarity::new(scoring, emit_co_listens);
-                let mut capabilities = BTreeMap::new();
-                // Pair changes of epochs after the open one, and every epoch's n changes.
-                let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
-                type Count = ((u64, isize), isize);
-                let mut staged_counts: BTreeMap<Epoch, Vec<Count>> = BTreeMap::new();
-                // The epoch whose pair changes are applied as they arrive.
-                let mut open: Option<Epoch> = None;
-                move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
-                    let port = output.output_index();
-                    pairs.for_each(|cap, data| {
-                        // Pair changes travel at their capability's time.
-                        let Some(&time) = cap.least() else { return };
-                        capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                        // Applied now only if nothing earlier is pending or can arrive on
-                        // either input: the open epoch is the next one `finish` closes, so
-                        // an earlier epoch's n changes arriving later would close it with
-                        // this epoch's pair changes in its buffer (emitted at the wrong time,
-                        // scored with the wrong n).
-                        let earliest = capabilities.keys().next() == Some(&time);
-                        let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
-                        if open.is_none() && earliest && nothing_earlier {
-                            open = Some(time);
-                            // This epoch's pair changes staged before it could open arrived
-                            // first, so they go first: each user's changes must reach the
-                            // counts in the order History made them, or a flush between a
-                            // user's +1 and -1 of one pair would take the count below zero.
-                            for (track, partner, diff) in staged_pairs.remove(&time).unwrap_or_default() {
-                                state.pair(track, partner, diff);
-                            }
-                        }
-                        if open == Some(time) {
-                            for (track, partner, diff) in data.drain(..) {
-                                state.pair(track, partner, diff);
-                            }
-                        } else {
-                            staged_pairs.entry(time).or_default().append(data);
-                        }
-                    });
-                    counts.for_each(|cap, data| {
-                        for (count, time, diff) in data.drain(..) {
-                            capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                            staged_counts.entry(time).or_default().push((count, diff));
-                        }
-                    });
-                    while let Some(entry) = capabilities.first_entry() {
-                        let epoch = *entry.key();
-                        if pairs_frontier.less_equal(&epoch) || counts_frontier.less_equal(&epoch) {
-                            break; // an earlier-or-equal epoch may still send changes
-                        }
-                        let capability = entry.remove();
-                        for (track, partner, diff) in staged_pairs.remove(&epoch).unwrap_or_default() {
+    pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
+        rounded_counts.inner.broadcast(),
+        by_track,
+        Pipeline,
+        "Similarity",
+        move |_capability, _info| {
+            let mut state = Similarity::new(scoring, emit_co_listens);
+            let mut capabilities = BTreeMap::new();
+            // Pair changes of epochs after the open one, and every epoch's n changes.
+            let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
+            type Count = ((u64, isize), isize);
+            let mut staged_counts: BTreeMap<Epoch, Vec<Count>> = BTreeMap::new();
+            // The epoch whose pair changes are applied as they arrive.
+            let mut open: Option<Epoch> = None;
+            move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
+                let port = output.output_index();
+                pairs.for_each(|cap, data| {
+                    // Pair changes travel at their capability's time.
+                    let Some(&time) = cap.least() else { return };
+                    capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
+                    // Applied now only if nothing earlier is pending or can arrive on
+                    // either input: the open epoch is the next one `finish` closes, so
+                    // an earlier epoch's n changes arriving later would close it with
+                    // this epoch's pair changes in its buffer (emitted at the wrong time,
+                    // scored with the wrong n).
+                    let earliest = capabilities.keys().next() == Some(&time);
+                    let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
+                    if open.is_none() && earliest && nothing_earlier {
+                        open = Some(time);
+                        // This epoch's pair changes staged before it could open arrived
+                        // first, so they go first: each user's changes must reach the
+                        // counts in the order History made them, or a flush between a
+                        // user's +1 and -1 of one pair would take the count below zero.
+                        for (track, partner, diff) in staged_pairs.remove(&time).unwrap_or_default() {
                             state.pair(track, partner, diff);
                         }
-                        for ((track, n), diff) in staged_counts.remove(&epoch).unwrap_or_default() {
-                            state.count(track, n, diff);
-                        }
-                        open = None;
-                        let mut session = output.session(&capability);
-                        state.finish(|record| session.give(record));
                     }
+                    if open == Some(time) {
+                        for (track, partner, diff) in data.drain(..) {
+                            state.pair(track, partner, diff);
+                        }
+                    } else {
+                        staged_pairs.entry(time).or_default().append(data);
+                    }
+                });
+                counts.for_each(|cap, data| {
+                    for (count, time, diff) in data.drain(..) {
+                        capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
+                        staged_counts.entry(time).or_default().push((count, diff));
+                    }
+                });
+                while let Some(entry) = capabilities.first_entry() {
+                    let epoch = *entry.key();
+                    if pairs_frontier.less_equal(&epoch) || counts_frontier.less_equal(&epoch) {
+                        break; // an earlier-or-equal epoch may still send changes
+                    }
+                    let capability = entry.remove();
+                    for (track, partner, diff) in staged_pairs.remove(&epoch).unwrap_or_default() {
+                        state.pair(track, partner, diff);
+                    }
+                    for ((track, n), diff) in staged_counts.remove(&epoch).unwrap_or_default() {
+                        state.count(track, n, diff);
+                    }
+                    open = None;
+                    let mut session = output.session(&capability);
+                    state.finish(|record| session.give(record));
                 }
-            },
-        )
+            }
+        },
+    )
 }
 
 #[cfg(test)]

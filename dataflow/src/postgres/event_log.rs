@@ -151,11 +151,8 @@ fn source_order(events: &[LoggedEvent]) -> Vec<&LoggedEvent> {
         sorted.sort_unstable_by_key(|event| (event.partition, event.offset));
         return sorted;
     }
-    let mut keys: Vec<u128> = events
-        .iter()
-        .enumerate()
-        .map(|(index, e)| (e.partition as u128) << 96 | (e.offset as u128) << 32 | index as u128)
-        .collect();
+    let mut keys: Vec<u128> =
+        events.iter().enumerate().map(|(index, e)| (e.partition as u128) << 96 | (e.offset as u128) << 32 | index as u128).collect();
     keys.sort_unstable();
     keys.into_iter().map(|key| &events[(key as u32) as usize]).collect()
 }
@@ -407,9 +404,8 @@ mod tests {
 
     #[test]
     fn source_order_is_partition_then_offset() {
-        let mut events: Vec<LoggedEvent> = (0..500i64)
-            .map(|i| event((i * 7 % 5) as i32, (i * 7_919) % 1_000 + (1 << 40) * (i % 2), EventType::Skip, None))
-            .collect();
+        let mut events: Vec<LoggedEvent> =
+            (0..500i64).map(|i| event((i * 7 % 5) as i32, (i * 7_919) % 1_000 + (1 << 40) * (i % 2), EventType::Skip, None)).collect();
         let mut want: Vec<(i32, i64)> = events.iter().map(|e| (e.partition, e.offset)).collect();
         want.sort_unstable();
         let got: Vec<(i32, i64)> = source_order(&events).iter().map(|e| (e.partition, e.offset)).collect();

@@ -139,8 +139,7 @@ impl BenchProducer {
         if let Some(user) = user {
             self.key.push_str(&user.to_string());
         }
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&self.topic, index).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&self.topic, index).payload(payload);
         if user.is_some() {
             record = record.key(self.key.as_bytes());
         }
@@ -221,8 +220,7 @@ pub fn consume(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, threads: u
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|thread| {
-            let mine: BTreeMap<i32, i64> =
-                ends.iter().filter(|(p, _)| **p as usize % threads == thread).map(|(p, e)| (*p, *e)).collect();
+            let mine: BTreeMap<i32, i64> = ends.iter().filter(|(p, _)| **p as usize % threads == thread).map(|(p, e)| (*p, *e)).collect();
             let (kafka, topic, barrier) = (kafka.clone(), topic.to_owned(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
@@ -297,11 +295,9 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
 /// when it is pointed at an existing broker.
 pub fn topic_is_empty(kafka: &Kafka, topic: &str) -> Result<bool> {
     let brokers = &kafka.brokers;
-    let consumer: BaseConsumer = kafka.config(&[("group.id", "encore-pipeline-check".into())]).create()
-        .context("creating a consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .with_context(|| format!("Kafka at {brokers} did not answer"))?;
+    let consumer: BaseConsumer = kafka.config(&[("group.id", "encore-pipeline-check".into())]).create().context("creating a consumer")?;
+    let metadata =
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(15)).with_context(|| format!("Kafka at {brokers} did not answer"))?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
         bail!("topic {topic} does not exist on {brokers}: create it first");
     };

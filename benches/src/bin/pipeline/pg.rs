@@ -66,8 +66,7 @@ pub fn rows_written(url: &str, schema: &str) -> Result<BTreeMap<String, (u64, u6
             &[&schema, &RESULT_TABLES.to_vec()],
         )? {
             let (table, changed): (String, i64) = (row.get(0), row.get(1));
-            let held: i64 =
-                client.query_one(&format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(&table)), &[])?.get(0);
+            let held: i64 = client.query_one(&format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(&table)), &[])?.get(0);
             now.insert(table, (changed.max(0) as u64, held.max(0) as u64));
         }
         client.batch_execute("SELECT pg_stat_clear_snapshot()")?;
@@ -227,10 +226,8 @@ impl ProgressPoller {
     /// Starts polling (its own connection, opened before this returns).
     pub fn start(url: &str, schema: &str, topic: &str, interval: Duration) -> Result<ProgressPoller> {
         let mut client = connect(url)?;
-        let query = client.prepare(&format!(
-            "SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1",
-            quote_ident(schema)
-        ))?;
+        let query = client
+            .prepare(&format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let topic = topic.to_owned();
@@ -280,9 +277,7 @@ impl ProgressPoller {
 /// The latest committed `next_offset` per partition of `topic` in `schema`.
 pub fn committed(url: &str, schema: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
     let mut client = connect(url)?;
-    let rows = client.query(
-        &format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)),
-        &[&topic],
-    )?;
+    let rows = client
+        .query(&format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)), &[&topic])?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }

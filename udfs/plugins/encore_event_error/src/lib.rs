@@ -16,7 +16,5 @@ use encore_udfs::parse_event;
 /// `NULL` when `payload` is a valid SPEC §1 event, else why it is not.
 #[udf]
 pub fn encore_event_error(payload: &str) -> Option<String> {
-    parse_event(payload.as_bytes())
-        .err()
-        .map(|error| error.to_string())
+    parse_event(payload.as_bytes()).err().map(|error| error.to_string())
 }
