@@ -7,7 +7,7 @@
 //!   ├─ History ─────────────── custom operator, exchanged by user (engine/history.rs)
 //!   │    ├─ members  (u, t)        t ∈ H(u): the K tracks with the latest last(u,t)
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
-//!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (stream.rs)
+//!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (source/kafka.rs)
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
 //!   ├─ q(n(i))     members → map t → count_total → round to B bits    (i, q(n))
@@ -119,7 +119,7 @@ pub struct Outputs<'scope> {
     pub last_listens: Collection<'scope, ((u64, u64), i64)>,
 }
 
-/// State loaded from a sink to continue from ([`crate::stream`], "Durable state"): it stands
+/// State loaded from a sink to continue from ([`crate::source::kafka`], "Durable state"): it stands
 /// for every listen before the stored offsets.
 pub struct Restored<'scope> {
     /// One record per `(user, track)` ever listened, at `time_ms = last(u,t)` (`like` unused):

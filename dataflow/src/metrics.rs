@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::postgres::CommitStats;
+use crate::sink::postgres::CommitStats;
 
 /// Upper bounds (seconds) of the latency histograms: 1 ms (a small commit on a local
 /// Postgres) to 60 s (a catch-up epoch of millions of rows); `+Inf` above.
@@ -554,7 +554,7 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::TableRows;
+    use crate::sink::postgres::TableRows;
 
     fn sample<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find_map(|line| line.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))

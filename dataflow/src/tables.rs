@@ -151,7 +151,7 @@ pub struct Changes {
     /// Changes of `co_listens` (empty unless `--emit-co-listens`).
     pub co_listens: Vec<((u64, u64), u64, i64)>,
     /// Changes of `last(u,t)` per `(user, track)`: the durable state (Kafka job only; see
-    /// [`crate::stream`], "Durable state").
+    /// [`crate::source::kafka`], "Durable state").
     pub last_listens: Vec<((u64, u64), i64, i64)>,
     /// New dead letters (they are only ever added).
     pub dead_letters: Vec<DeadLetter>,

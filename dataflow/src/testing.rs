@@ -36,10 +36,10 @@
 //! assert_eq!(per_epoch.len(), 4); // 64 + 64 + 64 + 8 lines
 //! ```
 
-use crate::batch::{self, BatchJob, Lines};
 use crate::engine::Epoch;
 use crate::oracle;
-use crate::output::EpochSink;
+use crate::sink::EpochSink;
+use crate::source::file::{self, BatchJob, Lines};
 use crate::tables::{Changes, Params, Tables};
 use encore_udfs::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
@@ -520,7 +520,7 @@ pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, w
     let state = Arc::new(Mutex::new(Snapshots::default()));
     let sink = Arc::clone(&state);
     let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events };
-    batch::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
+    file::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
     Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
 }
 

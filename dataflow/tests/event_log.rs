@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{EventLogRow, PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{EventLogRow, PgSink, RetryPolicy};
 use encore_dataflow::tables::{LoggedEvent, Params};
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};

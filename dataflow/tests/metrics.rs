@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::testing::{self, assert_one_line_error, assert_success, LineMix};
 use encore_testkit::{free_port, Postgres, Tansu};
 

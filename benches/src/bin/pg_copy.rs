@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use encore_dataflow::postgres::{quote_ident, PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{quote_ident, PgSink, RetryPolicy};
 use encore_dataflow::tables::{Changes, TrackStats};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;

@@ -29,7 +29,7 @@
 //! layout): history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the
 //! first listen (`+1`), from which `listeners(t)` is counted; and every change of
 //! `last(u,t)`, the durable state a restart rebuilds everything else from (see
-//! [`crate::stream`], "Durable state"). And a plain stream of
+//! [`crate::source::kafka`], "Durable state"). And a plain stream of
 //! [`PairChange`]s: each membership change's pairs with every other member, both ways, from
 //! which `c(i,j)` is counted ([`super::similarity`]). Emitting pairs here, where `H(u)`
 //! already is, replaces a self-join of the histories and its arrangement.

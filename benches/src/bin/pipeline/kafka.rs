@@ -245,7 +245,7 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
     if ends.is_empty() {
         return Ok(result);
     }
-    // The settings of encore-flow's consumers (stream.rs) that matter for speed.
+    // The settings of encore-flow's consumers (source/kafka.rs) that matter for speed.
     let consumer: BaseConsumer = kafka
         .config(&[
             ("group.id", format!("encore-pipeline-raw-{thread}")),

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use encore_dataflow::postgres::quote_ident;
+use encore_dataflow::sink::postgres::quote_ident;
 use postgres::Client;
 
 /// The SPEC §3 result tables whose row changes a run is credited with.
@@ -99,7 +99,7 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
     let mut client = connect(url)?;
     fresh_schema(&mut client, schema)?;
     let s = quote_ident(schema);
-    let fillfactor = encore_dataflow::postgres::FILLFACTOR;
+    let fillfactor = encore_dataflow::sink::postgres::FILLFACTOR;
     client.batch_execute(&format!(
         "CREATE TABLE {s}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
          CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
@@ -164,7 +164,7 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
 /// transaction into an emptied table. Offsets run on per partition (4 partitions), as a
 /// catch-up's do.
 pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<f64> {
-    use encore_dataflow::postgres::{copy_event_log_sql, create_event_log_sql, encode_events, STREAM_EVENT_LOG};
+    use encore_dataflow::sink::postgres::{copy_event_log_sql, create_event_log_sql, encode_events, STREAM_EVENT_LOG};
     use encore_dataflow::tables::LoggedEvent;
     let mut client = connect(url)?;
     fresh_schema(&mut client, schema)?;
@@ -202,7 +202,7 @@ pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> 
 pub fn event_log_rows(url: &str, schema: &str) -> Result<u64> {
     let mut client = connect(url)?;
     let mut rows = 0;
-    for table in [encore_dataflow::postgres::STREAM_EVENT_LOG, encore_dataflow::postgres::LIKE_EVENT_LOG] {
+    for table in [encore_dataflow::sink::postgres::STREAM_EVENT_LOG, encore_dataflow::sink::postgres::LIKE_EVENT_LOG] {
         let name = format!("{}.{table}", quote_ident(schema));
         let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])?.get(0);
         if exists {

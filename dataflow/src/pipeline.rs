@@ -1,13 +1,13 @@
 //! The dataflow every job installs on every worker: the engine, its inputs and the
-//! per-epoch sink. Shared by the file job ([`crate::batch`]) and the Kafka job
-//! ([`crate::stream`]), so that both compute exactly the same thing.
+//! per-epoch sink. Shared by the file job ([`crate::source::file`]) and the Kafka job
+//! ([`crate::source::kafka`]), so that both compute exactly the same thing.
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen};
-use crate::output::{self, EpochSink, Gathered};
+use crate::sink::{self, EpochSink, Gathered};
 use crate::tables::{DeadLetter, LoggedEvent, Params, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
@@ -80,7 +80,7 @@ impl Inputs {
     }
 
     /// Logs the events of `epoch` and later only: the Kafka job's replayed epochs (below
-    /// [`crate::stream::LIVE`]) hold messages whose events the log already has.
+    /// [`crate::source::kafka::LIVE`]) hold messages whose events the log already has.
     pub fn log_events_from(&mut self, epoch: Epoch) {
         self.events_from = epoch;
     }
@@ -162,13 +162,13 @@ pub fn install_with<S: EpochSink>(
         let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
         let (events_input, events) = if emit_events {
             let (input, events) = scope.new_collection::<LoggedEvent, isize>();
-            (Some(input), Some(output::event_shares(events)))
+            (Some(input), Some(sink::event_shares(events)))
         } else {
             (None, None)
         };
         let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
         let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
-        let probe = output::sink_epochs_with(output::gather(outputs, dead_letters, offsets, gathered), events, sink);
+        let probe = sink::sink_epochs_with(sink::gather(outputs, dead_letters, offsets, gathered), events, sink);
         Inputs {
             listens: listens_input,
             dead_letters: dead_input,

@@ -84,8 +84,8 @@ mod tests {
             epoch_ms: 250,
             epoch_events: 10_000,
             committed: BTreeMap::new(),
-            recovery: crate::stream::Recovery::Replay,
-            error_timeout: crate::stream::DEFAULT_ERROR_TIMEOUT,
+            recovery: crate::source::kafka::Recovery::Replay,
+            error_timeout: crate::source::kafka::DEFAULT_ERROR_TIMEOUT,
         }
     }
 

@@ -81,7 +81,7 @@
 //! simple way to keep the guarantee is one writer that commits every timestamp for all
 //! partitions. `encore-flow` does that: one sink, owned by a committer thread of process 0,
 //! commits the closed timestamps in order while the dataflow computes the next ones
-//! ([`crate::stream`]).
+//! ([`crate::source::kafka`]).
 //!
 //! # How it can fail
 //!
@@ -279,7 +279,7 @@ impl PgSink {
     ///   another `--count-bits` is refused.
     ///
     /// Returns whether `encore_last_listen` holds the state of every committed offset (the
-    /// job then loads it, see [`crate::stream`], "Durable state"): always where nothing is
+    /// job then loads it, see [`crate::source::kafka`], "Durable state"): always where nothing is
     /// committed; not for tables written before the durable state, which the job rebuilds by
     /// replaying the topic once (and then records its state with its first commit).
     pub fn check_parameters(
@@ -603,7 +603,7 @@ fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
 }
 
 /// Loads the durable state (`encore_last_listen` and the plays and likes of `track_stats`),
-/// one share at a time, on any thread; see [`crate::stream`], "Durable state".
+/// one share at a time, on any thread; see [`crate::source::kafka`], "Durable state".
 #[derive(Clone)]
 pub struct StateReader {
     target: encore_pgconnect::Target,

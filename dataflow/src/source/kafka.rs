@@ -5,7 +5,7 @@
 //! Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
 //! offsets stored beside it, after any crash and restart: nothing lost, nothing counted twice.
 //!
-//! * Offsets live only in Postgres ([`crate::postgres`]), committed in the same transaction as
+//! * Offsets live only in Postgres ([`crate::sink::postgres`]), committed in the same transaction as
 //!   the changes of the epoch that consumed them, and so is the **durable state** below.
 //!   Kafka's consumer-group offsets are never read or written (`enable.auto.commit=false`,
 //!   explicit `assign`).
@@ -17,7 +17,7 @@
 //! * Results depend only on the set of listens, and the state stands for exactly the
 //!   listens before the stored offsets, so the rebuilt state is the committed one, and live
 //!   deltas apply on top of it exactly.
-//! * One writer, process 0's committer thread (`stream/committer.rs`), commits the live epochs
+//! * One writer, process 0's committer thread (`sink/committer.rs`), commits the live epochs
 //!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
 //!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
 //!   while one commits. The process reports success only after the committer has committed
@@ -99,7 +99,6 @@
 //! from then on the job is live. Figures: `benches/README.md`, "Restart".
 
 mod client;
-mod committer;
 mod consumer_errors;
 
 use std::collections::BTreeMap;
@@ -114,13 +113,13 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::engine::{Epoch, Listen};
-use crate::job::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
 use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
-use crate::output::{EpochSink, Gathered};
-use crate::postgres::{LoadedState, PgSink, SinkError, StateReader};
+use crate::pipeline::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
+use crate::sink::committer::{Committer, Halt, Handover};
+use crate::sink::postgres::{LoadedState, PgSink, SinkError, StateReader};
+use crate::sink::{EpochSink, Gathered};
 use crate::tables::{Changes, Params, TrackStats};
 use client::consumer;
-use committer::{Committer, Halt, Handover};
 use consumer_errors::ErrorWatch;
 pub use consumer_errors::DEFAULT_ERROR_TIMEOUT;
 
@@ -225,7 +224,7 @@ pub enum StreamError {
     #[error("Kafka: {0}")]
     Kafka(KafkaError),
     /// Consuming failed for good: an error that cannot heal, or errors that persisted beyond
-    /// `--kafka-error-timeout` (see `stream/consumer_errors.rs`).
+    /// `--kafka-error-timeout` (see `source/kafka/consumer_errors.rs`).
     #[error("Kafka at {brokers}, topic {topic}: {reason}")]
     KafkaFailed {
         /// The bootstrap servers.
@@ -434,7 +433,7 @@ pub fn run_with_metrics(
         // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
         // made. Their state changes too, unless they come from a replay (new to Postgres).
         let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
-        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
+        let mut inputs = pipeline::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
         // Replayed messages are in the log already.
         inputs.log_events_from(LIVE);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
@@ -608,7 +607,7 @@ fn publish(report: &mut WorkerReport, gauges: &[(i32, Arc<PartitionGauges>)], su
 /// difference in replay progress between the worker's partitions).
 fn consume(
     worker: &mut timely::worker::Worker,
-    inputs: &mut job::Inputs,
+    inputs: &mut pipeline::Inputs,
     job: &StreamJob,
     partitions: &[i32],
     stop: &AtomicBool,
@@ -838,7 +837,7 @@ const RESTORE_STEPS: usize = 4;
 /// Returns the rows loaded.
 fn restore(
     worker: &mut timely::worker::Worker,
-    inputs: &mut job::Inputs,
+    inputs: &mut pipeline::Inputs,
     reader: &StateReader,
     job: &StreamJob,
 ) -> Result<u64, StreamError> {

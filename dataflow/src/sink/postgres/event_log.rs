@@ -7,7 +7,7 @@
 //! **Each valid event exactly once**, by the same means as every other table: an epoch's events
 //! are appended by binary COPY in the transaction that also writes the epoch's deltas and
 //! its offsets ([`PgSink::commit`]). A crash before COMMIT leaves neither; a restart replays the
-//! committed messages without logging them (their epochs are below [`crate::stream::LIVE`]:
+//! committed messages without logging them (their epochs are below [`crate::source::kafka::LIVE`]:
 //! the workers do not even feed them to the log, and the sink skips those epochs) and logs
 //! the rest once.
 //!

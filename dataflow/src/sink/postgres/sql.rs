@@ -133,7 +133,7 @@ pub(super) const TRACK_STATS: TableSpec =
 pub(super) const CO_LISTENS: TableSpec = TableSpec { name: "co_listens", keys: &["track_a", "track_b"], values: &[("users", "BIGINT")] };
 
 /// `encore_last_listen`: `last(u,t)` for every `(user, track)` with a listen, the durable
-/// state a restart rebuilds from (see [`crate::stream`], "Durable state").
+/// state a restart rebuilds from (see [`crate::source::kafka`], "Durable state").
 pub(super) const LAST_LISTENS: TableSpec =
     TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")] };
 

@@ -22,6 +22,10 @@
 //! worker 0 beside the row changes' shares, so an epoch's events reach the sink in its
 //! [`Changes`] and commit with it.
 
+pub(crate) mod committer;
+pub mod csv;
+pub mod postgres;
+
 use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
