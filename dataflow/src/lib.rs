@@ -28,6 +28,7 @@
 //! * [`sink`] gathers the row changes of every closed epoch to one sink: [`sink::postgres`]
 //!   (one transaction per epoch, handed over by the committer thread) or [`sink::csv`];
 //! * [`tables`] says what the outputs mean as plain Rust values;
+//! * [`job`] runs the Kafka job: the committer thread, the workers, the watermark poller;
 //! * [`metrics`] observes a running Kafka job;
 //! * `oracle` and `testing` (feature `testing`): the sequential SPEC §2 and test helpers.
 //!
@@ -43,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod job;
 pub mod metrics;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;

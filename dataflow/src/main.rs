@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
+use encore_dataflow::job;
 use encore_dataflow::metrics::{self, Metrics};
 use encore_dataflow::sink::csv::{self, MemorySink};
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
@@ -413,7 +414,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     // connecting to peers there is nothing to finish, and timely's connection retries would
     // not notice.
     ctrlc::set_handler(move || {
-        if !kafka::WORKERS_STARTED.load(Ordering::SeqCst) {
+        if !job::WORKERS_STARTED.load(Ordering::SeqCst) {
             eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
             std::process::exit(130);
         }
@@ -421,7 +422,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     })
     .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
     let writer = (cli.cluster.process == 0).then_some(sink);
-    let summary = kafka::run_with_metrics(config, job, writer, stop, metrics)?;
+    let summary = job::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(
         "process={} replayed={} restored={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
         cli.cluster.process,

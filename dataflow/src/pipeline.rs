@@ -1,6 +1,6 @@
 //! The dataflow every job installs on every worker: the engine, its inputs and the
 //! per-epoch sink. Shared by the file job ([`crate::source::file`]) and the Kafka job
-//! ([`crate::source::kafka`]), so that both compute exactly the same thing.
+//! ([`crate::job`]), so that both compute exactly the same thing.
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;

@@ -4,7 +4,7 @@
 //!
 //! * [`kafka`]: the Kafka job's consumers (partition `p` to worker `p mod W`, epochs of
 //!   `--epoch-ms` or `--epoch-events`), the durable state loaded or the topic replayed at start;
-//! * [`file`]: JSON lines (`--input`), line `i` to worker `i mod W`, epoch `i / epoch_events`.
+//! * [`file`](mod@file): JSON lines (`--input`), line `i` to worker `i mod W`, epoch `i / epoch_events`.
 
 pub mod file;
 pub mod kafka;
