@@ -71,8 +71,6 @@
 //! epoch), and, when co-listens are wanted, the updates of `c` per pair `a < b` as a
 //! differential collection's.
 
-use std::collections::BTreeMap;
-
 use differential_dataflow::{Hashable, VecCollection};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
@@ -83,6 +81,7 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
 use super::history::PairChange;
+use super::stash::EpochStash;
 use super::top_k::{consolidate, replace_tight};
 use super::Epoch;
 
@@ -515,11 +514,10 @@ pub fn similarities<'scope>(
         "Similarity",
         move |_capability, _info| {
             let mut state = Similarity::new(scoring, emit_co_listens);
-            let mut capabilities = BTreeMap::new();
-            // Pair changes of epochs after the open one, and every epoch's n changes.
-            let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
+            // Per epoch, with the capability to emit at it: pair changes of epochs other than
+            // the open one, and every epoch's n changes.
             type Count = ((u64, isize), isize);
-            let mut staged_counts: BTreeMap<Epoch, Vec<Count>> = BTreeMap::new();
+            let mut staged: EpochStash<_, (Vec<PairChange>, Vec<Count>)> = EpochStash::default();
             // The epoch whose pair changes are applied as they arrive.
             let mut open: Option<Epoch> = None;
             move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
@@ -527,13 +525,13 @@ pub fn similarities<'scope>(
                 pairs.for_each(|cap, data| {
                     // Pair changes travel at their capability's time.
                     let Some(&time) = cap.least() else { return };
-                    capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
+                    staged.stage(time, || cap.delayed(&time, port));
                     // Applied now only if nothing earlier is pending or can arrive on
                     // either input: the open epoch is the next one `finish` closes, so
                     // an earlier epoch's n changes arriving later would close it with
                     // this epoch's pair changes in its buffer (emitted at the wrong time,
                     // scored with the wrong n).
-                    let earliest = capabilities.keys().next() == Some(&time);
+                    let earliest = staged.first_epoch() == Some(time);
                     let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
                     if open.is_none() && earliest && nothing_earlier {
                         open = Some(time);
@@ -541,7 +539,7 @@ pub fn similarities<'scope>(
                         // first, so they go first: each user's changes must reach the
                         // counts in the order History made them, or a flush between a
                         // user's +1 and -1 of one pair would take the count below zero.
-                        for (track, partner, diff) in staged_pairs.remove(&time).unwrap_or_default() {
+                        for (track, partner, diff) in std::mem::take(&mut staged.stage(time, || cap.delayed(&time, port)).0) {
                             state.pair(track, partner, diff);
                         }
                     }
@@ -550,25 +548,21 @@ pub fn similarities<'scope>(
                             state.pair(track, partner, diff);
                         }
                     } else {
-                        staged_pairs.entry(time).or_default().append(data);
+                        staged.stage(time, || cap.delayed(&time, port)).0.append(data);
                     }
                 });
                 counts.for_each(|cap, data| {
                     for (count, time, diff) in data.drain(..) {
-                        capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                        staged_counts.entry(time).or_default().push((count, diff));
+                        staged.stage(time, || cap.delayed(&time, port)).1.push((count, diff));
                     }
                 });
-                while let Some(entry) = capabilities.first_entry() {
-                    let epoch = *entry.key();
-                    if pairs_frontier.less_equal(&epoch) || counts_frontier.less_equal(&epoch) {
-                        break; // an earlier-or-equal epoch may still send changes
-                    }
-                    let capability = entry.remove();
-                    for (track, partner, diff) in staged_pairs.remove(&epoch).unwrap_or_default() {
+                // Complete once both frontiers have passed it: until then it may still get changes.
+                let complete = |epoch: &Epoch| !pairs_frontier.less_equal(epoch) && !counts_frontier.less_equal(epoch);
+                while let Some((_epoch, capability, (pairs, counts))) = staged.pop_complete(complete) {
+                    for (track, partner, diff) in pairs {
                         state.pair(track, partner, diff);
                     }
-                    for ((track, n), diff) in staged_counts.remove(&epoch).unwrap_or_default() {
+                    for ((track, n), diff) in counts {
                         state.count(track, n, diff);
                     }
                     open = None;

@@ -41,7 +41,6 @@
 //! after it, so it is a correct differential collection (a set of `(key, (score, item))`).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
@@ -51,6 +50,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
+use super::stash::EpochStash;
 use super::Epoch;
 
 /// A ranked entry: best first, ties to the smaller item.
@@ -74,19 +74,16 @@ pub fn top_k<'scope>(
         .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(by_key, name, move |_capability, _info| {
             let mut keys: HashMap<u64, Ranking> = HashMap::default();
             // Staged changes per epoch, with the capability to emit at that epoch.
-            let mut staged = BTreeMap::new();
+            let mut staged: EpochStash<_, Vec<_>> = EpochStash::default();
             let (mut before, mut next) = (Vec::new(), Vec::new());
             move |(input, frontier), output| {
                 let port = output.output_index();
                 input.for_each(|cap, data| {
                     let Some(&time) = cap.least() else { return };
-                    staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Vec::new())).1.append(data);
+                    staged.stage(time, || cap.delayed(&time, port)).append(data);
                 });
-                while let Some(entry) = staged.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break; // an earlier-or-equal epoch may still send changes
-                    }
-                    let (epoch, (capability, mut changes)) = entry.remove_entry();
+                // Complete once the frontier has passed it: until then it may still get changes.
+                while let Some((epoch, capability, mut changes)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
                     changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
                     debug_assert!(changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)), "two changes of one item in an epoch");
                     let mut session = output.session(&capability);
@@ -224,6 +221,8 @@ pub(super) fn difference<'a>(before: &'a [Ranked], after: &'a [Ranked]) -> impl 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
