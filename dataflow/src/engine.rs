@@ -51,7 +51,7 @@
 //! * **Rounded counts** (SPEC §2 step 4, `B`): see [`similarity`], "Rounded counts". A count
 //!   change that leaves its rounded value alone stops where it is made; [`work`] counts what
 //!   the rest costs, for the benchmarks.
-//! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
+//! * **Scores are integers** (units of 10^-P) from the shared [`encore_core::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
 //!   recommendation scores are exact integer sums.
 
@@ -96,12 +96,12 @@ pub struct Listen {
 
 impl Listen {
     /// The listen an event stands for, if it is one (SPEC §1).
-    pub fn from_event(event: &encore_udfs::Event) -> Option<Listen> {
+    pub fn from_event(event: &encore_core::Event) -> Option<Listen> {
         event.is_listen().then_some(Listen {
             user: event.user_id,
             track: event.track_id,
             time_ms: event.event_time_ms,
-            like: event.event_type == encore_udfs::EventType::Like,
+            like: event.event_type == encore_core::EventType::Like,
         })
     }
 }
@@ -174,7 +174,7 @@ pub fn recommend_from<'scope>(
         .clone()
         .map(|(_user, track)| track)
         .count_total()
-        .map(move |(track, n)| (track, encore_udfs::round_count(n as u64, count_bits) as isize))
+        .map(move |(track, n)| (track, encore_core::round_count(n as u64, count_bits) as isize))
         .consolidate_stream();
 
     // c(i,j) and s(i,j) = cosine over q(c), q(n) in score units, where the exact c ≥ C and s > 0.

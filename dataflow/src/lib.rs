@@ -6,7 +6,7 @@
 //! ```text
 //! source   Kafka topic (source::kafka)       JSON-lines file (source::file)
 //!                    └──────────────┬──────────────┘
-//!                                   ▼  parse (encore_udfs); invalid messages → dead letters
+//!                                   ▼  parse (encore_core); invalid messages → dead letters
 //! engine   history H(u) ─► similarity s(i,j) ─► top_k N(i) ─► recommend R(u);
 //!          track statistics                          (engine, installed by pipeline)
 //!                                   ▼  row changes of each closed epoch, to worker 0 (sink)

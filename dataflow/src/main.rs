@@ -174,7 +174,7 @@ struct ParamArgs {
     /// only 2^(B-1) times while a count doubles and the work per listen stays bounded as the
     /// data grows. 0 = exact counts (more work and row changes per listen, growing with the
     /// data). co_listens and the minimum --min-co always use the exact counts.
-    #[arg(long, value_name = "B", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=encore_udfs::MAX_COUNT_BITS as i64))]
+    #[arg(long, value_name = "B", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=encore_core::MAX_COUNT_BITS as i64))]
     count_bits: u32,
 }
 

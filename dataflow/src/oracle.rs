@@ -9,7 +9,7 @@
 //! the counts and the cosine), which both sides must use verbatim because SPEC §2 step 4 fixes
 //! the floating-point evaluation order. The tests below check `q` by other means.
 //!
-//! Input is a sequence of already-parsed valid events ([`encore_udfs::Event`]); invalid
+//! Input is a sequence of already-parsed valid events ([`encore_core::Event`]); invalid
 //! messages never reach here (they only feed `dead_letters`). Events that are not listens
 //! (skips, short plays) are valid but ignored by every step. Every event counts once: two
 //! identical messages are two listen events for `plays` (SPEC §2 step 7 "every one, repeats
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use encore_dataflow::{oracle, tables::Params};
-//! use encore_udfs::{Event, EventType};
+//! use encore_core::{Event, EventType};
 //!
 //! let listen = |user_id, track_id| Event {
 //!     user_id, track_id, event_time_ms: 0, event_type: EventType::Like, ms_played: None,
@@ -29,7 +29,7 @@
 //! ```
 
 use crate::tables::{Params, Tables, TrackStats};
-use encore_udfs::{rounded_cosine_units, Event, EventType};
+use encore_core::{rounded_cosine_units, Event, EventType};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,7 +46,7 @@ type Units = i64;
 ///
 /// # Panics
 ///
-/// If `params.score_precision` is outside the range `encore_udfs::cosine_units` accepts
+/// If `params.score_precision` is outside the range `encore_core::cosine_units` accepts
 /// (P > 18), where SPEC §2 step 4 has no integer result: the parameters are invalid, not the
 /// input.
 pub fn compute<'a>(events: impl IntoIterator<Item = &'a Event>, params: &Params) -> Tables {
@@ -460,7 +460,7 @@ mod tests {
         assert_eq!((truncated(99, 5), truncated(100, 5), truncated(1000, 5), truncated(31, 5), truncated(7, 0)), (96, 100, 992, 31, 7));
         for x in (0..5_000u64).chain([u64::MAX, 1 << 40, (1 << 40) + 12_345]) {
             for bits in 0..=8 {
-                assert_eq!(encore_udfs::round_count(x, bits), truncated(x, bits), "q({x}) at B = {bits}");
+                assert_eq!(encore_core::round_count(x, bits), truncated(x, bits), "q({x}) at B = {bits}");
             }
         }
     }
@@ -522,7 +522,7 @@ mod tests {
             for (i, j) in [(a, b), (b, a)] {
                 let (c, n_i, n_j) =
                     (truncated(c, params.count_bits), truncated(n[&i], params.count_bits), truncated(n[&j], params.count_bits));
-                let s = encore_udfs::cosine_units(c, n_i, n_j, params.score_precision).expect("valid");
+                let s = encore_core::cosine_units(c, n_i, n_j, params.score_precision).expect("valid");
                 if s > 0 {
                     candidates.entry(i).or_default().push((j, s));
                 }

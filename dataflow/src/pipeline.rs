@@ -93,7 +93,7 @@ impl Inputs {
     /// Parses one message and feeds it: a listen, nothing (a valid non-listen), or a dead
     /// letter. Returns which it was.
     pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
-        match encore_udfs::parse_event(payload) {
+        match encore_core::parse_event(payload) {
             Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
                 Some(listen) => {
                     self.listens.insert(listen);
@@ -116,7 +116,7 @@ impl Inputs {
 
     /// Feeds a valid event to the event log, if it is kept and the epoch is logged; returns
     /// the event.
-    fn logged(&mut self, event: encore_udfs::Event, partition: i32, offset: i64) -> encore_udfs::Event {
+    fn logged(&mut self, event: encore_core::Event, partition: i32, offset: i64) -> encore_core::Event {
         if let Some(events) = self.events.as_mut().filter(|events| *events.time() >= self.events_from) {
             events.insert(LoggedEvent::new(&event, partition, offset));
         }

@@ -41,7 +41,7 @@ use crate::oracle;
 use crate::sink::EpochSink;
 use crate::source::file::{self, BatchJob, Lines};
 use crate::tables::{Changes, Params, Tables};
-use encore_udfs::{civil_from_days, parse_event, Event, EventType, MAX_ID};
+use encore_core::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
@@ -190,7 +190,7 @@ pub fn dense_lines(seed: u64, lines: usize, users: u64, tracks: u64) -> Vec<Vec<
 }
 
 /// Splits `lines` into the valid events and `(0-based line number, parser error)` pairs, as
-/// the pipeline does (via [`encore_udfs::parse_event`]).
+/// the pipeline does (via [`encore_core::parse_event`]).
 pub fn parse_lines(lines: &[Vec<u8>]) -> (Vec<Event>, Vec<(usize, String)>) {
     let mut events = Vec::new();
     let mut errors = Vec::new();

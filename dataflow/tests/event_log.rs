@@ -100,7 +100,7 @@ impl Stack {
     fn check(&self, schema: &str, lines: &[Vec<u8>]) {
         let mut want: Vec<EventLogRow> = Vec::new();
         for (partition, offset, payload) in self.messages(lines.len()) {
-            if let Ok(event) = encore_udfs::parse_event(&payload) {
+            if let Ok(event) = encore_core::parse_event(&payload) {
                 want.push(EventLogRow::of(&LoggedEvent::new(&event, partition, offset)));
             }
         }
@@ -243,11 +243,11 @@ fn output_dir_writes_both_logs_as_csv() {
     let header = "user_id,track_id,event_timestamp,kafka_partition,kafka_offset,event_type,ms_played\n";
     let (mut stream, mut likes) = (String::from(header), String::from(header));
     for (number, line) in lines.iter().enumerate() {
-        let Ok(event) = encore_udfs::parse_event(line) else { continue };
-        let time = if event.event_time_ms == i64::MAX { String::new() } else { encore_udfs::format_iso_timestamp(event.event_time_ms) };
+        let Ok(event) = encore_core::parse_event(line) else { continue };
+        let time = if event.event_time_ms == i64::MAX { String::new() } else { encore_core::format_iso_timestamp(event.event_time_ms) };
         let ms_played = event.ms_played.map(|ms| ms.to_string()).unwrap_or_default();
         let row = format!("{},{},{time},0,{number},{},{ms_played}\n", event.user_id, event.track_id, event.event_type);
-        (if event.event_type == encore_udfs::EventType::Like { &mut likes } else { &mut stream }).push_str(&row);
+        (if event.event_type == encore_core::EventType::Like { &mut likes } else { &mut stream }).push_str(&row);
     }
     let read = |table: &str| std::fs::read_to_string(out.join(format!("{table}.csv"))).expect("a CSV file");
     assert_eq!(read("track_stream_event_log"), stream);

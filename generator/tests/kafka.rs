@@ -105,7 +105,7 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
         *from_kafka.entry(message.payload.as_slice()).or_default() += 1;
     }
     assert!(from_file == from_kafka, "Kafka payloads differ from the file's lines");
-    let valid: Vec<&[u8]> = consumed.iter().map(|c| c.payload.as_slice()).filter(|p| encore_udfs::parse_event(p).is_ok()).collect();
+    let valid: Vec<&[u8]> = consumed.iter().map(|c| c.payload.as_slice()).filter(|p| encore_core::parse_event(p).is_ok()).collect();
     let distinct_valid: HashSet<&[u8]> = valid.iter().copied().collect();
     assert_eq!(distinct_valid.len(), valid.len(), "no event twice");
     assert!(valid.len() > n * 9 / 10);
@@ -117,7 +117,7 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     let mut used_partitions = HashSet::new();
     for message in &consumed {
         used_partitions.insert(message.partition);
-        match encore_udfs::parse_event(&message.payload) {
+        match encore_core::parse_event(&message.payload) {
             Ok(event) => {
                 let key = message.key.as_deref().expect("events are keyed");
                 assert_eq!(key, event.user_id.to_string().as_bytes());

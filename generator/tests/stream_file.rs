@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use encore_core::{parse_event, EventType};
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::{EventKind, EventStream, InvalidKind, Message};
 use encore_testkit::{cli::SMALL_CATALOG, run_bin};
-use encore_udfs::{parse_event, EventType};
 
 fn sizes() -> CatalogSizes {
     CatalogSizes::new(5_000, 500, Some(600), 5_000).expect("valid sizes")

@@ -176,7 +176,7 @@ pub enum EventError {
 /// The strict SPEC §1 parser. Never panics, on any bytes.
 ///
 /// ```
-/// use encore_udfs::{parse_event, EventType};
+/// use encore_core::{parse_event, EventType};
 /// let event = parse_event(br#"{"user_id":1,"track_id":2,"event_timestamp":"2024-05-01T12:00:00Z",
 ///                              "event_type":"like","device":"mobile"}"#).unwrap();
 /// assert_eq!((event.track_id, event.event_type), (2, EventType::Like));

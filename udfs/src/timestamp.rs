@@ -69,7 +69,7 @@ const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
 /// 1970). See the module docs for exactly what is accepted.
 ///
 /// ```
-/// use encore_udfs::parse_iso_timestamp;
+/// use encore_core::parse_iso_timestamp;
 /// assert_eq!(parse_iso_timestamp("1970-01-01T00:00:01.9999Z"), Ok(1_999));
 /// assert_eq!(parse_iso_timestamp("1970-01-01T01:00:00+01:00"), Ok(0));
 /// assert!(parse_iso_timestamp("1970-01-01 00:00:00").is_err());
@@ -152,7 +152,7 @@ pub fn parse_iso_timestamp(s: &str) -> Result<i64, TimestampError> {
 /// parser does not accept.
 ///
 /// ```
-/// use encore_udfs::format_iso_timestamp;
+/// use encore_core::format_iso_timestamp;
 /// assert_eq!(format_iso_timestamp(1_714_564_800_123), "2024-05-01T12:00:00.123Z");
 /// assert_eq!(format_iso_timestamp(-1), "1969-12-31T23:59:59.999Z");
 /// ```
@@ -232,9 +232,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// generator's timestamp writer and the test line generator use it too.
 ///
 /// ```
-/// assert_eq!(encore_udfs::civil_from_days(0), (1970, 1, 1));
-/// assert_eq!(encore_udfs::civil_from_days(-1), (1969, 12, 31));
-/// assert_eq!(encore_udfs::civil_from_days(11_016), (2000, 2, 29));
+/// assert_eq!(encore_core::civil_from_days(0), (1970, 1, 1));
+/// assert_eq!(encore_core::civil_from_days(-1), (1969, 12, 31));
+/// assert_eq!(encore_core::civil_from_days(11_016), (2000, 2, 29));
 /// ```
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let days = days + 719_468;

@@ -129,8 +129,8 @@ fn main() -> Result<()> {
     if args.load_events == 0 || args.growth_epoch == 0 || args.window == 0 || args.load_epoch == 0 {
         bail!("--load-events, --growth-epoch, --window and --load-epoch must be positive");
     }
-    if args.count_bits.is_empty() || args.count_bits.iter().any(|&b| b > encore_udfs::MAX_COUNT_BITS) {
-        bail!("--count-bits needs values from 0 to {}", encore_udfs::MAX_COUNT_BITS);
+    if args.count_bits.is_empty() || args.count_bits.iter().any(|&b| b > encore_core::MAX_COUNT_BITS) {
+        bail!("--count-bits needs values from 0 to {}", encore_core::MAX_COUNT_BITS);
     }
     if args.checkpoints.is_empty() || args.checkpoints.windows(2).any(|w| w[0] >= w[1]) || args.checkpoints[0] == 0 {
         bail!("--checkpoints needs rising positive event counts");
@@ -367,7 +367,7 @@ fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
     let mut start = 0;
     for sequence in 0..args.load_events as u64 {
         stream.next_message(&mut payload);
-        if let Ok(event) = encore_udfs::parse_event(&payload) {
+        if let Ok(event) = encore_core::parse_event(&payload) {
             let (user, track) = (event.user_id as usize, event.track_id as usize);
             if event.is_listen() && user < histories.len() && track < n.len() {
                 let history = &mut histories[user];

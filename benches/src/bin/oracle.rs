@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         if line.is_empty() {
             return;
         }
-        match encore_udfs::parse_event(line) {
+        match encore_core::parse_event(line) {
             Ok(event) => events.push(event),
             Err(error) => dead_letters.push(DeadLetter {
                 topic: "file".into(),

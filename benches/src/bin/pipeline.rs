@@ -4,7 +4,7 @@
 //! ```text
 //!  Tansu (memory) ◄── fill: --events generator events (seed --seed), 4 partitions
 //!     │
-//!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_udfs::parse_event ─► events/s
+//!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_core::parse_event ─► events/s
 //!     ├──► per --layouts P×W: encore-flow --until-caught-up, fresh schema ─► events/s, rows
 //!     │        (P OS processes on 127.0.0.1 ports, W workers each; start → last exit);
 //!     │        with --emit-events once more with the event log ─► ratio, log rows/s

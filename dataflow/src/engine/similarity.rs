@@ -13,7 +13,7 @@
 //! ## Rounded counts: work only where `q` changes
 //!
 //! SPEC §2 step 4 scores `q(c)`, `q(n(i))`, `q(n(j))`: each count rounded down to `B`
-//! significant bits ([`encore_udfs::round_count`]). The operator turns that into less work:
+//! significant bits ([`encore_core::round_count`]). The operator turns that into less work:
 //!
 //! * `n` arrives already rounded, and only when `q(n)` changed: upstream, the `count_total`'s
 //!   retraction and assertion of the same rounded value cancel before the broadcast. So a
@@ -130,13 +130,13 @@ impl Scoring {
     /// same value here give the same `s` for the same `q(n)`s.
     fn scored_count(&self, count: u32) -> Option<u64> {
         let count = u64::from(count);
-        (count > 0 && count >= self.min_co).then(|| encore_udfs::round_count(count, self.count_bits))
+        (count > 0 && count >= self.min_co).then(|| encore_core::round_count(count, self.count_bits))
     }
 
     /// `s` from a count and two rounded `n`s: 0 where `c < C` or the cosine rounds to 0.
     fn score(&self, count: u32, rounded_n_i: u64, rounded_n_j: u64) -> i64 {
         match self.scored_count(count) {
-            Some(rounded) => encore_udfs::cosine_units(rounded, rounded_n_i, rounded_n_j, self.precision).unwrap_or(0),
+            Some(rounded) => encore_core::cosine_units(rounded, rounded_n_i, rounded_n_j, self.precision).unwrap_or(0),
             None => 0,
         }
     }

@@ -98,7 +98,7 @@ pub fn write_event_logs(dir: &Path, events: &[LoggedEvent]) -> io::Result<()> {
         write_csv(dir, table, header, |out| {
             for event in sorted.iter().filter(|event| event.is_like() == likes) {
                 let time = crate::sink::postgres::pg_timestamp(event.time_ms)
-                    .map(|_| encore_udfs::format_iso_timestamp(event.time_ms))
+                    .map(|_| encore_core::format_iso_timestamp(event.time_ms))
                     .unwrap_or_default();
                 let ms_played = event.ms_played.map(|ms| ms.to_string()).unwrap_or_default();
                 writeln!(

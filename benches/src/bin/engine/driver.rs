@@ -171,7 +171,7 @@ struct Reach {
 
 impl Reach {
     fn observe(&mut self, payload: &[u8], record: &mut EpochRecord) {
-        let Ok(event) = encore_udfs::parse_event(payload) else { return };
+        let Ok(event) = encore_core::parse_event(payload) else { return };
         if event.is_listen() && self.seen.insert((event.user_id, event.track_id)) {
             let n = self.listeners.entry(event.track_id).or_default();
             *n += 1;

@@ -214,7 +214,7 @@ pub struct Consumed {
 
 /// Reads every partition up to `ends` from the beginning with `threads` consumers (partition
 /// `p` to thread `p mod threads`, as encore-flow assigns them to workers), parsing each
-/// payload with `encore_udfs::parse_event` unless `parse` is false.
+/// payload with `encore_core::parse_event` unless `parse` is false.
 pub fn consume(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, threads: usize, parse: bool) -> Result<Consumed> {
     let threads = threads.max(1);
     let barrier = Arc::new(Barrier::new(threads));
@@ -281,7 +281,7 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
                 let payload = message.payload().unwrap_or_default();
                 result.messages += 1;
                 result.bytes += payload.len() as u64;
-                if parse && encore_udfs::parse_event(payload).is_ok() {
+                if parse && encore_core::parse_event(payload).is_ok() {
                     result.valid += 1;
                 }
             }

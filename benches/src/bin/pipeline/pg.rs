@@ -176,7 +176,7 @@ pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> 
             user: (i * 7_919 % 100_000) as u64,
             track: (i * 104_729 % 50_000) as u64,
             time_ms: 1_714_521_600_000 + i * 10,
-            event_type: encore_udfs::EventType::Streaming,
+            event_type: encore_core::EventType::Streaming,
             ms_played: (i % 3 != 0).then_some((i % 300_000) as i32),
         })
         .collect();

@@ -66,7 +66,7 @@ pub fn expected(catalog: &Catalog, events: u64, params: &Params) -> Result<Table
     let mut parsed = Vec::with_capacity(events as usize);
     for index in 0..events {
         stream.next_message(&mut payload);
-        parsed.push(encore_udfs::parse_event(&payload).map_err(|error| anyhow::anyhow!("message {index} does not parse: {error}"))?);
+        parsed.push(encore_core::parse_event(&payload).map_err(|error| anyhow::anyhow!("message {index} does not parse: {error}"))?);
     }
     Ok(oracle::compute(&parsed, params))
 }

@@ -216,7 +216,7 @@ pub struct EventLogRow {
     /// `event_timestamp` in ms since 1970; `None` for NULL.
     pub time_ms: Option<i64>,
     /// `event_type`.
-    pub event_type: Option<encore_udfs::EventType>,
+    pub event_type: Option<encore_core::EventType>,
     /// `ms_played`.
     pub ms_played: Option<i32>,
 }
@@ -304,7 +304,7 @@ impl PgSink {
                         user: row.try_get(2)?,
                         track: row.try_get(3)?,
                         time_ms: row.try_get(4)?,
-                        event_type: event_type.as_deref().and_then(encore_udfs::EventType::from_name),
+                        event_type: event_type.as_deref().and_then(encore_core::EventType::from_name),
                         ms_played: row.try_get(6)?,
                     });
                 }
@@ -317,7 +317,7 @@ impl PgSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use encore_udfs::EventType;
+    use encore_core::EventType;
 
     fn event(partition: i32, offset: i64, event_type: EventType, ms_played: Option<i32>) -> LoggedEvent {
         LoggedEvent { partition, offset, user: 7, track: 42, time_ms: 1_714_557_600_123, event_type, ms_played }

@@ -1,5 +1,5 @@
 //! Loads the built `libencore_cosine` and calls its `__run` the way Arroyo does; every value
-//! must equal `encore_udfs::rounded_cosine_units`, the dataflow's function, to the last digit.
+//! must equal `encore_core::rounded_cosine_units`, the dataflow's function, to the last digit.
 
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ fn computes_spec_scores_and_null_out_of_range() {
         for n_i in [1, 5, 7, 1_000_003] {
             for n_j in [3, 6, 999_983] {
                 for bits in [0, 1, 4, 5, 6] {
-                    let expected = encore_udfs::rounded_cosine_units(co as u64, n_i as u64, n_j as u64, 4, bits as u32);
+                    let expected = encore_core::rounded_cosine_units(co as u64, n_i as u64, n_j as u64, 4, bits as u32);
                     cases.push((Some(co), Some(n_i), Some(n_j), Some(4), Some(bits), expected));
                 }
             }

@@ -39,7 +39,7 @@ fn gives_null_for_valid_events_and_the_dead_letter_reason_otherwise() {
         assert_eq!(actual, case.1, "row {row}: {case:?}");
         // The same text the dataflow writes to dead_letters.error.
         if let Some(payload) = case.0 {
-            let expected = encore_udfs::parse_event(payload.as_bytes()).err().map(|e| e.to_string());
+            let expected = encore_core::parse_event(payload.as_bytes()).err().map(|e| e.to_string());
             assert_eq!(actual.map(str::to_owned), expected, "row {row}");
         }
     }
