@@ -7,7 +7,7 @@
 //!   ├─ History ─────────────── custom operator, exchanged by user (engine/history.rs)
 //!   │    ├─ members  (u, t)        t ∈ H(u): the K tracks with the latest last(u,t)
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
-//!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (stream.rs)
+//!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (source/kafka.rs)
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
 //!   │
 //!   ├─ q(n(i))     members → map t → count_total → round to B bits    (i, q(n))
@@ -51,13 +51,14 @@
 //! * **Rounded counts** (SPEC §2 step 4, `B`): see [`similarity`], "Rounded counts". A count
 //!   change that leaves its rounded value alone stops where it is made; [`work`] counts what
 //!   the rest costs, for the benchmarks.
-//! * **Scores are integers** (units of 10^-P) from the shared [`encore_udfs::cosine_units`],
+//! * **Scores are integers** (units of 10^-P) from the shared [`encore_core::cosine_units`],
 //!   so that the dataflow, the oracle and the Arroyo UDF agree to the last digit, and
 //!   recommendation scores are exact integer sums.
 
 pub mod history;
 pub mod recommend;
 pub mod similarity;
+pub(crate) mod stash;
 pub mod top_k;
 pub mod work;
 
@@ -65,11 +66,11 @@ use std::cmp::Reverse;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
+use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
-use serde::{Deserialize, Serialize};
 
 use crate::tables::{Params, TrackStats};
 use history::UserTrackChange;
@@ -95,12 +96,12 @@ pub struct Listen {
 
 impl Listen {
     /// The listen an event stands for, if it is one (SPEC §1).
-    pub fn from_event(event: &encore_udfs::Event) -> Option<Listen> {
+    pub fn from_event(event: &encore_core::Event) -> Option<Listen> {
         event.is_listen().then_some(Listen {
             user: event.user_id,
             track: event.track_id,
             time_ms: event.event_time_ms,
-            like: event.event_type == encore_udfs::EventType::Like,
+            like: event.event_type == encore_core::EventType::Like,
         })
     }
 }
@@ -119,7 +120,7 @@ pub struct Outputs<'scope> {
     pub last_listens: Collection<'scope, ((u64, u64), i64)>,
 }
 
-/// State loaded from a sink to continue from ([`crate::stream`], "Durable state"): it stands
+/// State loaded from a sink to continue from ([`crate::source::kafka`], "Durable state"): it stands
 /// for every listen before the stored offsets.
 pub struct Restored<'scope> {
     /// One record per `(user, track)` ever listened, at `time_ms = last(u,t)` (`like` unused):
@@ -137,7 +138,12 @@ pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, e
 
 /// Builds SPEC §2 over `listens` and, when continuing a stored state, the `restored` listens
 /// it stands for.
-pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Option<Restored<'scope>>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
+pub fn recommend_from<'scope>(
+    listens: Collection<'scope, Listen>,
+    restored: Option<Restored<'scope>>,
+    params: &Params,
+    emit_co_listens: bool,
+) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = *params;
 
     // H(u), first listens and pair changes, from one pass over each user's listens. A
@@ -168,12 +174,16 @@ pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Opt
         .clone()
         .map(|(_user, track)| track)
         .count_total()
-        .map(move |(track, n)| (track, encore_udfs::round_count(n as u64, count_bits) as isize))
+        .map(move |(track, n)| (track, encore_core::round_count(n as u64, count_bits) as isize))
         .consolidate_stream();
 
     // c(i,j) and s(i,j) = cosine over q(c), q(n) in score units, where the exact c ≥ C and s > 0.
-    let pair_records =
-        similarity::similarities(pairs, rounded_counts, similarity::Scoring { min_co, precision: score_precision, count_bits }, emit_co_listens);
+    let pair_records = similarity::similarities(
+        pairs,
+        rounded_counts,
+        similarity::Scoring { min_co, precision: score_precision, count_bits },
+        emit_co_listens,
+    );
     let co_listens = emit_co_listens.then(|| co_listen_updates(pair_records.clone()));
     let similarities = pair_records.flat_map(|record| match record {
         PairRecord::Similar { track, partner, old, new } => Some((track, partner, old, new)),
@@ -192,15 +202,12 @@ pub fn recommend_from<'scope>(listens: Collection<'scope, Listen>, restored: Opt
         .explode(|l| Some((l.track, (1isize, 0isize, isize::from(l.like)))))
         .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))));
     if let Some(restored) = restored {
-        stat_parts = stat_parts.concat(
-            restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))),
-        );
+        stat_parts = stat_parts
+            .concat(restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))));
     }
-    let track_stats = stat_parts
-        .count_total()
-        .map(|(track, (plays, listeners, likes))| {
-            (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
-        });
+    let track_stats = stat_parts.count_total().map(|(track, (plays, listeners, likes))| {
+        (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
+    });
 
     Outputs {
         track_neighbors: neighbor_lists.map(|(i, (Reverse(s), j))| ((i, j), s)),
@@ -244,7 +251,14 @@ mod tests {
     fn early_flushes_with_epochs_in_flight_equal_the_oracle() {
         for seed in 60..100 {
             let workers = [1, 2, 3, 4][seed as usize % 4];
-            let params = Params { history_cap: 2 + seed as usize % 3, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: seed as u32 % 4 };
+            let params = Params {
+                history_cap: 2 + seed as usize % 3,
+                min_co: 1,
+                neighbors: 3,
+                recommendations: 3,
+                score_precision: 4,
+                count_bits: seed as u32 % 4,
+            };
             check_every_epoch(seed, 800, params, 10 + seed as usize % 30, workers);
         }
         check_every_epoch(72, 2_000, Params::default(), 200, 2);

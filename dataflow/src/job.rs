@@ -1,176 +1,276 @@
-//! The dataflow every job installs on every worker: the engine, its inputs and the
-//! per-epoch sink. Shared by the file job ([`crate::batch`]) and the Kafka job
-//! ([`crate::stream`]), so that both compute exactly the same thing.
+//! The Kafka job: the threads of one process and how they end.
+//!
+//! ```text
+//!  committer thread (process 0, with a sink): PgSink, one transaction per closed live epoch
+//!        ▲ Handover (bounded queue), taken by worker 0's EpochSink (PostgresEpochs)
+//!  timely workers: pipeline::install_with ─► source::kafka's consume loop, until stopped
+//!  watermark poller thread (with served metrics): the partitions' high watermarks
+//! ```
+//!
+//! [`run_with_metrics`] starts the committer before the workers and joins it after them, so
+//! that `Ok` means every live epoch handed over is committed; the guarantee itself is at the
+//! top of [`crate::source::kafka`] (offsets, state and changes in one transaction) and
+//! `sink/committer.rs` (in order, nothing after a failure).
+//!
+//! # Stopping
+//!
+//! `--until-caught-up` and Ctrl-C end the same way: the workers close their current epoch and
+//! their inputs, the dataflow completes every epoch in flight, and the committer commits each
+//! of them before the process exits 0. A failed commit sets the stop flag, commits nothing
+//! more, and the process exits non-zero with the commit's one-line reason; a restart resumes
+//! from the last committed offsets.
 
-use differential_dataflow::input::{Input, InputSession};
-use timely::dataflow::ProbeHandle;
-use timely::worker::Worker;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::engine::{self, Epoch, Listen};
-use crate::output::{self, EpochSink, Gathered};
-use crate::tables::{DeadLetter, LoggedEvent, Params, TrackStats};
+use tracing::info;
 
-/// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
-/// alike: the workers compute earlier epochs while they feed later ones, so every operator
-/// must (and the oracle tests check that it does) keep a later epoch's data apart until the
-/// earlier ones are complete.
-pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+use crate::engine::Epoch;
+use crate::metrics::{Metrics, WorkerReport};
+use crate::pipeline;
+use crate::sink::committer::{Committer, Halt, Handover};
+use crate::sink::postgres::{PgSink, SinkError};
+use crate::sink::{EpochSink, Gathered};
+use crate::source::kafka::{consume, partition_count, watch_watermarks, Recovery, StreamError, StreamJob, StreamSummary, LIVE};
+use crate::tables::Changes;
 
-/// What [`Inputs::feed`] made of one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageKind {
-    /// A valid listen (SPEC §1): it feeds the engine.
-    Listen,
-    /// A valid event that is not a listen (a skip, a short play): nothing to feed.
-    Other,
-    /// An invalid message: a dead letter.
-    Invalid,
+/// Set once this process's timely workers run. Before that the process is still connecting
+/// to its peers (timely retries until every one answers), holds no state and has written
+/// nothing, so an interrupt may end it at once instead of waiting for an epoch to close.
+pub static WORKERS_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The worker 0 sink: hands live epochs to the committer, skips the rebuilding ones. `None`
+/// on every other worker and process.
+struct PostgresEpochs {
+    handover: Option<Handover>,
+    /// Replaying: the durable state of the replayed epochs, written with the first live one.
+    replayed_state: Option<Changes>,
 }
 
-/// The inputs of one worker. Each is fed only this worker's share of the messages.
-pub struct Inputs {
-    /// Valid listens.
-    pub listens: InputSession<Epoch, Listen, isize>,
-    /// Invalid messages.
-    pub dead_letters: InputSession<Epoch, DeadLetter, isize>,
-    /// `(partition, next offset)`: consumed progress, committed with the epoch's changes.
-    pub offsets: InputSession<Epoch, (i32, i64), isize>,
-    /// A stored state's `last(u,t)` per `(user, track)`, as listens at that time (a restart).
-    pub restored_listens: InputSession<Epoch, Listen, isize>,
-    /// A stored state's `plays` and `likes` per track (a restart).
-    pub restored_stats: InputSession<Epoch, (u64, TrackStats), isize>,
-    /// Passes an epoch once the sink (on worker 0) has received it.
-    pub probe: ProbeHandle<Epoch>,
-    /// Valid events for the event log (`--emit-events`), from the epoch of
-    /// [`Inputs::log_events_from`] on; `None` without the flag.
-    pub events: Option<InputSession<Epoch, LoggedEvent, isize>>,
-    /// The first epoch whose events are logged.
-    events_from: Epoch,
-}
-
-impl Inputs {
-    /// The epoch being fed.
-    pub fn epoch(&self) -> Epoch {
-        *self.listens.time()
-    }
-
-    /// Closes the current epoch and opens `epoch`.
-    pub fn advance_to(&mut self, epoch: Epoch) {
-        self.listens.advance_to(epoch);
-        self.dead_letters.advance_to(epoch);
-        self.offsets.advance_to(epoch);
-        self.restored_listens.advance_to(epoch);
-        self.restored_stats.advance_to(epoch);
-        if let Some(events) = self.events.as_mut() {
-            events.advance_to(epoch);
+impl EpochSink for PostgresEpochs {
+    fn epoch_closed(&mut self, epoch: Epoch, mut changes: Changes) {
+        if epoch < LIVE {
+            // Rebuilding: Postgres already holds the tables (the gather dropped their changes),
+            // but a replay's state is new to it.
+            if let Some(state) = self.replayed_state.as_mut() {
+                state.absorb(Changes { last_listens: changes.last_listens, ..Changes::default() });
+            }
+            return;
         }
-        self.flush();
-    }
-
-    /// Sends what was fed so far into the dataflow without closing the epoch.
-    pub fn flush(&mut self) {
-        self.listens.flush();
-        self.dead_letters.flush();
-        self.offsets.flush();
-        self.restored_listens.flush();
-        self.restored_stats.flush();
-        if let Some(events) = self.events.as_mut() {
-            events.flush();
+        if let Some(mut state) = self.replayed_state.take() {
+            state.absorb(changes);
+            changes = state;
         }
-    }
-
-    /// Logs the events of `epoch` and later only: the Kafka job's replayed epochs (below
-    /// [`crate::stream::LIVE`]) hold messages whose events the log already has.
-    pub fn log_events_from(&mut self, epoch: Epoch) {
-        self.events_from = epoch;
-    }
-
-    /// Whether the sink has not yet received every epoch before `epoch`.
-    pub fn pending_before(&self, epoch: Epoch) -> bool {
-        self.probe.less_than(&epoch)
-    }
-
-    /// Parses one message and feeds it: a listen, nothing (a valid non-listen), or a dead
-    /// letter. Returns which it was.
-    pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
-        match encore_udfs::parse_event(payload) {
-            Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
-                Some(listen) => {
-                    self.listens.insert(listen);
-                    MessageKind::Listen
-                }
-                None => MessageKind::Other,
-            },
-            Err(error) => {
-                self.dead_letters.insert(DeadLetter {
-                    topic: topic.to_owned(),
-                    partition,
-                    offset,
-                    payload: payload.to_vec(),
-                    error: error.to_string(),
-                });
-                MessageKind::Invalid
+        if let Some(handover) = self.handover.as_mut() {
+            // Blocks while the committer's queue is full. `false`: a commit failed, the stop
+            // flag is set, and this and every later epoch must stay uncommitted.
+            if !handover.hand_over(epoch, changes) {
+                self.handover = None;
             }
         }
     }
+}
 
-    /// Feeds a valid event to the event log, if it is kept and the epoch is logged; returns
-    /// the event.
-    fn logged(&mut self, event: encore_udfs::Event, partition: i32, offset: i64) -> encore_udfs::Event {
-        if let Some(events) = self.events.as_mut().filter(|events| *events.time() >= self.events_from) {
-            events.insert(LoggedEvent::new(&event, partition, offset));
+/// The commit function of process 0's committer thread: one [`PgSink::commit`] per call (one
+/// or more consecutive live epochs), its metrics, and the `first live commit` log line.
+fn postgres_commit(
+    mut sink: PgSink,
+    topic: String,
+    metrics: Arc<Metrics>,
+    run_started: Instant,
+) -> impl FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), SinkError> + Send + 'static {
+    let mut first = true;
+    move |epochs, changes| {
+        let started = Instant::now();
+        let stats = sink.commit(&topic, changes, &changes.offsets)?;
+        let epoch = *epochs.end();
+        if stats.attempts > 0 {
+            metrics.record_commit(epochs.start() - LIVE..=epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
+            if std::mem::take(&mut first) {
+                // Every replayed epoch was complete before this one could close: the job is live.
+                info!(epoch = epoch - LIVE, seconds = run_started.elapsed().as_secs_f64(), "first live commit");
+            }
         }
-        event
-    }
-
-    /// Closes every input: the dataflow drains and completes.
-    pub fn close(self) {
-        self.listens.close();
-        self.dead_letters.close();
-        self.offsets.close();
-        self.restored_listens.close();
-        self.restored_stats.close();
-        if let Some(events) = self.events {
-            events.close();
-        }
+        tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed");
+        Ok(())
     }
 }
 
-/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with
-/// every change but the durable state's, and no event log.
-pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
-    install_with(worker, params, emit_co_listens, sink, Gathered::default(), false)
+/// Runs the job on this process's workers. `sink` is this process's Postgres connection;
+/// only process 0's is used for writing (by its committer thread).
+pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: Arc<AtomicBool>) -> Result<StreamSummary, StreamError> {
+    run_with_metrics(config, job, sink, stop, None)
 }
 
-/// [`install`], the sink receiving the changes `gathered` says, and with `emit_events` one
-/// more input, the valid events, which travel with their epoch to the sink
-/// ([`Changes::events`](crate::tables::Changes::events)) beside the engine (they need no
-/// computation).
-pub fn install_with<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S, gathered: Gathered, emit_events: bool) -> Inputs {
-    worker.dataflow::<Epoch, _, _>(|scope| {
-        let (listens_input, listens) = scope.new_collection::<Listen, isize>();
-        let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
-        let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
-        let (restored_listens_input, restored_listens) = scope.new_collection::<Listen, isize>();
-        let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
-        let (events_input, events) = if emit_events {
-            let (input, events) = scope.new_collection::<LoggedEvent, isize>();
-            (Some(input), Some(output::event_shares(events)))
-        } else {
-            (None, None)
+/// [`run`], publishing to `metrics` ([`crate::metrics`]): the workers at every epoch close,
+/// the committer after every commit, and a poller thread the partitions' high watermarks
+/// every [`crate::source::kafka::WATERMARK_INTERVAL`].
+///
+/// With a `sink`, this is where the committer thread starts and ends: spawned before the
+/// workers, its hand-over taken by worker 0, joined after the workers, so that `Ok` means
+/// every live epoch is committed.
+pub fn run_with_metrics(
+    config: timely::Config,
+    job: StreamJob,
+    sink: Option<PgSink>,
+    stop: Arc<AtomicBool>,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<StreamSummary, StreamError> {
+    let run_started = Instant::now();
+    let partitions = partition_count(&job)?;
+    let served = metrics.is_some();
+    // Unserved, the registry is still updated (a few atomics per epoch) but never read.
+    let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new(0, false)));
+    if sink.is_some() {
+        metrics.set_committed(&job.committed);
+    }
+    let poller_job = job.clone();
+    let worker_metrics = Arc::clone(&metrics);
+    let failure = Arc::new(Mutex::new(None));
+    let halt = Halt { failure: Arc::clone(&failure), stop: Arc::clone(&stop) };
+    let replaying = matches!(job.recovery, Recovery::Replay);
+    let (handover, committer) = match sink {
+        Some(mut sink) => {
+            if replaying {
+                // The replayed state goes into the first commit, which records it as complete.
+                sink.mark_state_on_next_commit(&job.topic);
+            }
+            let commit = postgres_commit(sink, job.topic.clone(), Arc::clone(&metrics), run_started);
+            let (handover, committer) = Committer::spawn(commit, halt)
+                .map_err(|error| StreamError::Worker(format!("cannot start the committer thread: {error}")))?;
+            (Some(handover), Some(committer))
+        }
+        None => (None, None),
+    };
+    // Worker 0 takes the hand-over; whatever is left here is dropped after the workers end,
+    // so that the committer sees the end of its queue even if no worker took it.
+    let handover = Arc::new(Mutex::new(handover));
+    let worker_handover = Arc::clone(&handover);
+    let worker_stop = Arc::clone(&stop);
+    let (local_workers, other_processes) = match &config.communication {
+        timely::CommunicationConfig::Cluster { threads, addresses, .. } => (*threads, addresses.len() > 1),
+        timely::CommunicationConfig::Process(threads) | timely::CommunicationConfig::ProcessBinary(threads) => (*threads, false),
+        timely::CommunicationConfig::Thread => (1, false),
+    };
+    // Each worker says here when it has failed (`Some(reason)`) and when it has ended (`None`).
+    let (worker_events, ended) = std::sync::mpsc::channel::<Option<String>>();
+    let guards = timely::execute(config, move |worker| {
+        WORKERS_STARTED.store(true, Ordering::SeqCst);
+        let _ended = WorkerEnded(worker_events.clone());
+        let index = worker.index();
+        let peers = worker.peers();
+        let epoch_sink = PostgresEpochs {
+            handover: if index == 0 { worker_handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() } else { None },
+            replayed_state: replaying.then(Changes::default),
         };
-        let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
-        let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
-        let probe = output::sink_epochs_with(output::gather(outputs, dead_letters, offsets, gathered), events, sink);
-        Inputs {
-            listens: listens_input,
-            dead_letters: dead_input,
-            offsets: offsets_input,
-            restored_listens: restored_listens_input,
-            restored_stats: restored_stats_input,
-            probe,
-            events: events_input,
-            events_from: 0,
+        // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
+        // made. Their state changes too, unless they come from a replay (new to Postgres).
+        let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
+        let mut inputs = pipeline::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
+        // Replayed messages are in the log already.
+        inputs.log_events_from(LIVE);
+        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
+        let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
+        let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);
+        if let Err(error) = &result {
+            // This worker cannot go on (e.g. Kafka failed for good): the other workers of this
+            // process finish as on Ctrl-C, committing every complete epoch, and the run reports
+            // the error. Other processes' workers never see this flag; see below.
+            worker_stop.store(true, Ordering::SeqCst);
+            let _ = worker_events.send(Some(error.to_string()));
         }
-    })
+        inputs.close();
+        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+        result
+    });
+    let guards = match guards {
+        Ok(guards) => guards,
+        Err(error) => {
+            let _ = finish_committer(&handover, committer); // it committed nothing: no worker ran
+            return Err(StreamError::Worker(error));
+        }
+    };
+    let finished = Arc::new(AtomicBool::new(false));
+    let poller = served.then(|| watch_watermarks(poller_job, metrics, Arc::clone(&finished))).flatten();
+
+    if other_processes {
+        // A failed worker stops only this process's workers; the other processes' workers keep
+        // their inputs open, so the dataflow would never complete and this process would wait
+        // for ever. Return the failure at once instead: the process exits with it, its peers
+        // then exit too (a lost peer), and nothing uncommitted was written (the open
+        // transaction, if any, rolls back with the connection), as after a crash.
+        let mut finished = 0;
+        while finished < local_workers {
+            match ended.recv() {
+                Ok(Some(reason)) => {
+                    // Dropping the guards would join the workers, which may wait for ever.
+                    std::mem::forget(guards);
+                    return Err(StreamError::WorkerFailed(reason));
+                }
+                Ok(None) => finished += 1,
+                Err(_) => break,
+            }
+        }
+    }
+    let mut summary = StreamSummary::default();
+    let mut first_error = None;
+    let results = guards.join();
+    // The workers have ended, their hand-over with them: the committer commits what is queued
+    // and ends. Only then may the run report success.
+    let committer_result = finish_committer(&handover, committer);
+    finished.store(true, Ordering::SeqCst);
+    if let Some(poller) = poller {
+        let _ = poller.join();
+    }
+    if let Err(panic) = committer_result {
+        first_error.get_or_insert(StreamError::Worker(panic));
+    }
+    for result in results {
+        match result {
+            Ok(Ok(worker)) => {
+                summary.live_messages += worker.live_messages;
+                summary.replayed_messages += worker.replayed_messages;
+                summary.invalid += worker.invalid;
+                summary.listens += worker.listens;
+                summary.replay_seconds = summary.replay_seconds.max(worker.replay_seconds);
+                summary.restored_rows += worker.restored_rows;
+                summary.seconds = summary.seconds.max(worker.seconds);
+            }
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(panic) => {
+                first_error.get_or_insert(StreamError::Worker(panic));
+            }
+        }
+    }
+    if let Some(error) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(StreamError::Postgres(error));
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(summary),
+    }
+}
+
+/// Tells the run that a worker has ended when dropped (also when the worker panics).
+struct WorkerEnded(std::sync::mpsc::Sender<Option<String>>);
+
+impl Drop for WorkerEnded {
+    fn drop(&mut self) {
+        let _ = self.0.send(None);
+    }
+}
+
+/// Drops the hand-over if no worker took it and waits for the committer to commit every epoch
+/// handed over (or to stop at its first failure, recorded in the failure slot).
+fn finish_committer(handover: &Mutex<Option<Handover>>, committer: Option<Committer>) -> Result<(), String> {
+    // A poisoned lock (a worker panicked) still holds the hand-over, which must be dropped.
+    handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    match committer {
+        Some(committer) => committer.join().map(|committed| tracing::debug!(committed, "committer finished")),
+        None => Ok(()),
+    }
 }

@@ -4,51 +4,53 @@
 //! the repository's `docs/contract.md`.
 //!
 //! ```text
-//! source   Kafka topic (stream)              JSON-lines file (batch)
+//! source   Kafka topic (source::kafka)       JSON-lines file (source::file)
 //!                    └──────────────┬──────────────┘
-//!                                   ▼  parse (encore_udfs); invalid messages → dead letters
+//!                                   ▼  parse (encore_core); invalid messages → dead letters
 //! engine   history H(u) ─► similarity s(i,j) ─► top_k N(i) ─► recommend R(u);
-//!          track statistics                                    (engine, installed by job)
-//!                                   ▼  row changes of each closed epoch, to worker 0 (output)
-//! sink     Postgres: one transaction per epoch,    or    CSV files at exit (csv)
-//!          the consumed offsets in it (postgres)
+//!          track statistics                          (engine, installed by pipeline)
+//!                                   ▼  row changes of each closed epoch, to worker 0 (sink)
+//! sink     Postgres: one transaction per epoch,    or    CSV files at exit (sink::csv)
+//!          the consumed offsets in it (sink::committer, sink::postgres)
 //! ```
 //!
 //! **The guarantee: exactly once.** With Kafka in and Postgres out, the consumed offsets are
 //! committed in the same Postgres transaction as the row changes they produced, so after any
 //! crash and restart every table again equals its SPEC §3 definition over exactly the
-//! messages in the topic: nothing lost, nothing counted twice ([`stream`] and [`postgres`]
-//! say how, and how it can fail). Whatever the input, the tables are a function of the set of
+//! messages in the topic: nothing lost, nothing counted twice ([`source::kafka`] and
+//! [`sink::postgres`] say how, and how it can fail). Whatever the input, the tables are a function of the set of
 //! listens alone: arrival order, partitioning, workers and processes do not change them.
 //!
+//! * [`source`]: [`source::kafka`] consumes the topic (and loads the durable state at start),
+//!   [`source::file`] reads JSON lines (`encore-flow --input`);
+//! * [`pipeline`] installs the same dataflow for both: inputs → [`engine`] → sink;
 //! * [`engine`] builds the dataflow (its module docs hold the operator diagram);
-//! * [`output`] gathers the row changes of every closed epoch to one sink;
-//! * [`batch`] runs it over JSON lines (`encore-flow --input`), [`csv`] writes the tables;
+//! * [`sink`] gathers the row changes of every closed epoch to one sink: [`sink::postgres`]
+//!   (one transaction per epoch, handed over by the committer thread) or [`sink::csv`];
 //! * [`tables`] says what the outputs mean as plain Rust values;
-//! * [`stream`] runs it from Kafka into [`postgres`], observed by [`metrics`];
+//! * [`job`] runs the Kafka job: the committer thread, the workers, the watermark poller;
+//! * [`metrics`] observes a running Kafka job;
 //! * `oracle` and `testing` (feature `testing`): the sequential SPEC §2 and test helpers.
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use encore_dataflow::batch::{self, BatchJob, Lines};
-//! use encore_dataflow::csv::MemorySink;
+//! use encore_dataflow::source::file::{self, BatchJob, Lines};
+//! use encore_dataflow::sink::csv::MemorySink;
 //!
 //! let lines = Arc::new(vec![br#"{"user_id":1,"track_id":2,"event_timestamp":0,"event_type":"like"}"#.to_vec()]);
 //! let job = BatchJob { lines: Lines::Memory(lines), params: Default::default(), emit_co_listens: false, emit_events: false, epoch_events: 1000 };
-//! batch::run(timely::Config::process(2), job, MemorySink::default).unwrap();
+//! file::run(timely::Config::process(2), job, MemorySink::default).unwrap();
 //! ```
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod csv;
 pub mod engine;
 pub mod job;
 pub mod metrics;
 #[cfg(any(test, feature = "testing"))]
 pub mod oracle;
-pub mod output;
-pub mod postgres;
-pub mod stream;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
 pub mod tables;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

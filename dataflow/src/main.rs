@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
-use encore_dataflow::batch::{self, BatchJob, Lines};
-use encore_dataflow::csv::{self, MemorySink};
+use encore_dataflow::job;
 use encore_dataflow::metrics::{self, Metrics};
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
-use encore_dataflow::stream::{self, StreamJob};
+use encore_dataflow::sink::csv::{self, MemorySink};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::source::file::{self, BatchJob, Lines};
+use encore_dataflow::source::kafka::{self, StreamJob};
 use encore_dataflow::tables::Params;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -105,7 +106,7 @@ struct Cli {
     /// job ends with the last one (a broker down, unreachable or refusing). Errors that can
     /// never heal (a batch in a codec this build cannot decode, a denied topic, fatal errors)
     /// end it at once.
-    #[arg(long, value_name = "SECONDS", default_value_t = stream::DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = kafka::DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     kafka_error_timeout: u64,
 
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
@@ -173,7 +174,7 @@ struct ParamArgs {
     /// only 2^(B-1) times while a count doubles and the work per listen stays bounded as the
     /// data grows. 0 = exact counts (more work and row changes per listen, growing with the
     /// data). co_listens and the minimum --min-co always use the exact counts.
-    #[arg(long, value_name = "B", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=encore_udfs::MAX_COUNT_BITS as i64))]
+    #[arg(long, value_name = "B", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=encore_core::MAX_COUNT_BITS as i64))]
     count_bits: u32,
 }
 
@@ -204,14 +205,9 @@ impl ClusterArgs {
         } else {
             let addresses = match &self.hostfile {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read hostfile {}", path.display()))?;
-                    let hosts: Vec<String> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                        .map(str::to_owned)
-                        .collect();
+                    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read hostfile {}", path.display()))?;
+                    let hosts: Vec<String> =
+                        text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')).map(str::to_owned).collect();
                     if hosts.len() < processes {
                         bail!("hostfile {} names {} processes, -n asks for {processes}", path.display(), hosts.len());
                     }
@@ -307,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         epoch_events: cli.epoch_events as usize,
     };
     let sink = Arc::clone(&state);
-    let fed = batch::run(config, job, move || Arc::clone(&sink))?;
+    let fed = file::run(config, job, move || Arc::clone(&sink))?;
 
     if cli.cluster.process == 0 {
         let state = state.lock().map_err(|_| anyhow::anyhow!("a worker panicked"))?;
@@ -373,7 +369,8 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         }
         None => None,
     };
-    let kafka_options = encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
+    let kafka_options =
+        encore_kafkaconf::settings(&brokers, cli.kafka_config.as_deref(), &cli.kafka_options).map_err(anyhow::Error::msg)?;
     let mut sink = PgSink::connect(url, &cli.pg_schema, params.score_precision, cli.emit_co_listens, RetryPolicy::default())?;
     if cli.emit_events {
         sink = sink.with_event_log()?;
@@ -384,15 +381,15 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         recorded.push_str(" --emit-co-listens");
     }
     let recovery = match sink.check_parameters(&topic, &recorded, params.count_bits, &committed)? {
-        _ if cli.replay_topic => stream::Recovery::Replay,
-        true => stream::Recovery::Load(Box::new(sink.state_reader())),
+        _ if cli.replay_topic => kafka::Recovery::Replay,
+        true => kafka::Recovery::Load(Box::new(sink.state_reader())),
         false => {
             tracing::warn!(
                 "the tables in --pg-schema {} were written before encore-flow kept its state in Postgres: \
                  replaying the topic once to rebuild it (it is stored with the first commit)",
                 cli.pg_schema
             );
-            stream::Recovery::Replay
+            kafka::Recovery::Replay
         }
     };
     let job = StreamJob {
@@ -417,7 +414,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     // connecting to peers there is nothing to finish, and timely's connection retries would
     // not notice.
     ctrlc::set_handler(move || {
-        if !stream::WORKERS_STARTED.load(Ordering::SeqCst) {
+        if !job::WORKERS_STARTED.load(Ordering::SeqCst) {
             eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
             std::process::exit(130);
         }
@@ -425,7 +422,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     })
     .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
     let writer = (cli.cluster.process == 0).then_some(sink);
-    let summary = stream::run_with_metrics(config, job, writer, stop, metrics)?;
+    let summary = job::run_with_metrics(config, job, writer, stop, metrics)?;
     println!(
         "process={} replayed={} restored={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
         cli.cluster.process,

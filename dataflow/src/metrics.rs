@@ -39,12 +39,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::postgres::CommitStats;
+use crate::sink::postgres::CommitStats;
 
 /// Upper bounds (seconds) of the latency histograms: 1 ms (a small commit on a local
 /// Postgres) to 60 s (a catch-up epoch of millions of rows); `+Inf` above.
-pub const LATENCY_BUCKETS: [f64; 15] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const LATENCY_BUCKETS: [f64; 15] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// How many epoch-close times are kept for the epoch latency: epochs without changes are
 /// never committed, so their entries are dropped once this many newer ones exist.
@@ -330,11 +329,7 @@ impl Metrics {
             }
         }
         let name = "encore_partition_lag";
-        out.family(
-            name,
-            "gauge",
-            "max(0, high watermark - next offset): messages not yet consumed, per partition this process reads.",
-        );
+        out.family(name, "gauge", "max(0, high watermark - next offset): messages not yet consumed, per partition this process reads.");
         for (p, next, high) in &readings {
             if let Some(high) = high {
                 out.sample(name, &[("partition", p)], (high - next).max(0));
@@ -547,11 +542,9 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "metrics are at /metrics\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET /metrics\n".to_owned()),
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut response =
+        format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+            .into_bytes();
     if method != "HEAD" {
         response.extend_from_slice(body.as_bytes());
     }
@@ -561,7 +554,7 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::TableRows;
+    use crate::sink::postgres::TableRows;
 
     fn sample<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find_map(|line| line.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(' ')))
@@ -685,7 +678,8 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
         // As the binary prints it (`{:#}`): the message, then the cause, once.
-        let chain = |error: MetricsError| format!("{error}: {}", std::error::Error::source(&error).map(|s| s.to_string()).unwrap_or_default());
+        let chain =
+            |error: MetricsError| format!("{error}: {}", std::error::Error::source(&error).map(|s| s.to_string()).unwrap_or_default());
         let error = chain(serve(&addr, Arc::new(Metrics::new(0, true))).unwrap_err());
         assert!(error.starts_with(&format!("cannot serve metrics on {addr}: ")), "{error}");
         assert_eq!(error.matches("in use").count(), 1, "{error}");

@@ -9,7 +9,7 @@
 //! the counts and the cosine), which both sides must use verbatim because SPEC §2 step 4 fixes
 //! the floating-point evaluation order. The tests below check `q` by other means.
 //!
-//! Input is a sequence of already-parsed valid events ([`encore_udfs::Event`]); invalid
+//! Input is a sequence of already-parsed valid events ([`encore_core::Event`]); invalid
 //! messages never reach here (they only feed `dead_letters`). Events that are not listens
 //! (skips, short plays) are valid but ignored by every step. Every event counts once: two
 //! identical messages are two listen events for `plays` (SPEC §2 step 7 "every one, repeats
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use encore_dataflow::{oracle, tables::Params};
-//! use encore_udfs::{Event, EventType};
+//! use encore_core::{Event, EventType};
 //!
 //! let listen = |user_id, track_id| Event {
 //!     user_id, track_id, event_time_ms: 0, event_type: EventType::Like, ms_played: None,
@@ -29,7 +29,7 @@
 //! ```
 
 use crate::tables::{Params, Tables, TrackStats};
-use encore_udfs::{rounded_cosine_units, Event, EventType};
+use encore_core::{rounded_cosine_units, Event, EventType};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,7 +46,7 @@ type Units = i64;
 ///
 /// # Panics
 ///
-/// If `params.score_precision` is outside the range `encore_udfs::cosine_units` accepts
+/// If `params.score_precision` is outside the range `encore_core::cosine_units` accepts
 /// (P > 18), where SPEC §2 step 4 has no integer result: the parameters are invalid, not the
 /// input.
 pub fn compute<'a>(events: impl IntoIterator<Item = &'a Event>, params: &Params) -> Tables {
@@ -62,14 +62,8 @@ pub fn compute<'a>(events: impl IntoIterator<Item = &'a Event>, params: &Params)
     let track_stats = track_stats(&listens); // step 7
 
     Tables {
-        track_neighbors: neighbors
-            .iter()
-            .flat_map(|(&i, list)| list.iter().map(move |&(j, units)| ((i, j), units)))
-            .collect(),
-        user_recommendations: recommendations
-            .iter()
-            .flat_map(|(&u, list)| list.iter().map(move |&(j, units)| ((u, j), units)))
-            .collect(),
+        track_neighbors: neighbors.iter().flat_map(|(&i, list)| list.iter().map(move |&(j, units)| ((i, j), units))).collect(),
+        user_recommendations: recommendations.iter().flat_map(|(&u, list)| list.iter().map(move |&(j, units)| ((u, j), units))).collect(),
         track_stats,
         co_listens: co_counts,
     }
@@ -155,15 +149,8 @@ fn similarities(
 
 /// Step 5: `N(i)`, the `k` tracks `j` with the largest `s(i,j)`, ties: smaller `j` first.
 /// Each list is in rank order; tracks without any similarity have no entry.
-fn neighbors(
-    similarities: &BTreeMap<Track, Vec<(Track, Units)>>,
-    neighbor_count: usize,
-) -> BTreeMap<Track, Vec<(Track, Units)>> {
-    similarities
-        .iter()
-        .map(|(&i, scored)| (i, top(scored.clone(), neighbor_count)))
-        .filter(|(_, list)| !list.is_empty())
-        .collect()
+fn neighbors(similarities: &BTreeMap<Track, Vec<(Track, Units)>>, neighbor_count: usize) -> BTreeMap<Track, Vec<(Track, Units)>> {
+    similarities.iter().map(|(&i, scored)| (i, top(scored.clone(), neighbor_count))).filter(|(_, list)| !list.is_empty()).collect()
 }
 
 /// Step 6: `R(u)`: for every `j ∉ H(u)`, `score(u,j) = Σ s(i,j)` over `i ∈ H(u)` with
@@ -209,11 +196,7 @@ fn track_stats(listens: &[&Event]) -> BTreeMap<Track, TrackStats> {
     plays
         .into_iter()
         .map(|(track, plays)| {
-            let stats = TrackStats {
-                plays,
-                listeners: listeners[&track].len() as u64,
-                likes: likes.get(&track).copied().unwrap_or(0),
-            };
+            let stats = TrackStats { plays, listeners: listeners[&track].len() as u64, likes: likes.get(&track).copied().unwrap_or(0) };
             (track, stats)
         })
         .collect()
@@ -252,13 +235,7 @@ mod tests {
         histories.iter().flat_map(|&(user, tracks)| tracks.iter().map(move |&track| listen(user, track, 0))).collect()
     }
 
-    fn params(
-        history_cap: usize,
-        min_co: u64,
-        neighbors: usize,
-        recommendations: usize,
-        score_precision: u32,
-    ) -> Params {
+    fn params(history_cap: usize, min_co: u64, neighbors: usize, recommendations: usize, score_precision: u32) -> Params {
         Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits: 0 }
     }
 
@@ -303,14 +280,7 @@ mod tests {
     #[test]
     fn repeats_of_a_track_in_the_history_change_only_plays() {
         // Users 1 and 2 both hear {1, 2}; user 3 hears {1, 3}. K = 2 so every history is full.
-        let base = vec![
-            listen(1, 1, 10),
-            listen(1, 2, 20),
-            listen(2, 1, 10),
-            listen(2, 2, 20),
-            listen(3, 1, 10),
-            listen(3, 3, 20),
-        ];
+        let base = vec![listen(1, 1, 10), listen(1, 2, 20), listen(2, 1, 10), listen(2, 2, 20), listen(3, 1, 10), listen(3, 3, 20)];
         let p = params(2, 1, 20, 10, 4);
         let before = compute(&base, &p);
         // Repeats: 1 by user 1 (newer: reorders H(1) but not its set), 3 by user 3 (older).
@@ -377,15 +347,8 @@ mod tests {
         // s(5,9) = floor(40000 / sqrt(28) + 0.5) = floor(7559.29 + 0.5) = 7559.
         // s(5,1) = s(5,2) = s(5,3) = floor(20000 / sqrt(14) + 0.5) = floor(5345.22 + 0.5) = 5345.
         // s(9,1) = s(9,2) = floor(20000 / sqrt(8) + 0.5) = floor(7071.07 + 0.5) = 7071.
-        let events = everyone_listens(&[
-            (1, &[5, 1, 9]),
-            (2, &[5, 1, 9]),
-            (3, &[5, 2, 9]),
-            (4, &[5, 2, 9]),
-            (5, &[5, 3]),
-            (6, &[5, 3]),
-            (7, &[5]),
-        ]);
+        let events =
+            everyone_listens(&[(1, &[5, 1, 9]), (2, &[5, 1, 9]), (3, &[5, 2, 9]), (4, &[5, 2, 9]), (5, &[5, 3]), (6, &[5, 3]), (7, &[5])]);
         // k = 3: N(5) = [9, 1, 2] (9 by score although its id is larger; 3 loses the tie).
         let tables = compute(&events, &params(50, 2, 3, 2, 4));
         let neighbors_of = |tables: &Tables, i: u64| -> Vec<(u64, i64)> {
@@ -395,8 +358,7 @@ mod tests {
         assert_eq!(neighbors_of(&tables, 9), vec![(1, 7071), (2, 7071), (5, 7559)]);
         assert_eq!(neighbors_of(&tables, 3), vec![(5, 5345)]);
         // User 7: H = {5}; candidates 9: 7559, 1: 5345, 2: 5345; N = 2 keeps [9, 1].
-        let recommended_to_7: Vec<_> =
-            tables.user_recommendations.range((7, 0)..=(7, u64::MAX)).map(|(&(_, j), &s)| (j, s)).collect();
+        let recommended_to_7: Vec<_> = tables.user_recommendations.range((7, 0)..=(7, u64::MAX)).map(|(&(_, j), &s)| (j, s)).collect();
         assert_eq!(recommended_to_7, vec![(1, 5345), (9, 7559)]);
         // User 5: H = {3, 5}; 3 contributes N(3) = [5] (heard); 5 contributes 9: 7559,
         // 1: 5345, 2: 5345 → [9, 1].
@@ -419,10 +381,7 @@ mod tests {
         // 1 and 3 are heard). R(3) = R(4) = {1: 5774}.
         let events = everyone_listens(&[(1, &[1, 3]), (2, &[1, 3]), (3, &[2, 3]), (4, &[2, 3]), (5, &[1, 2])]);
         let tables = compute(&events, &params(50, 2, 20, 10, 4));
-        assert_eq!(
-            tables.user_recommendations,
-            map(&[((1, 2), 5774), ((2, 2), 5774), ((3, 1), 5774), ((4, 1), 5774), ((5, 3), 11548)])
-        );
+        assert_eq!(tables.user_recommendations, map(&[((1, 2), 5774), ((2, 2), 5774), ((3, 1), 5774), ((4, 1), 5774), ((5, 3), 11548)]));
     }
 
     #[test]
@@ -447,10 +406,7 @@ mod tests {
         // Track 10: plays = 3 (user 1) + 2 (user 2) = 5; listeners {1, 2} = 2; likes = 2.
         assert_eq!(
             tables.track_stats,
-            map(&[
-                (10, TrackStats { plays: 5, listeners: 2, likes: 2 }),
-                (12, TrackStats { plays: 1, listeners: 1, likes: 0 })
-            ])
+            map(&[(10, TrackStats { plays: 5, listeners: 2, likes: 2 }), (12, TrackStats { plays: 1, listeners: 1, likes: 0 })])
         );
         // Nobody heard two tracks: no pairs at all.
         assert!(tables.co_listens.is_empty());
@@ -504,7 +460,7 @@ mod tests {
         assert_eq!((truncated(99, 5), truncated(100, 5), truncated(1000, 5), truncated(31, 5), truncated(7, 0)), (96, 100, 992, 31, 7));
         for x in (0..5_000u64).chain([u64::MAX, 1 << 40, (1 << 40) + 12_345]) {
             for bits in 0..=8 {
-                assert_eq!(encore_udfs::round_count(x, bits), truncated(x, bits), "q({x}) at B = {bits}");
+                assert_eq!(encore_core::round_count(x, bits), truncated(x, bits), "q({x}) at B = {bits}");
             }
         }
     }
@@ -564,8 +520,9 @@ mod tests {
                 continue;
             }
             for (i, j) in [(a, b), (b, a)] {
-                let (c, n_i, n_j) = (truncated(c, params.count_bits), truncated(n[&i], params.count_bits), truncated(n[&j], params.count_bits));
-                let s = encore_udfs::cosine_units(c, n_i, n_j, params.score_precision).expect("valid");
+                let (c, n_i, n_j) =
+                    (truncated(c, params.count_bits), truncated(n[&i], params.count_bits), truncated(n[&j], params.count_bits));
+                let s = encore_core::cosine_units(c, n_i, n_j, params.score_precision).expect("valid");
                 if s > 0 {
                     candidates.entry(i).or_default().push((j, s));
                 }
@@ -669,8 +626,7 @@ mod tests {
     fn movielens_small_is_consistent() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
         let text = std::fs::read(path).expect("the MovieLens events file (see /work/shared/data)");
-        let lines: Vec<Vec<u8>> =
-            text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect();
+        let lines: Vec<Vec<u8>> = text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect();
         let (events, errors) = parse_lines(&lines);
         assert_eq!(lines.len(), 100_836);
         assert!(errors.is_empty(), "invalid lines: {:?}", &errors[..errors.len().min(3)]);

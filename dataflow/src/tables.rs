@@ -98,7 +98,7 @@ pub struct LoggedEvent {
     /// Event time, ms since the Unix epoch.
     pub time_ms: i64,
     /// What happened.
-    pub event_type: encore_udfs::EventType,
+    pub event_type: encore_core::EventType,
     /// How long the track played, where the event said, as the log's `INT` column holds it:
     /// values beyond `i32::MAX` (24.8 days) are stored as `i32::MAX`.
     pub ms_played: Option<i32>,
@@ -106,7 +106,7 @@ pub struct LoggedEvent {
 
 impl LoggedEvent {
     /// The log record of a parsed event read at `partition`, `offset`.
-    pub fn new(event: &encore_udfs::Event, partition: i32, offset: i64) -> LoggedEvent {
+    pub fn new(event: &encore_core::Event, partition: i32, offset: i64) -> LoggedEvent {
         LoggedEvent {
             partition,
             offset,
@@ -120,7 +120,7 @@ impl LoggedEvent {
 
     /// Whether it belongs in `track_like_event_log` (else `track_stream_event_log`).
     pub fn is_like(&self) -> bool {
-        self.event_type == encore_udfs::EventType::Like
+        self.event_type == encore_core::EventType::Like
     }
 }
 
@@ -151,7 +151,7 @@ pub struct Changes {
     /// Changes of `co_listens` (empty unless `--emit-co-listens`).
     pub co_listens: Vec<((u64, u64), u64, i64)>,
     /// Changes of `last(u,t)` per `(user, track)`: the durable state (Kafka job only; see
-    /// [`crate::stream`], "Durable state").
+    /// [`crate::source::kafka`], "Durable state").
     pub last_listens: Vec<((u64, u64), i64, i64)>,
     /// New dead letters (they are only ever added).
     pub dead_letters: Vec<DeadLetter>,
@@ -211,10 +211,9 @@ mod tests {
     #[test]
     fn a_logged_event_is_compact_and_saturates_ms_played() {
         assert_eq!(std::mem::size_of::<LoggedEvent>(), 48);
-        let event = encore_udfs::parse_event(
-            br#"{"user_id":1,"track_id":2,"event_timestamp":5,"event_type":"skip","ms_played":3000000000}"#,
-        )
-        .unwrap();
+        let event =
+            encore_core::parse_event(br#"{"user_id":1,"track_id":2,"event_timestamp":5,"event_type":"skip","ms_played":3000000000}"#)
+                .unwrap();
         let logged = LoggedEvent::new(&event, 3, 9);
         assert_eq!((logged.partition, logged.offset, logged.user, logged.track, logged.time_ms), (3, 9, 1, 2, 5));
         assert_eq!(logged.ms_played, Some(i32::MAX));
@@ -254,13 +253,7 @@ mod tests {
             // (1,2): 6 → 8; (1,3) disappears again; a new row.
             track_neighbors: vec![((1, 2), 6, -1), ((1, 2), 8, 1), ((1, 3), 4, -1), ((2, 1), 3, 1)],
             track_stats: vec![(7, stats(1), -1), (7, stats(2), 1)],
-            dead_letters: vec![DeadLetter {
-                topic: "t".into(),
-                partition: 0,
-                offset: 11,
-                payload: b"x".to_vec(),
-                error: "bad".into(),
-            }],
+            dead_letters: vec![DeadLetter { topic: "t".into(), partition: 0, offset: 11, payload: b"x".to_vec(), error: "bad".into() }],
             offsets: BTreeMap::from([(0, 12), (2, 5)]),
             ..Changes::default()
         };

@@ -36,17 +36,17 @@
 //! assert_eq!(per_epoch.len(), 4); // 64 + 64 + 64 + 8 lines
 //! ```
 
-use crate::oracle;
-use crate::batch::{self, BatchJob, Lines};
 use crate::engine::Epoch;
-use crate::output::EpochSink;
+use crate::oracle;
+use crate::sink::EpochSink;
+use crate::source::file::{self, BatchJob, Lines};
 use crate::tables::{Changes, Params, Tables};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use encore_udfs::{civil_from_days, parse_event, Event, EventType, MAX_ID};
+use encore_core::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// 2024-05-01T00:00:00Z in milliseconds: the start of the window most instants fall in.
 const BASE_MS: i64 = 1_714_521_600_000;
@@ -190,7 +190,7 @@ pub fn dense_lines(seed: u64, lines: usize, users: u64, tracks: u64) -> Vec<Vec<
 }
 
 /// Splits `lines` into the valid events and `(0-based line number, parser error)` pairs, as
-/// the pipeline does (via [`encore_udfs::parse_event`]).
+/// the pipeline does (via [`encore_core::parse_event`]).
 pub fn parse_lines(lines: &[Vec<u8>]) -> (Vec<Event>, Vec<(usize, String)>) {
     let mut events = Vec::new();
     let mut errors = Vec::new();
@@ -398,13 +398,7 @@ impl Generator {
             }
             InvalidKind::NotAnObject => {
                 let text = join(&fields);
-                let choices = [
-                    "[1,2,3]".to_owned(),
-                    "42".to_owned(),
-                    "\"like\"".to_owned(),
-                    "null".to_owned(),
-                    format!("[{text}]"),
-                ];
+                let choices = ["[1,2,3]".to_owned(), "42".to_owned(), "\"like\"".to_owned(), "null".to_owned(), format!("[{text}]")];
                 return choices.choose(&mut self.rng).expect("non-empty").clone().into_bytes();
             }
             InvalidKind::DuplicateField => {
@@ -412,8 +406,7 @@ impl Generator {
                 fields.push(copy);
             }
             InvalidKind::MissingField => {
-                let key =
-                    *["user_id", "track_id", "event_timestamp", "event_type"].choose(&mut self.rng).expect("non-empty");
+                let key = *["user_id", "track_id", "event_timestamp", "event_type"].choose(&mut self.rng).expect("non-empty");
                 if self.rng.random_bool(0.5) {
                     fields.retain(|(k, _)| k != key);
                 } else {
@@ -444,13 +437,7 @@ impl Generator {
             }
             InvalidKind::IdOutOfRange => {
                 let key = *["user_id", "track_id"].choose(&mut self.rng).expect("non-empty");
-                let values = [
-                    "9223372036854775808",
-                    "18446744073709551615",
-                    "100000000000000000000",
-                    "-1",
-                    "-9223372036854775808",
-                ];
+                let values = ["9223372036854775808", "18446744073709551615", "100000000000000000000", "-1", "-9223372036854775808"];
                 let value = *values.choose(&mut self.rng).expect("non-empty");
                 set(&mut fields, key, value);
             }
@@ -533,7 +520,7 @@ pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, w
     let state = Arc::new(Mutex::new(Snapshots::default()));
     let sink = Arc::clone(&state);
     let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events };
-    batch::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
+    file::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
     Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
 }
 
@@ -698,12 +685,8 @@ mod tests {
         let generated = generate(5, &hostile_mix(600));
         let lines: Vec<Vec<u8>> = generated.iter().map(|line| line.bytes.clone()).collect();
         let (events, errors) = parse_lines(&lines);
-        let invalid: Vec<usize> = generated
-            .iter()
-            .enumerate()
-            .filter(|(_, line)| matches!(line.intent, Intent::Invalid(_)))
-            .map(|(n, _)| n)
-            .collect();
+        let invalid: Vec<usize> =
+            generated.iter().enumerate().filter(|(_, line)| matches!(line.intent, Intent::Invalid(_))).map(|(n, _)| n).collect();
         assert_eq!(errors.iter().map(|(n, _)| *n).collect::<Vec<_>>(), invalid);
         assert!(errors.iter().all(|(_, error)| !error.is_empty() && !error.contains('\n')));
         let valid: Vec<&Event> = generated

@@ -26,11 +26,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-
 /// Starts `encore-flow ARGS -n 2 -p i -h HOSTFILE` for i = 0, 1 (a fresh hostfile in `dir`).
 fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
     let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).unwrap();
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")),
+    )
+    .unwrap();
     (0..2)
         .map(|process| {
             flow()
@@ -44,9 +47,8 @@ fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
         .collect()
 }
 
-const SMALL: [&str; 12] = [
-    "--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--count-bits", "2", "--epoch-events", "97",
-];
+const SMALL: [&str; 12] =
+    ["--history-cap", "4", "--min-co", "1", "--neighbors", "3", "--recommendations", "3", "--count-bits", "2", "--epoch-events", "97"];
 
 #[test]
 fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
@@ -116,7 +118,10 @@ fn bad_flags_fail_with_one_line() {
     let config = dir.join("client.properties");
     let kafka = |config: &Path| {
         let config = config.to_str().unwrap().to_owned();
-        flow().args(["--brokers", "127.0.0.1:9", "--topic", "t", "--postgres", "postgres://nowhere/x", "--kafka-config", &config]).output().unwrap()
+        flow()
+            .args(["--brokers", "127.0.0.1:9", "--topic", "t", "--postgres", "postgres://nowhere/x", "--kafka-config", &config])
+            .output()
+            .unwrap()
     };
     assert_one_line_error(&kafka(&config), "cannot read --kafka-config");
     std::fs::write(&config, "bootstrap.servers=elsewhere:9092\n").unwrap();
@@ -150,10 +155,8 @@ fn unreachable_services_fail_with_one_line_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(120), "bounded retries, not a hang");
 
     let postgres = encore_testkit::Postgres::start().expect("start PostgreSQL");
-    let output = flow()
-        .args(["--brokers", &format!("127.0.0.1:{dead_port}"), "--topic", "t", "--postgres", &postgres.url()])
-        .output()
-        .unwrap();
+    let output =
+        flow().args(["--brokers", &format!("127.0.0.1:{dead_port}"), "--topic", "t", "--postgres", &postgres.url()]).output().unwrap();
     assert_one_line_error(&output, "Kafka");
 }
 
@@ -163,8 +166,7 @@ fn a_lost_peer_process_stops_the_others() {
     let dir = scratch("peer");
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
     let out = dir.join("out");
-    let mut processes =
-        spawn_two_processes(&dir, &["--input", input, "--output-dir", out.to_str().unwrap(), "--epoch-events", "1000"]);
+    let mut processes = spawn_two_processes(&dir, &["--input", input, "--output-dir", out.to_str().unwrap(), "--epoch-events", "1000"]);
     std::thread::sleep(Duration::from_millis(1_500));
     let mut peer = processes.pop().expect("process 1");
     assert!(peer.try_wait().unwrap().is_none(), "process 1 still running when killed");
@@ -198,7 +200,8 @@ fn an_interrupt_while_connecting_to_peers_exits_at_once() {
     tansu.create_topic("t", 1).expect("create topic");
     let dir = scratch("connecting");
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).unwrap();
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")))
+        .unwrap();
     // Process 1 alone: process 0 never comes.
     let mut child = Reap(
         flow()

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{EventLogRow, PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{EventLogRow, PgSink, RetryPolicy};
 use encore_dataflow::tables::{LoggedEvent, Params};
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
@@ -87,9 +87,7 @@ impl Stack {
         while messages.len() < expected {
             assert!(Instant::now() < deadline, "read {} of {expected} messages back", messages.len());
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    messages.push((message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec()))
-                }
+                Some(Ok(message)) => messages.push((message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec())),
                 Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(error)) => panic!("reading the topic back: {error}"),
             }
@@ -102,7 +100,7 @@ impl Stack {
     fn check(&self, schema: &str, lines: &[Vec<u8>]) {
         let mut want: Vec<EventLogRow> = Vec::new();
         for (partition, offset, payload) in self.messages(lines.len()) {
-            if let Ok(event) = encore_udfs::parse_event(&payload) {
+            if let Ok(event) = encore_core::parse_event(&payload) {
                 want.push(EventLogRow::of(&LoggedEvent::new(&event, partition, offset)));
             }
         }
@@ -194,7 +192,10 @@ fn kill_nine_rounds_then_restart_log_each_event_exactly_once() {
     let mut client = stack.client();
     for table in ["track_stream_event_log", "track_like_event_log"] {
         client
-            .execute(&format!("INSERT INTO crash.{table} (user_id, track_id, kafka_partition, kafka_offset) VALUES (0, 0, 0, $1)"), &[&next])
+            .execute(
+                &format!("INSERT INTO crash.{table} (user_id, track_id, kafka_partition, kafka_offset) VALUES (0, 0, 0, $1)"),
+                &[&next],
+            )
             .expect("a row by hand");
     }
     let output = stack.command("crash", &["--emit-events"]).output().expect("encore-flow runs");
@@ -242,11 +243,11 @@ fn output_dir_writes_both_logs_as_csv() {
     let header = "user_id,track_id,event_timestamp,kafka_partition,kafka_offset,event_type,ms_played\n";
     let (mut stream, mut likes) = (String::from(header), String::from(header));
     for (number, line) in lines.iter().enumerate() {
-        let Ok(event) = encore_udfs::parse_event(line) else { continue };
-        let time = if event.event_time_ms == i64::MAX { String::new() } else { encore_udfs::format_iso_timestamp(event.event_time_ms) };
+        let Ok(event) = encore_core::parse_event(line) else { continue };
+        let time = if event.event_time_ms == i64::MAX { String::new() } else { encore_core::format_iso_timestamp(event.event_time_ms) };
         let ms_played = event.ms_played.map(|ms| ms.to_string()).unwrap_or_default();
         let row = format!("{},{},{time},0,{number},{},{ms_played}\n", event.user_id, event.track_id, event.event_type);
-        (if event.event_type == encore_udfs::EventType::Like { &mut likes } else { &mut stream }).push_str(&row);
+        (if event.event_type == encore_core::EventType::Like { &mut likes } else { &mut stream }).push_str(&row);
     }
     let read = |table: &str| std::fs::read_to_string(out.join(format!("{table}.csv"))).expect("a CSV file");
     assert_eq!(read("track_stream_event_log"), stream);

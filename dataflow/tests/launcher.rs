@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
@@ -166,8 +166,10 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     let scratch = Scratch::new("file");
     let lines = testing::random_lines(11, 3_000);
     let input = write_input(&scratch, &lines);
-    let hosts =
-        scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port"))]);
+    let hosts = scratch.hostfile(&[
+        format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")),
+        format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port")),
+    ]);
 
     let single = scratch.str("single");
     let output = Command::new(FLOW).args(["--input", &input, "--output-dir", &single]).args(SMALL).output().expect("run");
@@ -176,11 +178,8 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     // Locally: both addresses are loopback, so no ssh.
     let local = scratch.str("local");
     let logs = scratch.str("logs");
-    let output = finished(
-        launcher()
-            .args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local])
-            .args(SMALL),
-    );
+    let output =
+        finished(launcher().args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local]).args(SMALL));
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     assert!(text(&output.stdout).contains("[p0 127.0.0.2] events=3000 "), "p0's summary line, prefixed");
@@ -236,10 +235,7 @@ fn run_with_a_blocked_port(blocked: usize) -> (Output, String) {
         .collect();
     let hostfile = scratch.hostfile(&lines);
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
-    let output = finished(
-        launcher()
-            .args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")]),
-    );
+    let output = finished(launcher().args(["--grace", "30", &hostfile, "--", "--input", input, "--output-dir", &scratch.str("out")]));
     let left = flow_processes_mentioning(&scratch.str(""));
     assert!(left.is_empty(), "encore-flow processes left running: {left:?}\n{}", describe(&output));
     drop(holder);
@@ -255,10 +251,7 @@ fn a_process_that_cannot_bind_fails_the_run_and_is_named() {
     let stderr = text(&output.stderr);
     let failed: Vec<&str> = stderr.lines().filter(|line| line.starts_with("launch: failed: ")).collect();
     assert_eq!(failed.len(), 1, "one cause named:\n{stderr}");
-    assert!(
-        failed[0].starts_with("launch: failed: p1 on 127.0.0.3 exited with status 1; last line: [p1 127.0.0.3] "),
-        "{stderr}"
-    );
+    assert!(failed[0].starts_with("launch: failed: p1 on 127.0.0.3 exited with status 1; last line: [p1 127.0.0.3] "), "{stderr}");
     assert!(failed[0].contains("Address already in use"), "{stderr}");
     // p0 ended too, on its own (a lost peer) or stopped by the launcher: either way reported.
     let after = stderr.split_once(failed[0]).expect("the failed line").1;
@@ -352,8 +345,10 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
     let lines = testing::random_lines(23, 4_000);
     let (first, second) = lines.split_at(2_500);
-    let hosts =
-        scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port"))]);
+    let hosts = scratch.hostfile(&[
+        format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")),
+        format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port")),
+    ]);
     let brokers = tansu.brokers();
     let url = postgres.url();
     let flow_args = |command: &mut Command| {
@@ -452,7 +447,8 @@ fn a_killed_launcher_leaves_nothing_running() {
     assert!(status.success());
     let stand_in = stand_in.display().to_string();
     let ssh = scratch.fake_ssh();
-    let hosts = scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), "remote.invalid:2101".to_owned()]);
+    let hosts =
+        scratch.hostfile(&[format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")), "remote.invalid:2101".to_owned()]);
     let logs = scratch.str("logs");
     let file = |name: &str| std::fs::File::create(scratch.path(name)).expect("output file");
     let mut launched = processes::TermOnDrop::new(
@@ -468,9 +464,7 @@ fn a_killed_launcher_leaves_nothing_running() {
     // Both started, each its own way, and both stand-ins run (the remote one under ssh, sh
     // and the wrapper). The deadline guards against a hang, not a speed requirement.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let started = |stderr: &str| {
-        stderr.contains("p0 on 127.0.0.2 (local, pid ") && stderr.contains("p1 on remote.invalid (ssh, pid ")
-    };
+    let started = |stderr: &str| stderr.contains("p0 on 127.0.0.2 (local, pid ") && stderr.contains("p1 on remote.invalid (ssh, pid ");
     let children = loop {
         let children = processes::descendants(launched.get().id());
         // `bash SCRIPT ARGS`, as the kernel runs a script through its #! line.
@@ -693,10 +687,7 @@ fn dry_run_prints_the_exact_ssh_command_for_remote_hosts() {
     assert!(stdout.contains(" --metrics-addr 0.0.0.0:9464 -n 4 -p 0 "), "{stdout}");
     assert!(stdout.contains(&remote_p2("0.0.0.0:9466")), "{stdout}");
     assert!(metrics_dry_run(&["--metrics-host", "::"]).contains(&remote_p2("[::]:9466")));
-    assert_usage_error(
-        &[&hosts, "--metrics-port", "9464", "--", "--brokers", "k", "--metrics-addr", "x:1"],
-        "do not pass --metrics-addr",
-    );
+    assert_usage_error(&[&hosts, "--metrics-port", "9464", "--", "--brokers", "k", "--metrics-addr", "x:1"], "do not pass --metrics-addr");
     assert_usage_error(&[&hosts, "--metrics-host", "0.0.0.0", "--", "--brokers", "k"], "--metrics-host needs --metrics-port");
     assert_usage_error(
         &[&hosts, "--metrics-port", "9464", "--metrics-host", "a b", "--", "--brokers", "k"],

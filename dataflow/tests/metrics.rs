@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::testing::{self, assert_one_line_error, assert_success, LineMix};
 use encore_testkit::{free_port, Postgres, Tansu};
 
@@ -162,11 +162,8 @@ fn parse(text: &str) -> Scrape {
             let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("sample line {line:?}"));
             let name = &line[..name_end];
             assert!(is_metric_name(name), "{line:?}");
-            let (labels, rest) = if line[name_end..].starts_with('{') {
-                parse_labels(&line[name_end..])
-            } else {
-                (BTreeMap::new(), &line[name_end..])
-            };
+            let (labels, rest) =
+                if line[name_end..].starts_with('{') { parse_labels(&line[name_end..]) } else { (BTreeMap::new(), &line[name_end..]) };
             let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("one space before the value in {line:?}"));
             assert!(!value.contains(' '), "no timestamps are sent: {line:?}");
             let value = parse_value(value);
@@ -274,7 +271,11 @@ fn listening_on(port: u16) -> Vec<String> {
 
 fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[String]) -> Vec<Child> {
     let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port"))).expect("hostfile");
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")),
+    )
+    .expect("hostfile");
     (0..2)
         .map(|process| {
             flow()
@@ -316,9 +317,8 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     // Process 0 commits everything produced so far (its committed offsets say so).
     let committed_all = |scrape: &Scrape, total: usize| {
         let want = per_partition(total);
-        (0..PARTITIONS).all(|p| {
-            scrape.value("encore_partition_committed_offset", &[("partition", &p.to_string())]) == Some(want[p as usize])
-        })
+        (0..PARTITIONS)
+            .all(|p| scrape.value("encore_partition_committed_offset", &[("partition", &p.to_string())]) == Some(want[p as usize]))
     };
     let early = scrape_until(&metrics[0], &mut children, "commit of the first messages", |s| committed_all(s, first.len()));
     assert!(early.get("encore_commits_total", &[]) >= 1.0);
@@ -347,12 +347,8 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
 
     // Each process reads (and shows) its own partition; the labels say which process.
     for (process, scrape) in [(0, &zero), (1, &one)] {
-        let readers: BTreeSet<String> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.name == "encore_partition_next_offset")
-            .map(|s| s.labels["partition"].clone())
-            .collect();
+        let readers: BTreeSet<String> =
+            scrape.samples.iter().filter(|s| s.name == "encore_partition_next_offset").map(|s| s.labels["partition"].clone()).collect();
         assert_eq!(readers, BTreeSet::from([process.to_string()]), "partitions of process {process}");
         assert!(scrape.samples.iter().all(|s| s.labels["process"] == process.to_string()), "process label");
         assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
@@ -416,7 +412,10 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     assert!(state_rows > 0);
     let metrics = [format!("127.0.0.1:{}", free_port().expect("a free port")), format!("127.0.0.1:{}", free_port().expect("a free port"))];
     let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
-    let loaded = |scrape: &Scrape| scrape.value("encore_replaying_workers", &[]) == Some(0.0) && scrape.value("encore_state_rows_loaded_total", &[]).is_some_and(|rows| rows > 0.0);
+    let loaded = |scrape: &Scrape| {
+        scrape.value("encore_replaying_workers", &[]) == Some(0.0)
+            && scrape.value("encore_state_rows_loaded_total", &[]).is_some_and(|rows| rows > 0.0)
+    };
     let zero = scrape_until(&metrics[0], &mut children, "process 0 loaded", loaded);
     let one = scrape_until(&metrics[1], &mut children, "process 1 loaded", loaded);
     let rows = zero.get("encore_state_rows_loaded_total", &[]) + one.get("encore_state_rows_loaded_total", &[]);
@@ -451,7 +450,6 @@ fn interrupt(children: Vec<Child>) -> usize {
     }
     consumed
 }
-
 
 #[test]
 fn metrics_address_taken_or_invalid_fails_before_the_job_starts() {

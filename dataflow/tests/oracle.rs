@@ -29,12 +29,9 @@ fn two_workers_small_caps() {
 
 #[test]
 fn four_workers_varied_parameters() {
-    for (seed, params) in [
-        (20, small(2, 1, 1, 1, 0, 0)),
-        (21, small(5, 2, 4, 4, 2, 1)),
-        (22, small(8, 3, 3, 5, 6, 2)),
-        (23, small(1, 1, 5, 5, 4, 5)),
-    ] {
+    for (seed, params) in
+        [(20, small(2, 1, 1, 1, 0, 0)), (21, small(5, 2, 4, 4, 2, 1)), (22, small(8, 3, 3, 5, 6, 2)), (23, small(1, 1, 5, 5, 4, 5))]
+    {
         check_every_epoch(seed, 500, params, 64, 4);
     }
 }
@@ -80,4 +77,3 @@ fn movielens_equals_the_oracle() {
         assert_tables_eq(&got.tables, &want, &format!("MovieLens, B = {}, {workers} workers", params.count_bits));
     }
 }
-

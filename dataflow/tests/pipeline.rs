@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
@@ -234,8 +234,8 @@ impl Stack {
 
     /// [`check`](Self::check) of tables computed with `params`.
     fn check_with(&self, schema: &str, lines: &[Vec<u8>], params: &Params) {
-        let mut sink = PgSink::connect(&self.postgres_url(), schema, params.score_precision, true, RetryPolicy::default())
-            .expect("connect");
+        let mut sink =
+            PgSink::connect(&self.postgres_url(), schema, params.score_precision, true, RetryPolicy::default()).expect("connect");
         let (tables, dead_letters) = sink.read_tables().expect("read tables");
         let (events, invalid) = testing::parse_lines(lines);
         let want = oracle::compute(&events, params);
@@ -475,7 +475,8 @@ fn sasl_ssl_scram_to_kafka_is_exact() {
     // The broker does check: with a wrong password (a --kafka-option applies after the file)
     // the job stops with one line. Tansu closes the connection on a failed authentication,
     // which librdkafka reports as unreachable; the line points at the credentials.
-    let output = stack.command("sasl_wrong", &["--kafka-option".to_owned(), "sasl.password=wrong".to_owned()]).output().expect("encore-flow runs");
+    let output =
+        stack.command("sasl_wrong", &["--kafka-option".to_owned(), "sasl.password=wrong".to_owned()]).output().expect("encore-flow runs");
     testing::assert_one_line_error(&output, "check sasl.username and sasl.password");
 }
 
@@ -579,7 +580,8 @@ fn a_topic_whose_head_was_deleted_continues_from_the_stored_state() {
     stack.check("retention", first);
 
     let committed = {
-        let mut sink = PgSink::connect(&stack.postgres_url(), "retention", PARAMS.score_precision, true, RetryPolicy::default()).expect("connect");
+        let mut sink =
+            PgSink::connect(&stack.postgres_url(), "retention", PARAMS.score_precision, true, RetryPolicy::default()).expect("connect");
         sink.committed_offsets(TOPIC).expect("offsets")
     };
     let deleted: Vec<(i32, i64)> = committed.iter().map(|(&p, &next)| (p, if p % 2 == 0 { next } else { next - 1 })).collect();

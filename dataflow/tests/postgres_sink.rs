@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use encore_dataflow::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
+use encore_dataflow::sink::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
 use encore_dataflow::tables::{Changes, DeadLetter, Tables, TrackStats};
 use encore_pgconnect::Target;
 use encore_testkit::{Postgres, TestCa};
@@ -48,13 +48,7 @@ fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<i32, i64> {
 }
 
 fn dead_letter(partition: i32, offset: i64, payload: &[u8], error: &str) -> DeadLetter {
-    DeadLetter {
-        topic: TOPIC.to_string(),
-        partition,
-        offset,
-        payload: payload.to_vec(),
-        error: error.to_string(),
-    }
+    DeadLetter { topic: TOPIC.to_string(), partition, offset, payload: payload.to_vec(), error: error.to_string() }
 }
 
 /// Random changes of one keyed table relative to `table`, which is updated to the state they
@@ -113,11 +107,7 @@ fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Chang
             &mut model.track_stats,
             rows,
             |rng| rng.random_range(0..80u64),
-            |rng| TrackStats {
-                plays: rng.random_range(1..1000),
-                listeners: rng.random_range(1..100),
-                likes: rng.random_range(0..100),
-            },
+            |rng| TrackStats { plays: rng.random_range(1..1000), listeners: rng.random_range(1..100), likes: rng.random_range(0..100) },
         ),
         co_listens: random_changes(
             rng,
@@ -150,9 +140,7 @@ fn random_commits_equal_the_same_changes_applied_in_memory() {
             changes.dead_letters.push(dead_letter(1, commit, b"{\"user_id\":", "truncated JSON"));
             letters.extend(changes.dead_letters.clone());
         }
-        let stats = sink
-            .commit(TOPIC, &changes, &offsets(&[(0, 10 * commit + 3), (1, commit + 1)]))
-            .expect("commit");
+        let stats = sink.commit(TOPIC, &changes, &offsets(&[(0, 10 * commit + 3), (1, commit + 1)])).expect("commit");
         assert_eq!(stats.attempts, 1);
         let (tables, dead_letters) = sink.read_tables().expect("read back");
         assert_eq!(tables, model, "after commit {commit}");
@@ -188,10 +176,7 @@ fn schema_creation_is_idempotent_and_survives_a_race() {
     let mut client = client(&pg);
     let objects = |client: &mut Client, schema: &str| -> Vec<String> {
         client
-            .query(
-                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
-                &[&schema],
-            )
+            .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1", &[&schema])
             .unwrap()
             .iter()
             .map(|row| row.get(0))
@@ -249,10 +234,7 @@ fn value_updates_stay_on_their_page() {
     assert_eq!(before.len(), keys.len());
     let moved = before.iter().filter(|(key, page)| after.get(key) != Some(page)).count();
     assert_eq!(moved, 0, "{moved} of {} rows moved to another page when their score changed", keys.len());
-    let updated: i64 = client
-        .query_one("SELECT count(*) FROM track_neighbors WHERE score = 200 / 10000.0", &[])
-        .unwrap()
-        .get(0);
+    let updated: i64 = client.query_one("SELECT count(*) FROM track_neighbors WHERE score = 200 / 10000.0", &[]).unwrap().get(0);
     assert_eq!(updated, 2_000);
 }
 
@@ -278,10 +260,7 @@ fn ranked_views_order_by_score_then_id() {
         ranks(&mut client, "SELECT user_id, track_id, rank FROM user_recommendations_ranked ORDER BY 1, 3"),
         vec![(8, 20, 1), (8, 10, 2), (8, 30, 3), (9, 1, 1)]
     );
-    let score: f64 = client
-        .query_one("SELECT score FROM track_neighbors WHERE track_id = 1 AND neighbor_id = 3", &[])
-        .unwrap()
-        .get(0);
+    let score: f64 = client.query_one("SELECT score FROM track_neighbors WHERE track_id = 1 AND neighbor_id = 3", &[]).unwrap().get(0);
     assert_eq!(score, 7000f64 / 10f64.powi(4), "scores are units / 10^P");
 }
 
@@ -337,10 +316,7 @@ fn a_replayed_commit_changes_nothing() {
 
     // An "update" of a key that is missing creates the row.
     let missing = 1_000_000;
-    let update = Changes {
-        track_stats: vec![(missing, TrackStats::default(), -1), (missing, stats, 1)],
-        ..Changes::default()
-    };
+    let update = Changes { track_stats: vec![(missing, TrackStats::default(), -1), (missing, stats, 1)], ..Changes::default() };
     assert_eq!(sink.commit(TOPIC, &update, &offsets(&[(0, 3)])).unwrap().attempts, 2);
     assert_eq!(sink.read_tables().unwrap().0.track_stats[&missing], stats);
 }
@@ -389,11 +365,8 @@ fn schema_name_with_quotes_and_spaces() {
     let pg = start_postgres();
     let schema = "enc\"ore; DROP TABLE x; --";
     let mut sink = sink(&pg, schema, false);
-    let changes = Changes {
-        user_recommendations: vec![((1, 2), 1234, 1)],
-        dead_letters: vec![dead_letter(0, 0, b"x", "bad")],
-        ..Changes::default()
-    };
+    let changes =
+        Changes { user_recommendations: vec![((1, 2), 1234, 1)], dead_letters: vec![dead_letter(0, 0, b"x", "bad")], ..Changes::default() };
     sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
     let (tables, letters) = sink.read_tables().unwrap();
     assert_eq!(tables.user_recommendations, BTreeMap::from([((1, 2), 1234)]));
@@ -401,10 +374,7 @@ fn schema_name_with_quotes_and_spaces() {
 
     let mut client = client(&pg);
     let count = |client: &mut Client, schema: &str| -> i64 {
-        client
-            .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[&schema])
-            .unwrap()
-            .get(0)
+        client.query_one("SELECT count(*) FROM pg_tables WHERE schemaname = $1", &[&schema]).unwrap().get(0)
     };
     // The four SPEC §3 tables written here, encore_progress, encore_parameters and the
     // durable state (encore_last_listen).
@@ -474,8 +444,7 @@ fn commits_over_checked_tls_survive_a_restart_and_a_wrong_certificate_fails_at_o
         other => panic!("expected a permanent error, got {other}"),
     }
     // A certificate file that does not exist is named before anything connects.
-    let err = PgSink::connect(&format!("{}?sslrootcert=/nonexistent/ca.pem", pg.url()), "public", 4, false, quick_retry(10))
-        .unwrap_err();
+    let err = PgSink::connect(&format!("{}?sslrootcert=/nonexistent/ca.pem", pg.url()), "public", 4, false, quick_retry(10)).unwrap_err();
     assert!(err.to_string().starts_with("cannot use root certificate /nonexistent/ca.pem:"), "{err}");
 }
 

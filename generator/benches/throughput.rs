@@ -102,10 +102,7 @@ fn main() -> Result<()> {
     let catalog = Catalog::generate(args.seed, CatalogSizes::default());
     let catalog_time = started.elapsed();
     let stop = AtomicBool::new(false);
-    let options = RunOptions {
-        events: args.events,
-        rate: 0.0,
-    };
+    let options = RunOptions { events: args.events, rate: 0.0 };
 
     // Payload bytes of one run (the same for every run of the seed).
     let mut payload = Vec::with_capacity(512);
@@ -121,11 +118,7 @@ fn main() -> Result<()> {
                     total += payload.len() as u64 + 1;
                 }
                 bytes = total;
-                Run {
-                    messages: args.events,
-                    bytes: total,
-                    seconds: begin.elapsed().as_secs_f64(),
-                }
+                Run { messages: args.events, bytes: total, seconds: begin.elapsed().as_secs_f64() }
             })
             .collect(),
     );
@@ -140,11 +133,7 @@ fn main() -> Result<()> {
         let totals = run(&mut stream, &mut sink, options, &stop, |_| {})?;
         let size = std::fs::metadata(&path)?.len();
         std::fs::remove_file(&path)?;
-        file_runs.push(Run {
-            messages: totals.messages,
-            bytes: size,
-            seconds: totals.elapsed.as_secs_f64(),
-        });
+        file_runs.push(Run { messages: totals.messages, bytes: size, seconds: totals.elapsed.as_secs_f64() });
     }
     let file = median(file_runs);
     std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -156,9 +145,7 @@ fn main() -> Result<()> {
             Some(brokers) => (None, brokers.clone()),
             None => {
                 let tansu = Tansu::start().context("starting Tansu")?;
-                tansu
-                    .create_topic(&args.topic, args.partitions)
-                    .context("creating the topic")?;
+                tansu.create_topic(&args.topic, args.partitions).context("creating the topic")?;
                 let brokers = tansu.brokers();
                 (Some(tansu), brokers)
             }
@@ -174,11 +161,7 @@ fn main() -> Result<()> {
             let mut sink = Sink::Kafka(kafka);
             let mut stream = EventStream::new(&catalog, 0.0);
             let totals = run(&mut stream, &mut sink, options, &stop, |_| {})?;
-            runs.push(Run {
-                messages: totals.messages,
-                bytes,
-                seconds: totals.elapsed.as_secs_f64(),
-            });
+            runs.push(Run { messages: totals.messages, bytes, seconds: totals.elapsed.as_secs_f64() });
         }
         Some((median(runs), brokers))
     };
@@ -193,14 +176,8 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!(
-        "| {:<34} | {:>10} | {:>8} | {:>12} | {:>7} |",
-        "path", "messages", "seconds", "messages/s", "MB/s"
-    );
-    println!(
-        "|{:-<36}|{:->12}|{:->10}|{:->14}|{:->9}|",
-        "", "", "", "", ""
-    );
+    println!("| {:<34} | {:>10} | {:>8} | {:>12} | {:>7} |", "path", "messages", "seconds", "messages/s", "MB/s");
+    println!("|{:-<36}|{:->12}|{:->10}|{:->14}|{:->9}|", "", "", "", "", "");
     print_row("generate + encode (no sink)", generate);
     print_row("file (JSON lines)", file);
     if let Some((run, brokers)) = kafka {

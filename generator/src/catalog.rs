@@ -63,42 +63,22 @@ impl CatalogSizes {
     }
 
     /// Checked sizes; `albums` defaults to [`CatalogSizes::default_albums`].
-    pub fn new(
-        users: u32,
-        artists: u32,
-        albums: Option<u32>,
-        tracks: u32,
-    ) -> Result<Self, SizeError> {
+    pub fn new(users: u32, artists: u32, albums: Option<u32>, tracks: u32) -> Result<Self, SizeError> {
         let albums = albums.unwrap_or_else(|| Self::default_albums(tracks));
         if users == 0 || artists == 0 || albums == 0 || tracks == 0 {
-            return Err(SizeError::Zero {
-                users,
-                artists,
-                albums,
-                tracks,
-            });
+            return Err(SizeError::Zero { users, artists, albums, tracks });
         }
         if tracks < albums {
             return Err(SizeError::FewerTracksThanAlbums { tracks, albums });
         }
-        Ok(CatalogSizes {
-            users,
-            artists,
-            albums,
-            tracks,
-        })
+        Ok(CatalogSizes { users, artists, albums, tracks })
     }
 }
 
 impl Default for CatalogSizes {
     /// 100 000 users, 5 000 artists, 5 000 albums, 50 000 tracks.
     fn default() -> Self {
-        CatalogSizes {
-            users: 100_000,
-            artists: 5_000,
-            albums: 5_000,
-            tracks: 50_000,
-        }
+        CatalogSizes { users: 100_000, artists: 5_000, albums: 5_000, tracks: 50_000 }
     }
 }
 
@@ -184,14 +164,7 @@ impl Catalog {
     pub fn generate(seed: u64, sizes: CatalogSizes) -> Catalog {
         let users = generate_users(seed, sizes.users);
         let (artists, albums, tracks) = generate_music(seed, sizes);
-        Catalog {
-            seed,
-            sizes,
-            users,
-            artists,
-            albums,
-            tracks,
-        }
+        Catalog { seed, sizes, users, artists, albums, tracks }
     }
 
     /// Whether `user_id` is a user of this catalog.
@@ -222,12 +195,7 @@ fn generate_users(seed: u64, count: u32) -> Vec<User> {
                 Gender::X
             };
             let country = &COUNTRIES[countries.sample(&mut rng)];
-            User {
-                user_id,
-                age,
-                gender,
-                country,
-            }
+            User { user_id, age, gender, country }
         })
         .collect()
 }
@@ -258,11 +226,7 @@ fn generate_music(seed: u64, sizes: CatalogSizes) -> (Vec<Artist>, Vec<Album>, V
         .map(|artist_id| {
             let genre = genres.sample(&mut rng) as Genre;
             let fame = (1.0 - unit(&mut rng)).powf(-1.0 / 1.1).min(10_000.0);
-            Artist {
-                artist_id,
-                genre,
-                fame,
-            }
+            Artist { artist_id, genre, fame }
         })
         .collect();
     let max_fame_ln = artists.iter().map(|a| a.fame.ln()).fold(1.0, f64::max);
@@ -273,16 +237,10 @@ fn generate_music(seed: u64, sizes: CatalogSizes) -> (Vec<Artist>, Vec<Album>, V
     let mut albums = Vec::with_capacity(sizes.albums as usize);
     for (artist, &count) in artists.iter().zip(&albums_per_artist) {
         for _ in 0..count {
-            albums.push(Album {
-                album_id: albums.len() as u64 + 1,
-                artist_id: artist.artist_id,
-            });
+            albums.push(Album { album_id: albums.len() as u64 + 1, artist_id: artist.artist_id });
         }
     }
-    let album_weights: Vec<f64> = albums
-        .iter()
-        .map(|a| artist_weights[(a.artist_id - 1) as usize] * (0.5 + unit(&mut rng)))
-        .collect();
+    let album_weights: Vec<f64> = albums.iter().map(|a| artist_weights[(a.artist_id - 1) as usize] * (0.5 + unit(&mut rng))).collect();
     let tracks_per_album = spread(&mut rng, sizes.tracks, &album_weights, 1);
 
     let mut tracks = Vec::with_capacity(sizes.tracks as usize);
@@ -290,20 +248,13 @@ fn generate_music(seed: u64, sizes: CatalogSizes) -> (Vec<Artist>, Vec<Album>, V
         let artist = &artists[(album.artist_id - 1) as usize];
         let fame_level = artist.fame.ln() / max_fame_ln; // 0..=1
         for _ in 0..count {
-            let genre = if unit(&mut rng) < 0.85 {
-                artist.genre
-            } else {
-                below(&mut rng, GENRES.len()) as Genre
-            };
+            let genre = if unit(&mut rng) < 0.85 { artist.genre } else { below(&mut rng, GENRES.len()) as Genre };
             // Popularity: mostly the artist's fame, partly the track's own appeal.
             let appeal = unit(&mut rng);
-            let popularity = (100.0 * (0.7 * fame_level + 0.3 * appeal * appeal))
-                .round()
-                .clamp(0.0, 100.0) as u8;
+            let popularity = (100.0 * (0.7 * fame_level + 0.3 * appeal * appeal)).round().clamp(0.0, 100.0) as u8;
             // Around 3.5 minutes, from 1.5 to 7 (mean of two uniforms: a triangle).
             let shape = (unit(&mut rng) + unit(&mut rng)) / 2.0;
-            let duration_ms =
-                DURATION_MS.0 + (shape * f64::from(DURATION_MS.1 - DURATION_MS.0)) as u32;
+            let duration_ms = DURATION_MS.0 + (shape * f64::from(DURATION_MS.1 - DURATION_MS.0)) as u32;
             tracks.push(Track {
                 track_id: tracks.len() as u64 + 1,
                 artist_id: artist.artist_id,
@@ -328,18 +279,9 @@ mod tests {
     #[test]
     fn sizes_are_validated() {
         assert!(CatalogSizes::new(1, 1, None, 1).is_ok());
-        assert!(matches!(
-            CatalogSizes::new(0, 1, None, 1),
-            Err(SizeError::Zero { .. })
-        ));
-        assert!(matches!(
-            CatalogSizes::new(1, 1, Some(10), 5),
-            Err(SizeError::FewerTracksThanAlbums { .. })
-        ));
-        assert_eq!(
-            CatalogSizes::new(1, 1, None, 50_000).map(|s| s.albums),
-            Ok(5_000)
-        );
+        assert!(matches!(CatalogSizes::new(0, 1, None, 1), Err(SizeError::Zero { .. })));
+        assert!(matches!(CatalogSizes::new(1, 1, Some(10), 5), Err(SizeError::FewerTracksThanAlbums { .. })));
+        assert_eq!(CatalogSizes::new(1, 1, None, 50_000).map(|s| s.albums), Ok(5_000));
     }
 
     #[test]
@@ -361,23 +303,14 @@ mod tests {
             assert_eq!(t.track_id, i as u64 + 1);
             assert!(t.popularity <= 100);
             assert!((DURATION_MS.0..=DURATION_MS.1).contains(&t.duration_ms));
-            assert_eq!(
-                catalog.albums[(t.album_id - 1) as usize].artist_id,
-                t.artist_id
-            );
+            assert_eq!(catalog.albums[(t.album_id - 1) as usize].artist_id, t.artist_id);
         }
         // Every album has a track; every artist (300 ≤ 700 albums) has an album.
         let mut album_has_track = vec![false; 700];
-        catalog
-            .tracks
-            .iter()
-            .for_each(|t| album_has_track[(t.album_id - 1) as usize] = true);
+        catalog.tracks.iter().for_each(|t| album_has_track[(t.album_id - 1) as usize] = true);
         assert!(album_has_track.iter().all(|&b| b));
         let mut artist_has_album = vec![false; 300];
-        catalog
-            .albums
-            .iter()
-            .for_each(|a| artist_has_album[(a.artist_id - 1) as usize] = true);
+        catalog.albums.iter().for_each(|a| artist_has_album[(a.artist_id - 1) as usize] = true);
         assert!(artist_has_album.iter().all(|&b| b));
     }
 
@@ -395,15 +328,10 @@ mod tests {
     fn popularity_and_demographics_are_spread() {
         let catalog = Catalog::generate(1, small());
         let popular = catalog.tracks.iter().filter(|t| t.popularity >= 50).count();
-        assert!(
-            popular > 0 && popular < catalog.tracks.len() / 2,
-            "{popular}"
-        );
-        let genders = [Gender::M, Gender::F, Gender::X]
-            .map(|g| catalog.users.iter().filter(|u| u.gender == g).count());
+        assert!(popular > 0 && popular < catalog.tracks.len() / 2, "{popular}");
+        let genders = [Gender::M, Gender::F, Gender::X].map(|g| catalog.users.iter().filter(|u| u.gender == g).count());
         assert!(genders.iter().all(|&n| n > 20), "{genders:?}");
-        let distinct_genres: std::collections::HashSet<_> =
-            catalog.tracks.iter().map(|t| t.genre).collect();
+        let distinct_genres: std::collections::HashSet<_> = catalog.tracks.iter().map(|t| t.genre).collect();
         assert_eq!(distinct_genres.len(), GENRES.len());
     }
 }

@@ -57,9 +57,7 @@ pub enum KafkaSinkError {
         reason: String,
     },
     /// The topic does not exist.
-    #[error(
-        "topic {topic:?} does not exist on {brokers} (create it first, e.g. with deploy/start.sh)"
-    )]
+    #[error("topic {topic:?} does not exist on {brokers} (create it first, e.g. with deploy/start.sh)")]
     TopicMissing {
         /// The topic.
         topic: String,
@@ -141,15 +139,8 @@ fn check_deliveries(producer: &BaseProducer<Deliveries>) -> Result<(), KafkaSink
     let deliveries = producer.context();
     let failed = deliveries.failed.load(Ordering::Relaxed);
     if failed > 0 {
-        let first_error = deliveries
-            .first_error
-            .lock()
-            .map(|e| e.clone().unwrap_or_default())
-            .unwrap_or_default();
-        return Err(KafkaSinkError::DeliveryFailed {
-            failed,
-            first_error,
-        });
+        let first_error = deliveries.first_error.lock().map(|e| e.clone().unwrap_or_default()).unwrap_or_default();
+        return Err(KafkaSinkError::DeliveryFailed { failed, first_error });
     }
     Ok(())
 }
@@ -187,10 +178,7 @@ impl KafkaSink {
             .set("acks", "all")
             // Exactly once into the log: the broker discards duplicates of retried batches
             // (implies retries and at most 5 in-flight requests per connection, keeping order).
-            .set(
-                "enable.idempotence",
-                if options.idempotence { "true" } else { "false" },
-            )
+            .set("enable.idempotence", if options.idempotence { "true" } else { "false" })
             // Events are small, repetitive JSON: lz4 shrinks them several-fold at almost no CPU.
             .set("compression.type", "lz4")
             // Batching: wait up to 20 ms to fill batches; a generator cares about throughput,
@@ -217,36 +205,19 @@ impl KafkaSink {
         for (key, value) in &options.extra {
             config.set(key, value);
         }
-        let producer: BaseProducer<Deliveries> = config
-            .create_with_context(Deliveries::default())
-            .map_err(KafkaSinkError::Config)?;
+        let producer: BaseProducer<Deliveries> = config.create_with_context(Deliveries::default()).map_err(KafkaSinkError::Config)?;
 
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(&options.topic), METADATA_TIMEOUT)
-            .map_err(|error| KafkaSinkError::Unreachable {
+        let metadata =
+            producer.client().fetch_metadata(Some(&options.topic), METADATA_TIMEOUT).map_err(|error| KafkaSinkError::Unreachable {
                 brokers: options.brokers.clone(),
                 reason: format!("{error}{}", encore_kafkaconf::unreachable_hint(&options.extra)),
             })?;
         let topic = metadata.topics().iter().find(|t| t.name() == options.topic);
         let partitions = match topic {
-            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => {
-                topic.partitions().len()
-            }
-            _ => {
-                return Err(KafkaSinkError::TopicMissing {
-                    topic: options.topic.clone(),
-                    brokers: options.brokers.clone(),
-                })
-            }
+            Some(topic) if topic.error().is_none() && !topic.partitions().is_empty() => topic.partitions().len(),
+            _ => return Err(KafkaSinkError::TopicMissing { topic: options.topic.clone(), brokers: options.brokers.clone() }),
         };
-        Ok(KafkaSink {
-            producer,
-            topic: options.topic.clone(),
-            brokers: options.brokers.clone(),
-            partitions,
-            key: itoa::Buffer::new(),
-        })
+        Ok(KafkaSink { producer, topic: options.topic.clone(), brokers: options.brokers.clone(), partitions, key: itoa::Buffer::new() })
     }
 
     /// Number of partitions of the topic.
@@ -261,12 +232,7 @@ impl KafkaSink {
 
     /// Enqueues one message, waiting (and serving delivery reports) while the queue is full.
     pub fn send(&mut self, key: Option<u64>, payload: &[u8]) -> Result<(), KafkaSinkError> {
-        let KafkaSink {
-            producer,
-            topic,
-            key: key_text,
-            ..
-        } = self;
+        let KafkaSink { producer, topic, key: key_text, .. } = self;
         let key = key.map(|k| key_text.format(k).as_bytes());
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
         if let Some(key) = key {
@@ -302,9 +268,7 @@ impl KafkaSink {
         self.check()?;
         match flushed {
             Ok(()) => Ok(()),
-            Err(_) => Err(KafkaSinkError::FlushTimeout {
-                in_flight: self.producer.in_flight_count(),
-            }),
+            Err(_) => Err(KafkaSinkError::FlushTimeout { in_flight: self.producer.in_flight_count() }),
         }
     }
 }

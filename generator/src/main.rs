@@ -77,11 +77,9 @@ struct CatalogArgs {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("sink").required(true).args(["brokers", "output"])))]
-#[command(
-    after_help = "Ids refer to the catalog of the same --seed and sizes: pass the same \
+#[command(after_help = "Ids refer to the catalog of the same --seed and sizes: pass the same \
 --users/--artists/--albums/--tracks as to `encore-gen catalog`. The same seed and sizes give \
-byte-identical messages at any --rate, to a file or to Kafka (key: the user id)."
-)]
+byte-identical messages at any --rate, to a file or to Kafka (key: the user id).")]
 struct StreamArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
     #[arg(long)]
@@ -141,8 +139,7 @@ fn parse_share(text: &str) -> Result<f64, String> {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -192,11 +189,7 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?,
             };
             let kafka = KafkaSink::connect(&options)?;
-            let target = format!(
-                "topic {} ({} partitions) on {brokers}",
-                args.topic,
-                kafka.partitions()
-            );
+            let target = format!("topic {} ({} partitions) on {brokers}", args.topic, kafka.partitions());
             (Sink::Kafka(kafka), target)
         }
         (None, Some(path)) => (Sink::lines(path.clone())?, format!("{}", path.display())),
@@ -213,29 +206,15 @@ fn stream(args: StreamArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("cannot install the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
     }
 
     let bar = progress_bar(&args);
-    let totals = run(
-        &mut events,
-        &mut sink,
-        RunOptions {
-            events: args.events,
-            rate: args.rate,
-        },
-        &stop,
-        |n| bar.set_position(n),
-    )?;
+    let totals = run(&mut events, &mut sink, RunOptions { events: args.events, rate: args.rate }, &stop, |n| bar.set_position(n))?;
     bar.finish_and_clear();
     eprintln!(
         "encore-gen: {}{} messages ({} malformed) to {target} in {:.2} s: {:.0} messages/s",
-        if totals.interrupted {
-            "interrupted after "
-        } else {
-            ""
-        },
+        if totals.interrupted { "interrupted after " } else { "" },
         totals.messages,
         totals.invalid,
         totals.elapsed.as_secs_f64(),
@@ -252,24 +231,15 @@ fn progress_bar(args: &StreamArgs) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let (bar, template) = if args.events > 0 {
-        (
-            ProgressBar::new(args.events),
-            "{bar:40} {human_pos}/{human_len} events  {rate}  eta {eta}",
-        )
+        (ProgressBar::new(args.events), "{bar:40} {human_pos}/{human_len} events  {rate}  eta {eta}")
     } else {
-        (
-            ProgressBar::no_length(),
-            "{spinner} {human_pos} events  {rate}  {elapsed}",
-        )
+        (ProgressBar::no_length(), "{spinner} {human_pos} events  {rate}  {elapsed}")
     };
     bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     if let Ok(style) = ProgressStyle::with_template(template) {
-        let style = style.with_key(
-            "rate",
-            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(out, "{:.0} events/s", state.per_sec());
-            },
-        );
+        let style = style.with_key("rate", |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.0} events/s", state.per_sec());
+        });
         bar.set_style(style);
     }
     bar.enable_steady_tick(Duration::from_millis(250));

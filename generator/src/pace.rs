@@ -26,13 +26,8 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer for `rate` messages per second; 0 (or less) means no pacing.
     pub fn new(rate: f64) -> Pacer {
-        let interval =
-            (rate > 0.0 && rate.is_finite()).then(|| Duration::from_secs_f64(1.0 / rate));
-        Pacer {
-            interval,
-            start: Instant::now(),
-            sent: 0,
-        }
+        let interval = (rate > 0.0 && rate.is_finite()).then(|| Duration::from_secs_f64(1.0 / rate));
+        Pacer { interval, start: Instant::now(), sent: 0 }
     }
 
     /// Waits until the next message is due (or `stop` is set). Returns whether it slept.

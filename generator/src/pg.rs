@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use encore_pgconnect::quote_ident;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Transaction};
-use encore_pgconnect::quote_ident;
 
 use crate::catalog::{Catalog, CatalogNames};
 
@@ -66,12 +66,7 @@ pub fn connect(url: &str) -> Result<Client, PgError> {
 }
 
 /// Replaces the catalog tables in `schema` with `catalog` in one transaction.
-pub fn write_catalog(
-    client: &mut Client,
-    schema: &str,
-    catalog: &Catalog,
-    names: &CatalogNames,
-) -> Result<CatalogCounts, PgError> {
+pub fn write_catalog(client: &mut Client, schema: &str, catalog: &Catalog, names: &CatalogNames) -> Result<CatalogCounts, PgError> {
     let s = quote_ident(schema);
     let mut tx = client.transaction().map_err(PgError::Write)?;
     tx.batch_execute(&format!(
@@ -118,57 +113,23 @@ pub fn write_catalog(
             "COPY {s}.tracks (track_id, title, artist_id, album_id, genre, popularity, duration_ms)
              FROM STDIN (FORMAT binary)"
         ),
-        &[
-            Type::INT8,
-            Type::TEXT,
-            Type::INT8,
-            Type::INT8,
-            Type::TEXT,
-            Type::INT4,
-            Type::INT4,
-        ],
+        &[Type::INT8, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT, Type::INT4, Type::INT4],
         catalog.tracks.iter().zip(&names.tracks),
         |(track, title), row| {
-            let (id, artist, album) = (
-                track.track_id as i64,
-                track.artist_id as i64,
-                track.album_id as i64,
-            );
+            let (id, artist, album) = (track.track_id as i64, track.artist_id as i64, track.album_id as i64);
             let (popularity, duration) = (i32::from(track.popularity), track.duration_ms as i32);
-            row(&[
-                &id,
-                title,
-                &artist,
-                &album,
-                &track.genre_name(),
-                &popularity,
-                &duration,
-            ])
+            row(&[&id, title, &artist, &album, &track.genre_name(), &popularity, &duration])
         },
     )?;
     tx.commit().map_err(PgError::Write)?;
-    Ok(CatalogCounts {
-        users,
-        artists,
-        albums,
-        tracks,
-    })
+    Ok(CatalogCounts { users, artists, albums, tracks })
 }
 
 /// Runs one binary COPY, writing a row per item; returns the rows written.
-fn copy_rows<I, F>(
-    tx: &mut Transaction<'_>,
-    statement: &str,
-    types: &[Type],
-    items: I,
-    mut write: F,
-) -> Result<u64, PgError>
+fn copy_rows<I, F>(tx: &mut Transaction<'_>, statement: &str, types: &[Type], items: I, mut write: F) -> Result<u64, PgError>
 where
     I: Iterator,
-    F: FnMut(
-        I::Item,
-        &mut dyn FnMut(&[&(dyn ToSql + Sync)]) -> Result<(), postgres::Error>,
-    ) -> Result<(), postgres::Error>,
+    F: FnMut(I::Item, &mut dyn FnMut(&[&(dyn ToSql + Sync)]) -> Result<(), postgres::Error>) -> Result<(), postgres::Error>,
 {
     let sink = tx.copy_in(statement).map_err(PgError::Write)?;
     let mut writer = BinaryCopyInWriter::new(sink, types);

@@ -47,28 +47,17 @@ impl Sink {
         let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(File::create(&path).map_err(|reason| SinkError::File {
-                path: path.clone(),
-                reason,
-            })?)
+            Box::new(File::create(&path).map_err(|reason| SinkError::File { path: path.clone(), reason })?)
         };
         // 1 MiB buffer: one write system call per ~7 000 events.
-        Ok(Sink::Lines {
-            writer: BufWriter::with_capacity(1 << 20, out),
-            path,
-        })
+        Ok(Sink::Lines { writer: BufWriter::with_capacity(1 << 20, out), path })
     }
 
     fn write(&mut self, key: Option<u64>, payload: &[u8]) -> Result<(), SinkError> {
         match self {
             Sink::Lines { writer, path } => {
-                let result = writer
-                    .write_all(payload)
-                    .and_then(|()| writer.write_all(b"\n"));
-                result.map_err(|reason| SinkError::File {
-                    path: path.clone(),
-                    reason,
-                })
+                let result = writer.write_all(payload).and_then(|()| writer.write_all(b"\n"));
+                result.map_err(|reason| SinkError::File { path: path.clone(), reason })
             }
             Sink::Kafka(kafka) => Ok(kafka.send(key, payload)?),
         }
@@ -84,10 +73,7 @@ impl Sink {
     /// Writes out everything buffered or in flight.
     pub fn finish(&mut self) -> Result<(), SinkError> {
         match self {
-            Sink::Lines { writer, path } => writer.flush().map_err(|reason| SinkError::File {
-                path: path.clone(),
-                reason,
-            }),
+            Sink::Lines { writer, path } => writer.flush().map_err(|reason| SinkError::File { path: path.clone(), reason }),
             Sink::Kafka(kafka) => Ok(kafka.flush()?),
         }
     }

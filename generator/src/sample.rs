@@ -101,18 +101,10 @@ mod tests {
 
     #[test]
     fn streams_are_independent_and_reproducible() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| rng_for(7, Purpose::Users).next_u64())
-            .collect();
+        let a: Vec<u64> = (0..4).map(|_| rng_for(7, Purpose::Users).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(
-            rng_for(7, Purpose::Users).next_u64(),
-            rng_for(7, Purpose::Music).next_u64()
-        );
-        assert_ne!(
-            rng_for(7, Purpose::Users).next_u64(),
-            rng_for(8, Purpose::Users).next_u64()
-        );
+        assert_ne!(rng_for(7, Purpose::Users).next_u64(), rng_for(7, Purpose::Music).next_u64());
+        assert_ne!(rng_for(7, Purpose::Users).next_u64(), rng_for(8, Purpose::Users).next_u64());
     }
 
     #[test]

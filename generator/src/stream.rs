@@ -117,26 +117,11 @@ impl EventStream {
             .enumerate()
             .map(|(index, listener)| {
                 let offset = between(&mut rng, 0, 86_400_000) as i64;
-                Reverse((
-                    next_active_time(&mut rng, listener, START_MS + offset),
-                    index as u32,
-                ))
+                Reverse((next_active_time(&mut rng, listener, START_MS + offset), index as u32))
             })
             .collect();
-        let invalid = (invalid_rate > 0.0).then(|| {
-            (
-                rng_for(catalog.seed, Purpose::Invalid),
-                invalid_rate.min(1.0),
-            )
-        });
-        EventStream {
-            model,
-            listeners,
-            schedule,
-            rng,
-            invalid,
-            now_ms: START_MS,
-        }
+        let invalid = (invalid_rate > 0.0).then(|| (rng_for(catalog.seed, Purpose::Invalid), invalid_rate.min(1.0)));
+        EventStream { model, listeners, schedule, rng, invalid, now_ms: START_MS }
     }
 
     /// Writes the next message into `payload` (cleared first) and says what it was.
@@ -203,10 +188,7 @@ impl EventStream {
             TimestampForm::UtcMicros(below(rng, 1000) as u16)
         };
         let extras = if unit(rng) < 0.04 {
-            Extras::DeviceAndCountry {
-                device: below(rng, DEVICES.len()) as u8,
-                country: listener.country,
-            }
+            Extras::DeviceAndCountry { device: below(rng, DEVICES.len()) as u8, country: listener.country }
         } else {
             Extras::None
         };
@@ -269,20 +251,13 @@ fn choose_track(rng: &mut ChaCha8Rng, model: &Model, listener: &Listener) -> (u3
     } else {
         let where_from = unit(rng);
         if where_from < 0.40 {
-            (
-                listener.favourites[below(rng, FAVOURITES)],
-                Source::Favourite,
-            )
+            (listener.favourites[below(rng, FAVOURITES)], Source::Favourite)
         } else if where_from < 0.75 {
             let pool = &model.cluster_pools[listener.cluster as usize];
             (pool[skewed_rank(rng, pool.len(), 1.3)], Source::Cluster)
         } else {
-            let genre =
-                &model.genre_artists[model.group_genres[usize::from(listener.group)].sample(rng)];
-            (
-                genre.artists[genre.by_fame.sample(rng)],
-                Source::Exploration,
-            )
+            let genre = &model.genre_artists[model.group_genres[usize::from(listener.group)].sample(rng)];
+            (genre.artists[genre.by_fame.sample(rng)], Source::Exploration)
         }
     };
     let tracks = model.tracks_of(artist);
@@ -300,10 +275,7 @@ mod tests {
     use crate::catalog::CatalogSizes;
 
     fn catalog() -> Catalog {
-        Catalog::generate(
-            11,
-            CatalogSizes::new(2_000, 300, None, 3_000).expect("sizes"),
-        )
+        Catalog::generate(11, CatalogSizes::new(2_000, 300, None, 3_000).expect("sizes"))
     }
 
     #[test]
@@ -346,10 +318,7 @@ mod tests {
             previous = event.time_ms;
             assert!(catalog.has_user(event.user_id) && catalog.has_track(event.track_id));
             if let Some(last) = last_of_user.insert(event.user_id, event.time_ms) {
-                assert!(
-                    event.time_ms > last,
-                    "a listener's events are strictly ordered"
-                );
+                assert!(event.time_ms > last, "a listener's events are strictly ordered");
             }
         }
     }
@@ -371,10 +340,7 @@ mod tests {
         }
         let skip_share = f64::from(skips_or_short) / f64::from(n);
         let like_share = f64::from(likes) / f64::from(n);
-        assert!(
-            (0.15..=0.25).contains(&skip_share),
-            "skips/short plays {skip_share}"
-        );
+        assert!((0.15..=0.25).contains(&skip_share), "skips/short plays {skip_share}");
         assert!((0.005..=0.02).contains(&like_share), "likes {like_share}");
     }
 }

@@ -39,10 +39,8 @@ fn genre(name: &str) -> Genre {
 }
 
 /// Share of the catalog's artists in each genre (same order as [`GENRES`]).
-pub(crate) const GENRE_SHARE: [f64; 20] = [
-    0.14, 0.12, 0.10, 0.06, 0.07, 0.04, 0.06, 0.05, 0.04, 0.02, 0.04, 0.02, 0.04, 0.04, 0.03, 0.05,
-    0.02, 0.02, 0.02, 0.02,
-];
+pub(crate) const GENRE_SHARE: [f64; 20] =
+    [0.14, 0.12, 0.10, 0.06, 0.07, 0.04, 0.06, 0.05, 0.04, 0.02, 0.04, 0.02, 0.04, 0.04, 0.03, 0.05, 0.02, 0.02, 0.02, 0.02];
 
 /// A user's gender as stored in `users.gender`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,24 +69,15 @@ impl Gender {
 }
 
 /// Age bands (inclusive) with their share of users.
-pub(crate) const AGE_BANDS: [(u8, u8, f64); 6] = [
-    (13, 17, 0.12),
-    (18, 24, 0.25),
-    (25, 34, 0.27),
-    (35, 49, 0.20),
-    (50, 64, 0.11),
-    (65, 80, 0.05),
-];
+pub(crate) const AGE_BANDS: [(u8, u8, f64); 6] =
+    [(13, 17, 0.12), (18, 24, 0.25), (25, 34, 0.27), (35, 49, 0.20), (50, 64, 0.11), (65, 80, 0.05)];
 
 /// Number of demographic groups (age band × gender).
 pub(crate) const DEMOGRAPHIC_GROUPS: usize = AGE_BANDS.len() * 3;
 
 /// The demographic group (age band × gender) of a user.
 pub(crate) fn demographic_group(age: u8, gender: Gender) -> usize {
-    let band = AGE_BANDS
-        .iter()
-        .position(|&(lo, hi, _)| (lo..=hi).contains(&age))
-        .unwrap_or(0);
+    let band = AGE_BANDS.iter().position(|&(lo, hi, _)| (lo..=hi).contains(&age)).unwrap_or(0);
     band * 3 + gender.index()
 }
 
@@ -97,137 +86,29 @@ pub(crate) fn demographic_group(age: u8, gender: Gender) -> usize {
 fn demographic_boosts(group: usize) -> &'static [(&'static str, f64)] {
     const TABLE: [&[(&str, f64)]; DEMOGRAPHIC_GROUPS] = [
         // 13–17: M, F, X
-        &[
-            ("hip-hop", 4.0),
-            ("electronic", 3.0),
-            ("pop", 3.0),
-            ("metal", 1.5),
-            ("k-pop", 1.0),
-        ],
-        &[
-            ("pop", 5.0),
-            ("k-pop", 4.0),
-            ("r&b", 2.0),
-            ("dance", 2.0),
-            ("indie", 1.0),
-        ],
-        &[
-            ("pop", 3.0),
-            ("k-pop", 3.0),
-            ("indie", 3.0),
-            ("alternative", 2.0),
-            ("electronic", 2.0),
-        ],
+        &[("hip-hop", 4.0), ("electronic", 3.0), ("pop", 3.0), ("metal", 1.5), ("k-pop", 1.0)],
+        &[("pop", 5.0), ("k-pop", 4.0), ("r&b", 2.0), ("dance", 2.0), ("indie", 1.0)],
+        &[("pop", 3.0), ("k-pop", 3.0), ("indie", 3.0), ("alternative", 2.0), ("electronic", 2.0)],
         // 18–24
-        &[
-            ("hip-hop", 4.0),
-            ("electronic", 3.0),
-            ("rock", 2.0),
-            ("dance", 2.0),
-            ("metal", 1.5),
-        ],
-        &[
-            ("pop", 4.0),
-            ("r&b", 3.0),
-            ("dance", 2.5),
-            ("indie", 2.0),
-            ("latin", 1.5),
-        ],
-        &[
-            ("indie", 3.0),
-            ("alternative", 3.0),
-            ("electronic", 2.5),
-            ("pop", 2.0),
-            ("punk", 1.5),
-        ],
+        &[("hip-hop", 4.0), ("electronic", 3.0), ("rock", 2.0), ("dance", 2.0), ("metal", 1.5)],
+        &[("pop", 4.0), ("r&b", 3.0), ("dance", 2.5), ("indie", 2.0), ("latin", 1.5)],
+        &[("indie", 3.0), ("alternative", 3.0), ("electronic", 2.5), ("pop", 2.0), ("punk", 1.5)],
         // 25–34
-        &[
-            ("rock", 3.0),
-            ("hip-hop", 2.5),
-            ("electronic", 2.5),
-            ("indie", 2.0),
-            ("alternative", 2.0),
-        ],
-        &[
-            ("pop", 3.0),
-            ("indie", 2.5),
-            ("r&b", 2.5),
-            ("soul", 1.5),
-            ("latin", 1.5),
-        ],
-        &[
-            ("indie", 3.0),
-            ("alternative", 2.5),
-            ("electronic", 2.0),
-            ("ambient", 1.5),
-            ("folk", 1.5),
-        ],
+        &[("rock", 3.0), ("hip-hop", 2.5), ("electronic", 2.5), ("indie", 2.0), ("alternative", 2.0)],
+        &[("pop", 3.0), ("indie", 2.5), ("r&b", 2.5), ("soul", 1.5), ("latin", 1.5)],
+        &[("indie", 3.0), ("alternative", 2.5), ("electronic", 2.0), ("ambient", 1.5), ("folk", 1.5)],
         // 35–49
-        &[
-            ("rock", 4.0),
-            ("alternative", 2.0),
-            ("metal", 2.0),
-            ("jazz", 1.5),
-            ("electronic", 1.5),
-        ],
-        &[
-            ("pop", 3.0),
-            ("soul", 2.0),
-            ("rock", 2.0),
-            ("folk", 2.0),
-            ("country", 1.5),
-        ],
-        &[
-            ("indie", 2.0),
-            ("folk", 2.0),
-            ("jazz", 2.0),
-            ("ambient", 2.0),
-            ("rock", 2.0),
-        ],
+        &[("rock", 4.0), ("alternative", 2.0), ("metal", 2.0), ("jazz", 1.5), ("electronic", 1.5)],
+        &[("pop", 3.0), ("soul", 2.0), ("rock", 2.0), ("folk", 2.0), ("country", 1.5)],
+        &[("indie", 2.0), ("folk", 2.0), ("jazz", 2.0), ("ambient", 2.0), ("rock", 2.0)],
         // 50–64
-        &[
-            ("rock", 4.0),
-            ("blues", 3.0),
-            ("jazz", 2.5),
-            ("country", 2.0),
-            ("classical", 1.5),
-        ],
-        &[
-            ("soul", 3.0),
-            ("country", 2.5),
-            ("pop", 2.0),
-            ("folk", 2.0),
-            ("classical", 2.0),
-        ],
-        &[
-            ("jazz", 3.0),
-            ("folk", 2.5),
-            ("classical", 2.0),
-            ("blues", 2.0),
-            ("soul", 1.5),
-        ],
+        &[("rock", 4.0), ("blues", 3.0), ("jazz", 2.5), ("country", 2.0), ("classical", 1.5)],
+        &[("soul", 3.0), ("country", 2.5), ("pop", 2.0), ("folk", 2.0), ("classical", 2.0)],
+        &[("jazz", 3.0), ("folk", 2.5), ("classical", 2.0), ("blues", 2.0), ("soul", 1.5)],
         // 65–80
-        &[
-            ("classical", 4.0),
-            ("jazz", 3.5),
-            ("blues", 3.0),
-            ("country", 2.5),
-            ("rock", 1.0),
-        ],
-        &[
-            ("classical", 4.0),
-            ("soul", 3.0),
-            ("jazz", 2.5),
-            ("country", 2.5),
-            ("folk", 2.0),
-        ],
-        &[
-            ("classical", 4.0),
-            ("jazz", 3.0),
-            ("folk", 2.5),
-            ("blues", 2.0),
-            ("ambient", 1.0),
-        ],
+        &[("classical", 4.0), ("jazz", 3.5), ("blues", 3.0), ("country", 2.5), ("rock", 1.0)],
+        &[("classical", 4.0), ("soul", 3.0), ("jazz", 2.5), ("country", 2.5), ("folk", 2.0)],
+        &[("classical", 4.0), ("jazz", 3.0), ("folk", 2.5), ("blues", 2.0), ("ambient", 1.0)],
     ];
     TABLE[group % DEMOGRAPHIC_GROUPS]
 }
@@ -257,11 +138,7 @@ pub struct Country {
 }
 
 const fn country(code: &'static str, utc_offset_minutes: i32, weight: u32) -> Country {
-    Country {
-        code,
-        utc_offset_minutes,
-        weight,
-    }
+    Country { code, utc_offset_minutes, weight }
 }
 
 /// Countries users come from, spread over time zones so that the stream's day/night rhythms
@@ -296,8 +173,8 @@ pub const COUNTRIES: [Country; 24] = [
 /// Relative listening activity by local hour of day: low at night, a morning commute, an
 /// evening peak.
 pub(crate) const ACTIVITY_BY_HOUR: [f64; 24] = [
-    0.20, 0.10, 0.05, 0.03, 0.03, 0.05, 0.20, 0.50, 0.70, 0.60, 0.55, 0.60, 0.75, 0.70, 0.60, 0.60,
-    0.70, 0.85, 0.95, 1.00, 1.00, 0.90, 0.70, 0.40,
+    0.20, 0.10, 0.05, 0.03, 0.03, 0.05, 0.20, 0.50, 0.70, 0.60, 0.55, 0.60, 0.75, 0.70, 0.60, 0.60, 0.70, 0.85, 0.95, 1.00, 1.00, 0.90,
+    0.70, 0.40,
 ];
 
 #[cfg(test)]

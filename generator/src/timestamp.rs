@@ -1,9 +1,9 @@
 //! Writing SPEC §1 timestamps into a byte buffer without allocating.
 //!
-//! `encore_udfs::format_iso_timestamp` returns a `String`; the generator's hot loop writes the
+//! `encore_core::format_iso_timestamp` returns a `String`; the generator's hot loop writes the
 //! same text straight into its reused payload buffer instead.
 
-use encore_udfs::civil_from_days;
+use encore_core::civil_from_days;
 
 #[inline]
 fn push_digits(buf: &mut Vec<u8>, value: u64, width: usize) {

@@ -9,16 +9,7 @@ use encore_generator::stream::EventStream;
 use encore_testkit::{run_bin, Postgres, TestCa, CERT_ROLE};
 use postgres::{Client, NoTls};
 
-const SIZES: [&str; 8] = [
-    "--users",
-    "3000",
-    "--artists",
-    "400",
-    "--albums",
-    "900",
-    "--tracks",
-    "6000",
-];
+const SIZES: [&str; 8] = ["--users", "3000", "--artists", "400", "--albums", "900", "--tracks", "6000"];
 
 fn encore_gen(args: &[&str]) -> Output {
     run_bin(env!("CARGO_BIN_EXE_encore-gen"), args)
@@ -29,18 +20,11 @@ fn write_catalog(url: &str, seed: &str, extra: &[&str]) {
     args.extend_from_slice(&SIZES);
     args.extend_from_slice(extra);
     let output = encore_gen(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 fn count(client: &mut Client, table: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .expect("count")
-        .get(0)
+    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).expect("count").get(0)
 }
 
 /// A digest of a table's full content, to compare two runs.
@@ -97,35 +81,20 @@ fn catalog_rows_ranges_rerun_and_stream_ids() {
 
     // Re-running with the same seed replaces the tables with identical content; another
     // seed replaces them with different content.
-    let before =
-        digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id");
+    let before = digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id");
     write_catalog(&url, "5", &[]);
     assert_eq!(count(&mut client, "tracks"), 6_000);
-    assert_eq!(
-        before,
-        digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id")
-    );
+    assert_eq!(before, digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id"));
     write_catalog(&url, "6", &[]);
     assert_eq!(count(&mut client, "users"), 3_000);
-    assert_ne!(
-        before,
-        digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id")
-    );
+    assert_ne!(before, digest(&mut client, "tracks", "track_id") + &digest(&mut client, "users", "user_id"));
     write_catalog(&url, "5", &[]);
 
     // Every id of seed 5's stream exists in the catalog Postgres holds.
-    let users: HashSet<u64> = client
-        .query("SELECT user_id FROM users", &[])
-        .expect("ids")
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect();
-    let tracks: HashSet<u64> = client
-        .query("SELECT track_id FROM tracks", &[])
-        .expect("ids")
-        .iter()
-        .map(|r| r.get::<_, i64>(0) as u64)
-        .collect();
+    let users: HashSet<u64> =
+        client.query("SELECT user_id FROM users", &[]).expect("ids").iter().map(|r| r.get::<_, i64>(0) as u64).collect();
+    let tracks: HashSet<u64> =
+        client.query("SELECT track_id FROM tracks", &[]).expect("ids").iter().map(|r| r.get::<_, i64>(0) as u64).collect();
     let sizes = CatalogSizes::new(3_000, 400, Some(900), 6_000).expect("sizes");
     let mut stream = EventStream::new(&Catalog::generate(5, sizes), 0.0);
     for _ in 0..100_000 {
@@ -148,13 +117,7 @@ fn another_schema_and_a_bad_url() {
         .get(0);
     assert_eq!(in_public, 0);
 
-    let output = encore_gen(&[
-        "catalog",
-        "--postgres",
-        "postgresql://nobody@127.0.0.1:1/none",
-        "--users",
-        "10",
-    ]);
+    let output = encore_gen(&["catalog", "--postgres", "postgresql://nobody@127.0.0.1:1/none", "--users", "10"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -165,9 +128,7 @@ fn another_schema_and_a_bad_url() {
 #[test]
 fn a_url_without_password_takes_it_from_pgpassword() {
     let postgres = Postgres::start().expect("postgres");
-    let url = postgres
-        .add_password_role("catalog_writer", "not on the command line")
-        .expect("a role with a password");
+    let url = postgres.add_password_role("catalog_writer", "not on the command line").expect("a role with a password");
     let run = |password: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_encore-gen"));
         command.args(["catalog", "--postgres", &url, "--pg-schema", "guarded", "--seed", "1"]);

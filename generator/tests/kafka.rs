@@ -43,9 +43,7 @@ fn consume_all_with(brokers: &str, options: &[(String, String)], topic: &str, pa
     let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assignment");
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
     }
     consumer.assign(&assignment).expect("assign");
     let mut consumed = Vec::new();
@@ -62,11 +60,7 @@ fn consume_all_with(brokers: &str, options: &[(String, String)], topic: &str, pa
                 quiet_since = Instant::now();
             }
             Some(Err(error)) => panic!("consume failed: {error}"),
-            None if consumed.len() >= expected
-                && quiet_since.elapsed() > Duration::from_secs(2) =>
-            {
-                break
-            }
+            None if consumed.len() >= expected && quiet_since.elapsed() > Duration::from_secs(2) => break,
             None => {}
         }
     }
@@ -87,11 +81,7 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     assert!(output.status.success(), "{}", stderr_of(&output));
     let summary = stderr_of(&output);
     assert!(summary.contains("20000 messages"), "{summary}");
-    assert_eq!(
-        summary.lines().count(),
-        1,
-        "one summary line off a terminal: {summary}"
-    );
+    assert_eq!(summary.lines().count(), 1, "one summary line off a terminal: {summary}");
 
     let consumed = consume_all(&brokers, "listens", 4, n);
     assert_eq!(consumed.len(), n, "exactly N messages");
@@ -114,15 +104,8 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     for message in &consumed {
         *from_kafka.entry(message.payload.as_slice()).or_default() += 1;
     }
-    assert!(
-        from_file == from_kafka,
-        "Kafka payloads differ from the file's lines"
-    );
-    let valid: Vec<&[u8]> = consumed
-        .iter()
-        .map(|c| c.payload.as_slice())
-        .filter(|p| encore_udfs::parse_event(p).is_ok())
-        .collect();
+    assert!(from_file == from_kafka, "Kafka payloads differ from the file's lines");
+    let valid: Vec<&[u8]> = consumed.iter().map(|c| c.payload.as_slice()).filter(|p| encore_core::parse_event(p).is_ok()).collect();
     let distinct_valid: HashSet<&[u8]> = valid.iter().copied().collect();
     assert_eq!(distinct_valid.len(), valid.len(), "no event twice");
     assert!(valid.len() > n * 9 / 10);
@@ -134,24 +117,14 @@ fn round_trip_through_four_partitions_exactly_once_and_same_bytes_as_the_file() 
     let mut used_partitions = HashSet::new();
     for message in &consumed {
         used_partitions.insert(message.partition);
-        match encore_udfs::parse_event(&message.payload) {
+        match encore_core::parse_event(&message.payload) {
             Ok(event) => {
                 let key = message.key.as_deref().expect("events are keyed");
                 assert_eq!(key, event.user_id.to_string().as_bytes());
-                let partition = *partition_of_user
-                    .entry(event.user_id)
-                    .or_insert(message.partition);
-                assert_eq!(
-                    partition, message.partition,
-                    "user {} in two partitions",
-                    event.user_id
-                );
+                let partition = *partition_of_user.entry(event.user_id).or_insert(message.partition);
+                assert_eq!(partition, message.partition, "user {} in two partitions", event.user_id);
                 let last = last_time.insert(event.user_id, event.event_time_ms);
-                assert!(
-                    last.is_none_or(|t| t < event.event_time_ms),
-                    "user {} out of order",
-                    event.user_id
-                );
+                assert!(last.is_none_or(|t| t < event.event_time_ms), "user {} out of order", event.user_id);
             }
             Err(_) => assert!(message.key.is_none(), "malformed messages have no key"),
         }
@@ -229,29 +202,15 @@ fn sasl_credentials_from_a_kafka_config_file() {
 #[test]
 fn an_unreachable_broker_is_a_quick_one_line_error() {
     // A port nobody listens on: bind one, note it, release it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let brokers = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let output = encore_gen(&[
-        "stream",
-        "--brokers",
-        &brokers,
-        "--events",
-        "10",
-        "--seed",
-        "1",
-    ]);
+    let output = encore_gen(&["stream", "--brokers", &brokers, "--events", "10", "--seed", "1"]);
     let elapsed = started.elapsed();
     assert!(!output.status.success());
     let stderr = stderr_of(&output);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("unreachable") && stderr.contains(&brokers),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unreachable") && stderr.contains(&brokers), "{stderr}");
     // The SPEC bound (30 s) is part of the contract, not a speed measurement.
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
 }
@@ -262,22 +221,11 @@ fn a_missing_topic_is_a_one_line_error_and_is_not_created() {
     let brokers = tansu.brokers();
     // Twice: the first attempt must not have created the topic.
     for _ in 0..2 {
-        let output = encore_gen(&[
-            "stream",
-            "--brokers",
-            &brokers,
-            "--topic",
-            "no_such_topic",
-            "--events",
-            "10",
-        ]);
+        let output = encore_gen(&["stream", "--brokers", &brokers, "--topic", "no_such_topic", "--events", "10"]);
         assert!(!output.status.success());
         let stderr = stderr_of(&output);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(
-            stderr.contains("no_such_topic") && stderr.contains("does not exist"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("no_such_topic") && stderr.contains("does not exist"), "{stderr}");
     }
 }
 
@@ -286,17 +234,7 @@ fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
     let tansu = Tansu::start().expect("tansu");
     tansu.create_topic("endless", 2).expect("topic");
     let brokers = tansu.brokers();
-    let mut args = vec![
-        "stream",
-        "--brokers",
-        &brokers,
-        "--topic",
-        "endless",
-        "--events",
-        "0",
-        "--rate",
-        "2000",
-    ];
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "endless", "--events", "0", "--rate", "2000"];
     args.extend_from_slice(&SMALL_CATALOG);
     let child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
         .args(&args)
@@ -305,10 +243,7 @@ fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
         .spawn()
         .expect("encore-gen starts");
     std::thread::sleep(Duration::from_secs(3));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
     assert!(status.success());
     let output = child.wait_with_output().expect("encore-gen exits");
     let stderr = stderr_of(&output);
@@ -321,11 +256,7 @@ fn ctrl_c_flushes_what_is_in_flight_and_prints_totals() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no totals in {stderr:?}"));
     assert!(sent > 0);
-    assert_eq!(
-        consume_all(&brokers, "endless", 2, sent).len(),
-        sent,
-        "everything sent was flushed"
-    );
+    assert_eq!(consume_all(&brokers, "endless", 2, sent).len(), sent, "everything sent was flushed");
 }
 
 #[test]
@@ -333,17 +264,7 @@ fn a_broker_lost_mid_stream_fails_the_run_instead_of_hanging() {
     let mut tansu = Tansu::start().expect("tansu");
     tansu.create_topic("doomed", 1).expect("topic");
     let brokers = tansu.brokers();
-    let mut args = vec![
-        "stream",
-        "--brokers",
-        &brokers,
-        "--topic",
-        "doomed",
-        "--events",
-        "0",
-        "--rate",
-        "1000",
-    ];
+    let mut args = vec!["stream", "--brokers", &brokers, "--topic", "doomed", "--events", "0", "--rate", "1000"];
     args.extend_from_slice(&SMALL_CATALOG);
     let mut child = Command::new(env!("CARGO_BIN_EXE_encore-gen"))
         .args(&args)

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use encore_core::{parse_event, EventType};
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::{EventKind, EventStream, InvalidKind, Message};
 use encore_testkit::{cli::SMALL_CATALOG, run_bin};
-use encore_udfs::{parse_event, EventType};
 
 fn sizes() -> CatalogSizes {
     CatalogSizes::new(5_000, 500, Some(600), 5_000).expect("valid sizes")
@@ -32,11 +32,7 @@ fn stream_to_file(dir: &Path, name: &str, extra: &[&str]) -> Vec<u8> {
     args.extend_from_slice(extra);
     args.extend_from_slice(&SMALL_CATALOG);
     let output = encore_gen(&args);
-    assert!(
-        output.status.success(),
-        "encore-gen failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "encore-gen failed: {}", String::from_utf8_lossy(&output.stderr));
     std::fs::read(&path).expect("output file")
 }
 
@@ -55,14 +51,8 @@ fn same_seed_same_bytes_different_seed_different_events() {
     assert_eq!(lines(&a).len(), 30_000);
     assert!(a == b, "same seed, different bytes");
     let a_lines: HashSet<&[u8]> = lines(&a).into_iter().collect();
-    let shared = lines(&c)
-        .into_iter()
-        .filter(|l| a_lines.contains(l))
-        .count();
-    assert!(
-        shared < 300,
-        "seeds 7 and 8 share {shared} of 30 000 events"
-    );
+    let shared = lines(&c).into_iter().filter(|l| a_lines.contains(l)).count();
+    assert!(shared < 300, "seeds 7 and 8 share {shared} of 30 000 events");
 }
 
 #[test]
@@ -77,11 +67,7 @@ fn skip_continues_the_same_stream() {
 fn pacing_does_not_change_the_bytes() {
     let dir = temp_dir();
     let fast = stream_to_file(dir.path(), "fast", &["--events", "3000", "--seed", "3"]);
-    let paced = stream_to_file(
-        dir.path(),
-        "paced",
-        &["--events", "3000", "--seed", "3", "--rate", "20000"],
-    );
+    let paced = stream_to_file(dir.path(), "paced", &["--events", "3000", "--seed", "3", "--rate", "20000"]);
     assert!(fast == paced);
 }
 
@@ -95,16 +81,10 @@ fn every_generated_event_passes_the_strict_parser_unchanged() {
         let Message::Event(generated) = stream.next_message(&mut payload) else {
             panic!("no malformed messages without --invalid-rate");
         };
-        let parsed = parse_event(&payload)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&payload)));
+        let parsed = parse_event(&payload).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&payload)));
         assert_eq!(parsed.user_id, generated.user_id);
         assert_eq!(parsed.track_id, generated.track_id);
-        assert_eq!(
-            parsed.event_time_ms,
-            generated.time_ms,
-            "{}",
-            String::from_utf8_lossy(&payload)
-        );
+        assert_eq!(parsed.event_time_ms, generated.time_ms, "{}", String::from_utf8_lossy(&payload));
         assert_eq!(parsed.ms_played, generated.ms_played.map(u64::from));
         let expected = match generated.kind {
             EventKind::Streaming => EventType::Streaming,
@@ -112,11 +92,7 @@ fn every_generated_event_passes_the_strict_parser_unchanged() {
             EventKind::Skip => EventType::Skip,
         };
         assert_eq!(parsed.event_type, expected);
-        kinds.insert((
-            generated.kind,
-            std::mem::discriminant(&generated.timestamp),
-            generated.null_ms_played,
-        ));
+        kinds.insert((generated.kind, std::mem::discriminant(&generated.timestamp), generated.null_ms_played));
     }
     // All three event types, all four timestamp forms, and explicit nulls occurred.
     assert!(kinds.len() >= 3 * 4, "{kinds:?}");
@@ -134,10 +110,7 @@ fn every_kind_of_malformed_message_is_rejected() {
         };
         seen.insert(kind);
         if let Ok(event) = parse_event(&payload) {
-            panic!(
-                "{kind:?} accepted as {event:?}: {:?}",
-                String::from_utf8_lossy(&payload)
-            );
+            panic!("{kind:?} accepted as {event:?}: {:?}", String::from_utf8_lossy(&payload));
         }
     }
     assert_eq!(seen.len(), InvalidKind::ALL.len());
@@ -146,16 +119,11 @@ fn every_kind_of_malformed_message_is_rejected() {
 #[test]
 fn invalid_rate_mixes_in_only_invalid_messages_at_about_that_rate() {
     let dir = temp_dir();
-    let mixed = stream_to_file(
-        dir.path(),
-        "mixed",
-        &["--events", "40000", "--seed", "5", "--invalid-rate", "0.1"],
-    );
+    let mixed = stream_to_file(dir.path(), "mixed", &["--events", "40000", "--seed", "5", "--invalid-rate", "0.1"]);
     let clean = stream_to_file(dir.path(), "clean", &["--events", "40000", "--seed", "5"]);
     let mixed = lines(&mixed);
     assert_eq!(mixed.len(), 40_000);
-    let (valid, invalid): (Vec<&[u8]>, Vec<&[u8]>) =
-        mixed.into_iter().partition(|l| parse_event(l).is_ok());
+    let (valid, invalid): (Vec<&[u8]>, Vec<&[u8]>) = mixed.into_iter().partition(|l| parse_event(l).is_ok());
     let share = invalid.len() as f64 / 40_000.0;
     assert!((0.09..=0.11).contains(&share), "invalid share {share}");
     // The valid messages are exactly the clean stream's events, in order: nothing that looks
@@ -185,34 +153,10 @@ fn event_ids_exist_in_the_same_seeds_catalog() {
 #[test]
 fn bad_flags_fail_with_a_one_line_reason() {
     for args in [
-        &[
-            "stream",
-            "--output",
-            "/dev/null",
-            "--events",
-            "1",
-            "--invalid-rate",
-            "2",
-        ][..],
+        &["stream", "--output", "/dev/null", "--events", "1", "--invalid-rate", "2"][..],
         &["stream", "--events", "1"][..],
-        &[
-            "stream",
-            "--output",
-            "/dev/null",
-            "--events",
-            "1",
-            "--tracks",
-            "10",
-            "--albums",
-            "20",
-        ][..],
-        &[
-            "stream",
-            "--output",
-            "/nonexistent-dir/x.jsonl",
-            "--events",
-            "1",
-        ][..],
+        &["stream", "--output", "/dev/null", "--events", "1", "--tracks", "10", "--albums", "20"][..],
+        &["stream", "--output", "/nonexistent-dir/x.jsonl", "--events", "1"][..],
     ] {
         let output = encore_gen(args);
         assert!(!output.status.success(), "{args:?} succeeded");

@@ -38,10 +38,7 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
     for _ in 0..600_000 {
         let event = stream.next_event();
         if is_listen(&event) && seen.insert((event.user_id, event.track_id)) {
-            listened
-                .entry(event.user_id)
-                .or_default()
-                .push(event.track_id);
+            listened.entry(event.user_id).or_default().push(event.track_id);
         }
     }
 
@@ -49,25 +46,14 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
     let mut train: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut held_out: HashMap<u64, HashSet<u64>> = HashMap::new();
     for (&user, tracks) in &listened {
-        let split = if tracks.len() >= 10 {
-            tracks.len() - (tracks.len() / 5).max(2)
-        } else {
-            tracks.len()
-        };
+        let split = if tracks.len() >= 10 { tracks.len() - (tracks.len() / 5).max(2) } else { tracks.len() };
         let history = &tracks[..split];
-        train.insert(
-            user,
-            history[history.len().saturating_sub(HISTORY_CAP)..].to_vec(),
-        );
+        train.insert(user, history[history.len().saturating_sub(HISTORY_CAP)..].to_vec());
         if split < tracks.len() {
             held_out.insert(user, tracks[split..].iter().copied().collect());
         }
     }
-    assert!(
-        held_out.len() > 5_000,
-        "{} users with a holdout",
-        held_out.len()
-    );
+    assert!(held_out.len() > 5_000, "{} users with a holdout", held_out.len());
 
     // Item-item cosine over the training histories (SPEC §2, min co-count 2, 20 neighbours).
     let mut n: HashMap<u64, u64> = HashMap::new();
@@ -97,8 +83,7 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
     let mut by_popularity: Vec<(u64, u64)> = n.iter().map(|(&t, &c)| (t, c)).collect();
     by_popularity.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
 
-    let (mut co_hits, mut pop_hits, mut co_found, mut pop_found, mut relevant) =
-        (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut co_hits, mut pop_hits, mut co_found, mut pop_found, mut relevant) = (0usize, 0usize, 0usize, 0usize, 0usize);
     for (user, hidden) in &held_out {
         let history = &train[user];
         let known: HashSet<u64> = history.iter().copied().collect();
@@ -111,12 +96,7 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
             }
         }
         let co_top = top_k(scores, TOP);
-        let pop_top: Vec<u64> = by_popularity
-            .iter()
-            .map(|&(t, _)| t)
-            .filter(|t| !known.contains(t))
-            .take(TOP)
-            .collect();
+        let pop_top: Vec<u64> = by_popularity.iter().map(|&(t, _)| t).filter(|t| !known.contains(t)).take(TOP).collect();
         let co_hit = co_top.iter().filter(|t| hidden.contains(t)).count();
         let pop_hit = pop_top.iter().filter(|t| hidden.contains(t)).count();
         co_hits += usize::from(co_hit > 0);
@@ -127,10 +107,7 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
     }
     let users = held_out.len() as f64;
     let (co_rate, pop_rate) = (co_hits as f64 / users, pop_hits as f64 / users);
-    let (co_recall, pop_recall) = (
-        co_found as f64 / relevant as f64,
-        pop_found as f64 / relevant as f64,
-    );
+    let (co_recall, pop_recall) = (co_found as f64 / relevant as f64, pop_found as f64 / relevant as f64);
     let lift = co_rate / pop_rate.max(1e-9);
     println!(
         "taste model, {} held-out users: hit-rate@10 co-listening {co_rate:.4} vs popularity {pop_rate:.4} \
@@ -138,15 +115,9 @@ fn co_listening_predicts_held_out_tracks_much_better_than_popularity() {
         held_out.len(),
         co_recall / pop_recall.max(1e-9)
     );
-    assert!(
-        pop_rate > 0.0,
-        "popularity finds something (the baseline is not degenerate)"
-    );
+    assert!(pop_rate > 0.0, "popularity finds something (the baseline is not degenerate)");
     assert!(lift >= 1.5, "co-listening lift {lift:.2} < 1.5");
-    assert!(
-        co_recall >= 1.5 * pop_recall,
-        "recall {co_recall:.4} vs {pop_recall:.4}"
-    );
+    assert!(co_recall >= 1.5 * pop_recall, "recall {co_recall:.4} vs {pop_recall:.4}");
 }
 
 #[test]
@@ -154,10 +125,7 @@ fn demographics_sessions_repeats_and_day_night_rhythm_show_in_the_events() {
     let sizes = CatalogSizes::new(10_000, 1_000, None, 10_000).expect("sizes");
     let catalog = Catalog::generate(77, sizes);
     let mut stream = EventStream::new(&catalog, 0.0);
-    let classical = GENRES
-        .iter()
-        .position(|g| *g == "classical")
-        .expect("genre") as u8;
+    let classical = GENRES.iter().position(|g| *g == "classical").expect("genre") as u8;
     let (mut teen, mut teen_classical, mut senior, mut senior_classical) = (0u32, 0u32, 0u32, 0u32);
     let mut by_local_hour = [0u32; 24];
     let mut last: HashMap<u64, (i64, u64, u64)> = HashMap::new(); // user → (time, track, artist)
@@ -177,10 +145,7 @@ fn demographics_sessions_repeats_and_day_night_rhythm_show_in_the_events() {
         }
         let local = event.time_ms + i64::from(user.country.utc_offset_minutes) * 60_000;
         by_local_hour[(local.rem_euclid(86_400_000) / 3_600_000) as usize] += 1;
-        if let Some((time, _, artist)) = last.insert(
-            event.user_id,
-            (event.time_ms, event.track_id, track.artist_id),
-        ) {
+        if let Some((time, _, artist)) = last.insert(event.user_id, (event.time_ms, event.track_id, track.artist_id)) {
             // Within a session (next play less than 10 minutes after the previous ended).
             if event.time_ms - time < 10 * 60_000 {
                 follow_ups += 1;
@@ -206,12 +171,6 @@ fn demographics_sessions_repeats_and_day_night_rhythm_show_in_the_events() {
     );
     assert!(senior_share > 3.0 * teen_share, "age shapes genres");
     assert!(continuity > 0.35, "sessions keep to an artist");
-    assert!(
-        (0.08..0.4).contains(&repeat_share),
-        "recent tracks come back"
-    );
-    assert!(
-        f64::from(night) < 0.3 * f64::from(evening),
-        "people sleep at night"
-    );
+    assert!((0.08..0.4).contains(&repeat_share), "recent tracks come back");
+    assert!(f64::from(night) < 0.3 * f64::from(evening), "people sleep at night");
 }

@@ -46,11 +46,7 @@ pub fn read_config(path: &Path, brokers: &str) -> Result<Vec<Setting>, String> {
         };
         if key == "bootstrap.servers" {
             if value != brokers {
-                return Err(format!(
-                    "{} line {}: bootstrap.servers={value} differs from --brokers {brokers}",
-                    path.display(),
-                    number + 1
-                ));
+                return Err(format!("{} line {}: bootstrap.servers={value} differs from --brokers {brokers}", path.display(), number + 1));
             }
             continue;
         }

@@ -213,9 +213,7 @@ impl Target {
             let named = passfile.map(PathBuf::from).or_else(|| env("PGPASSFILE").map(PathBuf::from));
             let password = match named {
                 Some(path) => password_from_file(&config, &path)?,
-                None => env("HOME")
-                    .and_then(|home| password_from_file(&config, &PathBuf::from(home).join(".pgpass")).ok())
-                    .flatten(),
+                None => env("HOME").and_then(|home| password_from_file(&config, &PathBuf::from(home).join(".pgpass")).ok()).flatten(),
             };
             if let Some(password) = password {
                 config.password(password);
@@ -223,17 +221,14 @@ impl Target {
         }
         let system_roots = root.as_deref() == Some("system");
         let mode = match mode.as_deref().map(SslMode::parse).transpose()? {
-            Some(mode) if system_roots && mode != SslMode::VerifyFull => {
-                return Err(Error::SystemRootsNeedVerifyFull(mode))
-            }
+            Some(mode) if system_roots && mode != SslMode::VerifyFull => return Err(Error::SystemRootsNeedVerifyFull(mode)),
             Some(mode) => mode,
             None if system_roots => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
         // Postgres has no TLS on unix sockets, and libpq ignores sslmode there. tokio-postgres
         // with a TLS connector fails on them in every mode (no host name to give rustls).
-        let sockets_only = !config.get_hosts().is_empty()
-            && config.get_hosts().iter().all(|host| !matches!(host, Host::Tcp(_)));
+        let sockets_only = !config.get_hosts().is_empty() && config.get_hosts().iter().all(|host| !matches!(host, Host::Tcp(_)));
         if mode == SslMode::Disable || sockets_only {
             config.ssl_mode(WireMode::Disable);
             return Ok(Target { config, mode, tls: None, verified: false });
@@ -468,9 +463,9 @@ impl ServerCertVerifier for Lenient {
         };
         match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             // webpki checks the name last, so this error means the chain passed.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -707,8 +702,7 @@ mod tests {
 
     #[test]
     fn tls_keys_leave_a_url_and_the_rest_stays() {
-        let (rest, params) =
-            split("postgres://u:p%3F@h:5/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca%20b.pem");
+        let (rest, params) = split("postgres://u:p%3F@h:5/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca%20b.pem");
         assert_eq!(rest, "postgres://u:p%3F@h:5/db?application_name=x");
         assert_eq!(params[0].as_deref(), Some("verify-full"));
         assert_eq!(params[1].as_deref(), Some("/tmp/ca b.pem"));
@@ -778,18 +772,14 @@ mod tests {
         }
         let err = Target::parse_with_env("postgres://h/db?sslmode=require&sslrootcert=system", no_env).unwrap_err();
         assert!(matches!(err, Error::SystemRootsNeedVerifyFull(SslMode::Require)), "{err}");
-        let err = Target::parse_with_env("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent.pem", no_env)
-            .unwrap_err();
+        let err = Target::parse_with_env("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent.pem", no_env).unwrap_err();
         assert!(err.to_string().starts_with("cannot use root certificate /nonexistent.pem:"), "{err}");
     }
 
     #[test]
     fn bad_values_are_named() {
         let err = Target::parse_with_env("postgres://h/db?sslmode=verify_full", no_env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid sslmode \"verify_full\": expected disable, allow, prefer, require, verify-ca or verify-full"
-        );
+        assert_eq!(err.to_string(), "invalid sslmode \"verify_full\": expected disable, allow, prefer, require, verify-ca or verify-full");
         let err = Target::parse_with_env("postgres://h/db?sslcert=/c.pem", no_env).unwrap_err();
         assert!(matches!(err, Error::ClientCertificatePair), "{err}");
         let err = Target::parse_with_env("postgres://h/db?nosuch=1", no_env).unwrap_err();
@@ -809,11 +799,7 @@ mod tests {
 
     #[test]
     fn a_password_file_gives_the_password_of_the_first_matching_line() {
-        let path = passfile(
-            "match",
-            "# comment\nother:5432:db:u:wrong\nh:5433:*:u:port-5433\nh:*:db:u:p\\:w\\\\d\n*:*:*:*:any\n",
-            0o600,
-        );
+        let path = passfile("match", "# comment\nother:5432:db:u:wrong\nh:5433:*:u:port-5433\nh:*:db:u:p\\:w\\\\d\n*:*:*:*:any\n", 0o600);
         let file = path.display().to_string();
         let env = |key: &str| (key == "PGPASSFILE").then(|| OsString::from(&file));
         let password = |url: &str| Target::parse_with_env(url, env).unwrap().config().get_password().map(<[u8]>::to_vec);

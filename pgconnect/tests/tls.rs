@@ -104,8 +104,7 @@ fn a_client_certificate_logs_in_a_cert_role() {
     let url = pg.add_cert_role().unwrap();
     let root = ca.root_path();
     let (cert, key) = ca.issue(ca.dir(), "client", CERT_ROLE, &[]).unwrap();
-    let with_cert =
-        format!("{url}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}", root.display(), cert.display(), key.display());
+    let with_cert = format!("{url}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}", root.display(), cert.display(), key.display());
     let mut client = target(&with_cert).connect().unwrap();
     let user: String = client.query_one("SELECT current_user::text", &[]).unwrap().get(0);
     assert_eq!(user, CERT_ROLE);
@@ -141,8 +140,7 @@ fn a_unix_socket_connects_whatever_the_mode_as_in_libpq() {
     let socket = format!("host='{}' port={} user=postgres dbname=postgres", pg.socket_dir().display(), pg.port());
     for mode in ["prefer", "require", "verify-full"] {
         let mut client = target(&format!("{socket} sslmode={mode}")).connect().unwrap_or_else(|err| panic!("{mode}: {err:?}"));
-        let over_tls: Option<bool> =
-            client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0);
+        let over_tls: Option<bool> = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0);
         assert_eq!(over_tls, Some(false), "{mode}");
     }
 }

@@ -6,17 +6,13 @@ use std::process::{Command, Output};
 
 /// The catalog flags of the generator's CLI tests: a catalog small enough to build in
 /// milliseconds and large enough for every code path (`encore-gen stream` and `catalog`).
-pub const SMALL_CATALOG: [&str; 8] =
-    ["--users", "5000", "--artists", "500", "--tracks", "5000", "--albums", "600"];
+pub const SMALL_CATALOG: [&str; 8] = ["--users", "5000", "--artists", "500", "--tracks", "5000", "--albums", "600"];
 
 /// Runs `program` (e.g. `env!("CARGO_BIN_EXE_encore-gen")`) with `args` to its end and returns
 /// its status and output; panics only if it cannot be started.
 pub fn run_bin(program: impl AsRef<OsStr>, args: &[&str]) -> Output {
     let program = program.as_ref();
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("{} does not start: {err}", program.to_string_lossy()))
+    Command::new(program).args(args).output().unwrap_or_else(|err| panic!("{} does not start: {err}", program.to_string_lossy()))
 }
 
 /// Asserts that a run succeeded, showing its output when it did not.

@@ -16,11 +16,7 @@ pub fn free_port() -> Result<u16> {
 /// A TCP port on `host` (an address of this machine, e.g. `127.0.0.2`) that was free a moment
 /// ago; see [`free_port`].
 pub fn free_port_on(host: &str) -> Result<u16> {
-    let io_error = |source| Error::Io {
-        action: "binding a free port on",
-        path: format!("{host}:0").into(),
-        source,
-    };
+    let io_error = |source| Error::Io { action: "binding a free port on", path: format!("{host}:0").into(), source };
     let listener = TcpListener::bind((host, 0)).map_err(io_error)?;
     Ok(listener.local_addr().map_err(io_error)?.port())
 }

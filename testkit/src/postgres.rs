@@ -32,8 +32,7 @@ const START_ATTEMPTS: u32 = 5;
 const START_TIMEOUT_SECS: &str = "60";
 /// The user that owns the cluster when the tests run as root.
 const POSTGRES_USER: &str = "postgres";
-const MISSING_HINT: &str =
-    "install PostgreSQL 15 server binaries (apt-get install postgresql-15) or run deploy/test.sh";
+const MISSING_HINT: &str = "install PostgreSQL 15 server binaries (apt-get install postgresql-15) or run deploy/test.sh";
 
 /// Settings appended to `postgresql.conf`. Durability settings are off because a test's data
 /// dies with the test; everything else keeps the server private to this cluster.
@@ -98,36 +97,19 @@ impl Postgres {
     fn start_with(tls: Option<&TestCa>) -> Result<Postgres> {
         let bin_dir = postgres_bin_dir()?;
         let run_as = is_root().then_some(POSTGRES_USER);
-        let dir = tempfile::Builder::new()
-            .prefix("encore-pg-")
-            .tempdir()
-            .map_err(|source| Error::Io {
-                action: "creating a temporary directory in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
-        let socket_dir = dir.path().join("socket");
-        fs::create_dir(&socket_dir).map_err(|source| Error::Io {
-            action: "creating",
-            path: socket_dir.clone(),
+        let dir = tempfile::Builder::new().prefix("encore-pg-").tempdir().map_err(|source| Error::Io {
+            action: "creating a temporary directory in",
+            path: std::env::temp_dir(),
             source,
         })?;
+        let socket_dir = dir.path().join("socket");
+        fs::create_dir(&socket_dir).map_err(|source| Error::Io { action: "creating", path: socket_dir.clone(), source })?;
         if let Some(user) = run_as {
             // The server process must own its data directory and be able to write its log and
             // socket; `TempDir` creates the directory as mode 0700 for us (root).
-            run(std::process::Command::new("chown")
-                .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir.path()))?;
+            run(std::process::Command::new("chown").arg("-R").arg(format!("{user}:")).arg(dir.path()))?;
         }
-        let mut postgres = Postgres {
-            dir,
-            bin_dir,
-            run_as,
-            port: 0,
-            running: false,
-            watchdog: None,
-        };
+        let mut postgres = Postgres { dir, bin_dir, run_as, port: 0, running: false, watchdog: None };
         postgres.init()?;
         if let Some(ca) = tls {
             postgres.configure_tls(ca)?;
@@ -139,10 +121,7 @@ impl Postgres {
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`: trust authentication, no password.
     pub fn url(&self) -> String {
-        format!(
-            "postgres://{POSTGRES_USER}@127.0.0.1:{}/postgres",
-            self.port
-        )
+        format!("postgres://{POSTGRES_USER}@127.0.0.1:{}/postgres", self.port)
     }
 
     /// Creates a login role that must authenticate with `password` (scram-sha-256 over TCP)
@@ -153,13 +132,11 @@ impl Postgres {
         let mut admin = self.admin().map_err(sql_failed)?;
         let literal = format!("'{}'", password.replace('\'', "''"));
         admin
-            .batch_execute(&format!(
-                "CREATE ROLE \"{role}\" LOGIN PASSWORD {literal}; GRANT CREATE ON DATABASE postgres TO \"{role}\";"
-            ))
+            .batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD {literal}; GRANT CREATE ON DATABASE postgres TO \"{role}\";"))
             .map_err(sql_failed)?;
         let hba = self.data_dir().join("pg_hba.conf");
-        let rules = fs::read_to_string(&hba)
-            .and_then(|rules| fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}")));
+        let rules =
+            fs::read_to_string(&hba).and_then(|rules| fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}")));
         rules.map_err(|source| Error::Io { action: "adding a rule to", path: hba.clone(), source })?;
         admin.batch_execute("SELECT pg_reload_conf()").map_err(sql_failed)?;
         let url = format!("postgres://{role}@127.0.0.1:{}/postgres", self.port);
@@ -180,9 +157,7 @@ impl Postgres {
         let sql_failed = |source: postgres::Error| self.not_ready(format!("creating role {CERT_ROLE}: {source}"));
         self.admin()
             .and_then(|mut admin| {
-                admin.batch_execute(&format!(
-                    "CREATE ROLE {CERT_ROLE} LOGIN; GRANT CREATE ON DATABASE postgres TO {CERT_ROLE};"
-                ))
+                admin.batch_execute(&format!("CREATE ROLE {CERT_ROLE} LOGIN; GRANT CREATE ON DATABASE postgres TO {CERT_ROLE};"))
             })
             .map_err(sql_failed)?;
         Ok(format!("postgres://{CERT_ROLE}@127.0.0.1:{}/postgres", self.port))
@@ -248,19 +223,10 @@ impl Postgres {
             .args(["--locale=C", "--no-sync", "--no-instructions"]);
         run(&mut initdb)?;
         let conf = self.data_dir().join("postgresql.conf");
-        let socket_line = format!(
-            "unix_socket_directories = '{}'\n",
-            self.dir.path().join("socket").display()
-        );
-        let appended = OpenOptions::new()
-            .append(true)
-            .open(&conf)
-            .and_then(|mut file| file.write_all(format!("{SETTINGS}{socket_line}").as_bytes()));
-        appended.map_err(|source| Error::Io {
-            action: "appending settings to",
-            path: conf,
-            source,
-        })
+        let socket_line = format!("unix_socket_directories = '{}'\n", self.dir.path().join("socket").display());
+        let appended =
+            OpenOptions::new().append(true).open(&conf).and_then(|mut file| file.write_all(format!("{SETTINGS}{socket_line}").as_bytes()));
+        appended.map_err(|source| Error::Io { action: "appending settings to", path: conf, source })
     }
 
     /// Server certificate, CA for client certificates, `ssl = on`, and rules that refuse TCP
@@ -336,22 +302,13 @@ impl Postgres {
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             ))),
-            Err(source) => Err(Error::Spawn {
-                command: describe(&pg_ctl),
-                source,
-            }),
+            Err(source) => Err(Error::Spawn { command: describe(&pg_ctl), source }),
         }
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
         let mut pg_ctl = command_as(self.run_as, &self.bin_dir.join("pg_ctl"));
-        pg_ctl.arg("stop").arg("-D").arg(self.data_dir()).args([
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            START_TIMEOUT_SECS,
-        ]);
+        pg_ctl.arg("stop").arg("-D").arg(self.data_dir()).args(["-m", mode, "-w", "-t", START_TIMEOUT_SECS]);
         run(&mut pg_ctl).map(drop)
     }
 
@@ -380,10 +337,7 @@ impl Drop for Postgres {
             // server left behind shuts itself down once it notices (within about a minute)
             // that its `postmaster.pid` lock file is gone.
             if let Err(error) = self.pg_ctl_stop("immediate") {
-                eprintln!(
-                    "encore-testkit: stopping postgres on port {}: {error}",
-                    self.port
-                );
+                eprintln!("encore-testkit: stopping postgres on port {}: {error}", self.port);
             }
         }
     }
@@ -398,36 +352,19 @@ pub fn postgres_bin_dir() -> Result<PathBuf> {
         }
     }
     let mut versioned: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
-                .collect()
-        })
+        .map(|entries| entries.filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin"))).collect())
         .unwrap_or_default();
     // Newest version first; directory names are major versions ("15", "16").
     versioned.sort_by_key(|dir| {
         std::cmp::Reverse(
-            dir.parent()
-                .and_then(Path::file_name)
-                .and_then(|name| name.to_str())
-                .and_then(|name| name.parse::<u32>().ok())
-                .unwrap_or(0),
+            dir.parent().and_then(Path::file_name).and_then(|name| name.to_str()).and_then(|name| name.parse::<u32>().ok()).unwrap_or(0),
         )
     });
-    let pg_ctl = find_binary("pg_ctl", &versioned).ok_or(Error::MissingBinary {
-        binary: "pg_ctl",
-        hint: MISSING_HINT,
-    })?;
-    let dir = pg_ctl
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let pg_ctl = find_binary("pg_ctl", &versioned).ok_or(Error::MissingBinary { binary: "pg_ctl", hint: MISSING_HINT })?;
+    let dir = pg_ctl.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     if dir.join("initdb").is_file() {
         Ok(dir)
     } else {
-        Err(Error::MissingBinary {
-            binary: "initdb",
-            hint: MISSING_HINT,
-        })
+        Err(Error::MissingBinary { binary: "initdb", hint: MISSING_HINT })
     }
 }

@@ -10,14 +10,8 @@ use crate::{Error, Result};
 
 /// The first existing file named `name` in the directories of `PATH`, then in `extra_dirs`.
 pub(crate) fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .iter()
-        .chain(extra_dirs)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    let path_dirs = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>()).unwrap_or_default();
+    path_dirs.iter().chain(extra_dirs).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
 }
 
 /// Whether this process runs with effective user id 0.
@@ -41,33 +35,18 @@ pub(crate) fn command_as(user: Option<&str>, program: &Path) -> Command {
 
 /// `command` rendered for error messages.
 pub(crate) fn describe(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(OsStr::to_string_lossy)
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(command.get_program()).chain(command.get_args()).map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
 }
 
 /// Runs `command` to completion; a non-zero exit becomes [`Error::CommandFailed`] carrying the
 /// end of its output.
 pub(crate) fn run(command: &mut Command) -> Result<Output> {
-    let output = command.output().map_err(|source| Error::Spawn {
-        command: describe(command),
-        source,
-    })?;
+    let output = command.output().map_err(|source| Error::Spawn { command: describe(command), source })?;
     if output.status.success() {
         Ok(output)
     } else {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Err(Error::CommandFailed {
-            command: describe(command),
-            status: output.status,
-            output: last_lines(&text, 20),
-        })
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        Err(Error::CommandFailed { command: describe(command), status: output.status, output: last_lines(&text, 20) })
     }
 }
 
@@ -97,13 +76,7 @@ dir="$1"; shift; "$@" >/dev/null 2>&1; rm -rf "$dir""#;
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        command
-            .spawn()
-            .map(Watchdog)
-            .map_err(|source| Error::Spawn {
-                command: describe(&command),
-                source,
-            })
+        command.spawn().map(Watchdog).map_err(|source| Error::Spawn { command: describe(&command), source })
     }
 }
 

@@ -56,12 +56,7 @@ impl Process {
     /// Its command line, arguments separated by spaces (empty once it is gone).
     pub fn command_line(&self) -> String {
         std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .map(|bytes| {
-                String::from_utf8_lossy(&bytes)
-                    .replace('\0', " ")
-                    .trim_end()
-                    .to_owned()
-            })
+            .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " ").trim_end().to_owned())
             .unwrap_or_default()
     }
 }
@@ -69,13 +64,7 @@ impl Process {
 /// Every live descendant of `root`: its children, theirs, and so on.
 pub fn descendants(root: u32) -> Vec<Process> {
     let all: Vec<Process> = std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-                .filter_map(Process::read)
-                .collect()
-        })
+        .map(|entries| entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse().ok()).filter_map(Process::read).collect())
         .unwrap_or_default();
     let mut found = Vec::new();
     let mut parents = vec![root];
@@ -99,14 +88,9 @@ pub fn wait_until_gone(processes: &[Process], patience: Duration) -> Result<(), 
             return Ok(());
         }
         if Instant::now() > deadline {
-            let described = left
-                .iter()
-                .map(|p| format!("{} {}", p.pid, p.command_line()))
-                .collect();
+            let described = left.iter().map(|p| format!("{} {}", p.pid, p.command_line())).collect();
             for process in left {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &process.pid.to_string()])
-                    .status();
+                let _ = Command::new("kill").args(["-KILL", &process.pid.to_string()]).status();
             }
             return Err(described);
         }
@@ -128,9 +112,7 @@ impl TermOnDrop {
 
     /// The child.
     pub fn get(&mut self) -> &mut Child {
-        self.0
-            .as_mut()
-            .expect("taken only by take(), which consumes the guard")
+        self.0.as_mut().expect("taken only by take(), which consumes the guard")
     }
 
     /// The child, no longer guarded.
@@ -142,9 +124,7 @@ impl TermOnDrop {
 impl Drop for TermOnDrop {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let _ = child.wait();
         }
     }
@@ -157,33 +137,23 @@ mod tests {
     #[test]
     fn finds_grandchildren_and_sees_them_go() {
         // sh → sleep (a grandchild of this test through sh).
-        let mut shell = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & wait"])
-            .spawn()
-            .expect("sh");
+        let mut shell = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().expect("sh");
         let deadline = Instant::now() + Duration::from_secs(30);
         let found = loop {
             let found = descendants(shell.id());
             if found.iter().any(|p| p.command_line() == "sleep 30") {
                 break found;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sleep started under sh: {found:?}"
-            );
+            assert!(Instant::now() < deadline, "sleep started under sh: {found:?}");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let sleep = *found
-            .iter()
-            .find(|p| p.command_line() == "sleep 30")
-            .expect("sleep");
+        let sleep = *found.iter().find(|p| p.command_line() == "sleep 30").expect("sleep");
         assert_eq!(sleep.parent, shell.id());
         assert!(sleep.running());
         // Killing sh leaves sleep running (nothing takes it along): waiting fails, kills it.
         shell.kill().expect("kill sh");
         shell.wait().expect("reap sh");
-        let left =
-            wait_until_gone(&[sleep], Duration::from_millis(300)).expect_err("sleep outlives sh");
+        let left = wait_until_gone(&[sleep], Duration::from_millis(300)).expect_err("sleep outlives sh");
         assert_eq!(left, [format!("{} sleep 30", sleep.pid)]);
         wait_until_gone(&[sleep], Duration::from_secs(30)).expect("killed by the failed wait");
         assert!(Process::read(std::process::id()).is_some_and(|me| me.running()));

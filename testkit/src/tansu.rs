@@ -40,8 +40,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of a single Kafka request made by the harness.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-const MISSING_HINT: &str =
-    "run deploy/test.sh or cargo install tansu --locked --features dynostore,libsql";
+const MISSING_HINT: &str = "run deploy/test.sh or cargo install tansu --locked --features dynostore,libsql";
 
 /// Where the broker keeps its topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,14 +176,11 @@ impl Tansu {
 
     fn start_inner(storage: TansuStorage, tls: Option<&TestCa>) -> Result<Tansu> {
         let binary = tansu_binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("encore-tansu-")
-            .tempdir()
-            .map_err(|source| Error::Io {
-                action: "creating a temporary directory in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let dir = tempfile::Builder::new().prefix("encore-tansu-").tempdir().map_err(|source| Error::Io {
+            action: "creating a temporary directory in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
         let tls_root = match tls {
             Some(ca) => {
                 ca.issue(dir.path(), "server", "127.0.0.1", &["127.0.0.1"])?;
@@ -192,18 +188,8 @@ impl Tansu {
             }
             None => None,
         };
-        let mut tansu = Tansu {
-            binary,
-            storage,
-            port: 0,
-            child: None,
-            watchdog: None,
-            dir,
-            tls_root,
-            inner_port: 0,
-            proxy: None,
-            sasl: None,
-        };
+        let mut tansu =
+            Tansu { binary, storage, port: 0, child: None, watchdog: None, dir, tls_root, inner_port: 0, proxy: None, sasl: None };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             tansu.port = free_port()?;
@@ -252,30 +238,20 @@ impl Tansu {
     ///
     /// Topics are always created explicitly: Tansu with file storage stalls on auto-creation.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config()
-            .create()
-            .map_err(|source| self.kafka_error(source))?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().map_err(|source| self.kafka_error(source))?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-        let results = futures_executor::block_on(admin.create_topics([&topic], &options))
-            .map_err(|source| self.kafka_error(source))?;
+        let results = futures_executor::block_on(admin.create_topics([&topic], &options)).map_err(|source| self.kafka_error(source))?;
         for result in results {
             if let Err((topic, code)) = result {
-                return Err(Error::CreateTopic {
-                    topic,
-                    reason: format!("{code:?}: {code}"),
-                });
+                return Err(Error::CreateTopic { topic, reason: format!("{code:?}: {code}") });
             }
         }
         // The admin call returns once the broker accepted the request; wait until metadata
         // shows every partition so that producers started next see the full topic.
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let metadata = admin
-                .inner()
-                .fetch_metadata(Some(name), REQUEST_TIMEOUT)
-                .map_err(|source| self.kafka_error(source))?;
+            let metadata = admin.inner().fetch_metadata(Some(name), REQUEST_TIMEOUT).map_err(|source| self.kafka_error(source))?;
             let listed = metadata
                 .topics()
                 .iter()
@@ -367,31 +343,17 @@ impl Tansu {
             .args(self.sasl.is_some().then_some("--authentication"))
             .current_dir(self.dir.path())
             // Tansu logs through `RUST_LOG`; a test run's own setting would flood its log.
-            .env(
-                "RUST_LOG",
-                std::env::var("ENCORE_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("ENCORE_TANSU_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null());
         let log_path = self.log_path();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|source| Error::Io {
-                action: "opening",
-                path: log_path.clone(),
-                source,
-            })?;
-        let log_err = log.try_clone().map_err(|source| Error::Io {
-            action: "duplicating the handle of",
-            path: log_path,
+        let log = File::options().create(true).append(true).open(&log_path).map_err(|source| Error::Io {
+            action: "opening",
+            path: log_path.clone(),
             source,
         })?;
+        let log_err = log.try_clone().map_err(|source| Error::Io { action: "duplicating the handle of", path: log_path, source })?;
         command.stdout(log).stderr(log_err);
-        let child = command.spawn().map_err(|source| Error::Spawn {
-            command: describe(&command),
-            source,
-        })?;
+        let child = command.spawn().map_err(|source| Error::Spawn { command: describe(&command), source })?;
         let pid = child.id().to_string();
         self.child = Some(child);
         let kill = ["kill", "-9", &pid].map(std::ffi::OsStr::new);
@@ -416,16 +378,11 @@ impl Tansu {
 
     /// `socat` terminating TLS on `port` and forwarding each connection to Tansu.
     fn spawn_proxy(&self) -> Result<(Child, Watchdog)> {
-        let socat = find_binary("socat", &[]).ok_or(Error::MissingBinary {
-            binary: "socat",
-            hint: "install it (apt-get install socat) or run deploy/test.sh",
-        })?;
+        let socat = find_binary("socat", &[])
+            .ok_or(Error::MissingBinary { binary: "socat", hint: "install it (apt-get install socat) or run deploy/test.sh" })?;
         let mut command = Command::new(socat);
         command
-            .arg(format!(
-                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert=server.crt,key=server.key,verify=0",
-                self.port
-            ))
+            .arg(format!("OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert=server.crt,key=server.key,verify=0", self.port))
             .arg(format!("TCP:127.0.0.1:{}", self.inner_port))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -458,26 +415,12 @@ impl Tansu {
             }
             thread::sleep(POLL_INTERVAL);
         }
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config()
-            .create()
-            .map_err(|source| self.kafka_error(source))?;
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().map_err(|source| self.kafka_error(source))?;
         match admin.inner().fetch_metadata(None, REQUEST_TIMEOUT) {
-            Ok(metadata)
-                if metadata
-                    .brokers()
-                    .iter()
-                    .any(|broker| broker.port() == i32::from(self.port)) =>
-            {
-                Ok(())
-            }
+            Ok(metadata) if metadata.brokers().iter().any(|broker| broker.port() == i32::from(self.port)) => Ok(()),
             Ok(metadata) => Err(self.not_ready(format!(
                 "metadata advertises {:?}, not this port",
-                metadata
-                    .brokers()
-                    .iter()
-                    .map(|broker| format!("{}:{}", broker.host(), broker.port()))
-                    .collect::<Vec<_>>()
+                metadata.brokers().iter().map(|broker| format!("{}:{}", broker.host(), broker.port())).collect::<Vec<_>>()
             ))),
             Err(error) => Err(self.not_ready(format!("metadata request failed: {error}"))),
         }
@@ -545,10 +488,7 @@ impl Tansu {
     }
 
     fn kafka_error(&self, source: rdkafka::error::KafkaError) -> Error {
-        Error::Kafka {
-            brokers: self.brokers(),
-            source,
-        }
+        Error::Kafka { brokers: self.brokers(), source }
     }
 
     fn not_ready(&self, reason: String) -> Error {
@@ -559,10 +499,7 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         if let Err(error) = self.kill() {
-            eprintln!(
-                "encore-testkit: stopping tansu on port {}: {error}",
-                self.port
-            );
+            eprintln!("encore-testkit: stopping tansu on port {}: {error}", self.port);
         }
         self.stop_proxy();
     }
@@ -583,8 +520,5 @@ pub fn tansu_binary() -> Result<PathBuf> {
     .into_iter()
     .flatten()
     .collect();
-    find_binary("tansu", &cargo_dirs).ok_or(Error::MissingBinary {
-        binary: "tansu",
-        hint: MISSING_HINT,
-    })
+    find_binary("tansu", &cargo_dirs).ok_or(Error::MissingBinary { binary: "tansu", hint: MISSING_HINT })
 }

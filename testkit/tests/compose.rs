@@ -72,41 +72,27 @@ fn compose() -> Compose {
 
 impl Compose {
     fn service(&self, name: &str) -> &Service {
-        self.services
-            .get(name)
-            .unwrap_or_else(|| panic!("service {name} is missing"))
+        self.services.get(name).unwrap_or_else(|| panic!("service {name} is missing"))
     }
 }
 
 impl Service {
     /// The value following `flag` in the command line.
     fn flag(&self, flag: &str) -> &str {
-        let position = self
-            .command
-            .iter()
-            .position(|arg| arg == flag)
-            .unwrap_or_else(|| panic!("{flag} missing from {:?}", self.command));
-        self.command
-            .get(position + 1)
-            .unwrap_or_else(|| panic!("{flag} has no value in {:?}", self.command))
+        let position = self.command.iter().position(|arg| arg == flag).unwrap_or_else(|| panic!("{flag} missing from {:?}", self.command));
+        self.command.get(position + 1).unwrap_or_else(|| panic!("{flag} has no value in {:?}", self.command))
     }
 
     fn waits_for(&self, service: &str, condition: &str) -> bool {
-        self.depends_on
-            .get(service)
-            .is_some_and(|dependency| dependency.condition == condition)
+        self.depends_on.get(service).is_some_and(|dependency| dependency.condition == condition)
     }
 }
 
 impl Compose {
     /// The encore-flow services, flow-0, flow-1, …, by name.
     fn flow_services(&self) -> Vec<(&str, &Service)> {
-        let flows: Vec<(&str, &Service)> = self
-            .services
-            .iter()
-            .filter(|(name, _)| name.starts_with("flow-"))
-            .map(|(name, service)| (name.as_str(), service))
-            .collect();
+        let flows: Vec<(&str, &Service)> =
+            self.services.iter().filter(|(name, _)| name.starts_with("flow-")).map(|(name, service)| (name.as_str(), service)).collect();
         assert!(!flows.is_empty(), "flow-i services");
         flows
     }
@@ -115,10 +101,7 @@ impl Compose {
 /// The `host:port` lines of a hostfile, as encore-flow reads them (trimmed, without empty
 /// lines and # comments).
 fn hostfile_lines(text: &str) -> Vec<&str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .collect()
+    text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#')).collect()
 }
 
 #[test]
@@ -130,21 +113,10 @@ fn the_flow_services_form_one_timely_cluster() {
     let mut processes = Vec::new();
     let mut workers = Vec::new();
     for (name, flow) in &flows {
-        assert_eq!(
-            flow.flag("-n"),
-            n.to_string(),
-            "{name}: -n is the number of flow services"
-        );
-        let p: usize = flow
-            .flag("-p")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: -p is a number"));
+        assert_eq!(flow.flag("-n"), n.to_string(), "{name}: -n is the number of flow services");
+        let p: usize = flow.flag("-p").parse().unwrap_or_else(|_| panic!("{name}: -p is a number"));
         // The name says the index, so that "flow-1" in logs is process 1.
-        assert_eq!(
-            name.strip_prefix("flow-"),
-            Some(p.to_string().as_str()),
-            "{name} runs -p {p}"
-        );
+        assert_eq!(name.strip_prefix("flow-"), Some(p.to_string().as_str()), "{name} runs -p {p}");
         processes.push(p);
         workers.push(flow.flag("-w").to_owned());
 
@@ -163,18 +135,9 @@ fn the_flow_services_form_one_timely_cluster() {
         let lines = hostfile_lines(content);
         assert_eq!(lines.len(), n, "{name}: one hostfile line per process");
         for (index, line) in lines.iter().enumerate() {
-            let (host, port) = line
-                .rsplit_once(':')
-                .unwrap_or_else(|| panic!("host:port, got {line:?}"));
-            assert_eq!(
-                host,
-                format!("flow-{index}"),
-                "line {index} is process {index}: service flow-{index}"
-            );
-            assert!(
-                port.parse::<u16>().is_ok_and(|port| port > 0),
-                "a port in {line:?}"
-            );
+            let (host, port) = line.rsplit_once(':').unwrap_or_else(|| panic!("host:port, got {line:?}"));
+            assert_eq!(host, format!("flow-{index}"), "line {index} is process {index}: service flow-{index}");
+            assert!(port.parse::<u16>().is_ok_and(|port| port > 0), "a port in {line:?}");
             assert!(compose.services.contains_key(host), "{host} is a service");
         }
 
@@ -185,113 +148,50 @@ fn the_flow_services_form_one_timely_cluster() {
     // Each process serves metrics in its container, published on its own host port.
     let mut host_ports = Vec::new();
     for (name, flow) in &flows {
-        let (_, port) = flow
-            .flag("--metrics-addr")
-            .rsplit_once(':')
-            .expect("HOST:PORT");
-        let published: Vec<&String> = flow
-            .ports
-            .iter()
-            .filter(|mapping| mapping.ends_with(&format!(":{port}")))
-            .collect();
+        let (_, port) = flow.flag("--metrics-addr").rsplit_once(':').expect("HOST:PORT");
+        let published: Vec<&String> = flow.ports.iter().filter(|mapping| mapping.ends_with(&format!(":{port}"))).collect();
         assert_eq!(published.len(), 1, "{name}: the metrics port is published");
-        assert!(
-            published[0].starts_with("127.0.0.1:"),
-            "{name}: on the host's loopback only"
-        );
-        host_ports.push(
-            published[0]
-                .split(':')
-                .nth(1)
-                .expect("host port")
-                .to_owned(),
-        );
+        assert!(published[0].starts_with("127.0.0.1:"), "{name}: on the host's loopback only");
+        host_ports.push(published[0].split(':').nth(1).expect("host port").to_owned());
     }
     host_ports.sort();
     host_ports.dedup();
     assert_eq!(host_ports.len(), n, "a host port per process");
 
     processes.sort_unstable();
-    assert_eq!(
-        processes,
-        (0..n).collect::<Vec<_>>(),
-        "-p values are 0..N-1, each once"
-    );
-    assert!(
-        workers.windows(2).all(|pair| pair[0] == pair[1]),
-        "the same -w everywhere"
-    );
-    let partitions: usize = compose
-        .service("create-topic")
-        .flag("--partitions")
-        .parse()
-        .expect("partitions");
+    assert_eq!(processes, (0..n).collect::<Vec<_>>(), "-p values are 0..N-1, each once");
+    assert!(workers.windows(2).all(|pair| pair[0] == pair[1]), "the same -w everywhere");
+    let partitions: usize = compose.service("create-topic").flag("--partitions").parse().expect("partitions");
     let per_process: usize = workers[0].parse().expect("-w is a number");
-    assert!(
-        partitions >= n * per_process,
-        "partitions ≥ total workers, or some read nothing"
-    );
+    assert!(partitions >= n * per_process, "partitions ≥ total workers, or some read nothing");
 }
 
 #[test]
 fn the_compose_file_names_the_services() {
     let compose = compose();
     let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
-    assert_eq!(
-        names,
-        [
-            "catalog",
-            "create-topic",
-            "flow-0",
-            "flow-1",
-            "generator",
-            "kafka",
-            "postgres"
-        ]
-    );
+    assert_eq!(names, ["catalog", "create-topic", "flow-0", "flow-1", "generator", "kafka", "postgres"]);
 }
 
 #[test]
 fn kafka_is_the_official_image_in_single_node_kraft_mode() {
     let compose = compose();
     let kafka = compose.service("kafka");
-    assert!(kafka
-        .image
-        .as_deref()
-        .is_some_and(|image| image.starts_with("apache/kafka:")));
-    assert_eq!(
-        kafka.environment["KAFKA_PROCESS_ROLES"],
-        "broker,controller"
-    );
-    assert_eq!(
-        kafka.environment["KAFKA_CONTROLLER_QUORUM_VOTERS"],
-        "1@kafka:9093"
-    );
-    assert!(!kafka
-        .environment
-        .keys()
-        .any(|key| key.contains("ZOOKEEPER")));
+    assert!(kafka.image.as_deref().is_some_and(|image| image.starts_with("apache/kafka:")));
+    assert_eq!(kafka.environment["KAFKA_PROCESS_ROLES"], "broker,controller");
+    assert_eq!(kafka.environment["KAFKA_CONTROLLER_QUORUM_VOTERS"], "1@kafka:9093");
+    assert!(!kafka.environment.keys().any(|key| key.contains("ZOOKEEPER")));
     // Explicit topic creation only, as with Tansu.
-    assert_eq!(
-        kafka.environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"],
-        "false"
-    );
+    assert_eq!(kafka.environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false");
 
     let postgres = compose.service("postgres");
-    assert!(postgres
-        .image
-        .as_deref()
-        .is_some_and(|image| image.starts_with("postgres:15")));
+    assert!(postgres.image.as_deref().is_some_and(|image| image.starts_with("postgres:15")));
 }
 
 /// The address other containers use: the PLAINTEXT entry of the advertised listeners.
 fn advertised_broker(compose: &Compose) -> String {
     let listeners = &compose.service("kafka").environment["KAFKA_ADVERTISED_LISTENERS"];
-    listeners
-        .split(',')
-        .find_map(|listener| listener.strip_prefix("PLAINTEXT://"))
-        .expect("a PLAINTEXT advertised listener")
-        .to_owned()
+    listeners.split(',').find_map(|listener| listener.strip_prefix("PLAINTEXT://")).expect("a PLAINTEXT advertised listener").to_owned()
 }
 
 #[test]
@@ -304,10 +204,7 @@ fn every_program_uses_the_same_broker_topic_and_database() {
     assert!(create_topic.entrypoint[0].ends_with("kafka-topics.sh"));
     assert_eq!(create_topic.flag("--bootstrap-server"), broker);
     assert_eq!(create_topic.flag("--topic"), TOPIC);
-    assert!(create_topic
-        .flag("--partitions")
-        .parse::<u32>()
-        .is_ok_and(|n| n > 0));
+    assert!(create_topic.flag("--partitions").parse::<u32>().is_ok_and(|n| n > 0));
 
     let generator = compose.service("generator");
     assert_eq!(generator.command[..2], ["encore-gen", "stream"]);
@@ -322,26 +219,15 @@ fn every_program_uses_the_same_broker_topic_and_database() {
         assert_eq!(flow.command[0], "encore-flow", "{name}");
         assert_eq!(flow.flag("--brokers"), broker, "{name}");
         assert_eq!(flow.flag("--topic"), TOPIC, "{name}");
-        assert_eq!(
-            flow.flag("--postgres"),
-            flows[0].1.flag("--postgres"),
-            "{name}"
-        );
-        assert!(
-            flow.waits_for("create-topic", "service_completed_successfully"),
-            "{name}"
-        );
+        assert_eq!(flow.flag("--postgres"), flows[0].1.flag("--postgres"), "{name}");
+        assert!(flow.waits_for("create-topic", "service_completed_successfully"), "{name}");
         assert!(flow.waits_for("postgres", "service_healthy"), "{name}");
     }
 
     let catalog = compose.service("catalog");
     assert_eq!(catalog.command[..2], ["encore-gen", "catalog"]);
     assert_eq!(catalog.flag("--postgres"), flow.flag("--postgres"));
-    assert_eq!(
-        catalog.flag("--seed"),
-        generator.flag("--seed"),
-        "catalog and events from one seed"
-    );
+    assert_eq!(catalog.flag("--seed"), generator.flag("--seed"), "catalog and events from one seed");
     assert!(catalog.waits_for("postgres", "service_healthy"));
     // The database URL names the postgres service.
     assert!(flow.flag("--postgres").contains("@postgres:5432/"));
@@ -352,38 +238,24 @@ fn encore_is_built_from_the_dockerfile_in_this_repository() {
     let compose = compose();
     for name in ["catalog", "generator", "flow-0", "flow-1"] {
         let service = compose.service(name);
-        let build = service
-            .build
-            .as_ref()
-            .unwrap_or_else(|| panic!("{name} is built from this repository"));
+        let build = service.build.as_ref().unwrap_or_else(|| panic!("{name} is built from this repository"));
         let context = Path::new(DEPLOY_DIR).join(&build.context);
         let dockerfile = context.join(&build.dockerfile);
         assert!(dockerfile.is_file(), "{} exists", dockerfile.display());
-        assert!(
-            context.join("Cargo.toml").is_file(),
-            "the context is the workspace root"
-        );
+        assert!(context.join("Cargo.toml").is_file(), "the context is the workspace root");
         assert_eq!(service.image.as_deref(), Some("encore:local"));
     }
 
-    let dockerfile = std::fs::read_to_string(Path::new(DEPLOY_DIR).join("Dockerfile"))
-        .expect("deploy/Dockerfile is readable");
+    let dockerfile = std::fs::read_to_string(Path::new(DEPLOY_DIR).join("Dockerfile")).expect("deploy/Dockerfile is readable");
     assert!(dockerfile.contains("cargo build --release"));
     // librdkafka links OpenSSL (Kafka TLS), and sslrootcert=system (Postgres over TLS) reads
     // the system's roots: the slim image has neither.
     assert!(dockerfile.contains("install -y --no-install-recommends ca-certificates libssl3"));
     for (binary, krate) in [("encore-gen", "generator"), ("encore-flow", "dataflow")] {
-        assert!(
-            dockerfile.contains(&format!("--bin {binary}")),
-            "the image builds {binary}"
-        );
-        let manifest =
-            std::fs::read_to_string(Path::new(DEPLOY_DIR).join(format!("../{krate}/Cargo.toml")))
-                .expect("the crate's manifest is readable");
-        assert!(
-            manifest.contains(&format!("name = \"{binary}\"")),
-            "{krate} defines the binary {binary}"
-        );
+        assert!(dockerfile.contains(&format!("--bin {binary}")), "the image builds {binary}");
+        let manifest = std::fs::read_to_string(Path::new(DEPLOY_DIR).join(format!("../{krate}/Cargo.toml")))
+            .expect("the crate's manifest is readable");
+        assert!(manifest.contains(&format!("name = \"{binary}\"")), "{krate} defines the binary {binary}");
     }
     assert_eq!(
         dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")),

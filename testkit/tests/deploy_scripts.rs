@@ -36,13 +36,9 @@ struct Stack {
 
 impl Stack {
     fn new() -> Stack {
-        let state = tempfile::Builder::new()
-            .prefix("encore-deploy-")
-            .tempdir()
-            .expect("state directory");
+        let state = tempfile::Builder::new().prefix("encore-deploy-").tempdir().expect("state directory");
         // As root the cluster runs as the postgres user, which must reach the state directory.
-        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod state directory");
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod state directory");
         Stack {
             state,
             kafka_port: free_port().expect("a free port"),
@@ -70,11 +66,7 @@ impl Stack {
 
     fn run(&self, script: &str) -> Output {
         let output = self.command(script).output().expect("bash runs");
-        assert!(
-            output.status.success(),
-            "{script} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
         output
     }
 
@@ -91,23 +83,13 @@ impl Stack {
     }
 
     fn topic_partitions(&self) -> usize {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .create()
-            .expect("client");
-        let metadata = consumer
-            .fetch_metadata(Some(TOPIC), Duration::from_secs(30))
-            .expect("metadata");
-        metadata
-            .topics()
-            .iter()
-            .find(|topic| topic.name() == TOPIC && topic.error().is_none())
-            .map_or(0, |topic| topic.partitions().len())
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", self.brokers()).create().expect("client");
+        let metadata = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(30)).expect("metadata");
+        metadata.topics().iter().find(|topic| topic.name() == TOPIC && topic.error().is_none()).map_or(0, |topic| topic.partitions().len())
     }
 
     fn select_one(&self) -> i32 {
-        let mut client = postgres::Client::connect(&self.postgres_url(), postgres::NoTls)
-            .expect("connect to the stack's postgres");
+        let mut client = postgres::Client::connect(&self.postgres_url(), postgres::NoTls).expect("connect to the stack's postgres");
         client.query_one("SELECT 1", &[]).expect("query").get(0)
     }
 }
@@ -132,11 +114,7 @@ fn start_is_idempotent_and_stop_stops_everything() {
     let first = stack.run("start.sh");
     let printed = String::from_utf8_lossy(&first.stdout);
     assert!(
-        printed.contains(&format!(
-            "--brokers {} --topic {TOPIC} --postgres {}",
-            stack.brokers(),
-            stack.postgres_url()
-        )),
+        printed.contains(&format!("--brokers {} --topic {TOPIC} --postgres {}", stack.brokers(), stack.postgres_url())),
         "start.sh prints the flags to use: {printed}"
     );
     assert_eq!(stack.select_one(), 1);
@@ -148,10 +126,7 @@ fn start_is_idempotent_and_stop_stops_everything() {
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("tansu already running"), "{said}");
     assert!(said.contains("postgres already running"), "{said}");
-    assert!(
-        said.contains(&format!("topic {TOPIC} already exists")),
-        "{said}"
-    );
+    assert!(said.contains(&format!("topic {TOPIC} already exists")), "{said}");
     assert_eq!(stack.tansu_pid(), pid);
 
     stack.run("stop.sh");
@@ -163,10 +138,7 @@ fn start_is_idempotent_and_stop_stops_everything() {
     // The libsql file keeps the topic; the cluster keeps its data.
     let restarted = stack.run("start.sh");
     let said = String::from_utf8_lossy(&restarted.stderr);
-    assert!(
-        said.contains(&format!("topic {TOPIC} already exists")),
-        "{said}"
-    );
+    assert!(said.contains(&format!("topic {TOPIC} already exists")), "{said}");
     assert_eq!(stack.topic_partitions(), PARTITIONS);
     assert_eq!(stack.select_one(), 1);
 }
@@ -174,10 +146,7 @@ fn start_is_idempotent_and_stop_stops_everything() {
 /// Runs `deploy/run.sh` with its state in a fresh directory, ports no server listens on, and
 /// the extra environment `env`; it must fail before starting anything.
 fn run_sh_refused(env: &[(&str, &str)]) -> String {
-    let state = tempfile::Builder::new()
-        .prefix("encore-run-")
-        .tempdir()
-        .expect("state directory");
+    let state = tempfile::Builder::new().prefix("encore-run-").tempdir().expect("state directory");
     let mut command = Command::new("bash");
     command
         .arg(Path::new(DEPLOY_DIR).join("run.sh"))
@@ -192,14 +161,9 @@ fn run_sh_refused(env: &[(&str, &str)]) -> String {
     let output = command.output().expect("bash runs");
     let said = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "run.sh with {env:?}: {said}");
-    let left: Vec<_> = std::fs::read_dir(state.path())
-        .expect("read state directory")
-        .map(|entry| entry.expect("directory entry").file_name())
-        .collect();
-    assert!(
-        left.is_empty(),
-        "run.sh started something: {left:?}; {said}"
-    );
+    let left: Vec<_> =
+        std::fs::read_dir(state.path()).expect("read state directory").map(|entry| entry.expect("directory entry").file_name()).collect();
+    assert!(left.is_empty(), "run.sh started something: {left:?}; {said}");
     said
 }
 
@@ -208,33 +172,20 @@ fn run_sh_checks_its_metrics_settings_before_starting_anything() {
     for bad in ["0", "65535", "9464x", "-1", "09464"] {
         let said = run_sh_refused(&[("ENCORE_METRICS_PORT", bad)]);
         assert!(
-            said.contains("ENCORE_METRICS_PORT must be a port number from 1 to 65534")
-                && said.contains(&format!("got '{bad}'")),
+            said.contains("ENCORE_METRICS_PORT must be a port number from 1 to 65534") && said.contains(&format!("got '{bad}'")),
             "{said}"
         );
     }
     // Both processes would get the same address: the second one could not bind it.
-    for flags in [
-        "--metrics-addr 127.0.0.1:9100",
-        "--epoch-ms 500 --metrics-addr=127.0.0.1:9100",
-    ] {
+    for flags in ["--metrics-addr 127.0.0.1:9100", "--epoch-ms 500 --metrics-addr=127.0.0.1:9100"] {
         let said = run_sh_refused(&[("ENCORE_FLOW_ARGS", flags)]);
-        assert!(
-            said.contains("ENCORE_FLOW_ARGS must not hold --metrics-addr"),
-            "{said}"
-        );
+        assert!(said.contains("ENCORE_FLOW_ARGS must not hold --metrics-addr"), "{said}");
     }
     let said = run_sh_refused(&[("ENCORE_BIN_DIR", "/nonexistent/encore-bin")]);
-    assert!(
-        said.contains("ENCORE_BIN_DIR /nonexistent/encore-bin is not a directory"),
-        "{said}"
-    );
+    assert!(said.contains("ENCORE_BIN_DIR /nonexistent/encore-bin is not a directory"), "{said}");
     let empty = tempfile::tempdir().expect("a directory");
     let said = run_sh_refused(&[("ENCORE_BIN_DIR", &empty.path().display().to_string())]);
-    assert!(
-        said.contains("ENCORE_BIN_DIR: no executable") && said.contains("/encore-gen"),
-        "{said}"
-    );
+    assert!(said.contains("ENCORE_BIN_DIR: no executable") && said.contains("/encore-gen"), "{said}");
 }
 
 /// `deploy/run.sh` killed with SIGKILL (no trap runs, nothing is stopped in order): the
@@ -252,11 +203,7 @@ fn a_killed_run_sh_takes_its_children_along() {
     let output = tempfile::tempdir().expect("a directory");
     let stderr_path = output.path().join("stderr");
     let file = |name: &str| std::fs::File::create(output.path().join(name)).expect("output file");
-    let path = format!(
-        "{}:{}",
-        stack.pg_bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", stack.pg_bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut run = processes::TermOnDrop::new(
         stack
             .command("run.sh")
@@ -278,43 +225,20 @@ fn a_killed_run_sh_takes_its_children_along() {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !said().contains("encore: metrics: ") {
         if let Some(status) = run.get().try_wait().expect("poll run.sh") {
-            panic!(
-                "run.sh ended ({status}) before starting its children:\n{}",
-                said()
-            );
+            panic!("run.sh ended ({status}) before starting its children:\n{}", said());
         }
-        assert!(
-            Instant::now() < deadline,
-            "run.sh did not start its children:\n{}",
-            said()
-        );
+        assert!(Instant::now() < deadline, "run.sh did not start its children:\n{}", said());
         std::thread::sleep(Duration::from_millis(100));
     }
     let children = processes::descendants(run.get().id());
     let state = stack.state.path();
     for name in ["generator", "flow-p0", "flow-p1"] {
-        let pid: u32 = std::fs::read_to_string(state.join(format!("{name}.pid")))
-            .expect("pid file")
-            .trim()
-            .parse()
-            .expect("a pid");
-        assert!(
-            children.iter().any(|child| child.pid == pid),
-            "{name} (pid {pid}) is a child of run.sh: {children:?}"
-        );
-        let command_line = Process::read(pid)
-            .map(|p| p.command_line())
-            .unwrap_or_default();
-        assert!(
-            command_line.contains(&format!("{}/encore-", bin.path().display())),
-            "{name} runs the stand-in: {command_line}"
-        );
+        let pid: u32 = std::fs::read_to_string(state.join(format!("{name}.pid"))).expect("pid file").trim().parse().expect("a pid");
+        assert!(children.iter().any(|child| child.pid == pid), "{name} (pid {pid}) is a child of run.sh: {children:?}");
+        let command_line = Process::read(pid).map(|p| p.command_line()).unwrap_or_default();
+        assert!(command_line.contains(&format!("{}/encore-", bin.path().display())), "{name} runs the stand-in: {command_line}");
     }
-    assert!(
-        run.get().try_wait().expect("poll run.sh").is_none(),
-        "run.sh still running:\n{}",
-        said()
-    );
+    assert!(run.get().try_wait().expect("poll run.sh").is_none(), "run.sh still running:\n{}", said());
 
     let mut run = run.take();
     run.kill().expect("kill -9 run.sh");
@@ -328,17 +252,10 @@ fn a_killed_run_sh_takes_its_children_along() {
     // given no chance to).
     assert!(!said().contains("stopping encore-flow"), "{}", said());
     let log = |name: &str| std::fs::read_to_string(state.join(name)).expect("a log");
-    assert!(
-        log("generator.log").contains("stand-in ended by SIGTERM"),
-        "{}",
-        log("generator.log")
-    );
+    assert!(log("generator.log").contains("stand-in ended by SIGTERM"), "{}", log("generator.log"));
     for p in 0..2 {
         let text = log(&format!("flow-p{p}.log"));
-        assert!(
-            text.contains(&format!("[p{p}] stand-in ended by SIGTERM")),
-            "{text}"
-        );
+        assert!(text.contains(&format!("[p{p}] stand-in ended by SIGTERM")), "{text}");
     }
 }
 
@@ -356,17 +273,7 @@ fn free_port_skips_a_listening_port() {
         .arg(taken.to_string())
         .output()
         .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let found: u16 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .expect("free_port prints a port");
-    assert!(
-        found > taken && found <= taken.saturating_add(100),
-        "{taken} taken, free_port said {found}"
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let found: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("free_port prints a port");
+    assert!(found > taken && found <= taken.saturating_add(100), "{taken} taken, free_port said {found}");
 }

@@ -14,9 +14,7 @@ fn count_rows(url: &str) -> Result<i64, postgres::Error> {
     let mut client = postgres::Client::connect(url, postgres::NoTls)?;
     client.batch_execute("CREATE TABLE IF NOT EXISTS listens (user_id BIGINT, track_id BIGINT)")?;
     client.execute("INSERT INTO listens VALUES ($1, $2)", &[&7_i64, &42_i64])?;
-    client
-        .query_one("SELECT count(*) FROM listens", &[])?
-        .try_get(0)
+    client.query_one("SELECT count(*) FROM listens", &[])?.try_get(0)
 }
 
 #[test]
@@ -26,10 +24,7 @@ fn postgres_answers_queries_and_survives_a_restart() {
     assert_eq!(count_rows(&postgres.url()).expect("query"), 1);
 
     postgres.stop().expect("postgres stops");
-    assert!(
-        postgres::Client::connect(&postgres.url(), postgres::NoTls).is_err(),
-        "a stopped server refuses connections"
-    );
+    assert!(postgres::Client::connect(&postgres.url(), postgres::NoTls).is_err(), "a stopped server refuses connections");
     postgres.start_again().expect("postgres starts again");
     // The row written before the stop is still there (fast shutdown keeps the data).
     assert_eq!(count_rows(&postgres.url()).expect("query after restart"), 2);
@@ -43,19 +38,12 @@ fn two_clusters_run_side_by_side_and_vanish_on_drop() {
     let data_dir = first.data_dir();
     assert!(data_dir.join("PG_VERSION").is_file());
     drop(first);
-    assert!(
-        !data_dir.exists(),
-        "the cluster's directory is removed on drop"
-    );
+    assert!(!data_dir.exists(), "the cluster's directory is removed on drop");
     assert_eq!(count_rows(&second.url()).expect("second still serves"), 1);
 }
 
 fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .create()
-        .expect("producer")
+    ClientConfig::new().set("bootstrap.servers", brokers).set("acks", "all").create().expect("producer")
 }
 
 /// Reads partition `partition` of `topic` from the beginning until `count` messages arrived.
@@ -72,19 +60,14 @@ fn consume_with(brokers: &str, options: &[(String, String)], topic: &str, partit
     }
     let consumer: BaseConsumer = config.create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Beginning)
-        .expect("assignment");
+    assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + TIMEOUT;
     let mut messages = Vec::new();
     while messages.len() < count && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             let message = message.expect("a message, not an error");
-            messages.push((
-                message.key().unwrap_or_default().to_vec(),
-                message.payload().unwrap_or_default().to_vec(),
-            ));
+            messages.push((message.key().unwrap_or_default().to_vec(), message.payload().unwrap_or_default().to_vec()));
         }
     }
     messages
@@ -94,27 +77,17 @@ fn consume_with(brokers: &str, options: &[(String, String)], topic: &str, partit
 fn tansu_round_trips_a_message_on_an_explicit_topic() {
     let tansu = Tansu::start().expect("tansu starts");
     assert_eq!(tansu.brokers(), format!("127.0.0.1:{}", tansu.port()));
-    tansu
-        .create_topic("music_streaming_data", 4)
-        .expect("topic created");
+    tansu.create_topic("music_streaming_data", 4).expect("topic created");
 
     let producer = producer(&tansu.brokers());
     producer
-        .send(
-            BaseRecord::to("music_streaming_data")
-                .partition(2)
-                .key("7")
-                .payload(r#"{"user_id":7,"track_id":42}"#),
-        )
+        .send(BaseRecord::to("music_streaming_data").partition(2).key("7").payload(r#"{"user_id":7,"track_id":42}"#))
         .map_err(|(error, _)| error)
         .expect("enqueued");
     producer.flush(TIMEOUT).expect("delivered");
 
     let messages = consume(&tansu.brokers(), "music_streaming_data", 2, 1);
-    assert_eq!(
-        messages,
-        vec![(b"7".to_vec(), br#"{"user_id":7,"track_id":42}"#.to_vec())]
-    );
+    assert_eq!(messages, vec![(b"7".to_vec(), br#"{"user_id":7,"track_id":42}"#.to_vec())]);
 }
 
 #[test]
@@ -129,7 +102,8 @@ fn a_tls_broker_serves_clients_that_trust_its_ca_and_no_others() {
 
     // Plain text, or TLS without trusting the CA, reads nothing.
     let other = TestCa::new("another CA").expect("CA");
-    let untrusted = [("security.protocol".to_string(), "SSL".to_string()), ("ssl.ca.location".to_string(), other.root_path().display().to_string())];
+    let untrusted =
+        [("security.protocol".to_string(), "SSL".to_string()), ("ssl.ca.location".to_string(), other.root_path().display().to_string())];
     for options in [&[][..], &untrusted[..]] {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", tansu.brokers()).set("socket.timeout.ms", "3000").set("log_level", "0");
@@ -145,9 +119,7 @@ fn a_tls_broker_serves_clients_that_trust_its_ca_and_no_others() {
 fn creating_an_existing_topic_is_an_error() {
     let tansu = Tansu::start().expect("tansu starts");
     tansu.create_topic("twice", 1).expect("first creation");
-    let error = tansu
-        .create_topic("twice", 1)
-        .expect_err("second creation fails");
+    let error = tansu.create_topic("twice", 1).expect_err("second creation fails");
     assert!(error.to_string().contains("twice"), "{error}");
 }
 
@@ -156,10 +128,7 @@ fn a_sqlite_broker_keeps_its_messages_across_a_kill() {
     let mut tansu = Tansu::start_with(TansuStorage::Sqlite).expect("tansu starts");
     tansu.create_topic("durable", 1).expect("topic created");
     let producer = producer(&tansu.brokers());
-    producer
-        .send(BaseRecord::to("durable").key("k").payload("kept"))
-        .map_err(|(error, _)| error)
-        .expect("enqueued");
+    producer.send(BaseRecord::to("durable").key("k").payload("kept")).map_err(|(error, _)| error).expect("enqueued");
     producer.flush(TIMEOUT).expect("delivered");
     drop(producer);
 
@@ -167,13 +136,6 @@ fn a_sqlite_broker_keeps_its_messages_across_a_kill() {
     tansu.kill().expect("killed");
     assert!(!tansu.is_running());
     tansu.restart().expect("restarted");
-    assert_eq!(
-        tansu.port(),
-        port,
-        "the broker comes back at the same address"
-    );
-    assert_eq!(
-        consume(&tansu.brokers(), "durable", 0, 1),
-        vec![(b"k".to_vec(), b"kept".to_vec())]
-    );
+    assert_eq!(tansu.port(), port, "the broker comes back at the same address");
+    assert_eq!(consume(&tansu.brokers(), "durable", 0, 1), vec![(b"k".to_vec(), b"kept".to_vec())]);
 }

@@ -24,13 +24,7 @@ fn leak_servers_and_exit() {
     let postgres = Postgres::start().expect("postgres starts");
     let tansu = Tansu::start().expect("tansu starts");
     let tansu_dir = tansu.log_path().parent().expect("log directory").to_owned();
-    let lines = format!(
-        "{} {}\n{} {}\n",
-        postgres.port(),
-        postgres.data_dir().display(),
-        tansu.port(),
-        tansu_dir.display()
-    );
+    let lines = format!("{} {}\n{} {}\n", postgres.port(), postgres.data_dir().display(), tansu.port(), tansu_dir.display());
     std::fs::write(report, lines).expect("report written");
     // Exit without running any destructor.
     std::process::exit(0);
@@ -59,24 +53,13 @@ fn servers_of_a_dead_test_process_are_stopped_and_removed() {
         .collect();
     assert_eq!(leaked.len(), 2, "report: {text}");
     for (port, dir) in &leaked {
-        assert!(
-            dir.exists(),
-            "{} exists right after the child exits",
-            dir.display()
-        );
-        assert!(
-            port_open(*port),
-            "port {port} still served right after the child exits"
-        );
+        assert!(dir.exists(), "{} exists right after the child exits", dir.display());
+        assert!(port_open(*port), "port {port} still served right after the child exits");
     }
 
     // The watchdogs poll once a second; the bound is generous for a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while leaked
-        .iter()
-        .any(|(port, dir)| port_open(*port) || dir.exists())
-        && Instant::now() < deadline
-    {
+    while leaked.iter().any(|(port, dir)| port_open(*port) || dir.exists()) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
     }
     for (port, dir) in &leaked {

@@ -29,9 +29,7 @@ pub const LISTEN_MIN_MS_PLAYED: u64 = 30_000;
 pub const MAX_ID: u64 = (1 << 63) - 1;
 
 /// What happened (SPEC §1 `event_type`).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     /// The track was played (for `ms_played` milliseconds, when given).
@@ -178,21 +176,17 @@ pub enum EventError {
 /// The strict SPEC §1 parser. Never panics, on any bytes.
 ///
 /// ```
-/// use encore_udfs::{parse_event, EventType};
+/// use encore_core::{parse_event, EventType};
 /// let event = parse_event(br#"{"user_id":1,"track_id":2,"event_timestamp":"2024-05-01T12:00:00Z",
 ///                              "event_type":"like","device":"mobile"}"#).unwrap();
 /// assert_eq!((event.track_id, event.event_type), (2, EventType::Like));
 /// assert!(parse_event(br#"{"user_id":1.0}"#).is_err());
 /// ```
 pub fn parse_event(payload: &[u8]) -> Result<Event, EventError> {
-    let text = std::str::from_utf8(payload).map_err(|error| EventError::NotUtf8 {
-        valid_up_to: error.valid_up_to(),
-    })?;
+    let text = std::str::from_utf8(payload).map_err(|error| EventError::NotUtf8 { valid_up_to: error.valid_up_to() })?;
     let mut slot = None;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let parsed = EventSeed { error: &mut slot }
-        .deserialize(&mut deserializer)
-        .and_then(|event| deserializer.end().map(|()| event));
+    let parsed = EventSeed { error: &mut slot }.deserialize(&mut deserializer).and_then(|event| deserializer.end().map(|()| event));
     match parsed {
         Ok(event) => Ok(event),
         // The visitor unwinds with a placeholder after storing the real reason.
@@ -357,19 +351,9 @@ impl<'de> Visitor<'de> for ScalarSeed {
 fn id_field(field: &'static str, value: Scalar<'_>) -> Result<u64, EventError> {
     match value {
         Scalar::Unsigned(id) if id <= MAX_ID => Ok(id),
-        Scalar::Unsigned(id) => Err(EventError::IdOutOfRange {
-            field,
-            value: i128::from(id),
-        }),
-        Scalar::Negative(id) => Err(EventError::IdOutOfRange {
-            field,
-            value: i128::from(id),
-        }),
-        other => Err(EventError::WrongType {
-            field,
-            expected: "an integer",
-            found: other.kind(),
-        }),
+        Scalar::Unsigned(id) => Err(EventError::IdOutOfRange { field, value: i128::from(id) }),
+        Scalar::Negative(id) => Err(EventError::IdOutOfRange { field, value: i128::from(id) }),
+        other => Err(EventError::WrongType { field, expected: "an integer", found: other.kind() }),
     }
 }
 
@@ -377,9 +361,7 @@ fn id_field(field: &'static str, value: Scalar<'_>) -> Result<u64, EventError> {
 fn timestamp_field(value: Scalar<'_>) -> Result<i64, EventError> {
     match value {
         Scalar::Str(text) => Ok(parse_iso_timestamp(&text)?),
-        Scalar::Unsigned(ms) => {
-            i64::try_from(ms).map_err(|_| EventError::TimestampOutOfRange(i128::from(ms)))
-        }
+        Scalar::Unsigned(ms) => i64::try_from(ms).map_err(|_| EventError::TimestampOutOfRange(i128::from(ms))),
         Scalar::Negative(ms) => Err(EventError::TimestampOutOfRange(i128::from(ms))),
         other => Err(EventError::WrongType {
             field: "event_timestamp",
@@ -392,13 +374,8 @@ fn timestamp_field(value: Scalar<'_>) -> Result<i64, EventError> {
 /// `event_type`: exactly one of the three names.
 fn event_type_field(value: Scalar<'_>) -> Result<EventType, EventError> {
     match value {
-        Scalar::Str(name) => EventType::from_name(&name)
-            .ok_or_else(|| EventError::UnknownEventType(name.into_owned())),
-        other => Err(EventError::WrongType {
-            field: "event_type",
-            expected: "a string",
-            found: other.kind(),
-        }),
+        Scalar::Str(name) => EventType::from_name(&name).ok_or_else(|| EventError::UnknownEventType(name.into_owned())),
+        other => Err(EventError::WrongType { field: "event_type", expected: "a string", found: other.kind() }),
     }
 }
 
@@ -408,11 +385,7 @@ fn ms_played_field(value: Scalar<'_>) -> Result<Option<u64>, EventError> {
         Scalar::Unsigned(ms) => Ok(Some(ms)),
         Scalar::Null => Ok(None),
         Scalar::Negative(ms) => Err(EventError::NegativeMsPlayed(ms)),
-        other => Err(EventError::WrongType {
-            field: "ms_played",
-            expected: "an integer or null",
-            found: other.kind(),
-        }),
+        other => Err(EventError::WrongType { field: "ms_played", expected: "an integer or null", found: other.kind() }),
     }
 }
 
@@ -478,13 +451,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
         let Some(event_type) = event_type else {
             return fail(slot, EventError::MissingField("event_type"));
         };
-        Ok(Event {
-            user_id,
-            track_id,
-            event_time_ms,
-            event_type,
-            ms_played: ms_played.flatten(),
-        })
+        Ok(Event { user_id, track_id, event_time_ms, event_type, ms_played: ms_played.flatten() })
     }
 
     // Every other JSON value is valid JSON but not an object.

@@ -4,7 +4,7 @@
 //! last digit.
 //!
 //! ```
-//! use encore_udfs::{cosine_units, parse_event, EventType};
+//! use encore_core::{cosine_units, parse_event, EventType};
 //!
 //! let event = parse_event(
 //!     br#"{"user_id":7,"track_id":42,"event_timestamp":"2024-05-01T12:00:00.123+02:00",
@@ -20,7 +20,7 @@
 //! assert_eq!(error.to_string(), "field `user_id` occurs more than once");
 //!
 //! assert_eq!(cosine_units(3, 4, 9, 4), Some(5_000));
-//! # Ok::<(), encore_udfs::EventError>(())
+//! # Ok::<(), encore_core::EventError>(())
 //! ```
 #![warn(missing_docs)]
 
@@ -28,8 +28,6 @@ mod event;
 mod score;
 mod timestamp;
 
-pub use event::{
-    is_listen, parse_event, Event, EventError, EventType, LISTEN_MIN_MS_PLAYED, MAX_ID,
-};
+pub use event::{is_listen, parse_event, Event, EventError, EventType, LISTEN_MIN_MS_PLAYED, MAX_ID};
 pub use score::{cosine_units, round_count, rounded_cosine_units, MAX_COUNT_BITS, MAX_PRECISION};
 pub use timestamp::{civil_from_days, format_iso_timestamp, parse_iso_timestamp, TimestampError};

@@ -26,7 +26,7 @@ pub const MAX_COUNT_BITS: u32 = 64;
 /// grow, and a count change that leaves `q` alone needs no further work.
 ///
 /// ```
-/// use encore_udfs::round_count;
+/// use encore_core::round_count;
 /// assert_eq!(round_count(99, 5), 96); // 0b1100011 → 0b1100000
 /// assert_eq!(round_count(100, 5), 100); // 0b1100100: its lowest 2 bits are 0 already
 /// assert_eq!(round_count(1000, 5), 992);
@@ -47,7 +47,7 @@ pub fn round_count(x: u64, bits: u32) -> u64 {
 /// for [`cosine_units`].
 ///
 /// ```
-/// use encore_udfs::rounded_cosine_units;
+/// use encore_core::rounded_cosine_units;
 /// // q(99) = 96, q(1000) = 992, q(40) = 40: 960000 / sqrt(39680) = 4819.3…
 /// assert_eq!(rounded_cosine_units(99, 1000, 40, 4, 5), Some(4_819));
 /// assert_eq!(rounded_cosine_units(99, 1000, 40, 4, 0), Some(4_950)); // exact: 990000 / 200
@@ -64,7 +64,7 @@ pub fn rounded_cosine_units(co: u64, n_i: u64, n_j: u64, precision: u32, count_b
 /// the counts, which the pipeline never produces).
 ///
 /// ```
-/// use encore_udfs::cosine_units;
+/// use encore_core::cosine_units;
 /// assert_eq!(cosine_units(2, 2, 2, 4), Some(10_000));
 /// assert_eq!(cosine_units(2, 3, 4, 4), Some(5_774)); // 20000 / sqrt(12) = 5773.50…
 /// assert_eq!(cosine_units(1, 0, 4, 4), None);
@@ -105,11 +105,7 @@ mod tests {
             (1, 1, 1, 19, None),
         ];
         for &(co, n_i, n_j, precision, expected) in cases {
-            assert_eq!(
-                cosine_units(co, n_i, n_j, precision),
-                expected,
-                "{co} {n_i} {n_j} {precision}"
-            );
+            assert_eq!(cosine_units(co, n_i, n_j, precision), expected, "{co} {n_i} {n_j} {precision}");
         }
     }
 
@@ -117,8 +113,7 @@ mod tests {
     fn products_are_exact_before_conversion() {
         // n_i · n_j = (2^32 + 1)^2 = 2^64 + 2^33 + 1 needs 65 bits: a u64 product would wrap.
         let n = (1u64 << 32) + 1;
-        let expected =
-            (1e4 * n as f64 / ((n as u128 * n as u128) as f64).sqrt() + 0.5).floor() as i64;
+        let expected = (1e4 * n as f64 / ((n as u128 * n as u128) as f64).sqrt() + 0.5).floor() as i64;
         assert_eq!(cosine_units(n, n, n, 4), Some(expected));
         assert_eq!(expected, 10_000);
     }

@@ -69,16 +69,13 @@ const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
 /// 1970). See the module docs for exactly what is accepted.
 ///
 /// ```
-/// use encore_udfs::parse_iso_timestamp;
+/// use encore_core::parse_iso_timestamp;
 /// assert_eq!(parse_iso_timestamp("1970-01-01T00:00:01.9999Z"), Ok(1_999));
 /// assert_eq!(parse_iso_timestamp("1970-01-01T01:00:00+01:00"), Ok(0));
 /// assert!(parse_iso_timestamp("1970-01-01 00:00:00").is_err());
 /// ```
 pub fn parse_iso_timestamp(s: &str) -> Result<i64, TimestampError> {
-    let mut cursor = Cursor {
-        bytes: s.as_bytes(),
-        at: 0,
-    };
+    let mut cursor = Cursor { bytes: s.as_bytes(), at: 0 };
     let year = cursor.digits(4, "a 4-digit year")?;
     cursor.expect(b'-', "`-`")?;
     let month = cursor.digits(2, "a 2-digit month")?;
@@ -105,12 +102,7 @@ pub fn parse_iso_timestamp(s: &str) -> Result<i64, TimestampError> {
             cursor.at += 1;
         }
         match cursor.at - start {
-            0 => {
-                return Err(TimestampError::Syntax {
-                    expected: "a digit after `.`",
-                    at: start,
-                })
-            }
+            0 => return Err(TimestampError::Syntax { expected: "a digit after `.`", at: start }),
             1..=9 => {}
             _ => return Err(TimestampError::FractionTooLong),
         }
@@ -137,36 +129,20 @@ pub fn parse_iso_timestamp(s: &str) -> Result<i64, TimestampError> {
                 -magnitude
             }
         }
-        Some(_) => {
-            return Err(TimestampError::Syntax {
-                expected: "`.`, `Z`, `+`, `-` or the end",
-                at: cursor.at,
-            })
-        }
+        Some(_) => return Err(TimestampError::Syntax { expected: "`.`, `Z`, `+`, `-` or the end", at: cursor.at }),
     };
     if cursor.at != s.len() {
-        return Err(TimestampError::Syntax {
-            expected: "the end",
-            at: cursor.at,
-        });
+        return Err(TimestampError::Syntax { expected: "the end", at: cursor.at });
     }
 
     if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
         return Err(TimestampError::InvalidDate { year, month, day });
     }
     if hour > 23 || minute > 59 || second > 59 {
-        return Err(TimestampError::InvalidTime {
-            hour,
-            minute,
-            second,
-        });
+        return Err(TimestampError::InvalidTime { hour, minute, second });
     }
     let days = days_from_civil(i64::from(year), month, day);
-    Ok(days * MS_PER_DAY
-        + i64::from(hour) * MS_PER_HOUR
-        + i64::from(minute) * MS_PER_MINUTE
-        + i64::from(second) * MS_PER_SECOND
-        + millis
+    Ok(days * MS_PER_DAY + i64::from(hour) * MS_PER_HOUR + i64::from(minute) * MS_PER_MINUTE + i64::from(second) * MS_PER_SECOND + millis
         - offset_ms)
 }
 
@@ -176,7 +152,7 @@ pub fn parse_iso_timestamp(s: &str) -> Result<i64, TimestampError> {
 /// parser does not accept.
 ///
 /// ```
-/// use encore_udfs::format_iso_timestamp;
+/// use encore_core::format_iso_timestamp;
 /// assert_eq!(format_iso_timestamp(1_714_564_800_123), "2024-05-01T12:00:00.123Z");
 /// assert_eq!(format_iso_timestamp(-1), "1969-12-31T23:59:59.999Z");
 /// ```
@@ -188,11 +164,7 @@ pub fn format_iso_timestamp(ms: i64) -> String {
     let minute = in_day % MS_PER_HOUR / MS_PER_MINUTE;
     let second = in_day % MS_PER_MINUTE / MS_PER_SECOND;
     let millis = in_day % MS_PER_SECOND;
-    let year = if (0..=9999).contains(&year) {
-        format!("{year:04}")
-    } else {
-        format!("{year:+05}")
-    };
+    let year = if (0..=9999).contains(&year) { format!("{year:04}") } else { format!("{year:+05}") };
     format!("{year}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
 }
 
@@ -212,10 +184,7 @@ impl Cursor<'_> {
             self.at += 1;
             Ok(())
         } else {
-            Err(TimestampError::Syntax {
-                expected,
-                at: self.at,
-            })
+            Err(TimestampError::Syntax { expected, at: self.at })
         }
     }
 
@@ -225,12 +194,7 @@ impl Cursor<'_> {
         for _ in 0..count {
             match self.peek() {
                 Some(digit @ b'0'..=b'9') => value = value * 10 + u32::from(digit - b'0'),
-                _ => {
-                    return Err(TimestampError::Syntax {
-                        expected,
-                        at: self.at,
-                    })
-                }
+                _ => return Err(TimestampError::Syntax { expected, at: self.at }),
             }
             self.at += 1;
         }
@@ -257,8 +221,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400);
     let month = i64::from(month);
-    let day_of_year =
-        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -269,25 +232,20 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// generator's timestamp writer and the test line generator use it too.
 ///
 /// ```
-/// assert_eq!(encore_udfs::civil_from_days(0), (1970, 1, 1));
-/// assert_eq!(encore_udfs::civil_from_days(-1), (1969, 12, 31));
-/// assert_eq!(encore_udfs::civil_from_days(11_016), (2000, 2, 29));
+/// assert_eq!(encore_core::civil_from_days(0), (1970, 1, 1));
+/// assert_eq!(encore_core::civil_from_days(-1), (1969, 12, 31));
+/// assert_eq!(encore_core::civil_from_days(11_016), (2000, 2, 29));
 /// ```
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let days = days + 719_468;
     let era = days.div_euclid(146_097);
     let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     // Both casts are exact: day is 1..=31 and month 1..=12 by construction.
     let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -362,28 +320,16 @@ mod tests {
         ];
         for &(input, reason) in cases {
             let error = parse_iso_timestamp(input).expect_err(input);
-            assert!(
-                error.to_string().contains(reason),
-                "{input}: {error} lacks {reason:?}"
-            );
+            assert!(error.to_string().contains(reason), "{input}: {error} lacks {reason:?}");
         }
     }
 
     #[test]
     fn formats_with_milliseconds_in_utc() {
         assert_eq!(format_iso_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_iso_timestamp(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_iso_timestamp(-62_167_219_200_001),
-            "-0001-12-31T23:59:59.999Z"
-        );
-        assert_eq!(
-            format_iso_timestamp(253_402_300_800_000),
-            "+10000-01-01T00:00:00.000Z"
-        );
+        assert_eq!(format_iso_timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(format_iso_timestamp(-62_167_219_200_001), "-0001-12-31T23:59:59.999Z");
+        assert_eq!(format_iso_timestamp(253_402_300_800_000), "+10000-01-01T00:00:00.000Z");
         // The extremes of i64 neither panic nor overflow.
         assert!(format_iso_timestamp(i64::MIN).ends_with('Z'));
         assert!(format_iso_timestamp(i64::MAX).ends_with('Z'));

@@ -33,10 +33,10 @@
 //! big one-epoch load; for the cleanest figure run `--which memory` alone.
 
 // A binary root finds modules beside itself; keep the driver in the folder named after it.
-#[path = "engine/driver.rs"]
-mod driver;
 #[path = "engine/bits.rs"]
 mod bits;
+#[path = "engine/driver.rs"]
+mod driver;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -129,8 +129,8 @@ fn main() -> Result<()> {
     if args.load_events == 0 || args.growth_epoch == 0 || args.window == 0 || args.load_epoch == 0 {
         bail!("--load-events, --growth-epoch, --window and --load-epoch must be positive");
     }
-    if args.count_bits.is_empty() || args.count_bits.iter().any(|&b| b > encore_udfs::MAX_COUNT_BITS) {
-        bail!("--count-bits needs values from 0 to {}", encore_udfs::MAX_COUNT_BITS);
+    if args.count_bits.is_empty() || args.count_bits.iter().any(|&b| b > encore_core::MAX_COUNT_BITS) {
+        bail!("--count-bits needs values from 0 to {}", encore_core::MAX_COUNT_BITS);
     }
     if args.checkpoints.is_empty() || args.checkpoints.windows(2).any(|w| w[0] >= w[1]) || args.checkpoints[0] == 0 {
         bail!("--checkpoints needs rising positive event counts");
@@ -209,10 +209,7 @@ fn growth_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec
 }
 
 fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
-    println!(
-        "\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n",
-        args.load_events
-    );
+    println!("\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n", args.load_events);
     println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
     println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|------------------:|-------------:|--------------------------:|");
     for (workers, records) in runs {
@@ -245,12 +242,13 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
 }
 
 fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
+    println!("\n## Incremental vs from scratch ({} events; scratch = all outputs computed in one epoch)\n", args.load_events);
     println!(
-        "\n## Incremental vs from scratch ({} events; scratch = all outputs computed in one epoch)\n",
-        args.load_events
+        "| workers | scratch s | scratch events/s | RSS after load (process peak) | epoch events | median epoch ms | scratch / epoch |"
     );
-    println!("| workers | scratch s | scratch events/s | RSS after load (process peak) | epoch events | median epoch ms | scratch / epoch |");
-    println!("|--------:|----------:|-----------------:|------------------------------:|-------------:|----------------:|----------------:|");
+    println!(
+        "|--------:|----------:|-----------------:|------------------------------:|-------------:|----------------:|----------------:|"
+    );
     for (workers, records) in runs {
         let Some(load) = records.first() else { continue };
         // VmHWM is process-wide: with several runs in one process, only the first's peak is its own.
@@ -308,10 +306,7 @@ struct Window {
 }
 
 fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
-    println!(
-        "\n## Delta amplification (epochs of {} events, {workers} workers): output changes per input event\n",
-        args.growth_epoch
-    );
+    println!("\n## Delta amplification (epochs of {} events, {workers} workers): output changes per input event\n", args.growth_epoch);
     println!("rows = distinct keys inserted/deleted/changed per epoch, summed; upd = differential updates (a changed row = 2).\n");
     println!("| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s | first listens/ev | mean n(i) at first listen |");
     println!("|-------:|------------------:|-----------------:|-------------:|------------:|--------------:|-------------:|---------:|-----------------:|--------------------------:|");
@@ -365,17 +360,14 @@ fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
     let mut histories: Vec<Vec<(u64, u64)>> = vec![Vec::new(); catalog.sizes.users as usize + 1];
     let mut n: Vec<u64> = vec![0; catalog.sizes.tracks as usize + 1];
     let mut payload = Vec::with_capacity(512);
-    println!(
-        "\n## Reach (no dataflow): history insertions and n(i) after them, K = {}, k = {}\n",
-        params.history_cap, params.neighbors
-    );
+    println!("\n## Reach (no dataflow): history insertions and n(i) after them, K = {}, k = {}\n", params.history_cap, params.neighbors);
     println!("| events | insertions/ev | evictions/ev | mean n(i) at insertion | max n(i) | est. score updates/ev (2·k·n·ins) |");
     println!("|-------:|--------------:|-------------:|-----------------------:|---------:|----------------------------------:|");
     let (mut insertions, mut evictions, mut reach) = (0u64, 0u64, 0u64);
     let mut start = 0;
     for sequence in 0..args.load_events as u64 {
         stream.next_message(&mut payload);
-        if let Ok(event) = encore_udfs::parse_event(&payload) {
+        if let Ok(event) = encore_core::parse_event(&payload) {
             let (user, track) = (event.user_id as usize, event.track_id as usize);
             if event.is_listen() && user < histories.len() && track < n.len() {
                 let history = &mut histories[user];

@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use encore_dataflow::batch::read_lines;
-use encore_dataflow::csv::write_tables;
 use encore_dataflow::oracle;
+use encore_dataflow::sink::csv::write_tables;
+use encore_dataflow::source::file::read_lines;
 use encore_dataflow::tables::{DeadLetter, Params};
 
 /// Writes the SPEC §3 tables of a JSON-lines file as computed by the sequential oracle.
@@ -79,7 +79,7 @@ fn main() -> Result<()> {
         if line.is_empty() {
             return;
         }
-        match encore_udfs::parse_event(line) {
+        match encore_core::parse_event(line) {
             Ok(event) => events.push(event),
             Err(error) => dead_letters.push(DeadLetter {
                 topic: "file".into(),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use encore_dataflow::postgres::{quote_ident, PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{quote_ident, PgSink, RetryPolicy};
 use encore_dataflow::tables::{Changes, TrackStats};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::Type;
@@ -108,17 +108,12 @@ fn main() -> Result<()> {
         for _ in 0..args.reps {
             let keys: Vec<(u64, u64)> = (0..rows as u64).map(|i| (next_key + i / 20, i % 20)).collect();
             next_key += rows as u64;
-            let insert = Changes {
-                track_neighbors: keys.iter().map(|&k| (k, 5_000, 1)).collect(),
-                ..Changes::default()
-            };
+            let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, 5_000, 1)).collect(), ..Changes::default() };
             offset += 1;
             inserts.push(timed(|| sink.commit(TOPIC, &insert, &BTreeMap::from([(0, offset)])))?);
             // Every key changes its score: old value retracted, new one added.
-            let update = Changes {
-                track_neighbors: keys.iter().flat_map(|&k| [(k, 5_000, -1), (k, 7_000, 1)]).collect(),
-                ..Changes::default()
-            };
+            let update =
+                Changes { track_neighbors: keys.iter().flat_map(|&k| [(k, 5_000, -1), (k, 7_000, 1)]).collect(), ..Changes::default() };
             offset += 1;
             updates.push(timed(|| sink.commit(TOPIC, &update, &BTreeMap::from([(0, offset)])))?);
         }

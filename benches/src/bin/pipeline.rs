@@ -4,7 +4,7 @@
 //! ```text
 //!  Tansu (memory) ◄── fill: --events generator events (seed --seed), 4 partitions
 //!     │
-//!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_udfs::parse_event ─► events/s
+//!     ├──► limit 1: BaseConsumer(s) from the beginning + encore_core::parse_event ─► events/s
 //!     ├──► per --layouts P×W: encore-flow --until-caught-up, fresh schema ─► events/s, rows
 //!     │        (P OS processes on 127.0.0.1 ports, W workers each; start → last exit);
 //!     │        with --emit-events once more with the event log ─► ratio, log rows/s
@@ -222,7 +222,8 @@ fn main() -> Result<()> {
     // Servers: given, or fresh ones owned by this process (stopped when it ends).
     let (_tansu, kafka) = match &args.brokers {
         Some(brokers) => {
-            let settings = encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options).map_err(anyhow::Error::msg)?;
+            let settings =
+                encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options).map_err(anyhow::Error::msg)?;
             let kafka = kafka::Kafka { brokers: brokers.clone(), settings };
             if !kafka::topic_is_empty(&kafka, &args.topic)? {
                 bail!("topic {} on {brokers} is not empty: the benchmark needs an empty topic", args.topic);
@@ -357,11 +358,7 @@ fn main() -> Result<()> {
 
     // Catch-up runs.
     let mut runs = Vec::new();
-    let variants: Vec<bool> = if args.emit_events {
-        (0..args.emit_events_reps).flat_map(|_| [false, true]).collect()
-    } else {
-        vec![false]
-    };
+    let variants: Vec<bool> = if args.emit_events { (0..args.emit_events_reps).flat_map(|_| [false, true]).collect() } else { vec![false] };
     for &layout in &args.layouts {
         for &emit_events in &variants {
             let mut run = CatchUp { layout, emit_events, finished: flow::Finished::default(), rows: BTreeMap::new() };
@@ -396,7 +393,8 @@ fn main() -> Result<()> {
                 other => bail!("--restarts takes load and replay, not {other:?}"),
             };
             eprintln!("restart {} ({mode}) ... ({})", args.latency_layout, load_average());
-            let restart = restart::run(&target, args.latency_layout, &schema, &latency_args, mode, &url, &kafka, &mut stream, &mut ends, timeout)?;
+            let restart =
+                restart::run(&target, args.latency_layout, &schema, &latency_args, mode, &url, &kafka, &mut stream, &mut ends, timeout)?;
             eprintln!("  first new commit after {:.1} s ({})", restart.first_commit_seconds, load_average());
             if let Some(wrong) = verified.as_mut() {
                 let label = format!("restart {} ({mode})", args.latency_layout);
@@ -526,7 +524,15 @@ fn verify_catch_ups(runs: &[CatchUp], args: &Args, catalog: &Catalog, url: &str,
 /// latency layout's tables with the oracle over all of them (the topic holds the first
 /// `ends`-many messages of the seed's stream: the fill, then each latency run's). A job that
 /// had not committed everything (an overloaded rate) is reported as not checked.
-fn verify_latency_run(label: &str, catalog: &Catalog, url: &str, schema: &str, topic: &str, ends: &BTreeMap<i32, i64>, flags: &[String]) -> Result<bool> {
+fn verify_latency_run(
+    label: &str,
+    catalog: &Catalog,
+    url: &str,
+    schema: &str,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+    flags: &[String],
+) -> Result<bool> {
     let committed = pg::committed(url, schema, topic)?;
     let behind: i64 = ends.iter().map(|(p, end)| end - committed.get(p).copied().unwrap_or(0).min(*end)).sum();
     if behind > 0 {
@@ -540,7 +546,14 @@ fn verify_latency_run(label: &str, catalog: &Catalog, url: &str, schema: &str, t
 }
 
 /// Prints how the tables of `schema` compare with `want`, one line; whether they are exact.
-fn check_against_oracle(label: &str, url: &str, schema: &str, want: &encore_dataflow::tables::Tables, params: &encore_dataflow::tables::Params, emit_co_listens: bool) -> Result<bool> {
+fn check_against_oracle(
+    label: &str,
+    url: &str,
+    schema: &str,
+    want: &encore_dataflow::tables::Tables,
+    params: &encore_dataflow::tables::Params,
+    emit_co_listens: bool,
+) -> Result<bool> {
     let (tables, dead_letters) = verify::check_schema(url, schema, want, params, emit_co_listens)?;
     let exact = dead_letters == 0 && tables.iter().all(|(_, diff)| diff.exact());
     let mut line: Vec<String> = tables.iter().map(|(name, diff)| format!("{name} {}", verify::describe(diff))).collect();
@@ -579,7 +592,11 @@ fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<
     let mut every_run = Vec::new();
     for &layout in &args.layouts {
         let (Some(without), Some(with)) = (fastest(layout, false), fastest(layout, true)) else { continue };
-        every_run.push(format!("{layout}: seconds of every run without the log {}; with it {}", seconds(layout, false), seconds(layout, true)));
+        every_run.push(format!(
+            "{layout}: seconds of every run without the log {}; with it {}",
+            seconds(layout, false),
+            seconds(layout, true)
+        ));
         let log_rows = pg::event_log_rows(url, &with.schema())?;
         let ratio = with.events_per_second(args.events) / without.events_per_second(args.events).max(1e-9);
         let log_rate = log_rows as f64 / with.finished.seconds.max(1e-9);
@@ -676,7 +693,9 @@ fn sink_load(measured: &latency::Measured, update_limit: f64) -> String {
     } else {
         String::new()
     };
-    format!("; its commits (~{events_per_commit:.0} events each) wrote {per_event:.1} rows/event: {demand:.0} row writes/s at this rate{limit}")
+    format!(
+        "; its commits (~{events_per_commit:.0} events each) wrote {per_event:.1} rows/event: {demand:.0} row writes/s at this rate{limit}"
+    )
 }
 
 fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String], half: f64, update_limit: f64) {
@@ -794,7 +813,9 @@ fn source_state() -> String {
     };
     match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "udfs"])) {
         (Some(head), Some(dirty)) if dirty.is_empty() => format!("git {head}"),
-        (Some(head), Some(dirty)) => format!("git {head} + uncommitted changes in {}", dirty.lines().filter_map(|l| l.get(3..)).collect::<Vec<_>>().join(" ")),
+        (Some(head), Some(dirty)) => {
+            format!("git {head} + uncommitted changes in {}", dirty.lines().filter_map(|l| l.get(3..)).collect::<Vec<_>>().join(" "))
+        }
         _ => "git n/a".to_owned(),
     }
 }

@@ -29,7 +29,7 @@
 //! layout): history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the
 //! first listen (`+1`), from which `listeners(t)` is counted; and every change of
 //! `last(u,t)`, the durable state a restart rebuilds everything else from (see
-//! [`crate::stream`], "Durable state"). And a plain stream of
+//! [`crate::source::kafka`], "Durable state"). And a plain stream of
 //! [`PairChange`]s: each membership change's pairs with every other member, both ways, from
 //! which `c(i,j)` is counted ([`super::similarity`]). Emitting pairs here, where `H(u)`
 //! already is, replaces a self-join of the histories and its arrangement.
@@ -38,7 +38,7 @@
 //! come, and an epoch's result does not depend on the order of its listens, so even a
 //! 10 M-event epoch is never held here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use foldhash::HashMap;
 
@@ -50,6 +50,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
+use super::stash::EpochStash;
 use super::{Epoch, Listen};
 
 /// A change derived from one user's listens.
@@ -92,7 +93,15 @@ struct UserHistory {
 impl UserHistory {
     /// Applies one listen; pushes the membership and first-listen changes it causes to `out`
     /// and the pair changes to `pairs`.
-    fn listen(&mut self, user: u64, track: u64, time: i64, cap: usize, out: &mut Vec<(UserTrackChange, isize)>, pairs: &mut Vec<PairChange>) {
+    fn listen(
+        &mut self,
+        user: u64,
+        track: u64,
+        time: i64,
+        cap: usize,
+        out: &mut Vec<(UserTrackChange, isize)>,
+        pairs: &mut Vec<PairChange>,
+    ) {
         let previous = self.last.get(&track).copied();
         if previous.is_none() {
             out.push((UserTrackChange::FirstListen { user, track }, 1));
@@ -186,18 +195,18 @@ pub fn history<'scope>(listens: VecCollection<'scope, Epoch, Listen>, history_ca
     builder.build(move |_capabilities| {
         let mut users: HashMap<u64, UserHistory> = HashMap::default();
         // Staged listens per later epoch, with the capabilities to emit at that epoch.
-        let mut staged = BTreeMap::new();
+        let mut staged: EpochStash<_, Vec<_>> = EpochStash::default();
         let mut out = Changes::default();
         move |frontiers| {
             let frontier = &frontiers[0];
             let mut changes_handle = changes_output.activate();
             let mut pairs_handle = pairs_output.activate();
             // Staged epochs that nothing earlier can precede any more go first, in order.
-            while let Some(entry) = staged.first_entry() {
-                if frontier.less_than(entry.key()) {
-                    break; // an earlier epoch may still send listens
-                }
-                let (epoch, ((changes_capability, pairs_capability), listens)) = entry.remove_entry();
+            // Complete at the frontier's own epoch already: only an earlier one may still send
+            // listens, and listens of the frontier's epoch are applied as they arrive (below).
+            while let Some((epoch, (changes_capability, pairs_capability), listens)) =
+                staged.pop_complete(|epoch| !frontier.less_than(epoch))
+            {
                 let mut changes_session = changes_handle.session(&changes_capability);
                 let mut pairs_session = pairs_handle.session(&pairs_capability);
                 for (listen, _time, diff) in listens {
@@ -217,11 +226,7 @@ pub fn history<'scope>(listens: VecCollection<'scope, Epoch, Listen>, history_ca
                 let mut pairs_session = pairs_handle.session(&cap);
                 for (listen, time, diff) in data.drain(..) {
                     if frontier.less_than(&time) {
-                        staged
-                            .entry(time)
-                            .or_insert_with(|| ((cap.delayed(&time, 0), cap.delayed(&time, 1)), Vec::new()))
-                            .1
-                            .push((listen, time, diff));
+                        staged.stage(time, || (cap.delayed(&time, 0), cap.delayed(&time, 1))).push((listen, time, diff));
                         continue;
                     }
                     apply(&mut users, listen, diff, history_cap, &mut out);

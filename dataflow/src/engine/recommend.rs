@@ -73,7 +73,6 @@
 //! changes nothing) and those users are ranked at the epoch's end like every touched user.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::HashMap;
@@ -82,6 +81,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Operator;
 
+use super::stash::EpochStash;
 use super::top_k::{consolidate, cut_leaders, difference, replace_tight, Ranked, BOTTOM};
 use super::Epoch;
 
@@ -271,9 +271,7 @@ impl User {
         }
         let (history, floor) = (&self.history, self.floor);
         let is_changed = |track: u64| changed.binary_search_by_key(&track, |&(item, _)| item).is_ok();
-        let leads = |track: u64, score: i64| {
-            score > 0 && (Reverse(score), track) <= floor && history.binary_search(&track).is_err()
-        };
+        let leads = |track: u64, score: i64| score > 0 && (Reverse(score), track) <= floor && history.binary_search(&track).is_err();
         next.clear();
         // Unchanged leaders keep their place unless they entered the history; every
         // changed candidate, or one that left the history, leads if it ranks above the floor.
@@ -613,27 +611,23 @@ pub fn recommendations<'scope>(
                 let mut state = Recommender::default();
                 // Per epoch: the capability to emit at it, membership and neighbour changes.
                 type Staged = (Vec<((u64, u64), isize)>, Vec<((u64, u64), isize)>);
-                let mut staged: BTreeMap<Epoch, (_, Staged)> = BTreeMap::new();
+                let mut staged: EpochStash<_, Staged> = EpochStash::default();
                 move |(members, members_frontier), (neighbors, neighbors_frontier), output| {
                     let port = output.output_index();
                     members.for_each(|cap, data| {
                         for (pair, time, diff) in data.drain(..) {
-                            let slot = staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Staged::default()));
-                            slot.1 .0.push((pair, diff));
+                            staged.stage(time, || cap.delayed(&time, port)).0.push((pair, diff));
                         }
                     });
                     neighbors.for_each(|cap, data| {
                         for ((i, (std::cmp::Reverse(s), j)), time, diff) in data.drain(..) {
-                            let slot = staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Staged::default()));
                             // Keyed by candidate first: see below.
-                            slot.1 .1.push(((j, i), s as isize * diff));
+                            staged.stage(time, || cap.delayed(&time, port)).1.push(((j, i), s as isize * diff));
                         }
                     });
-                    while let Some(entry) = staged.first_entry() {
-                        if members_frontier.less_equal(entry.key()) || neighbors_frontier.less_equal(entry.key()) {
-                            break; // an earlier-or-equal epoch may still send changes
-                        }
-                        let (epoch, (capability, (mut memberships, mut scores))) = entry.remove_entry();
+                    // Complete once both frontiers have passed it: until then it may still get changes.
+                    let complete = |epoch: &Epoch| !members_frontier.less_equal(epoch) && !neighbors_frontier.less_equal(epoch);
+                    while let Some((epoch, capability, (mut memberships, mut scores))) = staged.pop_complete(complete) {
                         consolidate(&mut scores);
                         consolidate(&mut memberships);
                         // In candidate order, so that each user's score changes are grouped
@@ -656,6 +650,7 @@ pub fn recommendations<'scope>(
 #[cfg(test)]
 mod tests {
     use std::cmp::Reverse;
+    use std::collections::BTreeMap;
 
     use super::*;
 
@@ -776,7 +771,12 @@ mod tests {
                 }
                 for _ in 0..member_changes {
                     let (user, i) = (rng.random_range(0..15u64), rng.random_range(0..40u64));
-                    let diff = if members.remove(&(user, i)) { -1 } else { members.insert((user, i)); 1 };
+                    let diff = if members.remove(&(user, i)) {
+                        -1
+                    } else {
+                        members.insert((user, i));
+                        1
+                    };
                     r.membership_change(user, i, diff);
                 }
                 r.finish(n, |user, entry, diff| {

@@ -13,7 +13,7 @@
 //! ## Rounded counts: work only where `q` changes
 //!
 //! SPEC §2 step 4 scores `q(c)`, `q(n(i))`, `q(n(j))`: each count rounded down to `B`
-//! significant bits ([`encore_udfs::round_count`]). The operator turns that into less work:
+//! significant bits ([`encore_core::round_count`]). The operator turns that into less work:
 //!
 //! * `n` arrives already rounded, and only when `q(n)` changed: upstream, the `count_total`'s
 //!   retraction and assertion of the same rounded value cancel before the broadcast. So a
@@ -71,8 +71,6 @@
 //! epoch), and, when co-listens are wanted, the updates of `c` per pair `a < b` as a
 //! differential collection's.
 
-use std::collections::BTreeMap;
-
 use differential_dataflow::{Hashable, VecCollection};
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
@@ -83,6 +81,7 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
 use super::history::PairChange;
+use super::stash::EpochStash;
 use super::top_k::{consolidate, replace_tight};
 use super::Epoch;
 
@@ -131,13 +130,13 @@ impl Scoring {
     /// same value here give the same `s` for the same `q(n)`s.
     fn scored_count(&self, count: u32) -> Option<u64> {
         let count = u64::from(count);
-        (count > 0 && count >= self.min_co).then(|| encore_udfs::round_count(count, self.count_bits))
+        (count > 0 && count >= self.min_co).then(|| encore_core::round_count(count, self.count_bits))
     }
 
     /// `s` from a count and two rounded `n`s: 0 where `c < C` or the cosine rounds to 0.
     fn score(&self, count: u32, rounded_n_i: u64, rounded_n_j: u64) -> i64 {
         match self.scored_count(count) {
-            Some(rounded) => encore_udfs::cosine_units(rounded, rounded_n_i, rounded_n_j, self.precision).unwrap_or(0),
+            Some(rounded) => encore_core::cosine_units(rounded, rounded_n_i, rounded_n_j, self.precision).unwrap_or(0),
             None => 0,
         }
     }
@@ -508,77 +507,71 @@ pub fn similarities<'scope>(
     emit_co_listens: bool,
 ) -> Stream<'scope, Epoch, Vec<PairRecord>> {
     let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
-    pairs
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
-            rounded_counts.inner.broadcast(),
-            by_track,
-            Pipeline,
-            "Similarity",
-            move |_capability, _info| {
-                let mut state = Similarity::new(scoring, emit_co_listens);
-                let mut capabilities = BTreeMap::new();
-                // Pair changes of epochs after the open one, and every epoch's n changes.
-                let mut staged_pairs: BTreeMap<Epoch, Vec<PairChange>> = BTreeMap::new();
-                type Count = ((u64, isize), isize);
-                let mut staged_counts: BTreeMap<Epoch, Vec<Count>> = BTreeMap::new();
-                // The epoch whose pair changes are applied as they arrive.
-                let mut open: Option<Epoch> = None;
-                move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
-                    let port = output.output_index();
-                    pairs.for_each(|cap, data| {
-                        // Pair changes travel at their capability's time.
-                        let Some(&time) = cap.least() else { return };
-                        capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                        // Applied now only if nothing earlier is pending or can arrive on
-                        // either input: the open epoch is the next one `finish` closes, so
-                        // an earlier epoch's n changes arriving later would close it with
-                        // this epoch's pair changes in its buffer (emitted at the wrong time,
-                        // scored with the wrong n).
-                        let earliest = capabilities.keys().next() == Some(&time);
-                        let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
-                        if open.is_none() && earliest && nothing_earlier {
-                            open = Some(time);
-                            // This epoch's pair changes staged before it could open arrived
-                            // first, so they go first: each user's changes must reach the
-                            // counts in the order History made them, or a flush between a
-                            // user's +1 and -1 of one pair would take the count below zero.
-                            for (track, partner, diff) in staged_pairs.remove(&time).unwrap_or_default() {
-                                state.pair(track, partner, diff);
-                            }
-                        }
-                        if open == Some(time) {
-                            for (track, partner, diff) in data.drain(..) {
-                                state.pair(track, partner, diff);
-                            }
-                        } else {
-                            staged_pairs.entry(time).or_default().append(data);
-                        }
-                    });
-                    counts.for_each(|cap, data| {
-                        for (count, time, diff) in data.drain(..) {
-                            capabilities.entry(time).or_insert_with(|| cap.delayed(&time, port));
-                            staged_counts.entry(time).or_default().push((count, diff));
-                        }
-                    });
-                    while let Some(entry) = capabilities.first_entry() {
-                        let epoch = *entry.key();
-                        if pairs_frontier.less_equal(&epoch) || counts_frontier.less_equal(&epoch) {
-                            break; // an earlier-or-equal epoch may still send changes
-                        }
-                        let capability = entry.remove();
-                        for (track, partner, diff) in staged_pairs.remove(&epoch).unwrap_or_default() {
+    pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
+        rounded_counts.inner.broadcast(),
+        by_track,
+        Pipeline,
+        "Similarity",
+        move |_capability, _info| {
+            let mut state = Similarity::new(scoring, emit_co_listens);
+            // Per epoch, with the capability to emit at it: pair changes of epochs other than
+            // the open one, and every epoch's n changes.
+            type Count = ((u64, isize), isize);
+            let mut staged: EpochStash<_, (Vec<PairChange>, Vec<Count>)> = EpochStash::default();
+            // The epoch whose pair changes are applied as they arrive.
+            let mut open: Option<Epoch> = None;
+            move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
+                let port = output.output_index();
+                pairs.for_each(|cap, data| {
+                    // Pair changes travel at their capability's time.
+                    let Some(&time) = cap.least() else { return };
+                    staged.stage(time, || cap.delayed(&time, port));
+                    // Applied now only if nothing earlier is pending or can arrive on
+                    // either input: the open epoch is the next one `finish` closes, so
+                    // an earlier epoch's n changes arriving later would close it with
+                    // this epoch's pair changes in its buffer (emitted at the wrong time,
+                    // scored with the wrong n).
+                    let earliest = staged.first_epoch() == Some(time);
+                    let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
+                    if open.is_none() && earliest && nothing_earlier {
+                        open = Some(time);
+                        // This epoch's pair changes staged before it could open arrived
+                        // first, so they go first: each user's changes must reach the
+                        // counts in the order History made them, or a flush between a
+                        // user's +1 and -1 of one pair would take the count below zero.
+                        for (track, partner, diff) in std::mem::take(&mut staged.stage(time, || cap.delayed(&time, port)).0) {
                             state.pair(track, partner, diff);
                         }
-                        for ((track, n), diff) in staged_counts.remove(&epoch).unwrap_or_default() {
-                            state.count(track, n, diff);
-                        }
-                        open = None;
-                        let mut session = output.session(&capability);
-                        state.finish(|record| session.give(record));
                     }
+                    if open == Some(time) {
+                        for (track, partner, diff) in data.drain(..) {
+                            state.pair(track, partner, diff);
+                        }
+                    } else {
+                        staged.stage(time, || cap.delayed(&time, port)).0.append(data);
+                    }
+                });
+                counts.for_each(|cap, data| {
+                    for (count, time, diff) in data.drain(..) {
+                        staged.stage(time, || cap.delayed(&time, port)).1.push((count, diff));
+                    }
+                });
+                // Complete once both frontiers have passed it: until then it may still get changes.
+                let complete = |epoch: &Epoch| !pairs_frontier.less_equal(epoch) && !counts_frontier.less_equal(epoch);
+                while let Some((_epoch, capability, (pairs, counts))) = staged.pop_complete(complete) {
+                    for (track, partner, diff) in pairs {
+                        state.pair(track, partner, diff);
+                    }
+                    for ((track, n), diff) in counts {
+                        state.count(track, n, diff);
+                    }
+                    open = None;
+                    let mut session = output.session(&capability);
+                    state.finish(|record| session.give(record));
                 }
-            },
-        )
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -41,7 +41,6 @@
 //! after it, so it is a correct differential collection (a set of `(key, (score, item))`).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
 
 use foldhash::HashMap;
 
@@ -51,6 +50,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
+use super::stash::EpochStash;
 use super::Epoch;
 
 /// A ranked entry: best first, ties to the smaller item.
@@ -71,45 +71,36 @@ pub fn top_k<'scope>(
 ) -> VecCollection<'scope, Epoch, (u64, Ranked)> {
     let by_key = Exchange::new(|&(key, _item, _old, _new): &WeightChange| key.hashed());
     changes
-        .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(
-            by_key,
-            name,
-            move |_capability, _info| {
-                let mut keys: HashMap<u64, Ranking> = HashMap::default();
-                // Staged changes per epoch, with the capability to emit at that epoch.
-                let mut staged = BTreeMap::new();
-                let (mut before, mut next) = (Vec::new(), Vec::new());
-                move |(input, frontier), output| {
-                    let port = output.output_index();
-                    input.for_each(|cap, data| {
-                        let Some(&time) = cap.least() else { return };
-                        staged.entry(time).or_insert_with(|| (cap.delayed(&time, port), Vec::new())).1.append(data);
-                    });
-                    while let Some(entry) = staged.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break; // an earlier-or-equal epoch may still send changes
-                        }
-                        let (epoch, (capability, mut changes)) = entry.remove_entry();
-                        changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
-                        debug_assert!(changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)), "two changes of one item in an epoch");
-                        let mut session = output.session(&capability);
-                        for run in changes.chunk_by(|a, b| a.0 == b.0) {
-                            let key = run[0].0;
-                            let ranking = keys.entry(key).or_default();
-                            before.clear();
-                            before.extend_from_slice(ranking.top(k));
-                            ranking.change(run, k, &mut next);
-                            session.give_iterator(
-                                difference(&before, ranking.top(k)).map(|(entry, diff)| ((key, entry), epoch, diff)),
-                            );
-                            if ranking.weights.is_empty() {
-                                keys.remove(&key);
-                            }
+        .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(by_key, name, move |_capability, _info| {
+            let mut keys: HashMap<u64, Ranking> = HashMap::default();
+            // Staged changes per epoch, with the capability to emit at that epoch.
+            let mut staged: EpochStash<_, Vec<_>> = EpochStash::default();
+            let (mut before, mut next) = (Vec::new(), Vec::new());
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each(|cap, data| {
+                    let Some(&time) = cap.least() else { return };
+                    staged.stage(time, || cap.delayed(&time, port)).append(data);
+                });
+                // Complete once the frontier has passed it: until then it may still get changes.
+                while let Some((epoch, capability, mut changes)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
+                    changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
+                    debug_assert!(changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)), "two changes of one item in an epoch");
+                    let mut session = output.session(&capability);
+                    for run in changes.chunk_by(|a, b| a.0 == b.0) {
+                        let key = run[0].0;
+                        let ranking = keys.entry(key).or_default();
+                        before.clear();
+                        before.extend_from_slice(ranking.top(k));
+                        ranking.change(run, k, &mut next);
+                        session.give_iterator(difference(&before, ranking.top(k)).map(|(entry, diff)| ((key, entry), epoch, diff)));
+                        if ranking.weights.is_empty() {
+                            keys.remove(&key);
                         }
                     }
                 }
-            },
-        )
+            }
+        })
         .as_collection()
 }
 
@@ -176,12 +167,7 @@ impl Ranking {
         let is_changed = |item: u64| changes.binary_search_by_key(&item, |&(_, item, _, _)| item).is_ok();
         next.clear();
         next.extend(self.leaders.iter().filter(|&&(_, item)| !is_changed(item)));
-        next.extend(
-            changes
-                .iter()
-                .map(|&(_, item, _, new)| (Reverse(new), item))
-                .filter(|&entry| entry.0 .0 > 0 && entry <= floor),
-        );
+        next.extend(changes.iter().map(|&(_, item, _, new)| (Reverse(new), item)).filter(|&entry| entry.0 .0 > 0 && entry <= floor));
         if next.len() < k && floor != BOTTOM {
             // Too few are known to lead: rank every item.
             next.clear();
@@ -235,6 +221,8 @@ pub(super) fn difference<'a>(before: &'a [Ranked], after: &'a [Ranked]) -> impl 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

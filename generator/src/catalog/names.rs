@@ -26,24 +26,11 @@ impl CatalogNames {
     /// The names for `catalog`: a function of its seed and sizes.
     pub fn generate(catalog: &Catalog) -> CatalogNames {
         let mut rng = rng_for(catalog.seed, Purpose::Names);
-        let users = (0..catalog.users.len())
-            .map(|_| Name().fake_with_rng(&mut rng))
-            .collect();
-        let artists = (0..catalog.artists.len())
-            .map(|_| artist_name(&mut rng))
-            .collect();
-        let albums = (0..catalog.albums.len())
-            .map(|_| title(&mut rng, 1..4))
-            .collect();
-        let tracks = (0..catalog.tracks.len())
-            .map(|_| title(&mut rng, 1..5))
-            .collect();
-        CatalogNames {
-            users,
-            artists,
-            albums,
-            tracks,
-        }
+        let users = (0..catalog.users.len()).map(|_| Name().fake_with_rng(&mut rng)).collect();
+        let artists = (0..catalog.artists.len()).map(|_| artist_name(&mut rng)).collect();
+        let albums = (0..catalog.albums.len()).map(|_| title(&mut rng, 1..4)).collect();
+        let tracks = (0..catalog.tracks.len()).map(|_| title(&mut rng, 1..5)).collect();
+        CatalogNames { users, artists, albums, tracks }
     }
 }
 
@@ -68,11 +55,7 @@ fn artist_name(rng: &mut ChaCha8Rng) -> String {
 /// A title of `words` lorem words in title case.
 fn title(rng: &mut ChaCha8Rng, words: std::ops::Range<usize>) -> String {
     let words: Vec<String> = Words(words).fake_with_rng(rng);
-    words
-        .iter()
-        .map(|w| capitalised(w))
-        .collect::<Vec<_>>()
-        .join(" ")
+    words.iter().map(|w| capitalised(w)).collect::<Vec<_>>().join(" ")
 }
 
 fn capitalised(word: &str) -> String {
@@ -97,13 +80,7 @@ mod tests {
         assert_ne!(a, CatalogNames::generate(&Catalog::generate(4, sizes)));
         assert_eq!(a.users.len(), 50);
         assert_eq!(a.tracks.len(), 60);
-        assert!(a
-            .users
-            .iter()
-            .chain(&a.artists)
-            .chain(&a.albums)
-            .chain(&a.tracks)
-            .all(|n| !n.trim().is_empty()));
+        assert!(a.users.iter().chain(&a.artists).chain(&a.albums).chain(&a.tracks).all(|n| !n.trim().is_empty()));
     }
 
     #[test]

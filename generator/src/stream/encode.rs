@@ -102,18 +102,12 @@ impl GeneratedEvent {
                 push_offset(buf, i32::from(minutes));
                 buf.push(b'"');
             }
-            TimestampForm::EpochMillis => {
-                buf.extend_from_slice(numbers.format(self.time_ms).as_bytes())
-            }
+            TimestampForm::EpochMillis => buf.extend_from_slice(numbers.format(self.time_ms).as_bytes()),
             TimestampForm::UtcMicros(micros) => {
                 buf.push(b'"');
                 push_local_datetime(buf, self.time_ms, 0);
                 let micros = micros % 1000;
-                buf.extend_from_slice(&[
-                    b'0' + (micros / 100) as u8,
-                    b'0' + (micros / 10 % 10) as u8,
-                    b'0' + (micros % 10) as u8,
-                ]);
+                buf.extend_from_slice(&[b'0' + (micros / 100) as u8, b'0' + (micros / 10 % 10) as u8, b'0' + (micros % 10) as u8]);
                 buf.extend_from_slice(b"Z\"");
             }
         }
@@ -132,11 +126,7 @@ impl GeneratedEvent {
             buf.extend_from_slice(b",\"device\":\"");
             buf.extend_from_slice(DEVICES[usize::from(device) % DEVICES.len()].as_bytes());
             buf.extend_from_slice(b"\",\"country\":\"");
-            buf.extend_from_slice(
-                COUNTRIES[usize::from(country) % COUNTRIES.len()]
-                    .code
-                    .as_bytes(),
-            );
+            buf.extend_from_slice(COUNTRIES[usize::from(country) % COUNTRIES.len()].code.as_bytes());
             buf.push(b'"');
         }
         buf.push(b'}');
@@ -180,27 +170,15 @@ mod tests {
         like.kind = EventKind::Like;
         like.ms_played = None;
         like.null_ms_played = true;
-        like.extras = Extras::DeviceAndCountry {
-            device: 1,
-            country: 7,
-        };
+        like.extras = Extras::DeviceAndCountry { device: 1, country: 7 };
         assert_eq!(
             json(&like),
             r#"{"user_id":17,"track_id":4242,"event_timestamp":"2024-04-30T19:00:00.123-05:00","event_type":"like","ms_played":null,"device":"ios","country":"GB"}"#
         );
-        assert!(json(&event(TimestampForm::EpochMillis))
-            .contains(r#""event_timestamp":1714521600123,"#));
-        assert!(
-            json(&event(TimestampForm::UtcMicros(45))).contains(r#""2024-05-01T00:00:00.123045Z""#)
-        );
-        for form in [
-            TimestampForm::UtcMillis,
-            TimestampForm::LocalOffset(330),
-            TimestampForm::EpochMillis,
-            TimestampForm::UtcMicros(999),
-        ] {
-            let value: serde_json::Value =
-                serde_json::from_str(&json(&event(form))).expect("valid JSON");
+        assert!(json(&event(TimestampForm::EpochMillis)).contains(r#""event_timestamp":1714521600123,"#));
+        assert!(json(&event(TimestampForm::UtcMicros(45))).contains(r#""2024-05-01T00:00:00.123045Z""#));
+        for form in [TimestampForm::UtcMillis, TimestampForm::LocalOffset(330), TimestampForm::EpochMillis, TimestampForm::UtcMicros(999)] {
+            let value: serde_json::Value = serde_json::from_str(&json(&event(form))).expect("valid JSON");
             assert_eq!(value["user_id"], 17);
         }
     }

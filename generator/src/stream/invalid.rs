@@ -90,15 +90,7 @@ const BAD_TIMESTAMPS: [&str; 14] = [
     "1714521600123",
 ];
 
-const BAD_EVENT_TYPES: [&str; 7] = [
-    "play",
-    "STREAMING",
-    "Like",
-    "",
-    "skipped",
-    "streaming ",
-    "stream",
-];
+const BAD_EVENT_TYPES: [&str; 7] = ["play", "STREAMING", "Like", "", "skipped", "streaming ", "stream"];
 
 /// The fields of a plausible event, as JSON text pieces, to be broken one at a time.
 struct Fields {
@@ -129,14 +121,7 @@ impl Fields {
 
 /// Writes a message of `kind` into `buf` (cleared first), shaped like an event of `user_id`
 /// and `track_id` at `time_ms`.
-pub(crate) fn write_invalid(
-    kind: InvalidKind,
-    rng: &mut ChaCha8Rng,
-    user_id: u64,
-    track_id: u64,
-    time_ms: i64,
-    buf: &mut Vec<u8>,
-) {
+pub(crate) fn write_invalid(kind: InvalidKind, rng: &mut ChaCha8Rng, user_id: u64, track_id: u64, time_ms: i64, buf: &mut Vec<u8>) {
     buf.clear();
     let mut fields = Fields {
         user_id: user_id.to_string(),
@@ -157,10 +142,7 @@ pub(crate) fn write_invalid(
         InvalidKind::NotUtf8 => {
             fields.write(buf);
             // Replace a byte inside the event type's string with one no UTF-8 text contains.
-            let position = buf
-                .windows(9)
-                .position(|w| w == b"streaming")
-                .map_or(1, |p| p + 3);
+            let position = buf.windows(9).position(|w| w == b"streaming").map_or(1, |p| p + 3);
             buf[position] = [0xff, 0xc3, 0x80][below(rng, 3)];
             if buf[position] == 0xc3 {
                 // A lone lead byte followed by ASCII: invalid too.
@@ -233,44 +215,25 @@ pub(crate) fn write_invalid(
             fields.write(buf);
         }
         InvalidKind::IdTooLarge => {
-            let values = [
-                "9223372036854775808",
-                "18446744073709551615",
-                "18446744073709551616",
-                "99999999999999999999999",
-            ];
+            let values = ["9223372036854775808", "18446744073709551615", "18446744073709551616", "99999999999999999999999"];
             set_id(&mut fields, values[below(rng, values.len())].to_owned());
             fields.write(buf);
         }
         InvalidKind::BadTimestamp => {
-            fields.event_timestamp =
-                format!("\"{}\"", BAD_TIMESTAMPS[below(rng, BAD_TIMESTAMPS.len())]);
+            fields.event_timestamp = format!("\"{}\"", BAD_TIMESTAMPS[below(rng, BAD_TIMESTAMPS.len())]);
             fields.write(buf);
         }
         InvalidKind::TimestampWrongType => {
-            let values = [
-                format!("{time_ms}.5"),
-                "true".to_owned(),
-                format!("-{time_ms}"),
-                "null".to_owned(),
-                "{}".to_owned(),
-            ];
+            let values = [format!("{time_ms}.5"), "true".to_owned(), format!("-{time_ms}"), "null".to_owned(), "{}".to_owned()];
             fields.event_timestamp = values[below(rng, values.len())].clone();
             fields.write(buf);
         }
         InvalidKind::UnknownEventType => {
-            fields.event_type =
-                format!("\"{}\"", BAD_EVENT_TYPES[below(rng, BAD_EVENT_TYPES.len())]);
+            fields.event_type = format!("\"{}\"", BAD_EVENT_TYPES[below(rng, BAD_EVENT_TYPES.len())]);
             fields.write(buf);
         }
         InvalidKind::EventTypeWrongType => {
-            let values = [
-                "1",
-                "null",
-                "true",
-                "[\"streaming\"]",
-                "{\"type\":\"like\"}",
-            ];
+            let values = ["1", "null", "true", "[\"streaming\"]", "{\"type\":\"like\"}"];
             fields.event_type = values[below(rng, values.len())].to_owned();
             fields.write(buf);
         }
@@ -288,15 +251,7 @@ pub(crate) fn write_invalid(
             buf.push(b'}');
         }
         InvalidKind::BadMsPlayed => {
-            let values = [
-                "-1",
-                "-30000",
-                "30000.0",
-                "\"30000\"",
-                "true",
-                "1.5e4",
-                "18446744073709551616",
-            ];
+            let values = ["-1", "-30000", "30000.0", "\"30000\"", "true", "1.5e4", "18446744073709551616"];
             fields.ms_played = Some(values[below(rng, values.len())].to_owned());
             fields.write(buf);
         }
@@ -327,14 +282,7 @@ mod tests {
         let mut rng = rng_for(2, Purpose::Invalid);
         let mut buf = Vec::new();
         for _ in 0..100 {
-            write_invalid(
-                InvalidKind::MissingField,
-                &mut rng,
-                12,
-                34,
-                1_714_521_600_000,
-                &mut buf,
-            );
+            write_invalid(InvalidKind::MissingField, &mut rng, 12, 34, 1_714_521_600_000, &mut buf);
             let value: serde_json::Value = serde_json::from_slice(&buf).expect("still JSON");
             let object = value.as_object().expect("an object");
             assert_eq!(object.len(), 4, "{}", String::from_utf8_lossy(&buf));
@@ -346,14 +294,7 @@ mod tests {
         let mut rng = rng_for(3, Purpose::Invalid);
         let mut buf = Vec::new();
         for _ in 0..30 {
-            write_invalid(
-                InvalidKind::NotUtf8,
-                &mut rng,
-                12,
-                34,
-                1_714_521_600_000,
-                &mut buf,
-            );
+            write_invalid(InvalidKind::NotUtf8, &mut rng, 12, 34, 1_714_521_600_000, &mut buf);
             assert!(std::str::from_utf8(&buf).is_err());
         }
     }

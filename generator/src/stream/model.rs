@@ -14,9 +14,7 @@
 
 use crate::catalog::Catalog;
 use crate::sample::{below, exponential, rng_for, skewed_rank, unit, Cdf, Purpose};
-use crate::taste::{
-    demographic_group, genre_preferences, COUNTRIES, DEMOGRAPHIC_GROUPS, GENRES, GENRE_SHARE,
-};
+use crate::taste::{demographic_group, genre_preferences, COUNTRIES, DEMOGRAPHIC_GROUPS, GENRES, GENRE_SHARE};
 
 /// Favourite artists per listener.
 pub(crate) const FAVOURITES: usize = 8;
@@ -87,11 +85,7 @@ impl Model {
         let mut rng = rng_for(catalog.seed, Purpose::Taste);
         let artist_count = catalog.artists.len();
 
-        let tracks: Vec<(u32, u32)> = catalog
-            .tracks
-            .iter()
-            .map(|t| ((t.artist_id - 1) as u32, t.duration_ms))
-            .collect();
+        let tracks: Vec<(u32, u32)> = catalog.tracks.iter().map(|t| ((t.artist_id - 1) as u32, t.duration_ms)).collect();
         let mut by_artist: Vec<Vec<u32>> = vec![Vec::new(); artist_count];
         for (index, track) in catalog.tracks.iter().enumerate() {
             by_artist[(track.artist_id - 1) as usize].push(index as u32);
@@ -106,39 +100,19 @@ impl Model {
             artist_offsets.push(artist_tracks.len() as u32);
         }
 
-        let playable: Vec<u32> = (0..artist_count as u32)
-            .filter(|&a| !by_artist[a as usize].is_empty())
-            .collect();
+        let playable: Vec<u32> = (0..artist_count as u32).filter(|&a| !by_artist[a as usize].is_empty()).collect();
         let genre_artists_of = |members: Vec<u32>| {
             let by_fame = Cdf::new(members.iter().map(|&a| catalog.artists[a as usize].fame));
-            let by_root_fame = Cdf::new(
-                members
-                    .iter()
-                    .map(|&a| catalog.artists[a as usize].fame.sqrt()),
-            );
-            GenreArtists {
-                artists: members,
-                by_fame,
-                by_root_fame,
-            }
+            let by_root_fame = Cdf::new(members.iter().map(|&a| catalog.artists[a as usize].fame.sqrt()));
+            GenreArtists { artists: members, by_fame, by_root_fame }
         };
         let genre_artists: Vec<GenreArtists> = (0..GENRES.len())
             .map(|g| {
-                let members: Vec<u32> = playable
-                    .iter()
-                    .copied()
-                    .filter(|&a| usize::from(catalog.artists[a as usize].genre) == g)
-                    .collect();
-                genre_artists_of(if members.is_empty() {
-                    playable.clone()
-                } else {
-                    members
-                })
+                let members: Vec<u32> = playable.iter().copied().filter(|&a| usize::from(catalog.artists[a as usize].genre) == g).collect();
+                genre_artists_of(if members.is_empty() { playable.clone() } else { members })
             })
             .collect();
-        let group_genres: Vec<Cdf> = (0..DEMOGRAPHIC_GROUPS)
-            .map(|g| Cdf::new(genre_preferences(g)))
-            .collect();
+        let group_genres: Vec<Cdf> = (0..DEMOGRAPHIC_GROUPS).map(|g| Cdf::new(genre_preferences(g))).collect();
 
         // Clusters: about one per 400 listeners, at least one per genre (the first 20 take the
         // genres in order), the rest with main genres in proportion to the catalog.
@@ -147,19 +121,11 @@ impl Model {
         let mut clusters_by_genre: Vec<Vec<u32>> = vec![Vec::new(); GENRES.len()];
         let mut cluster_pools = Vec::with_capacity(cluster_count);
         for cluster in 0..cluster_count {
-            let main = if cluster < GENRES.len() {
-                cluster
-            } else {
-                genre_mix.sample(&mut rng)
-            };
+            let main = if cluster < GENRES.len() { cluster } else { genre_mix.sample(&mut rng) };
             let secondary = genre_mix.sample(&mut rng);
             let mut pool = Vec::with_capacity(POOL_SIZE);
             while pool.len() < POOL_SIZE.min(playable.len()) {
-                let genre = &genre_artists[if unit(&mut rng) < 0.7 {
-                    main
-                } else {
-                    secondary
-                }];
+                let genre = &genre_artists[if unit(&mut rng) < 0.7 { main } else { secondary }];
                 let artist = genre.artists[genre.by_root_fame.sample(&mut rng)];
                 if !pool.contains(&artist) {
                     pool.push(artist);
@@ -175,23 +141,13 @@ impl Model {
             cluster_pools.push(pool);
         }
 
-        let model = Model {
-            tracks,
-            artist_tracks,
-            artist_offsets,
-            genre_artists,
-            group_genres,
-            cluster_pools,
-        };
+        let model = Model { tracks, artist_tracks, artist_offsets, genre_artists, group_genres, cluster_pools };
         let listeners = catalog
             .users
             .iter()
             .map(|user| {
                 let group = demographic_group(user.age, user.gender);
-                let country = COUNTRIES
-                    .iter()
-                    .position(|c| std::ptr::eq(c, user.country))
-                    .unwrap_or(0);
+                let country = COUNTRIES.iter().position(|c| std::ptr::eq(c, user.country)).unwrap_or(0);
                 let genre = model.group_genres[group].sample(&mut rng);
                 let candidates = &clusters_by_genre[genre];
                 let cluster = candidates[below(&mut rng, candidates.len())];
@@ -201,8 +157,7 @@ impl Model {
                     *favourite = if slot < 6 {
                         pool[skewed_rank(&mut rng, pool.len(), 1.3)]
                     } else {
-                        let genre =
-                            &model.genre_artists[model.group_genres[group].sample(&mut rng)];
+                        let genre = &model.genre_artists[model.group_genres[group].sample(&mut rng)];
                         genre.artists[genre.by_fame.sample(&mut rng)]
                     };
                 }
@@ -241,10 +196,7 @@ mod tests {
 
     #[test]
     fn listeners_favour_playable_artists_of_their_cluster() {
-        let catalog = Catalog::generate(
-            5,
-            CatalogSizes::new(3_000, 400, None, 4_000).expect("sizes"),
-        );
+        let catalog = Catalog::generate(5, CatalogSizes::new(3_000, 400, None, 4_000).expect("sizes"));
         let (model, listeners) = Model::new(&catalog);
         assert_eq!(listeners.len(), 3_000);
         assert_eq!(model.cluster_pools.len(), GENRES.len());
@@ -252,18 +204,11 @@ mod tests {
             let pool = &model.cluster_pools[listener.cluster as usize];
             assert_eq!(pool.len(), POOL_SIZE);
             assert!(listener.favourites[..6].iter().all(|a| pool.contains(a)));
-            assert!(listener
-                .favourites
-                .iter()
-                .all(|&a| !model.tracks_of(a).is_empty()));
+            assert!(listener.favourites.iter().all(|&a| !model.tracks_of(a).is_empty()));
         }
         // Tracks of an artist are sorted by popularity.
         for artist in 0..400 {
-            let pops: Vec<u8> = model
-                .tracks_of(artist)
-                .iter()
-                .map(|&t| catalog.tracks[t as usize].popularity)
-                .collect();
+            let pops: Vec<u8> = model.tracks_of(artist).iter().map(|&t| catalog.tracks[t as usize].popularity).collect();
             assert!(pops.windows(2).all(|w| w[0] >= w[1]));
         }
     }

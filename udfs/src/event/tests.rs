@@ -16,30 +16,14 @@ fn user_id(user_id_json: &str) -> String {
     format!(r#"{{"user_id":{user_id_json},"track_id":2,"event_timestamp":0,"event_type":"skip"}}"#)
 }
 
-fn event(
-    user_id: u64,
-    track_id: u64,
-    ms: i64,
-    event_type: EventType,
-    ms_played: Option<u64>,
-) -> Event {
-    Event {
-        user_id,
-        track_id,
-        event_time_ms: ms,
-        event_type,
-        ms_played,
-    }
+fn event(user_id: u64, track_id: u64, ms: i64, event_type: EventType, ms_played: Option<u64>) -> Event {
+    Event { user_id, track_id, event_time_ms: ms, event_type, ms_played }
 }
 
 #[test]
 fn rejects_invalid_messages_with_a_reason_naming_the_fault() {
-    let timestamp = |json: &str| {
-        format!(r#"{{"user_id":1,"track_id":2,"event_timestamp":{json},"event_type":"like"}}"#)
-    };
-    let event_type = |json: &str| {
-        format!(r#"{{"user_id":1,"track_id":2,"event_timestamp":0,"event_type":{json}}}"#)
-    };
+    let timestamp = |json: &str| format!(r#"{{"user_id":1,"track_id":2,"event_timestamp":{json},"event_type":"like"}}"#);
+    let event_type = |json: &str| format!(r#"{{"user_id":1,"track_id":2,"event_timestamp":0,"event_type":{json}}}"#);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"\xff\xfe{}".to_vec(), "not valid UTF-8"),
         (b"{\"user_id\":\"\xc3\x28\"}".to_vec(), "not valid UTF-8 (first bad byte at offset 12)"),
@@ -84,7 +68,10 @@ fn rejects_invalid_messages_with_a_reason_naming_the_fault() {
         (user_id("-1").into_bytes(), "field `user_id` is -1, outside 0 ≤ id < 2^63"),
         (user_id("9223372036854775808").into_bytes(), "field `user_id` is 9223372036854775808, outside"),
         (user_id("18446744073709551615").into_bytes(), "outside 0 ≤ id < 2^63"),
-        (br#"{"user_id":1,"track_id":-9223372036854775808,"event_timestamp":0,"event_type":"like"}"#.to_vec(), "field `track_id` is -9223372036854775808"),
+        (
+            br#"{"user_id":1,"track_id":-9223372036854775808,"event_timestamp":0,"event_type":"like"}"#.to_vec(),
+            "field `track_id` is -9223372036854775808",
+        ),
         // Timestamps.
         (timestamp("null").into_bytes(), "field `event_timestamp` must be an ISO 8601 string or integer milliseconds, found null"),
         (timestamp("1.5").into_bytes(), "field `event_timestamp` must be"),
@@ -114,14 +101,8 @@ fn rejects_invalid_messages_with_a_reason_naming_the_fault() {
         let shown = String::from_utf8_lossy(&payload).into_owned();
         let error = parse_event(&payload).expect_err(&shown);
         let message = error.to_string();
-        assert!(
-            message.contains(reason),
-            "{shown}: {message:?} lacks {reason:?}"
-        );
-        assert!(
-            !message.contains('\n'),
-            "{shown}: {message:?} is not one line"
-        );
+        assert!(message.contains(reason), "{shown}: {message:?} lacks {reason:?}");
+        assert!(!message.contains('\n'), "{shown}: {message:?} is not one line");
     }
 }
 
@@ -160,11 +141,7 @@ fn accepts_every_valid_form() {
         ),
     ];
     for (payload, expected) in cases {
-        assert_eq!(
-            parse_event(payload.as_bytes()).as_ref(),
-            Ok(expected),
-            "{payload}"
-        );
+        assert_eq!(parse_event(payload.as_bytes()).as_ref(), Ok(expected), "{payload}");
     }
 }
 
@@ -186,18 +163,12 @@ fn to_json_is_canonical() {
         event(1, 2, 1_714_564_800_123, EventType::Streaming, Some(31_000)).to_json(),
         r#"{"user_id":1,"track_id":2,"event_timestamp":"2024-05-01T12:00:00.123Z","event_type":"streaming","ms_played":31000}"#
     );
-    assert_eq!(
-        event(1, 2, 1_714_564_800_123, EventType::Like, None).to_json(),
-        VALID
-    );
+    assert_eq!(event(1, 2, 1_714_564_800_123, EventType::Like, None).to_json(), VALID);
 }
 
 #[test]
 fn event_type_serde_uses_spec_names() {
-    assert_eq!(
-        serde_json::to_string(&EventType::Streaming).ok().as_deref(),
-        Some(r#""streaming""#)
-    );
+    assert_eq!(serde_json::to_string(&EventType::Streaming).ok().as_deref(), Some(r#""streaming""#));
     for event_type in [EventType::Streaming, EventType::Like, EventType::Skip] {
         assert_eq!(EventType::from_name(event_type.as_str()), Some(event_type));
         assert_eq!(event_type.to_string(), event_type.as_str());
@@ -209,16 +180,10 @@ fn any_event() -> impl Strategy<Value = Event> {
         0..=MAX_ID,
         0..=MAX_ID,
         -62_167_219_200_000i64..=253_402_300_799_999,
-        prop_oneof![
-            Just(EventType::Streaming),
-            Just(EventType::Like),
-            Just(EventType::Skip)
-        ],
+        prop_oneof![Just(EventType::Streaming), Just(EventType::Like), Just(EventType::Skip)],
         proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(user_id, track_id, ms, event_type, ms_played)| {
-            event(user_id, track_id, ms, event_type, ms_played)
-        })
+        .prop_map(|(user_id, track_id, ms, event_type, ms_played)| event(user_id, track_id, ms, event_type, ms_played))
 }
 
 proptest! {

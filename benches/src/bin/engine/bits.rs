@@ -96,7 +96,11 @@ pub fn parent(args: &Args) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         load_average()
     );
-    println!("\n## Work per event by count precision B, after loading {} events in epochs of {}\n", list(&args.checkpoints), short(args.load_epoch));
+    println!(
+        "\n## Work per event by count precision B, after loading {} events in epochs of {}\n",
+        list(&args.checkpoints),
+        short(args.load_epoch)
+    );
     println!("Each B runs in a fresh process. Latencies and events/s are wall clock; CPU is the process's user + system time over the");
     println!("same spans (all workers). Row changes count distinct keys changed per input event. RSS is read after each checkpoint's");
     println!("measured epochs; the peak is the process's VmHWM so far (loading included). Internal work per event: pairs whose s");
@@ -136,9 +140,15 @@ pub fn parent(args: &Args) -> Result<()> {
 /// Per `B` and epoch size: the last checkpoint against the first, and the 1.5× target.
 fn print_flatness(rows: &[Row], args: &Args) {
     let (Some(&first), Some(&last)) = (args.checkpoints.first(), args.checkpoints.last()) else { return };
-    println!("\n## Work per event after {} against after {} events (target at the default B: each ratio ≤ 1.5)\n", short(last), short(first));
+    println!(
+        "\n## Work per event after {} against after {} events (target at the default B: each ratio ≤ 1.5)\n",
+        short(last),
+        short(first)
+    );
     println!("| B | epoch events | CPU µs/event | ratio | neighbors rows/ev | ratio | recs rows/ev | ratio | events/s at {} | peak RSS | flat? |", short(last));
-    println!("|--:|-------------:|-------------:|------:|------------------:|------:|-------------:|------:|---------:|---------:|:-----:|");
+    println!(
+        "|--:|-------------:|-------------:|------:|------------------:|------:|-------------:|------:|---------:|---------:|:-----:|"
+    );
     for &bits in &args.count_bits {
         for &size in &args.epoch_sizes {
             let find = |state: usize| rows.iter().find(|r| r.bits == bits && r.state == state && r.epoch_events == size);
@@ -219,7 +229,8 @@ pub fn child(args: &Args) -> Result<()> {
         let loading: &[EpochRecord] = &records[checkpoint.load.clone()];
         let load_time: Duration = loading.iter().map(|r| r.engine).sum();
         let load_events: usize = loading.iter().map(|r| r.events).sum();
-        let loading_rate = if load_events > 0 { format!("{:.0}", load_events as f64 / load_time.as_secs_f64().max(1e-9)) } else { "—".to_owned() };
+        let loading_rate =
+            if load_events > 0 { format!("{:.0}", load_events as f64 / load_time.as_secs_f64().max(1e-9)) } else { "—".to_owned() };
         let memory = checkpoint.measured.last().and_then(|(_, range)| records.get(range.end.checked_sub(1)?)).and_then(|r| r.memory);
         for (size, range) in &checkpoint.measured {
             let epochs = &records[range.clone()];

@@ -1,4 +1,4 @@
-//! The benchmark driver: the production dataflow ([`encore_dataflow::job::install`]) fed by
+//! The benchmark driver: the production dataflow ([`encore_dataflow::pipeline::install`]) fed by
 //! the seeded generator, one epoch at a time, with a schedule of epoch sizes.
 //!
 //! ```text
@@ -9,13 +9,13 @@
 //!             /proc/self/status (VmRSS, VmHWM) after chosen epochs
 //! ```
 //!
-//! `encore_dataflow::batch::run` has one epoch size for a whole run; the benchmarks need a
+//! `encore_dataflow::source::file::run` has one epoch size for a whole run; the benchmarks need a
 //! big load followed by small epochs, so this driver repeats its skeleton (the same
-//! `job::install`, the same `Inputs::feed` parsing JSON, the same wait on the sink's probe)
+//! `pipeline::install`, the same `Inputs::feed` parsing JSON, the same wait on the sink's probe)
 //! with a per-epoch size.
 //!
 //! **What is timed.** Every worker runs its own copy of the generator (the same seed gives
-//! the same bytes) and keeps its share of the lines, as `batch::run` does with a file. The
+//! the same bytes) and keeps its share of the lines, as `source::file::run` does with a file. The
 //! generation happens *outside* the timed span: all workers generate an epoch's lines (in
 //! chunks of [`CHUNK`] for big epochs), meet at a barrier, then worker 0 starts its clock,
 //! feeds (JSON parsing included), closes the epoch and waits until the sink on worker 0 has
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use encore_dataflow::engine::work::Work;
 use encore_dataflow::engine::Epoch;
-use encore_dataflow::job;
-use encore_dataflow::output::EpochSink;
+use encore_dataflow::pipeline;
+use encore_dataflow::sink::EpochSink;
 use encore_dataflow::tables::{Changes, Params};
 use encore_generator::catalog::Catalog;
 use encore_generator::stream::EventStream;
@@ -171,7 +171,7 @@ struct Reach {
 
 impl Reach {
     fn observe(&mut self, payload: &[u8], record: &mut EpochRecord) {
-        let Ok(event) = encore_udfs::parse_event(payload) else { return };
+        let Ok(event) = encore_core::parse_event(payload) else { return };
         if event.is_listen() && self.seen.insert((event.user_id, event.track_id)) {
             let n = self.listeners.entry(event.track_id).or_default();
             *n += 1;
@@ -230,7 +230,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
         let sink = CountingSink { received: received.clone() };
-        let mut inputs = job::install(worker, &schedule.params, false, sink);
+        let mut inputs = pipeline::install(worker, &schedule.params, false, sink);
         let mut stream = EventStream::new(&catalog, 0.0);
         let mut payload = Vec::with_capacity(512);
         // This worker's lines of the current chunk, back to back, and where each ends.

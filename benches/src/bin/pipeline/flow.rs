@@ -299,14 +299,13 @@ pub fn binary(explicit: Option<&Path>) -> Result<PathBuf> {
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy().into_owned();
         let set_for_the_package = name.starts_with("CARGO_PKG_")
-            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&name.as_str());
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"]
+                .contains(&name.as_str());
         if set_for_the_package {
             build.env_remove(&name);
         }
     }
-    let status = build
-        .status()
-        .with_context(|| format!("running {cargo}"))?;
+    let status = build.status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("building encore-flow failed ({status})");
     }

@@ -139,8 +139,7 @@ impl BenchProducer {
         if let Some(user) = user {
             self.key.push_str(&user.to_string());
         }
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&self.topic, index).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&self.topic, index).payload(payload);
         if user.is_some() {
             record = record.key(self.key.as_bytes());
         }
@@ -215,14 +214,13 @@ pub struct Consumed {
 
 /// Reads every partition up to `ends` from the beginning with `threads` consumers (partition
 /// `p` to thread `p mod threads`, as encore-flow assigns them to workers), parsing each
-/// payload with `encore_udfs::parse_event` unless `parse` is false.
+/// payload with `encore_core::parse_event` unless `parse` is false.
 pub fn consume(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, threads: usize, parse: bool) -> Result<Consumed> {
     let threads = threads.max(1);
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|thread| {
-            let mine: BTreeMap<i32, i64> =
-                ends.iter().filter(|(p, _)| **p as usize % threads == thread).map(|(p, e)| (*p, *e)).collect();
+            let mine: BTreeMap<i32, i64> = ends.iter().filter(|(p, _)| **p as usize % threads == thread).map(|(p, e)| (*p, *e)).collect();
             let (kafka, topic, barrier) = (kafka.clone(), topic.to_owned(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
@@ -247,7 +245,7 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
     if ends.is_empty() {
         return Ok(result);
     }
-    // The settings of encore-flow's consumers (stream.rs) that matter for speed.
+    // The settings of encore-flow's consumers (source/kafka.rs) that matter for speed.
     let consumer: BaseConsumer = kafka
         .config(&[
             ("group.id", format!("encore-pipeline-raw-{thread}")),
@@ -283,7 +281,7 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
                 let payload = message.payload().unwrap_or_default();
                 result.messages += 1;
                 result.bytes += payload.len() as u64;
-                if parse && encore_udfs::parse_event(payload).is_ok() {
+                if parse && encore_core::parse_event(payload).is_ok() {
                     result.valid += 1;
                 }
             }
@@ -297,11 +295,9 @@ fn consume_partitions(kafka: &Kafka, topic: &str, ends: &BTreeMap<i32, i64>, thr
 /// when it is pointed at an existing broker.
 pub fn topic_is_empty(kafka: &Kafka, topic: &str) -> Result<bool> {
     let brokers = &kafka.brokers;
-    let consumer: BaseConsumer = kafka.config(&[("group.id", "encore-pipeline-check".into())]).create()
-        .context("creating a consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .with_context(|| format!("Kafka at {brokers} did not answer"))?;
+    let consumer: BaseConsumer = kafka.config(&[("group.id", "encore-pipeline-check".into())]).create().context("creating a consumer")?;
+    let metadata =
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(15)).with_context(|| format!("Kafka at {brokers} did not answer"))?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else {
         bail!("topic {topic} does not exist on {brokers}: create it first");
     };

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use encore_dataflow::postgres::quote_ident;
+use encore_dataflow::sink::postgres::quote_ident;
 use postgres::Client;
 
 /// The SPEC §3 result tables whose row changes a run is credited with.
@@ -66,8 +66,7 @@ pub fn rows_written(url: &str, schema: &str) -> Result<BTreeMap<String, (u64, u6
             &[&schema, &RESULT_TABLES.to_vec()],
         )? {
             let (table, changed): (String, i64) = (row.get(0), row.get(1));
-            let held: i64 =
-                client.query_one(&format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(&table)), &[])?.get(0);
+            let held: i64 = client.query_one(&format!("SELECT count(*) FROM {}.{}", quote_ident(schema), quote_ident(&table)), &[])?.get(0);
             now.insert(table, (changed.max(0) as u64, held.max(0) as u64));
         }
         client.batch_execute("SELECT pg_stat_clear_snapshot()")?;
@@ -100,7 +99,7 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
     let mut client = connect(url)?;
     fresh_schema(&mut client, schema)?;
     let s = quote_ident(schema);
-    let fillfactor = encore_dataflow::postgres::FILLFACTOR;
+    let fillfactor = encore_dataflow::sink::postgres::FILLFACTOR;
     client.batch_execute(&format!(
         "CREATE TABLE {s}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
          CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
@@ -165,7 +164,7 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
 /// transaction into an emptied table. Offsets run on per partition (4 partitions), as a
 /// catch-up's do.
 pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> Result<f64> {
-    use encore_dataflow::postgres::{copy_event_log_sql, create_event_log_sql, encode_events, STREAM_EVENT_LOG};
+    use encore_dataflow::sink::postgres::{copy_event_log_sql, create_event_log_sql, encode_events, STREAM_EVENT_LOG};
     use encore_dataflow::tables::LoggedEvent;
     let mut client = connect(url)?;
     fresh_schema(&mut client, schema)?;
@@ -177,7 +176,7 @@ pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> 
             user: (i * 7_919 % 100_000) as u64,
             track: (i * 104_729 % 50_000) as u64,
             time_ms: 1_714_521_600_000 + i * 10,
-            event_type: encore_udfs::EventType::Streaming,
+            event_type: encore_core::EventType::Streaming,
             ms_played: (i % 3 != 0).then_some((i % 300_000) as i32),
         })
         .collect();
@@ -203,7 +202,7 @@ pub fn raw_event_log_copy(url: &str, schema: &str, rows: usize, reps: usize) -> 
 pub fn event_log_rows(url: &str, schema: &str) -> Result<u64> {
     let mut client = connect(url)?;
     let mut rows = 0;
-    for table in [encore_dataflow::postgres::STREAM_EVENT_LOG, encore_dataflow::postgres::LIKE_EVENT_LOG] {
+    for table in [encore_dataflow::sink::postgres::STREAM_EVENT_LOG, encore_dataflow::sink::postgres::LIKE_EVENT_LOG] {
         let name = format!("{}.{table}", quote_ident(schema));
         let exists: bool = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])?.get(0);
         if exists {
@@ -227,10 +226,8 @@ impl ProgressPoller {
     /// Starts polling (its own connection, opened before this returns).
     pub fn start(url: &str, schema: &str, topic: &str, interval: Duration) -> Result<ProgressPoller> {
         let mut client = connect(url)?;
-        let query = client.prepare(&format!(
-            "SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1",
-            quote_ident(schema)
-        ))?;
+        let query = client
+            .prepare(&format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let topic = topic.to_owned();
@@ -280,9 +277,7 @@ impl ProgressPoller {
 /// The latest committed `next_offset` per partition of `topic` in `schema`.
 pub fn committed(url: &str, schema: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
     let mut client = connect(url)?;
-    let rows = client.query(
-        &format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)),
-        &[&topic],
-    )?;
+    let rows = client
+        .query(&format!("SELECT kafka_partition, next_offset FROM {}.encore_progress WHERE topic = $1", quote_ident(schema)), &[&topic])?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use encore_dataflow::oracle;
-use encore_dataflow::postgres::{PgSink, RetryPolicy};
+use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::{Params, Tables};
 use encore_generator::catalog::Catalog;
 use encore_generator::stream::EventStream;
@@ -66,7 +66,7 @@ pub fn expected(catalog: &Catalog, events: u64, params: &Params) -> Result<Table
     let mut parsed = Vec::with_capacity(events as usize);
     for index in 0..events {
         stream.next_message(&mut payload);
-        parsed.push(encore_udfs::parse_event(&payload).map_err(|error| anyhow::anyhow!("message {index} does not parse: {error}"))?);
+        parsed.push(encore_core::parse_event(&payload).map_err(|error| anyhow::anyhow!("message {index} does not parse: {error}"))?);
     }
     Ok(oracle::compute(&parsed, params))
 }
@@ -120,7 +120,13 @@ pub fn compare(want: &Tables, got: &Tables, emit_co_listens: bool) -> Vec<(&'sta
 
 /// Reads the result tables of `schema` (one snapshot) and compares them with `want`. The
 /// dead letters are returned apart: the fill has no invalid message, so any is wrong.
-pub fn check_schema(url: &str, schema: &str, want: &Tables, params: &Params, emit_co_listens: bool) -> Result<(Vec<(&'static str, Difference)>, usize)> {
+pub fn check_schema(
+    url: &str,
+    schema: &str,
+    want: &Tables,
+    params: &Params,
+    emit_co_listens: bool,
+) -> Result<(Vec<(&'static str, Difference)>, usize)> {
     let mut sink = PgSink::connect(url, schema, params.score_precision, emit_co_listens, RetryPolicy::default())
         .with_context(|| format!("connecting to read schema {schema}"))?;
     let (got, dead_letters) = sink.read_tables().with_context(|| format!("reading the tables of schema {schema}"))?;
@@ -146,7 +152,9 @@ mod tests {
 
     #[test]
     fn the_oracle_gets_the_parameters_of_the_job() {
-        let (params, emit) = params_of(&strings(&["--epoch-ms", "600000", "--neighbors", "7", "--min-co=3", "--emit-co-listens", "--count-bits", "0"])).unwrap();
+        let (params, emit) =
+            params_of(&strings(&["--epoch-ms", "600000", "--neighbors", "7", "--min-co=3", "--emit-co-listens", "--count-bits", "0"]))
+                .unwrap();
         assert_eq!((params.neighbors, params.min_co, params.history_cap, params.count_bits, emit), (7, 3, 50, 0, true));
         assert!(params_of(&strings(&["--neighbors"])).is_err());
         assert!(params_of(&strings(&["--neighbors", "many"])).is_err());

@@ -11,10 +11,8 @@ fn entries(list: &[(u32, u32)]) -> Vec<Entry> {
 #[test]
 fn closing_paths_agree() {
     let start = entries(&[(1, 3), (4, 1), (6, 2), (9, 5)]);
-    let mut run: Vec<Delta> = [(4, -1), (2, 1), (9, 1), (2, 1), (10, 4), (6, 1), (6, -1)]
-        .iter()
-        .map(|&(partner, delta)| ((0, partner), delta))
-        .collect();
+    let mut run: Vec<Delta> =
+        [(4, -1), (2, 1), (9, 1), (2, 1), (10, 4), (6, 1), (6, -1)].iter().map(|&(partner, delta)| ((0, partner), delta)).collect();
     consolidate(&mut run);
     let expected_entries = entries(&[(1, 3), (2, 2), (6, 2), (9, 6), (10, 4)]);
     let expected_changes = vec![(2, 0, 2), (4, 1, 0), (9, 5, 6), (10, 0, 4)];

@@ -1,5 +1,5 @@
 //! Loads the built `libencore_cosine` and calls its `__run` the way Arroyo does; every value
-//! must equal `encore_udfs::rounded_cosine_units`, the dataflow's function, to the last digit.
+//! must equal `encore_core::rounded_cosine_units`, the dataflow's function, to the last digit.
 
 use std::sync::Arc;
 
@@ -7,19 +7,10 @@ use encore_udf_harness::arrow::array::{Array, ArrayRef, Int64Array};
 use encore_udf_harness::{assert_rows, Plugin};
 
 /// `(co, n_i, n_j, precision, count_bits, expected)`.
-type Case = (
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
+type Case = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 fn column(cases: &[Case], field: fn(&Case) -> Option<i64>) -> ArrayRef {
-    Arc::new(Int64Array::from(
-        cases.iter().map(field).collect::<Vec<_>>(),
-    ))
+    Arc::new(Int64Array::from(cases.iter().map(field).collect::<Vec<_>>()))
 }
 
 #[test]
@@ -31,14 +22,7 @@ fn computes_spec_scores_and_null_out_of_range() {
         (Some(3), Some(5), Some(7), Some(4), Some(0), Some(5_071)),
         (Some(1), Some(2), Some(2), Some(0), Some(0), Some(1)),
         (Some(1), Some(4), Some(4), Some(0), Some(0), Some(0)),
-        (
-            Some(1),
-            Some(1),
-            Some(1),
-            Some(18),
-            Some(0),
-            Some(1_000_000_000_000_000_000),
-        ),
+        (Some(1), Some(1), Some(1), Some(18), Some(0), Some(1_000_000_000_000_000_000)),
         // Rounded counts (SPEC §2 step 4): q(99) = 96, q(1000) = 992, q(40) = 40 at B = 5.
         (Some(99), Some(1000), Some(40), Some(4), Some(5), Some(4_819)),
         (Some(99), Some(1000), Some(40), Some(4), Some(0), Some(4_950)),
@@ -65,7 +49,7 @@ fn computes_spec_scores_and_null_out_of_range() {
         for n_i in [1, 5, 7, 1_000_003] {
             for n_j in [3, 6, 999_983] {
                 for bits in [0, 1, 4, 5, 6] {
-                    let expected = encore_udfs::rounded_cosine_units(co as u64, n_i as u64, n_j as u64, 4, bits as u32);
+                    let expected = encore_core::rounded_cosine_units(co as u64, n_i as u64, n_j as u64, 4, bits as u32);
                     cases.push((Some(co), Some(n_i), Some(n_j), Some(4), Some(bits), expected));
                 }
             }
@@ -81,11 +65,7 @@ fn computes_spec_scores_and_null_out_of_range() {
         ])
         .expect("no panic");
     assert_rows(&output, cases.len());
-    let scores = output
-        .column()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("BIGINT result");
+    let scores = output.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
     for (row, case) in cases.iter().enumerate() {
         let actual = scores.is_valid(row).then(|| scores.value(row));
         assert_eq!(actual, case.5, "row {row}: {case:?}");

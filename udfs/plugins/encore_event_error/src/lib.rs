@@ -1,6 +1,6 @@
 //! Arroyo UDF `encore_event_error(payload TEXT) -> TEXT NULL`: `NULL` for a valid SPEC §1
 //! message, else the one-line reason the dataflow writes to `dead_letters.error`, from the same
-//! parser ([`encore_udfs::parse_event`]). Use it to split a raw topic into events and dead
+//! parser ([`encore_core::parse_event`]). Use it to split a raw topic into events and dead
 //! letters in Arroyo SQL (`WHERE encore_event_error(value) IS NULL`).
 //!
 //! A `TEXT` payload is UTF-8 by construction, so the parser's "not valid UTF-8" reason cannot
@@ -11,12 +11,10 @@
 #![allow(missing_docs)]
 
 use arroyo_udf_plugin::udf;
-use encore_udfs::parse_event;
+use encore_core::parse_event;
 
 /// `NULL` when `payload` is a valid SPEC §1 event, else why it is not.
 #[udf]
 pub fn encore_event_error(payload: &str) -> Option<String> {
-    parse_event(payload.as_bytes())
-        .err()
-        .map(|error| error.to_string())
+    parse_event(payload.as_bytes()).err().map(|error| error.to_string())
 }

@@ -1,6 +1,6 @@
 //! Arroyo UDF `encore_listen_count(event_type TEXT, ms_played BIGINT NULL) -> BIGINT`:
 //! 1 when the event is a listen by the SPEC §1 rule, else 0, so that `SUM(...)` gives a track's
-//! plays. The rule itself is [`encore_udfs::is_listen`], the same code the dataflow runs.
+//! plays. The rule itself is [`encore_core::is_listen`], the same code the dataflow runs.
 //!
 //! It returns `BIGINT` rather than `BOOLEAN` because arroyo-udf-plugin 0.2's macro cannot build
 //! a boolean result column. An unknown `event_type` or a negative `ms_played` makes the event
@@ -12,7 +12,7 @@
 #![allow(missing_docs)]
 
 use arroyo_udf_plugin::udf;
-use encore_udfs::{is_listen, EventType};
+use encore_core::{is_listen, EventType};
 
 /// 1 for a listen (`"like"`, or `"streaming"` with `ms_played` NULL or ≥ 30 000), else 0.
 #[udf]

@@ -25,19 +25,11 @@ fn counts_listens_by_the_spec_rule() {
         // NULL in the non-nullable argument: NULL out (arroyo-udf-plugin's rule).
         (None, Some(60_000), None),
     ];
-    let event_types: ArrayRef = Arc::new(StringArray::from(
-        cases.iter().map(|c| c.0).collect::<Vec<_>>(),
-    ));
-    let ms_played: ArrayRef = Arc::new(Int64Array::from(
-        cases.iter().map(|c| c.1).collect::<Vec<_>>(),
-    ));
+    let event_types: ArrayRef = Arc::new(StringArray::from(cases.iter().map(|c| c.0).collect::<Vec<_>>()));
+    let ms_played: ArrayRef = Arc::new(Int64Array::from(cases.iter().map(|c| c.1).collect::<Vec<_>>()));
     let output = plugin.call(&[event_types, ms_played]).expect("no panic");
     assert_rows(&output, cases.len());
-    let counts = output
-        .column()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("BIGINT result");
+    let counts = output.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
     for (row, case) in cases.iter().enumerate() {
         let actual = counts.is_valid(row).then(|| counts.value(row));
         assert_eq!(actual, case.2, "row {row}: {case:?}");

@@ -15,7 +15,7 @@
 //!
 //! # Guarantee
 //!
-//! What the commit function guarantees per epoch (for [`crate::postgres::PgSink::commit`]: the
+//! What the commit function guarantees per epoch (for [`crate::sink::postgres::PgSink::commit`]: the
 //! epoch's deltas and its offsets in one transaction) holds unchanged: the channel is FIFO and
 //! worker 0 hands epochs over in epoch order, so they commit in that order; one thread commits,
 //! so never two at once; and after the first failed commit nothing more is committed (the

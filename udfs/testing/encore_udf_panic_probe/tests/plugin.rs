@@ -19,25 +19,14 @@ fn a_panicking_udf_returns_an_error_and_the_plugin_stays_usable() {
     assert_rows(&before, 3);
 
     let failed = plugin.call(&batch(&[1, -1, 3]));
-    assert!(
-        matches!(failed, Err(HarnessError::UdfFailed)),
-        "expected RunResult::Err"
-    );
+    assert!(matches!(failed, Err(HarnessError::UdfFailed)), "expected RunResult::Err");
 
     // The process is alive, the plugin still answers, and the earlier result is still readable
     // (its buffers are released by the plugin when `before` drops, after this check).
     let after = plugin.call(&batch(&[7])).expect("no panic");
-    let values = after
-        .column()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("BIGINT result");
+    let values = after.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
     assert_eq!(values.value(0), 7);
-    let earlier = before
-        .column()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("BIGINT result");
+    let earlier = before.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
     assert_eq!(earlier.values().to_vec(), vec![1, 2, 3]);
 }
 
@@ -49,10 +38,6 @@ fn results_outlive_the_plugin_handle() {
     };
     // `plugin` is gone; the output's own handle keeps the library (and its release callbacks)
     // loaded, so reading and then dropping the column is sound.
-    let values = output
-        .column()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .expect("BIGINT result");
+    let values = output.column().as_any().downcast_ref::<Int64Array>().expect("BIGINT result");
     assert_eq!(values.values().to_vec(), vec![4, 5]);
 }

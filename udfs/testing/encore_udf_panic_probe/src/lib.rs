@@ -15,9 +15,6 @@ use arroyo_udf_plugin::udf;
 /// Returns `value`; panics when it is negative (deliberately: see the crate docs).
 #[udf]
 pub fn encore_udf_panic_probe(value: i64) -> i64 {
-    assert!(
-        value >= 0,
-        "encore_udf_panic_probe: negative input {value} (deliberate test panic)"
-    );
+    assert!(value >= 0, "encore_udf_panic_probe: negative input {value} (deliberate test panic)");
     value
 }

@@ -84,8 +84,8 @@ mod tests {
             epoch_ms: 250,
             epoch_events: 10_000,
             committed: BTreeMap::new(),
-            recovery: crate::stream::Recovery::Replay,
-            error_timeout: crate::stream::DEFAULT_ERROR_TIMEOUT,
+            recovery: crate::source::kafka::Recovery::Replay,
+            error_timeout: crate::source::kafka::DEFAULT_ERROR_TIMEOUT,
         }
     }
 
@@ -103,7 +103,13 @@ mod tests {
         // librdkafka built without OpenSSL refuses these when the client is created.
         for options in [
             &[("security.protocol", "SSL")][..],
-            &[("security.protocol", "SASL_SSL"), ("ssl.ca.location", "probe"), ("sasl.mechanism", "SCRAM-SHA-512"), ("sasl.username", "u"), ("sasl.password", "p")],
+            &[
+                ("security.protocol", "SASL_SSL"),
+                ("ssl.ca.location", "probe"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+            ],
             &[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")],
         ] {
             let created = consumer_config(&job(options), "c").create_with_context::<_, BaseConsumer<Quiet>>(Quiet);

@@ -81,7 +81,7 @@
 //! simple way to keep the guarantee is one writer that commits every timestamp for all
 //! partitions. `encore-flow` does that: one sink, owned by a committer thread of process 0,
 //! commits the closed timestamps in order while the dataflow computes the next ones
-//! ([`crate::stream`]).
+//! ([`crate::source::kafka`]).
 //!
 //! # How it can fail
 //!
@@ -133,8 +133,7 @@ mod staging;
 
 pub use error::SinkError;
 pub use event_log::{
-    copy_event_log_sql, create_event_log_sql, encode_events, pg_timestamp, EncodedEvents, EventLogRow, LIKE_EVENT_LOG,
-    STREAM_EVENT_LOG,
+    copy_event_log_sql, create_event_log_sql, encode_events, pg_timestamp, EncodedEvents, EventLogRow, LIKE_EVENT_LOG, STREAM_EVENT_LOG,
 };
 pub use session::RetryPolicy;
 pub use sql::{quote_ident, FILLFACTOR};
@@ -230,13 +229,7 @@ impl PgSink {
     /// (`co_listens` only with `emit_co_listens`: without the flag nothing fills it, and an
     /// empty table would claim there are no co-listens), the ranked views and
     /// `encore_progress`. Safe when several processes start at once.
-    pub fn connect(
-        url: &str,
-        schema: &str,
-        score_precision: u32,
-        emit_co_listens: bool,
-        retry: RetryPolicy,
-    ) -> Result<PgSink, SinkError> {
+    pub fn connect(url: &str, schema: &str, score_precision: u32, emit_co_listens: bool, retry: RetryPolicy) -> Result<PgSink, SinkError> {
         if score_precision > MAX_SCORE_PRECISION {
             return Err(SinkError::InvalidPrecision(score_precision));
         }
@@ -261,9 +254,7 @@ impl PgSink {
     /// The next offset to consume per partition of `topic`, as committed (empty for a topic
     /// never committed).
     pub fn committed_offsets(&mut self, topic: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
-        let offsets = self.with_session("reading offsets", |session, _| {
-            select_offsets(session, topic).map_err(Failure::from)
-        })?;
+        let offsets = self.with_session("reading offsets", |session, _| select_offsets(session, topic).map_err(Failure::from))?;
         self.known_offsets.insert(topic.to_string(), offsets.clone());
         Ok(offsets)
     }
@@ -288,13 +279,22 @@ impl PgSink {
     ///   another `--count-bits` is refused.
     ///
     /// Returns whether `encore_last_listen` holds the state of every committed offset (the
-    /// job then loads it, see [`crate::stream`], "Durable state"): always where nothing is
+    /// job then loads it, see [`crate::source::kafka`], "Durable state"): always where nothing is
     /// committed; not for tables written before the durable state, which the job rebuilds by
     /// replaying the topic once (and then records its state with its first commit).
-    pub fn check_parameters(&mut self, topic: &str, parameters: &str, count_bits: u32, committed: &BTreeMap<i32, i64>) -> Result<bool, SinkError> {
+    pub fn check_parameters(
+        &mut self,
+        topic: &str,
+        parameters: &str,
+        count_bits: u32,
+        committed: &BTreeMap<i32, i64>,
+    ) -> Result<bool, SinkError> {
         let stored: Option<(String, bool)> = self.with_session("reading the recorded parameters", |session, sql| {
             let rows = session.client.query(sql.select_parameters.as_str(), &[&topic]).map_err(Failure::from)?;
-            rows.first().map(|row| Ok::<_, postgres::Error>((row.try_get::<_, String>(0)?, row.try_get::<_, bool>(1)?))).transpose().map_err(Failure::from)
+            rows.first()
+                .map(|row| Ok::<_, postgres::Error>((row.try_get::<_, String>(0)?, row.try_get::<_, bool>(1)?)))
+                .transpose()
+                .map_err(Failure::from)
         })?;
         let differ = |stored: String| SinkError::ParametersDiffer {
             schema: self.schema.clone(),
@@ -344,12 +344,7 @@ impl PgSink {
     /// Partitions missing from `offsets` keep their stored offset; an offset lower than the
     /// stored one aborts the commit with [`SinkError::Fenced`]. A lost connection is retried
     /// per the [`RetryPolicy`], as described in the module docs.
-    pub fn commit(
-        &mut self,
-        topic: &str,
-        changes: &Changes,
-        offsets: &BTreeMap<i32, i64>,
-    ) -> Result<CommitStats, SinkError> {
+    pub fn commit(&mut self, topic: &str, changes: &Changes, offsets: &BTreeMap<i32, i64>) -> Result<CommitStats, SinkError> {
         let staged = Staged::new(changes, self.score_precision, self.emit_co_listens)?;
         let events = match (&self.event_log, changes.events.is_empty()) {
             (Some(_), false) => Some(event_log::encode_events(&changes.events)?),
@@ -415,9 +410,7 @@ impl PgSink {
             self.session = None;
             sleep(self.retry.backoff(stats.attempts));
             // The failure may have hit after COMMIT reached the server: look before retrying.
-            let stored = self.with_session("checking a lost commit", |session, _| {
-                select_offsets(session, topic).map_err(Failure::from)
-            })?;
+            let stored = self.with_session("checking a lost commit", |session, _| select_offsets(session, topic).map_err(Failure::from))?;
             match commit_landed(&stored, offsets, self.known_offsets.get(topic)) {
                 Landed::Yes => {
                     info!(attempt = stats.attempts, "postgres commit had landed; its ack was lost");
@@ -430,13 +423,7 @@ impl PgSink {
                 }
                 Landed::No => {}
                 Landed::Diverged { partition, stored, before, after } => {
-                    return Err(SinkError::Diverged {
-                        topic: topic.to_string(),
-                        partition,
-                        stored,
-                        before,
-                        after,
-                    });
+                    return Err(SinkError::Diverged { topic: topic.to_string(), partition, stored, before, after });
                 }
             }
         }
@@ -450,12 +437,7 @@ impl PgSink {
         let scale = 10f64.powi(self.score_precision as i32);
         let emit_co_listens = self.emit_co_listens;
         self.with_session("reading the tables", |session, sql| {
-            let mut tx = session
-                .client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
+            let mut tx = session.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
             let mut tables = Tables::default();
             for row in tx.query(&sql.select_table(&TRACK_NEIGHBORS), &[])? {
                 let key = (id(&row, 0, TRACK_NEIGHBORS.name)?, id(&row, 1, TRACK_NEIGHBORS.name)?);
@@ -470,11 +452,7 @@ impl PgSink {
             }
             for row in tx.query(&sql.select_table(&TRACK_STATS), &[])? {
                 let table = TRACK_STATS.name;
-                let stats = TrackStats {
-                    plays: id(&row, 1, table)?,
-                    listeners: id(&row, 2, table)?,
-                    likes: id(&row, 3, table)?,
-                };
+                let stats = TrackStats { plays: id(&row, 1, table)?, listeners: id(&row, 2, table)?, likes: id(&row, 3, table)? };
                 tables.track_stats.insert(id(&row, 0, table)?, stats);
             }
             if emit_co_listens {
@@ -620,13 +598,12 @@ fn copy_in(tx: &mut postgres::Transaction<'_>, statement: &str, data: &[u8]) -> 
 /// A stored BIGINT that must be a SPEC id or count (≥ 0).
 fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
     let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|_| {
-        Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") })
-    })
+    u64::try_from(value)
+        .map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") }))
 }
 
 /// Loads the durable state (`encore_last_listen` and the plays and likes of `track_stats`),
-/// one share at a time, on any thread; see [`crate::stream`], "Durable state".
+/// one share at a time, on any thread; see [`crate::source::kafka`], "Durable state".
 #[derive(Clone)]
 pub struct StateReader {
     target: encore_pgconnect::Target,
@@ -677,7 +654,14 @@ impl StateReader {
         }
     }
 
-    fn load_once(&self, session: &mut Session, topic: &str, committed: &BTreeMap<i32, i64>, peers: usize, index: usize) -> Result<LoadedState, Failure> {
+    fn load_once(
+        &self,
+        session: &mut Session,
+        topic: &str,
+        committed: &BTreeMap<i32, i64>,
+        peers: usize,
+        index: usize,
+    ) -> Result<LoadedState, Failure> {
         let mut tx = session.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
         let mut stored = BTreeMap::new();
         for row in tx.query(&session.select_offsets, &[&topic])? {
@@ -705,8 +689,7 @@ impl StateReader {
 
 /// A stored BIGINT id or count, which must be ≥ 0.
 fn stored_id(value: i64, table: &'static str) -> Result<u64, Failure> {
-    u64::try_from(value)
-        .map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value}") }))
+    u64::try_from(value).map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value}") }))
 }
 
 /// What the stored offsets say about a commit whose outcome is unknown.
@@ -720,11 +703,7 @@ enum Landed {
     Diverged { partition: i32, stored: Option<i64>, before: Option<i64>, after: i64 },
 }
 
-fn commit_landed(
-    stored: &BTreeMap<i32, i64>,
-    new: &BTreeMap<i32, i64>,
-    before: Option<&BTreeMap<i32, i64>>,
-) -> Landed {
+fn commit_landed(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, i64>, before: Option<&BTreeMap<i32, i64>>) -> Landed {
     let all_new = new.iter().all(|(p, o)| stored.get(p) == Some(o));
     let moved = before.is_none_or(|before| new.iter().any(|(p, o)| before.get(p) != Some(o)));
     if !new.is_empty() && all_new && moved {

@@ -5,7 +5,7 @@
 //! Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
 //! offsets stored beside it, after any crash and restart: nothing lost, nothing counted twice.
 //!
-//! * Offsets live only in Postgres ([`crate::postgres`]), committed in the same transaction as
+//! * Offsets live only in Postgres ([`crate::sink::postgres`]), committed in the same transaction as
 //!   the changes of the epoch that consumed them, and so is the **durable state** below.
 //!   Kafka's consumer-group offsets are never read or written (`enable.auto.commit=false`,
 //!   explicit `assign`).
@@ -17,7 +17,7 @@
 //! * Results depend only on the set of listens, and the state stands for exactly the
 //!   listens before the stored offsets, so the rebuilt state is the committed one, and live
 //!   deltas apply on top of it exactly.
-//! * One writer, process 0's committer thread (`stream/committer.rs`), commits the live epochs
+//! * One writer, process 0's committer thread (`sink/committer.rs`), commits the live epochs
 //!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
 //!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
 //!   while one commits. The process reports success only after the committer has committed
@@ -80,15 +80,7 @@
 //! most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the hand-over to the committer, whose
 //! queue holds at most `COMMIT_QUEUE` more: when Postgres is slow, worker 0 blocks on the
 //! hand-over and the consumers fall behind, with bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
-//! epoch, and the committer after each commit ([`run_with_metrics`]); never per message.
-//!
-//! # Stopping
-//!
-//! `--until-caught-up` and Ctrl-C end the same way: the workers close their current epoch and
-//! their inputs, the dataflow completes every epoch in flight, and the committer commits each
-//! of them before the process exits 0. A failed commit sets the stop flag, commits nothing
-//! more, and the process exits non-zero with the commit's one-line reason; a restart resumes
-//! from the last committed offsets.
+//! epoch, and the committer after each commit ([`crate::job::run_with_metrics`]); never per message.
 //!
 //! # Progress logs
 //!
@@ -99,13 +91,11 @@
 //! from then on the job is live. Figures: `benches/README.md`, "Restart".
 
 mod client;
-mod committer;
 mod consumer_errors;
 
 use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -114,13 +104,11 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::engine::{Epoch, Listen};
-use crate::job::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
 use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
-use crate::output::{EpochSink, Gathered};
-use crate::postgres::{LoadedState, PgSink, SinkError, StateReader};
-use crate::tables::{Changes, Params, TrackStats};
+use crate::pipeline::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
+use crate::sink::postgres::{LoadedState, SinkError, StateReader};
+use crate::tables::{Params, TrackStats};
 use client::consumer;
-use committer::{Committer, Halt, Handover};
 use consumer_errors::ErrorWatch;
 pub use consumer_errors::DEFAULT_ERROR_TIMEOUT;
 
@@ -141,11 +129,6 @@ pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
 /// refresh, never the job (the poller has a thread and a client of its own).
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Set once this process's timely workers run. Before that the process is still connecting
-/// to its peers (timely retries until every one answers), holds no state and has written
-/// nothing, so an interrupt may end it at once instead of waiting for an epoch to close.
-pub static WORKERS_STARTED: AtomicBool = AtomicBool::new(false);
-
 /// A Kafka-to-Postgres job.
 #[derive(Clone, Debug)]
 pub struct StreamJob {
@@ -162,7 +145,7 @@ pub struct StreamJob {
     /// Whether to maintain `co_listens`.
     pub emit_co_listens: bool,
     /// Whether to append every valid live event to the event log (`--emit-events`; the sink
-    /// must be [`PgSink::with_event_log`]).
+    /// must be [`crate::sink::postgres::PgSink::with_event_log`]).
     pub emit_events: bool,
     /// Exit once the high watermarks seen at start are consumed and committed.
     pub until_caught_up: bool,
@@ -225,7 +208,7 @@ pub enum StreamError {
     #[error("Kafka: {0}")]
     Kafka(KafkaError),
     /// Consuming failed for good: an error that cannot heal, or errors that persisted beyond
-    /// `--kafka-error-timeout` (see `stream/consumer_errors.rs`).
+    /// `--kafka-error-timeout` (see `source/kafka/consumer_errors.rs`).
     #[error("Kafka at {brokers}, topic {topic}: {reason}")]
     KafkaFailed {
         /// The bootstrap servers.
@@ -307,244 +290,10 @@ pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
     Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason })
 }
 
-/// The worker 0 sink: hands live epochs to the committer, skips the rebuilding ones. `None`
-/// on every other worker and process.
-struct PostgresEpochs {
-    handover: Option<Handover>,
-    /// Replaying: the durable state of the replayed epochs, written with the first live one.
-    replayed_state: Option<Changes>,
-}
-
-impl EpochSink for PostgresEpochs {
-    fn epoch_closed(&mut self, epoch: Epoch, mut changes: Changes) {
-        if epoch < LIVE {
-            // Rebuilding: Postgres already holds the tables (the gather dropped their changes),
-            // but a replay's state is new to it.
-            if let Some(state) = self.replayed_state.as_mut() {
-                state.absorb(Changes { last_listens: changes.last_listens, ..Changes::default() });
-            }
-            return;
-        }
-        if let Some(mut state) = self.replayed_state.take() {
-            state.absorb(changes);
-            changes = state;
-        }
-        if let Some(handover) = self.handover.as_mut() {
-            // Blocks while the committer's queue is full. `false`: a commit failed, the stop
-            // flag is set, and this and every later epoch must stay uncommitted.
-            if !handover.hand_over(epoch, changes) {
-                self.handover = None;
-            }
-        }
-    }
-}
-
-/// The commit function of process 0's committer thread: one [`PgSink::commit`] per call (one
-/// or more consecutive live epochs), its metrics, and the `first live commit` log line.
-fn postgres_commit(
-    mut sink: PgSink,
-    topic: String,
-    metrics: Arc<Metrics>,
-    run_started: Instant,
-) -> impl FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), SinkError> + Send + 'static {
-    let mut first = true;
-    move |epochs, changes| {
-        let started = Instant::now();
-        let stats = sink.commit(&topic, changes, &changes.offsets)?;
-        let epoch = *epochs.end();
-        if stats.attempts > 0 {
-            metrics.record_commit(epochs.start() - LIVE..=epoch - LIVE, started.elapsed(), &stats, &changes.offsets);
-            if std::mem::take(&mut first) {
-                // Every replayed epoch was complete before this one could close: the job is live.
-                info!(epoch = epoch - LIVE, seconds = run_started.elapsed().as_secs_f64(), "first live commit");
-            }
-        }
-        tracing::debug!(epoch = epoch - LIVE, upserted = stats.upserted, deleted = stats.deleted, "committed");
-        Ok(())
-    }
-}
-
-/// Runs the job on this process's workers. `sink` is this process's Postgres connection;
-/// only process 0's is used for writing (by its committer thread).
-pub fn run(config: timely::Config, job: StreamJob, sink: Option<PgSink>, stop: Arc<AtomicBool>) -> Result<StreamSummary, StreamError> {
-    run_with_metrics(config, job, sink, stop, None)
-}
-
-/// [`run`], publishing to `metrics` ([`crate::metrics`]): the workers at every epoch close,
-/// the committer after every commit, and a poller thread the partitions' high watermarks
-/// every [`WATERMARK_INTERVAL`].
-///
-/// With a `sink`, this is where the committer thread starts and ends: spawned before the
-/// workers, its hand-over taken by worker 0, joined after the workers, so that `Ok` means
-/// every live epoch is committed.
-pub fn run_with_metrics(
-    config: timely::Config,
-    job: StreamJob,
-    sink: Option<PgSink>,
-    stop: Arc<AtomicBool>,
-    metrics: Option<Arc<Metrics>>,
-) -> Result<StreamSummary, StreamError> {
-    let run_started = Instant::now();
-    let partitions = partition_count(&job)?;
-    let served = metrics.is_some();
-    // Unserved, the registry is still updated (a few atomics per epoch) but never read.
-    let metrics = metrics.unwrap_or_else(|| Arc::new(Metrics::new(0, false)));
-    if sink.is_some() {
-        metrics.set_committed(&job.committed);
-    }
-    let poller_job = job.clone();
-    let worker_metrics = Arc::clone(&metrics);
-    let failure = Arc::new(Mutex::new(None));
-    let halt = Halt { failure: Arc::clone(&failure), stop: Arc::clone(&stop) };
-    let replaying = matches!(job.recovery, Recovery::Replay);
-    let (handover, committer) = match sink {
-        Some(mut sink) => {
-            if replaying {
-                // The replayed state goes into the first commit, which records it as complete.
-                sink.mark_state_on_next_commit(&job.topic);
-            }
-            let commit = postgres_commit(sink, job.topic.clone(), Arc::clone(&metrics), run_started);
-            let (handover, committer) = Committer::spawn(commit, halt)
-                .map_err(|error| StreamError::Worker(format!("cannot start the committer thread: {error}")))?;
-            (Some(handover), Some(committer))
-        }
-        None => (None, None),
-    };
-    // Worker 0 takes the hand-over; whatever is left here is dropped after the workers end,
-    // so that the committer sees the end of its queue even if no worker took it.
-    let handover = Arc::new(Mutex::new(handover));
-    let worker_handover = Arc::clone(&handover);
-    let worker_stop = Arc::clone(&stop);
-    let (local_workers, other_processes) = match &config.communication {
-        timely::CommunicationConfig::Cluster { threads, addresses, .. } => (*threads, addresses.len() > 1),
-        timely::CommunicationConfig::Process(threads) | timely::CommunicationConfig::ProcessBinary(threads) => (*threads, false),
-        timely::CommunicationConfig::Thread => (1, false),
-    };
-    // Each worker says here when it has failed (`Some(reason)`) and when it has ended (`None`).
-    let (worker_events, ended) = std::sync::mpsc::channel::<Option<String>>();
-    let guards = timely::execute(config, move |worker| {
-        WORKERS_STARTED.store(true, Ordering::SeqCst);
-        let _ended = WorkerEnded(worker_events.clone());
-        let index = worker.index();
-        let peers = worker.peers();
-        let epoch_sink = PostgresEpochs {
-            handover: if index == 0 { worker_handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() } else { None },
-            replayed_state: replaying.then(Changes::default),
-        };
-        // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
-        // made. Their state changes too, unless they come from a replay (new to Postgres).
-        let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
-        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
-        // Replayed messages are in the log already.
-        inputs.log_events_from(LIVE);
-        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
-        let mut report = WorkerReport::new(Arc::clone(&worker_metrics));
-        let result = consume(worker, &mut inputs, &job, &mine, &worker_stop, &mut report);
-        if let Err(error) = &result {
-            // This worker cannot go on (e.g. Kafka failed for good): the other workers of this
-            // process finish as on Ctrl-C, committing every complete epoch, and the run reports
-            // the error. Other processes' workers never see this flag; see below.
-            worker_stop.store(true, Ordering::SeqCst);
-            let _ = worker_events.send(Some(error.to_string()));
-        }
-        inputs.close();
-        while worker.step_or_park(Some(Duration::from_millis(100))) {}
-        result
-    });
-    let guards = match guards {
-        Ok(guards) => guards,
-        Err(error) => {
-            let _ = finish_committer(&handover, committer); // it committed nothing: no worker ran
-            return Err(StreamError::Worker(error));
-        }
-    };
-    let finished = Arc::new(AtomicBool::new(false));
-    let poller = served.then(|| watch_watermarks(poller_job, metrics, Arc::clone(&finished))).flatten();
-
-    if other_processes {
-        // A failed worker stops only this process's workers; the other processes' workers keep
-        // their inputs open, so the dataflow would never complete and this process would wait
-        // for ever. Return the failure at once instead: the process exits with it, its peers
-        // then exit too (a lost peer), and nothing uncommitted was written (the open
-        // transaction, if any, rolls back with the connection), as after a crash.
-        let mut finished = 0;
-        while finished < local_workers {
-            match ended.recv() {
-                Ok(Some(reason)) => {
-                    // Dropping the guards would join the workers, which may wait for ever.
-                    std::mem::forget(guards);
-                    return Err(StreamError::WorkerFailed(reason));
-                }
-                Ok(None) => finished += 1,
-                Err(_) => break,
-            }
-        }
-    }
-    let mut summary = StreamSummary::default();
-    let mut first_error = None;
-    let results = guards.join();
-    // The workers have ended, their hand-over with them: the committer commits what is queued
-    // and ends. Only then may the run report success.
-    let committer_result = finish_committer(&handover, committer);
-    finished.store(true, Ordering::SeqCst);
-    if let Some(poller) = poller {
-        let _ = poller.join();
-    }
-    if let Err(panic) = committer_result {
-        first_error.get_or_insert(StreamError::Worker(panic));
-    }
-    for result in results {
-        match result {
-            Ok(Ok(worker)) => {
-                summary.live_messages += worker.live_messages;
-                summary.replayed_messages += worker.replayed_messages;
-                summary.invalid += worker.invalid;
-                summary.listens += worker.listens;
-                summary.replay_seconds = summary.replay_seconds.max(worker.replay_seconds);
-                summary.restored_rows += worker.restored_rows;
-                summary.seconds = summary.seconds.max(worker.seconds);
-            }
-            Ok(Err(error)) => {
-                first_error.get_or_insert(error);
-            }
-            Err(panic) => {
-                first_error.get_or_insert(StreamError::Worker(panic));
-            }
-        }
-    }
-    if let Some(error) = failure.lock().ok().and_then(|mut f| f.take()) {
-        return Err(StreamError::Postgres(error));
-    }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(summary),
-    }
-}
-
-/// Tells the run that a worker has ended when dropped (also when the worker panics).
-struct WorkerEnded(std::sync::mpsc::Sender<Option<String>>);
-
-impl Drop for WorkerEnded {
-    fn drop(&mut self) {
-        let _ = self.0.send(None);
-    }
-}
-
-/// Drops the hand-over if no worker took it and waits for the committer to commit every epoch
-/// handed over (or to stop at its first failure, recorded in the failure slot).
-fn finish_committer(handover: &Mutex<Option<Handover>>, committer: Option<Committer>) -> Result<(), String> {
-    // A poisoned lock (a worker panicked) still holds the hand-over, which must be dropped.
-    handover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-    match committer {
-        Some(committer) => committer.join().map(|committed| tracing::debug!(committed, "committer finished")),
-        None => Ok(()),
-    }
-}
-
 /// Refreshes the high watermarks of the partitions this process reads (as registered in
 /// `metrics` by its workers) every [`WATERMARK_INTERVAL`], until `finished`. Off the hot
 /// path: a thread and a Kafka client of its own, since `fetch_watermarks` blocks.
-fn watch_watermarks(job: StreamJob, metrics: Arc<Metrics>, finished: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+pub(crate) fn watch_watermarks(job: StreamJob, metrics: Arc<Metrics>, finished: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new().name("watermarks".to_owned()).spawn(move || {
         let consumer = match consumer(&job, "encore-flow-watermarks") {
             Ok(consumer) => consumer,
@@ -606,9 +355,9 @@ fn publish(report: &mut WorkerReport, gauges: &[(i32, Arc<PartitionGauges>)], su
 /// later ones live epochs. A live message that arrives while another partition is still
 /// replaying waits in memory until the replay ends (so the buffer holds at most the
 /// difference in replay progress between the worker's partitions).
-fn consume(
+pub(crate) fn consume(
     worker: &mut timely::worker::Worker,
-    inputs: &mut job::Inputs,
+    inputs: &mut pipeline::Inputs,
     job: &StreamJob,
     partitions: &[i32],
     stop: &AtomicBool,
@@ -729,9 +478,8 @@ fn consume(
             let due = epoch_started.elapsed() >= epoch_length
                 && !inputs.pending_before((inputs.epoch() + 1).saturating_sub(MAX_EPOCHS_IN_FLIGHT));
             let rest = || {
-                job.until_caught_up.then(|| {
-                    targets.iter().map(|(p, &target)| (target - next.get(p).copied().unwrap_or(0)).max(0) as u64).sum()
-                })
+                job.until_caught_up
+                    .then(|| targets.iter().map(|(p, &target)| (target - next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
             };
             if done || epoch_full(in_epoch, job.epoch_events, rest) || due {
                 for (&p, &n) in &advanced {
@@ -777,7 +525,8 @@ fn consume(
             }
             Some(Err(error)) => {
                 warn!(%error, "Kafka consumer error");
-                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) {
+                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+                {
                     return Err(StreamError::NoTopic(job.topic.clone()));
                 }
                 if let Some(reason) = errors.error(&error, Instant::now()) {
@@ -838,7 +587,12 @@ const RESTORE_STEPS: usize = 4;
 
 /// Loads this worker's share of the durable state and feeds it into the current epoch.
 /// Returns the rows loaded.
-fn restore(worker: &mut timely::worker::Worker, inputs: &mut job::Inputs, reader: &StateReader, job: &StreamJob) -> Result<u64, StreamError> {
+fn restore(
+    worker: &mut timely::worker::Worker,
+    inputs: &mut pipeline::Inputs,
+    reader: &StateReader,
+    job: &StreamJob,
+) -> Result<u64, StreamError> {
     let LoadedState { last_listens, track_stats } = reader.load(&job.topic, &job.committed, worker.peers(), worker.index())?;
     let rows = (last_listens.len() + track_stats.len()) as u64;
     for (track, plays, likes) in track_stats {

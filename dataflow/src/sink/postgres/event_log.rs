@@ -7,7 +7,7 @@
 //! **Each valid event exactly once**, by the same means as every other table: an epoch's events
 //! are appended by binary COPY in the transaction that also writes the epoch's deltas and
 //! its offsets ([`PgSink::commit`]). A crash before COMMIT leaves neither; a restart replays the
-//! committed messages without logging them (their epochs are below [`crate::stream::LIVE`]:
+//! committed messages without logging them (their epochs are below [`crate::source::kafka::LIVE`]:
 //! the workers do not even feed them to the log, and the sink skips those epochs) and logs
 //! the rest once.
 //!
@@ -151,11 +151,8 @@ fn source_order(events: &[LoggedEvent]) -> Vec<&LoggedEvent> {
         sorted.sort_unstable_by_key(|event| (event.partition, event.offset));
         return sorted;
     }
-    let mut keys: Vec<u128> = events
-        .iter()
-        .enumerate()
-        .map(|(index, e)| (e.partition as u128) << 96 | (e.offset as u128) << 32 | index as u128)
-        .collect();
+    let mut keys: Vec<u128> =
+        events.iter().enumerate().map(|(index, e)| (e.partition as u128) << 96 | (e.offset as u128) << 32 | index as u128).collect();
     keys.sort_unstable();
     keys.into_iter().map(|key| &events[(key as u32) as usize]).collect()
 }
@@ -219,7 +216,7 @@ pub struct EventLogRow {
     /// `event_timestamp` in ms since 1970; `None` for NULL.
     pub time_ms: Option<i64>,
     /// `event_type`.
-    pub event_type: Option<encore_udfs::EventType>,
+    pub event_type: Option<encore_core::EventType>,
     /// `ms_played`.
     pub ms_played: Option<i32>,
 }
@@ -307,7 +304,7 @@ impl PgSink {
                         user: row.try_get(2)?,
                         track: row.try_get(3)?,
                         time_ms: row.try_get(4)?,
-                        event_type: event_type.as_deref().and_then(encore_udfs::EventType::from_name),
+                        event_type: event_type.as_deref().and_then(encore_core::EventType::from_name),
                         ms_played: row.try_get(6)?,
                     });
                 }
@@ -320,7 +317,7 @@ impl PgSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use encore_udfs::EventType;
+    use encore_core::EventType;
 
     fn event(partition: i32, offset: i64, event_type: EventType, ms_played: Option<i32>) -> LoggedEvent {
         LoggedEvent { partition, offset, user: 7, track: 42, time_ms: 1_714_557_600_123, event_type, ms_played }
@@ -407,9 +404,8 @@ mod tests {
 
     #[test]
     fn source_order_is_partition_then_offset() {
-        let mut events: Vec<LoggedEvent> = (0..500i64)
-            .map(|i| event((i * 7 % 5) as i32, (i * 7_919) % 1_000 + (1 << 40) * (i % 2), EventType::Skip, None))
-            .collect();
+        let mut events: Vec<LoggedEvent> =
+            (0..500i64).map(|i| event((i * 7 % 5) as i32, (i * 7_919) % 1_000 + (1 << 40) * (i % 2), EventType::Skip, None)).collect();
         let mut want: Vec<(i32, i64)> = events.iter().map(|e| (e.partition, e.offset)).collect();
         want.sort_unstable();
         let got: Vec<(i32, i64)> = source_order(&events).iter().map(|e| (e.partition, e.offset)).collect();

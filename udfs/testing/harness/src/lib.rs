@@ -94,24 +94,13 @@ impl Plugin {
         let path = locate(crate_name)?;
         // SAFETY: the library is a Rust cdylib built from this workspace by the same cargo
         // invocation; its initialisers are the standard Rust runtime's and have no preconditions.
-        let library =
-            unsafe { libloading::Library::new(&path) }.map_err(|source| HarnessError::Load {
-                path: path.clone(),
-                source,
-            })?;
+        let library = unsafe { libloading::Library::new(&path) }.map_err(|source| HarnessError::Load { path: path.clone(), source })?;
         // SAFETY: `#[udf]` of arroyo-udf-plugin 0.2 exports `__run` with exactly `RunFn`'s
         // signature; the pointer stays valid while `library` (kept in `self`) is loaded.
         let run = unsafe { library.get::<RunFn>(b"__run\0") }
             .map(|symbol| *symbol)
-            .map_err(|source| HarnessError::Load {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Plugin {
-            run,
-            path,
-            library: Arc::new(library),
-        })
+            .map_err(|source| HarnessError::Load { path: path.clone(), source })?;
+        Ok(Plugin { run, path, library: Arc::new(library) })
     }
 
     /// Where the library was loaded from.
@@ -122,8 +111,7 @@ impl Plugin {
     /// Calls `__run` on one batch of argument columns, as an Arroyo worker does: export every
     /// column through the C data interface, hand ownership to the plugin, import the result.
     pub fn call(&self, columns: &[ArrayRef]) -> Result<Output, HarnessError> {
-        let arguments =
-            FfiArrays::from_vec(columns.iter().map(|column| column.to_data()).collect());
+        let arguments = FfiArrays::from_vec(columns.iter().map(|column| column.to_data()).collect());
         // SAFETY: `run` points into the loaded library (see `load`); `arguments` is a valid
         // FfiArrays whose ownership passes to the plugin, which frees it (also after a panic).
         let result = unsafe { (self.run)(arguments) };
@@ -132,10 +120,7 @@ impl Plugin {
                 // SAFETY: the plugin built `array` and `schema` with arrow's `to_ffi`; `from_ffi`
                 // takes ownership of `array` and calls its release callback when dropped.
                 let data: ArrayData = unsafe { from_ffi(array, &schema) }?;
-                Ok(Output {
-                    column: make_array(data),
-                    _library: Arc::clone(&self.library),
-                })
+                Ok(Output { column: make_array(data), _library: Arc::clone(&self.library) })
             }
             RunResult::Err => Err(HarnessError::UdfFailed),
         }
@@ -144,18 +129,9 @@ impl Plugin {
 
 /// Finds the plugin next to the test executable (`target/<profile>/deps/<test>-<hash>`).
 fn locate(crate_name: &str) -> Result<PathBuf, HarnessError> {
-    let file = format!(
-        "{}{crate_name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
+    let file = format!("{}{crate_name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
     let executable = std::env::current_exe().map_err(HarnessError::CurrentExe)?;
-    let searched: Vec<PathBuf> = executable
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(Path::to_path_buf)
-        .collect();
+    let searched: Vec<PathBuf> = executable.ancestors().skip(1).take(2).map(Path::to_path_buf).collect();
     searched
         .iter()
         .map(|directory| directory.join(&file))
@@ -165,9 +141,5 @@ fn locate(crate_name: &str) -> Result<PathBuf, HarnessError> {
 
 /// Asserts the invariant every `__run` result must keep: one row out per row in.
 pub fn assert_rows(output: &Output, rows: usize) {
-    assert_eq!(
-        output.column().len(),
-        rows,
-        "the UDF must return one value per input row"
-    );
+    assert_eq!(output.column().len(), rows, "the UDF must return one value per input row");
 }

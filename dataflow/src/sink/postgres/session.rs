@@ -88,11 +88,7 @@ pub(super) fn session_config(url: &str, retry: &RetryPolicy) -> Result<Target, S
         None => SESSION_OPTIONS.to_string(),
     };
     config.options(&options);
-    config
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3);
+    config.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(5)).keepalives_retries(3);
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(Duration::from_secs(30));
     }
@@ -140,11 +136,7 @@ pub(super) fn open_session(
     }
 }
 
-fn try_open_session(
-    target: &Target,
-    sql: &Statements,
-    create_schema: Option<&str>,
-) -> Result<Session, postgres::Error> {
+fn try_open_session(target: &Target, sql: &Statements, create_schema: Option<&str>) -> Result<Session, postgres::Error> {
     let mut client = target.connect()?;
     if let Some(schema) = create_schema {
         let mut tx = client.transaction()?;

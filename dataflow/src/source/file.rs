@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::job::{self, MAX_EPOCHS_IN_FLIGHT};
-use crate::output::{EpochSink, Gathered};
+use crate::pipeline::{self, MAX_EPOCHS_IN_FLIGHT};
+use crate::sink::{EpochSink, Gathered};
 use crate::tables::Params;
 
 /// Where the lines come from.
@@ -91,7 +91,8 @@ where
     let guards = timely::execute(config, move |worker| {
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
-        let mut inputs = job::install_with(worker, &job.params, job.emit_co_listens, make_sink(), Gathered::default(), job.emit_events);
+        let mut inputs =
+            pipeline::install_with(worker, &job.params, job.emit_co_listens, make_sink(), Gathered::default(), job.emit_events);
 
         let started = Instant::now();
         let epoch_events = job.epoch_events.max(1) as u64;
@@ -149,9 +150,7 @@ pub fn read_lines(path: &PathBuf, feed: &mut impl FnMut(u64, &[u8])) -> Result<(
     let mut number = 0u64;
     loop {
         line.clear();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
+        let read = reader.read_until(b'\n', &mut line).map_err(|reason| BatchError::Read { path: path.clone(), reason })?;
         if read == 0 {
             return Ok(());
         }

@@ -170,9 +170,7 @@ impl Failure {
     pub(super) fn into_error(self, context: &'static str, attempts: u32) -> SinkError {
         match self {
             Failure::Sink(err) => err,
-            failure if failure.is_transient() => {
-                SinkError::Retries { context, attempts, reason: failure.reason() }
-            }
+            failure if failure.is_transient() => SinkError::Retries { context, attempts, reason: failure.reason() },
             failure => SinkError::Postgres { context, reason: failure.reason() },
         }
     }
@@ -185,8 +183,7 @@ pub(super) fn is_transient(err: &postgres::Error) -> bool {
         // 08: connection exceptions; 57P01-3: admin/crash shutdown, server starting up;
         // 40001/40P01: serialization failure, deadlock; 55P03: lock_timeout;
         // 53300: too many connections (another client may leave).
-        return code.starts_with("08")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "53300");
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03" | "53300");
     }
     if err.is_closed() {
         return true;

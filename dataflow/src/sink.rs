@@ -22,15 +22,20 @@
 //! worker 0 beside the row changes' shares, so an epoch's events reach the sink in its
 //! [`Changes`] and commit with it.
 
+pub(crate) mod committer;
+pub mod csv;
+pub mod postgres;
+
 use std::collections::BTreeMap;
 
 use differential_dataflow::VecCollection;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::operators::{Capability, Concat, Operator, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 
+use crate::engine::stash::EpochStash;
 use crate::engine::{Epoch, Outputs};
 use crate::tables::{Changes, DeadLetter, LoggedEvent, Tables, TrackStats};
 
@@ -128,17 +133,17 @@ pub fn event_shares<'scope>(events: VecCollection<'scope, Epoch, LoggedEvent>) -
     events.inner.unary::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(Pipeline, "EventShares", |_cap, _info| {
         move |input, output| {
             let port = output.output_index();
-            let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+            let mut shares: EpochStash<Capability<Epoch>, Changes> = EpochStash::default();
             input.for_each(|cap, data| {
                 for (event, epoch, diff) in data.drain(..) {
-                    let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
+                    let share = shares.stage(epoch, || cap.delayed(&epoch, port));
                     // Inputs only ever insert an event once (diff +1).
                     for _ in 0..diff.max(0) {
-                        entry.1.events.push(event);
+                        share.events.push(event);
                     }
                 }
             });
-            for (_epoch, (capability, share)) in shares {
+            for (_epoch, capability, share) in shares.drain() {
                 output.session(&capability).give(share);
             }
         }
@@ -158,14 +163,13 @@ pub fn sink_epochs_with<'scope, S: EpochSink>(
     let shares = changes.unary::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(Pipeline, "EpochShares", |_cap, _info| {
         move |input, output| {
             let port = output.output_index();
-            let mut shares: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+            let mut shares: EpochStash<Capability<Epoch>, Changes> = EpochStash::default();
             input.for_each(|cap, data| {
                 for (change, epoch, diff) in data.drain(..) {
-                    let entry = shares.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
-                    add(&mut entry.1, change, diff as i64);
+                    add(shares.stage(epoch, || cap.delayed(&epoch, port)), change, diff as i64);
                 }
             });
-            for (_epoch, (capability, share)) in shares {
+            for (_epoch, capability, share) in shares.drain() {
                 output.session(&capability).give(share);
             }
         }
@@ -175,7 +179,7 @@ pub fn sink_epochs_with<'scope, S: EpochSink>(
         None => shares,
     };
     let to_worker_zero = Exchange::new(|_share: &Changes| 0u64);
-    let mut staged: BTreeMap<Epoch, (Capability<Epoch>, Changes)> = BTreeMap::new();
+    let mut staged: EpochStash<Capability<Epoch>, Changes> = EpochStash::default();
     let (probe, _) = shares
         .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(to_worker_zero, "EpochSink", move |_cap, _info| {
             move |(input, frontier), output| {
@@ -183,15 +187,12 @@ pub fn sink_epochs_with<'scope, S: EpochSink>(
                 input.for_each(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
                     for share in data.drain(..) {
-                        let entry = staged.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, port), Changes::default()));
-                        entry.1.append(share);
+                        staged.stage(epoch, || cap.delayed(&epoch, port)).append(share);
                     }
                 });
-                while let Some(entry) = staged.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break; // another worker's share may still arrive
-                    }
-                    let (epoch, (_capability, changes)) = entry.remove_entry();
+                // Complete once the frontier has passed it: until then another worker's share
+                // may still arrive.
+                while let Some((epoch, _capability, changes)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
                     sink.epoch_closed(epoch, changes);
                 }
             }
@@ -224,10 +225,7 @@ impl Tables {
     /// Applies one epoch's changes: a retraction removes its row only if the row still holds
     /// the retracted value, so the order of a row's `-old` and `+new` does not matter.
     pub fn apply(&mut self, changes: &Changes) {
-        fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(
-            table: &mut BTreeMap<K, V>,
-            updates: &[(K, V, i64)],
-        ) {
+        fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(table: &mut BTreeMap<K, V>, updates: &[(K, V, i64)]) {
             for &(key, value, diff) in updates.iter().filter(|u| u.2 < 0) {
                 debug_assert_eq!(diff, -1);
                 if table.get(&key) == Some(&value) {

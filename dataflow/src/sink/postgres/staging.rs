@@ -19,11 +19,11 @@
 //! would cost one trip through the client's runtime (`block_on`) per row inside the open
 //! transaction; the `pg_copy` benchmark measures both.
 
-use super::sql::{TableSpec, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
 use super::error::Failure;
+use super::sql::{TableSpec, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
 use super::SinkError;
-use std::io::Read as _;
 use crate::tables::{score_value, Changes, DeadLetter, TrackStats};
+use std::io::Read as _;
 
 /// The fixed start of every binary COPY stream: signature, flags, header extension length.
 const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -52,10 +52,7 @@ pub(super) const OP_UPDATE: i16 = 2;
 /// with diff +1 (the new row) and at most one with diff -1 (the old row). Anything else means
 /// the producer of the changes is broken, and writing it would corrupt the table, so it is
 /// refused with [`SinkError::InvalidChanges`].
-pub(super) fn consolidate<K, V>(
-    table: &'static str,
-    triples: &[(K, V, i64)],
-) -> Result<Vec<(K, Action<V>)>, SinkError>
+pub(super) fn consolidate<K, V>(table: &'static str, triples: &[(K, V, i64)]) -> Result<Vec<(K, Action<V>)>, SinkError>
 where
     K: Ord + Copy + std::fmt::Debug,
     V: Ord + Copy,
@@ -87,10 +84,7 @@ where
             }
         }
         if removed > 1 {
-            return Err(SinkError::InvalidChanges {
-                table,
-                reason: format!("key {key:?} retracts {removed} different values"),
-            });
+            return Err(SinkError::InvalidChanges { table, reason: format!("key {key:?} retracts {removed} different values") });
         }
         match (added, removed) {
             (Some(value), 0) => actions.push((key, Action::Insert(value))),
@@ -138,17 +132,14 @@ impl CopyEncoder {
         self.bytes.extend_from_slice(&value.to_bits().to_be_bytes());
     }
 
-
     fn null(&mut self) {
         self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
     }
 
     /// `text` and `bytea` share the layout: length, then the bytes.
     fn varlena(&mut self, value: &[u8]) -> Result<(), SinkError> {
-        let len = i32::try_from(value.len()).map_err(|_| SinkError::OutOfRange {
-            what: "dead letter field length",
-            value: value.len() as u64,
-        })?;
+        let len = i32::try_from(value.len())
+            .map_err(|_| SinkError::OutOfRange { what: "dead letter field length", value: value.len() as u64 })?;
         self.bytes.extend_from_slice(&len.to_be_bytes());
         self.bytes.extend_from_slice(value);
         Ok(())
@@ -188,11 +179,7 @@ impl Staged {
 
     /// Consolidates and encodes `changes`; `co_listens` is left out unless `emit_co_listens`
     /// (its table does not exist then).
-    pub(super) fn new(
-        changes: &Changes,
-        score_precision: u32,
-        emit_co_listens: bool,
-    ) -> Result<Staged, SinkError> {
+    pub(super) fn new(changes: &Changes, score_precision: u32, emit_co_listens: bool) -> Result<Staged, SinkError> {
         let mut staged = Staged::default();
         let score = |units: i64| score_value(units, score_precision);
         let pairs = |spec: &'static TableSpec, triples: &[((u64, u64), i64, i64)], staged: &mut Staged| {
@@ -359,9 +346,9 @@ mod tests {
         let triples = vec![
             (1u64, 10i64, -1i64), // update 1: 10 -> 11
             (1, 11, 1),
-            (2, 20, 1), // insert 2
+            (2, 20, 1),  // insert 2
             (3, 30, -1), // delete 3
-            (4, 40, 1), // 4 appears and disappears within the batch
+            (4, 40, 1),  // 4 appears and disappears within the batch
             (4, 40, -1),
             (5, 50, -1), // 5 changes and changes back
             (5, 51, 1),
@@ -369,10 +356,7 @@ mod tests {
             (5, 50, 1),
         ];
         let actions = consolidate("t", &triples).unwrap();
-        assert_eq!(
-            actions,
-            vec![(1, Action::Update(11)), (2, Action::Insert(20)), (3, Action::Delete)]
-        );
+        assert_eq!(actions, vec![(1, Action::Update(11)), (2, Action::Insert(20)), (3, Action::Delete)]);
     }
 
     #[test]
@@ -424,10 +408,7 @@ mod tests {
 
     #[test]
     fn ids_beyond_bigint_are_refused() {
-        let changes = Changes {
-            track_stats: vec![(u64::MAX, TrackStats::default(), 1)],
-            ..Changes::default()
-        };
+        let changes = Changes { track_stats: vec![(u64::MAX, TrackStats::default(), 1)], ..Changes::default() };
         assert!(matches!(Staged::new(&changes, 4, false), Err(SinkError::OutOfRange { .. })));
     }
 }

@@ -55,9 +55,7 @@ pub(super) fn permanent(error: &KafkaError) -> Option<&'static str> {
     match code {
         // Raised for a batch whose codec or message format this build cannot decode; it is
         // raised again on every fetch of the same batch.
-        RDKafkaErrorCode::NotImplemented => {
-            Some("a compression codec or message format this build of librdkafka cannot decode")
-        }
+        RDKafkaErrorCode::NotImplemented => Some("a compression codec or message format this build of librdkafka cannot decode"),
         RDKafkaErrorCode::UnsupportedCompressionType => Some("the broker cannot serve this compression codec"),
         // The same bytes fail again on every fetch.
         RDKafkaErrorCode::BadCompression => Some("a batch whose compressed data is corrupt"),

@@ -57,11 +57,7 @@ impl TableSpec {
         let mut columns = vec!["op SMALLINT NOT NULL".to_string()];
         columns.extend(self.keys.iter().map(|k| format!("{k} BIGINT NOT NULL")));
         columns.extend(self.values.iter().map(|(name, ty)| format!("{name} {ty}")));
-        format!(
-            "CREATE TEMP TABLE IF NOT EXISTS encore_stage_{} ({}) ON COMMIT DELETE ROWS;\n",
-            self.name,
-            columns.join(", ")
-        )
+        format!("CREATE TEMP TABLE IF NOT EXISTS encore_stage_{} ({}) ON COMMIT DELETE ROWS;\n", self.name, columns.join(", "))
     }
 
     fn copy_staging(&self) -> String {
@@ -71,12 +67,7 @@ impl TableSpec {
     /// Deletes the rows whose key was only retracted.
     fn merge_delete(&self, schema: &str) -> String {
         let join: Vec<String> = self.keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
-        format!(
-            "DELETE FROM {schema}.{} AS t USING {} AS s WHERE s.op = 0 AND {};\n",
-            self.name,
-            self.staging_table(),
-            join.join(" AND ")
-        )
+        format!("DELETE FROM {schema}.{} AS t USING {} AS s WHERE s.op = 0 AND {};\n", self.name, self.staging_table(), join.join(" AND "))
     }
 
     /// Inserts the new keys (`op = 1`) with a plain INSERT: no per-row conflict
@@ -112,8 +103,7 @@ impl TableSpec {
     /// `WHERE ... IS DISTINCT FROM` skips a row version (and its WAL) when the value is
     /// already there, as in a replayed commit.
     fn merge_upsert(&self, schema: &str, filter: &str) -> String {
-        let set: Vec<String> =
-            self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
+        let set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
         let old: Vec<String> = self.values.iter().map(|(v, _)| format!("t.{v}")).collect();
         let new: Vec<String> = self.values.iter().map(|(v, _)| format!("EXCLUDED.{v}")).collect();
         format!(
@@ -131,37 +121,21 @@ impl TableSpec {
 }
 
 /// `track_neighbors`: the rows of N(i).
-pub(super) const TRACK_NEIGHBORS: TableSpec = TableSpec {
-    name: "track_neighbors",
-    keys: &["track_id", "neighbor_id"],
-    values: &[("score", "DOUBLE PRECISION")],
-};
+pub(super) const TRACK_NEIGHBORS: TableSpec =
+    TableSpec { name: "track_neighbors", keys: &["track_id", "neighbor_id"], values: &[("score", "DOUBLE PRECISION")] };
 /// `user_recommendations`: the rows of R(u).
-pub(super) const USER_RECOMMENDATIONS: TableSpec = TableSpec {
-    name: "user_recommendations",
-    keys: &["user_id", "track_id"],
-    values: &[("score", "DOUBLE PRECISION")],
-};
+pub(super) const USER_RECOMMENDATIONS: TableSpec =
+    TableSpec { name: "user_recommendations", keys: &["user_id", "track_id"], values: &[("score", "DOUBLE PRECISION")] };
 /// `track_stats`: plays, listeners and likes per track.
-pub(super) const TRACK_STATS: TableSpec = TableSpec {
-    name: "track_stats",
-    keys: &["track_id"],
-    values: &[("plays", "BIGINT"), ("listeners", "BIGINT"), ("likes", "BIGINT")],
-};
+pub(super) const TRACK_STATS: TableSpec =
+    TableSpec { name: "track_stats", keys: &["track_id"], values: &[("plays", "BIGINT"), ("listeners", "BIGINT"), ("likes", "BIGINT")] };
 /// `co_listens`: c(i,j) for i < j (only with `--emit-co-listens`).
-pub(super) const CO_LISTENS: TableSpec = TableSpec {
-    name: "co_listens",
-    keys: &["track_a", "track_b"],
-    values: &[("users", "BIGINT")],
-};
+pub(super) const CO_LISTENS: TableSpec = TableSpec { name: "co_listens", keys: &["track_a", "track_b"], values: &[("users", "BIGINT")] };
 
 /// `encore_last_listen`: `last(u,t)` for every `(user, track)` with a listen, the durable
-/// state a restart rebuilds from (see [`crate::stream`], "Durable state").
-pub(super) const LAST_LISTENS: TableSpec = TableSpec {
-    name: "encore_last_listen",
-    keys: &["user_id", "track_id"],
-    values: &[("last_ms", "BIGINT")],
-};
+/// state a restart rebuilds from (see [`crate::source::kafka`], "Durable state").
+pub(super) const LAST_LISTENS: TableSpec =
+    TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")] };
 
 /// The keyed tables in the order a commit merges them.
 const KEYED: [&TableSpec; 5] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS];
@@ -198,10 +172,7 @@ impl Statements {
     /// `schema` is the unquoted name (`--pg-schema`).
     pub(super) fn new(schema: &str, emit_co_listens: bool) -> Statements {
         let s = quote_ident(schema);
-        let keyed: Vec<&TableSpec> = KEYED
-            .into_iter()
-            .filter(|spec| emit_co_listens || spec.name != CO_LISTENS.name)
-            .collect();
+        let keyed: Vec<&TableSpec> = KEYED.into_iter().filter(|spec| emit_co_listens || spec.name != CO_LISTENS.name).collect();
 
         let mut create_tables = String::new();
         for spec in &keyed {
@@ -259,9 +230,7 @@ impl Statements {
                  SET next_offset = EXCLUDED.next_offset, committed_at = now() \
                  WHERE p.next_offset <= EXCLUDED.next_offset RETURNING kafka_partition"
             ),
-            select_offsets: format!(
-                "SELECT kafka_partition, next_offset FROM {s}.encore_progress WHERE topic = $1::text"
-            ),
+            select_offsets: format!("SELECT kafka_partition, next_offset FROM {s}.encore_progress WHERE topic = $1::text"),
             copy_dead_letters: "COPY pg_temp.encore_stage_dead_letters (topic, kafka_partition, \
                                 kafka_offset, payload, error) FROM STDIN (FORMAT binary)"
                 .to_string(),
@@ -272,9 +241,7 @@ impl Statements {
                  FROM pg_temp.encore_stage_dead_letters ORDER BY topic, kafka_partition, kafka_offset \
                  ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING;\n"
             ),
-            select_dead_letters: format!(
-                "SELECT topic, kafka_partition, kafka_offset, payload, error FROM {s}.dead_letters ORDER BY id"
-            ),
+            select_dead_letters: format!("SELECT topic, kafka_partition, kafka_offset, payload, error FROM {s}.dead_letters ORDER BY id"),
             select_parameters: format!("SELECT parameters, durable_state FROM {s}.encore_parameters WHERE topic = $1::text"),
             upsert_parameters: format!(
                 "INSERT INTO {s}.encore_parameters AS p (topic, parameters, durable_state) \
@@ -329,10 +296,7 @@ impl Statements {
     /// modulo `peers`: one loader's share of a table. (COPY takes no parameters; both
     /// numbers are integers formatted here.)
     pub(super) fn copy_share(&self, table: &str, columns: &str, key_column: &str, peers: usize, index: usize) -> String {
-        format!(
-            "COPY (SELECT {columns} FROM {}.{table} WHERE {key_column} % {peers} = {index}) TO STDOUT (FORMAT binary)",
-            self.schema
-        )
+        format!("COPY (SELECT {columns} FROM {}.{table} WHERE {key_column} % {peers} = {index}) TO STDOUT (FORMAT binary)", self.schema)
     }
 }
 

@@ -10,8 +10,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::output::EpochSink;
 use crate::engine::Epoch;
+use crate::sink::EpochSink;
 use crate::tables::{score_value, Changes, DeadLetter, LoggedEvent, Tables};
 
 /// A sink that keeps the current tables in memory, for `--output-dir` and tests.
@@ -94,11 +94,11 @@ pub fn write_event_logs(dir: &Path, events: &[LoggedEvent]) -> io::Result<()> {
     let mut sorted: Vec<&LoggedEvent> = events.iter().collect();
     sorted.sort_unstable_by_key(|event| (event.partition, event.offset));
     let header = "user_id,track_id,event_timestamp,kafka_partition,kafka_offset,event_type,ms_played";
-    for (table, likes) in [(crate::postgres::STREAM_EVENT_LOG, false), (crate::postgres::LIKE_EVENT_LOG, true)] {
+    for (table, likes) in [(crate::sink::postgres::STREAM_EVENT_LOG, false), (crate::sink::postgres::LIKE_EVENT_LOG, true)] {
         write_csv(dir, table, header, |out| {
             for event in sorted.iter().filter(|event| event.is_like() == likes) {
-                let time = crate::postgres::pg_timestamp(event.time_ms)
-                    .map(|_| encore_udfs::format_iso_timestamp(event.time_ms))
+                let time = crate::sink::postgres::pg_timestamp(event.time_ms)
+                    .map(|_| encore_core::format_iso_timestamp(event.time_ms))
                     .unwrap_or_default();
                 let ms_played = event.ms_played.map(|ms| ms.to_string()).unwrap_or_default();
                 writeln!(
@@ -113,12 +113,7 @@ pub fn write_event_logs(dir: &Path, events: &[LoggedEvent]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_csv(
-    dir: &Path,
-    table: &str,
-    header: &str,
-    rows: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> io::Result<()> {
+fn write_csv(dir: &Path, table: &str, header: &str, rows: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
     // Write beside the target and rename, so a reader never sees a half-written table.
     let path = dir.join(format!("{table}.csv"));
     let partial = dir.join(format!(".{table}.csv.partial"));

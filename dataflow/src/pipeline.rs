@@ -1,0 +1,183 @@
+//! The dataflow every job installs on every worker: the engine, its inputs and the
+//! per-epoch sink. Shared by the file job ([`crate::source::file`]) and the Kafka job
+//! ([`crate::job`]), so that both compute exactly the same thing.
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+use crate::engine::{self, Epoch, Listen};
+use crate::sink::{self, EpochSink, Gathered};
+use crate::tables::{DeadLetter, LoggedEvent, Params, TrackStats};
+
+/// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
+/// alike: the workers compute earlier epochs while they feed later ones, so every operator
+/// must (and the oracle tests check that it does) keep a later epoch's data apart until the
+/// earlier ones are complete.
+pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+
+/// What [`Inputs::feed`] made of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A valid listen (SPEC §1): it feeds the engine.
+    Listen,
+    /// A valid event that is not a listen (a skip, a short play): nothing to feed.
+    Other,
+    /// An invalid message: a dead letter.
+    Invalid,
+}
+
+/// The inputs of one worker. Each is fed only this worker's share of the messages.
+pub struct Inputs {
+    /// Valid listens.
+    pub listens: InputSession<Epoch, Listen, isize>,
+    /// Invalid messages.
+    pub dead_letters: InputSession<Epoch, DeadLetter, isize>,
+    /// `(partition, next offset)`: consumed progress, committed with the epoch's changes.
+    pub offsets: InputSession<Epoch, (i32, i64), isize>,
+    /// A stored state's `last(u,t)` per `(user, track)`, as listens at that time (a restart).
+    pub restored_listens: InputSession<Epoch, Listen, isize>,
+    /// A stored state's `plays` and `likes` per track (a restart).
+    pub restored_stats: InputSession<Epoch, (u64, TrackStats), isize>,
+    /// Passes an epoch once the sink (on worker 0) has received it.
+    pub probe: ProbeHandle<Epoch>,
+    /// Valid events for the event log (`--emit-events`), from the epoch of
+    /// [`Inputs::log_events_from`] on; `None` without the flag.
+    pub events: Option<InputSession<Epoch, LoggedEvent, isize>>,
+    /// The first epoch whose events are logged.
+    events_from: Epoch,
+}
+
+impl Inputs {
+    /// The epoch being fed.
+    pub fn epoch(&self) -> Epoch {
+        *self.listens.time()
+    }
+
+    /// Closes the current epoch and opens `epoch`.
+    pub fn advance_to(&mut self, epoch: Epoch) {
+        self.listens.advance_to(epoch);
+        self.dead_letters.advance_to(epoch);
+        self.offsets.advance_to(epoch);
+        self.restored_listens.advance_to(epoch);
+        self.restored_stats.advance_to(epoch);
+        if let Some(events) = self.events.as_mut() {
+            events.advance_to(epoch);
+        }
+        self.flush();
+    }
+
+    /// Sends what was fed so far into the dataflow without closing the epoch.
+    pub fn flush(&mut self) {
+        self.listens.flush();
+        self.dead_letters.flush();
+        self.offsets.flush();
+        self.restored_listens.flush();
+        self.restored_stats.flush();
+        if let Some(events) = self.events.as_mut() {
+            events.flush();
+        }
+    }
+
+    /// Logs the events of `epoch` and later only: the Kafka job's replayed epochs (below
+    /// [`crate::source::kafka::LIVE`]) hold messages whose events the log already has.
+    pub fn log_events_from(&mut self, epoch: Epoch) {
+        self.events_from = epoch;
+    }
+
+    /// Whether the sink has not yet received every epoch before `epoch`.
+    pub fn pending_before(&self, epoch: Epoch) -> bool {
+        self.probe.less_than(&epoch)
+    }
+
+    /// Parses one message and feeds it: a listen, nothing (a valid non-listen), or a dead
+    /// letter. Returns which it was.
+    pub fn feed(&mut self, payload: &[u8], topic: &str, partition: i32, offset: i64) -> MessageKind {
+        match encore_core::parse_event(payload) {
+            Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
+                Some(listen) => {
+                    self.listens.insert(listen);
+                    MessageKind::Listen
+                }
+                None => MessageKind::Other,
+            },
+            Err(error) => {
+                self.dead_letters.insert(DeadLetter {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    payload: payload.to_vec(),
+                    error: error.to_string(),
+                });
+                MessageKind::Invalid
+            }
+        }
+    }
+
+    /// Feeds a valid event to the event log, if it is kept and the epoch is logged; returns
+    /// the event.
+    fn logged(&mut self, event: encore_core::Event, partition: i32, offset: i64) -> encore_core::Event {
+        if let Some(events) = self.events.as_mut().filter(|events| *events.time() >= self.events_from) {
+            events.insert(LoggedEvent::new(&event, partition, offset));
+        }
+        event
+    }
+
+    /// Closes every input: the dataflow drains and completes.
+    pub fn close(self) {
+        self.listens.close();
+        self.dead_letters.close();
+        self.offsets.close();
+        self.restored_listens.close();
+        self.restored_stats.close();
+        if let Some(events) = self.events {
+            events.close();
+        }
+    }
+}
+
+/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with
+/// every change but the durable state's, and no event log.
+pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
+    install_with(worker, params, emit_co_listens, sink, Gathered::default(), false)
+}
+
+/// [`install`], the sink receiving the changes `gathered` says, and with `emit_events` one
+/// more input, the valid events, which travel with their epoch to the sink
+/// ([`Changes::events`](crate::tables::Changes::events)) beside the engine (they need no
+/// computation).
+pub fn install_with<S: EpochSink>(
+    worker: &mut Worker,
+    params: &Params,
+    emit_co_listens: bool,
+    sink: S,
+    gathered: Gathered,
+    emit_events: bool,
+) -> Inputs {
+    worker.dataflow::<Epoch, _, _>(|scope| {
+        let (listens_input, listens) = scope.new_collection::<Listen, isize>();
+        let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
+        let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
+        let (restored_listens_input, restored_listens) = scope.new_collection::<Listen, isize>();
+        let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
+        let (events_input, events) = if emit_events {
+            let (input, events) = scope.new_collection::<LoggedEvent, isize>();
+            (Some(input), Some(sink::event_shares(events)))
+        } else {
+            (None, None)
+        };
+        let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
+        let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
+        let probe = sink::sink_epochs_with(sink::gather(outputs, dead_letters, offsets, gathered), events, sink);
+        Inputs {
+            listens: listens_input,
+            dead_letters: dead_input,
+            offsets: offsets_input,
+            restored_listens: restored_listens_input,
+            restored_stats: restored_stats_input,
+            probe,
+            events: events_input,
+            events_from: 0,
+        }
+    })
+}
