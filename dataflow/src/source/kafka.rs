@@ -415,7 +415,12 @@ pub(crate) fn consume(
     // after it (or none): read the partition from its beginning instead, skipping what the
     // state holds.
     let rewind = |p: i32, committed: i64, got: Option<i64>, next: &mut BTreeMap<i32, i64>| -> Result<(), StreamError> {
-        warn!(p, committed, ?got, "the broker may have skipped messages from the committed offset on: reading the partition from its beginning");
+        warn!(
+            p,
+            committed,
+            ?got,
+            "the broker may have skipped messages from the committed offset on: reading the partition from its beginning"
+        );
         consumer.seek(&job.topic, p, Offset::Beginning, KAFKA_TIMEOUT)?;
         next.insert(p, 0);
         Ok(())
