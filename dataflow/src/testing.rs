@@ -176,6 +176,16 @@ pub fn generate(seed: u64, mix: &LineMix) -> Vec<GeneratedLine> {
     (0..mix.lines).map(|_| generator.line()).collect()
 }
 
+/// Writes `lines` to `path` as a JSON-lines file (`--input`), one line each.
+pub fn write_lines(path: &std::path::Path, lines: &[Vec<u8>]) {
+    let mut text = Vec::with_capacity(lines.iter().map(|line| line.len() + 1).sum());
+    for line in lines {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+}
+
 /// `lines` raw message lines from `seed`, with the mix [`LineMix::random`] draws from it.
 pub fn random_lines(seed: u64, lines: usize) -> Vec<Vec<u8>> {
     generate(seed, &LineMix::random(seed, lines)).into_iter().map(|line| line.bytes).collect()

@@ -55,12 +55,7 @@ fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
     let dir = scratch("processes");
     let lines = testing::random_lines(5, 2_500);
     let input = dir.join("events.jsonl");
-    let mut text = Vec::new();
-    for line in &lines {
-        text.extend_from_slice(line);
-        text.push(b'\n');
-    }
-    std::fs::write(&input, text).expect("write input");
+    testing::write_lines(&input, &lines);
 
     let single = dir.join("single");
     let output = flow()

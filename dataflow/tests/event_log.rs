@@ -226,12 +226,7 @@ fn output_dir_writes_both_logs_as_csv() {
     // An event time beyond what timestamptz holds: kept, with an empty timestamp.
     lines.push(br#"{"user_id":1,"track_id":2,"event_timestamp":9223372036854775807,"event_type":"skip","ms_played":12}"#.to_vec());
     let input = dir.join("events.jsonl");
-    let mut text = Vec::new();
-    for line in &lines {
-        text.extend_from_slice(line);
-        text.push(b'\n');
-    }
-    std::fs::write(&input, text).expect("write input");
+    testing::write_lines(&input, &lines);
     let out = dir.join("out");
     let output = Command::new(env!("CARGO_BIN_EXE_encore-flow"))
         .args(["--input", input.to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--emit-events", "-w", "2"])
