@@ -235,8 +235,20 @@ fn a_killed_run_sh_takes_its_children_along() {
     for name in ["generator", "flow-p0", "flow-p1"] {
         let pid: u32 = std::fs::read_to_string(state.join(format!("{name}.pid"))).expect("pid file").trim().parse().expect("a pid");
         assert!(children.iter().any(|child| child.pid == pid), "{name} (pid {pid}) is a child of run.sh: {children:?}");
-        let command_line = Process::read(pid).map(|p| p.command_line()).unwrap_or_default();
-        assert!(command_line.contains(&format!("{}/encore-", bin.path().display())), "{name} runs the stand-in: {command_line}");
+        // Past setsid and setpriv, whose command lines name the program too: the parent-death
+        // signal is armed only once setpriv has run. A kill before that is the window run.sh
+        // documents (caught by the pid check at the next start), not what this test is about;
+        // under load it lasted long enough to make the test flaky.
+        let stand_in = format!("{}/encore-", bin.path().display());
+        let armed_by = Instant::now() + Duration::from_secs(60);
+        loop {
+            let command_line = Process::read(pid).map(|p| p.command_line()).unwrap_or_default();
+            if command_line.contains(&stand_in) && !command_line.contains("setpriv") && !command_line.contains("setsid") {
+                break;
+            }
+            assert!(Instant::now() < armed_by, "{name} does not run the stand-in: {command_line}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     assert!(run.get().try_wait().expect("poll run.sh").is_none(), "run.sh still running:\n{}", said());
 
