@@ -20,7 +20,7 @@ use encore_generator::stream::EventStream;
 
 use crate::flow::{self, FlowTarget, Layout};
 use crate::kafka::{BenchProducer, Kafka};
-use crate::pg;
+use crate::{gib, pg};
 
 /// One restart.
 #[derive(Clone, Debug)]
@@ -111,5 +111,46 @@ impl Marker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The restart table, against the catch-up's peak RSS (the steady state of the same layout).
+pub fn print(restarts: &[Restart], steady_rss: &[u64], flags: &[String]) {
+    println!(
+        "\n## Restart on the caught-up schema (encore-flow {}), to the first new commit\n\n\
+         load = the durable state from Postgres (default); replay = the topic from its beginning (--replay-topic). \
+         Steady state: the catch-up run's peak RSS per process, {}.\n",
+        flags.join(" "),
+        steady_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(" + ")
+    );
+    println!("| mode | messages of state | seconds to the first new commit | peak RSS per process | of the steady state's |");
+    println!("|---|--:|--:|--:|--:|");
+    for restart in restarts {
+        let peak: Vec<String> = restart.peak_rss.iter().map(|b| gib(*b)).collect();
+        let ratio: Vec<String> = restart
+            .peak_rss
+            .iter()
+            .zip(steady_rss)
+            .map(|(peak, steady)| format!("{:.2}×", *peak as f64 / (*steady).max(1) as f64))
+            .collect();
+        println!(
+            "| {} | {} | {:.1} | {} | {} |",
+            restart.mode,
+            restart.state_messages,
+            restart.first_commit_seconds,
+            peak.join(" + "),
+            ratio.join(" + ")
+        );
+    }
+    const RESTART_TARGET: f64 = 15.0;
+    for restart in restarts.iter().filter(|r| r.mode == "load") {
+        let within = restart.peak_rss.iter().zip(steady_rss).all(|(peak, steady)| peak <= steady);
+        println!(
+            "restart (load) at {} messages: {:.1} s to the first new commit (target <= {RESTART_TARGET:.0} s: {}); peak RSS <= steady state's: {}",
+            restart.state_messages,
+            restart.first_commit_seconds,
+            if restart.first_commit_seconds <= RESTART_TARGET { "met" } else { "missed" },
+            if within { "met" } else { "missed" }
+        );
     }
 }
