@@ -413,10 +413,19 @@ pub(crate) fn consume(
         assignment.add_partition_offset(&job.topic, p, offset)?;
     }
     consumer.assign(&assignment)?;
+    // Partitions read again from their beginning: their first message must still come at or
+    // before the committed offset, or messages after it are gone (deleted since the start-up
+    // check): refused, as at start.
+    let mut rewound: BTreeMap<i32, i64> = BTreeMap::new();
     // The broker answered a fetch one message before the committed offset with a message
     // after it (or none): read the partition from its beginning instead, skipping what the
     // state holds.
-    let rewind = |p: i32, committed: i64, got: Option<i64>, next: &mut BTreeMap<i32, i64>| -> Result<(), StreamError> {
+    let rewind = |p: i32,
+                  committed: i64,
+                  got: Option<i64>,
+                  next: &mut BTreeMap<i32, i64>,
+                  rewound: &mut BTreeMap<i32, i64>|
+     -> Result<(), StreamError> {
         warn!(
             p,
             committed,
@@ -425,6 +434,7 @@ pub(crate) fn consume(
         );
         consumer.seek(&job.topic, p, Offset::Beginning, KAFKA_TIMEOUT)?;
         next.insert(p, 0);
+        rewound.insert(p, committed);
         Ok(())
     };
 
@@ -517,7 +527,7 @@ pub(crate) fn consume(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 errors.progress();
                 if let Some(must) = unverified.remove(&p) {
-                    rewind(p, must, None, &mut next)?;
+                    rewind(p, must, None, &mut next, &mut rewound)?;
                     continue;
                 }
                 let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
@@ -545,8 +555,13 @@ pub(crate) fn consume(
                 let (p, offset) = (message.partition(), message.offset());
                 if let Some(must) = unverified.remove(&p) {
                     if offset > must {
-                        rewind(p, must, Some(offset), &mut next)?;
+                        rewind(p, must, Some(offset), &mut next, &mut rewound)?;
                         continue;
+                    }
+                }
+                if let Some(needed) = rewound.remove(&p) {
+                    if offset > needed {
+                        return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed, low: offset });
                     }
                 }
                 let Some(n) = next.get_mut(&p) else { continue };

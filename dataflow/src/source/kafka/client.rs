@@ -42,11 +42,12 @@ fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
         // offsets would be a second, inconsistent truth.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        // Only reached when an assigned offset is out of range; the start-up checks have
-        // already refused truncated partitions, so "earliest" only ever means offset 0.
+        // Only reached when an assigned offset is out of range (deleted since the start-up
+        // checks): "earliest" is then the low watermark, and the first message's offset shows
+        // the gap, which the consume loop refuses (source/kafka.rs, `resume_at`).
         .set("auto.offset.reset", "earliest")
-        // End-of-partition events tell the replay that a partition holds fewer messages than
-        // the committed offsets say.
+        // End-of-partition events tell the job that a partition holds fewer messages than the
+        // committed offsets say, or that a resumed partition answered nothing.
         .set("enable.partition.eof", "true")
         // Bounds the prefetch per consumer (one per worker): 64 MiB keeps throughput while
         // leaving memory to the dataflow.
@@ -55,8 +56,8 @@ fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
         .set("socket.timeout.ms", "10000")
         // A fetch that finds no new message waits this long at the broker. Apache Kafka
         // answers as soon as data arrives, but Tansu answers only at the deadline, so
-        // librdkafka's 500 ms default added ~400 ms to every event's latency there (README,
-        // "Kafka fetch wait"). Shorter waits cost idle CPU on Tansu.
+        // librdkafka's 500 ms default added ~400 ms to every event's latency there
+        // (benches/README.md, "Kafka fetch wait"). Shorter waits cost idle CPU on Tansu.
         .set("fetch.wait.max.ms", "100");
     for (key, value) in &job.kafka_options {
         config.set(key, value);
