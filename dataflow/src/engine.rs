@@ -6,6 +6,7 @@
 //!   │
 //!   ├─ History ─────────────── custom operator, exchanged by user (engine/history.rs)
 //!   │    ├─ members  (u, t)        t ∈ H(u): the K tracks with the latest last(u,t)
+//!   │    ├─ listened u             once per user and epoch with a listen
 //!   │    ├─ firsts   (u, t)        +1 on a user's first listen of a track
 //!   │    ├─ last     ((u, t), ms)  last(u,t): the durable state (source/kafka.rs)
 //!   │    └─ pairs    (i, j)        ±1 per change of c(i,j), each pair both ways
@@ -16,23 +17,26 @@
 //!   │              per track its partners' counts → cosine of q(c),   both ways (a stream);
 //!   │              q(n)s; work only where a rounded count moved
 //!   │              where c ≥ C, s > 0 (engine/similarity.rs)          ((a,b), c) a < b
-//!   ├─ N(i)        s changes → TopK per track (weights, 2k leaders)   (i, (s, j))
-//!   ├─ R(u)        Recommend: members (by user) + N(i) changes        (u, (score, j))
-//!   │              (broadcast): per user Σ s(i,j) over its history, top-N of j ∉ H(u)
-//!   │              (engine/recommend.rs)
+//!   ├─ N(i)        s changes → TopK per track (weights, 2k leaders)   (i, list) one row a track
+//!   ├─ R(u)        Recommend: members, listened (by user) + N(i)      (u, list) one row a user
+//!   │              lists and source epochs (broadcast): refresh the
+//!   │              users that listened and, up to --refresh-idle,
+//!   │              the stale ones (engine/recommend.rs)
 //!   └─ stats(t)    listens ⊕ firsts → (plays, listeners, likes) as a 3-diff → count_total
 //! ```
 //!
 //! Every output is a differential collection whose changes are exactly the row deltas of a
-//! SPEC §3 table: a row's old value retracted, its new value asserted, in the same epoch.
+//! SPEC §3 table: a row's old value retracted, its new value asserted, in the same epoch. A
+//! list (`N(i)`, `R(u)`) is one row, so a change of any of its members is one row change.
 //!
 //! ## Choices
 //!
 //! * **Exchange by key.** Every stateful stage is keyed (user, track, pair), so work and state
-//!   spread over all workers, and results do not depend on how many there are. Two small
+//!   spread over all workers, and results do not depend on how many there are. Three small
 //!   collections are broadcast: the neighbour lists (`k` per track), so that each worker
-//!   updates its own users' scores without an exchange per `(user, candidate)`, and `n(i)`
-//!   (one number per track), so that each worker rescores its tracks' pairs.
+//!   refreshes its own users from a replica without an exchange per `(user, candidate)`;
+//!   `n(i)` (one number per track), so that each worker rescores its tracks' pairs; and each
+//!   source worker's note of every epoch it closed, which paces the background refresh.
 //! * **Totally ordered time.** Epochs are `u64`, so counts use `count_total`, which keeps
 //!   only its input arrangement (no output trace).
 //! * **Pair counts and similarities** are one custom operator rather than a self-join,
@@ -45,9 +49,11 @@
 //! * **Top-k** for neighbours keeps per track a map of weighted items and its `2k` best in
 //!   order above a floor ([`top_k`]): `O(1)` per change, and an epoch reads only the best of
 //!   each track it touched, so a change to a popular track's pair list does not re-read the
-//!   whole list, and no stage stores the pairs twice. Recommendations keep per user a sorted
-//!   vector of its at most `K·k` candidates, updated with each epoch's changes in one pass,
-//!   and its `2N` best the same way ([`recommend`]): 4× smaller than an ordered set.
+//!   whole list, and no stage stores the pairs twice.
+//! * **Recommendations are refreshed, not maintained** (SPEC §2 step 6, [`recommend`]): a
+//!   change of a popular track's `N(i)` would otherwise reach every user holding `i`. A
+//!   refresh costs one user's `K·k` candidates; stale users are found through registrations
+//!   made by their own refreshes, never by visiting every holder of a track.
 //! * **Rounded counts** (SPEC §2 step 4, `B`): see [`similarity`], "Rounded counts". A count
 //!   change that leaves its rounded value alone stops where it is made; [`work`] counts what
 //!   the rest costs, for the benchmarks.
@@ -62,8 +68,6 @@ pub(crate) mod stash;
 pub mod top_k;
 pub mod work;
 
-use std::cmp::Reverse;
-
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -72,8 +76,10 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
-use crate::tables::{Params, TrackStats};
+use crate::tables::{Params, RankedList, TrackStats};
 use history::UserTrackChange;
+use recommend::UserInput;
+pub use recommend::{RefreshBudget, SourceEpoch};
 use similarity::PairRecord;
 
 /// Logical time of the dataflow: an epoch of input.
@@ -108,10 +114,10 @@ impl Listen {
 
 /// The computation's outputs, one collection per SPEC §3 table.
 pub struct Outputs<'scope> {
-    /// `((track, neighbor), score units)`: N(i).
-    pub track_neighbors: Collection<'scope, ((u64, u64), i64)>,
-    /// `((user, track), score units)`: R(u).
-    pub user_recommendations: Collection<'scope, ((u64, u64), i64)>,
+    /// `(track, N(i))`: one row per track with neighbours.
+    pub track_neighbors: Collection<'scope, (u64, RankedList)>,
+    /// `(user, R(u))` as stored: one row per user with recommendations.
+    pub user_recommendations: Collection<'scope, (u64, RankedList)>,
     /// `(track, stats)` for every track with a listen.
     pub track_stats: Collection<'scope, (u64, TrackStats)>,
     /// `((a, b), c)` with `a < b`, when asked for.
@@ -124,24 +130,26 @@ pub struct Outputs<'scope> {
 /// for every listen before the stored offsets.
 pub struct Restored<'scope> {
     /// One record per `(user, track)` ever listened, at `time_ms = last(u,t)` (`like` unused):
-    /// enough to rebuild `H(u)` and the first listens, hence `n`, `c`, `s`, `N`, `R` and
+    /// enough to rebuild `H(u)` and the first listens, hence `n`, `c`, `s`, `N` and
     /// `listeners`, exactly.
     pub last_listens: Collection<'scope, Listen>,
     /// `plays` and `likes` per track (`listeners` is ignored: the first listens rebuild it).
     pub track_stats: Collection<'scope, (u64, TrackStats)>,
+    /// The stored `R(u)` rows, in the epoch a source marks [`SourceEpoch::restored`]: when
+    /// each was refreshed is not stored, so every user is stale after a restart
+    /// ([`recommend`], "Restarts").
+    pub recommendations: Collection<'scope, (u64, RankedList)>,
 }
 
-/// Builds SPEC §2 over `listens`.
-pub fn recommend<'scope>(listens: Collection<'scope, Listen>, params: &Params, emit_co_listens: bool) -> Outputs<'scope> {
-    recommend_from(listens, None, params, emit_co_listens)
-}
-
-/// Builds SPEC §2 over `listens` and, when continuing a stored state, the `restored` listens
-/// it stands for.
-pub fn recommend_from<'scope>(
+/// Builds SPEC §2 over `listens` and, when continuing a stored state, the `restored` state it
+/// stands for. `sources` holds each source worker's [`SourceEpoch`] of every epoch it closed:
+/// they pace the refresh of recommendations (`refresh`, SPEC §2 step 6).
+pub fn compute<'scope>(
     listens: Collection<'scope, Listen>,
     restored: Option<Restored<'scope>>,
+    sources: Collection<'scope, SourceEpoch>,
     params: &Params,
+    refresh: RefreshBudget,
     emit_co_listens: bool,
 ) -> Outputs<'scope> {
     let Params { history_cap, min_co, neighbors, recommendations, score_precision, count_bits } = *params;
@@ -162,8 +170,14 @@ pub fn recommend_from<'scope>(
         UserTrackChange::FirstListen { user: _, track } => Some(track),
         _ => None,
     });
-    let last_listens = user_tracks.flat_map(|change| match change {
+    let last_listens = user_tracks.clone().flat_map(|change| match change {
         UserTrackChange::Last { user, track, last_ms } => Some(((user, track), last_ms)),
+        _ => None,
+    });
+    // What Recommend needs of each user: its history changes, and that it listened.
+    let mut user_inputs = user_tracks.flat_map(|change| match change {
+        UserTrackChange::Member { user, track } => Some(UserInput::Member { user, track }),
+        UserTrackChange::Listened { user } => Some(UserInput::Listened { user }),
         _ => None,
     });
 
@@ -171,7 +185,6 @@ pub fn recommend_from<'scope>(
     // that leaves q(n) alone retracts and asserts the same record, which cancel here, before
     // the broadcast: it costs O(1) and reaches no other operator.
     let rounded_counts = members
-        .clone()
         .map(|(_user, track)| track)
         .count_total()
         .map(move |(track, n)| (track, encore_core::round_count(n as u64, count_bits) as isize))
@@ -193,29 +206,25 @@ pub fn recommend_from<'scope>(
     // N(i): the k most similar tracks, ties to the smaller id; s(i,j) is the weight of j under i.
     let neighbor_lists = top_k::top_k("Neighbors", similarities, neighbors);
 
-    // R(u): score(u,j) = Σ s(i,j) over i ∈ H(u), j ∈ N(i), the N best j ∉ H(u), ties to the
-    // smaller id; kept where each user lives, from the neighbour lists broadcast to all.
-    let recommendation_lists = recommend::recommendations(members, neighbor_lists.clone(), recommendations);
-
-    // plays, listeners and likes as one three-part diff, accumulated per track.
+    // R(u): refreshed where each user lives, from its history and a replica of the neighbour
+    // lists (broadcast to all): for every user that listened, and for stale users as the
+    // budget allows.
     let mut stat_parts = listens
         .explode(|l| Some((l.track, (1isize, 0isize, isize::from(l.like)))))
         .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))));
     if let Some(restored) = restored {
+        user_inputs = user_inputs.concat(restored.recommendations.map(|(user, list)| UserInput::Restored { user, list }));
         stat_parts = stat_parts
             .concat(restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))));
     }
+    let recommendation_lists = recommend::recommendations(user_inputs, neighbor_lists.clone(), sources, recommendations, refresh);
+
+    // plays, listeners and likes as one three-part diff, accumulated per track.
     let track_stats = stat_parts.count_total().map(|(track, (plays, listeners, likes))| {
         (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
     });
 
-    Outputs {
-        track_neighbors: neighbor_lists.map(|(i, (Reverse(s), j))| ((i, j), s)),
-        user_recommendations: recommendation_lists.map(|(user, (Reverse(score), j))| ((user, j), score)),
-        track_stats,
-        co_listens,
-        last_listens,
-    }
+    Outputs { track_neighbors: neighbor_lists, user_recommendations: recommendation_lists, track_stats, co_listens, last_listens }
 }
 
 /// The `c(a,b)` updates among the similarity operator's records, as a collection.

@@ -130,7 +130,7 @@ pub fn run_with_metrics(
     let worker_metrics = Arc::clone(&metrics);
     let failure = Arc::new(Mutex::new(None));
     let halt = Halt { failure: Arc::clone(&failure), stop: Arc::clone(&stop) };
-    let replaying = matches!(job.recovery, Recovery::Replay);
+    let replaying = matches!(job.recovery, Recovery::Replay(_));
     let (handover, committer) = match sink {
         Some(mut sink) => {
             if replaying {
@@ -168,7 +168,9 @@ pub fn run_with_metrics(
         // The rebuilding epochs' table changes are what Postgres holds: dropped where they are
         // made. Their state changes too, unless they come from a replay (new to Postgres).
         let gathered = Gathered { tables_from: LIVE, state_from: Some(if replaying { 0 } else { LIVE }) };
-        let mut inputs = pipeline::install_with(worker, &job.params, job.emit_co_listens, epoch_sink, gathered, job.emit_events);
+        let options =
+            pipeline::Options { emit_co_listens: job.emit_co_listens, emit_events: job.emit_events, refresh: job.refresh, gathered };
+        let mut inputs = pipeline::install(worker, &job.params, options, epoch_sink);
         // Replayed messages are in the log already.
         inputs.log_events_from(LIVE);
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();

@@ -38,7 +38,14 @@
 //! use encore_dataflow::sink::csv::MemorySink;
 //!
 //! let lines = Arc::new(vec![br#"{"user_id":1,"track_id":2,"event_timestamp":0,"event_type":"like"}"#.to_vec()]);
-//! let job = BatchJob { lines: Lines::Memory(lines), params: Default::default(), emit_co_listens: false, emit_events: false, epoch_events: 1000 };
+//! let job = BatchJob {
+//!     lines: Lines::Memory(lines),
+//!     params: Default::default(),
+//!     emit_co_listens: false,
+//!     emit_events: false,
+//!     epoch_events: 1000,
+//!     refresh: Default::default(),
+//! };
 //! file::run(timely::Config::process(2), job, MemorySink::default).unwrap();
 //! ```
 #![warn(missing_docs)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
+use encore_dataflow::engine::RefreshBudget;
 use encore_dataflow::job;
 use encore_dataflow::metrics::{self, Metrics};
 use encore_dataflow::sink::csv::{self, MemorySink};
@@ -62,6 +63,17 @@ struct Cli {
 
     #[command(flatten)]
     params: ParamArgs,
+
+    /// M: stale users whose recommendations each worker refreshes per epoch, besides the
+    /// users that listened in it (SPEC §2 step 6): a user is stale when a neighbour list of a
+    /// track in its history changed since its last refresh. Epochs without listens refresh
+    /// more (up to 8·M, at least 4096 per worker), the last epoch of --input and
+    /// --until-caught-up all of them, so the tables at rest are exact whatever M is. `all`:
+    /// every stale user in every epoch, which keeps every stored list equal to its definition
+    /// after each epoch (costly: a popular track's list is held by many users). M may change
+    /// between runs.
+    #[arg(long, value_name = "M|all", default_value = "1000")]
+    refresh_idle: RefreshBudget,
 
     /// Also maintain and write `co_listens` (every pair with c ≥ 1: large).
     #[arg(long)]
@@ -301,6 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         emit_co_listens: cli.emit_co_listens,
         emit_events: cli.emit_events,
         epoch_events: cli.epoch_events as usize,
+        refresh: cli.refresh_idle,
     };
     let sink = Arc::clone(&state);
     let fed = file::run(config, job, move || Arc::clone(&sink))?;
@@ -381,7 +394,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         recorded.push_str(" --emit-co-listens");
     }
     let recovery = match sink.check_parameters(&topic, &recorded, params.count_bits, &committed)? {
-        _ if cli.replay_topic => kafka::Recovery::Replay,
+        _ if cli.replay_topic => kafka::Recovery::Replay(Box::new(sink.state_reader())),
         true => kafka::Recovery::Load(Box::new(sink.state_reader())),
         false => {
             tracing::warn!(
@@ -389,7 +402,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
                  replaying the topic once to rebuild it (it is stored with the first commit)",
                 cli.pg_schema
             );
-            kafka::Recovery::Replay
+            kafka::Recovery::Replay(Box::new(sink.state_reader()))
         }
     };
     let job = StreamJob {
@@ -403,6 +416,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         until_caught_up: cli.until_caught_up,
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,
+        refresh: cli.refresh_idle,
         committed,
         recovery,
         error_timeout: std::time::Duration::from_secs(cli.kafka_error_timeout),

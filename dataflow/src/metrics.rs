@@ -297,6 +297,26 @@ impl Metrics {
             "Periodic high-watermark requests that failed (lag then shows the last known watermark).",
             load(&self.watermark_errors),
         );
+        // Recommendations refreshed on activity (SPEC §2 step 6), from the engine's own
+        // counters of this process's workers.
+        let work = crate::engine::work::Work::total();
+        let name = "encore_users_refreshed_total";
+        out.family(name, "counter", "Users whose recommendations were recomputed: reason=active (they listened in the epoch) or background (stale users, least recently refreshed first, up to --refresh-idle per worker and epoch).");
+        out.sample(name, &[("reason", "active")], work.refreshed_active);
+        out.sample(name, &[("reason", "background")], work.refreshed_background);
+        let staleness = crate::engine::work::Staleness::now();
+        out.single(
+            "encore_stale_users",
+            "gauge",
+            "Users of this process whose stored recommendations are stale: a neighbour list of a track in their history changed since their last refresh.",
+            staleness.stale_users,
+        );
+        out.single(
+            "encore_stale_refresh_age_seconds",
+            "gauge",
+            "Seconds since the least recently refreshed stale user of this process was last refreshed; 0 when no user is stale.",
+            format!("{:.3}", staleness.oldest_age_seconds()),
+        );
         out.single(
             "encore_replaying_workers",
             "gauge",

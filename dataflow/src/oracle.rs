@@ -155,7 +155,8 @@ fn neighbors(similarities: &BTreeMap<Track, Vec<(Track, Units)>>, neighbor_count
 
 /// Step 6: `R(u)`: for every `j ∉ H(u)`, `score(u,j) = Σ s(i,j)` over `i ∈ H(u)` with
 /// `j ∈ N(i)`; the `N` largest, ties: smaller `j` first. A `j` reached through no `N(i)` has
-/// no score (it is not a candidate), so a user without candidates has no entry.
+/// no score (it is not a candidate), so a user without candidates has no entry. This is the
+/// list at rest; when a pipeline may hold an older one, see [`Refreshes`].
 fn recommendations(
     histories: &BTreeMap<User, BTreeSet<Track>>,
     neighbors: &BTreeMap<Track, Vec<(Track, Units)>>,
@@ -177,6 +178,68 @@ fn recommendations(
         }
     }
     recommendations
+}
+
+/// SPEC §2 step 6 over epochs: which stored `R(u)` a pipeline may hold after each epoch when
+/// recommendations are *refreshed on activity*. [`compute`] gives the definition, what every
+/// table holds at rest; between refreshes a user's stored list is the definition as of its
+/// last refresh. So after epoch `e`:
+///
+/// * a user that listened in `e` holds the definition at `e`;
+/// * any other user holds the definition at some epoch from its last listen to `e` (when the
+///   background refreshed it, or not since its last listen);
+/// * with every stale user refreshed in every epoch (`--refresh-idle all`), and after the
+///   last epoch of a run that ends at rest, every user holds the definition.
+///
+/// Feed it the definition after each epoch and the users that listened in it.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    /// Per user, the lists it may hold: the definitions since its last listen (deduplicated).
+    admitted: BTreeMap<User, Vec<Vec<(Track, Units)>>>,
+}
+
+impl Refreshes {
+    /// One more epoch: `definition` is [`compute`] over every listen so far, `listened` the
+    /// users with a listen in the epoch; `all` says every user was refreshed at its end.
+    pub fn epoch(&mut self, definition: &Tables, listened: &BTreeSet<User>, all: bool) {
+        let lists = lists_by_key(&definition.user_recommendations);
+        let users: BTreeSet<User> = self.admitted.keys().copied().chain(lists.keys().copied()).chain(listened.iter().copied()).collect();
+        for user in users {
+            let now = lists.get(&user).cloned().unwrap_or_default();
+            let admitted = self.admitted.entry(user).or_default();
+            if all || listened.contains(&user) {
+                admitted.clear();
+            }
+            if !admitted.contains(&now) {
+                admitted.push(now);
+            }
+        }
+    }
+
+    /// Whether `user` may hold `list` (its stored `R(u)`, empty: no row) now.
+    pub fn admits(&self, user: User, list: &[(Track, Units)]) -> bool {
+        match self.admitted.get(&user) {
+            Some(admitted) => admitted.iter().any(|candidate| candidate[..] == *list),
+            None => list.is_empty(),
+        }
+    }
+
+    /// The users the model knows of: every user that listened, or was recommended something.
+    pub fn users(&self) -> impl Iterator<Item = User> + '_ {
+        self.admitted.keys().copied()
+    }
+}
+
+/// The rows of a list table (`(key, member) → units`) as lists per key, in rank order.
+pub fn lists_by_key(members: &BTreeMap<(u64, u64), Units>) -> BTreeMap<u64, Vec<(u64, Units)>> {
+    let mut lists: BTreeMap<u64, Vec<(u64, Units)>> = BTreeMap::new();
+    for (&(key, member), &units) in members {
+        lists.entry(key).or_default().push((member, units));
+    }
+    for list in lists.values_mut() {
+        list.sort_by_key(|&(member, units)| (Reverse(units), member));
+    }
+    lists
 }
 
 /// Step 7: `plays` (listen events, repeats included), `listeners` (distinct users with a

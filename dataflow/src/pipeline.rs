@@ -6,9 +6,9 @@ use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use crate::engine::{self, Epoch, Listen};
+use crate::engine::{self, Epoch, Listen, RefreshBudget, SourceEpoch};
 use crate::sink::{self, EpochSink, Gathered};
-use crate::tables::{DeadLetter, LoggedEvent, Params, TrackStats};
+use crate::tables::{DeadLetter, LoggedEvent, Params, RankedList, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
 /// alike: the workers compute earlier epochs while they feed later ones, so every operator
@@ -39,6 +39,12 @@ pub struct Inputs {
     pub restored_listens: InputSession<Epoch, Listen, isize>,
     /// A stored state's `plays` and `likes` per track (a restart).
     pub restored_stats: InputSession<Epoch, (u64, TrackStats), isize>,
+    /// The stored `R(u)` rows (a restart), fed with [`Inputs::restore_recommendations`].
+    restored_recommendations: InputSession<Epoch, (u64, RankedList), isize>,
+    /// One [`SourceEpoch`] per epoch this worker closes.
+    sources: InputSession<Epoch, SourceEpoch, isize>,
+    /// What this worker will say of the open epoch when it closes it.
+    open: SourceEpoch,
     /// Passes an epoch once the sink (on worker 0) has received it.
     pub probe: ProbeHandle<Epoch>,
     /// Valid events for the event log (`--emit-events`), from the epoch of
@@ -54,13 +60,19 @@ impl Inputs {
         *self.listens.time()
     }
 
-    /// Closes the current epoch and opens `epoch`.
+    /// Closes the current epoch and opens `epoch` (later than the current one; an equal one
+    /// changes nothing).
     pub fn advance_to(&mut self, epoch: Epoch) {
+        if epoch > self.epoch() {
+            self.sources.insert(std::mem::take(&mut self.open));
+        }
         self.listens.advance_to(epoch);
         self.dead_letters.advance_to(epoch);
         self.offsets.advance_to(epoch);
         self.restored_listens.advance_to(epoch);
         self.restored_stats.advance_to(epoch);
+        self.restored_recommendations.advance_to(epoch);
+        self.sources.advance_to(epoch);
         if let Some(events) = self.events.as_mut() {
             events.advance_to(epoch);
         }
@@ -74,8 +86,27 @@ impl Inputs {
         self.offsets.flush();
         self.restored_listens.flush();
         self.restored_stats.flush();
+        self.restored_recommendations.flush();
+        self.sources.flush();
         if let Some(events) = self.events.as_mut() {
             events.flush();
+        }
+    }
+
+    /// Every stale user's recommendations are refreshed at the end of the open epoch: the
+    /// last epoch of a run that must end at rest (SPEC §2 step 6).
+    pub fn refresh_all_in_this_epoch(&mut self) {
+        self.open.refresh_all = true;
+    }
+
+    /// Feeds this worker's share of the stored `R(u)` rows (a restart) into the open epoch,
+    /// which then ends the rebuild: every user's stored list is the one fed (or none), and
+    /// every user is stale ([`crate::engine::recommend`], "Restarts"). Every worker calls it
+    /// in the same epoch, after every rebuilding epoch.
+    pub fn restore_recommendations(&mut self, rows: impl IntoIterator<Item = (u64, RankedList)>) {
+        self.open.restored = true;
+        for row in rows {
+            self.restored_recommendations.insert(row);
         }
     }
 
@@ -97,6 +128,7 @@ impl Inputs {
             Ok(event) => match Listen::from_event(&self.logged(event, partition, offset)) {
                 Some(listen) => {
                     self.listens.insert(listen);
+                    self.open.listens += 1;
                     MessageKind::Listen
                 }
                 None => MessageKind::Other,
@@ -123,58 +155,67 @@ impl Inputs {
         event
     }
 
-    /// Closes every input: the dataflow drains and completes.
-    pub fn close(self) {
+    /// Closes the open epoch and every input: the dataflow drains and completes.
+    pub fn close(mut self) {
+        self.sources.insert(self.open);
         self.listens.close();
         self.dead_letters.close();
         self.offsets.close();
         self.restored_listens.close();
         self.restored_stats.close();
+        self.restored_recommendations.close();
+        self.sources.close();
         if let Some(events) = self.events {
             events.close();
         }
     }
 }
 
-/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with
-/// every change but the durable state's, and no event log.
-pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, emit_co_listens: bool, sink: S) -> Inputs {
-    install_with(worker, params, emit_co_listens, sink, Gathered::default(), false)
+/// What a job asks of the dataflow besides SPEC §2's parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Maintain `co_listens` (`--emit-co-listens`).
+    pub emit_co_listens: bool,
+    /// One more input, the valid events, which travel with their epoch to the sink
+    /// ([`Changes::events`](crate::tables::Changes::events)) beside the engine: the event log
+    /// (`--emit-events`).
+    pub emit_events: bool,
+    /// How many stale users a worker refreshes per epoch (`--refresh-idle`).
+    pub refresh: RefreshBudget,
+    /// Which epochs' changes reach the sink.
+    pub gathered: Gathered,
 }
 
-/// [`install`], the sink receiving the changes `gathered` says, and with `emit_events` one
-/// more input, the valid events, which travel with their epoch to the sink
-/// ([`Changes::events`](crate::tables::Changes::events)) beside the engine (they need no
-/// computation).
-pub fn install_with<S: EpochSink>(
-    worker: &mut Worker,
-    params: &Params,
-    emit_co_listens: bool,
-    sink: S,
-    gathered: Gathered,
-    emit_events: bool,
-) -> Inputs {
+/// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with the
+/// changes `options.gathered` says.
+pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, options: Options, sink: S) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
         let (dead_input, dead_letters) = scope.new_collection::<DeadLetter, isize>();
         let (offsets_input, offsets) = scope.new_collection::<(i32, i64), isize>();
         let (restored_listens_input, restored_listens) = scope.new_collection::<Listen, isize>();
         let (restored_stats_input, restored_stats) = scope.new_collection::<(u64, TrackStats), isize>();
-        let (events_input, events) = if emit_events {
+        let (restored_recommendations_input, restored_recommendations) = scope.new_collection::<(u64, RankedList), isize>();
+        let (sources_input, sources) = scope.new_collection::<SourceEpoch, isize>();
+        let (events_input, events) = if options.emit_events {
             let (input, events) = scope.new_collection::<LoggedEvent, isize>();
             (Some(input), Some(sink::event_shares(events)))
         } else {
             (None, None)
         };
-        let restored = engine::Restored { last_listens: restored_listens, track_stats: restored_stats };
-        let outputs = engine::recommend_from(listens, Some(restored), params, emit_co_listens);
-        let probe = sink::sink_epochs_with(sink::gather(outputs, dead_letters, offsets, gathered), events, sink);
+        let restored =
+            engine::Restored { last_listens: restored_listens, track_stats: restored_stats, recommendations: restored_recommendations };
+        let outputs = engine::compute(listens, Some(restored), sources, params, options.refresh, options.emit_co_listens);
+        let probe = sink::sink_epochs(sink::gather(outputs, dead_letters, offsets, options.gathered), events, sink);
         Inputs {
             listens: listens_input,
             dead_letters: dead_input,
             offsets: offsets_input,
             restored_listens: restored_listens_input,
             restored_stats: restored_stats_input,
+            restored_recommendations: restored_recommendations_input,
+            sources: sources_input,
+            open: SourceEpoch::default(),
             probe,
             events: events_input,
             events_from: 0,

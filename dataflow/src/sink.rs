@@ -37,15 +37,15 @@ use timely::dataflow::{ProbeHandle, Stream};
 
 use crate::engine::stash::EpochStash;
 use crate::engine::{Epoch, Outputs};
-use crate::tables::{Changes, DeadLetter, LoggedEvent, Tables, TrackStats};
+use crate::tables::{Changes, DeadLetter, LoggedEvent, RankedList, Tables, TrackStats};
 
 /// One row change of one SPEC §3 table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum RowChange {
-    /// A `track_neighbors` row.
-    Neighbor((u64, u64), i64),
-    /// A `user_recommendations` row.
-    Recommendation((u64, u64), i64),
+    /// A `track_neighbors` row: a track and its list `N(i)`.
+    Neighbors(u64, RankedList),
+    /// A `user_recommendations` row: a user and its stored list `R(u)`.
+    Recommendations(u64, RankedList),
     /// A `track_stats` row.
     Stats(u64, TrackStats),
     /// A `co_listens` row.
@@ -82,8 +82,8 @@ pub fn gather<'scope>(
 ) -> Stream<'scope, Epoch, Updates> {
     let mut changes = outputs
         .track_neighbors
-        .map(|(key, score)| RowChange::Neighbor(key, score))
-        .concat(outputs.user_recommendations.map(|(key, score)| RowChange::Recommendation(key, score)))
+        .map(|(track, list)| RowChange::Neighbors(track, list))
+        .concat(outputs.user_recommendations.map(|(user, list)| RowChange::Recommendations(user, list)))
         .concat(outputs.track_stats.map(|(track, stats)| RowChange::Stats(track, stats)))
         .concat(dead_letters.map(|letter| RowChange::DeadLetter(Box::new(letter))))
         .concat(offsets.map(|(partition, next)| RowChange::Offset(partition, next)));
@@ -119,16 +119,10 @@ impl<S: EpochSink + Send> EpochSink for std::sync::Arc<std::sync::Mutex<S>> {
     }
 }
 
-/// Routes every change to worker 0 and hands each closed epoch to `sink` there. The returned
-/// probe passes an epoch once the sink has received it.
-pub fn sink_epochs<S: EpochSink>(changes: Stream<'_, Epoch, Updates>, sink: S) -> ProbeHandle<Epoch> {
-    sink_epochs_with(changes, None, sink)
-}
-
 /// The valid events of the event log (`--emit-events`) as shares of their epochs, one
 /// [`Changes`] per epoch and activation holding only [`Changes::events`]. They bypass
 /// [`RowChange`] (whose every record would grow by a third to hold one) and join the other
-/// shares on their way to worker 0 in [`sink_epochs_with`].
+/// shares on their way to worker 0 in [`sink_epochs`].
 pub fn event_shares<'scope>(events: VecCollection<'scope, Epoch, LoggedEvent>) -> Stream<'scope, Epoch, Vec<Changes>> {
     events.inner.unary::<CapacityContainerBuilder<Vec<Changes>>, _, _, _>(Pipeline, "EventShares", |_cap, _info| {
         move |input, output| {
@@ -150,9 +144,10 @@ pub fn event_shares<'scope>(events: VecCollection<'scope, Epoch, LoggedEvent>) -
     })
 }
 
-/// [`sink_epochs`], with more shares (from [`event_shares`]) sent to worker 0 beside the
-/// row changes' and appended to their epochs' [`Changes`].
-pub fn sink_epochs_with<'scope, S: EpochSink>(
+/// Routes every change to worker 0 and hands each closed epoch to `sink` there, with more
+/// shares (from [`event_shares`]) sent to worker 0 beside the row changes' and appended to
+/// their epochs' [`Changes`]. The returned probe passes an epoch once the sink has received it.
+pub fn sink_epochs<'scope, S: EpochSink>(
     changes: Stream<'scope, Epoch, Updates>,
     more_shares: Option<Stream<'scope, Epoch, Vec<Changes>>>,
     mut sink: S,
@@ -203,8 +198,8 @@ pub fn sink_epochs_with<'scope, S: EpochSink>(
 
 fn add(changes: &mut Changes, change: RowChange, diff: i64) {
     match change {
-        RowChange::Neighbor(key, score) => changes.track_neighbors.push((key, score, diff)),
-        RowChange::Recommendation(key, score) => changes.user_recommendations.push((key, score, diff)),
+        RowChange::Neighbors(track, list) => changes.track_neighbors.push((track, list, diff)),
+        RowChange::Recommendations(user, list) => changes.user_recommendations.push((user, list, diff)),
         RowChange::Stats(track, stats) => changes.track_stats.push((track, stats, diff)),
         RowChange::CoListen(pair, c) => changes.co_listens.push((pair, c, diff)),
         RowChange::LastListen(key, last) => changes.last_listens.push((key, last, diff)),
@@ -223,8 +218,21 @@ fn add(changes: &mut Changes, change: RowChange, diff: i64) {
 
 impl Tables {
     /// Applies one epoch's changes: a retraction removes its row only if the row still holds
-    /// the retracted value, so the order of a row's `-old` and `+new` does not matter.
+    /// the retracted value, so the order of a row's `-old` and `+new` does not matter. A list
+    /// row stands for one entry per member.
     pub fn apply(&mut self, changes: &Changes) {
+        fn apply_lists(table: &mut BTreeMap<(u64, u64), i64>, updates: &[(u64, RankedList, i64)]) {
+            for (key, list, _diff) in updates.iter().filter(|u| u.2 < 0) {
+                for &(member, units) in list {
+                    if table.get(&(*key, member)) == Some(&units) {
+                        table.remove(&(*key, member));
+                    }
+                }
+            }
+            for (key, list, _diff) in updates.iter().filter(|u| u.2 > 0) {
+                table.extend(list.iter().map(|&(member, units)| ((*key, member), units)));
+            }
+        }
         fn apply_one<K: Ord + Copy, V: PartialEq + Copy>(table: &mut BTreeMap<K, V>, updates: &[(K, V, i64)]) {
             for &(key, value, diff) in updates.iter().filter(|u| u.2 < 0) {
                 debug_assert_eq!(diff, -1);
@@ -236,8 +244,8 @@ impl Tables {
                 table.insert(key, value);
             }
         }
-        apply_one(&mut self.track_neighbors, &changes.track_neighbors);
-        apply_one(&mut self.user_recommendations, &changes.user_recommendations);
+        apply_lists(&mut self.track_neighbors, &changes.track_neighbors);
+        apply_lists(&mut self.user_recommendations, &changes.user_recommendations);
         apply_one(&mut self.track_stats, &changes.track_stats);
         apply_one(&mut self.co_listens, &changes.co_listens);
     }

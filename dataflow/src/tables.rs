@@ -124,7 +124,12 @@ impl LoggedEvent {
     }
 }
 
-/// The complete current value of every SPEC §3 table (but `dead_letters`).
+/// A ranked list of SPEC §2, `N(i)` or `R(u)`: `(member, score units)` in rank order (score
+/// descending, ties to the smaller id). One list is one row of its SPEC §3 table.
+pub type RankedList = Vec<(u64, i64)>;
+
+/// The complete current value of every SPEC §3 table (but `dead_letters`), lists spread
+/// into one entry per member, as the ranked views and the CSV files show them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tables {
     /// `(track_id, neighbor_id) → score units`: the rows of N(i).
@@ -142,10 +147,10 @@ pub struct Tables {
 /// in one transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
-    /// Changes of `track_neighbors`.
-    pub track_neighbors: Vec<((u64, u64), i64, i64)>,
-    /// Changes of `user_recommendations`.
-    pub user_recommendations: Vec<((u64, u64), i64, i64)>,
+    /// Changes of `track_neighbors`: one row per track, its whole list `N(i)`.
+    pub track_neighbors: Vec<(u64, RankedList, i64)>,
+    /// Changes of `user_recommendations`: one row per user, its whole stored list `R(u)`.
+    pub user_recommendations: Vec<(u64, RankedList, i64)>,
     /// Changes of `track_stats`.
     pub track_stats: Vec<(u64, TrackStats, i64)>,
     /// Changes of `co_listens` (empty unless `--emit-co-listens`).
@@ -184,7 +189,7 @@ impl Changes {
     /// keeps only its value before the first and after the second (`-v0 +v1 -v1 +v2` is
     /// `-v0 +v2`); dead letters add up; offsets take the later (larger) one.
     pub fn absorb(&mut self, later: Changes) {
-        fn sum<K: Ord, V: Ord>(into: &mut Vec<(K, V, i64)>, more: Vec<(K, V, i64)>) {
+        fn sum<K: Ord + Clone, V: Ord + Clone>(into: &mut Vec<(K, V, i64)>, more: Vec<(K, V, i64)>) {
             if !more.is_empty() {
                 into.extend(more);
                 differential_dataflow::consolidation::consolidate_updates(into);
@@ -223,19 +228,19 @@ mod tests {
     #[test]
     fn shares_of_one_epoch_are_concatenated_and_offsets_take_the_larger() {
         let mut epoch = Changes {
-            track_neighbors: vec![((1, 2), 5, -1), ((1, 2), 6, 1)],
+            track_neighbors: vec![(1, vec![(2, 5)], -1), (1, vec![(2, 6)], 1)],
             offsets: BTreeMap::from([(0, 10), (1, 20)]),
             ..Changes::default()
         };
         let share = Changes {
-            user_recommendations: vec![((7, 3), 9, 1)],
-            track_neighbors: vec![((4, 5), 1, 1)],
+            user_recommendations: vec![(7, vec![(3, 9)], 1)],
+            track_neighbors: vec![(4, vec![(5, 1)], 1)],
             offsets: BTreeMap::from([(1, 15), (2, 5)]),
             ..Changes::default()
         };
         epoch.append(share);
-        assert_eq!(epoch.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 6, 1), ((4, 5), 1, 1)]);
-        assert_eq!(epoch.user_recommendations, vec![((7, 3), 9, 1)]);
+        assert_eq!(epoch.track_neighbors, vec![(1, vec![(2, 5)], -1), (1, vec![(2, 6)], 1), (4, vec![(5, 1)], 1)]);
+        assert_eq!(epoch.user_recommendations, vec![(7, vec![(3, 9)], 1)]);
         assert_eq!(epoch.offsets, BTreeMap::from([(0, 10), (1, 20), (2, 5)]));
     }
 
@@ -243,15 +248,15 @@ mod tests {
     fn absorbing_the_next_epoch_keeps_only_the_net_change_of_each_row() {
         let stats = |plays| TrackStats { plays, listeners: 1, likes: 0 };
         let mut first = Changes {
-            // (1,2): 5 → 6; (1,3) appears with 4; (9,9) untouched later.
-            track_neighbors: vec![((1, 2), 5, -1), ((1, 2), 6, 1), ((1, 3), 4, 1), ((9, 9), 1, 1)],
+            // N(1): [2: 5] → [2: 6, 3: 4]; N(9) appears, untouched later.
+            track_neighbors: vec![(1, vec![(2, 5)], -1), (1, vec![(2, 6), (3, 4)], 1), (9, vec![(8, 1)], 1)],
             track_stats: vec![(7, stats(1), 1)],
             offsets: BTreeMap::from([(0, 10), (1, 20)]),
             ..Changes::default()
         };
         let later = Changes {
-            // (1,2): 6 → 8; (1,3) disappears again; a new row.
-            track_neighbors: vec![((1, 2), 6, -1), ((1, 2), 8, 1), ((1, 3), 4, -1), ((2, 1), 3, 1)],
+            // N(1): → [2: 8] (3 leaves again); N(2) appears.
+            track_neighbors: vec![(1, vec![(2, 6), (3, 4)], -1), (1, vec![(2, 8)], 1), (2, vec![(1, 3)], 1)],
             track_stats: vec![(7, stats(1), -1), (7, stats(2), 1)],
             dead_letters: vec![DeadLetter { topic: "t".into(), partition: 0, offset: 11, payload: b"x".to_vec(), error: "bad".into() }],
             offsets: BTreeMap::from([(0, 12), (2, 5)]),
@@ -262,7 +267,7 @@ mod tests {
         stepwise.apply(&first);
         stepwise.apply(&later);
         first.absorb(later);
-        assert_eq!(first.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 8, 1), ((2, 1), 3, 1), ((9, 9), 1, 1)]);
+        assert_eq!(first.track_neighbors, vec![(1, vec![(2, 5)], -1), (1, vec![(2, 8)], 1), (2, vec![(1, 3)], 1), (9, vec![(8, 1)], 1)]);
         assert_eq!(first.track_stats, vec![(7, stats(2), 1)]);
         assert_eq!(first.dead_letters.len(), 1);
         assert_eq!(first.offsets, BTreeMap::from([(0, 12), (1, 20), (2, 5)]));

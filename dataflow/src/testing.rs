@@ -36,7 +36,7 @@
 //! assert_eq!(per_epoch.len(), 4); // 64 + 64 + 64 + 8 lines
 //! ```
 
-use crate::engine::Epoch;
+use crate::engine::{Epoch, RefreshBudget};
 use crate::oracle;
 use crate::sink::EpochSink;
 use crate::source::file::{self, BatchJob, Lines};
@@ -45,7 +45,7 @@ use encore_core::{civil_from_days, parse_event, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{RngExt, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 /// 2024-05-01T00:00:00Z in milliseconds: the start of the window most instants fall in.
@@ -527,35 +527,90 @@ impl EpochSink for Snapshots {
 
 /// Runs the file job's dataflow (epochs in flight as in every job) over `lines` in memory.
 pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize) -> Snapshots {
+    run_snapshots_with(lines, params, epoch_events, workers, RefreshBudget::default())
+}
+
+/// [`run_snapshots`] with a refresh budget (`--refresh-idle`).
+pub fn run_snapshots_with(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize, refresh: RefreshBudget) -> Snapshots {
     let state = Arc::new(Mutex::new(Snapshots::default()));
     let sink = Arc::clone(&state);
-    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events };
+    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events, refresh };
     file::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
     Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
 }
 
+/// The refresh budgets the seeded checks cycle through: every stale user each epoch, none
+/// beyond the users that listened, one, a few, and the default.
+const BUDGETS: [RefreshBudget; 5] =
+    [RefreshBudget::All, RefreshBudget::Users(0), RefreshBudget::Users(1), RefreshBudget::Users(3), RefreshBudget::Users(1000)];
+
 /// Compares the dataflow with the oracle after every epoch of `lines` random lines (an epoch
 /// without changes keeps the previous state), and the dead letters with the parser's verdicts.
+/// The refresh budget is one of [`BUDGETS`], by seed.
 pub fn check_every_epoch(seed: u64, lines: usize, params: Params, epoch_events: usize, workers: usize) {
-    check_lines_every_epoch(&format!("seed {seed}"), random_lines(seed, lines), params, epoch_events, workers);
+    let refresh = BUDGETS[seed as usize % BUDGETS.len()];
+    check_lines_every_epoch_with(&format!("seed {seed}"), random_lines(seed, lines), params, epoch_events, workers, refresh);
 }
 
-/// [`check_every_epoch`] over given lines; `label` names them in a failure.
+/// [`check_every_epoch`] over given lines, with the default refresh budget; `label` names
+/// them in a failure.
 pub fn check_lines_every_epoch(label: &str, input: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize) {
-    let expected = expected_after_each_epoch(&input, &params, epoch_events);
-    let (_, invalid) = parse_lines(&input);
-    let mut got = run_snapshots(input, params, epoch_events, workers);
+    check_lines_every_epoch_with(label, input, params, epoch_events, workers, RefreshBudget::default());
+}
 
+/// The check itself. After every epoch: every table but `user_recommendations` equals the
+/// oracle over the lines so far; every user holds a list [`oracle::Refreshes`] admits (the
+/// definition for users that listened in the epoch, and for all with `RefreshBudget::All`);
+/// after the last epoch every table equals the oracle (the file job ends at rest).
+pub fn check_lines_every_epoch_with(
+    label: &str,
+    input: Vec<Vec<u8>>,
+    params: Params,
+    epoch_events: usize,
+    workers: usize,
+    refresh: RefreshBudget,
+) {
+    let expected = expected_after_each_epoch(&input, &params, epoch_events);
+    let listened = listeners_per_epoch(&input, epoch_events);
+    let (_, invalid) = parse_lines(&input);
+    let mut got = run_snapshots_with(input, params, epoch_events, workers, refresh);
+
+    let context = |epoch: usize| format!("{label}, {workers} workers, {params:?}, refresh {refresh}, after epoch {epoch}");
     let mut current = Tables::default();
+    let mut refreshes = oracle::Refreshes::default();
     for (epoch, want) in expected.iter().enumerate() {
         if let Some(tables) = got.after.get(&(epoch as Epoch)) {
             current = tables.clone();
         }
-        assert_tables_eq(&current, want, &format!("{label}, {workers} workers, {params:?}, after epoch {epoch}"));
+        let last = epoch + 1 == expected.len();
+        refreshes.epoch(want, &listened[epoch], refresh == RefreshBudget::All || last);
+        let admitted = Tables { user_recommendations: current.user_recommendations.clone(), ..want.clone() };
+        assert_tables_eq(&current, &admitted, &context(epoch));
+        let stored = oracle::lists_by_key(&current.user_recommendations);
+        for user in refreshes.users().chain(stored.keys().copied()) {
+            let list = stored.get(&user).map_or(&[][..], |list| &list[..]);
+            assert!(
+                refreshes.admits(user, list),
+                "user_recommendations of user {user} ({}): {list:?}, the definition is {:?}",
+                context(epoch),
+                oracle::lists_by_key(&want.user_recommendations).get(&user)
+            );
+        }
+        if last {
+            assert_tables_eq(&current, want, &format!("{} (at rest)", context(epoch)));
+        }
     }
     got.dead_letters.sort();
     let want_dead: Vec<(i64, String)> = invalid.into_iter().map(|(line, error)| (line as i64, error)).collect();
     assert_eq!(got.dead_letters, want_dead, "dead letters, {label}");
+}
+
+/// The users with a listen in each epoch of `epoch_events` lines.
+pub fn listeners_per_epoch(lines: &[Vec<u8>], epoch_events: usize) -> Vec<BTreeSet<u64>> {
+    lines
+        .chunks(epoch_events)
+        .map(|chunk| chunk.iter().filter_map(|line| parse_event(line).ok()).filter(Event::is_listen).map(|event| event.user_id).collect())
+        .collect()
 }
 
 /// Panics, naming the table and up to five differing rows, unless `got` equals `want`.

@@ -367,9 +367,10 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let (tables, dead_letters) = sink.read_tables().expect("read the tables");
     let rows = |table: &str, op: &str| zero.get("encore_rows_written_total", &[("table", table), ("op", op)]);
     let net = |table: &str| rows(table, "insert") - rows(table, "delete");
+    // A list is one row: one per track with neighbours, one per user with recommendations.
     for (table, held) in [
-        ("track_neighbors", tables.track_neighbors.len()),
-        ("user_recommendations", tables.user_recommendations.len()),
+        ("track_neighbors", encore_dataflow::oracle::lists_by_key(&tables.track_neighbors).len()),
+        ("user_recommendations", encore_dataflow::oracle::lists_by_key(&tables.user_recommendations).len()),
         ("track_stats", tables.track_stats.len()),
         ("co_listens", tables.co_listens.len()),
     ] {

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use encore_dataflow::oracle::lists_by_key;
 use encore_dataflow::sink::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
-use encore_dataflow::tables::{Changes, DeadLetter, Tables, TrackStats};
+use encore_dataflow::tables::{Changes, DeadLetter, RankedList, Tables, TrackStats};
 use encore_pgconnect::Target;
 use encore_testkit::{Postgres, TestCa};
 use postgres::{Client, NoTls};
@@ -54,7 +55,7 @@ fn dead_letter(partition: i32, offset: i64, payload: &[u8], error: &str) -> Dead
 /// Random changes of one keyed table relative to `table`, which is updated to the state they
 /// lead to: inserts, updates (old -1, new +1), deletes, plus values that come and go within
 /// the batch, all shuffled.
-fn random_changes<K: Ord + Copy, V: PartialEq + Copy>(
+fn random_changes<K: Ord + Copy, V: PartialEq + Clone>(
     rng: &mut ChaCha8Rng,
     table: &mut BTreeMap<K, V>,
     count: usize,
@@ -69,7 +70,7 @@ fn random_changes<K: Ord + Copy, V: PartialEq + Copy>(
             continue;
         }
         touched.push(k);
-        match table.get(&k).copied() {
+        match table.get(&k).cloned() {
             Some(old) if rng.random_bool(0.3) => {
                 triples.push((k, old, -1));
                 table.remove(&k);
@@ -77,31 +78,50 @@ fn random_changes<K: Ord + Copy, V: PartialEq + Copy>(
             Some(old) => {
                 let new = value(rng);
                 if new != old {
-                    triples.extend([(k, old, -1), (k, new, 1)]);
+                    triples.extend([(k, old, -1), (k, new.clone(), 1)]);
                     table.insert(k, new);
                 }
             }
             None => {
                 let new = value(rng);
-                triples.push((k, new, 1));
+                triples.push((k, new.clone(), 1));
                 table.insert(k, new);
             }
         }
         if rng.random_bool(0.1) {
             let transient = value(rng);
-            triples.extend([(k, transient, 1), (k, transient, -1)]);
+            triples.extend([(k, transient.clone(), 1), (k, transient, -1)]);
         }
     }
     triples.shuffle(rng);
     triples
 }
 
+/// A random list of 1–5 distinct members in rank order (score descending, ties to the
+/// smaller id), as the engine emits them.
+fn random_list(rng: &mut ChaCha8Rng) -> RankedList {
+    let mut members: BTreeMap<u64, i64> = BTreeMap::new();
+    for _ in 0..rng.random_range(1..=5) {
+        // Few distinct scores, so that ties occur.
+        members.insert(rng.random_range(0..40u64), 1_000 * rng.random_range(1..300i64));
+    }
+    let mut list: RankedList = members.into_iter().collect();
+    list.sort_by_key(|&(member, units)| (std::cmp::Reverse(units), member));
+    list
+}
+
+/// Random changes of a list table whose rows `members` holds one entry per member.
+fn random_list_changes(rng: &mut ChaCha8Rng, members: &mut BTreeMap<(u64, u64), i64>, rows: usize) -> Vec<(u64, RankedList, i64)> {
+    let mut lists = lists_by_key(members);
+    let changes = random_changes(rng, &mut lists, rows, |rng| rng.random_range(0..40u64), random_list);
+    *members = lists.iter().flat_map(|(&key, list)| list.iter().map(move |&(member, units)| ((key, member), units))).collect();
+    changes
+}
+
 fn random_commit(rng: &mut ChaCha8Rng, model: &mut Tables, rows: usize) -> Changes {
-    let pair = |rng: &mut ChaCha8Rng| (rng.random_range(0..40u64), rng.random_range(0..40u64));
-    let units = |rng: &mut ChaCha8Rng| rng.random_range(1..300_000i64);
     Changes {
-        track_neighbors: random_changes(rng, &mut model.track_neighbors, rows, pair, units),
-        user_recommendations: random_changes(rng, &mut model.user_recommendations, rows, pair, units),
+        track_neighbors: random_list_changes(rng, &mut model.track_neighbors, rows),
+        user_recommendations: random_list_changes(rng, &mut model.user_recommendations, rows),
         track_stats: random_changes(
             rng,
             &mut model.track_stats,
@@ -205,27 +225,24 @@ fn schema_creation_is_idempotent_and_survives_a_race() {
 fn value_updates_stay_on_their_page() {
     let pg = start_postgres();
     let mut sink = sink(&pg, "public", false);
-    let keys: Vec<(u64, u64)> = (0..5_000u64).map(|i| (i / 20, i % 20)).collect();
-    let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, 100, 1)).collect(), ..Changes::default() };
+    let list = |units: i64| -> RankedList { vec![(1, units), (2, units - 1), (3, units - 2)] };
+    let keys: Vec<u64> = (0..3_000u64).collect();
+    let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, list(100), 1)).collect(), ..Changes::default() };
     sink.commit(TOPIC, &insert, &offsets(&[(0, 1)])).unwrap();
     let mut client = client(&pg);
-    let pages = |client: &mut Client| -> BTreeMap<(i64, i64), i64> {
+    let pages = |client: &mut Client| -> BTreeMap<i64, i64> {
         client
-            .query("SELECT track_id, neighbor_id, (ctid::text::point)[0]::int8 FROM track_neighbors", &[])
+            .query("SELECT track_id, (ctid::text::point)[0]::int8 FROM track_neighbors", &[])
             .unwrap()
             .iter()
-            .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+            .map(|row| (row.get(0), row.get(1)))
             .collect()
     };
     let before = pages(&mut client);
-    // Two commits, each rewriting a different fifth of the rows.
+    // Two commits, each rewriting a different fifth of the lists' scores.
     for (round, offset) in [(0u64, 2i64), (1, 3)] {
         let update = Changes {
-            track_neighbors: keys
-                .iter()
-                .filter(|&&(track, neighbor)| (track + neighbor) % 5 == round)
-                .flat_map(|&k| [(k, 100, -1), (k, 200, 1)])
-                .collect(),
+            track_neighbors: keys.iter().filter(|&&k| k % 5 == round).flat_map(|&k| [(k, list(100), -1), (k, list(200), 1)]).collect(),
             ..Changes::default()
         };
         sink.commit(TOPIC, &update, &offsets(&[(0, offset)])).unwrap();
@@ -233,35 +250,114 @@ fn value_updates_stay_on_their_page() {
     let after = pages(&mut client);
     assert_eq!(before.len(), keys.len());
     let moved = before.iter().filter(|(key, page)| after.get(key) != Some(page)).count();
-    assert_eq!(moved, 0, "{moved} of {} rows moved to another page when their score changed", keys.len());
-    let updated: i64 = client.query_one("SELECT count(*) FROM track_neighbors WHERE score = 200 / 10000.0", &[]).unwrap().get(0);
-    assert_eq!(updated, 2_000);
+    assert_eq!(moved, 0, "{moved} of {} rows moved to another page when their scores changed", keys.len());
+    let updated: i64 = client.query_one("SELECT count(*) FROM track_neighbors WHERE scores[1] = 200 / 10000.0", &[]).unwrap().get(0);
+    assert_eq!(updated, 1_200);
 }
 
+/// A list is one row, members in the order given (rank order); the ranked views number them
+/// from 1 and carry `updated_at` (recommendations).
 #[test]
-fn ranked_views_order_by_score_then_id() {
+fn lists_are_one_row_and_the_ranked_views_number_their_members() {
     let pg = start_postgres();
     let mut sink = sink(&pg, "public", false);
     let changes = Changes {
-        track_neighbors: vec![((1, 4), 5000, 1), ((1, 2), 5000, 1), ((1, 3), 7000, 1), ((1, 5), 1, 1), ((2, 9), 10, 1)],
-        user_recommendations: vec![((8, 30), 12, 1), ((8, 10), 12, 1), ((8, 20), 13, 1), ((9, 1), 1, 1)],
+        track_neighbors: vec![(1, vec![(3, 7000), (2, 5000), (4, 5000), (5, 1)], 1), (2, vec![(9, 10)], 1)],
+        user_recommendations: vec![(8, vec![(20, 13), (10, 12), (30, 12)], 1), (9, vec![(1, 1)], 1)],
         ..Changes::default()
     };
-    sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    let stats = sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
+    assert_eq!((stats.tables[0].inserted, stats.tables[1].inserted), (2, 2), "one row per list");
     let mut client = client(&pg);
     let ranks = |client: &mut Client, sql: &str| -> Vec<(i64, i64, i64)> {
         client.query(sql, &[]).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
     };
     assert_eq!(
-        ranks(&mut client, "SELECT track_id, neighbor_id, rank FROM track_neighbors_ranked ORDER BY 1, 3"),
-        vec![(1, 3, 1), (1, 2, 2), (1, 4, 3), (1, 5, 4), (2, 9, 1)]
+        ranks(&mut client, "SELECT track_id, rank, neighbor_id FROM track_neighbors_ranked ORDER BY 1, 2"),
+        vec![(1, 1, 3), (1, 2, 2), (1, 3, 4), (1, 4, 5), (2, 1, 9)]
     );
     assert_eq!(
-        ranks(&mut client, "SELECT user_id, track_id, rank FROM user_recommendations_ranked ORDER BY 1, 3"),
-        vec![(8, 20, 1), (8, 10, 2), (8, 30, 3), (9, 1, 1)]
+        ranks(&mut client, "SELECT user_id, rank, track_id FROM user_recommendations_ranked ORDER BY 1, 2"),
+        vec![(8, 1, 20), (8, 2, 10), (8, 3, 30), (9, 1, 1)]
     );
-    let score: f64 = client.query_one("SELECT score FROM track_neighbors WHERE track_id = 1 AND neighbor_id = 3", &[]).unwrap().get(0);
-    assert_eq!(score, 7000f64 / 10f64.powi(4), "scores are units / 10^P");
+    let row = client.query_one("SELECT neighbor_ids, scores, updated_at IS NOT NULL FROM track_neighbors WHERE track_id = 1", &[]).unwrap();
+    assert_eq!(row.get::<_, Vec<i64>>(0), vec![3, 2, 4, 5]);
+    assert_eq!(row.get::<_, Vec<f64>>(1), vec![0.7, 0.5, 0.5, 0.0001], "scores are units / 10^P");
+    assert!(row.get::<_, bool>(2));
+    // The views' columns, in SPEC §3's order.
+    let columns = |client: &mut Client, view: &str| -> Vec<String> {
+        client
+            .query("SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position", &[&view])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(columns(&mut client, "track_neighbors_ranked"), ["track_id", "rank", "neighbor_id", "score"]);
+    assert_eq!(columns(&mut client, "user_recommendations_ranked"), ["user_id", "rank", "track_id", "score", "updated_at"]);
+    assert_eq!(columns(&mut client, "user_recommendations"), ["user_id", "track_ids", "scores", "updated_at"]);
+}
+
+/// `updated_at` is the time of the commit that last changed the row: a later commit that
+/// changes one list moves its stamp only, and a replayed commit that writes a list as it is
+/// moves nothing.
+#[test]
+fn updated_at_moves_only_with_a_change_of_the_row() {
+    let pg = start_postgres();
+    let mut sink = sink(&pg, "public", false);
+    let mut client = client(&pg);
+    let stamps = |client: &mut Client| -> BTreeMap<i64, std::time::SystemTime> {
+        client.query("SELECT user_id, updated_at FROM user_recommendations", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let first = Changes { user_recommendations: vec![(1, vec![(5, 10)], 1), (2, vec![(6, 10)], 1)], ..Changes::default() };
+    sink.commit(TOPIC, &first, &offsets(&[(0, 1)])).unwrap();
+    let before = stamps(&mut client);
+    std::thread::sleep(Duration::from_millis(20));
+    let second = Changes { user_recommendations: vec![(1, vec![(5, 10)], -1), (1, vec![(5, 11)], 1)], ..Changes::default() };
+    sink.commit(TOPIC, &second, &offsets(&[(0, 2)])).unwrap();
+    let after = stamps(&mut client);
+    assert!(after[&1] > before[&1], "a changed row takes the commit's time");
+    assert_eq!(after[&2], before[&2], "an untouched row keeps its time");
+    // The same commit again: its update finds the row as it is, and the upsert leaves it.
+    sink.commit(TOPIC, &second, &offsets(&[(0, 2)])).unwrap();
+    assert_eq!(stamps(&mut client), after);
+}
+
+/// A schema with the older tables, one row per list member, is refused with one line that
+/// says what to do, and deploy/migrate-list-rows.sql converts it, keeping the lists in order.
+#[test]
+fn member_rows_of_an_older_encore_are_refused_and_converted_by_the_script() {
+    let pg = start_postgres();
+    let mut client = client(&pg);
+    client
+        .batch_execute(
+            "CREATE SCHEMA old;
+             CREATE TABLE old.track_neighbors (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, PRIMARY KEY (track_id, neighbor_id));
+             CREATE TABLE old.user_recommendations (user_id BIGINT, track_id BIGINT, score DOUBLE PRECISION, PRIMARY KEY (user_id, track_id));
+             CREATE VIEW old.user_recommendations_ranked AS SELECT user_id, track_id, score,
+                 row_number() OVER (PARTITION BY user_id ORDER BY score DESC, track_id) AS rank FROM old.user_recommendations;
+             INSERT INTO old.track_neighbors VALUES (1, 4, 0.5), (1, 2, 0.5), (1, 3, 0.7), (2, 9, 0.001);
+             INSERT INTO old.user_recommendations VALUES (8, 30, 0.0012), (8, 20, 0.0013), (8, 10, 0.0012);",
+        )
+        .unwrap();
+    let err = PgSink::connect(&pg.url(), "old", 4, false, quick_retry(3)).unwrap_err();
+    assert!(matches!(&err, SinkError::MemberRows { tables, .. } if tables == "track_neighbors, user_recommendations"), "{err}");
+    let line = err.to_string();
+    assert!(!line.contains('\n') && line.contains("--pg-schema") && line.contains("deploy/migrate-list-rows.sql"), "{line}");
+
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/migrate-list-rows.sql")).unwrap();
+    client.batch_execute(&format!("SET search_path TO old; {script}")).unwrap();
+    let mut sink = PgSink::connect(&pg.url(), "old", 4, false, quick_retry(3)).expect("the converted schema is accepted");
+    let (tables, _) = sink.read_tables().unwrap();
+    assert_eq!(lists_by_key(&tables.track_neighbors), BTreeMap::from([(1, vec![(3, 7000), (2, 5000), (4, 5000)]), (2, vec![(9, 10)])]));
+    assert_eq!(lists_by_key(&tables.user_recommendations), BTreeMap::from([(8, vec![(20, 13), (10, 12), (30, 12)])]));
+    let ranked: Vec<(i64, i64)> = client
+        .query("SELECT rank, track_id FROM old.user_recommendations_ranked ORDER BY rank", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(ranked, vec![(1, 20), (2, 10), (3, 30)]);
 }
 
 #[test]
@@ -327,7 +423,7 @@ fn incoherent_changes_write_nothing() {
     let mut sink = sink(&pg, "public", false);
     let changes = Changes {
         track_stats: vec![(1, TrackStats::default(), 1)],
-        track_neighbors: vec![((1, 2), 10, 1), ((1, 2), 11, 1)],
+        track_neighbors: vec![(1, vec![(2, 10)], 1), (1, vec![(2, 11)], 1)],
         ..Changes::default()
     };
     let err = sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap_err();
@@ -365,8 +461,11 @@ fn schema_name_with_quotes_and_spaces() {
     let pg = start_postgres();
     let schema = "enc\"ore; DROP TABLE x; --";
     let mut sink = sink(&pg, schema, false);
-    let changes =
-        Changes { user_recommendations: vec![((1, 2), 1234, 1)], dead_letters: vec![dead_letter(0, 0, b"x", "bad")], ..Changes::default() };
+    let changes = Changes {
+        user_recommendations: vec![(1, vec![(2, 1234)], 1)],
+        dead_letters: vec![dead_letter(0, 0, b"x", "bad")],
+        ..Changes::default()
+    };
     sink.commit(TOPIC, &changes, &offsets(&[(0, 1)])).unwrap();
     let (tables, letters) = sink.read_tables().unwrap();
     assert_eq!(tables.user_recommendations, BTreeMap::from([((1, 2), 1234)]));

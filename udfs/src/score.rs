@@ -120,9 +120,8 @@ mod tests {
 
     #[test]
     fn rounding_keeps_the_leading_bits() {
-        // SPEC §2 step 4's definition at B = 5: the lowest bitlen(x) − 5 bits cleared.
-        // (Its example "q(100) = 96" is B = 4's value: 100 = 0b1100100 has 7 bits, and
-        // clearing the lowest 2 leaves 100; see docs/contract.md §5.)
+        // SPEC §2 step 4's definition and examples at B = 5: the lowest bitlen(x) − 5 bits
+        // cleared (100 = 0b1100100 has 7 bits, and clearing the lowest 2 leaves 100).
         assert_eq!(round_count(100, 5), 100);
         assert_eq!(round_count(100, 4), 96);
         assert_eq!(round_count(99, 5), 96);

@@ -1,14 +1,14 @@
 //! `pg_copy`: how fast rows get into Postgres, raw and through the sink.
 //!
-//! For batches of 1k, 10k and 100k `track_neighbors`-shaped rows `(BIGINT, BIGINT, DOUBLE)`,
-//! in one transaction each, it measures:
+//! For batches of 1k, 10k and 100k list rows `(BIGINT, BIGINT[], DOUBLE PRECISION[])` of 10
+//! members (a full `user_recommendations` row), in one transaction each, it measures:
 //!
 //! * **raw COPY (client encoder)**: `COPY ... FROM STDIN (FORMAT binary)` into an index-free
 //!   table through `postgres::binary_copy::BinaryCopyInWriter`, one `write` per row;
 //! * **raw COPY (pre-encoded)**: the same COPY fed with bytes encoded beforehand in one buffer,
 //!   the physical limit of the path (what the sink does inside its transaction);
-//! * **raw COPY keyed**: the same bytes into a table with the `(track_id, neighbor_id)` primary
-//!   key, the limit for landing rows in a keyed table (index maintenance included);
+//! * **raw COPY keyed**: the same bytes into a table with the `track_id` primary key, the
+//!   limit for landing rows in a keyed table (index maintenance included);
 //! * **sink insert** / **sink update**: [`PgSink::commit`] of that many new rows, then of new
 //!   values for the same keys, everything included: consolidation, encoding, staging COPY,
 //!   merge into the primary-keyed table, offsets upsert, COMMIT with `synchronous_commit=on`;
@@ -84,11 +84,11 @@ fn main() -> Result<()> {
     let schema = quote_ident(&args.schema);
     // Connected as the sink connects (TLS as in libpq), so both measure the same transport.
     let mut client = encore_pgconnect::Target::parse(&url)?.connect().context("connecting")?;
+    let columns = encore_benches::LIST_COLUMNS;
     client.batch_execute(&format!(
         "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
-         CREATE TABLE {schema}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
-         CREATE TABLE {schema}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
-         PRIMARY KEY (track_id, neighbor_id));"
+         CREATE TABLE {schema}.raw_copy ({columns}); \
+         CREATE TABLE {schema}.raw_keyed ({columns}, PRIMARY KEY (track_id));"
     ))?;
     let mut sink = PgSink::connect(&url, &args.schema, PRECISION, false, RetryPolicy::default())?;
 
@@ -106,14 +106,16 @@ fn main() -> Result<()> {
         let mut inserts = Vec::new();
         let mut updates = Vec::new();
         for _ in 0..args.reps {
-            let keys: Vec<(u64, u64)> = (0..rows as u64).map(|i| (next_key + i / 20, i % 20)).collect();
+            let keys: Vec<u64> = (next_key..next_key + rows as u64).collect();
             next_key += rows as u64;
-            let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, 5_000, 1)).collect(), ..Changes::default() };
+            let insert = Changes { track_neighbors: keys.iter().map(|&k| (k, list(5_000), 1)).collect(), ..Changes::default() };
             offset += 1;
             inserts.push(timed(|| sink.commit(TOPIC, &insert, &BTreeMap::from([(0, offset)])))?);
-            // Every key changes its score: old value retracted, new one added.
-            let update =
-                Changes { track_neighbors: keys.iter().flat_map(|&k| [(k, 5_000, -1), (k, 7_000, 1)]).collect(), ..Changes::default() };
+            // Every list changes its scores: old row retracted, new one added.
+            let update = Changes {
+                track_neighbors: keys.iter().flat_map(|&k| [(k, list(5_000), -1), (k, list(7_000), 1)]).collect(),
+                ..Changes::default()
+            };
             offset += 1;
             updates.push(timed(|| sink.commit(TOPIC, &update, &BTreeMap::from([(0, offset)])))?);
         }
@@ -147,12 +149,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// A list row of [`encore_benches::LIST_MEMBERS`] members, scores from `units` down.
+fn list(units: i64) -> Vec<(u64, i64)> {
+    (0..encore_benches::LIST_MEMBERS as i64).map(|m| (m as u64 + 1, units - m)).collect()
+}
+
 /// Latency of commits shaped like a live epoch: a few hundred row changes spread over
 /// `track_neighbors`, `user_recommendations` and `track_stats`.
 fn small_mixed_commits(sink: &mut PgSink, offset: &mut i64, commits: usize) -> Result<(Duration, Duration)> {
     // Live rows per table, as (key, value); keys far above the throughput runs' keys.
-    let mut neighbors: Vec<((u64, u64), i64)> = Vec::new();
-    let mut recommendations: Vec<((u64, u64), i64)> = Vec::new();
+    let mut neighbors: Vec<(u64, i64)> = Vec::new();
+    let mut recommendations: Vec<(u64, i64)> = Vec::new();
     let mut stats: Vec<(u64, TrackStats)> = Vec::new();
     let mut next = 1u64 << 40;
     let mut times = Vec::with_capacity(commits);
@@ -160,19 +167,19 @@ fn small_mixed_commits(sink: &mut PgSink, offset: &mut i64, commits: usize) -> R
         let mut changes = Changes::default();
         for _ in 0..40 {
             next += 1;
-            neighbors.push(((next, 1), round));
-            recommendations.push(((next, 2), round));
+            neighbors.push((next, round + 100));
+            recommendations.push((next, round + 100));
             stats.push((next, TrackStats { plays: 1, listeners: 1, likes: 0 }));
-            changes.track_neighbors.push(((next, 1), round, 1));
-            changes.user_recommendations.push(((next, 2), round, 1));
+            changes.track_neighbors.push((next, list(round + 100), 1));
+            changes.user_recommendations.push((next, list(round + 100), 1));
             changes.track_stats.push((next, TrackStats { plays: 1, listeners: 1, likes: 0 }, 1));
         }
         // Update the 40 oldest rows, delete the 20 after them (when there are enough).
         for i in 0..60.min(neighbors.len().saturating_sub(40)) {
             let (key, old) = neighbors[i];
-            changes.track_neighbors.push((key, old, -1));
+            changes.track_neighbors.push((key, list(old), -1));
             let (rkey, rold) = recommendations[i];
-            changes.user_recommendations.push((rkey, rold, -1));
+            changes.user_recommendations.push((rkey, list(rold), -1));
             let (skey, sold) = stats[i];
             changes.track_stats.push((skey, sold, -1));
             if i < 40 {
@@ -180,8 +187,8 @@ fn small_mixed_commits(sink: &mut PgSink, offset: &mut i64, commits: usize) -> R
                 neighbors[i].1 = old + 1;
                 recommendations[i].1 = rold + 1;
                 stats[i].1 = new;
-                changes.track_neighbors.push((key, old + 1, 1));
-                changes.user_recommendations.push((rkey, rold + 1, 1));
+                changes.track_neighbors.push((key, list(old + 1), 1));
+                changes.user_recommendations.push((rkey, list(rold + 1), 1));
                 changes.track_stats.push((skey, new, 1));
             }
         }
@@ -207,9 +214,11 @@ fn raw_copy_client_encoder(client: &mut Client, schema: &str, rows: usize) -> Re
     let start = Instant::now();
     let mut tx = client.transaction()?;
     let writer = tx.copy_in(&format!("COPY {schema}.raw_copy FROM STDIN (FORMAT binary)"))?;
-    let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT8, Type::INT8, Type::FLOAT8]);
+    let mut writer = BinaryCopyInWriter::new(writer, &[Type::INT8, Type::INT8_ARRAY, Type::FLOAT8_ARRAY]);
+    let members: Vec<i64> = (1..=encore_benches::LIST_MEMBERS as i64).collect();
+    let scores = vec![0.5f64; encore_benches::LIST_MEMBERS];
     for i in 0..rows as i64 {
-        writer.write(&[&(i / 20), &(i % 20), &0.5f64])?;
+        writer.write(&[&i, &members, &scores])?;
     }
     writer.finish()?;
     tx.commit()?;
@@ -219,7 +228,7 @@ fn raw_copy_client_encoder(client: &mut Client, schema: &str, rows: usize) -> Re
 /// Raw COPY of bytes encoded before the clock starts, into `table` (emptied first).
 fn raw_copy_pre_encoded(client: &mut Client, schema: &str, table: &str, rows: usize) -> Result<Duration> {
     client.batch_execute(&format!("TRUNCATE {schema}.{table}"))?;
-    let data = encore_benches::neighbor_rows_binary_copy(rows);
+    let data = encore_benches::list_rows_binary_copy(rows);
     let start = Instant::now();
     let mut tx = client.transaction()?;
     let mut writer = tx.copy_in(&format!("COPY {schema}.{table} FROM STDIN (FORMAT binary)"))?;

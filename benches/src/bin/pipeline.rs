@@ -473,7 +473,7 @@ fn main() -> Result<()> {
     for (rate, measured) in &latencies {
         let p99 = measured.quantile(0.99);
         println!(
-            "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {}){}",
+            "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {}); oldest stale refresh {}{}",
             args.latency_layout,
             rate,
             fmt_latency(measured.quantile(0.50), args.latency_drain),
@@ -483,6 +483,7 @@ fn main() -> Result<()> {
                 Some(p) => format!("missed, {:.1}x over", p.as_secs_f64()),
                 None => "missed, above the drain time".to_owned(),
             },
+            fmt_stale(measured),
             sink_load(measured, limits.update),
         );
     }
@@ -698,6 +699,12 @@ fn sink_load(measured: &latency::Measured, update_limit: f64) -> String {
     )
 }
 
+/// The stale refresh age of a latency run: largest sampled / after the drain, seconds.
+fn fmt_stale(m: &latency::Measured) -> String {
+    let seconds = |age: Option<f64>| age.map_or_else(|| "-".to_owned(), |age| format!("{age:.1}"));
+    format!("{} / {}", seconds(m.stale_age_max), seconds(m.stale_age_end))
+}
+
 fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String], half: f64, update_limit: f64) {
     println!(
         "\n## Latency: produce → commit containing the event ({}, encore-flow {}, live after replaying the caught-up topic)\n",
@@ -712,15 +719,20 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
         "sink load: result-table row changes (pg_stat_user_tables) per message committed from the job's start to its stop; \
          row writes/s = that × the sent rate; raw UPDATE limit {update_limit:.0} rows/s.\n"
     );
-    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | replay read s | ready s | polls (mean interval ms) | peak RSS per process | commits seen | events/commit | row changes/event | row writes/s | % of raw UPDATE |");
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!(
+        "stale refresh age: encore_stale_refresh_age_seconds (the least recently refreshed stale user's last refresh; SPEC §2 \
+         step 6), largest over the processes, sampled every second while sending (max) and after the drain (end); stale \
+         users: the most one process had.\n"
+    );
+    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | stale refresh age max / end s | stale users max | replay read s | ready s | polls (mean interval ms) | peak RSS per process | commits seen | events/commit | row changes/event | row writes/s | % of raw UPDATE |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (rate, m) in runs {
         let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
         let per_event = m.row_changes_per_event().unwrap_or(0.0);
         let demand = per_event * m.send_rate;
         let of_limit = if update_limit > 0.0 { format!("{:.0} %", 100.0 * demand / update_limit) } else { "n/a".to_owned() };
         println!(
-            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} | {} | {:.0} | {per_event:.2} | {demand:.0} | {of_limit} |",
+            "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} | {} | {:.0} | {per_event:.2} | {demand:.0} | {of_limit} |",
             m.send_rate,
             m.sent,
             m.measured,
@@ -728,6 +740,8 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
             fmt_ms(m.quantile(0.50), args.latency_drain),
             fmt_ms(m.quantile(0.99), args.latency_drain),
             fmt_ms(max, args.latency_drain),
+            fmt_stale(m),
+            m.stale_users_max.map_or_else(|| "-".to_owned(), |users| format!("{users:.0}")),
             m.replay_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
             m.ready_seconds,
             m.polls,

@@ -27,7 +27,8 @@
 //!
 //! Two outputs. A collection of [`UserTrackChange`]s (differential's `(data, time, diff)`
 //! layout): history membership changes (`+1` enters, `-1` leaves); once per `(u,t)`, the
-//! first listen (`+1`), from which `listeners(t)` is counted; and every change of
+//! first listen (`+1`), from which `listeners(t)` is counted; once per user and epoch with a
+//! listen, that it listened (whose recommendations are then refreshed); and every change of
 //! `last(u,t)`, the durable state a restart rebuilds everything else from (see
 //! [`crate::source::kafka`], "Durable state"). And a plain stream of
 //! [`PairChange`]s: each membership change's pairs with every other member, both ways, from
@@ -70,6 +71,12 @@ pub enum UserTrackChange {
         /// The track.
         track: u64,
     },
+    /// The user listened in this epoch (diff +1, once per user and epoch): its
+    /// recommendations are refreshed at the epoch's end (SPEC §2 step 6).
+    Listened {
+        /// The listener.
+        user: u64,
+    },
     /// `last(user, track) = last_ms` (diff +1 when it is set, -1 when a later listen replaces
     /// it): the durable state from which a restart rebuilds `H(u)` and the first listens.
     Last {
@@ -88,6 +95,9 @@ pub enum UserTrackChange {
 struct UserHistory {
     last: HashMap<u64, i64>,
     members: BTreeSet<(i64, u64)>,
+    /// The epoch of the user's latest listen plus one (0: none yet): a [`UserTrackChange::Listened`]
+    /// is emitted once per epoch.
+    listened_before: Epoch,
 }
 
 impl UserHistory {
@@ -173,9 +183,13 @@ struct Changes {
 }
 
 /// Applies one listen update (`diff` copies of it) to its user's state.
-fn apply(users: &mut HashMap<u64, UserHistory>, listen: Listen, diff: isize, history_cap: usize, out: &mut Changes) {
+fn apply(users: &mut HashMap<u64, UserHistory>, listen: Listen, diff: isize, epoch: Epoch, history_cap: usize, out: &mut Changes) {
     debug_assert!(diff > 0, "listens are append-only");
     let state = users.entry(listen.user).or_default();
+    if state.listened_before <= epoch {
+        state.listened_before = epoch + 1;
+        out.members.push((UserTrackChange::Listened { user: listen.user }, 1));
+    }
     for _ in 0..diff {
         state.listen(listen.user, listen.track, listen.time_ms, history_cap, &mut out.members, &mut out.pairs);
     }
@@ -210,7 +224,7 @@ pub fn history<'scope>(listens: VecCollection<'scope, Epoch, Listen>, history_ca
                 let mut changes_session = changes_handle.session(&changes_capability);
                 let mut pairs_session = pairs_handle.session(&pairs_capability);
                 for (listen, _time, diff) in listens {
-                    apply(&mut users, listen, diff, history_cap, &mut out);
+                    apply(&mut users, listen, diff, epoch, history_cap, &mut out);
                     changes_session.give_iterator(out.members.drain(..).map(|(change, d)| (change, epoch, d)));
                     pairs_session.give_iterator(out.pairs.drain(..));
                 }
@@ -229,7 +243,7 @@ pub fn history<'scope>(listens: VecCollection<'scope, Epoch, Listen>, history_ca
                         staged.stage(time, || (cap.delayed(&time, 0), cap.delayed(&time, 1))).push((listen, time, diff));
                         continue;
                     }
-                    apply(&mut users, listen, diff, history_cap, &mut out);
+                    apply(&mut users, listen, diff, time, history_cap, &mut out);
                     changes_session.give_iterator(out.members.drain(..).map(|(change, d)| (change, time, d)));
                     pairs_session.give_iterator(out.pairs.drain(..));
                 }

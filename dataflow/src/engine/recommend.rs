@@ -1,645 +1,541 @@
-//! Recommendations `R(u)` (SPEC §2 step 6), maintained by one operator per worker that owns
-//! its users' candidate scores and sees every neighbour-list change.
-//!
-//! `score(u,j) = Σ s(i,j)` over `i ∈ H(u)` with `j ∈ N(i)` is bilinear in the histories and
-//! the neighbour lists, so its change over an epoch is
-//!
-//! ```text
-//!  Δscore = H_before · ΔN  +  ΔH · N_after
-//! ```
-//!
-//! and the operator applies exactly that:
+//! Recommendations `R(u)` (SPEC §2 step 6): **refreshed on activity, exact at rest.** One
+//! operator per worker owns its users (exchanged by user), keeps a replica of every neighbour
+//! list (broadcast: they are small), and recomputes a user's list from `H(u)` and the replica
+//! when the user is *refreshed*:
 //!
 //! ```text
-//!  members (u, i) ±1 ─── exchanged by user ──┐
-//!                                            ├─► Recommend (per worker)
-//!  N(i) changes (i, j, s) ±1 ─── broadcast ──┘     1. every N change (i, j, Δs): add Δs to
-//!                                                     (u, j) for the local users u of i
-//!                                                  2. every membership change (u, i, ±1):
-//!                                                     ± all of N(i) to u's candidates, and
-//!                                                     i (un)excluded from u's ranking
-//!                                                  3. each touched user: top-N before vs after
+//!  members (u, i) ±1, listened u ─── exchanged by user ──┐
+//!  restored R(u) (a restart)     ─── exchanged by user ──┤
+//!  N(i) lists (i, list)          ─── broadcast ──────────┼─► Recommend (per worker), per epoch:
+//!  source epochs (listens,       ─── broadcast ──────────┘   1. N(i) changes → replica; each
+//!   refresh all, restored)                                       track's watchers become stale
+//!                                                             2. membership changes → H(u)
+//!                                                             3. refresh every user that
+//!                                                                listened, then stale users,
+//!                                                                least recently refreshed
+//!                                                                first, up to the budget
+//!                                                             4. a refreshed user whose list
+//!                                                                changed: -old row, +new row
 //! ```
 //!
-//! ## Why not a join
+//! ## Why refresh instead of maintaining every `R(u)`
 //!
-//! The straightforward plan joins `N(i)` with the histories on `i` and sends one update per
-//! `(user, candidate)` to the user's worker, where they are summed and ranked. A single
-//! first listen changes `n(i)`, so every score in `N(i)` and every `N(j)` holding `i`, and
-//! each of those reaches all `n(i)` (or `n(j)`) listeners: hundreds of thousands of updates
-//! per thousand events after a million events. Producing, exchanging, staging and sorting them
-//! was most of the engine's time. The neighbour lists are small (`k` per track, a megabyte
-//! per ten thousand tracks), so every worker keeps a replica of them and an index of its own
-//! users by history track; a list change is then applied where the users live, with no
-//! per-user update crossing a channel and no arrangement of the histories by track.
+//! `score(u,j)` sums over `H(u)`, so a change of one popular track's `N(i)` reaches every
+//! user holding `i`: at 10 M events, 96 % of 100 000 users in every 1 000-event epoch, and
+//! 58–94 recommendation rows per event. SPEC §2 step 6 therefore stores `R(u)` as of the
+//! user's last refresh. A refresh costs one user's `K·k` candidates (a thousand at the
+//! defaults) whatever the size of the data: every user that listened is refreshed at its
+//! epoch's end (the user who acts sees the newest model), and *stale* users — a list
+//! `N(i)` of one of their tracks changed since their last refresh — in the background, at
+//! most `M` per worker per epoch (`--refresh-idle`), more in epochs without listens, and all
+//! of them in an epoch that asks for it (`--until-caught-up`'s last epoch, the file job's).
 //!
-//! The replica costs `k` entries per track per worker; the index one entry per history member,
-//! like the arrangement it replaces.
+//! ## Finding stale users: watchers, not an index
 //!
-//! ## Why a sorted vector per user, not an ordered index
+//! An index of users by history track would mark every holder of `i` at each change of
+//! `N(i)`: work per listen proportional to how many users hold a popular track, the fan-out
+//! this design removes. Instead a refresh *registers* the user with each track of its
+//! history (`K` pushes, tagged with the user's refresh count), and a change of `N(i)` drains
+//! `i`'s registrations, marking those still current stale. Each registration is drained or
+//! dropped at most once, so the work is `O(K)` per refresh, and a change of `N(i)` reaches
+//! only the users refreshed since its previous change: a user that is stale already is not
+//! visited again. `H(u)` changes only when `u` listens, and then `u` is refreshed and
+//! registers its new history, so the registrations always name the tracks that matter.
+//! Registrations of earlier refreshes are dropped when a track's list is compacted (each
+//! time it doubles), so memory stays proportional to the users' histories.
 //!
-//! A user's candidates are bounded: at most `K·k` tracks (1 000 at the defaults), unlike a
-//! popular track's pair list (tens of thousands). Each user keeps them as one vector of
-//! `(track, score)` sorted by track, 16 bytes per candidate. An epoch's changes to the user
-//! (sorted the same way) are applied in one forward walk over it: in place when they only
-//! change scores, as a merge into a new vector when candidates enter or leave. The walk is
-//! sequential on purpose: the candidates are cold in memory, and binary searches that each
-//! missed the cache cost more than reading the whole vector.
+//! Stale users wait in an ordered set keyed by their last refresh epoch: its first entry is
+//! the least recently refreshed, its size is the `stale users` metric.
 //!
-//! ## Ranking without reading every candidate
+//! ## A refresh
 //!
-//! Each user also keeps its `2·N` best eligible candidates (the *leaders*, best first) and a
-//! *floor*: every eligible candidate that is not a leader ranks after it. After an epoch,
-//! the new leaders are the unchanged leaders still eligible plus every changed candidate
-//! (or one that left the history) that ranks above the floor; all others still rank after
-//! it. If at least `N` remain, the first `N` are `R(u)`, found in `O(leaders + changes)`;
-//! the list is cut back to `2·N`, its last entry becoming the floor. Otherwise (the best
-//! scores fell below the floor), or when the epoch changed a large share of the user's
-//! candidates, the user is ranked from all its candidates. After a million events about
-//! 98 % of a 1 000-event epoch's touched users take the short path: similarities mostly drift
-//! by little, so the old top `N` stays well above the `2·N`-th score.
+//! Tracks have dense per-worker slots, so the replica is a vector of lists of `(slot, s)` and
+//! a user's history a sorted vector of slots. A refresh adds `s(i,j)` into a dense score
+//! array for every `i ∈ H(u)`, `j ∈ N(i)`, clears the history's own slots (never
+//! recommended), and keeps the best `N` of the touched slots with an insertion into a list of
+//! `N`; then it clears the touched slots again. No sort, no hash per candidate.
 //!
-//! The alternative, a hash map plus an ordered set per user (`O(log n)` per change), was
-//! measured first: after 1 M events a 1 000-event
-//! epoch touches ~85 % of all users with ~13 changes each against ~150 candidates, so the
-//! per-change pointer chasing cost more than a pass (30 % more CPU per epoch), and its
-//! ~60 bytes per candidate made the users' candidates the largest state at 10 M events.
+//! ## Restarts
 //!
-//! ## Big epochs
-//!
-//! A big epoch (a first load, a catch-up) expands its neighbour changes into hundreds of
-//! millions of `(user, candidate)` score changes. Once `SCORES_FLUSH_AT` of them are pending,
-//! they are merged into their users' candidates at once (scores are sums, so merging in parts
-//! changes nothing) and those users are ranked at the epoch's end like every touched user.
+//! A restart rebuilds `H(u)` and the lists from the durable state, but not *when* each stored
+//! `R(u)` was refreshed. So the source feeds the stored rows of `user_recommendations`
+//! (each worker its share) in the rebuilding epoch that says `restored`: every user's stored
+//! list becomes the loaded one, every user is stale, and nothing is refreshed in that epoch.
+//! The background then refreshes them all, writing only the lists that differ: the tables are
+//! exact at rest again, whatever `M` was before or is now.
 
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::HashMap;
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Concat, Operator};
 
 use super::stash::EpochStash;
-use super::top_k::{consolidate, cut_leaders, difference, replace_tight, Ranked, BOTTOM};
 use super::Epoch;
+use crate::tables::RankedList;
 
-/// A user's leaders hold this many times `N` entries: enough that an epoch which lowers a few
-/// of the best scores still leaves `N` leaders, so the user is ranked without a full pass.
-const LEADERS_PER_RECOMMENDATION: usize = 2;
+/// How many stale users a worker refreshes per epoch besides the users that listened
+/// (`--refresh-idle`, SPEC §2 step 6 `M`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefreshBudget {
+    /// At most this many per worker in an epoch with listens; in an epoch without listens
+    /// at most [`IDLE_REFRESH_FACTOR`] times as many, and at least [`IDLE_REFRESH_MIN`].
+    Users(usize),
+    /// Every stale user in every epoch: `R` then equals SPEC §2 after every epoch.
+    All,
+}
 
-/// One user's state: candidate scores, history (the exclusions) and its best candidates.
-struct User {
-    /// The user's id.
+impl Default for RefreshBudget {
+    fn default() -> Self {
+        RefreshBudget::Users(1000)
+    }
+}
+
+impl std::str::FromStr for RefreshBudget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "all" => Ok(RefreshBudget::All),
+            _ => text.parse().map(RefreshBudget::Users).map_err(|_| format!("expected a number of users or `all`, not `{text}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for RefreshBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefreshBudget::Users(users) => write!(f, "{users}"),
+            RefreshBudget::All => f.write_str("all"),
+        }
+    }
+}
+
+/// An epoch without listens refreshes up to this many times `M` stale users per worker...
+pub const IDLE_REFRESH_FACTOR: usize = 8;
+/// ...and at least this many (also with `M = 0`), so that tables at rest become exact soon.
+pub const IDLE_REFRESH_MIN: usize = 4096;
+
+impl RefreshBudget {
+    /// Stale users one worker may refresh in an epoch, given whether it had listens.
+    fn per_worker(self, busy: bool) -> usize {
+        match self {
+            RefreshBudget::All => usize::MAX,
+            RefreshBudget::Users(m) if busy => m,
+            RefreshBudget::Users(m) => m.saturating_mul(IDLE_REFRESH_FACTOR).max(IDLE_REFRESH_MIN),
+        }
+    }
+}
+
+/// What a source worker says about an epoch it closed; every worker sends one per epoch, and
+/// every Recommend operator sees all of them (broadcast).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceEpoch {
+    /// Listens the worker fed into the epoch: an epoch in which no worker fed any is idle.
+    pub listens: u64,
+    /// Refresh every stale user at the end of the epoch (the last epoch of a run that ends at
+    /// rest: the file job, `--until-caught-up`).
+    pub refresh_all: bool,
+    /// The epoch ends a restart's rebuild and carries the stored `R(u)` rows.
+    pub restored: bool,
+}
+
+/// One record of a user's input, exchanged by user.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum UserInput {
+    /// `track ∈ H(user)`: diff +1 when it enters, -1 when it leaves.
+    Member {
+        /// The user.
+        user: u64,
+        /// The track.
+        track: u64,
+    },
+    /// The user listened in this epoch.
+    Listened {
+        /// The user.
+        user: u64,
+    },
+    /// The user's `R(u)` as stored in the sink (a restart).
+    Restored {
+        /// The user.
+        user: u64,
+        /// Its stored list.
+        list: RankedList,
+    },
+}
+
+impl UserInput {
+    fn user(&self) -> u64 {
+        match self {
+            UserInput::Member { user, .. } | UserInput::Listened { user } | UserInput::Restored { user, .. } => *user,
+        }
+    }
+}
+
+/// One record every worker receives (broadcast).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum Shared {
+    /// `N(track)` is now `list` (empty: no list).
+    Neighbors { track: u64, list: RankedList },
+    /// A source worker closed the epoch.
+    Source(SourceEpoch),
+}
+
+/// A track's slot: its id, its replica of `N(i)`, and the users watching it.
+#[derive(Debug)]
+struct Track {
     id: u64,
-    /// `(track, score)` sorted by track, scores non-zero: every `j` in some `N(i)`, `i ∈ H(u)`.
-    candidates: Vec<(u64, i64)>,
-    /// `H(u)`, sorted: never recommended.
-    history: Vec<u64>,
-    /// The best eligible candidates (score > 0, not in `history`), best first. Every eligible
-    /// candidate that is not a leader ranks after `floor`, so the first `N` leaders are
-    /// `R(u)` (as last emitted) whenever there are `N` of them or `floor` is [`BOTTOM`].
-    leaders: Vec<Ranked>,
-    floor: Ranked,
-    /// Whether a flush of the open epoch's score changes reached this user (its leaders are
-    /// then stale until it is ranked again).
-    flushed: bool,
+    /// `N(i)` as `(slot of j, s(i,j))`, in rank order.
+    neighbors: Vec<(u32, i64)>,
+    /// `(user, refresh count)`: users that had the track in their history when refreshed;
+    /// an entry is current while the user's refresh count is unchanged.
+    watchers: Vec<(u32, u32)>,
+    /// `watchers` is compacted when it reaches this length.
+    compact_at: u32,
 }
 
-/// The tracks that entered and left a user's history in an epoch.
-#[derive(Default)]
-struct Moved {
-    entered: Vec<u64>,
-    left: Vec<u64>,
+const FIRST_COMPACTION: u32 = 8;
+
+/// One user of this worker.
+#[derive(Debug)]
+struct User {
+    id: u64,
+    /// `H(u)` as track slots, sorted.
+    history: Vec<u32>,
+    /// `R(u)` as last emitted (what the sink holds).
+    stored: RankedList,
+    /// The epoch of its last refresh.
+    refreshed: Epoch,
+    /// Refreshes so far (wrapping): tags its watch registrations.
+    refreshes: u32,
+    /// Whether a list of its history changed since its last refresh.
+    stale: bool,
+    /// The last epoch it listened in, plus one (0: never).
+    listened_before: Epoch,
+    /// Wall-clock seconds of its last refresh since the operator started: the refresh age
+    /// the metrics report.
+    refreshed_second: u32,
 }
 
-/// Buffers reused from one user to the next.
-#[derive(Default)]
-struct Scratch {
-    /// A user's merged candidates.
-    merged: Vec<(u64, i64)>,
-    /// `(track, new score)` of the candidates an epoch changed, sorted by track.
-    changed: Vec<(u64, i64)>,
-    /// Score changes to tracks that were not candidates.
-    inserted: Vec<(u64, i64)>,
-    /// Tracks that entered and left the user's history in the epoch.
-    moved: Moved,
-    /// The next leaders.
-    leaders: Vec<Ranked>,
-    /// `R(u)` before the epoch.
-    before: Vec<Ranked>,
-    /// A user's score changes plus those of its own history changes.
-    own: Vec<(u64, i64)>,
-    /// The score changes of a user's own history changes.
-    extra: Vec<(u64, i64)>,
+/// The users refreshed in one epoch, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Users that listened in the epoch.
+    pub active: u64,
+    /// Stale users refreshed in the background.
+    pub background: u64,
 }
 
-/// `a + b` into `out`, all three sorted by track with no zero: equal tracks summed, zero
-/// sums dropped.
-fn merge_sums(a: &[(u64, i64)], b: &[(u64, i64)], out: &mut Vec<(u64, i64)>) {
-    out.clear();
-    out.reserve(a.len() + b.len());
-    let (mut a, mut b) = (a.iter().copied().peekable(), b.iter().copied().peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(&(x, dx)), Some(&(y, dy))) if x == y => {
-                a.next();
-                b.next();
-                (x, dx + dy)
-            }
-            (Some(&(x, _)), Some(&(y, _))) if y < x => b.next().unwrap_or((y, 0)),
-            (Some(_), _) => a.next().unwrap_or_default(),
-            (None, Some(_)) => b.next().unwrap_or_default(),
-            (None, None) => return,
-        };
-        if next.1 != 0 {
-            out.push(next);
-        }
-    }
-}
-
-impl User {
-    fn new(id: u64) -> Self {
-        User { id, candidates: Vec::new(), history: Vec::new(), leaders: Vec::new(), floor: BOTTOM, flushed: false }
-    }
-
-    /// The first `n` leaders: `R(u)`.
-    fn top(&self, n: usize) -> &[Ranked] {
-        &self.leaders[..n.min(self.leaders.len())]
-    }
-
-    /// Applies one epoch's history changes (`(track, ±1)`, sorted, consolidated), listing
-    /// the tracks that entered and left in `moved`.
-    fn change_history(&mut self, changes: &[((u32, u64), isize)], moved: &mut Moved) {
-        moved.entered.clear();
-        moved.left.clear();
-        for &((_, track), diff) in changes {
-            match (self.history.binary_search(&track), diff > 0) {
-                (Err(at), true) => {
-                    self.history.insert(at, track);
-                    moved.entered.push(track);
-                }
-                (Ok(at), false) => {
-                    self.history.remove(at);
-                    moved.left.push(track);
-                }
-                // A complete epoch adds only absent members and removes only present ones.
-                _ => debug_assert!(false, "history change {track} {diff} against {:?}", self.history),
-            }
-        }
-    }
-
-    /// Adds one epoch's score changes (`(track, Δscore)`, sorted by track, consolidated) to
-    /// the candidates. Few changes are applied in place and listed with their new scores in
-    /// `scratch.changed` (true is returned); many are merged in one pass into a new vector
-    /// and not listed (false: the caller ranks the user from scratch).
-    fn change_scores(&mut self, changes: &[(u64, i64)], scratch: &mut Scratch) -> bool {
-        let Scratch { merged, changed, inserted, .. } = scratch;
-        changed.clear();
-        inserted.clear();
-        let sparse = changes.len() * 2 <= self.candidates.len();
-        if sparse {
-            // A forward walk, not a binary search per change: the candidates are cold in
-            // memory, and a sequential read is prefetched where scattered probes each miss.
-            let mut zeros = false;
-            let mut at = 0;
-            for &(track, delta) in changes {
-                while self.candidates.get(at).is_some_and(|&(item, _)| item < track) {
-                    at += 1;
-                }
-                match self.candidates.get_mut(at) {
-                    Some((item, score)) if *item == track => {
-                        *score += delta;
-                        zeros |= *score == 0;
-                        changed.push((track, *score));
-                        at += 1;
-                    }
-                    _ => {
-                        inserted.push((track, delta));
-                        changed.push((track, delta));
-                    }
-                }
-            }
-            if inserted.is_empty() && !zeros {
-                return true;
-            }
-        }
-        // Merge: the inserted candidates (sparse) or all changes (dense); zeros leave.
-        merged.clear();
-        merged.reserve(self.candidates.len() + changes.len());
-        let mut old = self.candidates.iter().copied().peekable();
-        let mut offer = |track: u64, delta: i64| {
-            while let Some(&(item, score)) = old.peek() {
-                if item >= track {
-                    break;
-                }
-                if score != 0 {
-                    merged.push((item, score));
-                }
-                old.next();
-            }
-            let score = match old.peek() {
-                Some(&(item, score)) if item == track => {
-                    old.next();
-                    score + delta
-                }
-                _ => delta,
-            };
-            if score != 0 {
-                merged.push((track, score));
-            }
-        };
-        if sparse {
-            inserted.iter().for_each(|&(track, delta)| offer(track, delta));
-        } else {
-            changes.iter().for_each(|&(track, delta)| offer(track, delta));
-        }
-        old.filter(|&(_, score)| score != 0).for_each(|entry| merged.push(entry));
-        replace_tight(&mut self.candidates, merged);
-        sparse
-    }
-
-    /// Updates the leaders after the candidates in `changed` (`(track, new score)`, sorted by
-    /// track) changed and tracks `moved` in or out of the history; `O(leaders + changes)`.
-    /// Returns false if fewer than `n` leaders would remain above a floor that is not
-    /// [`BOTTOM`]: the top `n` is then unknown without [`User::rank`].
-    fn rerank(&mut self, n: usize, changed: &[(u64, i64)], moved: &Moved, next: &mut Vec<Ranked>) -> bool {
-        let m = n * LEADERS_PER_RECOMMENDATION;
-        if m == 0 {
-            return true;
-        }
-        let (history, floor) = (&self.history, self.floor);
-        let is_changed = |track: u64| changed.binary_search_by_key(&track, |&(item, _)| item).is_ok();
-        let leads = |track: u64, score: i64| score > 0 && (Reverse(score), track) <= floor && history.binary_search(&track).is_err();
-        next.clear();
-        // Unchanged leaders keep their place unless they entered the history; every
-        // changed candidate, or one that left the history, leads if it ranks above the floor.
-        next.extend(self.leaders.iter().filter(|&&(_, track)| !is_changed(track) && !moved.entered.contains(&track)));
-        next.extend(changed.iter().filter(|&&(track, score)| leads(track, score)).map(|&(track, score)| (Reverse(score), track)));
-        for &track in moved.left.iter().filter(|&&track| !is_changed(track)) {
-            if let Ok(at) = self.candidates.binary_search_by_key(&track, |&(item, _)| item) {
-                let score = self.candidates[at].1;
-                if leads(track, score) {
-                    next.push((Reverse(score), track));
-                }
-            }
-        }
-        if next.len() < n && floor != BOTTOM {
-            return false;
-        }
-        cut_leaders(next, m, &mut self.floor);
-        self.leaders.clear();
-        self.leaders.extend_from_slice(next);
-        true
-    }
-
-    /// Ranks every candidate: the leaders become the best `LEADERS_PER_RECOMMENDATION · n`
-    /// eligible ones. Only a candidate that beats the last leader pays for the history
-    /// lookup (a cursor, both being sorted by track) and the ordered insert.
-    fn rank(&mut self, n: usize) {
-        let m = n * LEADERS_PER_RECOMMENDATION;
-        self.leaders.clear();
-        self.floor = BOTTOM;
-        if m == 0 {
-            return;
-        }
-        let mut history = self.history.iter().copied().peekable();
-        for &(track, score) in &self.candidates {
-            let entry = (Reverse(score), track);
-            if score <= 0 || (self.leaders.len() == m && entry >= self.leaders[m - 1]) {
-                continue;
-            }
-            while history.next_if(|&h| h < track).is_some() {}
-            if history.peek() == Some(&track) {
-                continue;
-            }
-            let at = self.leaders.partition_point(|e| *e < entry);
-            self.leaders.insert(at, entry);
-            self.leaders.truncate(m);
-        }
-        if self.leaders.len() == m {
-            self.floor = self.leaders[m - 1];
-        }
-    }
-}
-
-/// A worker's state: its users, who of them has each track in their history, and the replica
-/// of every neighbour list; plus the epoch's score and exclusion changes before they are
-/// applied.
+/// One worker's state.
 #[derive(Default)]
 struct Recommender {
-    /// The local index of each user of this worker, into `users`.
+    /// User id → index into `users`.
     index: HashMap<u64, u32>,
     users: Vec<User>,
-    /// Per track, the local indexes of the users with it in their history.
-    listeners: HashMap<u64, Vec<u32>>,
-    neighbors: HashMap<u64, Vec<(u64, i64)>>,
-    /// `(i, j, Δs)`: this epoch's neighbour changes not yet spread to the listeners of `i`,
-    /// and how many score changes they make for each user (indexed like `users`) and in all.
-    /// The `(user, j, Δs)` changes themselves are only ever written once, grouped by user
-    /// ([`Recommender::group_scores`]): staging them first cost a write and a read of 24
-    /// bytes each, millions per epoch from 10 000 events up.
-    pending: Vec<(u64, u64, i64)>,
-    counts: Vec<u32>,
-    pending_scores: usize,
-    /// Whether `grouped` holds the pending changes (grouped before the first membership
-    /// change of the epoch, which alters the listeners they go to) and awaits `finish`.
-    grouped_ready: bool,
-    /// `((user index, track), ±1)`: history changes of this epoch, excluded from
-    /// recommendations.
-    exclusions: Vec<((u32, u64), isize)>,
-    /// Users whose candidates a flush changed in this epoch, ranked again at its end.
-    flushed: Vec<u32>,
-    /// The pending score changes grouped by user: `grouped[starts[u]..starts[u + 1]]` are
-    /// user `u`'s.
-    grouped: Vec<(u64, i64)>,
-    starts: Vec<usize>,
-    /// How many times a touched user was ranked from its leaders, and from all candidates.
-    reranks: u64,
-    full_ranks: u64,
-    /// `(user, candidate)` score changes spread in the open epoch (for [`super::work`]).
-    score_updates: u64,
+    /// Track id → slot in `tracks`.
+    slots: HashMap<u64, u32>,
+    tracks: Vec<Track>,
+    /// `(last refresh epoch, user)` of every stale user: the first is the least recently
+    /// refreshed.
+    stale: BTreeSet<(Epoch, u32)>,
+    /// The users that listened in the epoch being applied.
+    active: Vec<u32>,
+    /// A refresh's score per slot (zero outside a refresh) and the slots it touched.
+    scores: Vec<i64>,
+    touched: Vec<u32>,
+    /// When the operator started, and the seconds since then at the current epoch's end.
+    started: Option<SystemTime>,
+    second: u32,
 }
 
-/// Pending score changes are merged into their users once this many pile up (64 MB to group
-/// them): a big epoch (a first load, a catch-up) expands to hundreds of millions of them. The
-/// crate's own tests flush after a few dozen, as [`super::similarity`]'s do.
-const SCORES_FLUSH_AT: usize = if cfg!(test) { 64 } else { 1 << 22 };
-
 impl Recommender {
-    /// Step 1: a neighbour score changes by `delta`; the users who have `i` now (before this
-    /// epoch's membership changes) see it.
-    fn neighbor_change(&mut self, i: u64, j: u64, delta: i64) {
-        let list = self.neighbors.entry(i).or_default();
-        match list.iter().position(|&(item, _)| item == j) {
-            Some(at) => {
-                list[at].1 += delta;
-                if list[at].1 == 0 {
-                    list.swap_remove(at);
-                }
-            }
-            None => list.push((j, delta)),
+    fn slot(&mut self, track: u64) -> u32 {
+        let next = self.tracks.len() as u32;
+        let slot = *self.slots.entry(track).or_insert(next);
+        if slot == next {
+            self.tracks.push(Track { id: track, neighbors: Vec::new(), watchers: Vec::new(), compact_at: FIRST_COMPACTION });
+            self.scores.push(0);
         }
-        if list.is_empty() {
-            self.neighbors.remove(&i);
-        }
-        debug_assert!(!self.grouped_ready, "neighbour changes come before membership changes");
-        let Recommender { listeners, counts, pending, pending_scores, users, score_updates, .. } = self;
-        let listening = listeners.get(&i).map_or(&[][..], |users| users);
-        if !listening.is_empty() {
-            if counts.len() < users.len() {
-                counts.resize(users.len(), 0);
-            }
-            for &user in listening {
-                counts[user as usize] += 1;
-            }
-            pending.push((i, j, delta));
-            *pending_scores += listening.len();
-            *score_updates += listening.len() as u64;
-        }
-        if self.pending_scores >= SCORES_FLUSH_AT {
-            self.flush_scores();
-        }
+        slot
     }
 
-    /// Spreads the pending neighbour changes to the listeners, grouped by user (a counting
-    /// sort: the counts were kept as they came, so one pass writes each change in its user's
-    /// run, where a comparison sort of the epoch's changes cost a tenth of the engine's time),
-    /// each user's sorted by track ([`Recommender::user_scores`] consolidates them). Nothing
-    /// to do if they are grouped already.
-    fn group_scores(&mut self) {
-        if self.grouped_ready {
-            debug_assert!(self.pending.is_empty());
-            return;
-        }
-        let Recommender { listeners, counts, pending, pending_scores, starts, grouped, users, .. } = self;
-        counts.resize(users.len(), 0);
-        // `starts[u]` is where user `u`'s run begins; `counts[u]` becomes its next free slot.
-        starts.clear();
-        starts.push(0);
-        for count in counts.iter_mut() {
-            let start = *starts.last().unwrap_or(&0);
-            starts.push(start + *count as usize);
-            *count = start as u32;
-        }
-        grouped.clear();
-        grouped.resize(*pending_scores, (0, 0));
-        for &(i, j, delta) in pending.iter() {
-            for &user in listeners.get(&i).map_or(&[][..], |users| users) {
-                let at = &mut counts[user as usize];
-                grouped[*at as usize] = (j, delta);
-                *at += 1;
-            }
-        }
-        counts.fill(0);
-        pending.clear();
-        *pending_scores = 0;
-        self.grouped_ready = true;
-        // The scatter keeps each user's changes in arrival order, which is by track when the
-        // neighbour changes are applied by candidate (see `recommendations`).
-        for user in 0..self.starts.len() - 1 {
-            let run = &mut self.grouped[self.starts[user]..self.starts[user + 1]];
-            if !run.is_sorted_by_key(|&(track, _)| track) {
-                run.sort_unstable_by_key(|&(track, _)| track);
-            }
-        }
-    }
-
-    /// User `user`'s grouped score changes, consolidated (zeros dropped) in place.
-    fn user_scores<'a>(grouped: &'a mut [(u64, i64)], starts: &[usize], user: usize) -> &'a [(u64, i64)] {
-        let run = &mut grouped[starts[user]..starts[user + 1]];
-        let mut write = 0;
-        for read in 0..run.len() {
-            if write > 0 && run[write - 1].0 == run[read].0 {
-                run[write - 1].1 += run[read].1;
-            } else {
-                if write > 0 && run[write - 1].1 == 0 {
-                    write -= 1;
-                }
-                run[write] = run[read];
-                write += 1;
-            }
-        }
-        if write > 0 && run[write - 1].1 == 0 {
-            write -= 1;
-        }
-        &run[..write]
-    }
-
-    /// Merges the pending score changes into their users' candidates, leaving the ranking
-    /// (and so the output) to `finish`: scores are sums, so the order of merging is free.
-    fn flush_scores(&mut self) {
-        self.group_scores();
-        let mut scratch = Scratch::default();
-        for user in 0..self.users.len() {
-            let changes = Self::user_scores(&mut self.grouped, &self.starts, user);
-            if changes.is_empty() {
-                continue;
-            }
-            let state = &mut self.users[user];
-            state.change_scores(changes, &mut scratch);
-            if !state.flushed {
-                state.flushed = true;
-                self.flushed.push(user as u32);
-            }
-        }
-        self.grouped_ready = false;
-    }
-
-    /// Step 2: `i` enters (`diff` 1) or leaves (`diff` -1) `H(user)`, with `N(i)` as it is
-    /// after this epoch's neighbour changes.
-    fn membership_change(&mut self, id: u64, i: u64, diff: isize) {
-        // The pending neighbour changes go to the listeners before any of this epoch's
-        // membership changes (`H_before · ΔN`).
-        self.group_scores();
+    fn user(&mut self, id: u64) -> u32 {
         let next = self.users.len() as u32;
         let user = *self.index.entry(id).or_insert(next);
         if user == next {
-            self.users.push(User::new(id));
+            self.users.push(User {
+                id,
+                history: Vec::new(),
+                stored: Vec::new(),
+                refreshed: 0,
+                refreshes: 0,
+                stale: false,
+                listened_before: 0,
+                refreshed_second: 0,
+            });
         }
-        let listeners = self.listeners.entry(i).or_default();
-        if diff > 0 {
-            listeners.push(user);
-        } else if let Some(at) = listeners.iter().position(|&u| u == user) {
-            listeners.swap_remove(at);
-        }
-        if listeners.is_empty() {
-            self.listeners.remove(&i);
-        }
-        // Its scores (`± N_after(i)`) are made in `finish`, one user at a time: staged here,
-        // a first load would hold every user's every candidate at once.
-        self.exclusions.push(((user, i), diff));
+        user
     }
 
-    /// Step 3: applies the epoch's changes user by user (both grouped by user, so each
-    /// user's state is visited once) and reports the changes of each touched user's top-N.
-    fn finish(&mut self, n: usize, mut emit: impl FnMut(u64, Ranked, isize)) {
-        self.group_scores();
-        // Users that joined in this epoch's membership changes have no runs.
-        let end = *self.starts.last().unwrap_or(&0);
-        self.starts.resize(self.users.len() + 1, end);
-        consolidate(&mut self.exclusions);
-        let mut scratch = Scratch::default();
-        let mut exclusions = &self.exclusions[..];
-        let touched_before = self.reranks + self.full_ranks;
-        for user in 0..self.users.len() {
-            // The user's runs in both lists (exclusions are few: found by scanning).
-            let (history_run, rest) = exclusions.split_at(exclusions.iter().take_while(|e| e.0 .0 as usize == user).count());
-            exclusions = rest;
-            let score_run = Self::user_scores(&mut self.grouped, &self.starts, user);
-            if history_run.is_empty() && score_run.is_empty() {
-                continue; // untouched, or reached by a flush only (below)
+    /// Step 1: `N(track)` is now `list`; the users watching it become stale.
+    fn neighbors_changed(&mut self, track: u64, list: &RankedList) {
+        let slot = self.slot(track) as usize;
+        let mut neighbors = std::mem::take(&mut self.tracks[slot].neighbors);
+        neighbors.clear();
+        for &(j, s) in list {
+            neighbors.push((self.slot(j), s));
+        }
+        neighbors.shrink_to_fit();
+        let Recommender { tracks, users, stale, .. } = self;
+        let track = &mut tracks[slot];
+        track.neighbors = neighbors;
+        track.compact_at = FIRST_COMPACTION;
+        for (user, refreshes) in track.watchers.drain(..) {
+            let state = &mut users[user as usize];
+            if state.refreshes == refreshes && !state.stale {
+                state.stale = true;
+                stale.insert((state.refreshed, user));
             }
-            let state = &mut self.users[user];
-            // ΔH · N_after: the user's own membership changes, added to its H_before · ΔN.
-            let mut own = std::mem::take(&mut scratch.own);
-            let changes = if history_run.is_empty() {
-                score_run
-            } else {
-                // Sorted on their own and merged: the score run is sorted already.
-                let extra = &mut scratch.extra;
-                extra.clear();
-                for &((_, i), diff) in history_run {
-                    let list = self.neighbors.get(&i).map_or(&[][..], |list| list);
-                    extra.extend(list.iter().map(|&(j, s)| (j, s * diff as i64)));
+        }
+    }
+
+    /// Step 2: `track` enters (`diff` > 0) or leaves `H(user)`.
+    fn membership_changed(&mut self, user: u64, track: u64, diff: isize) {
+        let (user, slot) = (self.user(user), self.slot(track));
+        let history = &mut self.users[user as usize].history;
+        match (history.binary_search(&slot), diff > 0) {
+            (Err(at), true) => history.insert(at, slot),
+            (Ok(at), false) => {
+                history.remove(at);
+            }
+            // A complete epoch adds only absent members and removes only present ones.
+            _ => debug_assert!(false, "history change {track} {diff} against {history:?}"),
+        }
+    }
+
+    fn listened(&mut self, user: u64, epoch: Epoch) {
+        let user = self.user(user);
+        let state = &mut self.users[user as usize];
+        if state.listened_before <= epoch {
+            state.listened_before = epoch + 1;
+            self.active.push(user);
+        }
+    }
+
+    /// A restart: every user's stored list becomes the loaded one (or none), and every user
+    /// is stale, as nothing says when it was refreshed.
+    fn restore(&mut self, restored: Vec<(u64, RankedList)>) {
+        for state in &mut self.users {
+            state.stored.clear();
+        }
+        for (user, list) in restored {
+            let user = self.user(user);
+            self.users[user as usize].stored = list;
+        }
+        for (user, state) in self.users.iter_mut().enumerate() {
+            if !state.stale {
+                state.stale = true;
+                self.stale.insert((state.refreshed, user as u32));
+            }
+        }
+        self.active.clear();
+    }
+
+    /// Step 3: refreshes the users that listened, then up to `budget` stale ones, least
+    /// recently refreshed first; reports every changed list.
+    fn refresh(&mut self, epoch: Epoch, n: usize, budget: usize, mut emit: impl FnMut(u64, &RankedList, isize)) -> Refreshed {
+        let now = SystemTime::now();
+        let started = *self.started.get_or_insert(now);
+        self.second = now.duration_since(started).map_or(0, |d| d.as_secs() as u32);
+        let mut refreshed = Refreshed::default();
+        let mut list = RankedList::new();
+        for user in std::mem::take(&mut self.active) {
+            self.refresh_user(user, epoch, n, &mut list, &mut emit);
+            refreshed.active += 1;
+        }
+        while (refreshed.background as usize) < budget {
+            let Some((_, user)) = self.stale.first().copied() else { break };
+            self.refresh_user(user, epoch, n, &mut list, &mut emit);
+            refreshed.background += 1;
+        }
+        refreshed
+    }
+
+    /// Recomputes `R(user)` from its history and the replica, emits the change of its row,
+    /// and registers it with its history's tracks.
+    fn refresh_user(&mut self, user: u32, epoch: Epoch, n: usize, list: &mut RankedList, emit: &mut impl FnMut(u64, &RankedList, isize)) {
+        let Recommender { users, tracks, stale, scores, touched, second, .. } = self;
+        let state = &mut users[user as usize];
+        // Σ s(i,j) over i ∈ H(u), j ∈ N(i); then the history's own tracks leave.
+        touched.clear();
+        for &i in &state.history {
+            for &(j, s) in &tracks[i as usize].neighbors {
+                let score = &mut scores[j as usize];
+                if *score == 0 {
+                    touched.push(j);
                 }
-                consolidate(extra);
-                merge_sums(score_run, extra, &mut own);
-                &own[..]
-            };
-            scratch.before.clear();
-            scratch.before.extend_from_slice(state.top(n));
-            state.change_history(history_run, &mut scratch.moved);
-            let listed = state.change_scores(changes, &mut scratch);
-            scratch.own = own;
-            let Scratch { changed, moved, leaders, .. } = &mut scratch;
-            if !state.flushed && listed && state.rerank(n, changed, moved, leaders) {
-                self.reranks += 1;
-            } else {
-                state.rank(n);
-                self.full_ranks += 1;
-            }
-            state.flushed = false;
-            for (entry, diff) in difference(&scratch.before, state.top(n)) {
-                emit(state.id, entry, diff);
+                *score += s;
             }
         }
-        // Users only a flush reached: their candidates are merged, their ranking is not.
-        for user in std::mem::take(&mut self.flushed) {
-            let state = &mut self.users[user as usize];
-            if state.flushed {
-                state.flushed = false;
-                scratch.before.clear();
-                scratch.before.extend_from_slice(state.top(n));
-                state.rank(n);
-                self.full_ranks += 1;
-                for (entry, diff) in difference(&scratch.before, state.top(n)) {
-                    emit(state.id, entry, diff);
-                }
+        for &i in &state.history {
+            scores[i as usize] = 0;
+        }
+        // The best n, ties to the smaller track: an insertion into a list of at most n.
+        list.clear();
+        for &j in touched.iter() {
+            let score = std::mem::take(&mut scores[j as usize]);
+            if score <= 0 {
+                continue; // a history track (scores are sums of s > 0)
+            }
+            let entry = (Reverse(score), tracks[j as usize].id);
+            if list.len() == n && list.last().is_none_or(|&(id, s)| entry >= (Reverse(s), id)) {
+                continue;
+            }
+            let at = list.partition_point(|&(id, s)| (Reverse(s), id) < entry);
+            if list.len() == n {
+                list.pop();
+            }
+            list.insert(at, (entry.1, score));
+        }
+        if *list != state.stored {
+            if !state.stored.is_empty() {
+                emit(state.id, &state.stored, -1);
+            }
+            if !list.is_empty() {
+                emit(state.id, list, 1);
+            }
+            state.stored.clone_from(list);
+        }
+        if state.stale {
+            stale.remove(&(state.refreshed, user));
+            state.stale = false;
+        }
+        state.refreshed = epoch;
+        state.refreshed_second = *second;
+        state.refreshes = state.refreshes.wrapping_add(1);
+        let refreshes = state.refreshes;
+        let history = std::mem::take(&mut state.history);
+        for &i in &history {
+            let track = &mut tracks[i as usize];
+            track.watchers.push((user, refreshes));
+            if track.watchers.len() as u32 >= track.compact_at {
+                // Drop registrations of earlier refreshes and of users stale already.
+                track.watchers.retain(|&(u, r)| u == user || (users[u as usize].refreshes == r && !users[u as usize].stale));
+                track.compact_at = (2 * track.watchers.len() as u32).max(FIRST_COMPACTION);
             }
         }
-        self.grouped_ready = false;
-        super::work::add_recommend(std::mem::take(&mut self.score_updates), self.reranks + self.full_ranks - touched_before);
-        // A large epoch must not pin its staging buffers for good.
-        self.exclusions.clear();
-        if self.exclusions.capacity() > 1 << 20 {
-            self.exclusions.shrink_to(1 << 16);
-        }
-        if self.grouped.capacity() > 1 << 20 {
-            self.grouped.shrink_to(1 << 16);
-        }
+        users[user as usize].history = history;
+    }
+
+    /// Stale users and the wall-clock time of the oldest one's last refresh (before any
+    /// refresh: when the operator started).
+    fn staleness(&self) -> (u64, Option<SystemTime>) {
+        let started = self.started.unwrap_or_else(SystemTime::now);
+        let oldest = self
+            .stale
+            .first()
+            .map(|&(_, user)| started + std::time::Duration::from_secs(self.users[user as usize].refreshed_second.into()));
+        (self.stale.len() as u64, oldest)
     }
 }
 
-/// `R(u)`: per user the `n` best-scored tracks outside `H(u)` (ties: smaller track), from the
-/// history members `(user, track)` and the neighbour lists `(i, (Reverse(s), j))`.
+/// The data of one epoch, staged until it is complete.
+#[derive(Default)]
+struct Staged {
+    members: Vec<((u64, u64), isize)>,
+    listened: Vec<u64>,
+    restored: Vec<(u64, RankedList)>,
+    neighbors: Vec<(u64, RankedList)>,
+    sources: Vec<SourceEpoch>,
+}
+
+/// `R(u)` as stored: per user `(user, list)`, from the users' inputs (history changes,
+/// listens, restored lists), the neighbour lists `(i, list)` and the sources' epochs;
+/// refreshed as [`RefreshBudget`] says. See the module docs.
 pub fn recommendations<'scope>(
-    members: VecCollection<'scope, Epoch, (u64, u64)>,
-    neighbor_lists: VecCollection<'scope, Epoch, (u64, Ranked)>,
+    users: VecCollection<'scope, Epoch, UserInput>,
+    neighbor_lists: VecCollection<'scope, Epoch, (u64, RankedList)>,
+    sources: VecCollection<'scope, Epoch, SourceEpoch>,
     n: usize,
-) -> VecCollection<'scope, Epoch, (u64, Ranked)> {
-    let by_user = Exchange::new(|((user, _track), _time, _diff): &((u64, u64), Epoch, isize)| user.hashed());
-    members
+    budget: RefreshBudget,
+) -> VecCollection<'scope, Epoch, (u64, RankedList)> {
+    // A retracted list is only news when no new one replaces it: sent as an empty list, which
+    // a new one (later in the same epoch's records) overrides.
+    let shared = neighbor_lists
         .inner
-        .binary_frontier::<_, CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _, _>(
-            neighbor_lists.inner.broadcast(),
+        .map(|((track, list), time, diff)| (Shared::Neighbors { track, list: if diff > 0 { list } else { Vec::new() } }, time, diff))
+        .concat(sources.inner.map(|(source, time, diff)| (Shared::Source(source), time, diff)))
+        .broadcast();
+    let by_user = Exchange::new(|(input, _time, _diff): &(UserInput, Epoch, isize)| input.user().hashed());
+    let worker = users.inner.scope().index();
+    users
+        .inner
+        .binary_frontier::<_, CapacityContainerBuilder<Vec<((u64, RankedList), Epoch, isize)>>, _, _, _, _>(
+            shared,
             by_user,
             Pipeline,
             "Recommend",
             move |_capability, _info| {
                 let mut state = Recommender::default();
-                // Per epoch: the capability to emit at it, membership and neighbour changes.
-                type Staged = (Vec<((u64, u64), isize)>, Vec<((u64, u64), isize)>);
                 let mut staged: EpochStash<_, Staged> = EpochStash::default();
-                move |(members, members_frontier), (neighbors, neighbors_frontier), output| {
+                move |(users, users_frontier), (shared, shared_frontier), output| {
                     let port = output.output_index();
-                    members.for_each(|cap, data| {
-                        for (pair, time, diff) in data.drain(..) {
-                            staged.stage(time, || cap.delayed(&time, port)).0.push((pair, diff));
+                    users.for_each(|cap, data| {
+                        for (input, time, diff) in data.drain(..) {
+                            let epoch = staged.stage(time, || cap.delayed(&time, port));
+                            match input {
+                                UserInput::Member { user, track } => epoch.members.push(((user, track), diff)),
+                                UserInput::Listened { user } => epoch.listened.push(user),
+                                UserInput::Restored { user, list } => epoch.restored.push((user, list)),
+                            }
                         }
                     });
-                    neighbors.for_each(|cap, data| {
-                        for ((i, (std::cmp::Reverse(s), j)), time, diff) in data.drain(..) {
-                            // Keyed by candidate first: see below.
-                            staged.stage(time, || cap.delayed(&time, port)).1.push(((j, i), s as isize * diff));
+                    shared.for_each(|cap, data| {
+                        for (record, time, diff) in data.drain(..) {
+                            let epoch = staged.stage(time, || cap.delayed(&time, port));
+                            match record {
+                                Shared::Neighbors { track, list } => epoch.neighbors.push((track, list)),
+                                Shared::Source(source) => {
+                                    debug_assert!(diff > 0);
+                                    epoch.sources.push(source);
+                                }
+                            }
                         }
                     });
                     // Complete once both frontiers have passed it: until then it may still get changes.
-                    let complete = |epoch: &Epoch| !members_frontier.less_equal(epoch) && !neighbors_frontier.less_equal(epoch);
-                    while let Some((epoch, capability, (mut memberships, mut scores))) = staged.pop_complete(complete) {
-                        consolidate(&mut scores);
-                        consolidate(&mut memberships);
-                        // In candidate order, so that each user's score changes are grouped
-                        // sorted by track and need no sorting per user.
-                        for &((j, i), delta) in &scores {
-                            state.neighbor_change(i, j, delta as i64);
+                    let complete = |epoch: &Epoch| !users_frontier.less_equal(epoch) && !shared_frontier.less_equal(epoch);
+                    while let Some((epoch, capability, staged)) = staged.pop_complete(complete) {
+                        let Staged { mut members, listened, restored, mut neighbors, sources } = staged;
+                        // Per track the new list if there is one, else the empty one.
+                        neighbors.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
+                        neighbors.dedup_by_key(|(track, _)| *track);
+                        for (track, list) in &neighbors {
+                            state.neighbors_changed(*track, list);
                         }
-                        for &((user, i), diff) in &memberships {
-                            state.membership_change(user, i, diff);
+                        super::top_k::consolidate(&mut members);
+                        for &((user, track), diff) in &members {
+                            state.membership_changed(user, track, diff);
                         }
-                        let mut session = output.session(&capability);
-                        state.finish(n, |user, entry, diff| session.give(((user, entry), epoch, diff)));
+                        for user in listened {
+                            state.listened(user, epoch);
+                        }
+                        let busy = sources.iter().any(|s| s.listens > 0);
+                        let refreshed = if sources.iter().any(|s| s.restored) {
+                            state.restore(restored);
+                            Refreshed::default()
+                        } else {
+                            let budget = if sources.iter().any(|s| s.refresh_all) { usize::MAX } else { budget.per_worker(busy) };
+                            let mut session = output.session(&capability);
+                            state.refresh(epoch, n, budget, |user, list, diff| session.give(((user, list.clone()), epoch, diff)))
+                        };
+                        let (stale, oldest) = state.staleness();
+                        super::work::add_refresh(worker, refreshed, stale, oldest);
                     }
                 }
             },
@@ -649,167 +545,193 @@ pub fn recommendations<'scope>(
 
 #[cfg(test)]
 mod tests {
-    use std::cmp::Reverse;
     use std::collections::BTreeMap;
 
     use super::*;
 
-    fn step(r: &mut Recommender, scores: &[(u64, u64, i64)], members: &[(u64, u64, isize)]) -> Vec<(u64, (i64, u64), isize)> {
-        for &(i, j, d) in scores {
-            r.neighbor_change(i, j, d);
+    /// Applies one epoch to `r` (as the operator does) and returns the emitted row changes,
+    /// retractions first.
+    fn epoch(
+        r: &mut Recommender,
+        at: Epoch,
+        lists: &[(u64, &[(u64, i64)])],
+        members: &[(u64, u64, isize)],
+        listened: &[u64],
+        budget: usize,
+    ) -> Vec<(u64, RankedList, isize)> {
+        epoch_counted(r, at, lists, members, listened, budget).0
+    }
+
+    fn epoch_counted(
+        r: &mut Recommender,
+        at: Epoch,
+        lists: &[(u64, &[(u64, i64)])],
+        members: &[(u64, u64, isize)],
+        listened: &[u64],
+        budget: usize,
+    ) -> (Vec<(u64, RankedList, isize)>, Refreshed) {
+        for &(track, list) in lists {
+            r.neighbors_changed(track, &list.to_vec());
         }
-        for &(u, i, d) in members {
-            r.membership_change(u, i, d);
+        for &(user, track, diff) in members {
+            r.membership_changed(user, track, diff);
+        }
+        for &user in listened {
+            r.listened(user, at);
         }
         let mut out = Vec::new();
-        r.finish(2, |u, (Reverse(s), j), d| out.push((u, (s, j), d)));
-        out.sort();
-        out
+        let refreshed = r.refresh(at, 2, budget, |user, list, diff| out.push((user, list.clone(), diff)));
+        out.sort_by_key(|(user, list, diff)| (*diff, *user, list.clone()));
+        (out, refreshed)
     }
 
     #[test]
-    fn scores_follow_histories_and_neighbour_lists() {
+    fn a_listen_refreshes_its_user_from_its_history_and_the_lists() {
         let mut r = Recommender::default();
-        // N(1) = {5: 10, 6: 20}; user 7 gets track 1: recommended 6 then 5.
-        let out = step(&mut r, &[(1, 5, 10), (1, 6, 20)], &[(7, 1, 1)]);
-        assert_eq!(out, vec![(7, (10, 5), 1), (7, (20, 6), 1)]);
-        // N(2) = {5: 15}, and user 7 gets track 2 in the same epoch: 5 sums to 25.
-        let out = step(&mut r, &[(2, 5, 15)], &[(7, 2, 1)]);
-        assert_eq!(out, vec![(7, (10, 5), -1), (7, (25, 5), 1)]);
-        // s(1,6) drops to 5 while track 1 leaves H(7) in the same epoch: 6 disappears.
-        let out = step(&mut r, &[(1, 6, -15)], &[(7, 1, -1)]);
-        assert_eq!(out, vec![(7, (15, 5), 1), (7, (20, 6), -1), (7, (25, 5), -1)]);
-        // Track 5 enters H(7): excluded from its own recommendations.
-        let out = step(&mut r, &[], &[(7, 5, 1)]);
-        assert_eq!(out, vec![(7, (15, 5), -1)]);
+        // N(1) = [6: 20, 5: 10]; user 7 takes track 1 and listens: recommended 6 then 5.
+        let out = epoch(&mut r, 1, &[(1, &[(6, 20), (5, 10)])], &[(7, 1, 1)], &[7], 0);
+        assert_eq!(out, vec![(7, vec![(6, 20), (5, 10)], 1)]);
+        // N(2) = [5: 15] and user 7 takes track 2: 5 sums to 25. One row: old out, new in.
+        let out = epoch(&mut r, 2, &[(2, &[(5, 15)])], &[(7, 2, 1)], &[7], 0);
+        assert_eq!(out, vec![(7, vec![(6, 20), (5, 10)], -1), (7, vec![(5, 25), (6, 20)], 1)]);
+        // Track 5 enters H(7): never recommended.
+        let out = epoch(&mut r, 3, &[], &[(7, 5, 1)], &[7], 0);
+        assert_eq!(out, vec![(7, vec![(5, 25), (6, 20)], -1), (7, vec![(6, 20)], 1)]);
+        // A listen that changes nothing writes nothing.
+        assert!(epoch(&mut r, 4, &[], &[], &[7], 0).is_empty());
     }
 
     #[test]
-    fn new_candidates_merge_in_order_and_zero_scores_leave() {
+    fn a_changed_list_makes_its_watchers_stale_and_the_background_refreshes_them_oldest_first() {
         let mut r = Recommender::default();
-        step(&mut r, &[(1, 50, 4), (1, 10, 3)], &[(7, 1, 1)]);
-        // Candidates on both sides of and between the existing ones; 10 drops to zero.
-        let out = step(&mut r, &[(1, 5, 9), (1, 30, 6), (1, 60, 1), (1, 10, -3)], &[]);
-        assert_eq!(out, vec![(7, (3, 10), -1), (7, (4, 50), -1), (7, (6, 30), 1), (7, (9, 5), 1)]);
-        assert_eq!(r.users[r.index[&7] as usize].candidates, vec![(5, 9), (30, 6), (50, 4), (60, 1)]);
+        epoch(&mut r, 1, &[(1, &[(9, 10)])], &[(7, 1, 1)], &[7], 0);
+        epoch(&mut r, 2, &[], &[(8, 1, 1)], &[8], 0);
+        epoch(&mut r, 3, &[], &[(6, 2, 1)], &[6], 0);
+        assert_eq!(r.stale.len(), 0);
+        // N(1) changes: users 7 and 8 (not 6) are stale; with no budget they keep their lists.
+        assert!(epoch(&mut r, 4, &[(1, &[(9, 12)])], &[], &[], 0).is_empty());
+        assert_eq!(r.stale.iter().map(|&(e, u)| (e, r.users[u as usize].id)).collect::<Vec<_>>(), vec![(1, 7), (2, 8)]);
+        // A budget of one refreshes 7 (refreshed at epoch 1), then 8.
+        assert_eq!(epoch(&mut r, 5, &[], &[], &[], 1), vec![(7, vec![(9, 10)], -1), (7, vec![(9, 12)], 1)]);
+        assert_eq!(epoch(&mut r, 6, &[], &[], &[], 1), vec![(8, vec![(9, 10)], -1), (8, vec![(9, 12)], 1)]);
+        assert!(r.stale.is_empty());
+        // Another change reaches only the users refreshed since: all three hold a stale mark once.
+        epoch(&mut r, 7, &[(1, &[]), (2, &[(3, 1)])], &[], &[], 0);
+        assert_eq!(r.stale.len(), 3);
+        // A listen refreshes its user whatever the budget; an emptied list deletes the row.
+        assert_eq!(epoch(&mut r, 8, &[], &[], &[8], 0), vec![(8, vec![(9, 12)], -1)]);
+        assert_eq!(r.stale.len(), 2);
     }
 
     #[test]
-    fn merged_sums_equal_a_consolidated_concatenation() {
+    fn a_restore_takes_the_stored_lists_and_makes_everyone_stale() {
+        let mut r = Recommender::default();
+        epoch(&mut r, 1, &[(1, &[(9, 10), (8, 5)])], &[(7, 1, 1), (6, 1, 1)], &[], 0);
+        // The stored rows: 7's is current, 6's is an older one, 5 has a row but no history.
+        r.restore(vec![(7, vec![(9, 10), (8, 5)]), (6, vec![(8, 5)]), (5, vec![(4, 1)])]);
+        assert_eq!(r.stale.len(), 3);
+        let out = epoch(&mut r, 2, &[], &[], &[], usize::MAX);
+        assert_eq!(out, vec![(5, vec![(4, 1)], -1), (6, vec![(8, 5)], -1), (6, vec![(9, 10), (8, 5)], 1)]);
+    }
+
+    /// Over random epochs of list and history changes: every user that listened holds the
+    /// definition over the current lists; with an unlimited budget every user does; with a
+    /// budget of `M`, at most `M` are refreshed in the background per epoch and a stale user
+    /// waits at most `⌈users / M⌉` epochs (only users refreshed before it can go first, each
+    /// once).
+    #[test]
+    fn refreshed_lists_equal_the_definition() {
         use rand::rngs::ChaCha8Rng;
         use rand::{RngExt, SeedableRng};
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        for _ in 0..500 {
-            let mut random = |len: usize| {
-                let mut list: Vec<(u64, i64)> = (0..len).map(|_| (rng.random_range(0..30u64), rng.random_range(-3..=3i64))).collect();
-                consolidate(&mut list);
-                list
-            };
-            let (a, b) = (random(20), random(8));
-            let mut want = [a.clone(), b.clone()].concat();
-            consolidate(&mut want);
-            let mut got = Vec::new();
-            merge_sums(&a, &b, &mut got);
-            assert_eq!(got, want, "{a:?} + {b:?}");
-        }
-    }
-
-    /// An epoch whose score changes are flushed part-way emits what an unflushed one does.
-    #[test]
-    fn flushed_score_changes_rank_like_unflushed_ones() {
-        let run = |flush: bool| {
-            let mut r = Recommender::default();
-            step(&mut r, &[(1, 5, 10), (1, 6, 20), (2, 7, 30)], &[(7, 1, 1), (8, 1, 1), (8, 2, 1)]);
-            r.neighbor_change(1, 5, 25);
-            r.neighbor_change(1, 6, -20);
-            if flush {
-                r.flush_scores();
-            }
-            r.membership_change(7, 2, 1);
-            let mut out = Vec::new();
-            r.finish(2, |u, (Reverse(s), j), d| out.push((u, (s, j), d)));
-            out.sort();
-            (out, r.users.iter().all(|user| !user.flushed), r.flushed.is_empty())
-        };
-        let flushed = run(true);
-        assert_eq!(flushed, run(false));
-        // User 8 is reached only by the flush (tracks 5 and 6); user 7 also by its history.
-        assert!(flushed.0.contains(&(8, (35, 5), 1)) && flushed.0.contains(&(8, (20, 6), -1)), "{flushed:?}");
-        assert!(flushed.1 && flushed.2);
-    }
-
-    /// Ranking from the leaders agrees with ranking every candidate, over random epochs of
-    /// neighbour-list and history changes; both paths are taken.
-    #[test]
-    fn leaders_rank_like_a_full_pass() {
-        use rand::rngs::ChaCha8Rng;
-        use rand::{RngExt, SeedableRng};
-        let n = 3;
+        const USERS: u64 = 12;
         for seed in 0..20 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let m = if seed % 2 == 0 { usize::MAX } else { 2 };
             let mut r = Recommender::default();
-            let mut lists: BTreeMap<(u64, u64), i64> = BTreeMap::new();
-            let mut members = std::collections::BTreeSet::new();
-            let mut emitted = std::collections::BTreeSet::new();
-            for epoch in 0..200 {
-                // Big first epochs fill the lists; then a few changes per epoch, mostly small.
-                let (list_changes, member_changes) = if epoch < 3 { (300, 60) } else { (rng.random_range(0..4), rng.random_range(0..3)) };
-                for _ in 0..list_changes {
-                    // Tracks 20..40 have no neighbours: a user taking them in or out of its
-                    // history changes no score, only what may be recommended.
-                    let (i, j) = (rng.random_range(0..20u64), rng.random_range(0..40u64));
-                    let old = lists.get(&(i, j)).copied().unwrap_or(0);
-                    let new = if rng.random_range(0..10) == 0 { 0 } else { (old + rng.random_range(-3..=3)).clamp(1, 30) };
-                    if new == 0 {
-                        lists.remove(&(i, j));
-                    } else {
-                        lists.insert((i, j), new);
+            let mut lists: BTreeMap<u64, RankedList> = BTreeMap::new();
+            let mut histories: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            let mut stored: BTreeMap<u64, RankedList> = BTreeMap::new();
+            let mut stale_since: BTreeMap<u64, Epoch> = BTreeMap::new();
+            for at in 1..300 {
+                let mut changed: BTreeMap<u64, RankedList> = BTreeMap::new();
+                for _ in 0..rng.random_range(0..3) {
+                    let mut list: BTreeMap<u64, i64> = BTreeMap::new();
+                    for _ in 0..rng.random_range(0..4) {
+                        list.insert(rng.random_range(0..30u64), rng.random_range(1..9i64));
                     }
-                    if new != old {
-                        r.neighbor_change(i, j, new - old);
-                    }
+                    let mut list: RankedList = list.into_iter().collect();
+                    list.sort_by_key(|&(j, s)| (Reverse(s), j));
+                    changed.insert(rng.random_range(0..20u64), list);
                 }
-                for _ in 0..member_changes {
-                    let (user, i) = (rng.random_range(0..15u64), rng.random_range(0..40u64));
-                    let diff = if members.remove(&(user, i)) {
-                        -1
-                    } else {
-                        members.insert((user, i));
-                        1
+                lists.extend(changed.clone());
+                // A few users listen; each toggles one track of its history.
+                let mut members = Vec::new();
+                let mut listened = Vec::new();
+                for _ in 0..rng.random_range(0..3) {
+                    let user = rng.random_range(0..USERS);
+                    if listened.contains(&user) {
+                        continue;
+                    }
+                    listened.push(user);
+                    let track = rng.random_range(0..30u64);
+                    let history = histories.entry(user).or_default();
+                    let diff = match history.iter().position(|&t| t == track) {
+                        Some(at) => {
+                            history.remove(at);
+                            -1
+                        }
+                        None => {
+                            history.push(track);
+                            1
+                        }
                     };
-                    r.membership_change(user, i, diff);
+                    members.push((user, track, diff));
                 }
-                r.finish(n, |user, entry, diff| {
-                    let changed = if diff > 0 { emitted.insert((user, entry)) } else { emitted.remove(&(user, entry)) };
-                    assert!(changed, "seed {seed} epoch {epoch}: {user} {entry:?} {diff}");
-                });
-                // The definition, from the lists and histories as they now are.
-                let mut expected = std::collections::BTreeSet::new();
-                for user in 0..15u64 {
-                    let history: Vec<u64> = members.range((user, 0)..(user + 1, 0)).map(|&(_, i)| i).collect();
+                let changed: Vec<(u64, &[(u64, i64)])> = changed.iter().map(|(t, l)| (*t, &l[..])).collect();
+                let (out, refreshed) = epoch_counted(&mut r, at, &changed, &members, &listened, m);
+                assert!(refreshed.background as usize <= m && refreshed.active == listened.len() as u64, "seed {seed} epoch {at}");
+                for (user, list, diff) in out {
+                    if diff < 0 {
+                        assert_eq!(stored.remove(&user), Some(list), "seed {seed} epoch {at}: retracted a row not stored");
+                    } else {
+                        assert_eq!(stored.insert(user, list), None, "seed {seed} epoch {at}: two rows for user {user}");
+                    }
+                }
+                let definition = |user: u64| -> RankedList {
+                    let history = &histories[&user];
                     let mut scores: BTreeMap<u64, i64> = BTreeMap::new();
-                    for (&(i, j), &s) in &lists {
-                        if history.contains(&i) && !history.contains(&j) {
-                            *scores.entry(j).or_default() += s;
+                    for i in history {
+                        for &(j, s) in lists.get(i).map_or(&[][..], |l| &l[..]) {
+                            if !history.contains(&j) {
+                                *scores.entry(j).or_default() += s;
+                            }
                         }
                     }
-                    let mut ranked: Vec<Ranked> = scores.into_iter().map(|(j, s)| (Reverse(s), j)).collect();
-                    ranked.sort();
-                    expected.extend(ranked.into_iter().take(n).map(|entry| (user, entry)));
+                    let mut ranked: RankedList = scores.into_iter().collect();
+                    ranked.sort_by_key(|&(j, s)| (Reverse(s), j));
+                    ranked.truncate(2);
+                    ranked
+                };
+                for &user in &listened {
+                    assert_eq!(stored.get(&user).cloned().unwrap_or_default(), definition(user), "seed {seed} epoch {at}: user {user}");
                 }
-                assert_eq!(emitted, expected, "seed {seed} epoch {epoch}");
+                if m == usize::MAX {
+                    assert!(r.stale.is_empty());
+                    for &user in histories.keys() {
+                        assert_eq!(stored.get(&user).cloned().unwrap_or_default(), definition(user), "seed {seed} epoch {at}: user {user}");
+                    }
+                }
+                // How long each stale user has waited.
+                let stale: BTreeSet<u64> = r.stale.iter().map(|&(_, u)| r.users[u as usize].id).collect();
+                stale_since.retain(|user, _| stale.contains(user));
+                for &user in &stale {
+                    let since = *stale_since.entry(user).or_insert(at);
+                    assert!(at - since < USERS.div_ceil(2), "seed {seed} epoch {at}: user {user} stale since epoch {since}");
+                }
             }
-            assert!(r.reranks > 0 && r.full_ranks > 0, "seed {seed}: {} reranks, {} full ranks", r.reranks, r.full_ranks);
+            // An unlimited epoch brings every user to the definition.
+            epoch(&mut r, 1000, &[], &[], &[], usize::MAX);
+            assert!(r.stale.is_empty());
         }
-    }
-
-    #[test]
-    fn zero_recommendations_rank_nothing() {
-        let mut r = Recommender::default();
-        r.neighbor_change(1, 5, 10);
-        r.membership_change(7, 1, 1);
-        let mut out = Vec::new();
-        r.finish(0, |u, e, d| out.push((u, e, d)));
-        assert!(out.is_empty());
     }
 }

@@ -8,7 +8,7 @@
 //! Weights arrive as a stream of changes `(key, item, old, new)`, at most one per item per
 //! epoch (the similarity operator emits a changed pair once), so nothing needs consolidating.
 //! Recommendations `R(u)` rank differently, where the users live, because a user's
-//! candidates are bounded by `K·k` ([`super::recommend`]).
+//! candidates are bounded by `K·k` and recomputed on refresh ([`super::recommend`]).
 //!
 //! ## Why one operator instead of `reduce`
 //!
@@ -21,7 +21,7 @@
 //!
 //! Here each key owns, on the worker its key hashes to, a hash map of its items' weights
 //! (those > 0) and its *leaders*: its best `2k` items in order, with a *floor* that every
-//! other item ranks after (the scheme of [`super::recommend`]'s users). A change updates the
+//! other item ranks after. A change updates the
 //! map in `O(1)`. When an epoch is complete (the input frontier has passed it), each key it
 //! touched keeps its unchanged leaders, adds every changed item that ranks above the floor,
 //! cuts back to `2k` (the last kept becoming the floor) and emits the change of its first
@@ -37,8 +37,8 @@
 //! orders that way, which is SPEC §2's order for both lists.
 //!
 //! Epochs are applied in order, each only once complete, as in [`super::history`]; the
-//! output at an epoch is exactly the change of the top-k between the states before and
-//! after it, so it is a correct differential collection (a set of `(key, (score, item))`).
+//! output at an epoch is exactly the change of each key's top-k list between the states
+//! before and after it, so it is a correct differential collection of `(key, list)` rows.
 
 use std::cmp::Reverse;
 
@@ -52,6 +52,7 @@ use timely::dataflow::Stream;
 
 use super::stash::EpochStash;
 use super::Epoch;
+use crate::tables::RankedList;
 
 /// A ranked entry: best first, ties to the smaller item.
 pub type Ranked = (Reverse<i64>, u64);
@@ -59,53 +60,75 @@ pub type Ranked = (Reverse<i64>, u64);
 /// A weight change: `(key, item, old, new)`, weights not positive meaning no entry.
 pub type WeightChange = (u64, u64, i64, i64);
 
-/// Per key, the `k` best `(key, (Reverse(weight), item))` entries (ties: smaller item).
+/// Per key, its list of the `k` best items, `(item, weight)` best first (ties: smaller item).
 ///
 /// `changes` holds, at each epoch, at most one `(key, item, old, new)` per `(key, item)`
-/// whose weight changed in it. The output is the set of `(key, (Reverse(weight), item))` in
-/// each key's top `k`; items whose weight is not positive are never ranked.
+/// whose weight changed in it. The output has one record per key with a non-empty top `k`:
+/// `(key, list)`; a key whose top `k` changed in an epoch retracts its old list and asserts
+/// its new one (one row each, whatever the number of members that changed). Items whose
+/// weight is not positive are never ranked.
 pub fn top_k<'scope>(
     name: &str,
     changes: Stream<'scope, Epoch, Vec<WeightChange>>,
     k: usize,
-) -> VecCollection<'scope, Epoch, (u64, Ranked)> {
+) -> VecCollection<'scope, Epoch, (u64, RankedList)> {
     let by_key = Exchange::new(|&(key, _item, _old, _new): &WeightChange| key.hashed());
     changes
-        .unary_frontier::<CapacityContainerBuilder<Vec<((u64, Ranked), Epoch, isize)>>, _, _, _>(by_key, name, move |_capability, _info| {
-            let mut keys: HashMap<u64, Ranking> = HashMap::default();
-            // Staged changes per epoch, with the capability to emit at that epoch.
-            let mut staged: EpochStash<_, Vec<_>> = EpochStash::default();
-            let (mut before, mut next) = (Vec::new(), Vec::new());
-            move |(input, frontier), output| {
-                let port = output.output_index();
-                input.for_each(|cap, data| {
-                    let Some(&time) = cap.least() else { return };
-                    staged.stage(time, || cap.delayed(&time, port)).append(data);
-                });
-                // Complete once the frontier has passed it: until then it may still get changes.
-                while let Some((epoch, capability, mut changes)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
-                    changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
-                    debug_assert!(changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)), "two changes of one item in an epoch");
-                    let mut session = output.session(&capability);
-                    for run in changes.chunk_by(|a, b| a.0 == b.0) {
-                        let key = run[0].0;
-                        let ranking = keys.entry(key).or_default();
-                        before.clear();
-                        before.extend_from_slice(ranking.top(k));
-                        ranking.change(run, k, &mut next);
-                        session.give_iterator(difference(&before, ranking.top(k)).map(|(entry, diff)| ((key, entry), epoch, diff)));
-                        if ranking.weights.is_empty() {
-                            keys.remove(&key);
+        .unary_frontier::<CapacityContainerBuilder<Vec<((u64, RankedList), Epoch, isize)>>, _, _, _>(
+            by_key,
+            name,
+            move |_capability, _info| {
+                let mut keys: HashMap<u64, Ranking> = HashMap::default();
+                // Staged changes per epoch, with the capability to emit at that epoch.
+                let mut staged: EpochStash<_, Vec<_>> = EpochStash::default();
+                let (mut before, mut next) = (Vec::new(), Vec::new());
+                move |(input, frontier), output| {
+                    let port = output.output_index();
+                    input.for_each(|cap, data| {
+                        let Some(&time) = cap.least() else { return };
+                        staged.stage(time, || cap.delayed(&time, port)).append(data);
+                    });
+                    // Complete once the frontier has passed it: until then it may still get changes.
+                    while let Some((epoch, capability, mut changes)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
+                        changes.sort_unstable_by_key(|&(key, item, _, _)| (key, item));
+                        debug_assert!(
+                            changes.windows(2).all(|w| (w[0].0, w[0].1) != (w[1].0, w[1].1)),
+                            "two changes of one item in an epoch"
+                        );
+                        let mut session = output.session(&capability);
+                        for run in changes.chunk_by(|a, b| a.0 == b.0) {
+                            let key = run[0].0;
+                            let ranking = keys.entry(key).or_default();
+                            before.clear();
+                            before.extend_from_slice(ranking.top(k));
+                            ranking.change(run, k, &mut next);
+                            let after = ranking.top(k);
+                            if before[..] != *after {
+                                if !before.is_empty() {
+                                    session.give(((key, listed(&before)), epoch, -1));
+                                }
+                                if !after.is_empty() {
+                                    session.give(((key, listed(after)), epoch, 1));
+                                }
+                            }
+                            if ranking.weights.is_empty() {
+                                keys.remove(&key);
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
         .as_collection()
 }
 
+/// A ranking as a list of `(item, weight)`, in the same order.
+pub(super) fn listed(ranking: &[Ranked]) -> RankedList {
+    ranking.iter().map(|&(Reverse(weight), item)| (item, weight)).collect()
+}
+
 /// Ranks after every entry with a positive weight: the floor of a ranking all of whose
-/// entries are leaders (here a key's items, in [`super::recommend`] a user's candidates).
+/// entries are leaders.
 pub(super) const BOTTOM: Ranked = (Reverse(i64::MIN), u64::MAX);
 
 /// Sorts the next leaders best first and keeps the best `m`: what is cut ranks after the
@@ -212,13 +235,6 @@ pub(super) fn replace_tight<T: Copy>(to: &mut Vec<T>, from: &[T]) {
     }
 }
 
-/// The updates turning the sorted list `before` into the sorted list `after`.
-pub(super) fn difference<'a>(before: &'a [Ranked], after: &'a [Ranked]) -> impl Iterator<Item = (Ranked, isize)> + 'a {
-    let removed = before.iter().filter(|e| after.binary_search(e).is_err()).map(|&e| (e, -1));
-    let added = after.iter().filter(|e| before.binary_search(e).is_err()).map(|&e| (e, 1));
-    removed.chain(added)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -276,14 +292,5 @@ mod tests {
                 assert_eq!(ranking.weights.len(), weights.len());
             }
         }
-    }
-
-    #[test]
-    fn difference_lists_only_what_changed() {
-        let e = |w, i| (Reverse(w), i);
-        let before = [e(9, 1), e(5, 2), e(3, 3)];
-        let after = [e(9, 1), e(4, 2), e(3, 3)];
-        let diff: Vec<_> = difference(&before, &after).collect();
-        assert_eq!(diff, vec![(e(5, 2), -1), (e(4, 2), 1)]);
     }
 }

@@ -328,23 +328,23 @@ mod tests {
             halt.clone(),
         )
         .expect("spawn");
-        let neighbors = |epoch: Epoch, rows: Vec<((u64, u64), i64, i64)>| {
+        let neighbors = |epoch: Epoch, rows: Vec<(u64, Vec<(u64, i64)>, i64)>| {
             let mut changes = changes(epoch);
             changes.track_neighbors = rows;
             changes
         };
-        assert!(handover.hand_over(1, neighbors(1, vec![((1, 2), 5, 1)])));
+        assert!(handover.hand_over(1, neighbors(1, vec![(1, vec![(2, 5)], 1)])));
         gate.entered.recv_timeout(HANG).expect("epoch 1 is committing");
-        assert!(handover.hand_over(2, neighbors(2, vec![((1, 2), 5, -1), ((1, 2), 6, 1)])));
-        assert!(handover.hand_over(3, neighbors(3, vec![((1, 2), 6, -1), ((1, 2), 7, 1), ((3, 4), 1, 1)])));
+        assert!(handover.hand_over(2, neighbors(2, vec![(1, vec![(2, 5)], -1), (1, vec![(2, 6)], 1)])));
+        assert!(handover.hand_over(3, neighbors(3, vec![(1, vec![(2, 6)], -1), (1, vec![(2, 7)], 1), (3, vec![(4, 1)], 1)])));
         gate.go.send(()).expect("release epoch 1");
         drop(handover);
         assert_eq!(committer.join(), Ok(3));
         let seen = seen.lock().expect("lock");
         assert_eq!(seen.iter().map(|(epochs, _)| epochs.clone()).collect::<Vec<_>>(), vec![1..=1, 2..=3]);
-        // One write per row: (1,2) goes from 5 straight to 7, with epoch 3's offsets.
+        // One write per row: N(1) goes from [2: 5] straight to [2: 7], with epoch 3's offsets.
         let merged = &seen[1].1;
-        assert_eq!(merged.track_neighbors, vec![((1, 2), 5, -1), ((1, 2), 7, 1), ((3, 4), 1, 1)]);
+        assert_eq!(merged.track_neighbors, vec![(1, vec![(2, 5)], -1), (1, vec![(2, 7)], 1), (3, vec![(4, 1)], 1)]);
         assert_eq!(merged.offsets.get(&0), Some(&3));
     }
 

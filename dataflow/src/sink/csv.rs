@@ -1,6 +1,8 @@
 //! `--output-dir DIR`: the final state of each SPEC §3 table as `DIR/<table>.csv`.
 //!
-//! A header row, then the table's columns in SPEC §3 order, rows sorted by primary key.
+//! A header row, then the table's columns in SPEC §3 order, rows sorted by primary key; the
+//! lists (`track_neighbors`, `user_recommendations`) one line per member, by key and then in
+//! rank order, as their ranked views without `rank` and `updated_at` (SPEC §4).
 //! Scores are written as [`score_value`] (`units / 10^P`) in Rust's shortest round-trip form,
 //! so a reader recovers the exact double Postgres would hold. `dead_letters.csv` has the
 //! columns `topic,kafka_partition,kafka_offset,error`, in order of arrival position.
@@ -48,13 +50,13 @@ pub fn write_tables(
     let score = |units: i64| score_value(units, score_precision);
 
     write_csv(dir, "track_neighbors", "track_id,neighbor_id,score", |out| {
-        for (&(track, neighbor), &units) in &tables.track_neighbors {
+        for (track, neighbor, units) in ranked(&tables.track_neighbors) {
             writeln!(out, "{track},{neighbor},{}", score(units))?;
         }
         Ok(())
     })?;
     write_csv(dir, "user_recommendations", "user_id,track_id,score", |out| {
-        for (&(user, track), &units) in &tables.user_recommendations {
+        for (user, track, units) in ranked(&tables.user_recommendations) {
             writeln!(out, "{user},{track},{}", score(units))?;
         }
         Ok(())
@@ -122,6 +124,14 @@ fn write_csv(dir: &Path, table: &str, header: &str, rows: impl FnOnce(&mut BufWr
     rows(&mut out)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     fs::rename(partial, path)
+}
+
+/// The members of every list, by key and then in rank order (score descending, ties to the
+/// smaller id): the rows of the ranked view, as SPEC §4 has the CSV files list them.
+fn ranked(members: &std::collections::BTreeMap<(u64, u64), i64>) -> Vec<(u64, u64, i64)> {
+    let mut rows: Vec<(u64, u64, i64)> = members.iter().map(|(&(key, member), &units)| (key, member, units)).collect();
+    rows.sort_by_key(|&(key, member, units)| (key, std::cmp::Reverse(units), member));
+    rows
 }
 
 /// RFC 4180 quoting, only where a field needs it.

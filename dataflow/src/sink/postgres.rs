@@ -147,7 +147,7 @@ use std::thread::sleep;
 use postgres::{IsolationLevel, Row, SimpleQueryMessage};
 use tracing::{info, warn};
 
-use crate::tables::{Changes, DeadLetter, Tables, TrackStats};
+use crate::tables::{Changes, DeadLetter, RankedList, Tables, TrackStats};
 use error::Failure;
 use session::{ensure_session, open_session, select_offsets, session_config, Session};
 use sql::{Statements, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
@@ -330,7 +330,7 @@ impl PgSink {
 
     /// A reader of the durable state, for loaders on other threads.
     pub fn state_reader(&self) -> StateReader {
-        StateReader::new(self.target.clone(), self.retry, self.sql.clone(), self.schema.clone())
+        StateReader::new(self.target.clone(), self.retry, self.sql.clone(), self.schema.clone(), self.score_precision)
     }
 
     /// Commits one closed timestamp: `changes` and the `offsets` (next offset to consume per
@@ -442,15 +442,12 @@ impl PgSink {
             let mut tx = session.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
             let mut tables = Tables::default();
             for row in tx.query(&sql.select_table(&TRACK_NEIGHBORS), &[])? {
-                let key = (id(&row, 0, TRACK_NEIGHBORS.name)?, id(&row, 1, TRACK_NEIGHBORS.name)?);
-                let score: f64 = row.try_get(2)?;
-                tables.track_neighbors.insert(key, (score * scale).round() as i64);
+                let (track, list) = list_row(&row, TRACK_NEIGHBORS.name, scale)?;
+                tables.track_neighbors.extend(list.into_iter().map(|(neighbor, units)| ((track, neighbor), units)));
             }
             for row in tx.query(&sql.select_table(&USER_RECOMMENDATIONS), &[])? {
-                let table = USER_RECOMMENDATIONS.name;
-                let key = (id(&row, 0, table)?, id(&row, 1, table)?);
-                let score: f64 = row.try_get(2)?;
-                tables.user_recommendations.insert(key, (score * scale).round() as i64);
+                let (user, list) = list_row(&row, USER_RECOMMENDATIONS.name, scale)?;
+                tables.user_recommendations.extend(list.into_iter().map(|(track, units)| ((user, track), units)));
             }
             for row in tx.query(&sql.select_table(&TRACK_STATS), &[])? {
                 let table = TRACK_STATS.name;
@@ -595,6 +592,24 @@ fn copy_in(tx: &mut postgres::Transaction<'_>, statement: &str, data: &[u8]) -> 
     let mut writer = tx.copy_in(statement)?;
     writer.write_all(data).map_err(Failure::Io)?;
     Ok(writer.finish()?)
+}
+
+/// A list row `(key, ids[], scores[])`: its key and its members with their score units
+/// (`(score * 10^P).round()`, exact for the doubles the sink wrote), in the stored order.
+fn list_row(row: &Row, table: &'static str, scale: f64) -> Result<(u64, RankedList), Failure> {
+    let ids: Vec<i64> = row.try_get(1)?;
+    let scores: Vec<f64> = row.try_get(2)?;
+    if ids.len() != scores.len() {
+        let reason = format!("{} ids but {} scores", ids.len(), scores.len());
+        return Err(Failure::Sink(SinkError::BadRow { table, reason }));
+    }
+    let mut list = RankedList::with_capacity(ids.len());
+    for (member, score) in ids.into_iter().zip(scores) {
+        let member =
+            u64::try_from(member).map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative id {member}") }))?;
+        list.push((member, (score * scale).round() as i64));
+    }
+    Ok((id(row, 0, table)?, list))
 }
 
 /// A stored BIGINT that must be a SPEC id or count (≥ 0).

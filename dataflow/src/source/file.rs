@@ -4,7 +4,9 @@
 //! Every process reads the same file on its own host; global worker `w` of `W` takes the lines
 //! whose 0-based number is `w mod W`. Line `i` belongs to epoch `i / epoch_events` on every
 //! worker, so an epoch means the same set of lines whatever the worker count, and the state
-//! after each epoch is the SPEC §2 function of that prefix of the file. Workers run up to
+//! after each epoch is the SPEC §2 function of that prefix of the file, but for the stored
+//! recommendations of users that did not listen in it (refreshed as `--refresh-idle` allows,
+//! SPEC §2 step 6). The last epoch refreshes every stale user: the output is at rest. Workers run up to
 //! [`MAX_EPOCHS_IN_FLIGHT`] epochs ahead of the sink, as the Kafka job does: they compute
 //! earlier epochs while feeding later ones, memory stays bounded by a few epochs of input, and
 //! the oracle tests, which run through here, check the engine under the same overlap of epochs
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::engine::RefreshBudget;
 use crate::pipeline::{self, MAX_EPOCHS_IN_FLIGHT};
 use crate::sink::{EpochSink, Gathered};
 use crate::tables::Params;
@@ -47,6 +50,9 @@ pub struct BatchJob {
     pub emit_events: bool,
     /// Lines per epoch (≥ 1).
     pub epoch_events: usize,
+    /// Stale users refreshed per worker per epoch (`--refresh-idle`); the last epoch
+    /// refreshes every stale user, so the output is at rest.
+    pub refresh: RefreshBudget,
 }
 
 /// What one worker fed into the dataflow.
@@ -91,8 +97,13 @@ where
     let guards = timely::execute(config, move |worker| {
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
-        let mut inputs =
-            pipeline::install_with(worker, &job.params, job.emit_co_listens, make_sink(), Gathered::default(), job.emit_events);
+        let options = pipeline::Options {
+            emit_co_listens: job.emit_co_listens,
+            emit_events: job.emit_events,
+            refresh: job.refresh,
+            gathered: Gathered::default(),
+        };
+        let mut inputs = pipeline::install(worker, &job.params, options, make_sink());
 
         let started = Instant::now();
         let epoch_events = job.epoch_events.max(1) as u64;
@@ -122,7 +133,9 @@ where
             }
             Lines::File(path) => read_lines(path, &mut feed),
         };
-        // Close the inputs; the last epoch completes and the dataflow drains.
+        // The last epoch ends at rest (SPEC §4 `--input`): every stale user is refreshed in
+        // it. Then close the inputs; the last epoch completes and the dataflow drains.
+        inputs.refresh_all_in_this_epoch();
         inputs.close();
         while worker.step_or_park(None) {}
         fed.seconds = started.elapsed().as_secs_f64();

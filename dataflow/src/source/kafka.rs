@@ -104,11 +104,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::engine::Epoch;
+use crate::engine::{Epoch, RefreshBudget};
 use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
 use crate::pipeline::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
 use crate::sink::postgres::{SinkError, StateReader};
-use crate::tables::Params;
+use crate::tables::{Params, RankedList};
 use client::consumer;
 use consumer_errors::ErrorWatch;
 pub use consumer_errors::DEFAULT_ERROR_TIMEOUT;
@@ -155,6 +155,8 @@ pub struct StreamJob {
     pub epoch_ms: u64,
     /// Most messages one worker puts in one epoch.
     pub epoch_events: usize,
+    /// Stale users refreshed per worker per epoch (`--refresh-idle`).
+    pub refresh: RefreshBudget,
     /// Offsets committed in Postgres, read at start (same for every process).
     pub committed: BTreeMap<i32, i64>,
     /// How the state of the committed offsets is rebuilt.
@@ -172,8 +174,9 @@ pub enum Recovery {
     /// to load).
     Load(Box<StateReader>),
     /// Replay the topic from its beginning up to the committed offsets: tables written before
-    /// the durable state existed. The replayed state is written with the first commit.
-    Replay,
+    /// the durable state existed, or `--replay-topic`. The replayed state is written with the
+    /// first commit. The reader loads the stored recommendations once the replay ends.
+    Replay(Box<StateReader>),
 }
 
 /// A failure of the Kafka job.
@@ -367,9 +370,12 @@ pub(crate) fn consume(
 ) -> Result<StreamSummary, StreamError> {
     let started = Instant::now();
     let mut summary = StreamSummary::default();
-    let replay = matches!(job.recovery, Recovery::Replay);
-    if let Recovery::Load(reader) = &job.recovery {
-        if !job.committed.is_empty() {
+    let replay = matches!(job.recovery, Recovery::Replay(_));
+    // Replaying, the stored recommendations are read now (in the snapshot of the committed
+    // offsets) and fed once every replay epoch is done: see `go_live`.
+    let mut stored_recommendations = None;
+    match &job.recovery {
+        Recovery::Load(reader) if !job.committed.is_empty() => {
             report.metrics().replaying(true);
             summary.restored_rows = restore(worker, inputs, reader, job)?;
             publish(report, &[], &summary, &BTreeMap::new());
@@ -377,10 +383,16 @@ pub(crate) fn consume(
             summary.replay_seconds = started.elapsed().as_secs_f64();
             info!(worker = worker.index(), rows = summary.restored_rows, seconds = summary.replay_seconds, "state loaded");
         }
+        Recovery::Replay(reader) if !job.committed.is_empty() => {
+            stored_recommendations = Some(reader.load_recommendations(&job.topic, &job.committed, worker.peers(), worker.index())?);
+        }
+        _ => {}
+    }
+    if !replay {
         inputs.advance_to(LIVE);
     }
     if partitions.is_empty() {
-        inputs.advance_to(LIVE);
+        go_live(inputs, &mut stored_recommendations);
         return Ok(summary);
     }
     let consumer = consumer(job, &format!("encore-flow-{}", worker.index()))?;
@@ -455,13 +467,13 @@ pub(crate) fn consume(
     if replaying {
         report.metrics().replaying(true);
     } else {
-        inputs.advance_to(LIVE);
+        go_live(inputs, &mut stored_recommendations);
     }
     loop {
         if replaying && next.iter().all(|(&p, &n)| n >= committed(p)) {
             replaying = false;
             report.metrics().replaying(false);
-            inputs.advance_to(LIVE);
+            go_live(inputs, &mut stored_recommendations);
             summary.replay_seconds = started.elapsed().as_secs_f64();
             info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay read");
             for (p, offset, payload) in std::mem::take(&mut waiting) {
@@ -501,6 +513,10 @@ pub(crate) fn consume(
             if done || epoch_full(in_epoch, job.epoch_events, rest) || due {
                 for (&p, &n) in &advanced {
                     inputs.offsets.insert((p, n));
+                }
+                if done && job.until_caught_up && !stopping {
+                    // The last commit of --until-caught-up is at rest (SPEC §2 step 6).
+                    inputs.refresh_all_in_this_epoch();
                 }
                 advanced.clear();
                 let epoch = inputs.epoch() + 1;
@@ -597,6 +613,18 @@ pub(crate) fn consume(
     publish(report, &gauges, &summary, &next);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Opens the first live epoch. After a replay, the epoch before it, the same on every worker
+/// and after every replay epoch of every worker, carries the stored recommendations: the
+/// replay rebuilt every list, not when each stored one was refreshed
+/// ([`crate::engine::recommend`], "Restarts"). (A loaded state carries them in its own epoch.)
+fn go_live(inputs: &mut pipeline::Inputs, stored_recommendations: &mut Option<Vec<(u64, RankedList)>>) {
+    if let Some(rows) = stored_recommendations.take() {
+        inputs.advance_to(LIVE - 1);
+        inputs.restore_recommendations(rows);
+    }
+    inputs.advance_to(LIVE);
 }
 
 /// Whether a live epoch of `in_epoch` messages is full at `--epoch-events` = `cap`. With

@@ -104,10 +104,10 @@ pub fn parent(args: &Args) -> Result<()> {
     println!("Each B runs in a fresh process. Latencies and events/s are wall clock; CPU is the process's user + system time over the");
     println!("same spans (all workers). Row changes count distinct keys changed per input event. RSS is read after each checkpoint's");
     println!("measured epochs; the peak is the process's VmHWM so far (loading included). Internal work per event: pairs whose s");
-    println!("was evaluated because a rounded n changed, similarities that changed, (user, candidate) scores that neighbour-list");
-    println!("changes reached; users touched per epoch (each costs a pass over its candidates).\n");
-    println!("| B | state | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | CPU µs/event | neighbors rows/ev | recs rows/ev | pairs rescored/ev | s changes/ev | score updates/ev | users touched/epoch | loading events/s | RSS | peak RSS |");
-    println!("|--:|------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|-------------:|------------------:|-------------:|------------------:|-------------:|-----------------:|--------------------:|-----------------:|----:|---------:|");
+    println!("was evaluated because a rounded n changed, similarities that changed; users refreshed per epoch (each costs one user's");
+    println!("K·k candidates): those that listened in it (active), and stale ones up to --refresh-idle per worker (background).\n");
+    println!("| B | state | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | CPU µs/event | neighbors rows/ev | recs rows/ev | pairs rescored/ev | s changes/ev | refreshed active/epoch | refreshed background/epoch | loading events/s | RSS | peak RSS |");
+    println!("|--:|------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|-------------:|------------------:|-------------:|------------------:|-------------:|-----------------------:|---------------------------:|-----------------:|----:|---------:|");
     let mut rows = Vec::new();
     for &bits in &args.count_bits {
         let mut child = Command::new(std::env::current_exe().context("finding this benchmark's binary")?)
@@ -257,7 +257,7 @@ pub fn child(args: &Args) -> Result<()> {
                 peak_bytes: memory.map_or(0, |m| m.peak),
             };
             println!(
-                "| {bits} | {} | {size} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {loading_rate} | {} | {} |",
+                "| {bits} | {} | {size} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {loading_rate} | {} | {} |",
                 short(checkpoint.events),
                 epochs.len(),
                 ms(percentile(&times, 0.50)),
@@ -270,8 +270,8 @@ pub fn child(args: &Args) -> Result<()> {
                 row.recommendation_rows,
                 per_event(|r| r.work.pairs_rescored),
                 per_event(|r| r.work.similarities_changed),
-                per_event(|r| r.work.score_updates),
-                work(|r| r.work.users_touched) / epochs.len() as f64,
+                work(|r| r.work.refreshed_active) / epochs.len() as f64,
+                work(|r| r.work.refreshed_background) / epochs.len() as f64,
                 memory.map_or_else(|| "n/a".to_owned(), |m| gib(m.rss)),
                 memory.map_or_else(|| "n/a".to_owned(), |m| gib(m.peak)),
             );

@@ -230,7 +230,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
         let sink = CountingSink { received: received.clone() };
-        let mut inputs = pipeline::install(worker, &schedule.params, false, sink);
+        let mut inputs = pipeline::install(worker, &schedule.params, pipeline::Options::default(), sink);
         let mut stream = EventStream::new(&catalog, 0.0);
         let mut payload = Vec::with_capacity(512);
         // This worker's lines of the current chunk, back to back, and where each ends.

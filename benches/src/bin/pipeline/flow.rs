@@ -100,6 +100,8 @@ pub struct Running {
     children: Vec<Child>,
     logs: Vec<PathBuf>,
     peaks: Vec<u64>,
+    /// Each process's metrics endpoint (`127.0.0.1:PORT`).
+    metrics: Vec<String>,
     started: Instant,
 }
 
@@ -115,15 +117,18 @@ pub fn start(target: &FlowTarget, layout: Layout, schema: &str, args: &[String],
         std::fs::write(&hostfile, hosts).with_context(|| format!("writing {}", hostfile.display()))?;
     }
     let started = Instant::now();
-    let mut running = Running { name: name.to_owned(), children: Vec::new(), logs: Vec::new(), peaks: Vec::new(), started };
+    let mut running =
+        Running { name: name.to_owned(), children: Vec::new(), logs: Vec::new(), peaks: Vec::new(), metrics: Vec::new(), started };
     for process in 0..layout.processes {
+        // Served by every run (a few atomics per epoch): the latency runs read the staleness.
+        let metrics = format!("127.0.0.1:{}", encore_testkit::free_port().context("binding a free port")?);
         let log = target.log_dir.join(format!("{name}-p{process}.log"));
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(&target.binary);
         command
             .args(["--brokers", &target.brokers, "--topic", &target.topic, "--postgres", &target.postgres])
             .args(&target.kafka_flags)
-            .args(["--pg-schema", schema, "-w", &layout.workers.to_string()])
+            .args(["--pg-schema", schema, "-w", &layout.workers.to_string(), "--metrics-addr", &metrics])
             .args(args)
             .env("RUST_LOG", "encore_dataflow=info")
             .stdin(Stdio::null())
@@ -142,6 +147,7 @@ pub fn start(target: &FlowTarget, layout: Layout, schema: &str, args: &[String],
         running.children.push(child);
         running.logs.push(log);
         running.peaks.push(0);
+        running.metrics.push(metrics);
     }
     Ok(running)
 }
@@ -156,6 +162,12 @@ impl Running {
     /// once its consumer reached the committed offsets; the dataflow may still be computing).
     pub fn replays_read(&self) -> usize {
         self.logs.iter().filter_map(|log| std::fs::read_to_string(log).ok()).map(|text| text.matches("replay read").count()).sum()
+    }
+
+    /// The largest value of the unlabelled gauge `name` over the processes' metrics
+    /// endpoints (`None` if no process answered with it).
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().filter_map(|addr| scrape(addr, name)).reduce(f64::max)
     }
 
     /// The highest VmHWM seen so far per process, bytes (sampled by [`check_alive`](Self::check_alive)).
@@ -258,6 +270,18 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of the sample `name{process="…"}` served at `addr` (plain HTTP, one request).
+fn scrape(addr: &str, name: &str) -> Option<f64> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let prefix = format!("{name}{{");
+    text.lines().find(|line| line.starts_with(&prefix))?.rsplit(' ').next()?.parse().ok()
 }
 
 /// `process=0 replayed=0 consumed=1000000 invalid=0 replay_seconds=0.000 seconds=12.3`.

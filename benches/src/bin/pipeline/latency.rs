@@ -86,6 +86,13 @@ pub struct Measured {
     pub committed_messages: u64,
     /// Row changes of the result tables from the job's start to its stop.
     pub row_changes: u64,
+    /// The oldest stale user's refresh age (`encore_stale_refresh_age_seconds`, largest over
+    /// the processes), sampled while producing: its largest value, and after the drain.
+    pub stale_age_max: Option<f64>,
+    /// See [`stale_age_max`](Self::stale_age_max): after the drain.
+    pub stale_age_end: Option<f64>,
+    /// The most stale users one process had at a sample (`encore_stale_users`).
+    pub stale_users_max: Option<f64>,
 }
 
 impl Measured {
@@ -150,6 +157,8 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
     let total = (plan.rate * plan.seconds).round() as usize;
     let mut sent_at = Vec::with_capacity(total);
     let start = Instant::now();
+    let (mut stale_age_max, mut stale_users_max): (Option<f64>, Option<f64>) = (None, None);
+    let sample_every = (plan.rate.round() as usize).max(1);
     for index in 0..total {
         let due = start + Duration::from_secs_f64(index as f64 / plan.rate);
         let now = Instant::now();
@@ -162,6 +171,12 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         producer.check()?;
         if index % 1_000 == 0 {
             job.check_alive()?;
+        }
+        if index % sample_every == 0 {
+            // About once a second: how far behind the background refresh is.
+            let larger = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::max);
+            stale_age_max = larger(stale_age_max, job.gauge("encore_stale_refresh_age_seconds"));
+            stale_users_max = larger(stale_users_max, job.gauge("encore_stale_users"));
         }
     }
     let send_seconds = start.elapsed().as_secs_f64();
@@ -185,6 +200,7 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
     }
     let (commits, polls) = poller.finish()?;
     let poll_window = start.elapsed();
+    let stale_age_end = job.gauge("encore_stale_refresh_age_seconds");
     job.interrupt()?;
     // An overloaded job may need long to finish its epochs in flight; its figures are taken.
     let peak_rss = match job.wait(plan.stop_timeout) {
@@ -218,6 +234,9 @@ pub fn run(plan: &Plan<'_>, url: &str, kafka: &Kafka, stream: &mut EventStream, 
         commits: seen_at.len() as u64,
         committed_messages: (committed_after - committed_before).max(0) as u64,
         row_changes: changes(&rows_after).saturating_sub(changes(&rows_before)),
+        stale_age_max,
+        stale_age_end,
+        stale_users_max,
         ..Measured::default()
     };
     for &(_, partition, offset) in &landed {

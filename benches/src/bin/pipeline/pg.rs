@@ -1,14 +1,14 @@
 //! The Postgres side of the pipeline benchmark: fresh schemas, the raw binary COPY baseline,
 //! what a run wrote, and a poller that sees offsets become committed.
 //!
-//! * **Raw COPY** repeats `pg_copy`'s pre-encoded path: rows shaped like the sink's widest
-//!   tables, `(BIGINT, BIGINT, DOUBLE PRECISION)` as in `track_neighbors` and
+//! * **Raw COPY** repeats `pg_copy`'s pre-encoded path: list rows shaped like the sink's
+//!   widest tables, `(BIGINT, BIGINT[], DOUBLE PRECISION[])` of 10 members as in
 //!   `user_recommendations`, encoded before the clock starts and sent in one
 //!   `COPY … FROM STDIN (FORMAT binary)` per transaction, into an index-free table (the
 //!   physical limit) and into a table keyed like the sink's (index maintenance included).
 //! * **Raw UPDATE** is the path a live commit mostly takes (new scores for existing keys):
 //!   the keyed table, with the sink's fill factor, full; per transaction a tenth of its keys
-//!   (whole 20-row lists, spread over the table) get new values through a binary COPY into a
+//!   (spread over the table) get new lists through a binary COPY into a
 //!   temporary staging table and one `UPDATE … FROM` it, as the sink's merge does, without
 //!   the sink's own work (consolidation, encoding, offsets).
 //! * **Raw event-log COPY** (`--emit-events`): event-log rows (ids, timestamp, partition,
@@ -100,16 +100,14 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
     fresh_schema(&mut client, schema)?;
     let s = quote_ident(schema);
     let fillfactor = encore_dataflow::sink::postgres::FILLFACTOR;
+    let columns = encore_benches::LIST_COLUMNS;
     client.batch_execute(&format!(
-        "CREATE TABLE {s}.raw_copy (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION); \
-         CREATE TABLE {s}.raw_keyed (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
-         PRIMARY KEY (track_id, neighbor_id)); \
-         CREATE TABLE {s}.raw_update (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION, \
-         PRIMARY KEY (track_id, neighbor_id)) WITH (fillfactor = {fillfactor}); \
-         CREATE TEMP TABLE raw_stage (track_id BIGINT, neighbor_id BIGINT, score DOUBLE PRECISION) \
-         ON COMMIT DELETE ROWS;"
+        "CREATE TABLE {s}.raw_copy ({columns}); \
+         CREATE TABLE {s}.raw_keyed ({columns}, PRIMARY KEY (track_id)); \
+         CREATE TABLE {s}.raw_update ({columns}, PRIMARY KEY (track_id)) WITH (fillfactor = {fillfactor}); \
+         CREATE TEMP TABLE raw_stage ({columns}) ON COMMIT DELETE ROWS;"
     ))?;
-    let data = encore_benches::neighbor_rows_binary_copy(rows);
+    let data = encore_benches::list_rows_binary_copy(rows);
     let median = |mut times: Vec<f64>| {
         times.sort_by(f64::total_cmp);
         times[times.len() / 2].max(1e-9)
@@ -138,7 +136,7 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
     for rep in 0..reps.max(1) {
         // Another tenth each time, each row with a new score, as a live commit rewrites values.
         let group = rep as i64 % UPDATE_GROUPS;
-        let batch = encore_benches::neighbor_rows_group_binary_copy(rows, UPDATE_GROUPS, group, 1.0 + rep as f64);
+        let batch = encore_benches::list_rows_group_binary_copy(rows, UPDATE_GROUPS, group, 1.0 + rep as f64);
         let start = Instant::now();
         let mut tx = client.transaction()?;
         let mut writer = tx.copy_in("COPY pg_temp.raw_stage FROM STDIN (FORMAT binary)")?;
@@ -146,8 +144,8 @@ pub fn raw_limits(url: &str, schema: &str, rows: usize, reps: usize) -> Result<L
         writer.finish()?;
         let updated = tx.execute(
             &format!(
-                "UPDATE {s}.raw_update AS t SET score = r.score FROM pg_temp.raw_stage AS r \
-                 WHERE t.track_id = r.track_id AND t.neighbor_id = r.neighbor_id"
+                "UPDATE {s}.raw_update AS t SET neighbor_ids = r.neighbor_ids, scores = r.scores \
+                 FROM pg_temp.raw_stage AS r WHERE t.track_id = r.track_id"
             ),
             &[],
         )?;

@@ -94,6 +94,18 @@ pub enum SinkError {
         /// This run's parameters, as flags.
         asked: String,
     },
+    /// The schema holds neighbour or recommendation tables of the older layout, one row per
+    /// list member: deltas of one row per list cannot be applied to them.
+    #[error(
+        "schema {schema:?} holds {tables} with one row per list member, the layout of an older encore-flow \
+         (each list is one row now): use a new --pg-schema, or convert the schema once with deploy/migrate-list-rows.sql"
+    )]
+    MemberRows {
+        /// `--pg-schema`.
+        schema: String,
+        /// The tables of the old layout, comma-separated.
+        tables: String,
+    },
     /// The stored offsets moved while the durable state was being loaded.
     #[error(
         "the offsets of topic {topic:?} in schema {schema:?} changed while its state was loaded: \

@@ -123,7 +123,11 @@ pub(super) fn open_session(
     loop {
         attempt += 1;
         match try_open_session(target, sql, create_schema) {
-            Ok(session) => return Ok(session),
+            Ok(Ok(session)) => return Ok(session),
+            Ok(Err(tables)) => {
+                let schema = create_schema.unwrap_or_default().to_owned();
+                return Err(SinkError::MemberRows { schema, tables: tables.join(", ") });
+            }
             Err(err) if is_transient(&err) => {
                 if attempt >= attempts {
                     return Err(SinkError::Unreachable { attempts, reason: describe(&err) });
@@ -136,13 +140,23 @@ pub(super) fn open_session(
     }
 }
 
-fn try_open_session(target: &Target, sql: &Statements, create_schema: Option<&str>) -> Result<Session, postgres::Error> {
+/// `Ok(Err(tables))`: the schema holds these tables in the older one-row-per-member layout.
+fn try_open_session(
+    target: &Target,
+    sql: &Statements,
+    create_schema: Option<&str>,
+) -> Result<Result<Session, Vec<String>>, postgres::Error> {
     let mut client = target.connect()?;
     if let Some(schema) = create_schema {
         let mut tx = client.transaction()?;
         // Held to the end of the transaction: concurrent starts create the objects one after
         // the other, and the second finds them all.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
+        // Before anything is created: the views of the new layout cannot replace the old ones.
+        let old: Vec<String> = tx.query(&sql.old_list_rows, &[&schema])?.iter().map(|row| row.get(0)).collect();
+        if !old.is_empty() {
+            return Ok(Err(old));
+        }
         // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege on the database before it
         // checks existence, so look first: a role may own its schema without that privilege.
         if tx.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])?.is_none() {
@@ -154,7 +168,7 @@ fn try_open_session(target: &Target, sql: &Statements, create_schema: Option<&st
     client.batch_execute(&sql.create_staging)?;
     let upsert_offsets = client.prepare(&sql.upsert_offsets)?;
     let select_offsets = client.prepare(&sql.select_offsets)?;
-    Ok(Session { client, upsert_offsets, select_offsets })
+    Ok(Ok(Session { client, upsert_offsets, select_offsets }))
 }
 
 #[cfg(test)]

@@ -21,6 +21,9 @@ pub(super) struct TableSpec {
     pub(super) keys: &'static [&'static str],
     /// Value columns with their SQL types.
     pub(super) values: &'static [(&'static str, &'static str)],
+    /// Whether the table has an `updated_at TIMESTAMPTZ` column, set to the transaction's
+    /// time (`now()`) by every insert and update of a row (SPEC §3); not staged.
+    pub(super) stamped: bool,
 }
 
 impl TableSpec {
@@ -39,9 +42,21 @@ impl TableSpec {
         columns.join(", ")
     }
 
+    /// The stamp column, as it follows the value columns in an INSERT, and what it is set to.
+    fn stamp(&self) -> (&'static str, &'static str) {
+        if self.stamped {
+            (", updated_at", ", now()")
+        } else {
+            ("", "")
+        }
+    }
+
     fn create_table(&self, schema: &str) -> String {
         let mut columns: Vec<String> = self.keys.iter().map(|k| format!("{k} BIGINT")).collect();
         columns.extend(self.values.iter().map(|(name, ty)| format!("{name} {ty}")));
+        if self.stamped {
+            columns.push("updated_at TIMESTAMPTZ".to_owned());
+        }
         format!(
             "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({})) WITH (fillfactor = {FILLFACTOR});\n",
             self.name,
@@ -75,8 +90,9 @@ impl TableSpec {
     /// replayed) fails the statement with a unique violation, and the commit is redone with
     /// [`merge_upsert`](Self::merge_upsert) for everything.
     fn merge_insert(&self, schema: &str) -> String {
+        let (stamp, now) = self.stamp();
         format!(
-            "INSERT INTO {schema}.{name} ({columns}) SELECT {columns} FROM {stage} WHERE op = 1;\n",
+            "INSERT INTO {schema}.{name} ({columns}{stamp}) SELECT {columns}{now} FROM {stage} WHERE op = 1;\n",
             name = self.name,
             columns = self.columns(),
             stage = self.staging_table(),
@@ -88,7 +104,17 @@ impl TableSpec {
     /// missing (a replayed commit), and the commit is redone with upserts. No `IS DISTINCT
     /// FROM` filter here, so that the count is the rows found.
     fn merge_update(&self, schema: &str) -> String {
-        let set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = s.{v}")).collect();
+        let mut set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = s.{v}")).collect();
+        if self.stamped {
+            // A row written as it already is (a replayed commit) keeps its time.
+            let old: Vec<String> = self.values.iter().map(|(v, _)| format!("t.{v}")).collect();
+            let new: Vec<String> = self.values.iter().map(|(v, _)| format!("s.{v}")).collect();
+            set.push(format!(
+                "updated_at = CASE WHEN ({}) IS DISTINCT FROM ({}) THEN now() ELSE t.updated_at END",
+                old.join(", "),
+                new.join(", ")
+            ));
+        }
         let join: Vec<String> = self.keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
         format!(
             "UPDATE {schema}.{} AS t SET {} FROM {} AS s WHERE s.op = 2 AND {};\n",
@@ -103,11 +129,15 @@ impl TableSpec {
     /// `WHERE ... IS DISTINCT FROM` skips a row version (and its WAL) when the value is
     /// already there, as in a replayed commit.
     fn merge_upsert(&self, schema: &str, filter: &str) -> String {
-        let set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
+        let mut set: Vec<String> = self.values.iter().map(|(v, _)| format!("{v} = EXCLUDED.{v}")).collect();
+        if self.stamped {
+            set.push("updated_at = EXCLUDED.updated_at".to_owned());
+        }
         let old: Vec<String> = self.values.iter().map(|(v, _)| format!("t.{v}")).collect();
         let new: Vec<String> = self.values.iter().map(|(v, _)| format!("EXCLUDED.{v}")).collect();
+        let (stamp, now) = self.stamp();
         format!(
-            "INSERT INTO {schema}.{name} AS t ({columns}) SELECT {columns} FROM {stage} WHERE {filter} \
+            "INSERT INTO {schema}.{name} AS t ({columns}{stamp}) SELECT {columns}{now} FROM {stage} WHERE {filter} \
              ON CONFLICT ({keys}) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new});\n",
             name = self.name,
             columns = self.columns(),
@@ -120,22 +150,39 @@ impl TableSpec {
     }
 }
 
-/// `track_neighbors`: the rows of N(i).
-pub(super) const TRACK_NEIGHBORS: TableSpec =
-    TableSpec { name: "track_neighbors", keys: &["track_id", "neighbor_id"], values: &[("score", "DOUBLE PRECISION")] };
-/// `user_recommendations`: the rows of R(u).
-pub(super) const USER_RECOMMENDATIONS: TableSpec =
-    TableSpec { name: "user_recommendations", keys: &["user_id", "track_id"], values: &[("score", "DOUBLE PRECISION")] };
+/// `track_neighbors`: N(i), one row per track, members in rank order.
+pub(super) const TRACK_NEIGHBORS: TableSpec = TableSpec {
+    name: "track_neighbors",
+    keys: &["track_id"],
+    values: &[("neighbor_ids", "BIGINT[]"), ("scores", "DOUBLE PRECISION[]")],
+    stamped: true,
+};
+/// `user_recommendations`: the stored R(u), one row per user, members in rank order.
+pub(super) const USER_RECOMMENDATIONS: TableSpec = TableSpec {
+    name: "user_recommendations",
+    keys: &["user_id"],
+    values: &[("track_ids", "BIGINT[]"), ("scores", "DOUBLE PRECISION[]")],
+    stamped: true,
+};
 /// `track_stats`: plays, listeners and likes per track.
-pub(super) const TRACK_STATS: TableSpec =
-    TableSpec { name: "track_stats", keys: &["track_id"], values: &[("plays", "BIGINT"), ("listeners", "BIGINT"), ("likes", "BIGINT")] };
+pub(super) const TRACK_STATS: TableSpec = TableSpec {
+    name: "track_stats",
+    keys: &["track_id"],
+    values: &[("plays", "BIGINT"), ("listeners", "BIGINT"), ("likes", "BIGINT")],
+    stamped: false,
+};
 /// `co_listens`: c(i,j) for i < j (only with `--emit-co-listens`).
-pub(super) const CO_LISTENS: TableSpec = TableSpec { name: "co_listens", keys: &["track_a", "track_b"], values: &[("users", "BIGINT")] };
+pub(super) const CO_LISTENS: TableSpec =
+    TableSpec { name: "co_listens", keys: &["track_a", "track_b"], values: &[("users", "BIGINT")], stamped: false };
 
 /// `encore_last_listen`: `last(u,t)` for every `(user, track)` with a listen, the durable
 /// state a restart rebuilds from (see [`crate::source::kafka`], "Durable state").
 pub(super) const LAST_LISTENS: TableSpec =
-    TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")] };
+    TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")], stamped: false };
+
+/// The columns a schema written by encore-flow before 2026-12-07 has and today's does not:
+/// one row per list member. Such tables are refused, not mixed ([`Statements::old_list_rows`]).
+const MEMBER_ROW_COLUMNS: [(&str, &str); 2] = [("track_neighbors", "neighbor_id"), ("user_recommendations", "track_id")];
 
 /// The keyed tables in the order a commit merges them.
 const KEYED: [&TableSpec; 5] = [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS];
@@ -160,6 +207,8 @@ pub(super) struct Statements {
     pub(super) select_parameters: String,
     pub(super) upsert_parameters: String,
     pub(super) mark_durable_state: String,
+    /// Lists the old row-per-member tables of the schema (`$1`), if any.
+    pub(super) old_list_rows: String,
     copy: Vec<(&'static str, String)>,
     merge_delete: Vec<(&'static str, String)>,
     merge_insert: Vec<(&'static str, String)>,
@@ -198,12 +247,13 @@ impl Statements {
              topic (tables from before the durable state have offsets but no state).\n\
              ALTER TABLE {s}.encore_parameters ADD COLUMN IF NOT EXISTS durable_state BOOLEAN \
              NOT NULL DEFAULT false;\n\
-             CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT track_id, neighbor_id, \
-             score, row_number() OVER (PARTITION BY track_id ORDER BY score DESC, neighbor_id ASC) \
-             AS rank FROM {s}.track_neighbors;\n\
-             CREATE OR REPLACE VIEW {s}.user_recommendations_ranked AS SELECT user_id, track_id, \
-             score, row_number() OVER (PARTITION BY user_id ORDER BY score DESC, track_id ASC) \
-             AS rank FROM {s}.user_recommendations;\n"
+             -- One row per member (SPEC §3), rank 1-based in list order.\n\
+             CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT n.track_id, m.rank, \
+             m.neighbor_id, m.score FROM {s}.track_neighbors AS n, \
+             unnest(n.neighbor_ids, n.scores) WITH ORDINALITY AS m(neighbor_id, score, rank);\n\
+             CREATE OR REPLACE VIEW {s}.user_recommendations_ranked AS SELECT r.user_id, m.rank, \
+             m.track_id, m.score, r.updated_at FROM {s}.user_recommendations AS r, \
+             unnest(r.track_ids, r.scores) WITH ORDINALITY AS m(track_id, score, rank);\n"
         ));
 
         let mut create_staging = String::new();
@@ -249,6 +299,16 @@ impl Statements {
                  SET parameters = EXCLUDED.parameters, durable_state = EXCLUDED.durable_state, recorded_at = now()"
             ),
             mark_durable_state: format!("UPDATE {s}.encore_parameters SET durable_state = true WHERE topic = $1::text"),
+            old_list_rows: {
+                let tests: Vec<String> = MEMBER_ROW_COLUMNS
+                    .iter()
+                    .map(|(table, column)| format!("(table_name = '{table}' AND column_name = '{column}')"))
+                    .collect();
+                format!(
+                    "SELECT table_name::text FROM information_schema.columns WHERE table_schema = $1::text AND ({}) ORDER BY 1",
+                    tests.join(" OR ")
+                )
+            },
             copy: keyed.iter().map(|spec| (spec.name, spec.copy_staging())).collect(),
             merge_delete: keyed.iter().map(|spec| (spec.name, spec.merge_delete(&s))).collect(),
             merge_insert: keyed.iter().map(|spec| (spec.name, spec.merge_insert(&s))).collect(),
@@ -290,6 +350,12 @@ impl Statements {
     /// `SELECT` of a whole keyed table, keys first, in key order.
     pub(super) fn select_table(&self, spec: &TableSpec) -> String {
         format!("SELECT {} FROM {}.{} ORDER BY {}", spec.columns(), self.schema, spec.name, spec.keys.join(", "))
+    }
+
+    /// `SELECT` of the key and value columns of the rows of `spec` whose `key_column` is
+    /// `index` modulo `peers`: one loader's share.
+    pub(super) fn select_share(&self, spec: &TableSpec, key_column: &str, peers: usize, index: usize) -> String {
+        format!("SELECT {} FROM {}.{} WHERE {key_column} % {peers} = {index}", spec.columns(), self.schema, spec.name)
     }
 
     /// Binary `COPY` out of `columns` of the rows of `table` whose `key_column` is `index`

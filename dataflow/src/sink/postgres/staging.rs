@@ -22,7 +22,11 @@
 use super::error::Failure;
 use super::sql::{TableSpec, CO_LISTENS, LAST_LISTENS, TRACK_NEIGHBORS, TRACK_STATS, USER_RECOMMENDATIONS};
 use super::SinkError;
-use crate::tables::{score_value, Changes, DeadLetter, TrackStats};
+use crate::tables::{score_value, Changes, DeadLetter, RankedList, TrackStats};
+
+/// Type oids of the array elements (`pg_type`): `int8`, `float8`.
+const INT8_OID: u32 = 20;
+const FLOAT8_OID: u32 = 701;
 use std::io::Read as _;
 
 /// The fixed start of every binary COPY stream: signature, flags, header extension length.
@@ -55,25 +59,25 @@ pub(super) const OP_UPDATE: i16 = 2;
 pub(super) fn consolidate<K, V>(table: &'static str, triples: &[(K, V, i64)]) -> Result<Vec<(K, Action<V>)>, SinkError>
 where
     K: Ord + Copy + std::fmt::Debug,
-    V: Ord + Copy,
+    V: Ord + Clone,
 {
-    let mut sorted: Vec<(K, V, i64)> = triples.to_vec();
-    sorted.sort_unstable_by_key(|&(key, value, _)| (key, value));
+    let mut sorted: Vec<&(K, V, i64)> = triples.iter().collect();
+    sorted.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut actions = Vec::new();
     let mut i = 0;
     while i < sorted.len() {
         let key = sorted[i].0;
         let (mut added, mut removed) = (None, 0usize);
         while i < sorted.len() && sorted[i].0 == key {
-            let value = sorted[i].1;
+            let value = &sorted[i].1;
             let mut diff = 0i64;
-            while i < sorted.len() && sorted[i].0 == key && sorted[i].1 == value {
+            while i < sorted.len() && sorted[i].0 == key && sorted[i].1 == *value {
                 diff = diff.saturating_add(sorted[i].2);
                 i += 1;
             }
             match diff {
                 0 => {}
-                1 if added.is_none() => added = Some(value),
+                1 if added.is_none() => added = Some(value.clone()),
                 -1 => removed += 1,
                 _ => {
                     return Err(SinkError::InvalidChanges {
@@ -127,9 +131,23 @@ impl CopyEncoder {
         self.bytes.extend_from_slice(&value.to_be_bytes());
     }
 
-    fn float8(&mut self, value: f64) {
-        self.bytes.extend_from_slice(&8i32.to_be_bytes());
-        self.bytes.extend_from_slice(&value.to_bits().to_be_bytes());
+    /// A one-dimensional array without NULLs of 8-byte elements of type `oid` (array_send):
+    /// dimensions, flags, element type, then per dimension its length and lower bound (1),
+    /// then each element with its length.
+    fn array8(&mut self, oid: u32, elements: impl ExactSizeIterator<Item = [u8; 8]>) -> Result<(), SinkError> {
+        let count = elements.len();
+        let len = i32::try_from(20 + 12 * count).map_err(|_| SinkError::OutOfRange { what: "array length", value: count as u64 })?;
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        self.bytes.extend_from_slice(&1i32.to_be_bytes());
+        self.bytes.extend_from_slice(&0i32.to_be_bytes());
+        self.bytes.extend_from_slice(&oid.to_be_bytes());
+        self.bytes.extend_from_slice(&(count as i32).to_be_bytes());
+        self.bytes.extend_from_slice(&1i32.to_be_bytes());
+        for element in elements {
+            self.bytes.extend_from_slice(&8i32.to_be_bytes());
+            self.bytes.extend_from_slice(&element);
+        }
+        Ok(())
     }
 
     fn null(&mut self) {
@@ -182,23 +200,29 @@ impl Staged {
     pub(super) fn new(changes: &Changes, score_precision: u32, emit_co_listens: bool) -> Result<Staged, SinkError> {
         let mut staged = Staged::default();
         let score = |units: i64| score_value(units, score_precision);
-        let pairs = |spec: &'static TableSpec, triples: &[((u64, u64), i64, i64)], staged: &mut Staged| {
+        // A list row: the key, the members' ids and their scores, as two arrays.
+        let lists = |spec: &'static TableSpec, triples: &[(u64, RankedList, i64)], staged: &mut Staged| {
             let actions = consolidate(spec.name, triples)?;
-            staged.push(spec, &actions, |encoder, &(a, b), value| {
-                encoder.int8(bigint(a, spec.keys[0])?);
-                encoder.int8(bigint(b, spec.keys[1])?);
+            staged.push(spec, &actions, |encoder, &key, value: Option<&RankedList>| {
+                encoder.int8(bigint(key, spec.keys[0])?);
                 match value {
-                    Some(units) => encoder.float8(score(units)),
-                    None => encoder.null(),
+                    Some(list) => {
+                        for &(member, _) in list {
+                            bigint(member, spec.values[0].0)?;
+                        }
+                        encoder.array8(INT8_OID, list.iter().map(|&(member, _)| (member as i64).to_be_bytes()))?;
+                        encoder.array8(FLOAT8_OID, list.iter().map(|&(_, units)| score(units).to_bits().to_be_bytes()))?;
+                    }
+                    None => (0..2).for_each(|_| encoder.null()),
                 }
                 Ok(())
             })
         };
-        pairs(&TRACK_NEIGHBORS, &changes.track_neighbors, &mut staged)?;
-        pairs(&USER_RECOMMENDATIONS, &changes.user_recommendations, &mut staged)?;
+        lists(&TRACK_NEIGHBORS, &changes.track_neighbors, &mut staged)?;
+        lists(&USER_RECOMMENDATIONS, &changes.user_recommendations, &mut staged)?;
 
         let actions = consolidate(TRACK_STATS.name, &changes.track_stats)?;
-        staged.push(&TRACK_STATS, &actions, |encoder, &track, value: Option<TrackStats>| {
+        staged.push(&TRACK_STATS, &actions, |encoder, &track, value: Option<&TrackStats>| {
             encoder.int8(bigint(track, "track_id")?);
             match value {
                 Some(stats) => {
@@ -213,11 +237,11 @@ impl Staged {
 
         if emit_co_listens {
             let actions = consolidate(CO_LISTENS.name, &changes.co_listens)?;
-            staged.push(&CO_LISTENS, &actions, |encoder, &(a, b), value: Option<u64>| {
+            staged.push(&CO_LISTENS, &actions, |encoder, &(a, b), value: Option<&u64>| {
                 encoder.int8(bigint(a, "track_a")?);
                 encoder.int8(bigint(b, "track_b")?);
                 match value {
-                    Some(users) => encoder.int8(bigint(users, "users")?),
+                    Some(&users) => encoder.int8(bigint(users, "users")?),
                     None => encoder.null(),
                 }
                 Ok(())
@@ -225,11 +249,11 @@ impl Staged {
         }
 
         let actions = consolidate(LAST_LISTENS.name, &changes.last_listens)?;
-        staged.push(&LAST_LISTENS, &actions, |encoder, &(user, track), value: Option<i64>| {
+        staged.push(&LAST_LISTENS, &actions, |encoder, &(user, track), value: Option<&i64>| {
             encoder.int8(bigint(user, "user_id")?);
             encoder.int8(bigint(track, "track_id")?);
             match value {
-                Some(last_ms) => encoder.int8(last_ms),
+                Some(&last_ms) => encoder.int8(last_ms),
                 None => encoder.null(),
             }
             Ok(())
@@ -248,21 +272,19 @@ impl Staged {
         &mut self,
         spec: &'static TableSpec,
         actions: &[(K, Action<V>)],
-        mut encode: impl FnMut(&mut CopyEncoder, &K, Option<V>) -> Result<(), SinkError>,
-    ) -> Result<(), SinkError>
-    where
-        V: Copy,
-    {
+        mut encode: impl FnMut(&mut CopyEncoder, &K, Option<&V>) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
         if actions.is_empty() {
             return Ok(());
         }
         let fields = spec.staging_fields();
-        // 2 bytes of field count, then 4 bytes of length and at most 8 of value per field.
+        // 2 bytes of field count, then 4 bytes of length and at most 8 of value per field
+        // (a list's arrays grow the buffer as needed).
         let mut encoder = CopyEncoder::new(actions.len(), 2 + 12 * fields);
         let (mut inserts, mut updates, mut deletes) = (0, 0, 0);
         for (key, action) in actions {
             encoder.row(fields as i16);
-            let (op, value, count) = match *action {
+            let (op, value, count) = match action {
                 Action::Insert(value) => (OP_INSERT, Some(value), &mut inserts),
                 Action::Update(value) => (OP_UPDATE, Some(value), &mut updates),
                 Action::Delete => (OP_DELETE, None, &mut deletes),

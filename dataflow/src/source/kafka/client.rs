@@ -84,8 +84,11 @@ mod tests {
             until_caught_up: false,
             epoch_ms: 250,
             epoch_events: 10_000,
+            refresh: Default::default(),
             committed: BTreeMap::new(),
-            recovery: crate::source::kafka::Recovery::Replay,
+            recovery: crate::source::kafka::Recovery::Load(Box::new(
+                crate::sink::postgres::StateReader::new_for("postgres://127.0.0.1/encore", "public", 4, false).expect("a valid URL"),
+            )),
             error_timeout: crate::source::kafka::DEFAULT_ERROR_TIMEOUT,
         }
     }

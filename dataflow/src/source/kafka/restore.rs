@@ -24,8 +24,10 @@ pub(super) fn restore(
     reader: &StateReader,
     job: &StreamJob,
 ) -> Result<u64, StreamError> {
-    let LoadedState { last_listens, track_stats } = reader.load(&job.topic, &job.committed, worker.peers(), worker.index())?;
-    let rows = (last_listens.len() + track_stats.len()) as u64;
+    let LoadedState { last_listens, track_stats, recommendations } =
+        reader.load(&job.topic, &job.committed, worker.peers(), worker.index())?;
+    let rows = (last_listens.len() + track_stats.len() + recommendations.len()) as u64;
+    inputs.restore_recommendations(recommendations);
     for (track, plays, likes) in track_stats {
         inputs.restored_stats.insert((track, TrackStats { plays, listeners: 0, likes }));
     }
