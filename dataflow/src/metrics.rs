@@ -276,7 +276,7 @@ impl Metrics {
         out.single(
             "encore_state_rows_loaded_total",
             "counter",
-            "Rows of durable state (encore_last_listen, track_stats) loaded from Postgres at start to rebuild the state.",
+            "Rows loaded from Postgres at start to rebuild the state: encore_last_listen, track_stats and the stored user_recommendations.",
             load(&c.restored),
         );
         out.single(

@@ -406,7 +406,11 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let state_rows: i64 = {
         let mut client = postgres::Client::connect(&postgres.url(), postgres::NoTls).expect("connect");
         let row = client
-            .query_one("SELECT (SELECT count(*) FROM encore_last_listen) + (SELECT count(*) FROM track_stats)", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM encore_last_listen) + (SELECT count(*) FROM track_stats) \
+                 + (SELECT count(*) FROM user_recommendations)",
+                &[],
+            )
             .expect("count the state");
         row.get(0)
     };

@@ -328,7 +328,7 @@ mod tests {
             halt.clone(),
         )
         .expect("spawn");
-        let neighbors = |epoch: Epoch, rows: Vec<(u64, Vec<(u64, i64)>, i64)>| {
+        let neighbors = |epoch: Epoch, rows: Vec<(u64, crate::tables::RankedList, i64)>| {
             let mut changes = changes(epoch);
             changes.track_neighbors = rows;
             changes

@@ -263,8 +263,8 @@ pub struct StreamSummary {
     /// Seconds spent rebuilding the state before live consumption: loading it, or replaying
     /// the topic (slowest worker).
     pub replay_seconds: f64,
-    /// Rows of durable state this process's workers loaded (`encore_last_listen` and
-    /// `track_stats`).
+    /// Rows of durable state this process's workers loaded (`encore_last_listen`,
+    /// `track_stats` and the stored `user_recommendations`).
     pub restored_rows: u64,
     /// Seconds in all (slowest worker).
     pub seconds: f64,
