@@ -523,7 +523,8 @@ fn every_metric_the_grafana_dashboard_queries_is_served() {
             scrape.has_family(name)
                 || scrape.samples.iter().any(|sample| sample.name == name)
                 || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-                    name.strip_suffix(suffix).is_some_and(|base| scrape.families.get(base).is_some_and(|f| f.1.as_deref() == Some("histogram")))
+                    name.strip_suffix(suffix)
+                        .is_some_and(|base| scrape.families.get(base).is_some_and(|f| f.1.as_deref() == Some("histogram")))
                 })
         })
     };

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_testkit::{free_port, Postgres};
 use encore_testkit::processes::{self, Process};
+use encore_testkit::{free_port, Postgres};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tempfile::TempDir;
@@ -326,7 +326,13 @@ fn exposition(process: u32, samples: &[(&str, &str, &str)]) -> String {
     let mut text = String::new();
     for (name, labels, value) in samples {
         let family = ["_sum", "_count", "_bucket"].iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(name);
-        let kind = if family.ends_with("_total") { "counter" } else if family != *name { "histogram" } else { "gauge" };
+        let kind = if family.ends_with("_total") {
+            "counter"
+        } else if family != *name {
+            "histogram"
+        } else {
+            "gauge"
+        };
         if !text.contains(&format!("# TYPE {family} ")) {
             text.push_str(&format!("# HELP {family} a stand-in\n# TYPE {family} {kind}\n"));
         }
@@ -383,8 +389,10 @@ fn watch_sh_once_shows_rates_lag_commit_latency_stale_users_and_a_users_recommen
                ('music_streaming_data', 3, 100);",
         )
         .expect("the tables, views and rows");
-    let refreshed: String =
-        client.query_one("SELECT to_char(updated_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM user_recommendations WHERE user_id = 7", &[]).expect("query").get(0);
+    let refreshed: String = client
+        .query_one("SELECT to_char(updated_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM user_recommendations WHERE user_id = 7", &[])
+        .expect("query")
+        .get(0);
 
     // Process 0 reads partitions 0 and 1 and commits; process 1 reads 2 and 3. Between the two
     // scrapes of --once: 10 commits took 0.5 s in all, and the counters grew.

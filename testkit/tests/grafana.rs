@@ -85,11 +85,7 @@ fn the_dashboard_is_a_valid_model_whose_every_panel_queries_encore_per_process()
     assert_eq!(process["type"], "query");
     assert_eq!(unresolved(&process["datasource"], &uid), None, "variable process");
     let process_query = queries(&dashboard).into_iter().find(|q| q.place == "variable process").expect("the process variable's query");
-    assert!(
-        process_query.expr.starts_with("label_values(encore_") && process_query.expr.ends_with(", process)"),
-        "{}",
-        process_query.expr
-    );
+    assert!(process_query.expr.starts_with("label_values(encore_") && process_query.expr.ends_with(", process)"), "{}", process_query.expr);
     assert_eq!(process["includeAll"], true);
     assert_eq!(process["multi"], true);
     assert_eq!(process["allValue"], ".*", "All matches every process in process=~\"$process\"");
