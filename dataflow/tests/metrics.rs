@@ -7,6 +7,9 @@
 //! The run is 2 processes × 1 worker on a 2-partition topic, so each process reads one
 //! partition and serves its own endpoint; process 0 also commits. A restart then replays
 //! (counted apart) and commits nothing new.
+//!
+//! The Grafana dashboard (`deploy/grafana/encore.json`) is held to the code here too: every
+//! metric its queries name must be served by such a run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -353,6 +356,7 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
         assert!(scrape.samples.iter().all(|s| s.labels["process"] == process.to_string()), "process label");
         assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
         assert_eq!(scrape.get("encore_replaying_workers", &[]), 0.0);
+        assert_eq!(scrape.get("encore_state_load_seconds", &[]), 0.0, "nothing to load on a first start");
     }
     assert!(!one.has_family("encore_commits_total") && !one.has_family("encore_rows_written_total"), "only process 0 commits");
 
@@ -420,6 +424,9 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let one = scrape_until(&metrics[1], &mut children, "process 1 loaded", loaded);
     let rows = zero.get("encore_state_rows_loaded_total", &[]) + one.get("encore_state_rows_loaded_total", &[]);
     assert_eq!(rows, state_rows as f64, "every row of the state loaded once, over both processes");
+    for scrape in [&zero, &one] {
+        assert!(scrape.get("encore_state_load_seconds", &[]) > 0.0, "the load took its time:\n{}", scrape.text);
+    }
     for scrape in [&zero, &one] {
         assert_eq!(scrape.get("encore_events_consumed_total", &[]), 0.0);
         assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
