@@ -131,6 +131,9 @@ METRICS_URLS=()
 for port in "${METRICS_PORTS[@]}"; do
     METRICS_URLS+=("http://127.0.0.1:$port/metrics")
 done
+# The progress screen scrapes them; recorded for a deploy/watch.sh started on its own.
+WATCH_METRICS_URLS=("${METRICS_URLS[@]}")
+printf '%s\n' "${METRICS_URLS[@]}" >"$ENCORE_STATE_DIR/metrics-urls"
 
 # --- children ------------------------------------------------------------------------------
 # Children run in their own session (setsid; bash's background children are never process

@@ -149,14 +149,26 @@ struct Sink {
     closed: Mutex<VecDeque<(u64, Instant)>>,
 }
 
+/// How long this process took to rebuild its state at start (see [`Metrics::replaying`]).
+#[derive(Debug, Default)]
+struct Rebuild {
+    /// When the first worker started rebuilding.
+    started: Option<Instant>,
+    /// From then to the end of the last worker's rebuild so far.
+    seconds: f64,
+}
+
 /// The registry one process shares between its workers, its sink, the watermark poller and
 /// the HTTP thread.
 #[derive(Debug)]
 pub struct Metrics {
     process: u64,
     writer: bool,
+    /// Unix time the registry was created, at the process's start.
+    started_ms: u64,
     consumption: Consumption,
     replaying: AtomicI64,
+    rebuild: Mutex<Rebuild>,
     watermark_errors: AtomicU64,
     partitions: RwLock<BTreeMap<i32, Arc<PartitionGauges>>>,
     sink: Sink,
@@ -169,8 +181,10 @@ impl Metrics {
         Metrics {
             process,
             writer,
+            started_ms: u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
             consumption: Consumption::default(),
             replaying: AtomicI64::new(0),
+            rebuild: Mutex::new(Rebuild::default()),
             watermark_errors: AtomicU64::new(0),
             partitions: RwLock::new(BTreeMap::new()),
             sink,
@@ -201,9 +215,21 @@ impl Metrics {
         self.watermark_errors.fetch_add(1, Relaxed);
     }
 
-    /// A worker starts (`true`) or ends (`false`) replaying.
+    /// A worker starts (`true`) or ends (`false`) rebuilding the state (loading or replaying).
+    /// The rebuild time is from the first worker's start to the last one's end.
     pub fn replaying(&self, replaying: bool) {
+        self.replaying_at(replaying, Instant::now());
+    }
+
+    fn replaying_at(&self, replaying: bool, now: Instant) {
         self.replaying.fetch_add(if replaying { 1 } else { -1 }, Relaxed);
+        if let Ok(mut rebuild) = self.rebuild.lock() {
+            match rebuild.started {
+                None if replaying => rebuild.started = Some(now),
+                Some(started) if !replaying => rebuild.seconds = rebuild.seconds.max(now.duration_since(started).as_secs_f64()),
+                _ => {}
+            }
+        }
     }
 
     /// Worker 0 closed live epoch `epoch` (counted from 0 in this run): the start of its
@@ -322,6 +348,19 @@ impl Metrics {
             "gauge",
             "Workers of this process still rebuilding the state: loading it from Postgres, or replaying the topic up to the committed offsets.",
             self.replaying.load(Relaxed).max(0),
+        );
+        out.single(
+            "encore_state_load_seconds",
+            "gauge",
+            "Seconds this process took to rebuild the state at start (loading it from Postgres, or replaying the topic), \
+             from the first worker starting to the last one done; 0 while none is done or when there was nothing to rebuild.",
+            self.rebuild.lock().map(|rebuild| rebuild.seconds).unwrap_or_default(),
+        );
+        out.single(
+            "encore_process_start_time_seconds",
+            "gauge",
+            "Unix time this process started; a restart changes it (changes() in PromQL).",
+            format_args!("{}.{:03}", self.started_ms / 1000, self.started_ms % 1000),
         );
 
         let readings: Vec<(String, i64, Option<i64>)> = self
@@ -666,6 +705,31 @@ mod tests {
                 assert!(declared.contains(family), "{line} has no TYPE before it");
             }
         }
+    }
+
+    #[test]
+    fn the_state_load_time_spans_every_workers_rebuild_and_the_start_time_stays() {
+        let metrics = Metrics::new(1, false);
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"encore_state_load_seconds{process="1"}"#), Some("0"), "{text}");
+        let started: f64 = sample(&text, r#"encore_process_start_time_seconds{process="1"}"#).unwrap().parse().unwrap();
+        assert!(started > 1.7e9, "{text}");
+        // Two workers: the first starts at t0 and is done at t0 + 2 s, the second runs from
+        // t0 + 1 s to t0 + 3.5 s; the process rebuilt from t0 to t0 + 3.5 s.
+        let t0 = Instant::now();
+        let at = |millis: u64| t0 + Duration::from_millis(millis);
+        metrics.replaying_at(true, at(0));
+        metrics.replaying_at(true, at(1000));
+        metrics.replaying_at(false, at(2000));
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"encore_state_load_seconds{process="1"}"#), Some("2"), "{text}");
+        assert_eq!(sample(&text, r#"encore_replaying_workers{process="1"}"#), Some("1"));
+        metrics.replaying_at(false, at(3500));
+        let text = metrics.render();
+        assert_eq!(sample(&text, r#"encore_state_load_seconds{process="1"}"#), Some("3.5"), "{text}");
+        assert_eq!(sample(&text, r#"encore_replaying_workers{process="1"}"#), Some("0"));
+        let again: f64 = sample(&text, r#"encore_process_start_time_seconds{process="1"}"#).unwrap().parse().unwrap();
+        assert_eq!(again, started, "the start time is the registry's, not the scrape's");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! The run is 2 processes × 1 worker on a 2-partition topic, so each process reads one
 //! partition and serves its own endpoint; process 0 also commits. A restart then replays
 //! (counted apart) and commits nothing new.
+//!
+//! The Grafana dashboard (`deploy/grafana/encore.json`) is held to the code here too: every
+//! metric its queries name must be served by such a run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -353,6 +356,7 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
         assert!(scrape.samples.iter().all(|s| s.labels["process"] == process.to_string()), "process label");
         assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
         assert_eq!(scrape.get("encore_replaying_workers", &[]), 0.0);
+        assert_eq!(scrape.get("encore_state_load_seconds", &[]), 0.0, "nothing to load on a first start");
     }
     assert!(!one.has_family("encore_commits_total") && !one.has_family("encore_rows_written_total"), "only process 0 commits");
 
@@ -426,6 +430,9 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let rows = zero.get("encore_state_rows_loaded_total", &[]) + one.get("encore_state_rows_loaded_total", &[]);
     assert_eq!(rows, state_rows as f64, "every row of the state loaded once, over both processes");
     for scrape in [&zero, &one] {
+        assert!(scrape.get("encore_state_load_seconds", &[]) > 0.0, "the load took its time:\n{}", scrape.text);
+    }
+    for scrape in [&zero, &one] {
         assert_eq!(scrape.get("encore_events_consumed_total", &[]), 0.0);
         assert_eq!(scrape.get("encore_events_replayed_total", &[]), 0.0);
     }
@@ -487,4 +494,62 @@ fn metrics_address_taken_or_invalid_fails_before_the_job_starts() {
     let help = String::from_utf8_lossy(&help.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(help.contains("--metrics-addr <[HOST:]PORT>"), "{help}");
     assert!(help.contains("A bare PORT (or :PORT) binds 127.0.0.1") && help.contains("e.g. 0.0.0.0:9464"), "{help}");
+}
+
+/// Every metric a query of the Grafana dashboard (`deploy/grafana/encore.json`, its panels and
+/// its `process` variable) selects is served by a running `encore-flow --metrics-addr`, so
+/// the dashboard cannot drift from the code. Both processes of a live run are scraped once
+/// process 0 has committed (then every family either serves exists, sink ones included); a
+/// name counts as served when a sample or a `# TYPE` line has it, or, for `_bucket`, `_sum`
+/// and `_count`, when its base name is a histogram.
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_served() {
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for query in encore_testkit::grafana::queries(&encore_testkit::grafana::dashboard()) {
+        for metric in encore_testkit::grafana::metric_refs(&query.expr) {
+            wanted.entry(metric.name).or_default().insert(query.place.clone());
+        }
+    }
+    assert!(wanted.len() >= 10, "the dashboard's queries name encore metrics: {wanted:?}");
+
+    let tansu = Tansu::start().expect("start Tansu (see encore-testkit)");
+    tansu.create_topic(TOPIC, PARTITIONS).expect("create the topic");
+    let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+    let dir = std::env::temp_dir().join(format!("encore-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let mix = LineMix { users: 10, tracks: 12, lines: 200, window_seconds: 300, invalid_percent: 5 };
+    let lines: Vec<Vec<u8>> = testing::generate(9, &mix).into_iter().map(|line| line.bytes).collect();
+    produce(&tansu, &lines, 0);
+
+    let metrics = [format!("127.0.0.1:{}", free_port().expect("a free port")), format!("127.0.0.1:{}", free_port().expect("a free port"))];
+    let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
+    let zero = scrape_until(&metrics[0], &mut children, "process 0's first commit", |s| {
+        s.value("encore_commits_total", &[]).is_some_and(|commits| commits >= 1.0)
+    });
+    let one = scrape_until(&metrics[1], &mut children, "process 1 live", |s| s.value("encore_replaying_workers", &[]) == Some(0.0));
+    interrupt(children);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let served = |name: &str| {
+        [&zero, &one].iter().any(|scrape| {
+            scrape.has_family(name)
+                || scrape.samples.iter().any(|sample| sample.name == name)
+                || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .is_some_and(|base| scrape.families.get(base).is_some_and(|f| f.1.as_deref() == Some("histogram")))
+                })
+        })
+    };
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(name, _)| !served(name))
+        .map(|(name, places)| format!("{name} (in {})", places.iter().cloned().collect::<Vec<_>>().join("; ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} metric(s) the dashboard queries are not served by encore-flow:\n  {}\nserved families: {:?}",
+        missing.len(),
+        missing.join("\n  "),
+        zero.families.keys().chain(one.families.keys()).collect::<BTreeSet<_>>()
+    );
 }

@@ -20,7 +20,8 @@
 //! The [`cli`] module runs the workspace's binaries and asserts on how they exit
 //! ([`assert_one_line_error`], [`assert_success`], [`run_bin`]); [`free_port`] and
 //! [`free_port_on`] pick ports for the programs under test. Test files use these instead of
-//! copies of their own.
+//! copies of their own. The [`grafana`] module reads the Grafana dashboard's queries and the
+//! metric names they select, for the tests that hold it to the code.
 //!
 //! # How the servers run
 //!
@@ -64,6 +65,7 @@
 
 pub mod cli;
 mod error;
+pub mod grafana;
 mod ports;
 mod postgres;
 mod process;

@@ -2,7 +2,10 @@
 //! can go wrong without running it: the file parses, names the services, builds encore from the
 //! Dockerfile in this repository, wires every program to the same broker, topic and database,
 //! and makes the flow-i services one consistent timely cluster (`-n` the number of them, `-p`
-//! 0..N-1 each once, the mounted hostfile naming service flow-i on line i).
+//! 0..N-1 each once, the mounted hostfile naming service flow-i on line i). The monitoring
+//! beside it: Prometheus's config (deploy/prometheus/prometheus.yml) parses and scrapes exactly
+//! the flow services' metrics endpoints, and Grafana gets the dashboard and the data source
+//! from the files this repository mounts.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +52,8 @@ struct Service {
     configs: Vec<ConfigMount>,
     #[serde(default)]
     ports: Vec<String>,
+    #[serde(default)]
+    volumes: Vec<String>,
     stop_signal: Option<String>,
     restart: Option<String>,
 }
@@ -170,7 +175,7 @@ fn the_flow_services_form_one_timely_cluster() {
 fn the_compose_file_names_the_services() {
     let compose = compose();
     let names: Vec<&str> = compose.services.keys().map(String::as_str).collect();
-    assert_eq!(names, ["catalog", "create-topic", "flow-0", "flow-1", "generator", "kafka", "postgres"]);
+    assert_eq!(names, ["catalog", "create-topic", "flow-0", "flow-1", "generator", "grafana", "kafka", "postgres", "prometheus"]);
 }
 
 #[test]
@@ -262,4 +267,168 @@ fn encore_is_built_from_the_dockerfile_in_this_repository() {
         2,
         "multi-stage: a builder and a slim runtime"
     );
+}
+
+/// deploy/prometheus/prometheus.yml, the parts encore sets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrometheusConfig {
+    global: PrometheusGlobal,
+    scrape_configs: Vec<ScrapeConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrometheusGlobal {
+    scrape_interval: String,
+    evaluation_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScrapeConfig {
+    job_name: String,
+    #[serde(default)]
+    metrics_path: Option<String>,
+    static_configs: Vec<StaticConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticConfig {
+    targets: Vec<String>,
+}
+
+/// A short-syntax bind mount `SOURCE:TARGET[:ro]`, its source resolved against deploy/ (the
+/// compose file's directory, from which compose resolves relative paths).
+fn bind_mount(mount: &str) -> (std::path::PathBuf, &str, bool) {
+    let parts: Vec<&str> = mount.split(':').collect();
+    assert!(matches!(parts.len(), 2 | 3), "SOURCE:TARGET[:MODE], got {mount:?}");
+    assert!(parts[0].starts_with("./"), "a path in this repository: {mount:?}");
+    (Path::new(DEPLOY_DIR).join(parts[0]), parts[1], parts.get(2) == Some(&"ro"))
+}
+
+/// The mount of `service` whose container path is `target`: its source on the host.
+fn mounted_at(service: &Service, target: &str) -> std::path::PathBuf {
+    let mounts: Vec<_> = service.volumes.iter().map(|mount| bind_mount(mount)).filter(|(_, t, _)| *t == target).collect();
+    assert_eq!(mounts.len(), 1, "one mount at {target} in {:?}", service.volumes);
+    let (source, _, read_only) = mounts.into_iter().next().expect("one mount");
+    assert!(read_only, "{target} is mounted read-only: the repository's file is the one to change");
+    assert!(source.exists(), "{} exists", source.display());
+    source
+}
+
+/// `image` is `repository:TAG` with a version tag (digits and dots, an optional leading `v`),
+/// not `latest`: the setup must not change under the user.
+fn assert_pinned(image: Option<&str>, repository: &str) {
+    let image = image.unwrap_or_else(|| panic!("{repository}: an image"));
+    let tag = image.strip_prefix(&format!("{repository}:")).unwrap_or_else(|| panic!("{image} is the official {repository}"));
+    let version = tag.strip_prefix('v').unwrap_or(tag);
+    assert!(
+        version.split('.').count() == 3 && version.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())),
+        "{image}: a pinned MAJOR.MINOR.PATCH version"
+    );
+}
+
+/// A port published on the host's loopback only, `127.0.0.1:HOST:CONTAINER`.
+fn assert_loopback_port(service: &Service, container_port: u16) {
+    assert!(
+        service.ports.iter().any(|mapping| mapping.starts_with("127.0.0.1:") && mapping.ends_with(&format!(":{container_port}"))),
+        "port {container_port} published on 127.0.0.1 only: {:?}",
+        service.ports
+    );
+    assert!(service.ports.iter().all(|mapping| mapping.starts_with("127.0.0.1:")), "{:?}", service.ports);
+}
+
+#[test]
+fn prometheus_scrapes_every_flow_process_where_it_serves_its_metrics() {
+    let compose = compose();
+    let prometheus = compose.service("prometheus");
+    assert_pinned(prometheus.image.as_deref(), "prom/prometheus");
+    let config_path = prometheus
+        .command
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--config.file="))
+        .unwrap_or_else(|| panic!("--config.file= in {:?}", prometheus.command));
+    let source = mounted_at(prometheus, config_path);
+    assert_eq!(source.canonicalize().ok(), Path::new(DEPLOY_DIR).join("prometheus/prometheus.yml").canonicalize().ok());
+    assert_loopback_port(prometheus, 9090);
+
+    let text = std::fs::read_to_string(&source).expect("prometheus.yml is readable");
+    let config: PrometheusConfig = serde_norway::from_str(&text).expect("prometheus.yml parses");
+    for interval in [&config.global.scrape_interval, &config.global.evaluation_interval] {
+        let seconds = interval.strip_suffix('s').and_then(|n| n.parse::<u32>().ok());
+        assert!(seconds.is_some_and(|s| s > 0), "an interval in seconds, got {interval:?}");
+    }
+    let job = config.scrape_configs.iter().find(|job| job.job_name == "encore-flow").expect("a scrape job encore-flow");
+    assert!(job.metrics_path.as_deref().is_none_or(|path| path == "/metrics"), "encore-flow serves /metrics");
+    let mut targets: Vec<&str> =
+        config.scrape_configs.iter().flat_map(|job| &job.static_configs).flat_map(|c| &c.targets).map(String::as_str).collect();
+    targets.sort_unstable();
+
+    // Every flow service's endpoint, as another container reaches it: the service name and the
+    // port --metrics-addr binds on every interface of its container (not loopback: Prometheus
+    // runs in a container of its own).
+    let mut expected = Vec::new();
+    for (name, flow) in compose.flow_services() {
+        let addr = flow.flag("--metrics-addr");
+        let (host, port) = addr.rsplit_once(':').expect("HOST:PORT");
+        assert_eq!(host, "0.0.0.0", "{name}: --metrics-addr {addr} must be reachable from the prometheus container");
+        expected.push(format!("{name}:{port}"));
+    }
+    expected.sort();
+    assert_eq!(targets, expected, "the scrape targets are the flow services' metrics endpoints, each once");
+}
+
+#[test]
+fn grafana_is_provisioned_with_the_dashboard_and_prometheus() {
+    let compose = compose();
+    let grafana = compose.service("grafana");
+    assert_pinned(grafana.image.as_deref(), "grafana/grafana");
+    assert_loopback_port(grafana, 3000);
+    assert!(grafana.waits_for("prometheus", "service_started"));
+
+    // The provisioning folder: a Prometheus data source at the prometheus service.
+    let provisioning = mounted_at(grafana, "/etc/grafana/provisioning");
+    #[derive(Deserialize)]
+    struct Datasources {
+        datasources: Vec<Datasource>,
+    }
+    #[derive(Deserialize)]
+    struct Datasource {
+        #[serde(rename = "type")]
+        kind: String,
+        uid: String,
+        url: String,
+    }
+    let read = |file: &str| std::fs::read_to_string(provisioning.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let datasources: Datasources = serde_norway::from_str(&read("datasources/prometheus.yml")).expect("the data sources parse");
+    let [datasource] = &datasources.datasources[..] else { panic!("one data source") };
+    assert_eq!(datasource.kind, "prometheus");
+    assert!(!datasource.uid.is_empty());
+    assert_eq!(datasource.url, "http://prometheus:9090", "the prometheus service, on the port it listens on");
+    assert!(!compose.service("prometheus").command.iter().any(|arg| arg.starts_with("--web.listen-address")), "9090 is the default");
+
+    // The dashboard provider reads a folder; the dashboard is mounted into it.
+    #[derive(Deserialize)]
+    struct Providers {
+        providers: Vec<Provider>,
+    }
+    #[derive(Deserialize)]
+    struct Provider {
+        #[serde(rename = "type")]
+        kind: String,
+        options: ProviderOptions,
+    }
+    #[derive(Deserialize)]
+    struct ProviderOptions {
+        path: String,
+    }
+    let providers: Providers = serde_norway::from_str(&read("dashboards/encore.yml")).expect("the dashboard providers parse");
+    let [provider] = &providers.providers[..] else { panic!("one dashboard provider") };
+    assert_eq!(provider.kind, "file");
+    let target = format!("{}/encore.json", provider.options.path.trim_end_matches('/'));
+    let dashboard = mounted_at(grafana, &target);
+    assert_eq!(dashboard.canonicalize().ok(), encore_testkit::grafana::dashboard_path().canonicalize().ok());
+    assert_eq!(grafana.environment.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"), Some(&target), "the home dashboard");
 }

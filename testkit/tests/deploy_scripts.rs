@@ -7,16 +7,19 @@
 //! real stack with stand-ins for them (`ENCORE_BIN_DIR`), to check that killing it outright
 //! takes its children along. Its checks of its settings (made before it starts anything)
 //! and the `free_port` it picks the flow and metrics ports with are tested too; the quick
-//! start itself is checked by running it.
+//! start itself is checked by running it. `deploy/watch.sh --once`, the progress screen, runs
+//! against a real Postgres holding SPEC §3's tables and views (made by hand here) and two
+//! stand-in metrics endpoints, and must show what they hold.
 
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use encore_testkit::free_port;
 use encore_testkit::processes::{self, Process};
+use encore_testkit::{free_port, Postgres};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tempfile::TempDir;
@@ -288,4 +291,206 @@ fn free_port_skips_a_listening_port() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let found: u16 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("free_port prints a port");
     assert!(found > taken && found <= taken.saturating_add(100), "{taken} taken, free_port said {found}");
+}
+
+/// A stand-in metrics endpoint on a free port: the n-th request gets `scrapes[n]` (the last
+/// one from then on). Returns its URL; it serves until the test process ends.
+fn serve_metrics(scrapes: Vec<String>) -> String {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("local address"));
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => head.extend_from_slice(&chunk[..read]),
+                }
+            }
+            let body = &scrapes[n.min(scrapes.len() - 1)];
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// One scrape of a process, in encore-flow's format: `samples` are `(name, labels, value)`,
+/// `process="P"` put first.
+fn exposition(process: u32, samples: &[(&str, &str, &str)]) -> String {
+    let mut text = String::new();
+    for (name, labels, value) in samples {
+        let family = ["_sum", "_count", "_bucket"].iter().find_map(|suffix| name.strip_suffix(suffix)).unwrap_or(name);
+        let kind = if family.ends_with("_total") {
+            "counter"
+        } else if family != *name {
+            "histogram"
+        } else {
+            "gauge"
+        };
+        if !text.contains(&format!("# TYPE {family} ")) {
+            text.push_str(&format!("# HELP {family} a stand-in\n# TYPE {family} {kind}\n"));
+        }
+        let labels = if labels.is_empty() { String::new() } else { format!(",{labels}") };
+        text.push_str(&format!("{name}{{process=\"{process}\"{labels}}} {value}\n"));
+    }
+    text
+}
+
+/// The words of the screen line starting (after its indent) with `label`.
+fn screen_line<'a>(screen: &'a str, label: &str) -> &'a str {
+    screen.lines().find(|line| line.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no line {label:?} in\n{screen}"))
+}
+
+#[test]
+fn watch_sh_once_shows_rates_lag_commit_latency_stale_users_and_a_users_recommendations() {
+    let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
+    let mut client = postgres::Client::connect(&postgres.url(), postgres::NoTls).expect("connect");
+    client
+        .batch_execute(
+            "CREATE TABLE users (user_id BIGINT PRIMARY KEY, name TEXT, age INT, gender TEXT, country TEXT);
+             CREATE TABLE artists (artist_id BIGINT PRIMARY KEY, name TEXT);
+             CREATE TABLE tracks (track_id BIGINT PRIMARY KEY, title TEXT, artist_id BIGINT, album_id BIGINT, genre TEXT,
+                                  popularity INT, duration_ms INT);
+             CREATE TABLE user_recommendations (user_id BIGINT PRIMARY KEY, track_ids BIGINT[], scores DOUBLE PRECISION[],
+                                                updated_at TIMESTAMPTZ);
+             CREATE TABLE track_neighbors (track_id BIGINT PRIMARY KEY, neighbor_ids BIGINT[], scores DOUBLE PRECISION[],
+                                           updated_at TIMESTAMPTZ);
+             CREATE TABLE track_stats (track_id BIGINT PRIMARY KEY, plays BIGINT, listeners BIGINT, likes BIGINT);
+             CREATE TABLE dead_letters (id BIGSERIAL PRIMARY KEY, topic TEXT, kafka_partition INT, kafka_offset BIGINT,
+                                        payload BYTEA, error TEXT, received_at TIMESTAMPTZ DEFAULT now());
+             CREATE TABLE encore_progress (topic TEXT NOT NULL, kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL,
+                                           committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, kafka_partition));
+             -- SPEC §3's views: one row per member, rank 1-based in list order.
+             CREATE VIEW user_recommendations_ranked AS
+               SELECT r.user_id, m.rank, m.track_id, m.score, r.updated_at
+                 FROM user_recommendations r, unnest(r.track_ids, r.scores) WITH ORDINALITY AS m(track_id, score, rank);
+             CREATE VIEW track_neighbors_ranked AS
+               SELECT n.track_id, m.rank, m.neighbor_id, m.score
+                 FROM track_neighbors n, unnest(n.neighbor_ids, n.scores) WITH ORDINALITY AS m(neighbor_id, score, rank);
+
+             INSERT INTO artists VALUES (1, 'The Testers'), (2, 'Nobody Else');
+             INSERT INTO tracks (track_id, title, artist_id) VALUES (101, 'First Song', 1), (102, 'Second Song', 2),
+                                                                    (103, 'Third Song', 1);
+             INSERT INTO users (user_id, name) VALUES (7, 'Ada Lovelace'), (8, 'Short List');
+             -- User 7 has the longest list; user 8 was refreshed later but has one track.
+             INSERT INTO user_recommendations VALUES (7, '{103,101,102}', '{0.9,0.5,0.25}', now() - interval '3 seconds'),
+                                                     (8, '{101}', '{0.1}', now());
+             INSERT INTO track_neighbors VALUES (101, '{102,103}', '{0.75,0.5}', now());
+             INSERT INTO track_stats VALUES (101, 30, 12, 1), (102, 5, 3, 0);
+             INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, error) VALUES ('music_streaming_data', 0, 4, 'bad');
+             INSERT INTO encore_progress (topic, kafka_partition, next_offset) VALUES
+               ('music_streaming_data', 0, 490), ('music_streaming_data', 1, 300), ('music_streaming_data', 2, 200),
+               ('music_streaming_data', 3, 100);",
+        )
+        .expect("the tables, views and rows");
+    let refreshed: String = client
+        .query_one("SELECT to_char(updated_at AT TIME ZONE 'UTC', 'HH24:MI:SS') FROM user_recommendations WHERE user_id = 7", &[])
+        .expect("query")
+        .get(0);
+
+    // Process 0 reads partitions 0 and 1 and commits; process 1 reads 2 and 3. Between the two
+    // scrapes of --once: 10 commits took 0.5 s in all, and the counters grew.
+    let p0 = |events: &str, commit_sum: &str, commits: &str, active: &str| {
+        exposition(
+            0,
+            &[
+                ("encore_events_consumed_total", "", events),
+                ("encore_replaying_workers", "", "0"),
+                ("encore_partition_next_offset", "partition=\"0\"", "495"),
+                ("encore_partition_next_offset", "partition=\"1\"", "303"),
+                ("encore_partition_high_watermark", "partition=\"0\"", "500"),
+                ("encore_partition_high_watermark", "partition=\"1\"", "310"),
+                ("encore_partition_lag", "partition=\"0\"", "5"),
+                ("encore_partition_lag", "partition=\"1\"", "7"),
+                ("encore_commit_duration_seconds_bucket", "le=\"+Inf\"", commits),
+                ("encore_commit_duration_seconds_sum", "", commit_sum),
+                ("encore_commit_duration_seconds_count", "", commits),
+                ("encore_stale_users", "", "40"),
+                ("encore_stale_refresh_age_seconds", "", "12.5"),
+                ("encore_users_refreshed_total", "reason=\"active\"", active),
+                ("encore_users_refreshed_total", "reason=\"background\"", "50"),
+            ],
+        )
+    };
+    let p1 = |events: &str, background: &str| {
+        exposition(
+            1,
+            &[
+                ("encore_events_consumed_total", "", events),
+                ("encore_replaying_workers", "", "0"),
+                ("encore_partition_next_offset", "partition=\"2\"", "200"),
+                ("encore_partition_next_offset", "partition=\"3\"", "100"),
+                ("encore_partition_high_watermark", "partition=\"2\"", "211"),
+                ("encore_partition_high_watermark", "partition=\"3\"", "100"),
+                ("encore_partition_lag", "partition=\"2\"", "11"),
+                ("encore_partition_lag", "partition=\"3\"", "0"),
+                ("encore_stale_users", "", "2"),
+                ("encore_stale_refresh_age_seconds", "", "3"),
+                ("encore_users_refreshed_total", "reason=\"active\"", "10"),
+                ("encore_users_refreshed_total", "reason=\"background\"", background),
+            ],
+        )
+    };
+    let urls = [
+        serve_metrics(vec![p0("1000", "1.0", "10", "100"), p0("3000", "1.5", "20", "300")]),
+        serve_metrics(vec![p1("500", "0"), p1("1500", "30")]),
+    ];
+
+    let state = tempfile::Builder::new().prefix("encore-watch-").tempdir().expect("state directory");
+    let pg_bin = encore_testkit::postgres_bin_dir().expect("postgres binaries installed");
+    let output = Command::new("bash")
+        .arg(Path::new(DEPLOY_DIR).join("watch.sh"))
+        .arg("--once")
+        .env("ENCORE_STATE_DIR", state.path())
+        .env("ENCORE_PG_PORT", postgres.port().to_string())
+        .env("ENCORE_METRICS_URLS", urls.join(" "))
+        .env("PATH", format!("{}:{}", pg_bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env_remove("ENCORE_TOPIC")
+        .output()
+        .expect("bash runs");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "watch.sh --once failed: {}\n{screen}", String::from_utf8_lossy(&output.stderr));
+    eprintln!("{screen}");
+    assert!(!screen.contains("not answering") && !screen.contains("endpoint"), "{screen}");
+
+    // events/s: both processes' counters grew between the scrapes (by how much per second
+    // depends on the time between them, so only the form is checked).
+    let events = screen_line(&screen, "events/s");
+    let words: Vec<&str> = events.split_whitespace().collect();
+    assert!(words[1].parse::<u64>().is_ok_and(|rate| rate > 0), "{events}");
+    assert!(events.contains("consumed (p0 ") && events.contains(", p1 "), "{events}");
+    // Lag, commit latency, stale users: exactly what the endpoints say.
+    assert_eq!(screen_line(&screen, "lag").split_whitespace().nth(1), Some("23"), "5 + 7 + 11 + 0");
+    let commit = screen_line(&screen, "commit");
+    assert!(commit.contains("50.0 ms mean of 10 commits since the last sample"), "{commit}");
+    let stale = screen_line(&screen, "stale users");
+    assert!(stale.contains("42 (p0 40, p1 2); the stalest refreshed 12.5 s ago"), "{stale}");
+    assert!(stale.contains("refreshed/s: active ") && stale.contains(", background "), "{stale}");
+    // Per partition: topic end and consumed from the metrics, committed from encore_progress.
+    let total: Vec<&str> = screen_line(&screen, "total").split_whitespace().collect();
+    assert_eq!(total, ["total", "1121", "1098", "1090", "23"]);
+    assert_eq!(screen_line(&screen, "0 ").split_whitespace().collect::<Vec<_>>(), ["0", "500", "495", "490", "5"]);
+    assert!(screen.contains("tracks listened to: 2   dead letters: 1"), "{screen}");
+
+    // The user with the longest list, its tracks in rank order with titles and artists.
+    let heading = format!("Recommendations for user 7 (Ada Lovelace), refreshed {refreshed} UTC (");
+    let at = screen.find(&heading).unwrap_or_else(|| panic!("{heading:?} in\n{screen}"));
+    let list: Vec<Vec<&str>> = screen[at..].lines().skip(1).take(3).map(|line| line.split_whitespace().collect()).collect();
+    assert_eq!(
+        list,
+        [
+            vec!["1.", "0.9000", "Third", "Song", "The", "Testers"],
+            vec!["2.", "0.5000", "First", "Song", "The", "Testers"],
+            vec!["3.", "0.2500", "Second", "Song", "Nobody", "Else"]
+        ]
+    );
+    let neighbours = screen.find("Neighbours of track 101 \"First Song\" by The Testers (30 plays, 12 listeners)").expect("the track");
+    let first: Vec<&str> = screen[neighbours..].lines().nth(1).expect("a neighbour").split_whitespace().collect();
+    assert_eq!(first, ["1.", "0.7500", "Second", "Song", "Nobody", "Else"]);
 }
