@@ -1,4 +1,9 @@
-//! Pieces shared by the benchmark binaries (`src/bin/*`).
+//! Pieces shared by the benchmark binaries (`src/bin/*`): the result files the `engine` and
+//! `pipeline` benches write beside their printed tables ([`results`]), the report that plots
+//! them ([`report`], binary `report`), and rows for the raw COPY baselines.
+
+pub mod report;
+pub mod results;
 
 /// `rows` rows `(i / 20, i % 20, 0.5)` — `(BIGINT, BIGINT, DOUBLE PRECISION)`, 20 neighbours
 /// per track as `track_neighbors` holds them — in PostgreSQL's binary COPY format, encoded
