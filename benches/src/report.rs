@@ -286,7 +286,7 @@ pub fn render(runs: &[(PathBuf, RunResult)], out: &Path) -> Result<Report, Repor
 /// x order (a repeated x keeps its last y). Series without points are left out.
 pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
     let mut all: Vec<Series> = Vec::new();
-    for (_, run) in runs {
+    for ((_, run), run_label) in runs.iter().zip(run_labels(runs)) {
         for source in plot.sources {
             for table in run.tables(source.table) {
                 let y_columns: Vec<&str> = match source.y {
@@ -307,7 +307,7 @@ pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
                         .collect();
                     for &column in &y_columns {
                         let Some(y) = row.get(column).and_then(number) else { continue };
-                        let mut parts = vec![run.label()];
+                        let mut parts = vec![run_label.clone()];
                         parts.extend((!source.name.is_empty()).then(|| source.name.to_owned()));
                         parts.extend(split.iter().cloned());
                         if y_columns.len() > 1 {
@@ -317,7 +317,7 @@ pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
                         let index = match all.iter().position(|series| series.label == label) {
                             Some(index) => index,
                             None => {
-                                all.push(Series { label, run: run.label(), points: Vec::new() });
+                                all.push(Series { label, run: run_label.clone(), points: Vec::new() });
                                 all.len() - 1
                             }
                         };
@@ -337,6 +337,31 @@ pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
     }
     all.retain(|series| !series.points.is_empty());
     all
+}
+
+/// Each run's label in plots and on the page: [`RunResult::label`], followed by the file's
+/// name where two runs would otherwise share it (one commit, the same minute), by its path
+/// where that is shared too, and by its position among the files where even that is.
+pub fn run_labels(runs: &[(PathBuf, RunResult)]) -> Vec<String> {
+    let name = |path: &Path| path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned());
+    let mut labels: Vec<String> = runs.iter().map(|(_, run)| run.label()).collect();
+    let steps: [&dyn Fn(usize, &str) -> String; 3] = [
+        &|index, label| format!("{label} ({})", name(&runs[index].0)),
+        &|index, label| format!("{label} ({})", runs[index].0.display()),
+        &|index, label| format!("{label} (#{})", index + 1),
+    ];
+    for step in steps {
+        let shared: Vec<bool> = labels.iter().map(|label| labels.iter().filter(|other| *other == label).count() > 1).collect();
+        if !shared.contains(&true) {
+            break;
+        }
+        for (index, label) in labels.iter_mut().enumerate() {
+            if shared[index] {
+                *label = step(index, &runs[index].1.label());
+            }
+        }
+    }
+    labels
 }
 
 fn x_of(x: X, row: &serde_json::Map<String, Value>) -> Option<f64> {
@@ -382,7 +407,7 @@ fn page_html(runs: &[(PathBuf, RunResult)], drawn: &[(Plot, PathBuf, Vec<Series>
         skipped.len()
     );
     html.push_str("<h2>Runs</h2>\n<table>\n<tr><th>run</th><th>file</th><th>bench</th><th>commit</th><th>started (UTC)</th><th>seconds</th><th>command</th><th>machine</th><th>load average, start → end</th><th>tables</th></tr>\n");
-    for (path, run) in runs {
+    for ((path, run), label) in runs.iter().zip(run_labels(runs)) {
         let load = |average: Option<[f64; 3]>| average.map_or_else(|| "n/a".to_owned(), |[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"));
         let mut tables: Vec<String> = Vec::new();
         for table in &run.tables {
@@ -394,7 +419,7 @@ fn page_html(runs: &[(PathBuf, RunResult)], drawn: &[(Plot, PathBuf, Vec<Series>
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}{}</td><td>{}</td><td>{:.0}</td><td><code>{}</code></td><td>{}{}</td><td>{} → {}</td><td>{}</td></tr>",
-            escape(&run.label()),
+            escape(&label),
             escape(&path.display().to_string()),
             escape(&run.bench),
             escape(&run.commit),
