@@ -345,20 +345,19 @@ pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
 pub fn run_labels(runs: &[(PathBuf, RunResult)]) -> Vec<String> {
     let name = |path: &Path| path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned());
     let mut labels: Vec<String> = runs.iter().map(|(_, run)| run.label()).collect();
-    let steps: [&dyn Fn(usize, &str) -> String; 3] = [
-        &|index, label| format!("{label} ({})", name(&runs[index].0)),
-        &|index, label| format!("{label} ({})", runs[index].0.display()),
-        &|index, label| format!("{label} (#{})", index + 1),
-    ];
-    for step in steps {
+    for step in 0..3 {
         let shared: Vec<bool> = labels.iter().map(|label| labels.iter().filter(|other| *other == label).count() > 1).collect();
         if !shared.contains(&true) {
             break;
         }
-        for (index, label) in labels.iter_mut().enumerate() {
-            if shared[index] {
-                *label = step(index, &runs[index].1.label());
-            }
+        for (index, label) in labels.iter_mut().enumerate().filter(|(index, _)| shared[*index]) {
+            let (path, run) = &runs[index];
+            let qualifier = match step {
+                0 => name(path),
+                1 => path.display().to_string(),
+                _ => format!("#{}", index + 1),
+            };
+            *label = format!("{} ({qualifier})", run.label());
         }
     }
     labels
