@@ -79,8 +79,8 @@ pub struct Source {
     pub x: X,
     /// The y columns.
     pub y: Columns,
-    /// Columns whose values split the rows into series.
-    pub split: &'static [&'static str],
+    /// What splits the rows into series.
+    pub split: &'static [Split],
     /// Only rows whose column (first) contains the text (second).
     pub only: Option<(&'static str, &'static str)>,
     /// Prefix of this source's series labels (after the run's label), e.g. what the table is.
@@ -94,6 +94,16 @@ pub enum X {
     Column(&'static str),
     /// The threads of a `P × W` layout column: P·W.
     Threads(&'static str),
+}
+
+/// A part of a series' identity.
+#[derive(Clone, Copy, Debug)]
+pub enum Split {
+    /// A column's value: `B 5`.
+    Column(&'static str),
+    /// The process count of a `P × W` layout column, and what follows the layout (`+
+    /// --emit-events`): `2 processes`.
+    Processes(&'static str),
 }
 
 /// The y columns of a source.
@@ -118,7 +128,7 @@ pub const PLOTS: &[Plot] = &[
         x_log: true,
         y_log: false,
         y_divisor: 1.0,
-        sources: &[Source { table: "bits", x: X::Column("state"), y: Columns::Named(&["events/s"]), split: &["B", "epoch events"], only: None, name: "" }],
+        sources: &[Source { table: "bits", x: X::Column("state"), y: Columns::Named(&["events/s"]), split: &[Split::Column("B"), Split::Column("epoch events")], only: None, name: "" }],
     },
     Plot {
         file: "cpu_per_event_vs_state.svg",
@@ -133,7 +143,7 @@ pub const PLOTS: &[Plot] = &[
             table: "bits",
             x: X::Column("state"),
             y: Columns::Named(&["CPU µs/event"]),
-            split: &["B", "epoch events"],
+            split: &[Split::Column("B"), Split::Column("epoch events")],
             only: None,
             name: "",
         }],
@@ -148,8 +158,8 @@ pub const PLOTS: &[Plot] = &[
         y_log: true,
         y_divisor: 1.0,
         sources: &[
-            Source { table: "latency", x: X::Column("epoch events"), y: Columns::Named(&["p50 ms", "p99 ms"]), split: &["workers"], only: None, name: "" },
-            Source { table: "bits", x: X::Column("epoch events"), y: Columns::Named(&["p50 ms", "p99 ms"]), split: &["B", "state"], only: None, name: "" },
+            Source { table: "latency", x: X::Column("epoch events"), y: Columns::Named(&["p50 ms", "p99 ms"]), split: &[Split::Column("workers")], only: None, name: "" },
+            Source { table: "bits", x: X::Column("epoch events"), y: Columns::Named(&["p50 ms", "p99 ms"]), split: &[Split::Column("B"), Split::Column("state")], only: None, name: "" },
         ],
     },
     Plot {
@@ -162,7 +172,7 @@ pub const PLOTS: &[Plot] = &[
         y_log: false,
         y_divisor: 1.0,
         sources: &[
-            Source { table: "bits", x: X::Column("state"), y: Columns::Suffix("rows/ev"), split: &["B", "epoch events"], only: None, name: "" },
+            Source { table: "bits", x: X::Column("state"), y: Columns::Suffix("rows/ev"), split: &[Split::Column("B"), Split::Column("epoch events")], only: None, name: "" },
             Source { table: "amplification", x: X::Column("events"), y: Columns::Suffix("rows/ev"), split: &[], only: None, name: "growth" },
         ],
     },
@@ -176,7 +186,7 @@ pub const PLOTS: &[Plot] = &[
         y_log: false,
         y_divisor: GIB,
         sources: &[
-            Source { table: "bits", x: X::Column("state"), y: Columns::Named(&["peak RSS"]), split: &["B"], only: None, name: "" },
+            Source { table: "bits", x: X::Column("state"), y: Columns::Named(&["peak RSS"]), split: &[Split::Column("B")], only: None, name: "" },
             Source { table: "memory", x: X::Column("events"), y: Columns::Named(&["VmHWM (peak)"]), split: &[], only: None, name: "growth" },
         ],
     },
@@ -190,12 +200,12 @@ pub const PLOTS: &[Plot] = &[
         y_log: true,
         y_divisor: 1.0,
         sources: &[
-            Source { table: "latency", x: X::Column("workers"), y: Columns::Named(&["events/s"]), split: &["epoch events"], only: None, name: "engine" },
+            Source { table: "latency", x: X::Column("workers"), y: Columns::Named(&["events/s"]), split: &[Split::Column("epoch events")], only: None, name: "engine" },
             Source {
                 table: "catch_up",
                 x: X::Threads("processes × workers"),
                 y: Columns::Named(&["events/s"]),
-                split: &[],
+                split: &[Split::Processes("processes × workers")],
                 only: None,
                 name: "pipeline catch-up",
             },
@@ -223,7 +233,7 @@ pub const PLOTS: &[Plot] = &[
                 table: "catch_up",
                 x: X::Threads("processes × workers"),
                 y: Columns::Named(&["events/s"]),
-                split: &[],
+                split: &[Split::Processes("processes × workers")],
                 only: None,
                 name: "catch-up",
             },
@@ -300,11 +310,7 @@ pub fn series_of(plot: &Plot, runs: &[(PathBuf, RunResult)]) -> Vec<Series> {
                         }
                     }
                     let Some(x) = x_of(source.x, row) else { continue };
-                    let split: Vec<String> = source
-                        .split
-                        .iter()
-                        .filter_map(|column| row.get(*column).map(|value| format!("{column} {}", text_of(value))))
-                        .collect();
+                    let split: Vec<String> = source.split.iter().filter_map(|split| split_of(*split, row)).collect();
                     for &column in &y_columns {
                         let Some(y) = row.get(column).and_then(number) else { continue };
                         let mut parts = vec![run_label.clone()];
@@ -371,6 +377,20 @@ fn x_of(x: X, row: &serde_json::Map<String, Value>) -> Option<f64> {
             let (processes, rest) = text.split_once('×')?;
             let workers = rest.split_whitespace().next()?;
             Some(processes.trim().parse::<f64>().ok()? * workers.parse::<f64>().ok()?)
+        }
+    }
+}
+
+fn split_of(split: Split, row: &serde_json::Map<String, Value>) -> Option<String> {
+    match split {
+        Split::Column(column) => row.get(column).map(|value| format!("{column} {}", text_of(value))),
+        Split::Processes(column) => {
+            let text = row.get(column)?.as_str()?;
+            let (processes, rest) = text.split_once('×')?;
+            let processes = processes.trim();
+            let more = rest.trim().split_once(' ').map_or("", |(_, more)| more).trim();
+            let noun = if processes == "1" { "process" } else { "processes" };
+            Some(if more.is_empty() { format!("{processes} {noun}") } else { format!("{processes} {noun} {more}") })
         }
     }
 }
@@ -465,4 +485,46 @@ fn page_html(runs: &[(PathBuf, RunResult)], drawn: &[(Plot, PathBuf, Vec<Series>
     }
     html.push_str("</body>\n</html>\n");
     html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_with_as_many_threads_stay_apart_by_process_count() {
+        let mut run = empty_run();
+        run.add_header("catch_up", "| processes × workers | seconds | events/s |");
+        for line in ["| 1 × 1 | 2.0 | 100 |", "| 1 × 2 | 1.0 | 200 |", "| 2 × 1 | 1.5 | 150 |", "| 2 × 1 + --emit-events | 1.6 | 140 |"]
+        {
+            run.add_row("catch_up", line);
+        }
+        let plot = PLOTS.iter().find(|plot| plot.file == "catch_up_vs_limit.svg").expect("the plot");
+        let series = series_of(plot, &[(PathBuf::from("run.json"), run)]);
+        let found: Vec<(String, Vec<(f64, f64)>)> =
+            series.into_iter().map(|s| (s.label.rsplit(" · ").next().unwrap_or_default().to_owned(), s.points)).collect();
+        assert_eq!(
+            found,
+            [
+                ("1 process".to_owned(), vec![(1.0, 100.0), (2.0, 200.0)]),
+                ("2 processes".to_owned(), vec![(2.0, 150.0)]),
+                ("2 processes + --emit-events".to_owned(), vec![(2.0, 140.0)]),
+            ]
+        );
+    }
+
+    fn empty_run() -> RunResult {
+        RunResult {
+            format: crate::results::FORMAT,
+            bench: "pipeline".into(),
+            commit: "abc1234".into(),
+            dirty: false,
+            command: Vec::new(),
+            started: "2026-12-07T10:00:00Z".into(),
+            seconds: 0.0,
+            machine: Default::default(),
+            load_average: Default::default(),
+            tables: Vec::new(),
+        }
+    }
 }

@@ -151,11 +151,11 @@ impl RunResult {
         serde_json::from_str(&text).map_err(|source| ResultsError::Parse { path: path.to_owned(), source })
     }
 
-    /// How plots name the run: short commit (`*` when dirty) and start time, e.g.
-    /// `464be93 2026-12-07 10:30`.
+    /// How plots name the run: short commit (`*` when dirty) and start time (UTC), e.g.
+    /// `464be93 2026-12-07 10:30:05`.
     pub fn label(&self) -> String {
-        let minute = self.started.get(..16).unwrap_or(&self.started).replace('T', " ");
-        format!("{}{} {minute}", self.commit, if self.dirty { "*" } else { "" })
+        let time = self.started.trim_end_matches('Z').replace('T', " ");
+        format!("{}{} {time}", self.commit, if self.dirty { "*" } else { "" })
     }
 
     /// The tables named `name`, in print order.
