@@ -1,4 +1,9 @@
-//! Pieces shared by the benchmark binaries (`src/bin/*`).
+//! Pieces shared by the benchmark binaries (`src/bin/*`): the result files the `engine` and
+//! `pipeline` benches write beside their printed tables ([`results`]), the report that plots
+//! them ([`report`], binary `report`), and rows for the raw COPY baselines.
+
+pub mod report;
+pub mod results;
 
 /// Members of a list row in the raw Postgres baselines: `N`, the length of a full
 /// `user_recommendations` row, the table most rows are written to.

@@ -2,14 +2,16 @@
 //! processes, the CSV files against the oracle, and clear one-line errors for bad flags and
 //! unreachable services.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_one_line_error;
 use encore_dataflow::{oracle, testing};
-use encore_testkit::free_port;
+use encore_testkit::processes::wait_all;
+use encore_testkit::{free_port, retry_on_taken_port};
 
 fn flow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_encore-flow"))
@@ -27,7 +29,9 @@ fn read(path: &Path) -> String {
 }
 
 /// Starts `encore-flow ARGS -n 2 -p i -h HOSTFILE` for i = 0, 1 (a fresh hostfile in `dir`).
-fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<std::process::Child> {
+/// The processes bind the hostfile's ports after it is written, so a port can be taken in
+/// between: callers retry such a start ([`retry_on_taken_port`]).
+fn spawn_two_processes(dir: &Path, args: &[&str]) -> Vec<Child> {
     let hostfile = dir.join("hosts");
     std::fs::write(
         &hostfile,
@@ -70,11 +74,8 @@ fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
     let pair = dir.join("pair");
     let mut args = vec!["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-co-listens"];
     args.extend(SMALL);
-    let spawned = spawn_two_processes(&dir, &args);
-    for child in spawned {
-        let output = child.wait_with_output().expect("wait");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    }
+    retry_on_taken_port(|_| wait_all(spawn_two_processes(&dir, &args), Duration::from_secs(300)))
+        .unwrap_or_else(|stderr| panic!("{stderr}"));
 
     for table in ["track_neighbors", "user_recommendations", "track_stats", "co_listens", "dead_letters"] {
         let file = format!("{table}.csv");
@@ -164,10 +165,23 @@ fn a_lost_peer_process_stops_the_others() {
     let dir = scratch("peer");
     let input = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ml-latest-small/events.jsonl");
     let out = dir.join("out");
-    let mut processes = spawn_two_processes(&dir, &["--input", input, "--output-dir", out.to_str().unwrap(), "--epoch-events", "1000"]);
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Both running 1.5 s after the start; again on fresh ports if one ended for a port taken.
+    let mut processes = retry_on_taken_port(|_| {
+        let mut processes = spawn_two_processes(&dir, &["--input", input, "--output-dir", out.to_str().unwrap(), "--epoch-events", "1000"]);
+        std::thread::sleep(Duration::from_millis(1_500));
+        match processes.iter_mut().position(|child| child.try_wait().unwrap().is_some()) {
+            None => Ok(processes),
+            Some(ended) => {
+                for child in &mut processes {
+                    let _ = child.kill();
+                }
+                let output = processes.swap_remove(ended).wait_with_output().expect("wait");
+                Err(format!("process {ended} ended before process 1 was killed: {}", String::from_utf8_lossy(&output.stderr)))
+            }
+        }
+    })
+    .unwrap_or_else(|ended| panic!("{ended}"));
     let mut peer = processes.pop().expect("process 1");
-    assert!(peer.try_wait().unwrap().is_none(), "process 1 still running when killed");
     peer.kill().expect("kill -9 process 1");
     let _ = peer.wait();
     let started = Instant::now();
@@ -181,8 +195,8 @@ fn a_lost_peer_process_stops_the_others() {
 /// end): it exits at once with one line rather than after the launcher's patience runs out.
 #[test]
 fn an_interrupt_while_connecting_to_peers_exits_at_once() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Child, Stdio};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
 
     /// Kills the process if the test fails before it ends.
     struct Reap(Child);
@@ -198,31 +212,43 @@ fn an_interrupt_while_connecting_to_peers_exits_at_once() {
     tansu.create_topic("t", 1).expect("create topic");
     let dir = scratch("connecting");
     let hosts = dir.join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")))
+    // Process 1 alone: process 0 never comes. Again on fresh ports if process 1 ended because
+    // its port was taken after the hostfile was written.
+    let mut child = retry_on_taken_port(|_| {
+        std::fs::write(
+            &hosts,
+            format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")),
+        )
         .unwrap();
-    // Process 1 alone: process 0 never comes.
-    let mut child = Reap(
-        flow()
-            .args(["--brokers", &tansu.brokers(), "--topic", "t", "--postgres", &postgres.url()])
-            .args(["-n", "2", "-p", "1", "-h", hosts.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn encore-flow"),
-    );
-    // timely reports each failed attempt on stdout.
-    let (lines, received) = std::sync::mpsc::channel();
-    let stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
-    std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(|line| drop(lines.send(line))));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = received.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        match line {
-            Ok(line) if line.contains("error connecting to worker 0") => break,
-            Ok(_) => {}
-            Err(_) => panic!("process 1 never tried to connect to process 0"),
+        let mut child = Reap(
+            flow()
+                .args(["--brokers", &tansu.brokers(), "--topic", "t", "--postgres", &postgres.url()])
+                .args(["-n", "2", "-p", "1", "-h", hosts.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn encore-flow"),
+        );
+        // timely reports each failed attempt on stdout.
+        let (lines, received) = std::sync::mpsc::channel();
+        let stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
+        std::thread::spawn(move || stdout.lines().map_while(Result::ok).for_each(|line| drop(lines.send(line))));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = received.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+            match line {
+                Ok(line) if line.contains("error connecting to worker 0") => return Ok(child),
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.0.kill();
+                    let mut stderr = String::new();
+                    let _ = child.0.stderr.take().expect("stderr").read_to_string(&mut stderr);
+                    return Err(format!("process 1 never tried to connect to process 0: {stderr}"));
+                }
+            }
         }
-    }
+    })
+    .unwrap_or_else(|failed| panic!("{failed}"));
     let pid = child.0.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let started = Instant::now();

@@ -18,7 +18,8 @@ use encore_dataflow::sink::postgres::{EventLogRow, PgSink, RetryPolicy};
 use encore_dataflow::tables::{LoggedEvent, Params};
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{Postgres, Tansu};
+use encore_testkit::processes::wait_all;
+use encore_testkit::{free_port, retry_on_taken_port, Postgres, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -208,10 +209,6 @@ fn kill_nine_rounds_then_restart_log_each_event_exactly_once() {
     stack.check("crash", &all);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("encore-event-log-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -251,24 +248,27 @@ fn output_dir_writes_both_logs_as_csv() {
     assert!(likes.lines().count() > 10 && stream.lines().count() > 10);
 
     // Two processes (the events of process 1 cross the network to process 0): the same files.
+    // The hostfile's ports are bound after it is written: a run that finds one taken
+    // meanwhile is retried on fresh ports.
     let pair = dir.join("pair");
-    let ports = [free_port(), free_port()];
     let hostfile = dir.join("hosts");
-    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
-    let children: Vec<_> = (0..2)
-        .map(|process| {
-            Command::new(env!("CARGO_BIN_EXE_encore-flow"))
-                .args(["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-events"])
-                .args(["--epoch-events", "300", "-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn encore-flow")
-        })
-        .collect();
-    for child in children {
-        assert_success(&child.wait_with_output().expect("encore-flow runs"));
-    }
+    retry_on_taken_port(|_| {
+        let ports = [free_port().expect("a free port"), free_port().expect("a free port")];
+        std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hostfile");
+        let children: Vec<_> = (0..2)
+            .map(|process| {
+                Command::new(env!("CARGO_BIN_EXE_encore-flow"))
+                    .args(["--input", input.to_str().unwrap(), "--output-dir", pair.to_str().unwrap(), "--emit-events"])
+                    .args(["--epoch-events", "300", "-n", "2", "-p", &process.to_string(), "-h", hostfile.to_str().unwrap()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn encore-flow")
+            })
+            .collect();
+        wait_all(children, Duration::from_secs(300))
+    })
+    .unwrap_or_else(|stderr| panic!("two processes: {stderr}"));
     let read_pair = |table: &str| std::fs::read_to_string(pair.join(format!("{table}.csv"))).expect("a CSV file");
     assert_eq!(read_pair("track_stream_event_log"), stream, "2 processes");
     assert_eq!(read_pair("track_like_event_log"), likes, "2 processes");

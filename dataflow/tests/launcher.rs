@@ -23,7 +23,7 @@ use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{free_port_on, Postgres, Tansu};
+use encore_testkit::{free_port_on, free_ports_on, retry_on_taken_port, Postgres, Tansu};
 
 const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/launch.sh");
 const FLOW: &str = env!("CARGO_BIN_EXE_encore-flow");
@@ -87,6 +87,39 @@ fn launcher() -> Command {
     let mut command = Command::new("env");
     command.args(["--default-signal=INT", "bash", LAUNCHER, "--bin", FLOW]);
     command
+}
+
+/// Writes a hostfile of fresh ports on 127.0.0.2 and 127.0.0.3 and returns its path. The
+/// processes bind them after the launch, so a port can be taken in between: runs on a hostfile
+/// are retried on a fresh one when that happens ([`on_fresh_ports`]).
+fn fresh_hosts(scratch: &Scratch) -> String {
+    scratch.hostfile(&[
+        format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")),
+        format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port")),
+    ])
+}
+
+/// A launcher run that failed: its output.
+struct Failed(Output);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+/// `run(hostfile)` on a fresh hostfile, again on fresh ports (a few times) while it fails
+/// because a port was taken between its choice and the bind; the last run's output.
+fn on_fresh_ports(scratch: &Scratch, mut run: impl FnMut(&str) -> Output) -> Output {
+    let outcome = retry_on_taken_port(|_| {
+        let output = run(&fresh_hosts(scratch));
+        if output.status.success() {
+            Ok(output)
+        } else {
+            Err(Failed(output))
+        }
+    });
+    outcome.unwrap_or_else(|Failed(output)| output)
 }
 
 fn read(path: &Path) -> String {
@@ -166,10 +199,7 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     let scratch = Scratch::new("file");
     let lines = testing::random_lines(11, 3_000);
     let input = write_input(&scratch, &lines);
-    let hosts = scratch.hostfile(&[
-        format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")),
-        format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port")),
-    ]);
+    let hosts = scratch.str("hosts");
 
     let single = scratch.str("single");
     let output = Command::new(FLOW).args(["--input", &input, "--output-dir", &single]).args(SMALL).output().expect("run");
@@ -178,8 +208,9 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     // Locally: both addresses are loopback, so no ssh.
     let local = scratch.str("local");
     let logs = scratch.str("logs");
-    let output =
-        finished(launcher().args(["-w", "2", "--log-dir", &logs, &hosts, "--", "--input", &input, "--output-dir", &local]).args(SMALL));
+    let output = on_fresh_ports(&scratch, |hosts| {
+        finished(launcher().args(["-w", "2", "--log-dir", &logs, hosts, "--", "--input", &input, "--output-dir", &local]).args(SMALL))
+    });
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     assert!(text(&output.stdout).contains("[p0 127.0.0.2] events=3000 "), "p0's summary line, prefixed");
@@ -208,12 +239,14 @@ fn two_hosts_write_what_one_process_writes_locally_and_over_ssh() {
     std::fs::copy(&input, scratch.path("remote-events.jsonl")).expect("copy input");
     let ssh = scratch.fake_ssh();
     let remote = scratch.str("remote");
-    let output = finished(
-        launcher()
-            .args(["--always-ssh", "--ssh", &ssh, "-o", "ConnectTimeout=5", "--remote-dir", &scratch.str(""), &hosts])
-            .args(["--", "--input", "remote-events.jsonl", "--output-dir", &remote])
-            .args(SMALL),
-    );
+    let output = on_fresh_ports(&scratch, |hosts| {
+        finished(
+            launcher()
+                .args(["--always-ssh", "--ssh", &ssh, "-o", "ConnectTimeout=5", "--remote-dir", &scratch.str(""), hosts])
+                .args(["--", "--input", "remote-events.jsonl", "--output-dir", &remote])
+                .args(SMALL),
+        )
+    });
     assert!(output.status.success(), "{}", describe(&output));
     assert_prefixed(&output, &["[p0 127.0.0.2] ", "[p1 127.0.0.3] "]);
     assert!(text(&output.stderr).contains("(ssh, pid "));
@@ -320,13 +353,14 @@ fn scrape(address: &str) -> String {
 
 /// Waits until `total` messages are committed (the run goes on: no --until-caught-up), then
 /// runs `while_running`, sends SIGINT to the launcher and returns its output.
-fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64, while_running: impl FnOnce()) -> Output {
+/// A launcher that ends before the stop is returned as [`Failed`] (to be retried if a port
+/// was taken).
+fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64, while_running: impl FnOnce()) -> Result<Output, Failed> {
     // A guard against a hang, not a speed requirement.
     let deadline = Instant::now() + Duration::from_secs(300);
     while committed(postgres) < total {
-        if let Some(status) = launcher.try_wait().expect("poll the launcher") {
-            let output = launcher.wait_with_output().expect("output");
-            panic!("the launcher ended before the stop ({status}):\n{}", describe(&output));
+        if launcher.try_wait().expect("poll the launcher").is_some() {
+            return Err(Failed(launcher.wait_with_output().expect("output")));
         }
         if Instant::now() > deadline {
             let _ = Command::new("kill").args(["-INT", &launcher.id().to_string()]).status();
@@ -337,7 +371,7 @@ fn interrupt_once_committed(mut launcher: Child, postgres: &Postgres, total: i64
     while_running();
     let status = Command::new("kill").args(["-INT", &launcher.id().to_string()]).status().expect("kill -INT");
     assert!(status.success());
-    launcher.wait_with_output().expect("the launcher exits")
+    Ok(launcher.wait_with_output().expect("the launcher exits"))
 }
 
 #[test]
@@ -348,10 +382,6 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     let postgres = Postgres::start().expect("start PostgreSQL (see encore-testkit)");
     let lines = testing::random_lines(23, 4_000);
     let (first, second) = lines.split_at(2_500);
-    let hosts = scratch.hostfile(&[
-        format!("127.0.0.2:{}", free_port_on("127.0.0.2").expect("a free port")),
-        format!("127.0.0.3:{}", free_port_on("127.0.0.3").expect("a free port")),
-    ]);
     let brokers = tansu.brokers();
     let url = postgres.url();
     let flow_args = |command: &mut Command| {
@@ -363,17 +393,23 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
             .stderr(Stdio::piped());
     };
 
-    // Locally: SIGINT goes straight to each encore-flow.
+    // Locally: SIGINT goes straight to each encore-flow. The hostfile's and the metrics ports
+    // are chosen before the processes bind them: a run that finds one taken meanwhile ends
+    // before committing anything and is retried on fresh ports.
     produce(&tansu, first);
-    // --metrics-port: process p serves metrics at the port + p, on loopback.
-    let metrics_port = free_port_on("127.0.0.1").expect("a free port");
-    let mut command = launcher();
-    command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
-    flow_args(&mut command);
     let mut scraped = String::new();
-    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64, || {
-        scraped = scrape(&format!("127.0.0.1:{}", metrics_port + 1));
-    });
+    let output = retry_on_taken_port(|_| {
+        let hosts = fresh_hosts(&scratch);
+        // --metrics-port: process p serves metrics at the port + p, on loopback.
+        let metrics_port = free_ports_on("127.0.0.1", 2).expect("two free ports");
+        let mut command = launcher();
+        command.args(["--metrics-port", &metrics_port.to_string(), &hosts]);
+        flow_args(&mut command);
+        interrupt_once_committed(command.spawn().expect("launcher"), &postgres, first.len() as i64, || {
+            scraped = scrape(&format!("127.0.0.1:{}", metrics_port + 1));
+        })
+    })
+    .unwrap_or_else(|failed| panic!("the launcher ended before the stop: {failed}"));
     assert!(scraped.starts_with("HTTP/1."), "{scraped}");
     assert!(scraped.contains("encore_events_consumed_total{") && scraped.contains("process=\"1\""), "p1's metrics: {scraped}");
     assert!(output.status.success(), "a clean Ctrl-C stop exits 0: {}", describe(&output));
@@ -387,10 +423,13 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     // Through the ssh path: the stop is EOF on the remote wrapper's stdin, which sends SIGINT.
     produce(&tansu, second);
     let ssh = scratch.fake_ssh();
-    let mut command = launcher();
-    command.args(["--always-ssh", "--ssh", &ssh, &hosts]);
-    flow_args(&mut command);
-    let output = interrupt_once_committed(command.spawn().expect("launcher"), &postgres, lines.len() as i64, || ());
+    let output = retry_on_taken_port(|_| {
+        let mut command = launcher();
+        command.args(["--always-ssh", "--ssh", &ssh, &fresh_hosts(&scratch)]);
+        flow_args(&mut command);
+        interrupt_once_committed(command.spawn().expect("launcher"), &postgres, lines.len() as i64, || ())
+    })
+    .unwrap_or_else(|failed| panic!("the launcher ended before the stop over ssh: {failed}"));
     assert!(output.status.success(), "a clean Ctrl-C stop over ssh exits 0: {}", describe(&output));
     let stdout = text(&output.stdout);
     // The second run loads the state of the first (nothing replayed) and consumes the rest.
@@ -402,7 +441,7 @@ fn ctrl_c_commits_and_exits_zero_locally_and_over_ssh() {
     // The launcher killed outright (SIGKILL, no chance to stop anyone): its local processes
     // get SIGINT from the kernel and stop, rather than run on unattended.
     let mut command = launcher();
-    command.arg(&hosts);
+    command.arg(fresh_hosts(&scratch));
     flow_args(&mut command);
     let mut killed = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("launcher");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -8,19 +8,25 @@
 //! partition and serves its own endpoint; process 0 also commits. A restart then replays
 //! (counted apart) and commits nothing new.
 //!
+//! Ports: each endpoint binds port 0 and the test reads the address from the line encore-flow
+//! logs (`serving metrics at http://ADDR/metrics`), so no other process can take it first.
+//! The hostfile's ports must be known before the processes start; a start that finds one
+//! taken meanwhile is retried on fresh ports.
 //! The Grafana dashboard (`deploy/grafana/encore.json`) is held to the code here too: every
 //! metric its queries name must be served by such a run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::testing::{self, assert_one_line_error, assert_success, LineMix};
-use encore_testkit::{free_port, Postgres, Tansu};
+use encore_testkit::{free_port, retry_on_taken_port, Postgres, Tansu};
 
 const TOPIC: &str = "music_streaming_data";
 const PARTITIONS: i32 = 2;
@@ -222,18 +228,25 @@ fn produce(tansu: &Tansu, lines: &[Vec<u8>], first_index: usize) {
 
 /// Scrapes `addr` until `done` holds for the parsed metrics; fails (with the last scrape)
 /// if it does not within `patience`, so a broken job cannot hang the test.
-fn scrape_until(addr: &str, children: &mut [Child], what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+fn scrape_until(addr: &str, children: &mut [Flow], what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    try_scrape_until(addr, children, what, done).unwrap_or_else(|ended| panic!("{ended}"))
+}
+
+/// [`scrape_until`], but a process that ended meanwhile is an error: its stderr, all
+/// processes stopped.
+fn try_scrape_until(addr: &str, children: &mut [Flow], what: &str, done: impl Fn(&Scrape) -> bool) -> Result<Scrape, String> {
     let patience = Duration::from_secs(240);
     let started = Instant::now();
     loop {
-        for child in children.iter_mut() {
-            assert!(child.try_wait().expect("poll encore-flow").is_none(), "encore-flow exited while waiting for {what}");
+        if let Some(ended) = children.iter_mut().position(|flow| flow.child.try_wait().expect("poll encore-flow").is_some()) {
+            let stderr = stop_all(children).swap_remove(ended);
+            return Err(format!("encore-flow exited while waiting for {what}; its stderr:\n{stderr}"));
         }
         let last = match fetch(addr) {
             Ok(text) => {
                 let scrape = parse(&text);
                 if done(&scrape) {
-                    return scrape;
+                    return Ok(scrape);
                 }
                 text
             }
@@ -272,26 +285,103 @@ fn listening_on(port: u16) -> Vec<String> {
     found
 }
 
-fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[String]) -> Vec<Child> {
+/// A running encore-flow whose stderr a thread reads: for the metrics address it bound, and
+/// whole for the messages of a failure.
+struct Flow {
+    child: Child,
+    /// `HOST:PORT` its metrics endpoint bound.
+    metrics: String,
+    /// The reader; `None` once joined.
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Flow {
+    /// Everything it wrote to stderr (once it has ended).
+    fn stderr(&mut self) -> String {
+        self.stderr.take().and_then(|reader| reader.join().ok()).unwrap_or_default()
+    }
+}
+
+/// Kills every process; their stderr.
+fn stop_all(children: &mut [Flow]) -> Vec<String> {
+    children
+        .iter_mut()
+        .map(|flow| {
+            let _ = flow.child.kill();
+            let _ = flow.child.wait();
+            flow.stderr()
+        })
+        .collect()
+}
+
+/// Starts process 0 and 1 of a 2-process cluster (a fresh hostfile in `dir`) with
+/// `--metrics-addr metrics[p]` (port 0), and reads the address each bound from its log line.
+/// A process that ends first is an error: its stderr, the other one killed.
+fn spawn_processes(tansu: &Tansu, postgres: &Postgres, dir: &Path, metrics: &[&str]) -> Result<Vec<Flow>, String> {
     let hostfile = dir.join("hosts");
     std::fs::write(
         &hostfile,
         format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port().expect("a free port"), free_port().expect("a free port")),
     )
     .expect("hostfile");
-    (0..2)
-        .map(|process| {
-            flow()
-                .args(["--brokers", &tansu.brokers(), "--topic", TOPIC, "--postgres", &postgres.url()])
-                .args(["--emit-co-listens", "--epoch-ms", "50", "--history-cap", "5", "--min-co", "1"])
-                .args(["--neighbors", "3", "--recommendations", "3", "--metrics-addr", &metrics[process]])
-                .args(["-n", "2", "-p", &process.to_string(), "-h", &hostfile.display().to_string()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn encore-flow")
-        })
-        .collect()
+    let mut started = Vec::new();
+    for process in 0..2 {
+        let mut child = flow()
+            .args(["--brokers", &tansu.brokers(), "--topic", TOPIC, "--postgres", &postgres.url()])
+            .args(["--emit-co-listens", "--epoch-ms", "50", "--history-cap", "5", "--min-co", "1"])
+            .args(["--neighbors", "3", "--recommendations", "3", "--metrics-addr", metrics[process]])
+            .args(["-n", "2", "-p", &process.to_string(), "-h", &hostfile.display().to_string()])
+            // The bound address is logged at info.
+            .env("RUST_LOG", "warn,encore_flow=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn encore-flow");
+        let (address, bound) = mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().expect("stderr"));
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in lines.lines().map_while(Result::ok) {
+                if let Some(rest) = line.split_once("serving metrics at http://").map(|(_, rest)| rest) {
+                    let _ = address.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        // A guard against a hang, not a speed requirement: the bind comes first at start.
+        match bound.recv_timeout(Duration::from_secs(60)) {
+            Ok(metrics) => started.push(Flow { child, metrics, stderr: Some(stderr) }),
+            Err(_) => {
+                let mut failed = Flow { child, metrics: String::new(), stderr: Some(stderr) };
+                let stderr = stop_all(std::slice::from_mut(&mut failed)).remove(0);
+                stop_all(&mut started);
+                return Err(format!("encore-flow -p {process} did not serve metrics; its stderr:\n{stderr}"));
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Starts the cluster ([`spawn_processes`]) and scrapes process 0 until `ready` holds, again on
+/// fresh hostfile ports if a process ended because one was taken meanwhile; the processes and
+/// that scrape.
+fn start_until(
+    tansu: &Tansu,
+    postgres: &Postgres,
+    dir: &Path,
+    metrics: &[&str],
+    what: &str,
+    ready: impl Fn(&Scrape) -> bool,
+) -> (Vec<Flow>, Scrape) {
+    retry_on_taken_port(|_| {
+        let mut children = spawn_processes(tansu, postgres, dir, metrics)?;
+        let address = children[0].metrics.clone();
+        let scrape = try_scrape_until(&address, &mut children, what, &ready)?;
+        Ok::<_, String>((children, scrape))
+    })
+    .unwrap_or_else(|failed| panic!("{failed}"))
 }
 
 #[test]
@@ -310,20 +400,21 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let (first, second) = lines.split_at(800);
     produce(&tansu, first, 0);
 
-    // A bare port and `:PORT`: both mean loopback (checked below, once both serve).
-    let ports = [free_port().expect("a free port"), free_port().expect("a free port")];
-    let flags = [ports[0].to_string(), format!(":{}", ports[1])];
-    let metrics = ports.map(|port| format!("127.0.0.1:{port}"));
-    let mut children = spawn_processes(&tansu, &postgres, &dir, &flags);
     let per_partition = |total: usize| [total.div_ceil(2) as f64, (total / 2) as f64];
-
-    // Process 0 commits everything produced so far (its committed offsets say so).
     let committed_all = |scrape: &Scrape, total: usize| {
         let want = per_partition(total);
         (0..PARTITIONS)
             .all(|p| scrape.value("encore_partition_committed_offset", &[("partition", &p.to_string())]) == Some(want[p as usize]))
     };
-    let early = scrape_until(&metrics[0], &mut children, "commit of the first messages", |s| committed_all(s, first.len()));
+
+    // A bare port and `:PORT`: both mean loopback (checked below, once both serve); port 0,
+    // the address bound read from the log. Process 0 commits everything produced so far (its
+    // committed offsets say so).
+    let (mut children, early) =
+        start_until(&tansu, &postgres, &dir, &["0", ":0"], "commit of the first messages", |s| committed_all(s, first.len()));
+    let metrics: Vec<String> = children.iter().map(|flow| flow.metrics.clone()).collect();
+    let ports: Vec<u16> =
+        metrics.iter().map(|addr| addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).expect("a port")).collect();
     assert!(early.get("encore_commits_total", &[]) >= 1.0);
 
     // More messages while it runs: consumed live, and the watermark poller sees the new end.
@@ -344,7 +435,8 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     });
 
     eprintln!("process 0 scrape:\n{}\nprocess 1 scrape:\n{}", zero.text, one.text);
-    for port in ports {
+    for &port in &ports {
+        assert_ne!(port, 0);
         assert_eq!(listening_on(port), ["127.0.0.1"], "the socket listening on port {port}");
     }
 
@@ -419,13 +511,12 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
         row.get(0)
     };
     assert!(state_rows > 0);
-    let metrics = [format!("127.0.0.1:{}", free_port().expect("a free port")), format!("127.0.0.1:{}", free_port().expect("a free port"))];
-    let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
     let loaded = |scrape: &Scrape| {
         scrape.value("encore_replaying_workers", &[]) == Some(0.0)
             && scrape.value("encore_state_rows_loaded_total", &[]).is_some_and(|rows| rows > 0.0)
     };
-    let zero = scrape_until(&metrics[0], &mut children, "process 0 loaded", loaded);
+    let (mut children, zero) = start_until(&tansu, &postgres, &dir, &["127.0.0.1:0", "127.0.0.1:0"], "process 0 loaded", loaded);
+    let metrics: Vec<String> = children.iter().map(|flow| flow.metrics.clone()).collect();
     let one = scrape_until(&metrics[1], &mut children, "process 1 loaded", loaded);
     let rows = zero.get("encore_state_rows_loaded_total", &[]) + one.get("encore_state_rows_loaded_total", &[]);
     assert_eq!(rows, state_rows as f64, "every row of the state loaded once, over both processes");
@@ -447,14 +538,18 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
 
 /// Sends SIGINT to every child; each must exit 0. Returns the live messages their summary
 /// lines report (`consumed=N`), summed.
-fn interrupt(children: Vec<Child>) -> usize {
-    for child in &children {
-        let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT");
+fn interrupt(children: Vec<Flow>) -> usize {
+    for flow in &children {
+        let status = Command::new("kill").args(["-INT", &flow.child.id().to_string()]).status().expect("kill -INT");
         assert!(status.success());
     }
     let mut consumed = 0;
-    for child in children {
-        let output = child.wait_with_output().expect("encore-flow runs");
+    for mut flow in children {
+        // Its stdout to the end first (it could fill the pipe and block), then its status.
+        let mut stdout = Vec::new();
+        flow.child.stdout.take().expect("stdout").read_to_end(&mut stdout).expect("read stdout");
+        let status = flow.child.wait().expect("encore-flow runs");
+        let output = Output { status, stdout, stderr: flow.stderr().into_bytes() };
         assert_success(&output);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let field = stdout.split_whitespace().find_map(|f| f.strip_prefix("consumed=")).expect("summary line");
@@ -521,12 +616,11 @@ fn every_metric_the_grafana_dashboard_queries_is_served() {
     let lines: Vec<Vec<u8>> = testing::generate(9, &mix).into_iter().map(|line| line.bytes).collect();
     produce(&tansu, &lines, 0);
 
-    let metrics = [format!("127.0.0.1:{}", free_port().expect("a free port")), format!("127.0.0.1:{}", free_port().expect("a free port"))];
-    let mut children = spawn_processes(&tansu, &postgres, &dir, &metrics);
-    let zero = scrape_until(&metrics[0], &mut children, "process 0's first commit", |s| {
+    let (mut children, zero) = start_until(&tansu, &postgres, &dir, &["127.0.0.1:0", "127.0.0.1:0"], "process 0's first commit", |s| {
         s.value("encore_commits_total", &[]).is_some_and(|commits| commits >= 1.0)
     });
-    let one = scrape_until(&metrics[1], &mut children, "process 1 live", |s| s.value("encore_replaying_workers", &[]) == Some(0.0));
+    let address = children[1].metrics.clone();
+    let one = scrape_until(&address, &mut children, "process 1 live", |s| s.value("encore_replaying_workers", &[]) == Some(0.0));
     interrupt(children);
     let _ = std::fs::remove_dir_all(&dir);
 

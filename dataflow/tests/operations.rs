@@ -12,7 +12,7 @@ use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{free_port, Postgres, Tansu};
+use encore_testkit::{free_port, retry_on_taken_port, Postgres, Tansu};
 
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 5 };
 
@@ -145,22 +145,35 @@ fn broker_gone_for_good(processes: usize) {
     tansu.produce(topic, &lines, |_| None, false).expect("all messages delivered");
 
     let hosts = tempfile::NamedTempFile::new().expect("a hostfile");
-    let ports: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port().expect("a free port"))).collect();
-    std::fs::write(hosts.path(), ports.join("\n")).expect("write the hostfile");
-    let children: Vec<_> = (0..processes)
-        .map(|process| {
-            let mut command = flow(&tansu, topic, &postgres.url(), "gone");
-            command.args(["--kafka-error-timeout", "1"]);
-            if processes > 1 {
-                let hostfile = hosts.path().display().to_string();
-                command.args(["-n", &processes.to_string(), "-p", &process.to_string(), "-h", &hostfile]);
+    // Running until everything is committed; again on fresh ports if a process ended first
+    // because a hostfile port was taken after the file was written (nothing is read then).
+    let children = retry_on_taken_port(|_| {
+        let ports: Vec<String> = (0..processes).map(|_| format!("127.0.0.1:{}", free_port().expect("a free port"))).collect();
+        std::fs::write(hosts.path(), ports.join("\n")).expect("write the hostfile");
+        let mut children: Vec<_> = (0..processes)
+            .map(|process| {
+                let mut command = flow(&tansu, topic, &postgres.url(), "gone");
+                command.args(["--kafka-error-timeout", "1"]);
+                if processes > 1 {
+                    let hostfile = hosts.path().display().to_string();
+                    command.args(["-n", &processes.to_string(), "-p", &process.to_string(), "-h", &hostfile]);
+                }
+                command.spawn().expect("spawn encore-flow")
+            })
+            .collect();
+        while committed(&postgres.url(), "gone", topic) < lines.len() as i64 {
+            if let Some(ended) = children.iter_mut().position(|child| child.try_wait().expect("poll encore-flow").is_some()) {
+                for child in &mut children {
+                    let _ = child.kill();
+                }
+                let output = children.swap_remove(ended).wait_with_output().expect("encore-flow output");
+                return Err(format!("process {ended} ended before the commit: {}", String::from_utf8_lossy(&output.stderr)));
             }
-            command.spawn().expect("spawn encore-flow")
-        })
-        .collect();
-    while committed(&postgres.url(), "gone", topic) < lines.len() as i64 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(children)
+    })
+    .unwrap_or_else(|ended| panic!("{ended}"));
     tansu.kill().expect("kill the broker");
 
     for child in children {

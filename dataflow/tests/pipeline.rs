@@ -21,7 +21,8 @@ use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::{oracle, testing};
-use encore_testkit::{free_port_on, Postgres, Tansu, TansuStorage, TestCa};
+use encore_testkit::processes::wait_all;
+use encore_testkit::{free_port_on, retry_on_taken_port, Postgres, Tansu, TansuStorage, TestCa};
 
 const TOPIC: &str = "music_streaming_data";
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 1 };
@@ -138,15 +139,14 @@ impl Stack {
         self.run_flow_with(schema, hosts, workers, &[])
     }
 
-    /// [`run_flow_on`](Self::run_flow_on) with `extra` flags.
+    /// [`run_flow_on`](Self::run_flow_on) with `extra` flags. A process that fails ends the
+    /// others; a run that failed because a hostfile port was taken after it was written (no
+    /// process has read anything then) is run again on fresh ports.
     fn run_flow_with(&self, schema: &str, hosts: &[&str], workers: usize, extra: &[String]) -> Vec<String> {
-        self.spawn_flow_on(schema, hosts, workers, extra)
+        retry_on_taken_port(|_| wait_all(self.spawn_flow_on(schema, hosts, workers, extra), Duration::from_secs(600)))
+            .unwrap_or_else(|stderr| panic!("encore-flow failed: {stderr}"))
             .into_iter()
-            .map(|child| {
-                let output = child.wait_with_output().expect("encore-flow runs");
-                assert_success(&output);
-                String::from_utf8_lossy(&output.stderr).into_owned()
-            })
+            .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
             .collect()
     }
 

@@ -44,7 +44,9 @@
 //!
 //! A free port is found by binding port 0 and releasing it; another process can take it
 //! before the server binds it, so a server that fails to start is retried on a fresh port
-//! a few times before the error is returned.
+//! a few times before the error is returned. Tests do the same for the programs they start
+//! on ports named in advance ([`retry_on_taken_port`]), and pass port 0 where a program can
+//! bind it and say what it bound (see the `ports` module).
 
 //!
 //! # Environment
@@ -75,7 +77,7 @@ mod tls;
 
 pub use cli::{assert_one_line_error, assert_success, run_bin};
 pub use error::Error;
-pub use ports::{free_port, free_port_on};
+pub use ports::{address_was_taken, free_port, free_port_on, free_ports_on, retry_on_taken_port, PORT_ATTEMPTS};
 pub use postgres::{postgres_bin_dir, Postgres, CERT_ROLE};
 pub use tansu::{tansu_binary, Tansu, TansuStorage};
 pub use tls::TestCa;

@@ -3,8 +3,11 @@
 //! Tests that kill a launcher outright (SIGKILL) check that everything it started ends too.
 //! Its children are then reparented, so they are found beforehand, by parent pid, and later
 //! recognised by pid *and* start time: a pid reused by an unrelated process does not count.
+//! [`wait_all`] waits for processes that depend on each other, ending all when one fails.
 
-use std::process::{Child, Command};
+use std::io::Read;
+use std::process::{Child, Command, Output};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A stand-in for encore-flow and encore-gen in tests of the scripts that start them (write
@@ -98,6 +101,65 @@ pub fn wait_until_gone(processes: &[Process], patience: Duration) -> Result<(), 
     }
 }
 
+/// The outputs of processes that work together (a timely cluster's processes), once all have
+/// ended. A process that fails ends the others at once (each would wait for its peer without
+/// end), and so does `patience` running out (a guard against a hang); the run is then an
+/// error: the stderr of the first one that failed, or a note of the timeout. Their stdout and
+/// stderr, where piped, are read as they come, so a full pipe blocks none of them.
+pub fn wait_all(children: Vec<Child>, patience: Duration) -> Result<Vec<Output>, String> {
+    let deadline = Instant::now() + patience;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    /// A child and the readers of its stdout and stderr.
+    type Running = (Child, JoinHandle<Vec<u8>>, JoinHandle<Vec<u8>>);
+    let mut running: Vec<Running> = children
+        .into_iter()
+        .map(|mut child| {
+            let stdout = read(child.stdout.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+            let stderr = read(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
+            (child, stdout, stderr)
+        })
+        .collect();
+    let mut failed = None;
+    loop {
+        let mut all_ended = true;
+        for (index, (child, _, _)) in running.iter_mut().enumerate() {
+            match child.try_wait() {
+                Ok(Some(status)) if !status.success() => failed = failed.or(Some(index)),
+                Ok(Some(_)) => {}
+                _ => all_ended = false,
+            }
+        }
+        let timed_out = Instant::now() > deadline;
+        if all_ended || failed.is_some() || timed_out {
+            let outputs: Vec<Output> = running
+                .into_iter()
+                .map(|(mut child, stdout, stderr)| {
+                    let _ = child.kill();
+                    let status = child.wait().expect("a started process can be waited for");
+                    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+                })
+                .collect();
+            return match failed {
+                Some(index) => Err(String::from_utf8_lossy(&outputs[index].stderr).into_owned()),
+                None if all_ended => Ok(outputs),
+                None => Err(format!(
+                    "not ended after {patience:?}; their stderr: {:?}",
+                    outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr)).collect::<Vec<_>>()
+                )),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A child that gets SIGTERM, and is waited for, when dropped before [`TermOnDrop::take`]:
 /// a test that fails before it stops the script it started leaves nothing running (the
 /// deploy scripts stop their own children in order on SIGTERM).
@@ -157,5 +219,27 @@ mod tests {
         assert_eq!(left, [format!("{} sleep 30", sleep.pid)]);
         wait_until_gone(&[sleep], Duration::from_secs(30)).expect("killed by the failed wait");
         assert!(Process::read(std::process::id()).is_some_and(|me| me.running()));
+    }
+
+    fn sh(script: &str) -> Child {
+        use std::process::Stdio;
+        Command::new("sh").args(["-c", script]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sh")
+    }
+
+    #[test]
+    fn waiting_for_all_ends_the_others_when_one_fails() {
+        let outputs = wait_all(vec![sh("echo one"), sh("sleep 0.2; echo two")], Duration::from_secs(60)).expect("both succeed");
+        let stdout: Vec<String> = outputs.iter().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).collect();
+        assert_eq!(stdout, ["one\n", "two\n"]);
+
+        // The sleeper would wait for its failed peer without end: it is killed at once.
+        let sleeper = sh("exec sleep 600");
+        let pid = sleeper.id();
+        let failed = wait_all(vec![sleeper, sh("echo 'no port' >&2; exit 3")], Duration::from_secs(60)).expect_err("one fails");
+        assert_eq!(failed, "no port\n");
+        assert!(Process::read(pid).is_none_or(|sleep| !sleep.running()), "the other process was ended");
+
+        let timed_out = wait_all(vec![sh("exec sleep 600")], Duration::from_millis(200)).expect_err("a hang");
+        assert!(timed_out.starts_with("not ended after"), "{timed_out}");
     }
 }

@@ -417,7 +417,14 @@ impl Tansu {
         }
         let admin: AdminClient<DefaultClientContext> = self.client_config().create().map_err(|source| self.kafka_error(source))?;
         match admin.inner().fetch_metadata(None, REQUEST_TIMEOUT) {
-            Ok(metadata) if metadata.brokers().iter().any(|broker| broker.port() == i32::from(self.port)) => Ok(()),
+            Ok(metadata) if metadata.brokers().iter().any(|broker| broker.port() == i32::from(self.port)) => {
+                // Another broker that took the port first would answer the same way: ours must
+                // still be running (a broker that could not bind its port exits).
+                match self.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(None)) => Ok(()),
+                    other => Err(self.not_ready(format!("the answer came from another broker: ours has ended ({other:?})"))),
+                }
+            }
             Ok(metadata) => Err(self.not_ready(format!(
                 "metadata advertises {:?}, not this port",
                 metadata.brokers().iter().map(|broker| format!("{}:{}", broker.host(), broker.port())).collect::<Vec<_>>()

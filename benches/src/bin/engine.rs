@@ -39,11 +39,14 @@ mod bits;
 mod driver;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use encore_benches::results::Recording;
+use encore_benches::{table_header, table_row};
 use encore_dataflow::tables::Params;
 use encore_generator::catalog::{Catalog, CatalogSizes};
 
@@ -95,6 +98,10 @@ struct Args {
     /// process per B, so that each peak RSS is its own).
     #[arg(long, hide = true)]
     bits_child: bool,
+    /// Directory of the run's result file (JSON: commit, flags, machine, load average and every
+    /// printed table's rows; see `report`); default target/bench-results.
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -135,8 +142,14 @@ fn main() -> Result<()> {
     if args.checkpoints.is_empty() || args.checkpoints.windows(2).any(|w| w[0] >= w[1]) || args.checkpoints[0] == 0 {
         bail!("--checkpoints needs rising positive event counts");
     }
+    if args.which == Which::Bits && args.bits_child {
+        return bits::child(&args);
+    }
+    let recording = Recording::start("engine", args.results_dir.as_deref());
     if args.which == Which::Bits {
-        return if args.bits_child { bits::child(&args) } else { bits::parent(&args) };
+        bits::parent(&args)?;
+        recording.finish()?;
+        return Ok(());
     }
     let max_workers = args.workers.iter().copied().max().unwrap_or(1);
     let started = Instant::now();
@@ -176,6 +189,7 @@ fn main() -> Result<()> {
         Which::Memory | Which::Amplification | Which::Bits => {}
     }
     println!("\ndone in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
+    recording.finish()?;
     Ok(())
 }
 
@@ -210,7 +224,7 @@ fn growth_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec
 
 fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
     println!("\n## Latency vs epoch size (after loading {} events in one epoch; generation excluded)\n", args.load_events);
-    println!("| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
+    table_header!("latency", "| workers | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | neighbors rows/ev | recs rows/ev | mean n(i) at first listen |");
     println!("|--------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|------------------:|-------------:|--------------------------:|");
     for (workers, records) in runs {
         let mut next = 1;
@@ -226,7 +240,8 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
             let firsts: u64 = epochs.iter().map(|r| r.first_listens).sum();
             let reach: u64 = epochs.iter().map(|r| r.first_listen_reach).sum();
             let cpu: Duration = epochs.iter().map(|r| r.cpu).sum();
-            println!(
+            table_row!(
+                "latency",
                 "| {workers} | {size} | {count} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} |",
                 ms(percentile(&times, 0.50)),
                 ms(percentile(&times, 0.99)),
@@ -243,7 +258,8 @@ fn print_latency(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
 
 fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
     println!("\n## Incremental vs from scratch ({} events; scratch = all outputs computed in one epoch)\n", args.load_events);
-    println!(
+    table_header!(
+        "scratch",
         "| workers | scratch s | scratch events/s | RSS after load (process peak) | epoch events | median epoch ms | scratch / epoch |"
     );
     println!(
@@ -263,7 +279,8 @@ fn print_scratch(runs: &[(usize, Vec<EpochRecord>)], args: &Args) {
             let mut times: Vec<Duration> = epochs.iter().map(|r| r.engine).collect();
             times.sort_unstable();
             let median = percentile(&times, 0.5);
-            println!(
+            table_row!(
+                "scratch",
                 "| {workers} | {:.1} | {:.0} | {memory} | {size} | {:.1} | {:.0}× |",
                 load.engine.as_secs_f64(),
                 load.events as f64 / load.engine.as_secs_f64().max(1e-9),
@@ -308,12 +325,13 @@ struct Window {
 fn print_amplification(records: &[EpochRecord], args: &Args, workers: usize) {
     println!("\n## Delta amplification (epochs of {} events, {workers} workers): output changes per input event\n", args.growth_epoch);
     println!("rows = distinct keys inserted/deleted/changed per epoch, summed; upd = differential updates (a changed row = 2).\n");
-    println!("| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s | first listens/ev | mean n(i) at first listen |");
+    table_header!("amplification", "| events | neighbors rows/ev | neighbors upd/ev | recs rows/ev | recs upd/ev | stats rows/ev | stats upd/ev | events/s | first listens/ev | mean n(i) at first listen |");
     println!("|-------:|------------------:|-----------------:|-------------:|------------:|--------------:|-------------:|---------:|-----------------:|--------------------------:|");
     for Window { start, end, changes, time, first_listens, reach } in windows(records) {
         let events = (end - start) as f64;
         let per = |n: u64| n as f64 / events;
-        println!(
+        table_row!(
+            "amplification",
             "| {}–{} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.0} |",
             short(start),
             short(end),
@@ -335,7 +353,7 @@ fn print_memory(records: &[EpochRecord], args: &Args, workers: usize) {
         "\n## Memory (epochs of {} events, {workers} workers, default parameters): process RSS after each window\n",
         args.growth_epoch
     );
-    println!("| events | VmRSS | VmHWM (peak) | epoch p99 ms in window |");
+    table_header!("memory", "| events | VmRSS | VmHWM (peak) | epoch p99 ms in window |");
     println!("|-------:|------:|-------------:|-----------------------:|");
     let mut next = 0;
     for record_index in 0..records.len() {
@@ -344,7 +362,7 @@ fn print_memory(records: &[EpochRecord], args: &Args, workers: usize) {
         times.sort_unstable();
         next = record_index + 1;
         let events: usize = records[..=record_index].iter().map(|r| r.events).sum();
-        println!("| {} | {} | {} | {:.1} |", short(events), gib(memory.rss), gib(memory.peak), ms(percentile(&times, 0.99)));
+        table_row!("memory", "| {} | {} | {} | {:.1} |", short(events), gib(memory.rss), gib(memory.peak), ms(percentile(&times, 0.99)));
     }
 }
 
@@ -361,7 +379,10 @@ fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
     let mut n: Vec<u64> = vec![0; catalog.sizes.tracks as usize + 1];
     let mut payload = Vec::with_capacity(512);
     println!("\n## Reach (no dataflow): history insertions and n(i) after them, K = {}, k = {}\n", params.history_cap, params.neighbors);
-    println!("| events | insertions/ev | evictions/ev | mean n(i) at insertion | max n(i) | est. score updates/ev (2·k·n·ins) |");
+    table_header!(
+        "reach",
+        "| events | insertions/ev | evictions/ev | mean n(i) at insertion | max n(i) | est. score updates/ev (2·k·n·ins) |"
+    );
     println!("|-------:|--------------:|-------------:|-----------------------:|---------:|----------------------------------:|");
     let (mut insertions, mut evictions, mut reach) = (0u64, 0u64, 0u64);
     let mut start = 0;
@@ -393,7 +414,8 @@ fn print_reach(catalog: &Arc<Catalog>, args: &Args) {
         if end.is_multiple_of(args.window) || end == args.load_events {
             let events = (end - start) as f64;
             let mean = reach as f64 / insertions.max(1) as f64;
-            println!(
+            table_row!(
+                "reach",
                 "| {}–{} | {:.3} | {:.3} | {:.0} | {} | {:.0} |",
                 short(start),
                 short(end),

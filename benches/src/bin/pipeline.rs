@@ -55,6 +55,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use encore_benches::results::Recording;
+use encore_benches::{table_header, table_row};
 use encore_generator::catalog::{Catalog, CatalogSizes};
 use encore_generator::stream::EventStream;
 
@@ -173,6 +175,10 @@ struct Args {
     /// Directory for encore-flow logs and hostfiles.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Directory of the run's result file (JSON: commit, flags, machine, load average and every
+    /// printed table's rows; see `report`); default target/bench-results.
+    #[arg(long, value_name = "DIR")]
+    results_dir: Option<PathBuf>,
 }
 
 /// One catch-up run's figures.
@@ -217,6 +223,7 @@ fn main() -> Result<()> {
     let latency_args: Vec<String> = args.latency_args.split_whitespace().map(str::to_owned).collect();
     let timeout = Duration::from_secs(args.timeout);
     let started = Instant::now();
+    let recording = Recording::start("pipeline", args.results_dir.as_deref());
     let binary = flow::binary(args.flow_bin.as_deref())?;
 
     // Servers: given, or fresh ones owned by this process (stopped when it ends).
@@ -299,7 +306,7 @@ fn main() -> Result<()> {
 
     // Limit 1: raw consume (+ parse).
     println!("\n## Physical limits (same broker, same database, same run)\n");
-    println!("| path | threads | messages | valid | seconds | events/s | MB/s |");
+    table_header!("limits", "| path | threads | messages | valid | seconds | events/s | MB/s |");
     println!("|---|--:|--:|--:|--:|--:|--:|");
     let mut best_parse = 0.0f64;
     let mut parse_rates: BTreeMap<usize, f64> = BTreeMap::new();
@@ -313,7 +320,8 @@ fn main() -> Result<()> {
                 best_parse = best_parse.max(rate);
                 parse_rates.insert(threads, rate);
             }
-            println!(
+            table_row!(
+                "limits",
                 "| Kafka consume{} | {threads} | {} | {} | {:.2} | {:.0} | {:.1} |",
                 if parse { " + JSON parse" } else { " only" },
                 consumed.messages,
@@ -495,6 +503,7 @@ fn main() -> Result<()> {
         Some(wrong) => println!("WRONG RESULTS: the tables of {} differ from the sequential oracle (see above)", wrong.join(", ")),
     }
     println!("done in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
+    recording.finish()?;
     match verified {
         Some(wrong) if !wrong.is_empty() => bail!("the tables of {} differ from the sequential oracle", wrong.join(", ")),
         _ => Ok(()),
@@ -574,7 +583,7 @@ fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<
         "Fastest of {} run(s) per variant, run alternately; log rows/s = rows in track_stream_event_log + track_like_event_log / seconds of the run with the log; raw COPY = event-log rows into the same table by one binary COPY (above).\n",
         args.emit_events_reps
     );
-    println!("| layout | seconds without | events/s without | seconds with | events/s with | with / without | log rows | log rows/s | raw event-log COPY rows/s | % of it |");
+    table_header!("event_log", "| layout | seconds without | events/s without | seconds with | events/s with | with / without | log rows | log rows/s | raw event-log COPY rows/s | % of it |");
     println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let mut lines = Vec::new();
     let fastest = |layout: Layout, emit_events: bool| {
@@ -602,7 +611,8 @@ fn print_event_log(runs: &[CatchUp], args: &Args, url: &str, copy_limit: Option<
         let ratio = with.events_per_second(args.events) / without.events_per_second(args.events).max(1e-9);
         let log_rate = log_rows as f64 / with.finished.seconds.max(1e-9);
         let of_copy = copy_limit.map_or("n/a".to_owned(), |limit| format!("{:.1} %", 100.0 * log_rate / limit.max(1e-9)));
-        println!(
+        table_row!(
+            "event_log",
             "| {} × {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {log_rows} | {log_rate:.0} | {} | {of_copy} |",
             with.layout.processes,
             with.layout.workers,
@@ -646,7 +656,7 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
          % of consume+parse: of the best rate measured ({best_parse:.0}/s), and of the rate with as many threads as workers; \
          COPY-equivalent = raw COPY rows/s / (row changes per event).\n"
     );
-    println!("| processes × workers | seconds | events/s | replayed | live | row changes | rows held | row changes/event | peak RSS per process | % of consume+parse (best) | % of it, same threads | COPY-equivalent events/s | % of it |");
+    table_header!("catch_up", "| processes × workers | seconds | events/s | replayed | live | row changes | rows held | row changes/event | peak RSS per process | % of consume+parse (best) | % of it, same threads | COPY-equivalent events/s | % of it |");
     println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for run in runs {
         let same_threads = parse_rates
@@ -659,7 +669,8 @@ fn print_catch_up(runs: &[CatchUp], args: &Args, parse_rates: &BTreeMap<usize, f
         let held: u64 = run.rows.values().map(|(_, held)| held).sum();
         // Without measured limits (--no-limits) there is nothing to divide by.
         let percent = |value: f64, limit: f64| if limit > 0.0 { format!("{:.1} %", 100.0 * value / limit) } else { "n/a".to_owned() };
-        println!(
+        table_row!(
+            "catch_up",
             "| {} × {}{} | {:.1} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {same_threads} | {:.0} | {} |",
             run.layout.processes,
             run.layout.workers,
@@ -724,14 +735,15 @@ fn print_latency(runs: &[(f64, latency::Measured)], args: &Args, flags: &[String
          step 6), largest over the processes, sampled every second while sending (max) and after the drain (end); stale \
          users: the most one process had.\n"
     );
-    println!("| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | stale refresh age max / end s | stale users max | replay read s | ready s | polls (mean interval ms) | peak RSS per process | commits seen | events/commit | row changes/event | row writes/s | % of raw UPDATE |");
+    table_header!("latency_live", "| target events/s | sent events/s | sent | measured | not committed | p50 ms | p99 ms | max ms | stale refresh age max / end s | stale users max | replay read s | ready s | polls (mean interval ms) | peak RSS per process | commits seen | events/commit | row changes/event | row writes/s | % of raw UPDATE |");
     println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for (rate, m) in runs {
         let max = if m.uncommitted > 0 { None } else { m.latencies.last().copied() };
         let per_event = m.row_changes_per_event().unwrap_or(0.0);
         let demand = per_event * m.send_rate;
         let of_limit = if update_limit > 0.0 { format!("{:.0} %", 100.0 * demand / update_limit) } else { "n/a".to_owned() };
-        println!(
+        table_row!(
+            "latency_live",
             "| {rate:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} ({:.1}) | {} | {} | {:.0} | {per_event:.2} | {demand:.0} | {of_limit} |",
             m.send_rate,
             m.sent,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use encore_benches::{table_header, table_row};
 use encore_dataflow::tables::Params;
 use encore_generator::catalog::{Catalog, CatalogSizes};
 
@@ -106,7 +107,7 @@ pub fn parent(args: &Args) -> Result<()> {
     println!("measured epochs; the peak is the process's VmHWM so far (loading included). Internal work per event: pairs whose s");
     println!("was evaluated because a rounded n changed, similarities that changed; users refreshed per epoch (each costs one user's");
     println!("K·k candidates): those that listened in it (active), and stale ones up to --refresh-idle per worker (background).\n");
-    println!("| B | state | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | CPU µs/event | neighbors rows/ev | recs rows/ev | pairs rescored/ev | s changes/ev | refreshed active/epoch | refreshed background/epoch | loading events/s | RSS | peak RSS |");
+    table_header!("bits", "| B | state | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | CPU µs/event | neighbors rows/ev | recs rows/ev | pairs rescored/ev | s changes/ev | refreshed active/epoch | refreshed background/epoch | loading events/s | RSS | peak RSS |");
     println!("|--:|------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|-------------:|------------------:|-------------:|------------------:|-------------:|-----------------------:|---------------------------:|-----------------:|----:|---------:|");
     let mut rows = Vec::new();
     for &bits in &args.count_bits {
@@ -124,7 +125,7 @@ pub fn parent(args: &Args) -> Result<()> {
             let line = line.context("reading the child's output")?;
             match line.strip_prefix(MACHINE) {
                 Some(row) => rows.push(Row::parse(row)?),
-                None => println!("{line}"),
+                None => table_row!("bits", "{line}"),
             }
         }
         let status = child.wait().context("waiting for a child run")?;
@@ -145,7 +146,7 @@ fn print_flatness(rows: &[Row], args: &Args) {
         short(last),
         short(first)
     );
-    println!("| B | epoch events | CPU µs/event | ratio | neighbors rows/ev | ratio | recs rows/ev | ratio | events/s at {} | peak RSS | flat? |", short(last));
+    table_header!("flatness", "| B | epoch events | CPU µs/event | ratio | neighbors rows/ev | ratio | recs rows/ev | ratio | events/s at {} | peak RSS | flat? |", short(last));
     println!(
         "|--:|-------------:|-------------:|------:|------------------:|------:|-------------:|------:|---------:|---------:|:-----:|"
     );
@@ -160,7 +161,8 @@ fn print_flatness(rows: &[Row], args: &Args) {
                 ratio(a.recommendation_rows, b.recommendation_rows),
             ];
             let flat = ratios.iter().all(|&r| r <= 1.5);
-            println!(
+            table_row!(
+                "flatness",
                 "| {bits} | {size} | {:.1} → {:.1} | {:.2}× | {:.2} → {:.2} | {:.2}× | {:.2} → {:.2} | {:.2}× | {:.0} | {} | {} |",
                 a.cpu_us_per_event,
                 b.cpu_us_per_event,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use encore_benches::{table_header, table_row};
 use encore_generator::stream::EventStream;
 
 use crate::flow::{self, FlowTarget, Layout};
@@ -123,7 +124,10 @@ pub fn print(restarts: &[Restart], steady_rss: &[u64], flags: &[String]) {
         flags.join(" "),
         steady_rss.iter().map(|b| gib(*b)).collect::<Vec<_>>().join(" + ")
     );
-    println!("| mode | messages of state | seconds to the first new commit | peak RSS per process | of the steady state's |");
+    table_header!(
+        "restart",
+        "| mode | messages of state | seconds to the first new commit | peak RSS per process | of the steady state's |"
+    );
     println!("|---|--:|--:|--:|--:|");
     for restart in restarts {
         let peak: Vec<String> = restart.peak_rss.iter().map(|b| gib(*b)).collect();
@@ -133,7 +137,8 @@ pub fn print(restarts: &[Restart], steady_rss: &[u64], flags: &[String]) {
             .zip(steady_rss)
             .map(|(peak, steady)| format!("{:.2}×", *peak as f64 / (*steady).max(1) as f64))
             .collect();
-        println!(
+        table_row!(
+            "restart",
             "| {} | {} | {:.1} | {} | {} |",
             restart.mode,
             restart.state_messages,
