@@ -495,7 +495,7 @@ pub(crate) fn consume(
                 let epoch = inputs.epoch() + 1;
                 inputs.advance_to(epoch);
                 publish(report, &gauges, &summary, &next);
-                worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+                inputs.wait_for_sink(worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
             }
         } else {
             let done = stopping || (job.until_caught_up && caught_up.len() == partitions.len());
@@ -529,7 +529,7 @@ pub(crate) fn consume(
                 in_epoch = 0;
                 epoch_started = Instant::now();
                 // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
-                worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+                inputs.wait_for_sink(worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
                 if done {
                     break;
                 }
