@@ -406,7 +406,7 @@ fn main() -> Result<()> {
             eprintln!("  first new commit after {:.1} s ({})", restart.first_commit_seconds, load_average());
             if let Some(wrong) = verified.as_mut() {
                 let label = format!("restart {} ({mode})", args.latency_layout);
-                if !verify_latency_run(&label, &catalog, &url, &schema, &args.topic, &ends, &latency_args)? {
+                if !verify_latency_run(&label, &catalog, &url, &target, args.latency_layout, &schema, &ends, &latency_args, timeout)? {
                     wrong.push(label);
                 }
             }
@@ -446,7 +446,7 @@ fn main() -> Result<()> {
             let measured = latency::run(&plan, &url, &kafka, &mut stream, &mut ends)?;
             if let Some(wrong) = verified.as_mut() {
                 let label = format!("latency {} at {rate:.0} events/s", args.latency_layout);
-                if !verify_latency_run(&label, &catalog, &url, &schema, &args.topic, &ends, &latency_args)? {
+                if !verify_latency_run(&label, &catalog, &url, &target, args.latency_layout, &schema, &ends, &latency_args, timeout)? {
                     wrong.push(label);
                 }
             }
@@ -530,25 +530,34 @@ fn verify_catch_ups(runs: &[CatchUp], args: &Args, catalog: &Catalog, url: &str,
     Ok(wrong)
 }
 
-/// After a latency run: if the job committed every message of the topic, compares the
-/// latency layout's tables with the oracle over all of them (the topic holds the first
-/// `ends`-many messages of the seed's stream: the fill, then each latency run's). A job that
-/// had not committed everything (an overloaded rate) is reported as not checked.
+/// After a latency or restart run: if the job committed every message of the topic, brings
+/// the schema to rest (a run of `--until-caught-up` with nothing left to consume: it loads the
+/// state, every user stale, and refreshes them all before its commit, SPEC §2 step 6) and
+/// compares the tables with the oracle over all the messages (the topic holds the first
+/// `ends`-many messages of the seed's stream: the fill, then each run's). A job that had not
+/// committed everything (an overloaded rate) is reported as not checked.
+// Each argument is one fact of the run being checked.
+#[allow(clippy::too_many_arguments)]
 fn verify_latency_run(
     label: &str,
     catalog: &Catalog,
     url: &str,
+    target: &flow::FlowTarget,
+    layout: flow::Layout,
     schema: &str,
-    topic: &str,
     ends: &BTreeMap<i32, i64>,
     flags: &[String],
+    timeout: Duration,
 ) -> Result<bool> {
-    let committed = pg::committed(url, schema, topic)?;
+    let committed = pg::committed(url, schema, &target.topic)?;
     let behind: i64 = ends.iter().map(|(p, end)| end - committed.get(p).copied().unwrap_or(0).min(*end)).sum();
     if behind > 0 {
         println!("{label}: not checked against the oracle ({behind} messages not committed when the job stopped)");
         return Ok(true);
     }
+    let mut at_rest = flags.to_vec();
+    at_rest.push("--until-caught-up".to_owned());
+    flow::start(target, layout, schema, &at_rest, &format!("{}-at-rest", label.replace(' ', "-")))?.wait(timeout)?;
     let (params, emit_co_listens) = verify::params_of(flags)?;
     let messages: i64 = ends.values().sum();
     let want = verify::expected(catalog, messages as u64, &params)?;
