@@ -353,7 +353,7 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "\nraw binary COPY, {} rows (BIGINT, BIGINT, DOUBLE) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
+        "\nraw binary COPY, {} list rows (BIGINT, BIGINT[10], DOUBLE PRECISION[10]) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
         args.copy_rows, args.copy_reps, copy_plain, limits.copy_keyed
     );
     println!(
