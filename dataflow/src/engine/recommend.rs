@@ -521,7 +521,7 @@ pub fn recommendations<'scope>(
                         for (track, list) in &neighbors {
                             state.neighbors_changed(*track, list);
                         }
-                        super::top_k::consolidate(&mut members);
+                        super::sorted::consolidate(&mut members);
                         for &((user, track), diff) in &members {
                             state.membership_changed(user, track, diff);
                         }
