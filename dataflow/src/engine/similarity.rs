@@ -185,7 +185,9 @@ impl Partners {
             merge(&self.entries, run, scratch, |_, _, _| ());
             replace_tight(&mut self.entries, scratch);
             diff(&before, &self.entries, changes);
-        } else if run.len() > self.entries.len() / 16 + 16 {
+        } else if run.len() > self.entries.len() / 16 + 16 || self.moves(run) > MOVES_IN_PLACE {
+            // Many changes, or several that insert or remove an entry: one pass over the
+            // entries costs less than shifting the tail of a long vector for each of them.
             merge(&self.entries, run, scratch, |partner, old, new| changes.push((partner, old, new)));
             replace_tight(&mut self.entries, scratch);
         } else {
@@ -209,6 +211,25 @@ impl Partners {
                 }
             }
         }
+    }
+}
+
+/// Entries a run may insert or remove in place (each shifts the vector's tail); beyond this
+/// the run is merged in one pass. At 10 M events the shifts of inserting new partners into
+/// popular tracks' vectors were ~6 % of the engine's CPU (`memmove`).
+const MOVES_IN_PLACE: usize = 2;
+
+impl Partners {
+    /// How many of `run`'s changes insert a partner or remove one (a count from or to
+    /// zero), counted up to one more than [`MOVES_IN_PLACE`].
+    fn moves(&self, run: &[Delta]) -> usize {
+        run.iter()
+            .filter(|&&((_, partner), delta)| match self.entries.binary_search_by_key(&partner, |e| e.partner) {
+                Ok(at) => add(self.entries[at].count, delta) == 0,
+                Err(_) => true,
+            })
+            .take(MOVES_IN_PLACE + 1)
+            .count()
     }
 }
 
