@@ -5,7 +5,7 @@
 //! It is written to be obviously correct, not fast: [`compute`] is seven calls, one per SPEC §2
 //! step, each a short function over ordered maps (`BTreeMap`, so iteration order never depends
 //! on a hash seed). Nothing is incremental and nothing is shared with the dataflow engine: the
-//! only common code is the parser and the score formula of `encore-udfs` (the rounding `q` of
+//! only common code is the parser and the score formula of `encore-core` (the rounding `q` of
 //! the counts and the cosine), which both sides must use verbatim because SPEC §2 step 4 fixes
 //! the floating-point evaluation order. The tests below check `q` by other means.
 //!

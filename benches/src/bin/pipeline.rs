@@ -796,7 +796,7 @@ fn source_state() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
     };
-    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "udfs"])) {
+    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "core"])) {
         (Some(head), Some(dirty)) if dirty.is_empty() => format!("git {head}"),
         (Some(head), Some(dirty)) => {
             format!("git {head} + uncommitted changes in {}", dirty.lines().filter_map(|l| l.get(3..)).collect::<Vec<_>>().join(" "))
