@@ -30,7 +30,7 @@
 //! * [`tables`] says what the outputs mean as plain Rust values;
 //! * [`job`] runs the Kafka job: the committer thread, the workers, the watermark poller;
 //! * [`metrics`] observes a running Kafka job;
-//! * `oracle` and `testing` (feature `testing`): the sequential SPEC §2 and test helpers.
+//! * `testing` (feature `testing`): the sequential SPEC §2 (`testing::oracle`) and test helpers.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -53,8 +53,6 @@
 pub mod engine;
 pub mod job;
 pub mod metrics;
-#[cfg(any(test, feature = "testing"))]
-pub mod oracle;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use encore_dataflow::oracle;
+use encore_dataflow::testing::oracle;
 use encore_dataflow::sink::csv::write_tables;
 use encore_dataflow::source::file::read_lines;
 use encore_dataflow::tables::{DeadLetter, Params};

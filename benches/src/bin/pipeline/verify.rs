@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use encore_dataflow::oracle;
+use encore_dataflow::testing::oracle;
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::{Params, Tables};
 use encore_generator::catalog::Catalog;

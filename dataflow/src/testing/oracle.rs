@@ -16,7 +16,7 @@
 //! included") and change nothing else.
 //!
 //! ```
-//! use encore_dataflow::{oracle, tables::Params};
+//! use encore_dataflow::{tables::Params, testing::oracle};
 //! use encore_core::{Event, EventType};
 //!
 //! let listen = |user_id, track_id| Event {
