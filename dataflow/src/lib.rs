@@ -34,11 +34,12 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use encore_dataflow::source::file::{self, BatchJob, Lines};
+//! use encore_dataflow::job::file::{self, FileJob};
 //! use encore_dataflow::sink::csv::MemorySink;
+//! use encore_dataflow::source::file::Lines;
 //!
 //! let lines = Arc::new(vec![br#"{"user_id":1,"track_id":2,"event_timestamp":0,"event_type":"like"}"#.to_vec()]);
-//! let job = BatchJob {
+//! let job = FileJob {
 //!     lines: Lines::Memory(lines),
 //!     params: Default::default(),
 //!     emit_co_listens: false,
@@ -54,6 +55,7 @@ pub mod engine;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod tables;

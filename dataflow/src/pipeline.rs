@@ -1,13 +1,13 @@
 //! The dataflow every job installs on every worker: the engine, its inputs and the
-//! per-epoch sink. Shared by the file job ([`crate::source::file`]) and the Kafka job
-//! ([`crate::job`]), so that both compute exactly the same thing.
+//! per-epoch sink. Shared by the file job ([`crate::job::file`]) and the Kafka job
+//! ([`crate::job::kafka`]), so that both compute exactly the same thing.
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen, RefreshBudget, SourceEpoch};
-use crate::sink::{self, EpochSink, Gathered};
+use crate::sink::{self, EpochSink, SinkFrom};
 use crate::tables::{DeadLetter, LoggedEvent, Params, RankedList, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
@@ -183,11 +183,11 @@ pub struct Options {
     /// How many stale users a worker refreshes per epoch (`--refresh-idle`).
     pub refresh: RefreshBudget,
     /// Which epochs' changes reach the sink.
-    pub gathered: Gathered,
+    pub sink_from: SinkFrom,
 }
 
 /// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with the
-/// changes `options.gathered` says.
+/// changes `options.sink_from` says.
 pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, options: Options, sink: S) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
@@ -206,7 +206,7 @@ pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, options: Opti
         let restored =
             engine::Restored { last_listens: restored_listens, track_stats: restored_stats, recommendations: restored_recommendations };
         let outputs = engine::compute(listens, Some(restored), sources, params, options.refresh, options.emit_co_listens);
-        let probe = sink::sink_epochs(sink::gather(outputs, dead_letters, offsets, options.gathered), events, sink);
+        let probe = sink::sink_epochs(sink::gather(outputs, dead_letters, offsets, options.sink_from), events, sink);
         Inputs {
             listens: listens_input,
             dead_letters: dead_input,

@@ -61,11 +61,11 @@ pub enum RowChange {
 
 type Updates = Vec<(RowChange, Epoch, isize)>;
 
-/// Which epochs' changes [`gather`] sends on to the sink. Changes of earlier epochs are
+/// From which epoch on [`gather`] sends changes on to the sink. Changes of earlier epochs are
 /// dropped where they are made, before the exchange to worker 0: a restart's rebuild emits
 /// every row of every table once, which the sink already holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Gathered {
+pub struct SinkFrom {
     /// The SPEC §3 tables, dead letters and offsets: from this epoch on.
     pub tables_from: Epoch,
     /// The durable state (`last(u,t)`): from this epoch on; `None`: not at all (a sink that
@@ -78,7 +78,7 @@ pub fn gather<'scope>(
     outputs: Outputs<'scope>,
     dead_letters: VecCollection<'scope, Epoch, DeadLetter>,
     offsets: VecCollection<'scope, Epoch, (i32, i64)>,
-    gathered: Gathered,
+    sink_from: SinkFrom,
 ) -> Stream<'scope, Epoch, Updates> {
     let mut changes = outputs
         .track_neighbors
@@ -90,9 +90,9 @@ pub fn gather<'scope>(
     if let Some(co_listens) = outputs.co_listens {
         changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
     }
-    let tables_from = gathered.tables_from;
+    let tables_from = sink_from.tables_from;
     let mut changes = changes.inner.filter(move |(_, epoch, _)| *epoch >= tables_from);
-    if let Some(state_from) = gathered.state_from {
+    if let Some(state_from) = sink_from.state_from {
         let state = outputs
             .last_listens
             .inner

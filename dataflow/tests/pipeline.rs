@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
-use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_dataflow::testing::{self, oracle};
+use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
 use encore_testkit::processes::wait_all;
 use encore_testkit::{free_port_on, retry_on_taken_port, Postgres, Tansu, TansuStorage, TestCa};
 

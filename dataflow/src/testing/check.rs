@@ -9,8 +9,9 @@ use encore_core::{parse_event, Event};
 use super::lines::random_lines;
 use super::oracle;
 use crate::engine::{Epoch, RefreshBudget};
+use crate::job::file::{self, FileJob};
 use crate::sink::EpochSink;
-use crate::source::file::{self, BatchJob, Lines};
+use crate::source::file::Lines;
 use crate::tables::{Changes, Params, Tables};
 
 /// Splits `lines` into the valid events and `(0-based line number, parser error)` pairs, as
@@ -73,7 +74,7 @@ pub fn run_snapshots(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, w
 pub fn run_snapshots_with(lines: Vec<Vec<u8>>, params: Params, epoch_events: usize, workers: usize, refresh: RefreshBudget) -> Snapshots {
     let state = Arc::new(Mutex::new(Snapshots::default()));
     let sink = Arc::clone(&state);
-    let job = BatchJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events, refresh };
+    let job = FileJob { lines: Lines::Memory(Arc::new(lines)), params, emit_co_listens: true, emit_events: false, epoch_events, refresh };
     file::run(timely::Config::process(workers), job, move || Arc::clone(&sink)).expect("dataflow runs");
     Arc::try_unwrap(state).ok().expect("workers are done").into_inner().expect("no worker panicked")
 }

@@ -432,7 +432,6 @@ fn wall_clock_seconds(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
