@@ -413,8 +413,8 @@ impl PgSink {
             sleep(self.retry.backoff(stats.attempts));
             // The failure may have hit after COMMIT reached the server: look before retrying.
             let stored = self.with_session("checking a lost commit", |session, _| select_offsets(session, topic).map_err(Failure::from))?;
-            match commit_landed(&stored, offsets, self.known_offsets.get(topic)) {
-                Landed::Yes => {
+            match after_lost_ack(&stored, offsets, self.known_offsets.get(topic)) {
+                LostAck::Committed => {
                     info!(attempt = stats.attempts, "postgres commit had landed; its ack was lost");
                     if self.mark_state.as_deref() == Some(topic) {
                         self.mark_state = None;
@@ -423,8 +423,8 @@ impl PgSink {
                     stats.ack_lost = true;
                     return Ok(stats);
                 }
-                Landed::No => {}
-                Landed::Diverged { partition, stored, before, after } => {
+                LostAck::Retry => {}
+                LostAck::Diverged { partition, stored, before, after } => {
                     return Err(SinkError::Diverged { topic: topic.to_string(), partition, stored, before, after });
                 }
             }
@@ -619,33 +619,33 @@ fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
         .map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") }))
 }
 
-/// What the stored offsets say about a commit whose outcome is unknown.
+/// What the stored offsets say about a commit whose acknowledgement was lost.
 #[derive(Debug, PartialEq, Eq)]
-enum Landed {
-    /// They equal the commit's offsets, which differ from the ones before: it landed.
-    Yes,
-    /// It did not land, or it cannot be told (no offset moved); retrying is safe either way.
-    No,
+enum LostAck {
+    /// They equal the commit's offsets, which differ from the ones before: it committed.
+    Committed,
+    /// It did not commit, or it cannot be told (no offset moved); retrying is safe either way.
+    Retry,
     /// They are neither before nor after the commit.
     Diverged { partition: i32, stored: Option<i64>, before: Option<i64>, after: i64 },
 }
 
-fn commit_landed(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, i64>, before: Option<&BTreeMap<i32, i64>>) -> Landed {
+fn after_lost_ack(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, i64>, before: Option<&BTreeMap<i32, i64>>) -> LostAck {
     let all_new = new.iter().all(|(p, o)| stored.get(p) == Some(o));
     let moved = before.is_none_or(|before| new.iter().any(|(p, o)| before.get(p) != Some(o)));
     if !new.is_empty() && all_new && moved {
-        return Landed::Yes;
+        return LostAck::Committed;
     }
     if let Some(before) = before {
         for (&partition, &after) in new {
             let stored = stored.get(&partition).copied();
             let before = before.get(&partition).copied();
             if stored != Some(after) && stored != before {
-                return Landed::Diverged { partition, stored, before, after };
+                return LostAck::Diverged { partition, stored, before, after };
             }
         }
     }
-    Landed::No
+    LostAck::Retry
 }
 
 #[cfg(test)]
@@ -660,14 +660,14 @@ mod tests {
     fn lost_ack_is_recognised() {
         let before = offsets(&[(0, 10), (1, 20)]);
         let new = offsets(&[(0, 15), (1, 20)]);
-        assert_eq!(commit_landed(&new, &new, Some(&before)), Landed::Yes);
-        assert_eq!(commit_landed(&before, &new, Some(&before)), Landed::No);
-        assert_eq!(commit_landed(&new, &new, None), Landed::Yes);
+        assert_eq!(after_lost_ack(&new, &new, Some(&before)), LostAck::Committed);
+        assert_eq!(after_lost_ack(&before, &new, Some(&before)), LostAck::Retry);
+        assert_eq!(after_lost_ack(&new, &new, None), LostAck::Committed);
         // Nothing moved: cannot tell, retry (idempotent).
-        assert_eq!(commit_landed(&before, &before, Some(&before)), Landed::No);
+        assert_eq!(after_lost_ack(&before, &before, Some(&before)), LostAck::Retry);
         assert_eq!(
-            commit_landed(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
-            Landed::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
+            after_lost_ack(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
+            LostAck::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
         );
     }
 }
