@@ -10,25 +10,28 @@
 //! engine   history H(u) ─► similarity s(i,j) ─► top_k N(i) ─► recommend R(u);
 //!          track statistics                          (engine, installed by pipeline)
 //!                                   ▼  row changes of each closed epoch, to worker 0 (sink)
-//! sink     Postgres: one transaction per epoch,    or    CSV files at exit (sink::csv)
-//!          the consumed offsets in it (sink::committer, sink::postgres)
+//! sink     Postgres: the closed epochs in order,   or    CSV files at exit (sink::csv)
+//!          with their offsets (sink::committer, sink::postgres)
+//!                                   ▲
+//! job      job::kafka, job::file: the threads of one process, how they start and stop
 //! ```
 //!
-//! **The guarantee: exactly once.** With Kafka in and Postgres out, the consumed offsets are
-//! committed in the same Postgres transaction as the row changes they produced, so after any
-//! crash and restart every table again equals its SPEC §3 definition over exactly the
-//! messages in the topic: nothing lost, nothing counted twice ([`source::kafka`] and
-//! [`sink::postgres`] say how, and how it can fail). Whatever the input, the tables are a function of the set of
-//! listens alone: arrival order, partitioning, workers and processes do not change them.
+//! **The guarantee: exactly once.** With Kafka in and Postgres out, after any crash and
+//! restart every table again equals its SPEC §3 definition over exactly the messages in the
+//! topic: nothing lost, nothing counted twice. The protocol, and how it can fail, is stated
+//! once, in [`sink::postgres`] ("Exactly once"). Whatever the input, the tables are a function
+//! of the set of listens alone: arrival order, partitioning, workers and processes do not
+//! change them.
 //!
-//! * [`source`]: [`source::kafka`] consumes the topic (and loads the durable state at start),
-//!   [`source::file`] reads JSON lines (`encore-flow --input`);
+//! * [`source`]: [`source::kafka`] consumes the topic (after rebuilding the state of the
+//!   committed offsets), [`source::file`] reads JSON lines (`encore-flow --input`);
 //! * [`pipeline`] installs the same dataflow for both: inputs → [`engine`] → sink;
 //! * [`engine`] builds the dataflow (its module docs hold the operator diagram);
 //! * [`sink`] gathers the row changes of every closed epoch to one sink: [`sink::postgres`]
-//!   (one transaction per epoch, handed over by the committer thread) or [`sink::csv`];
+//!   (through the committer thread) or [`sink::csv`];
+//! * [`job`]: [`job::kafka`] runs the Kafka job (the committer thread, the workers, the
+//!   watermark poller, stopped through one [`shutdown::Shutdown`]), [`job::file`] the file job;
 //! * [`tables`] says what the outputs mean as plain Rust values;
-//! * [`job`] runs the Kafka job: the committer thread, the workers, the watermark poller;
 //! * [`metrics`] observes a running Kafka job;
 //! * `testing` (feature `testing`): the sequential SPEC §2 (`testing::oracle`) and test helpers.
 //!

@@ -11,8 +11,9 @@
 //!                                                                           in epoch order
 //! ```
 //!
-//! One writer sees every change: a sink commits each closed epoch as one unit (a CSV state
-//! for files, one transaction for Postgres), which is what makes exactly-once simple. Each
+//! One writer sees every change: a sink takes each closed epoch as one unit (a CSV state for
+//! files; for Postgres a transaction, which may hold several epochs: the protocol is in
+//! [`postgres`], "Exactly once"), which is what makes exactly-once simple. Each
 //! worker sorts its own row changes into shares first, so worker 0 receives a few records
 //! per epoch instead of every row change (tens of thousands per live epoch), and does no
 //! more work than the others.

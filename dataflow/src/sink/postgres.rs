@@ -1,17 +1,44 @@
-//! The Postgres sink: the SPEC §3 tables kept exactly equal to their definitions, one
-//! transaction per closed timestamp.
+//! The Postgres sink: the SPEC §3 tables kept exactly equal to their definitions; and, stated
+//! here once, the exactly-once protocol of the Kafka job, which the other modules link to.
 //!
-//! # Delivery guarantee
+//! # Exactly once
 //!
-//! **Exactly once per table row, given a deterministic rebuild of the stored offsets' state.**
-//! Every [`PgSink::commit`] writes the net changes of one closed timestamp, the changes of
-//! the durable state (`encore_last_listen`) *and* the Kafka offsets they were computed from
-//! in a single transaction, so Postgres always holds the tables and the state of some prefix
-//! of the topic together with the offsets that say which prefix. A job that restarts reads
-//! [`PgSink::committed_offsets`], loads the state ([`StateReader`]) and writes only what
-//! comes after: nothing is lost (uncommitted offsets are consumed again) and nothing is
-//! counted twice (committed offsets are never consumed again). Kafka's own consumer-group
-//! offsets play no part.
+//! **Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
+//! offsets stored beside it, after any crash and restart: nothing lost, nothing counted
+//! twice** — given that the rebuild of the stored offsets' state is deterministic, which it is
+//! because every result depends only on the set of listens.
+//!
+//! ```text
+//!  workers   consume partition p from its stored offset ─► epochs ─► worker 0's EpochSink
+//!  committer (process 0, the one writer) the closed live epochs in order; epochs queued
+//!            during a commit merged into the next; one transaction for all of it:
+//!              BEGIN ─► offsets (never backwards) ─► row deltas, dead letters (, event log)
+//!                    ─► durable state last(u,t) ─► COMMIT            nothing after a failure
+//!  restart   read the stored offsets ─► rebuild the state they stand for, output dropped
+//!            (load the durable state, or replay the topic up to them) ─► consume from them
+//! ```
+//!
+//! 1. **One transaction per commit.** [`PgSink::commit`] writes the net changes of one or more
+//!    consecutive closed epochs, the changes of the durable state (`encore_last_listen`) and
+//!    the Kafka offsets they were computed from in a single transaction, so Postgres always
+//!    holds the tables and the state of some prefix of the topic together with the offsets
+//!    that say which prefix.
+//! 2. **One writer, in order** (`sink/committer.rs`): process 0's committer thread commits
+//!    the closed live epochs strictly in epoch order, merges the ones that queued up during a
+//!    commit (a transaction still holds whole, consecutive epochs), and commits nothing after
+//!    a failed commit, since later epochs build on it. The process reports success only after
+//!    every epoch handed over is committed.
+//! 3. **Progress from Postgres alone** ([`crate::source::kafka`]): a job that (re)starts reads
+//!    [`PgSink::committed_offsets`], rebuilds the state they stand for ([`StateReader`], or a
+//!    replay of the topic up to them) without writing its output again, and consumes from
+//!    them: nothing is lost (uncommitted offsets are consumed again) and nothing is counted
+//!    twice (committed offsets are never consumed again). Kafka's own consumer-group offsets
+//!    play no part.
+//! 4. **A lost acknowledgement** is told from the stored offsets before a retry ("How",
+//!    below), and the merge is state-based, so even a commit applied twice leaves the same
+//!    tables.
+//!
+//! How it can fail: below. The reasons behind these choices: `docs/design.md`.
 //!
 //! # How
 //!
@@ -48,18 +75,16 @@
 //! the same tables: the ack check above is a shortcut and a consistency check, not the only
 //! line of defence.
 //!
-//! Measured alternatives (psql timings, 100k rows into a 500k-row table, busy machine):
-//! `MERGE` was slower than upserts; a plain INSERT about 40 % faster than `INSERT … ON
-//! CONFLICT DO UPDATE` of new keys, `UPDATE … FROM` 10-25 % faster for existing keys. The
-//! fast path uses both, and checks their premise: an INSERT of an existing key fails with a
-//! unique violation, and the UPDATE must report as many rows as there are updates.
+//! The fast path is a plain INSERT for new keys and `UPDATE … FROM` for existing ones, both
+//! faster than `INSERT … ON CONFLICT DO UPDATE` and than `MERGE` (`benches/HISTORY.md`); it
+//! checks their premise: an INSERT of an existing key fails with a unique violation, and the
+//! UPDATE must report as many rows as there are updates.
 //!
 //! The keyed tables are created with `fillfactor = 70`: commits rewrite scores and counts,
 //! never keys, so the room left on each page lets most updates be heap-only (the new row
-//! version beside the old one, no new primary-key entry). `pg_copy`'s sink updates went from
-//! ~250 k to ~290 k rows/s; in psql, 270 k random updates of a 1 M-row table from 1.0 to
-//! 0.64–0.74 s (96 % heap-only). Tables created by an older encore keep their fill factor
-//! (`ALTER TABLE … SET (fillfactor = 70)` then `VACUUM FULL` adopts it).
+//! version beside the old one, no new primary-key entry), which `pg_copy` measures. Tables
+//! created with another fill factor keep it (`ALTER TABLE … SET (fillfactor = 70)` then
+//! `VACUUM FULL` adopts it).
 //!
 //! # Schema
 //!
@@ -79,9 +104,7 @@
 //! disjoint partitions of one topic, but then each sink's rows must depend only on its own
 //! partitions, or a crash between their commits leaves tables of two different prefixes; the
 //! simple way to keep the guarantee is one writer that commits every timestamp for all
-//! partitions. `encore-flow` does that: one sink, owned by a committer thread of process 0,
-//! commits the closed timestamps in order while the dataflow computes the next ones
-//! ([`crate::source::kafka`]).
+//! partitions. `encore-flow` does that ("Exactly once", 2).
 //!
 //! # How it can fail
 //!
@@ -275,9 +298,8 @@ impl PgSink {
     ///   ([`SinkError::ParametersDiffer`] otherwise);
     /// * none recorded and nothing committed: this run's are recorded (a start that dies
     ///   before its first commit leaves them, and the next start replaces them);
-    /// * none recorded but offsets committed: the tables were written by an encore-flow from
-    ///   before this record (2026-12-06), which computed exact counts with otherwise unknown
-    ///   parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
+    /// * none recorded but offsets committed: the tables were written by an encore-flow that
+    ///   kept no such record, which computed exact counts with otherwise unknown parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
     ///   another `--count-bits` is refused.
     ///
     /// Returns whether `encore_last_listen` holds the state of every committed offset (the
@@ -308,7 +330,7 @@ impl PgSink {
             Some((stored, durable)) if stored == parameters && !committed.is_empty() => return Ok(durable),
             Some((stored, _)) if !committed.is_empty() => return Err(differ(stored)),
             None if !committed.is_empty() && count_bits != 0 => {
-                return Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
+                return Err(differ("exact counts (--count-bits 0) by an encore-flow that recorded no parameters".to_owned()))
             }
             // Tables from before the record, taken as this run's: their state is to be rebuilt.
             None if !committed.is_empty() => false,

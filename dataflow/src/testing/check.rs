@@ -86,7 +86,7 @@ const BUDGETS: [RefreshBudget; 5] =
 
 /// Compares the dataflow with the oracle after every epoch of `lines` random lines (an epoch
 /// without changes keeps the previous state), and the dead letters with the parser's verdicts.
-/// The refresh budget is one of [`BUDGETS`], by seed.
+/// The refresh budget is one of `BUDGETS`, by seed.
 pub fn check_every_epoch(seed: u64, lines: usize, params: Params, epoch_events: usize, workers: usize) {
     let refresh = BUDGETS[seed as usize % BUDGETS.len()];
     check_lines_every_epoch_with(&format!("seed {seed}"), random_lines(seed, lines), params, epoch_events, workers, refresh);

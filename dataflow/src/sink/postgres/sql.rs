@@ -180,8 +180,8 @@ pub(super) const CO_LISTENS: TableSpec =
 pub(super) const LAST_LISTENS: TableSpec =
     TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")], stamped: false };
 
-/// The columns a schema written by encore-flow before 2026-12-07 has and today's does not:
-/// one row per list member. Such tables are refused, not mixed ([`Statements::old_list_rows`]).
+/// The columns a schema of the older list layout has and today's does not: one row per list
+/// member. Such tables are refused, not mixed ([`Statements::old_list_rows`]).
 const MEMBER_ROW_COLUMNS: [(&str, &str); 2] = [("track_neighbors", "neighbor_id"), ("user_recommendations", "track_id")];
 
 /// The keyed tables in the order a commit merges them.
