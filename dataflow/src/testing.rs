@@ -22,7 +22,9 @@
 //! * **events**: repeats of earlier (user, track) pairs, skips, likes, plays shorter and
 //!   longer than 30 000 ms (and exactly at the boundary), `ms_played` absent or `null`,
 //!   unknown extra fields, shuffled field order;
-//! * **invalid lines** (a few percent, see [`InvalidKind`]): bad or truncated JSON, non-UTF-8
+//! * **invalid lines** (a few percent, see [`InvalidKind`]): a random valid line broken in one
+//!   of the ways SPEC §1 lists, from encore-core's one list of them (`encore_core::invalid`,
+//!   which `encore-gen --invalid-rate` draws from too): bad or truncated JSON, non-UTF-8
 //!   bytes, non-objects, duplicate fields, missing fields, wrong types, out-of-range ids,
 //!   unparseable timestamps, unknown `event_type`.
 //!

@@ -1,6 +1,8 @@
 //! The seeded generator of adversarial input lines (see [`super`] for what it aims at): every
 //! line with its [`Intent`], the event it must parse to or the way it is invalid.
 
+pub use encore_core::invalid::InvalidKind;
+use encore_core::invalid::{self, join, Draw, Fields};
 use encore_core::{civil_from_days, Event, EventType, MAX_ID};
 use rand::rngs::ChaCha8Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -69,42 +71,6 @@ pub enum Zone {
 /// Offsets in minutes, real-world ones and the extremes SPEC's `±hh:mm` allows.
 const OFFSETS: [i32; 10] = [0, 60, 120, 330, 345, -300, -480, -570, 840, -720];
 
-/// The ways a generated line is invalid (SPEC §1 list).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum InvalidKind {
-    /// Not valid UTF-8 (a stray `0xFF 0xFE` inside a string).
-    NotUtf8,
-    /// Not JSON: truncated, trailing comma, trailing text.
-    BadJson,
-    /// JSON, but not an object.
-    NotAnObject,
-    /// A field (required or not) appears twice.
-    DuplicateField,
-    /// A required field is absent or `null`.
-    MissingField,
-    /// A field has the wrong JSON type (`1.0` for an integer, a string for a number, …) or a
-    /// negative `ms_played`.
-    WrongType,
-    /// `user_id` or `track_id` outside `0 ≤ id < 2^63`.
-    IdOutOfRange,
-    /// An `event_timestamp` that is neither a valid ISO form nor non-negative milliseconds.
-    BadTimestamp,
-    /// An `event_type` other than `streaming`, `like`, `skip`.
-    UnknownEventType,
-}
-
-const INVALID_KINDS: [InvalidKind; 9] = [
-    InvalidKind::NotUtf8,
-    InvalidKind::BadJson,
-    InvalidKind::NotAnObject,
-    InvalidKind::DuplicateField,
-    InvalidKind::MissingField,
-    InvalidKind::WrongType,
-    InvalidKind::IdOutOfRange,
-    InvalidKind::BadTimestamp,
-    InvalidKind::UnknownEventType,
-];
-
 /// What a generated line is meant to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
@@ -165,14 +131,11 @@ struct Generator {
     heard: Vec<(u64, u64)>,
 }
 
-/// One JSON object under construction: `(key, value as JSON text)` in output order.
-type Fields = Vec<(String, String)>;
-
 impl Generator {
     fn line(&mut self) -> GeneratedLine {
         let event = self.event();
         if self.rng.random_range(0..100) < self.mix.invalid_percent {
-            let kind = *INVALID_KINDS.choose(&mut self.rng).expect("non-empty");
+            let kind = *InvalidKind::ALL.choose(&mut self.rng).expect("non-empty");
             return GeneratedLine { bytes: self.invalid(&event, kind), intent: Intent::Invalid(kind) };
         }
         self.heard.push((event.user_id, event.track_id));
@@ -302,107 +265,23 @@ impl Generator {
         fields
     }
 
-    /// A message derived from `event` that is invalid in the way `kind` says.
+    /// A message derived from `event` (a random valid rendering of it) that is invalid in the
+    /// way `kind` says: encore-core's one list of SPEC §1 counterexamples.
     fn invalid(&mut self, event: &Event, kind: InvalidKind) -> Vec<u8> {
         let (timestamp, _) = self.timestamp(event.event_time_ms);
-        let mut fields = self.fields(event, timestamp);
-        let set = |fields: &mut Fields, key: &str, value: &str| {
-            match fields.iter_mut().find(|(k, _)| k == key) {
-                Some(field) => field.1 = value.to_owned(),
-                None => fields.push((key.to_owned(), value.to_owned())),
-            };
-        };
-        match kind {
-            InvalidKind::NotUtf8 => {
-                // A key `fields` never has, so the line is invalid for this reason only.
-                fields.push(("comment".into(), "\"@@\"".into()));
-                // `@@` occurs nowhere else: no generated key or value contains `@`.
-                let mut bytes = join(&fields).into_bytes();
-                let at = bytes.windows(2).position(|pair| pair == b"@@").expect("marker present");
-                bytes[at] = 0xFF;
-                bytes[at + 1] = 0xFE;
-                return bytes;
-            }
-            InvalidKind::BadJson => {
-                let text = join(&fields);
-                return match self.rng.random_range(0..3) {
-                    // Any proper prefix: the closing brace is the last byte, nothing follows it.
-                    0 => text.as_bytes()[..self.rng.random_range(0..text.len())].to_vec(),
-                    1 => format!("{},}}", &text[..text.len() - 1]).into_bytes(),
-                    _ => format!("{text} {text}").into_bytes(),
-                };
-            }
-            InvalidKind::NotAnObject => {
-                let text = join(&fields);
-                let choices = ["[1,2,3]".to_owned(), "42".to_owned(), "\"like\"".to_owned(), "null".to_owned(), format!("[{text}]")];
-                return choices.choose(&mut self.rng).expect("non-empty").clone().into_bytes();
-            }
-            InvalidKind::DuplicateField => {
-                let copy = fields.choose(&mut self.rng).expect("non-empty").clone();
-                fields.push(copy);
-            }
-            InvalidKind::MissingField => {
-                let key = *["user_id", "track_id", "event_timestamp", "event_type"].choose(&mut self.rng).expect("non-empty");
-                if self.rng.random_bool(0.5) {
-                    fields.retain(|(k, _)| k != key);
-                } else {
-                    set(&mut fields, key, "null");
-                }
-            }
-            InvalidKind::WrongType => {
-                let choices: [(&str, &str); 16] = [
-                    ("user_id", "\"5\""),
-                    ("user_id", "5.0"),
-                    ("user_id", "true"),
-                    ("track_id", "1.0"),
-                    ("track_id", "[1]"),
-                    ("track_id", "{}"),
-                    ("event_timestamp", "1714521600000.0"),
-                    ("event_timestamp", "1.7145216e12"),
-                    ("event_timestamp", "true"),
-                    ("event_type", "1"),
-                    ("event_type", "[\"like\"]"),
-                    ("event_type", "null"),
-                    ("ms_played", "\"30000\""),
-                    ("ms_played", "30000.0"),
-                    ("ms_played", "-1"),
-                    ("ms_played", "false"),
-                ];
-                let (key, value) = *choices.choose(&mut self.rng).expect("non-empty");
-                set(&mut fields, key, value);
-            }
-            InvalidKind::IdOutOfRange => {
-                let key = *["user_id", "track_id"].choose(&mut self.rng).expect("non-empty");
-                let values = ["9223372036854775808", "18446744073709551615", "100000000000000000000", "-1", "-9223372036854775808"];
-                let value = *values.choose(&mut self.rng).expect("non-empty");
-                set(&mut fields, key, value);
-            }
-            InvalidKind::BadTimestamp => {
-                let values = [
-                    "\"2024-02-30T00:00:00Z\"",
-                    "\"2023-02-29T12:00:00Z\"",
-                    "\"2024-05-01 12:00:00Z\"",
-                    "\"2024-05-01T12:00Z\"",
-                    "\"2024-05-01T24:00:00Z\"",
-                    "\"2024-05-01T12:00:00.1234567891Z\"",
-                    "\"2024-05-01T12:00:00.Z\"",
-                    "\"2024-05-01T12:00:00+0200\"",
-                    "\"2024-05-01T12:00:00+02\"",
-                    "\"2024-05-01T12:00:00z\"",
-                    "\"2024-05-01\"",
-                    "\"1714521600000\"",
-                    "\"\"",
-                    "\"yesterday\"",
-                    "-1",
-                ];
-                set(&mut fields, "event_timestamp", values.choose(&mut self.rng).expect("non-empty"));
-            }
-            InvalidKind::UnknownEventType => {
-                let values = ["\"play\"", "\"Streaming\"", "\"LIKE\"", "\"\"", "\"skip \""];
-                set(&mut fields, "event_type", values.choose(&mut self.rng).expect("non-empty"));
-            }
-        }
-        join(&fields).into_bytes()
+        let fields = self.fields(event, timestamp);
+        let mut bytes = Vec::new();
+        invalid::write_invalid(kind, event, fields, &mut Draws(&mut self.rng), &mut bytes);
+        bytes
+    }
+}
+
+/// The generator's random stream, for encore-core's invalid messages.
+struct Draws<'a>(&'a mut ChaCha8Rng);
+
+impl Draw for Draws<'_> {
+    fn below(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
     }
 }
 
@@ -414,13 +293,6 @@ fn id_of(index: u64, count: u64) -> u64 {
     } else {
         index
     }
-}
-
-/// A JSON object from its fields; no whitespace after the closing brace (so that every proper
-/// prefix is invalid JSON).
-fn join(fields: &Fields) -> String {
-    let body: Vec<String> = fields.iter().map(|(key, value)| format!("\"{key}\":{value}")).collect();
-    format!("{{{}}}", body.join(","))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of `ms` (milliseconds since the epoch, any sign), fraction dropped.
@@ -518,7 +390,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(kinds, INVALID_KINDS.into_iter().collect());
+        assert_eq!(kinds, InvalidKind::ALL.into_iter().collect());
         assert_eq!(fraction_digits, (0..=9).collect());
         assert!(millis > 0 && absent > 0 && zulu > 0);
         assert_eq!(offsets, OFFSETS.into_iter().collect());
