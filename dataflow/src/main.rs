@@ -420,19 +420,7 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
     };
     let job = KafkaJob { source, params, emit_co_listens: cli.emit_co_listens, emit_events: cli.emit_events, refresh: cli.refresh_idle };
     let shutdown = Shutdown::new();
-    let on_signal = shutdown.clone();
-    // Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
-    // terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
-    // connecting to peers there is nothing to finish, and timely's connection retries would
-    // not notice.
-    ctrlc::set_handler(move || {
-        if !on_signal.workers_started() {
-            eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
-            std::process::exit(130);
-        }
-        on_signal.request();
-    })
-    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
+    stop_on_signals(&shutdown)?;
     let writer = (cli.cluster.process == 0).then_some(sink);
     let summary = kafka::run(config, job, writer, shutdown, metrics)?;
     println!(
@@ -446,4 +434,20 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         summary.seconds,
     );
     Ok(())
+}
+
+/// Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
+/// terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
+/// connecting to peers there is nothing to finish, and timely's connection retries would not
+/// notice.
+fn stop_on_signals(shutdown: &Shutdown) -> anyhow::Result<()> {
+    let on_signal = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if !on_signal.workers_started() {
+            eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
+            std::process::exit(130);
+        }
+        on_signal.request();
+    })
+    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")
 }

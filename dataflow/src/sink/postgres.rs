@@ -204,6 +204,30 @@ pub struct CommitStats {
     pub events_logged: u64,
 }
 
+impl CommitStats {
+    /// What a commit of `staged` (and `events`) will write, before its first attempt.
+    fn planned(staged: &Staged, events: Option<&EncodedEvents>) -> CommitStats {
+        CommitStats {
+            upserted: staged.tables.iter().map(|t| t.inserts + t.updates).sum(),
+            deleted: staged.tables.iter().map(|t| t.deletes).sum(),
+            dead_letters: staged.dead_letter_count,
+            copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
+                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64)
+                + events.map_or(0, EncodedEvents::bytes),
+            attempts: 0,
+            ack_lost: false,
+            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
+                let mut rows = TableRows { table: spec.name, ..TableRows::default() };
+                for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
+                    (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
+                }
+                rows
+            }),
+            events_logged: events.map_or(0, |e| e.stream_rows + e.like_rows),
+        }
+    }
+}
+
 /// The rows one commit wrote to one keyed table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableRows {
@@ -374,24 +398,7 @@ impl PgSink {
             (Some(_), false) => Some(event_log::encode_events(&changes.events)?),
             _ => None,
         };
-        let mut stats = CommitStats {
-            upserted: staged.tables.iter().map(|t| t.inserts + t.updates).sum(),
-            deleted: staged.tables.iter().map(|t| t.deletes).sum(),
-            dead_letters: staged.dead_letter_count,
-            copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
-                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64)
-                + events.as_ref().map_or(0, EncodedEvents::bytes),
-            attempts: 0,
-            ack_lost: false,
-            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
-                let mut rows = TableRows { table: spec.name, ..TableRows::default() };
-                for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
-                    (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
-                }
-                rows
-            }),
-            events_logged: events.as_ref().map_or(0, |e| e.stream_rows + e.like_rows),
-        };
+        let mut stats = CommitStats::planned(&staged, events.as_ref());
         if staged.is_empty() && offsets.is_empty() && events.is_none() {
             return Ok(stats); // nothing to write: no transaction at all
         }
