@@ -49,6 +49,6 @@ mod lines;
 
 pub use check::{
     assert_one_line_error, assert_success, assert_tables_eq, check_every_epoch, check_lines_every_epoch, check_lines_every_epoch_with,
-    expected_after_each_epoch, listeners_per_epoch, parse_lines, run_snapshots, run_snapshots_with, Snapshots,
+    expected_after_each_epoch, parse_lines, run_snapshots, run_snapshots_with, Snapshots,
 };
 pub use lines::{dense_lines, generate, random_lines, write_lines, GeneratedLine, Intent, InvalidKind, LineMix, TimestampForm, Zone};

@@ -54,7 +54,7 @@ pub struct LinesRead {
 
 /// Checks that `lines` can be read, before any worker starts: a missing file is one error
 /// with its path rather than one per worker.
-pub fn check_readable(lines: &Lines) -> Result<(), ReadError> {
+pub(crate) fn check_readable(lines: &Lines) -> Result<(), ReadError> {
     match lines {
         Lines::File(path) => File::open(path).map(drop).map_err(|reason| ReadError { path: path.clone(), reason }),
         Lines::Memory(_) => Ok(()),

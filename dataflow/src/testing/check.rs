@@ -146,7 +146,7 @@ pub fn check_lines_every_epoch_with(
 }
 
 /// The users with a listen in each epoch of `epoch_events` lines.
-pub fn listeners_per_epoch(lines: &[Vec<u8>], epoch_events: usize) -> Vec<BTreeSet<u64>> {
+fn listeners_per_epoch(lines: &[Vec<u8>], epoch_events: usize) -> Vec<BTreeSet<u64>> {
     lines
         .chunks(epoch_events)
         .map(|chunk| chunk.iter().filter_map(|line| parse_event(line).ok()).filter(Event::is_listen).map(|event| event.user_id).collect())
