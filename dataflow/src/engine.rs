@@ -64,6 +64,7 @@
 pub mod history;
 pub mod recommend;
 pub mod similarity;
+pub(crate) mod sorted;
 pub(crate) mod stash;
 pub mod top_k;
 pub mod work;

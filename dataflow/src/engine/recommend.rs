@@ -291,7 +291,6 @@ impl Recommender {
         for &(j, s) in list {
             neighbors.push((self.slot(j), s));
         }
-        neighbors.shrink_to_fit();
         let Recommender { tracks, users, stale, .. } = self;
         let track = &mut tracks[slot];
         track.neighbors = neighbors;
@@ -386,12 +385,16 @@ impl Recommender {
         for &i in &state.history {
             scores[i as usize] = 0;
         }
-        // The best n, ties to the smaller track: an insertion into a list of at most n.
+        // The best n, ties to the smaller track: an insertion into a list of at most n. A
+        // candidate's id (a cache miss in `tracks`) is read only when its score can enter.
         list.clear();
         for &j in touched.iter() {
             let score = std::mem::take(&mut scores[j as usize]);
             if score <= 0 {
                 continue; // a history track (scores are sums of s > 0)
+            }
+            if list.len() == n && list.last().is_none_or(|&(_, last)| score < last) {
+                continue;
             }
             let entry = (Reverse(score), tracks[j as usize].id);
             if list.len() == n && list.last().is_none_or(|&(id, s)| entry >= (Reverse(s), id)) {
@@ -518,7 +521,7 @@ pub fn recommendations<'scope>(
                         for (track, list) in &neighbors {
                             state.neighbors_changed(*track, list);
                         }
-                        super::top_k::consolidate(&mut members);
+                        super::sorted::consolidate(&mut members);
                         for &((user, track), diff) in &members {
                             state.membership_changed(user, track, diff);
                         }

@@ -81,8 +81,8 @@ use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
 use super::history::PairChange;
+use super::sorted::{consolidate, replace_tight};
 use super::stash::EpochStash;
-use super::top_k::{consolidate, replace_tight};
 use super::Epoch;
 
 /// A record of the operator's output, at the epoch of its message.

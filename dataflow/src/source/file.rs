@@ -74,7 +74,7 @@ pub(crate) fn feed(worker: &mut Worker, inputs: &mut Inputs, lines: &Lines, epoc
         if epoch > inputs.epoch() {
             // Close the previous epoch; stay within a few epochs of the sink.
             inputs.advance_to(epoch);
-            worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+            inputs.wait_for_sink(worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
         }
         read.epochs = epoch + 1;
         if line.is_empty() {

@@ -476,10 +476,9 @@ impl WorkerConsumer<'_> {
         self.keep_up(epoch);
     }
 
-    /// Keeps within a few epochs of the sink, stepping the dataflow meanwhile.
+    /// Keeps within a few epochs of the sink, running the dataflow meanwhile.
     fn keep_up(&mut self, epoch: Epoch) {
-        let inputs = &*self.inputs;
-        self.worker.step_while(|| inputs.pending_before(epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)));
+        self.inputs.wait_for_sink(self.worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
     }
 
     /// Nothing to read: do dataflow work, or sleep briefly.

@@ -4,7 +4,7 @@
 //! ```text
 //!  every worker: EventStream (same seed) ──► keep lines n ≡ w (mod W) ──► buffer
 //!                                                                          │ barrier
-//!                       timed: feed buffer ─► advance_to(e+1) ─► step_while(probe < e+1)
+//!                       timed: feed buffer ─► advance_to(e+1) ─► wait_for_sink(e+1)
 //!  worker 0:  CountingSink  (keeps each epoch's changes; rows counted after the timed span)
 //!             /proc/self/status (VmRSS, VmHWM) after chosen epochs
 //! ```
@@ -273,7 +273,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
                 remaining -= chunk;
                 if remaining == 0 {
                     inputs.advance_to(next_epoch);
-                    worker.step_while(|| inputs.pending_before(next_epoch));
+                    inputs.wait_for_sink(worker, next_epoch);
                     record.engine += feeding.elapsed();
                     record.cpu += process_cpu().saturating_sub(cpu_before);
                     break;
