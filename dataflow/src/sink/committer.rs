@@ -82,7 +82,7 @@ pub struct Handover {
 impl Handover {
     /// Queues `changes` of `epoch` for commit, blocking while the queue is full. Returns
     /// `false` (and discards the epoch) once the committer has ended after a failure: nothing
-    /// more may be committed, and the stop flag is already set.
+    /// more may be committed, and the shutdown is already requested.
     pub fn hand_over(&mut self, epoch: Epoch, changes: Changes) -> bool {
         let Some(sender) = &self.sender else { return false };
         if sender.send((epoch, changes)).is_ok() {
