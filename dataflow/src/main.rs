@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use clap::{ArgAction, Args, Parser};
 use encore_dataflow::engine::RefreshBudget;
-use encore_dataflow::job;
+use encore_dataflow::job::file::{self, FileJob};
+use encore_dataflow::job::kafka::{self, KafkaJob};
 use encore_dataflow::metrics::{self, Metrics};
+use encore_dataflow::shutdown::Shutdown;
 use encore_dataflow::sink::csv::{self, MemorySink};
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
-use encore_dataflow::source::file::{self, BatchJob, Lines};
-use encore_dataflow::source::kafka::{self, StreamJob};
+use encore_dataflow::source::file::Lines;
+use encore_dataflow::source::kafka::{KafkaSource, Recovery, DEFAULT_ERROR_TIMEOUT};
 use encore_dataflow::tables::Params;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Real-time music recommendations: consumes listening events, maintains co-listening
 /// counts, item-item similarity, per-track neighbours, per-user recommendations and track
@@ -118,7 +119,7 @@ struct Cli {
     /// job ends with the last one (a broker down, unreachable or refusing). Errors that can
     /// never heal (a batch in a codec this build cannot decode, a denied topic, fatal errors)
     /// end it at once.
-    #[arg(long, value_name = "SECONDS", default_value_t = kafka::DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_ERROR_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     kafka_error_timeout: u64,
 
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (Kafka input only; off by
@@ -307,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (input, output_dir) = output_dir;
 
     let state = Arc::new(Mutex::new(MemorySink::default()));
-    let job = BatchJob {
+    let job = FileJob {
         lines: Lines::File(input),
         params,
         emit_co_listens: cli.emit_co_listens,
@@ -394,49 +395,34 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         recorded.push_str(" --emit-co-listens");
     }
     let recovery = match sink.check_parameters(&topic, &recorded, params.count_bits, &committed)? {
-        _ if cli.replay_topic => kafka::Recovery::Replay(Box::new(sink.state_reader())),
-        true => kafka::Recovery::Load(Box::new(sink.state_reader())),
+        _ if cli.replay_topic => Recovery::Replay(Box::new(sink.state_reader())),
+        true => Recovery::Load(Box::new(sink.state_reader())),
         false => {
             tracing::warn!(
                 "the tables in --pg-schema {} were written before encore-flow kept its state in Postgres: \
                  replaying the topic once to rebuild it (it is stored with the first commit)",
                 cli.pg_schema
             );
-            kafka::Recovery::Replay(Box::new(sink.state_reader()))
+            Recovery::Replay(Box::new(sink.state_reader()))
         }
     };
-    let job = StreamJob {
+    let source = KafkaSource {
         brokers,
         topic,
         group: cli.group.clone(),
         kafka_options,
-        params,
-        emit_co_listens: cli.emit_co_listens,
-        emit_events: cli.emit_events,
         until_caught_up: cli.until_caught_up,
         epoch_ms: cli.epoch_ms,
         epoch_events: cli.epoch_events as usize,
-        refresh: cli.refresh_idle,
         committed,
         recovery,
         error_timeout: std::time::Duration::from_secs(cli.kafka_error_timeout),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let on_signal = Arc::clone(&stop);
-    // Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
-    // terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
-    // connecting to peers there is nothing to finish, and timely's connection retries would
-    // not notice.
-    ctrlc::set_handler(move || {
-        if !job::WORKERS_STARTED.load(Ordering::SeqCst) {
-            eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
-            std::process::exit(130);
-        }
-        on_signal.store(true, Ordering::SeqCst);
-    })
-    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")?;
+    let job = KafkaJob { source, params, emit_co_listens: cli.emit_co_listens, emit_events: cli.emit_events, refresh: cli.refresh_idle };
+    let shutdown = Shutdown::new();
+    stop_on_signals(&shutdown)?;
     let writer = (cli.cluster.process == 0).then_some(sink);
-    let summary = job::run_with_metrics(config, job, writer, stop, metrics)?;
+    let summary = kafka::run(config, job, writer, shutdown, metrics)?;
     println!(
         "process={} replayed={} restored={} consumed={} invalid={} replay_seconds={:.3} seconds={:.3}",
         cli.cluster.process,
@@ -448,4 +434,20 @@ fn run_stream(cli: &Cli, config: timely::Config, params: Params, url: &str) -> a
         summary.seconds,
     );
     Ok(())
+}
+
+/// Ctrl-C (SIGINT), SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP (a closed
+/// terminal), all alike: finish the current epoch, commit it, and exit cleanly; while still
+/// connecting to peers there is nothing to finish, and timely's connection retries would not
+/// notice.
+fn stop_on_signals(shutdown: &Shutdown) -> anyhow::Result<()> {
+    let on_signal = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if !on_signal.workers_started() {
+            eprintln!("encore-flow: interrupted while connecting to the other processes; nothing was written");
+            std::process::exit(130);
+        }
+        on_signal.request();
+    })
+    .context("cannot install the SIGINT/SIGTERM/SIGHUP handler")
 }

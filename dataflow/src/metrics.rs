@@ -284,6 +284,17 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4) of every metric.
     pub fn render(&self) -> String {
         let mut out = Exposition { text: String::with_capacity(4096), process: self.process.to_string() };
+        self.render_consumption(&mut out);
+        self.render_refresh_and_rebuild(&mut out);
+        self.render_partitions(&mut out);
+        if self.writer {
+            self.render_sink(&mut out);
+        }
+        out.text
+    }
+
+    /// What this process's workers consumed.
+    fn render_consumption(&self, out: &mut Exposition) {
         let c = &self.consumption;
         let load = |counter: &AtomicU64| counter.load(Relaxed);
         out.single(
@@ -323,6 +334,10 @@ impl Metrics {
             "Periodic high-watermark requests that failed (lag then shows the last known watermark).",
             load(&self.watermark_errors),
         );
+    }
+
+    /// Recommendations refreshed and stale, the state's rebuild, the process's start.
+    fn render_refresh_and_rebuild(&self, out: &mut Exposition) {
         // Recommendations refreshed on activity (SPEC §2 step 6), from the engine's own
         // counters of this process's workers.
         let work = crate::engine::work::Work::total();
@@ -362,7 +377,10 @@ impl Metrics {
             "Unix time this process started; a restart changes it (changes() in PromQL).",
             format_args!("{}.{:03}", self.started_ms / 1000, self.started_ms % 1000),
         );
+    }
 
+    /// Next offset, high watermark and lag of each partition this process reads.
+    fn render_partitions(&self, out: &mut Exposition) {
         let readings: Vec<(String, i64, Option<i64>)> = self
             .partitions
             .read()
@@ -394,10 +412,6 @@ impl Metrics {
                 out.sample(name, &[("partition", p)], (high - next).max(0));
             }
         }
-        if self.writer {
-            self.render_sink(&mut out);
-        }
-        out.text
     }
 
     fn render_sink(&self, out: &mut Exposition) {

@@ -1,13 +1,13 @@
 //! The dataflow every job installs on every worker: the engine, its inputs and the
-//! per-epoch sink. Shared by the file job ([`crate::source::file`]) and the Kafka job
-//! ([`crate::job`]), so that both compute exactly the same thing.
+//! per-epoch sink. Shared by the file job ([`crate::job::file`]) and the Kafka job
+//! ([`crate::job::kafka`]), so that both compute exactly the same thing.
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::engine::{self, Epoch, Listen, RefreshBudget, SourceEpoch};
-use crate::sink::{self, EpochSink, Gathered};
+use crate::sink::{self, EpochSink, SinkFrom};
 use crate::tables::{DeadLetter, LoggedEvent, Params, RankedList, TrackStats};
 
 /// How many epochs a worker may feed ahead of the sink, in the Kafka job and the file job
@@ -60,37 +60,34 @@ impl Inputs {
         *self.listens.time()
     }
 
+    /// Every input, once: the one list that [`Inputs::advance_to`] and [`Inputs::flush`]
+    /// walk (closing drops them all).
+    fn each(&mut self) -> impl Iterator<Item = &mut dyn EpochInput> {
+        let inputs: [&mut dyn EpochInput; 7] = [
+            &mut self.listens,
+            &mut self.dead_letters,
+            &mut self.offsets,
+            &mut self.restored_listens,
+            &mut self.restored_stats,
+            &mut self.restored_recommendations,
+            &mut self.sources,
+        ];
+        inputs.into_iter().chain(self.events.as_mut().map(|events| events as &mut dyn EpochInput))
+    }
+
     /// Closes the current epoch and opens `epoch` (later than the current one; an equal one
     /// changes nothing).
     pub fn advance_to(&mut self, epoch: Epoch) {
         if epoch > self.epoch() {
             self.sources.insert(std::mem::take(&mut self.open));
         }
-        self.listens.advance_to(epoch);
-        self.dead_letters.advance_to(epoch);
-        self.offsets.advance_to(epoch);
-        self.restored_listens.advance_to(epoch);
-        self.restored_stats.advance_to(epoch);
-        self.restored_recommendations.advance_to(epoch);
-        self.sources.advance_to(epoch);
-        if let Some(events) = self.events.as_mut() {
-            events.advance_to(epoch);
-        }
+        self.each().for_each(|input| input.advance_to(epoch));
         self.flush();
     }
 
     /// Sends what was fed so far into the dataflow without closing the epoch.
     pub fn flush(&mut self) {
-        self.listens.flush();
-        self.dead_letters.flush();
-        self.offsets.flush();
-        self.restored_listens.flush();
-        self.restored_stats.flush();
-        self.restored_recommendations.flush();
-        self.sources.flush();
-        if let Some(events) = self.events.as_mut() {
-            events.flush();
-        }
+        self.each().for_each(|input| input.flush());
     }
 
     /// Every stale user's recommendations are refreshed at the end of the open epoch: the
@@ -165,19 +162,27 @@ impl Inputs {
         event
     }
 
-    /// Closes the open epoch and every input: the dataflow drains and completes.
+    /// Closes the open epoch and every input: the dataflow drains and completes. (An input
+    /// closes when it is dropped, and so do all of them with `self`.)
     pub fn close(mut self) {
-        self.sources.insert(self.open);
-        self.listens.close();
-        self.dead_letters.close();
-        self.offsets.close();
-        self.restored_listens.close();
-        self.restored_stats.close();
-        self.restored_recommendations.close();
-        self.sources.close();
-        if let Some(events) = self.events {
-            events.close();
-        }
+        let open = std::mem::take(&mut self.open);
+        self.sources.insert(open);
+    }
+}
+
+/// What [`Inputs`] does to each of its inputs alike, whatever their records.
+trait EpochInput {
+    fn advance_to(&mut self, epoch: Epoch);
+    fn flush(&mut self);
+}
+
+impl<D: differential_dataflow::Data> EpochInput for InputSession<Epoch, D, isize> {
+    fn advance_to(&mut self, epoch: Epoch) {
+        InputSession::advance_to(self, epoch);
+    }
+
+    fn flush(&mut self) {
+        InputSession::flush(self);
     }
 }
 
@@ -193,11 +198,11 @@ pub struct Options {
     /// How many stale users a worker refreshes per epoch (`--refresh-idle`).
     pub refresh: RefreshBudget,
     /// Which epochs' changes reach the sink.
-    pub gathered: Gathered,
+    pub sink_from: SinkFrom,
 }
 
 /// Builds the dataflow on `worker`; `sink` receives every closed epoch on worker 0, with the
-/// changes `options.gathered` says.
+/// changes `options.sink_from` says.
 pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, options: Options, sink: S) -> Inputs {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (listens_input, listens) = scope.new_collection::<Listen, isize>();
@@ -216,7 +221,7 @@ pub fn install<S: EpochSink>(worker: &mut Worker, params: &Params, options: Opti
         let restored =
             engine::Restored { last_listens: restored_listens, track_stats: restored_stats, recommendations: restored_recommendations };
         let outputs = engine::compute(listens, Some(restored), sources, params, options.refresh, options.emit_co_listens);
-        let probe = sink::sink_epochs(sink::gather(outputs, dead_letters, offsets, options.gathered), events, sink);
+        let probe = sink::sink_epochs(sink::gather(outputs, dead_letters, offsets, options.sink_from), events, sink);
         Inputs {
             listens: listens_input,
             dead_letters: dead_input,

@@ -11,8 +11,9 @@
 //!                                                                           in epoch order
 //! ```
 //!
-//! One writer sees every change: a sink commits each closed epoch as one unit (a CSV state
-//! for files, one transaction for Postgres), which is what makes exactly-once simple. Each
+//! One writer sees every change: a sink takes each closed epoch as one unit (a CSV state for
+//! files; for Postgres a transaction, which may hold several epochs: the protocol is in
+//! [`postgres`], "Exactly once"), which is what makes exactly-once simple. Each
 //! worker sorts its own row changes into shares first, so worker 0 receives a few records
 //! per epoch instead of every row change (tens of thousands per live epoch), and does no
 //! more work than the others.
@@ -61,11 +62,11 @@ pub enum RowChange {
 
 type Updates = Vec<(RowChange, Epoch, isize)>;
 
-/// Which epochs' changes [`gather`] sends on to the sink. Changes of earlier epochs are
+/// From which epoch on [`gather`] sends changes on to the sink. Changes of earlier epochs are
 /// dropped where they are made, before the exchange to worker 0: a restart's rebuild emits
 /// every row of every table once, which the sink already holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Gathered {
+pub struct SinkFrom {
     /// The SPEC §3 tables, dead letters and offsets: from this epoch on.
     pub tables_from: Epoch,
     /// The durable state (`last(u,t)`): from this epoch on; `None`: not at all (a sink that
@@ -78,7 +79,7 @@ pub fn gather<'scope>(
     outputs: Outputs<'scope>,
     dead_letters: VecCollection<'scope, Epoch, DeadLetter>,
     offsets: VecCollection<'scope, Epoch, (i32, i64)>,
-    gathered: Gathered,
+    sink_from: SinkFrom,
 ) -> Stream<'scope, Epoch, Updates> {
     let mut changes = outputs
         .track_neighbors
@@ -90,9 +91,9 @@ pub fn gather<'scope>(
     if let Some(co_listens) = outputs.co_listens {
         changes = changes.concat(co_listens.map(|(pair, c)| RowChange::CoListen(pair, c)));
     }
-    let tables_from = gathered.tables_from;
+    let tables_from = sink_from.tables_from;
     let mut changes = changes.inner.filter(move |(_, epoch, _)| *epoch >= tables_from);
-    if let Some(state_from) = gathered.state_from {
+    if let Some(state_from) = sink_from.state_from {
         let state = outputs
             .last_listens
             .inner

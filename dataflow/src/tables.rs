@@ -169,7 +169,7 @@ pub struct Changes {
 
 impl Changes {
     /// Adds another worker's share of the same epoch. Concatenated, not consolidated: the
-    /// shares are what worker 0 used to receive record by record, in no particular order.
+    /// shares arrive in no particular order, and the sink nets each key's changes anyway.
     pub fn append(&mut self, mut share: Changes) {
         self.track_neighbors.append(&mut share.track_neighbors);
         self.user_recommendations.append(&mut share.user_recommendations);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_one_line_error;
-use encore_dataflow::{oracle, testing};
+use encore_dataflow::testing::{self, oracle};
 use encore_testkit::processes::wait_all;
 use encore_testkit::{free_port, retry_on_taken_port};
 

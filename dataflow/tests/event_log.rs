@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use encore_dataflow::sink::postgres::{EventLogRow, PgSink, RetryPolicy};
 use encore_dataflow::tables::{LoggedEvent, Params};
+use encore_dataflow::testing::{self, oracle};
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
-use encore_dataflow::{oracle, testing};
 use encore_testkit::processes::wait_all;
 use encore_testkit::{free_port, retry_on_taken_port, Postgres, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};

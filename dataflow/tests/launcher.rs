@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
 use encore_dataflow::testing::assert_tables_eq;
-use encore_dataflow::{oracle, testing};
+use encore_dataflow::testing::{self, oracle};
 use encore_testkit::{free_port_on, free_ports_on, retry_on_taken_port, Postgres, Tansu};
 
 const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/launch.sh");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::Params;
+use encore_dataflow::testing::{self, oracle};
 use encore_dataflow::testing::{assert_one_line_error, assert_success, assert_tables_eq};
-use encore_dataflow::{oracle, testing};
 use encore_testkit::{free_port, retry_on_taken_port, Postgres, Tansu};
 
 const PARAMS: Params = Params { history_cap: 5, min_co: 1, neighbors: 3, recommendations: 3, score_precision: 4, count_bits: 5 };

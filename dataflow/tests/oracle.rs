@@ -71,7 +71,7 @@ fn movielens_equals_the_oracle() {
     assert!(invalid.is_empty(), "the sample is valid");
     // The default B = 5 and exact counts: MovieLens counts reach the hundreds, so B = 5 rounds.
     for (params, workers) in [(Params::default(), 1), (Params::default(), 3), (Params { count_bits: 0, ..Params::default() }, 2)] {
-        let want = encore_dataflow::oracle::compute(&events, &params);
+        let want = encore_dataflow::testing::oracle::compute(&events, &params);
         assert!(want.track_neighbors.len() > 1_000 && want.user_recommendations.len() > 1_000, "a meaningful sample");
         let got = run_snapshots(lines.clone(), params, 25_000, workers);
         assert_tables_eq(&got.tables, &want, &format!("MovieLens, B = {}, {workers} workers", params.count_bits));
@@ -128,7 +128,7 @@ fn idle_stale_users_are_refreshed_within_their_share_of_the_budget() {
         let params = small(4, 1, 3, 3, 4, 0);
         let got = testing::run_snapshots_with(lines.clone(), params, epoch_lines, workers, RefreshBudget::Users(M));
         let (events, _) = testing::parse_lines(&lines);
-        let want = encore_dataflow::oracle::compute(&events, &params);
+        let want = encore_dataflow::testing::oracle::compute(&events, &params);
         assert_tables_eq(&got.tables, &want, "at rest");
         let new_list = |tables: &encore_dataflow::tables::Tables, user: u64| -> Vec<(u64, i64)> {
             tables.user_recommendations.range((user, 0)..(user + 1, 0)).map(|(&(_, track), &units)| (track, units)).collect()

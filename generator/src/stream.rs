@@ -129,7 +129,7 @@ impl EventStream {
         payload.clear();
         if let Some((rng, rate)) = &mut self.invalid {
             if unit(rng) < *rate {
-                let kind = InvalidKind::pick(rng);
+                let kind = invalid::pick_kind(rng);
                 let user_id = 1 + below(rng, self.listeners.len()) as u64;
                 let track_id = 1 + below(rng, self.model.tracks.len()) as u64;
                 write_invalid(kind, rng, user_id, track_id, self.now_ms, payload);

@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use encore_dataflow::oracle;
 use encore_dataflow::sink::csv::write_tables;
 use encore_dataflow::source::file::read_lines;
 use encore_dataflow::tables::{DeadLetter, Params};
+use encore_dataflow::testing::oracle;
 
 /// Writes the SPEC §3 tables of a JSON-lines file as computed by the sequential oracle.
 #[derive(Parser, Debug)]

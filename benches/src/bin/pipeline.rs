@@ -213,64 +213,115 @@ impl CatchUp {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    check_args(&args)?;
+    let catch_up_args: Vec<String> = args.catch_up_args.split_whitespace().map(str::to_owned).collect();
+    let latency_args: Vec<String> = args.latency_args.split_whitespace().map(str::to_owned).collect();
+    let started = Instant::now();
+    let recording = Recording::start("pipeline", args.results_dir.as_deref());
+    let binary = flow::binary(args.flow_bin.as_deref())?;
+    let servers = Servers::start(&args)?;
+    let target = servers.flow_target(&args, binary);
+    print_setup(&args, &servers, &target);
+
+    let catalog = Catalog::generate(args.seed, CatalogSizes::default());
+    let mut stream = EventStream::new(&catalog, 0.0);
+    let mut ends = fill(&args, &servers.kafka, &mut stream)?;
+    let limits = measure_limits(&args, &servers, &ends)?;
+    let runs = catch_ups(&args, &target, &servers.url, &catch_up_args)?;
+    print_catch_up(&runs, &args, &limits.parse_rates, limits.best_parse, limits.pg.copy_plain, &catch_up_args);
+    let event_log_lines = if args.emit_events { print_event_log(&runs, &args, &servers.url, limits.event_log_copy)? } else { Vec::new() };
+    // Before the latency runs, which add messages to the topic and to one schema.
+    let verified = if args.no_verify { None } else { Some(verify_catch_ups(&runs, &args, &catalog, &servers.url, &catch_up_args)?) };
+
+    let mut live = Live { args: &args, target: &target, servers: &servers, catalog: &catalog, latency_args: &latency_args, verified };
+    live.restarts(&runs, &mut stream, &mut ends)?;
+    let latencies = live.latencies(&runs, &catch_up_args, limits.pg.update, &mut stream, &mut ends)?;
+    let verified = live.verified;
+
+    print_summary(&args, &runs, &event_log_lines, &latencies, &limits, verified.as_deref());
+    println!("done in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
+    recording.finish()?;
+    match verified {
+        Some(wrong) if !wrong.is_empty() => bail!("the tables of {} differ from the sequential oracle", wrong.join(", ")),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses flags the runs cannot use.
+fn check_args(args: &Args) -> Result<()> {
     if args.events == 0 || args.layouts.is_empty() || args.consume_threads.contains(&0) || args.poll_ms == 0 {
         bail!("--events, --layouts, --consume-threads and --poll-ms must be positive");
     }
     if !args.no_latency && !args.layouts.contains(&args.latency_layout) {
         bail!("--latency-layout {} must be one of --layouts", args.latency_layout);
     }
-    let catch_up_args: Vec<String> = args.catch_up_args.split_whitespace().map(str::to_owned).collect();
-    let latency_args: Vec<String> = args.latency_args.split_whitespace().map(str::to_owned).collect();
-    let timeout = Duration::from_secs(args.timeout);
-    let started = Instant::now();
-    let recording = Recording::start("pipeline", args.results_dir.as_deref());
-    let binary = flow::binary(args.flow_bin.as_deref())?;
+    Ok(())
+}
 
-    // Servers: given, or fresh ones owned by this process (stopped when it ends).
-    let (_tansu, kafka) = match &args.brokers {
-        Some(brokers) => {
-            let settings =
-                encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options).map_err(anyhow::Error::msg)?;
-            let kafka = kafka::Kafka { brokers: brokers.clone(), settings };
-            if !kafka::topic_is_empty(&kafka, &args.topic)? {
-                bail!("topic {} on {brokers} is not empty: the benchmark needs an empty topic", args.topic);
+/// The broker and the database: given, or fresh ones owned by this process (stopped when it
+/// ends).
+struct Servers {
+    kafka: kafka::Kafka,
+    url: String,
+    _tansu: Option<encore_testkit::Tansu>,
+    _postgres: Option<encore_testkit::Postgres>,
+}
+
+impl Servers {
+    fn start(args: &Args) -> Result<Servers> {
+        let (_tansu, kafka) = match &args.brokers {
+            Some(brokers) => {
+                let settings =
+                    encore_kafkaconf::settings(brokers, args.kafka_config.as_deref(), &args.kafka_options).map_err(anyhow::Error::msg)?;
+                let kafka = kafka::Kafka { brokers: brokers.clone(), settings };
+                if !kafka::topic_is_empty(&kafka, &args.topic)? {
+                    bail!("topic {} on {brokers} is not empty: the benchmark needs an empty topic", args.topic);
+                }
+                (None, kafka)
             }
-            (None, kafka)
-        }
-        None => {
-            let tansu = encore_testkit::Tansu::start().context("starting Tansu")?;
-            tansu.create_topic(&args.topic, args.partitions).context("creating the topic")?;
-            let kafka = kafka::Kafka { brokers: tansu.brokers(), settings: Vec::new() };
-            (Some(tansu), kafka)
-        }
-    };
-    let brokers = kafka.brokers.clone();
-    let (_postgres, url) = match &args.postgres {
-        Some(url) => (None, url.clone()),
-        None => {
-            let cluster = encore_testkit::Postgres::start().context("starting PostgreSQL")?;
-            let url = cluster.url();
-            (Some(cluster), url)
-        }
-    };
-    let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("encore-pipeline-{}", std::process::id())));
-    // encore-flow reads the same file and options itself (a password stays in the file).
-    let mut kafka_flags = Vec::new();
-    if let Some(path) = &args.kafka_config {
-        kafka_flags.extend(["--kafka-config".to_owned(), path.display().to_string()]);
+            None => {
+                let tansu = encore_testkit::Tansu::start().context("starting Tansu")?;
+                tansu.create_topic(&args.topic, args.partitions).context("creating the topic")?;
+                let kafka = kafka::Kafka { brokers: tansu.brokers(), settings: Vec::new() };
+                (Some(tansu), kafka)
+            }
+        };
+        let (_postgres, url) = match &args.postgres {
+            Some(url) => (None, url.clone()),
+            None => {
+                let cluster = encore_testkit::Postgres::start().context("starting PostgreSQL")?;
+                let url = cluster.url();
+                (Some(cluster), url)
+            }
+        };
+        Ok(Servers { kafka, url, _tansu, _postgres })
     }
-    for (key, value) in &args.kafka_options {
-        kafka_flags.extend(["--kafka-option".to_owned(), format!("{key}={value}")]);
-    }
-    let target = FlowTarget {
-        binary: binary.clone(),
-        brokers: brokers.clone(),
-        kafka_flags,
-        topic: args.topic.clone(),
-        postgres: url.clone(),
-        log_dir,
-    };
 
+    /// How every encore-flow run reaches them.
+    fn flow_target(&self, args: &Args, binary: PathBuf) -> FlowTarget {
+        let log_dir = args.log_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("encore-pipeline-{}", std::process::id())));
+        // encore-flow reads the same file and options itself (a password stays in the file).
+        let mut kafka_flags = Vec::new();
+        if let Some(path) = &args.kafka_config {
+            kafka_flags.extend(["--kafka-config".to_owned(), path.display().to_string()]);
+        }
+        for (key, value) in &args.kafka_options {
+            kafka_flags.extend(["--kafka-option".to_owned(), format!("{key}={value}")]);
+        }
+        FlowTarget {
+            binary,
+            brokers: self.kafka.brokers.clone(),
+            kafka_flags,
+            topic: args.topic.clone(),
+            postgres: self.url.clone(),
+            log_dir,
+        }
+    }
+}
+
+/// The run's first lines: what runs against what.
+fn print_setup(args: &Args, servers: &Servers, target: &FlowTarget) {
+    let brokers = &servers.kafka.brokers;
     println!(
         "encore pipeline bench: {} events, seed {}, topic {} ({}), Postgres {}; {} CPUs; source {}; {}",
         args.events,
@@ -282,15 +333,15 @@ fn main() -> Result<()> {
         source_state(),
         load_average(),
     );
-    println!("encore-flow: {} (logs in {})", binary.display(), target.log_dir.display());
+    println!("encore-flow: {} (logs in {})", target.binary.display(), target.log_dir.display());
+}
 
-    // Fill.
-    let catalog = Catalog::generate(args.seed, CatalogSizes::default());
-    let mut stream = EventStream::new(&catalog, 0.0);
-    let mut producer = kafka::BenchProducer::connect(&kafka, &args.topic, 20, false)?;
+/// Fills the topic with `--events` events of `stream`; returns each partition's end.
+fn fill(args: &Args, kafka: &kafka::Kafka, stream: &mut EventStream) -> Result<BTreeMap<i32, i64>> {
+    let mut producer = kafka::BenchProducer::connect(kafka, &args.topic, 20, false)?;
     eprintln!("filling {} events ... ({})", args.events, load_average());
-    let fill_seconds = kafka::fill(&mut producer, &mut stream, args.events)?;
-    let mut ends = producer.ends();
+    let fill_seconds = kafka::fill(&mut producer, stream, args.events)?;
+    let ends = producer.ends();
     drop(producer);
     let filled: i64 = ends.values().sum();
     if filled != args.events as i64 {
@@ -303,8 +354,24 @@ fn main() -> Result<()> {
         args.events as f64 / fill_seconds,
         ends.values().collect::<Vec<_>>()
     );
+    Ok(ends)
+}
 
-    // Limit 1: raw consume (+ parse).
+/// The machine's limits, measured on the same broker and database.
+struct Limits {
+    /// Raw consume + parse, events/s, per thread count.
+    parse_rates: BTreeMap<usize, f64>,
+    /// The best of them.
+    best_parse: f64,
+    /// Raw COPY and UPDATE.
+    pg: pg::Limits,
+    /// Raw COPY of event-log rows (with --emit-events).
+    event_log_copy: Option<f64>,
+}
+
+/// Limit 1, raw consume (+ parse); limit 2, raw binary COPY, and the raw UPDATE that live
+/// commits mostly are: printed, and returned.
+fn measure_limits(args: &Args, servers: &Servers, ends: &BTreeMap<i32, i64>) -> Result<Limits> {
     println!("\n## Physical limits (same broker, same database, same run)\n");
     table_header!("limits", "| path | threads | messages | valid | seconds | events/s | MB/s |");
     println!("|---|--:|--:|--:|--:|--:|--:|");
@@ -314,7 +381,7 @@ fn main() -> Result<()> {
     for &threads in consume_threads {
         for parse in [false, true] {
             eprintln!("raw consume, {threads} thread(s), parse {parse} ... ({})", load_average());
-            let consumed = kafka::consume(&kafka, &args.topic, &ends, threads, parse)?;
+            let consumed = kafka::consume(&servers.kafka, &args.topic, ends, threads, parse)?;
             let rate = consumed.messages as f64 / consumed.seconds.max(1e-9);
             if parse {
                 best_parse = best_parse.max(rate);
@@ -332,17 +399,16 @@ fn main() -> Result<()> {
             );
         }
     }
-    // Limit 2: raw binary COPY, and the raw UPDATE that live commits mostly are.
-    let limits = if args.no_limits {
+    let url = &servers.url;
+    let pg = if args.no_limits {
         pg::Limits::default()
     } else {
         eprintln!("raw COPY of {} rows x {}, raw UPDATE ... ({})", args.copy_rows, args.copy_reps, load_average());
-        pg::raw_limits(&url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
+        pg::raw_limits(url, "pipeline_raw_copy", args.copy_rows, args.copy_reps)?
     };
-    let copy_plain = limits.copy_plain;
     let event_log_copy = if args.emit_events && !args.no_limits {
         eprintln!("raw event-log COPY of {} rows x {} ... ({})", args.copy_rows, args.copy_reps, load_average());
-        Some(pg::raw_event_log_copy(&url, "pipeline_raw_event_log", args.copy_rows, args.copy_reps)?)
+        Some(pg::raw_event_log_copy(url, "pipeline_raw_event_log", args.copy_rows, args.copy_reps)?)
     } else {
         None
     };
@@ -354,46 +420,66 @@ fn main() -> Result<()> {
     }
     println!(
         "\nraw binary COPY, {} list rows (BIGINT, BIGINT[10], DOUBLE PRECISION[10]) per transaction, median of {}: {:.0} rows/s into an index-free table, {:.0} rows/s into a keyed table",
-        args.copy_rows, args.copy_reps, copy_plain, limits.copy_keyed
+        args.copy_rows, args.copy_reps, pg.copy_plain, pg.copy_keyed
     );
     println!(
         "raw UPDATE of existing keys ({} rows per transaction of the {}-row keyed table, staging COPY + UPDATE ... FROM), median of {}: {:.0} rows/s",
         args.copy_rows / 10,
         args.copy_rows,
         args.copy_reps,
-        limits.update
+        pg.update
     );
+    Ok(Limits { parse_rates, best_parse, pg, event_log_copy })
+}
 
-    // Catch-up runs.
+/// The catch-up runs: every layout (with --emit-events, without and with the log), each on a
+/// fresh schema.
+fn catch_ups(args: &Args, target: &FlowTarget, url: &str, catch_up_args: &[String]) -> Result<Vec<CatchUp>> {
+    let timeout = Duration::from_secs(args.timeout);
     let mut runs = Vec::new();
     let variants: Vec<bool> = if args.emit_events { (0..args.emit_events_reps).flat_map(|_| [false, true]).collect() } else { vec![false] };
     for &layout in &args.layouts {
         for &emit_events in &variants {
             let mut run = CatchUp { layout, emit_events, finished: flow::Finished::default(), rows: BTreeMap::new() };
             let schema = run.schema();
-            pg::fresh_schema(&mut pg::connect(&url)?, &schema)?;
-            let mut flags = catch_up_args.clone();
+            pg::fresh_schema(&mut pg::connect(url)?, &schema)?;
+            let mut flags = catch_up_args.to_vec();
             flags.push("--until-caught-up".to_owned());
             if emit_events {
                 flags.push("--emit-events".to_owned());
             }
             let name = format!("catch-up-{layout}{}", if emit_events { "-events" } else { "" });
             eprintln!("catch-up {}: encore-flow {} ... ({})", run.label(), flags.join(" "), load_average());
-            run.finished = flow::start(&target, layout, &schema, &flags, &name)?.wait(timeout)?;
-            run.rows = pg::rows_written(&url, &schema)?;
+            run.finished = flow::start(target, layout, &schema, &flags, &name)?.wait(timeout)?;
+            run.rows = pg::rows_written(url, &schema)?;
             eprintln!("  {:.1} s, {:.0} events/s ({})", run.finished.seconds, run.events_per_second(args.events), load_average());
             runs.push(run);
         }
     }
-    print_catch_up(&runs, &args, &parse_rates, best_parse, copy_plain, &catch_up_args);
-    let event_log_lines = if args.emit_events { print_event_log(&runs, &args, &url, event_log_copy)? } else { Vec::new() };
-    // Before the latency runs, which add messages to the topic and to one schema.
-    let mut verified = if args.no_verify { None } else { Some(verify_catch_ups(&runs, &args, &catalog, &url, &catch_up_args)?) };
+    Ok(runs)
+}
 
-    // Restarts, on the latency layout's caught-up schema (before the latency runs grow it).
-    let mut restarts = Vec::new();
-    if let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout).filter(|_| !args.restarts.is_empty()) {
+/// The runs on the latency layout's caught-up schema, which add messages to the topic: the
+/// restarts, then the latency runs; each checked against the oracle when `verified` is kept.
+struct Live<'a> {
+    args: &'a Args,
+    target: &'a FlowTarget,
+    servers: &'a Servers,
+    catalog: &'a Catalog,
+    latency_args: &'a [String],
+    /// The runs whose tables are wrong so far; `None` with --no-verify.
+    verified: Option<Vec<String>>,
+}
+
+impl Live<'_> {
+    /// Restarts, on the latency layout's caught-up schema (before the latency runs grow it).
+    fn restarts(&mut self, runs: &[CatchUp], stream: &mut EventStream, ends: &mut BTreeMap<i32, i64>) -> Result<()> {
+        let args = self.args;
+        let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout).filter(|_| !args.restarts.is_empty()) else {
+            return Ok(());
+        };
         let schema = schema_of(args.latency_layout);
+        let mut restarts = Vec::new();
         for mode in &args.restarts {
             let mode: &'static str = match mode.as_str() {
                 "load" => "load",
@@ -401,23 +487,31 @@ fn main() -> Result<()> {
                 other => bail!("--restarts takes load and replay, not {other:?}"),
             };
             eprintln!("restart {} ({mode}) ... ({})", args.latency_layout, load_average());
+            let (url, kafka, timeout) = (&self.servers.url, &self.servers.kafka, Duration::from_secs(args.timeout));
             let restart =
-                restart::run(&target, args.latency_layout, &schema, &latency_args, mode, &url, &kafka, &mut stream, &mut ends, timeout)?;
+                restart::run(self.target, args.latency_layout, &schema, self.latency_args, mode, url, kafka, stream, ends, timeout)?;
             eprintln!("  first new commit after {:.1} s ({})", restart.first_commit_seconds, load_average());
-            if let Some(wrong) = verified.as_mut() {
-                let label = format!("restart {} ({mode})", args.latency_layout);
-                if !verify_latency_run(&label, &catalog, &url, &target, args.latency_layout, &schema, &ends, &latency_args, timeout)? {
-                    wrong.push(label);
-                }
-            }
+            self.verify(&format!("restart {} ({mode})", args.latency_layout), &schema, ends)?;
             restarts.push(restart);
         }
-        restart::print(&restarts, &base.finished.peak_rss, &latency_args);
+        restart::print(&restarts, &base.finished.peak_rss, self.latency_args);
+        Ok(())
     }
 
-    // Latency.
-    let mut latencies = Vec::new();
-    if !args.no_latency {
+    /// The latency runs, at each of --latency-rates.
+    fn latencies(
+        &mut self,
+        runs: &[CatchUp],
+        catch_up_args: &[String],
+        update_limit: f64,
+        stream: &mut EventStream,
+        ends: &mut BTreeMap<i32, i64>,
+    ) -> Result<Vec<(f64, latency::Measured)>> {
+        let args = self.args;
+        let mut latencies = Vec::new();
+        if args.no_latency {
+            return Ok(latencies);
+        }
         let Some(base) = runs.iter().find(|r| r.layout == args.latency_layout && !r.emit_events) else {
             bail!("no catch-up run of {}", args.latency_layout);
         };
@@ -430,36 +524,55 @@ fn main() -> Result<()> {
             };
             eprintln!("latency {} at {rate:.0} events/s ... ({})", args.latency_layout, load_average());
             let plan = latency::Plan {
-                target: &target,
+                target: self.target,
                 layout: args.latency_layout,
                 schema: &schema,
-                args: &latency_args,
+                args: self.latency_args,
                 rate,
                 seconds: args.latency_seconds,
                 warmup: args.latency_warmup,
                 drain: args.latency_drain,
                 poll: Duration::from_millis(args.poll_ms),
-                timeout,
+                timeout: Duration::from_secs(args.timeout),
                 stop_timeout: Duration::from_secs(args.stop_timeout),
-                catch_up_args: &catch_up_args,
+                catch_up_args,
             };
-            let measured = latency::run(&plan, &url, &kafka, &mut stream, &mut ends)?;
-            if let Some(wrong) = verified.as_mut() {
-                let label = format!("latency {} at {rate:.0} events/s", args.latency_layout);
-                if !verify_latency_run(&label, &catalog, &url, &target, args.latency_layout, &schema, &ends, &latency_args, timeout)? {
-                    wrong.push(label);
-                }
-            }
+            let measured = latency::run(&plan, &self.servers.url, &self.servers.kafka, stream, ends)?;
+            self.verify(&format!("latency {} at {rate:.0} events/s", args.latency_layout), &schema, ends)?;
             latencies.push((rate, measured));
         }
-        print_latency(&latencies, &args, &latency_args, half, limits.update);
+        print_latency(&latencies, args, self.latency_args, half, update_limit);
+        Ok(latencies)
     }
 
-    // Summary lines. The catch-up target: issue 4 asked for half the consume + parse limit;
-    // issue 20, with the work per listen bounded by --count-bits, for 90 %.
+    /// Checks the tables of `schema` after a live run, at rest, unless --no-verify.
+    fn verify(&mut self, label: &str, schema: &str, ends: &BTreeMap<i32, i64>) -> Result<()> {
+        let (layout, timeout) = (self.args.latency_layout, Duration::from_secs(self.args.timeout));
+        if let Some(wrong) = self.verified.as_mut() {
+            if !verify_latency_run(label, self.catalog, &self.servers.url, self.target, layout, schema, ends, self.latency_args, timeout)? {
+                wrong.push(label.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The summary lines: each catch-up against its target, each latency run against its
+/// target, the oracle's verdict.
+fn print_summary(
+    args: &Args,
+    runs: &[CatchUp],
+    event_log_lines: &[String],
+    latencies: &[(f64, latency::Measured)],
+    limits: &Limits,
+    verified: Option<&[String]>,
+) {
+    // The catch-up target: issue 4 asked for half the consume + parse limit; issue 20, with
+    // the work per listen bounded by --count-bits, for 90 %.
     const CATCH_UP_TARGET: f64 = 0.9;
+    let (best_parse, copy_plain) = (limits.best_parse, limits.pg.copy_plain);
     println!();
-    for line in &event_log_lines {
+    for line in event_log_lines {
         println!("{line}");
     }
     for run in runs.iter().filter(|_| !args.no_limits) {
@@ -478,7 +591,7 @@ fn main() -> Result<()> {
             run.row_changes() as f64 / args.events as f64,
         );
     }
-    for (rate, measured) in &latencies {
+    for (rate, measured) in latencies {
         let p99 = measured.quantile(0.99);
         println!(
             "latency {} at {:.0} events/s: p50 {}, p99 {} (target p99 <= 1000 ms: {}); oldest stale refresh {}{}",
@@ -492,21 +605,13 @@ fn main() -> Result<()> {
                 None => "missed, above the drain time".to_owned(),
             },
             fmt_stale(measured),
-            sink_load(measured, limits.update),
+            sink_load(measured, limits.pg.update),
         );
     }
-    match &verified {
-        None => println!("tables not checked against the oracle (--no-verify)"),
-        Some(wrong) if wrong.is_empty() => {
-            println!("every checked run's tables equal the sequential oracle over the messages it had committed")
-        }
-        Some(wrong) => println!("WRONG RESULTS: the tables of {} differ from the sequential oracle (see above)", wrong.join(", ")),
-    }
-    println!("done in {:.0} s; {}", started.elapsed().as_secs_f64(), load_average());
-    recording.finish()?;
     match verified {
-        Some(wrong) if !wrong.is_empty() => bail!("the tables of {} differ from the sequential oracle", wrong.join(", ")),
-        _ => Ok(()),
+        None => println!("tables not checked against the oracle (--no-verify)"),
+        Some([]) => println!("every checked run's tables equal the sequential oracle over the messages it had committed"),
+        Some(wrong) => println!("WRONG RESULTS: the tables of {} differ from the sequential oracle (see above)", wrong.join(", ")),
     }
 }
 
@@ -805,7 +910,7 @@ fn source_state() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
     };
-    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "udfs"])) {
+    match (git(&["rev-parse", "--short", "HEAD"]), git(&["status", "--porcelain", "--", "dataflow", "core"])) {
         (Some(head), Some(dirty)) if dirty.is_empty() => format!("git {head}"),
         (Some(head), Some(dirty)) => {
             format!("git {head} + uncommitted changes in {}", dirty.lines().filter_map(|l| l.get(3..)).collect::<Vec<_>>().join(" "))

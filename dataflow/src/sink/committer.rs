@@ -1,6 +1,7 @@
 //! The committer: one thread of process 0 that commits the closed live epochs worker 0 hands
-//! it, one transaction each, strictly in epoch order, so that the dataflow keeps computing the
-//! next epochs while Postgres commits.
+//! it, strictly in epoch order, so that the dataflow keeps computing the next epochs while
+//! Postgres commits. Its part in the exactly-once protocol ([`crate::sink::postgres`],
+//! "Exactly once"): one writer, epochs in order, nothing after a failure.
 //!
 //! ```text
 //!  worker 0, EpochSink ──► Handover ══ sync_channel(COMMIT_QUEUE) ══► committer thread
@@ -9,30 +10,27 @@
 //!                                                                         epochs queued meanwhile
 //!                                                                         merged into the next
 //!                                                                         │ first failure:
-//!                                          failure slot ◄── the error ────┤ record it, set stop,
-//!                                          stop flag    ◄── true ─────────┘ drop the receiver
+//!                                     Shutdown::request() ◄───────────────┤ stop the workers,
+//!                                     Committer::join() ◄── the error ────┘ drop the receiver
 //! ```
 //!
-//! # Guarantee
+//! # Order and failure
 //!
-//! What the commit function guarantees per epoch (for [`crate::sink::postgres::PgSink::commit`]: the
-//! epoch's deltas and its offsets in one transaction) holds unchanged: the channel is FIFO and
-//! worker 0 hands epochs over in epoch order, so they commit in that order; one thread commits,
-//! so never two at once; and after the first failed commit nothing more is committed (the
-//! thread ends at once, dropping whatever is queued), since later epochs build on the failed
-//! one. A restart resumes from the last committed offsets, as after any crash.
+//! The channel is FIFO and worker 0 hands epochs over in epoch order, so they commit in that
+//! order; one thread commits, so never two at once; and after the first failed commit nothing
+//! more is committed (the thread ends at once, dropping whatever is queued), since later epochs
+//! build on the failed one. A restart resumes from the last committed offsets, as after any
+//! crash.
 //!
 //! # Epochs merged into one transaction
 //!
 //! Epochs that queued up while a commit ran are merged into the next transaction
 //! ([`Changes::absorb`]): their update triples summed per row, so a row changed in several of
-//! them is written once, with its value after the last; the offsets are the last epoch's. The
-//! guarantee is unchanged, because a transaction still holds every change of whole,
-//! consecutive epochs with the offsets they reached: Postgres moves from the state after one
-//! epoch to the state after a later one, never to a state between. It is what keeps live
-//! latency bounded when commits are slower than epochs: at 1 000 events/s with 250 ms epochs
-//! a commit (~50 000 row writes, mostly recommendation rows that the next epochs change
-//! again) took longer than an epoch, so one transaction per epoch fell ever further behind.
+//! them is written once, with its value after the last; the offsets are the last epoch's. A
+//! transaction still holds every change of whole, consecutive epochs with the offsets they
+//! reached: Postgres moves from the state after one epoch to the state after a later one,
+//! never to a state between. It keeps live latency bounded when commits are slower than
+//! epochs: the commits then take ever more epochs each instead of falling ever further behind.
 //!
 //! # Backpressure and shutdown
 //!
@@ -41,24 +39,23 @@
 //! the dataflow's progress tracking and the workers' in-flight bound) the consumers: memory
 //! stays bounded, and the lag shows as consumer lag rather than as a growing queue.
 //!
-//! A blocked hand-over cannot deadlock: on failure (or a panic) the thread records the error,
-//! sets the stop flag and drops its receiver, which wakes a blocked sender with an error; the
+//! A blocked hand-over cannot deadlock: on failure (or a panic) the thread requests the
+//! [`Shutdown`] and drops its receiver, which wakes a blocked sender with an error; the
 //! hand-over then drops its sender and discards every later epoch, and the workers, seeing the
-//! stop flag, close their inputs and finish. The caller reports the recorded failure.
+//! request, close their inputs and finish. [`Committer::join`] returns the failure.
 //!
 //! The thread ends once every [`Handover`] is dropped and the queue is empty:
 //! [`Committer::join`] therefore returns only after every epoch handed over is committed. On
-//! Ctrl-C (the stop flag set from outside) the committer does not stop early: the workers close
-//! their current epoch, the dataflow completes the epochs in flight, and each is committed
-//! before the process exits, exactly as with `--until-caught-up`.
+//! Ctrl-C (a shutdown requested from outside) the committer does not stop early: the workers
+//! close their current epoch, the dataflow completes the epochs in flight, and each is
+//! committed before the process exits, exactly as with `--until-caught-up`.
 
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::engine::Epoch;
+use crate::shutdown::Shutdown;
 use crate::tables::Changes;
 
 /// Epochs that may wait for the committer besides the one it is committing. One lets the
@@ -68,22 +65,13 @@ use crate::tables::Changes;
 /// `MAX_EPOCHS_IN_FLIGHT` epochs ahead of the hand-over.
 pub const COMMIT_QUEUE: usize = 2;
 
-/// Where the committer records its first failure, and the flag that stops the workers.
-#[derive(Clone)]
-pub struct Halt<E> {
-    /// The first failure; the caller reports it after the run.
-    pub failure: Arc<Mutex<Option<E>>>,
-    /// Tells the workers to finish.
-    pub stop: Arc<AtomicBool>,
-}
-
-impl<E> Halt<E> {
-    fn fail(&self, error: Option<E>) {
-        if let (Some(error), Ok(mut failure)) = (error, self.failure.lock()) {
-            failure.get_or_insert(error);
-        }
-        self.stop.store(true, Ordering::SeqCst);
-    }
+/// Why the committer ended before every epoch handed over was committed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommitterFailed<E> {
+    /// A commit failed with this error; nothing after it was committed.
+    Commit(E),
+    /// The thread panicked (its message).
+    Panicked(String),
 }
 
 /// Worker 0's end of the queue.
@@ -94,7 +82,7 @@ pub struct Handover {
 impl Handover {
     /// Queues `changes` of `epoch` for commit, blocking while the queue is full. Returns
     /// `false` (and discards the epoch) once the committer has ended after a failure: nothing
-    /// more may be committed, and the stop flag is already set.
+    /// more may be committed, and the shutdown is already requested.
     pub fn hand_over(&mut self, epoch: Epoch, changes: Changes) -> bool {
         let Some(sender) = &self.sender else { return false };
         if sender.send((epoch, changes)).is_ok() {
@@ -106,24 +94,26 @@ impl Handover {
 }
 
 /// The committer thread.
-pub struct Committer {
-    thread: JoinHandle<u64>,
+pub struct Committer<E> {
+    thread: JoinHandle<Result<u64, E>>,
 }
 
-impl Committer {
+impl<E: Send + 'static> Committer<E> {
     /// Starts the thread; `commit` is called with the changes of one or more consecutive epochs
-    /// handed over (the range from the first to the last), in order, until it fails. Returns
-    /// the sender side for worker 0.
-    pub fn spawn<E, C>(mut commit: C, halt: Halt<E>) -> std::io::Result<(Handover, Committer)>
+    /// handed over (the range from the first to the last), in order, until it fails, which
+    /// requests the `shutdown`. Returns the sender side for worker 0.
+    pub fn spawn<C>(mut commit: C, shutdown: Shutdown) -> std::io::Result<(Handover, Committer<E>)>
     where
-        E: Send + 'static,
         C: FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), E> + Send + 'static,
     {
         let (sender, receiver) = sync_channel(COMMIT_QUEUE);
         let thread = std::thread::Builder::new().name("committer".to_owned()).spawn(move || {
             // A panic in `commit` must release a blocked sender and stop the workers too.
-            let guard = StopOnPanic(&halt);
-            let committed = commit_all(&receiver, &mut commit, &halt);
+            let guard = StopOnPanic(&shutdown);
+            let committed = commit_all(&receiver, &mut commit);
+            if committed.is_err() {
+                shutdown.request();
+            }
             // Dropped here, before the thread ends: a sender blocked on a full queue returns.
             drop(receiver);
             drop(guard);
@@ -133,22 +123,25 @@ impl Committer {
     }
 
     /// Waits until every epoch handed over is committed (or the first failure), which needs
-    /// every [`Handover`] dropped first. Returns the number of epochs committed; `Err` holds a
-    /// panic's message.
-    pub fn join(self) -> Result<u64, String> {
-        self.thread.join().map_err(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            format!("the Postgres committer panicked: {message}")
-        })
+    /// every [`Handover`] dropped first. Returns the number of epochs committed.
+    pub fn join(self) -> Result<u64, CommitterFailed<E>> {
+        match self.thread.join() {
+            Ok(committed) => committed.map_err(CommitterFailed::Commit),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(CommitterFailed::Panicked(format!("the Postgres committer panicked: {message}")))
+            }
+        }
     }
 }
 
-/// Commits every epoch received until the senders are gone or one commit fails.
-fn commit_all<E, C>(receiver: &Receiver<(Epoch, Changes)>, commit: &mut C, halt: &Halt<E>) -> u64
+/// Commits every epoch received until the senders are gone (the number committed) or one
+/// commit fails (its error).
+fn commit_all<E, C>(receiver: &Receiver<(Epoch, Changes)>, commit: &mut C) -> Result<u64, E>
 where
     C: FnMut(RangeInclusive<Epoch>, &Changes) -> Result<(), E>,
 {
@@ -165,31 +158,29 @@ where
             (epoch, epochs) = (next, epochs + 1);
         }
         last = Some(epoch);
-        if let Err(error) = commit(first..=epoch, &changes) {
-            // Nothing after a failed epoch may be committed: later ones build on it.
-            halt.fail(Some(error));
-            return committed;
-        }
+        // Nothing after a failed epoch may be committed: later ones build on it.
+        commit(first..=epoch, &changes)?;
         committed += epochs;
     }
-    committed
+    Ok(committed)
 }
 
-/// Sets the stop flag if the committer thread unwinds.
-struct StopOnPanic<'a, E>(&'a Halt<E>);
+/// Requests the shutdown if the committer thread unwinds.
+struct StopOnPanic<'a>(&'a Shutdown);
 
-impl<E> Drop for StopOnPanic<'_, E> {
+impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.fail(None);
+            self.0.request();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::channel;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::*;
@@ -213,10 +204,6 @@ mod tests {
         (Gate { entered, go }, wait)
     }
 
-    fn halt() -> Halt<String> {
-        Halt { failure: Arc::new(Mutex::new(None)), stop: Arc::new(AtomicBool::new(false)) }
-    }
-
     fn changes(epoch: Epoch) -> Changes {
         let mut changes = Changes::default();
         changes.offsets.insert(0, epoch as i64);
@@ -225,7 +212,7 @@ mod tests {
 
     #[test]
     fn every_epoch_handed_over_is_committed_in_order_before_join_returns() {
-        let halt = halt();
+        let shutdown = Shutdown::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let (mut handover, committer) = Committer::spawn(
@@ -235,11 +222,11 @@ mod tests {
                 log.lock().map_err(|e| e.to_string())?.push(epochs);
                 Ok::<(), String>(())
             },
-            halt.clone(),
+            shutdown.clone(),
         )
         .expect("spawn");
         // A stop from outside (Ctrl-C) does not make the committer drop epochs.
-        halt.stop.store(true, Ordering::SeqCst);
+        shutdown.request();
         for epoch in 10..60 {
             assert!(handover.hand_over(epoch, changes(epoch)));
         }
@@ -249,12 +236,11 @@ mod tests {
         let seen = seen.lock().expect("lock");
         let covered: Vec<Epoch> = seen.iter().flat_map(|range| range.clone()).collect();
         assert_eq!(covered, (10..60).collect::<Vec<_>>(), "{seen:?}");
-        assert!(halt.failure.lock().expect("lock").is_none());
     }
 
     #[test]
     fn after_a_failure_nothing_later_is_committed_and_a_blocked_sender_is_released() {
-        let halt = halt();
+        let shutdown = Shutdown::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         // The transaction holding epoch 2 waits for the test's go, then fails.
@@ -268,7 +254,7 @@ mod tests {
                 log.lock().map_err(|e| e.to_string())?.push(epochs);
                 Ok(())
             },
-            halt.clone(),
+            shutdown.clone(),
         )
         .expect("spawn");
         // Epoch 1 alone, committed before anything else is handed over.
@@ -305,15 +291,14 @@ mod tests {
         let accepted = sender.join().expect("sender thread");
         assert!(accepted.len() < 19, "epochs after the failure are refused: {accepted:?}");
 
-        assert_eq!(committer.join(), Ok(1));
+        assert_eq!(committer.join(), Err(CommitterFailed::Commit("Postgres unreachable".to_owned())));
         assert_eq!(*seen.lock().expect("lock"), vec![1..=1], "nothing after the failed epoch");
-        assert_eq!(halt.failure.lock().expect("lock").as_deref(), Some("Postgres unreachable"));
-        assert!(halt.stop.load(Ordering::SeqCst), "the workers are told to stop");
+        assert!(shutdown.is_requested(), "the workers are told to stop");
     }
 
     #[test]
     fn epochs_queued_during_a_commit_are_merged_into_the_next() {
-        let halt = halt();
+        let shutdown = Shutdown::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         let (gate, wait) = gate();
@@ -325,7 +310,7 @@ mod tests {
                 log.lock().map_err(|e| e.to_string())?.push((epochs, changes.clone()));
                 Ok::<(), String>(())
             },
-            halt.clone(),
+            shutdown.clone(),
         )
         .expect("spawn");
         let neighbors = |epoch: Epoch, rows: Vec<(u64, crate::tables::RankedList, i64)>| {
@@ -350,14 +335,14 @@ mod tests {
 
     #[test]
     fn a_panicking_commit_stops_the_workers_and_releases_the_sender() {
-        let halt = halt();
+        let shutdown = Shutdown::new();
         let (gate, wait) = gate();
         let (mut handover, committer) = Committer::spawn(
             move |_epochs: RangeInclusive<Epoch>, _changes: &Changes| -> Result<(), String> {
                 wait()?; // epoch 1's commit holds until the queue is full and a sender blocks
                 panic!("bug in the commit")
             },
-            halt.clone(),
+            shutdown.clone(),
         )
         .expect("spawn");
         assert!(handover.hand_over(1, changes(1)));
@@ -378,9 +363,9 @@ mod tests {
         done.recv_timeout(HANG).expect("the blocked sender was released by the panic");
         let (mut handover, accepted) = sender.join().expect("sender thread");
         assert!(!accepted, "the blocked epoch is refused, not queued");
-        let error = committer.join().expect_err("the panic is reported");
+        let Err(CommitterFailed::Panicked(error)) = committer.join() else { panic!("the panic is reported") };
         assert!(error.contains("bug in the commit"), "{error}");
         assert!(!handover.hand_over(11, changes(11)), "nothing is accepted after the panic");
-        assert!(halt.stop.load(Ordering::SeqCst), "the workers are told to stop");
+        assert!(shutdown.is_requested(), "the workers are told to stop");
     }
 }

@@ -1,17 +1,44 @@
-//! The Postgres sink: the SPEC §3 tables kept exactly equal to their definitions, one
-//! transaction per closed timestamp.
+//! The Postgres sink: the SPEC §3 tables kept exactly equal to their definitions; and, stated
+//! here once, the exactly-once protocol of the Kafka job, which the other modules link to.
 //!
-//! # Delivery guarantee
+//! # Exactly once
 //!
-//! **Exactly once per table row, given a deterministic rebuild of the stored offsets' state.**
-//! Every [`PgSink::commit`] writes the net changes of one closed timestamp, the changes of
-//! the durable state (`encore_last_listen`) *and* the Kafka offsets they were computed from
-//! in a single transaction, so Postgres always holds the tables and the state of some prefix
-//! of the topic together with the offsets that say which prefix. A job that restarts reads
-//! [`PgSink::committed_offsets`], loads the state ([`StateReader`]) and writes only what
-//! comes after: nothing is lost (uncommitted offsets are consumed again) and nothing is
-//! counted twice (committed offsets are never consumed again). Kafka's own consumer-group
-//! offsets play no part.
+//! **Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
+//! offsets stored beside it, after any crash and restart: nothing lost, nothing counted
+//! twice** — given that the rebuild of the stored offsets' state is deterministic, which it is
+//! because every result depends only on the set of listens.
+//!
+//! ```text
+//!  workers   consume partition p from its stored offset ─► epochs ─► worker 0's EpochSink
+//!  committer (process 0, the one writer) the closed live epochs in order; epochs queued
+//!            during a commit merged into the next; one transaction for all of it:
+//!              BEGIN ─► offsets (never backwards) ─► row deltas, dead letters (, event log)
+//!                    ─► durable state last(u,t) ─► COMMIT            nothing after a failure
+//!  restart   read the stored offsets ─► rebuild the state they stand for, output dropped
+//!            (load the durable state, or replay the topic up to them) ─► consume from them
+//! ```
+//!
+//! 1. **One transaction per commit.** [`PgSink::commit`] writes the net changes of one or more
+//!    consecutive closed epochs, the changes of the durable state (`encore_last_listen`) and
+//!    the Kafka offsets they were computed from in a single transaction, so Postgres always
+//!    holds the tables and the state of some prefix of the topic together with the offsets
+//!    that say which prefix.
+//! 2. **One writer, in order** (`sink/committer.rs`): process 0's committer thread commits
+//!    the closed live epochs strictly in epoch order, merges the ones that queued up during a
+//!    commit (a transaction still holds whole, consecutive epochs), and commits nothing after
+//!    a failed commit, since later epochs build on it. The process reports success only after
+//!    every epoch handed over is committed.
+//! 3. **Progress from Postgres alone** ([`crate::source::kafka`]): a job that (re)starts reads
+//!    [`PgSink::committed_offsets`], rebuilds the state they stand for ([`StateReader`], or a
+//!    replay of the topic up to them) without writing its output again, and consumes from
+//!    them: nothing is lost (uncommitted offsets are consumed again) and nothing is counted
+//!    twice (committed offsets are never consumed again). Kafka's own consumer-group offsets
+//!    play no part.
+//! 4. **A lost acknowledgement** is told from the stored offsets before a retry ("How",
+//!    below), and the merge is state-based, so even a commit applied twice leaves the same
+//!    tables.
+//!
+//! How it can fail: below. The reasons behind these choices: `docs/design.md`.
 //!
 //! # How
 //!
@@ -48,18 +75,16 @@
 //! the same tables: the ack check above is a shortcut and a consistency check, not the only
 //! line of defence.
 //!
-//! Measured alternatives (psql timings, 100k rows into a 500k-row table, busy machine):
-//! `MERGE` was slower than upserts; a plain INSERT about 40 % faster than `INSERT … ON
-//! CONFLICT DO UPDATE` of new keys, `UPDATE … FROM` 10-25 % faster for existing keys. The
-//! fast path uses both, and checks their premise: an INSERT of an existing key fails with a
-//! unique violation, and the UPDATE must report as many rows as there are updates.
+//! The fast path is a plain INSERT for new keys and `UPDATE … FROM` for existing ones, both
+//! faster than `INSERT … ON CONFLICT DO UPDATE` and than `MERGE` (`benches/HISTORY.md`); it
+//! checks their premise: an INSERT of an existing key fails with a unique violation, and the
+//! UPDATE must report as many rows as there are updates.
 //!
 //! The keyed tables are created with `fillfactor = 70`: commits rewrite scores and counts,
 //! never keys, so the room left on each page lets most updates be heap-only (the new row
-//! version beside the old one, no new primary-key entry). `pg_copy`'s sink updates went from
-//! ~250 k to ~290 k rows/s; in psql, 270 k random updates of a 1 M-row table from 1.0 to
-//! 0.64–0.74 s (96 % heap-only). Tables created by an older encore keep their fill factor
-//! (`ALTER TABLE … SET (fillfactor = 70)` then `VACUUM FULL` adopts it).
+//! version beside the old one, no new primary-key entry), which `pg_copy` measures. Tables
+//! created with another fill factor keep it (`ALTER TABLE … SET (fillfactor = 70)` then
+//! `VACUUM FULL` adopts it).
 //!
 //! # Schema
 //!
@@ -79,9 +104,7 @@
 //! disjoint partitions of one topic, but then each sink's rows must depend only on its own
 //! partitions, or a crash between their commits leaves tables of two different prefixes; the
 //! simple way to keep the guarantee is one writer that commits every timestamp for all
-//! partitions. `encore-flow` does that: one sink, owned by a committer thread of process 0,
-//! commits the closed timestamps in order while the dataflow computes the next ones
-//! ([`crate::source::kafka`]).
+//! partitions. `encore-flow` does that ("Exactly once", 2).
 //!
 //! # How it can fail
 //!
@@ -181,6 +204,30 @@ pub struct CommitStats {
     pub events_logged: u64,
 }
 
+impl CommitStats {
+    /// What a commit of `staged` (and `events`) will write, before its first attempt.
+    fn planned(staged: &Staged, events: Option<&EncodedEvents>) -> CommitStats {
+        CommitStats {
+            upserted: staged.tables.iter().map(|t| t.inserts + t.updates).sum(),
+            deleted: staged.tables.iter().map(|t| t.deletes).sum(),
+            dead_letters: staged.dead_letter_count,
+            copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
+                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64)
+                + events.map_or(0, EncodedEvents::bytes),
+            attempts: 0,
+            ack_lost: false,
+            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
+                let mut rows = TableRows { table: spec.name, ..TableRows::default() };
+                for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
+                    (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
+                }
+                rows
+            }),
+            events_logged: events.map_or(0, |e| e.stream_rows + e.like_rows),
+        }
+    }
+}
+
 /// The rows one commit wrote to one keyed table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableRows {
@@ -275,9 +322,8 @@ impl PgSink {
     ///   ([`SinkError::ParametersDiffer`] otherwise);
     /// * none recorded and nothing committed: this run's are recorded (a start that dies
     ///   before its first commit leaves them, and the next start replaces them);
-    /// * none recorded but offsets committed: the tables were written by an encore-flow from
-    ///   before this record (2026-12-06), which computed exact counts with otherwise unknown
-    ///   parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
+    /// * none recorded but offsets committed: the tables were written by an encore-flow that
+    ///   kept no such record, which computed exact counts with otherwise unknown parameters. They are taken as this run's with `--count-bits 0`; a run that asks for
     ///   another `--count-bits` is refused.
     ///
     /// Returns whether `encore_last_listen` holds the state of every committed offset (the
@@ -308,7 +354,7 @@ impl PgSink {
             Some((stored, durable)) if stored == parameters && !committed.is_empty() => return Ok(durable),
             Some((stored, _)) if !committed.is_empty() => return Err(differ(stored)),
             None if !committed.is_empty() && count_bits != 0 => {
-                return Err(differ("exact counts (--count-bits 0) by an encore-flow from before 2026-12-06".to_owned()))
+                return Err(differ("exact counts (--count-bits 0) by an encore-flow that recorded no parameters".to_owned()))
             }
             // Tables from before the record, taken as this run's: their state is to be rebuilt.
             None if !committed.is_empty() => false,
@@ -352,24 +398,7 @@ impl PgSink {
             (Some(_), false) => Some(event_log::encode_events(&changes.events)?),
             _ => None,
         };
-        let mut stats = CommitStats {
-            upserted: staged.tables.iter().map(|t| t.inserts + t.updates).sum(),
-            deleted: staged.tables.iter().map(|t| t.deletes).sum(),
-            dead_letters: staged.dead_letter_count,
-            copy_bytes: staged.tables.iter().map(|t| t.copy_data.len() as u64).sum::<u64>()
-                + staged.dead_letters.as_ref().map_or(0, |d| d.len() as u64)
-                + events.as_ref().map_or(0, EncodedEvents::bytes),
-            attempts: 0,
-            ack_lost: false,
-            tables: [&TRACK_NEIGHBORS, &USER_RECOMMENDATIONS, &TRACK_STATS, &CO_LISTENS, &LAST_LISTENS].map(|spec| {
-                let mut rows = TableRows { table: spec.name, ..TableRows::default() };
-                for staged in staged.tables.iter().filter(|t| t.spec.name == spec.name) {
-                    (rows.inserted, rows.updated, rows.deleted) = (staged.inserts, staged.updates, staged.deletes);
-                }
-                rows
-            }),
-            events_logged: events.as_ref().map_or(0, |e| e.stream_rows + e.like_rows),
-        };
+        let mut stats = CommitStats::planned(&staged, events.as_ref());
         if staged.is_empty() && offsets.is_empty() && events.is_none() {
             return Ok(stats); // nothing to write: no transaction at all
         }
@@ -413,8 +442,8 @@ impl PgSink {
             sleep(self.retry.backoff(stats.attempts));
             // The failure may have hit after COMMIT reached the server: look before retrying.
             let stored = self.with_session("checking a lost commit", |session, _| select_offsets(session, topic).map_err(Failure::from))?;
-            match commit_landed(&stored, offsets, self.known_offsets.get(topic)) {
-                Landed::Yes => {
+            match after_lost_ack(&stored, offsets, self.known_offsets.get(topic)) {
+                LostAck::Committed => {
                     info!(attempt = stats.attempts, "postgres commit had landed; its ack was lost");
                     if self.mark_state.as_deref() == Some(topic) {
                         self.mark_state = None;
@@ -423,8 +452,8 @@ impl PgSink {
                     stats.ack_lost = true;
                     return Ok(stats);
                 }
-                Landed::No => {}
-                Landed::Diverged { partition, stored, before, after } => {
+                LostAck::Retry => {}
+                LostAck::Diverged { partition, stored, before, after } => {
                     return Err(SinkError::Diverged { topic: topic.to_string(), partition, stored, before, after });
                 }
             }
@@ -619,33 +648,33 @@ fn id(row: &Row, column: usize, table: &'static str) -> Result<u64, Failure> {
         .map_err(|_| Failure::Sink(SinkError::BadRow { table, reason: format!("negative value {value} in column {column}") }))
 }
 
-/// What the stored offsets say about a commit whose outcome is unknown.
+/// What the stored offsets say about a commit whose acknowledgement was lost.
 #[derive(Debug, PartialEq, Eq)]
-enum Landed {
-    /// They equal the commit's offsets, which differ from the ones before: it landed.
-    Yes,
-    /// It did not land, or it cannot be told (no offset moved); retrying is safe either way.
-    No,
+enum LostAck {
+    /// They equal the commit's offsets, which differ from the ones before: it committed.
+    Committed,
+    /// It did not commit, or it cannot be told (no offset moved); retrying is safe either way.
+    Retry,
     /// They are neither before nor after the commit.
     Diverged { partition: i32, stored: Option<i64>, before: Option<i64>, after: i64 },
 }
 
-fn commit_landed(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, i64>, before: Option<&BTreeMap<i32, i64>>) -> Landed {
+fn after_lost_ack(stored: &BTreeMap<i32, i64>, new: &BTreeMap<i32, i64>, before: Option<&BTreeMap<i32, i64>>) -> LostAck {
     let all_new = new.iter().all(|(p, o)| stored.get(p) == Some(o));
     let moved = before.is_none_or(|before| new.iter().any(|(p, o)| before.get(p) != Some(o)));
     if !new.is_empty() && all_new && moved {
-        return Landed::Yes;
+        return LostAck::Committed;
     }
     if let Some(before) = before {
         for (&partition, &after) in new {
             let stored = stored.get(&partition).copied();
             let before = before.get(&partition).copied();
             if stored != Some(after) && stored != before {
-                return Landed::Diverged { partition, stored, before, after };
+                return LostAck::Diverged { partition, stored, before, after };
             }
         }
     }
-    Landed::No
+    LostAck::Retry
 }
 
 #[cfg(test)]
@@ -660,14 +689,14 @@ mod tests {
     fn lost_ack_is_recognised() {
         let before = offsets(&[(0, 10), (1, 20)]);
         let new = offsets(&[(0, 15), (1, 20)]);
-        assert_eq!(commit_landed(&new, &new, Some(&before)), Landed::Yes);
-        assert_eq!(commit_landed(&before, &new, Some(&before)), Landed::No);
-        assert_eq!(commit_landed(&new, &new, None), Landed::Yes);
+        assert_eq!(after_lost_ack(&new, &new, Some(&before)), LostAck::Committed);
+        assert_eq!(after_lost_ack(&before, &new, Some(&before)), LostAck::Retry);
+        assert_eq!(after_lost_ack(&new, &new, None), LostAck::Committed);
         // Nothing moved: cannot tell, retry (idempotent).
-        assert_eq!(commit_landed(&before, &before, Some(&before)), Landed::No);
+        assert_eq!(after_lost_ack(&before, &before, Some(&before)), LostAck::Retry);
         assert_eq!(
-            commit_landed(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
-            Landed::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
+            after_lost_ack(&offsets(&[(0, 12), (1, 20)]), &new, Some(&before)),
+            LostAck::Diverged { partition: 0, stored: Some(12), before: Some(10), after: 15 }
         );
     }
 }

@@ -1,31 +1,26 @@
-//! `encore-flow --brokers … --topic … --postgres …`: Kafka in, Postgres out, exactly once.
+//! The Kafka source: each worker rebuilds the state of the committed offsets, then consumes
+//! its partitions of the topic into epochs. Its part in the exactly-once protocol, which
+//! [`crate::sink::postgres`] states ("Exactly once"): progress is read from the offsets stored
+//! in Postgres, never from Kafka's consumer-group offsets (`enable.auto.commit=false`,
+//! explicit `assign`), and the state those offsets stand for is rebuilt before anything after
+//! them is fed.
 //!
-//! # Delivery guarantee
-//!
-//! Every table in Postgres equals its SPEC §2 definition over exactly the messages before the
-//! offsets stored beside it, after any crash and restart: nothing lost, nothing counted twice.
-//!
-//! * Offsets live only in Postgres ([`crate::sink::postgres`]), committed in the same transaction as
-//!   the changes of the epoch that consumed them, and so is the **durable state** below.
-//!   Kafka's consumer-group offsets are never read or written (`enable.auto.commit=false`,
-//!   explicit `assign`).
-//! * On start the job **loads** that state (every worker of every process its share, in
-//!   parallel) and feeds it into one epoch below [`LIVE`], whose changes are *not* written:
-//!   Postgres already holds their result. From the stored offsets on it runs **live** epochs
-//!   (≥ [`LIVE`]), each committed in one transaction with its offsets and its state changes
-//!   (epochs that queued up during a commit share the next transaction).
-//! * Results depend only on the set of listens, and the state stands for exactly the
-//!   listens before the stored offsets, so the rebuilt state is the committed one, and live
-//!   deltas apply on top of it exactly.
-//! * One writer, process 0's committer thread (`sink/committer.rs`), commits the live epochs
-//!   strictly in epoch order and nothing after a failed commit; it runs beside the dataflow
-//!   (worker 0 only hands each closed epoch over), so the workers compute the next epochs
-//!   while one commits. The process reports success only after the committer has committed
-//!   every epoch handed over and ended.
+//! ```text
+//!  consume (one worker):
+//!    rebuild   Load: its share of the durable state, fed into one epoch below LIVE
+//!              Replay: reads the stored recommendations, fed once the replay is done
+//!    assign    its partitions, each from its committed offset (Partition, `resume_at`)
+//!    replay    only Replay: the topic from offset 0 up to the committed offsets, into replay
+//!              epochs sized by count; live messages that arrive meanwhile wait in memory
+//!    go live   (after a replay, the stored recommendations in epoch LIVE − 1) epoch LIVE opens
+//!    live      EpochClock: every --epoch-ms (or --epoch-events), report (p, next offset) and
+//!              close the epoch; until caught up (--until-caught-up) or the shutdown is requested
+//! ```
 //!
 //! # Durable state
 //!
-//! Everything SPEC §2 computes follows from two things per `(user, track)` and per track:
+//! Everything SPEC §2 computes follows from two things per `(user, track)` and per track,
+//! which Postgres holds beside the offsets (the reasons: `docs/design.md`, "Durable state"):
 //!
 //! ```text
 //!  encore_last_listen (user_id, track_id, last_ms)   last(u,t) of every pair with a listen
@@ -34,28 +29,22 @@
 //!  track_stats (track_id, plays, …, likes)           plays(t), likes(t): already a SPEC table
 //! ```
 //!
-//! `last(u,t)` of a track outside `H(u)` cannot matter to `H(u)` again (a track re-enters only
-//! with a later listen, which sets its `last`), but its row says the pair was heard, which
-//! `listeners` counts. History emits every change of `last(u,t)` (see
-//! [`crate::engine::history`]); the sink upserts them with the epoch's deltas, about one row
-//! per listen that raised a `last`, fewer after an epoch's consolidation: the write cost is
-//! proportional to what changed, and the table holds one row per distinct `(user, track)`.
+//! **Loading** ([`Recovery::Load`], `restore.rs`): each worker reads its share of both tables
+//! (`user_id` resp. `track_id` modulo the number of workers, so any `-n`/`-w` loads the same
+//! state: a rescale is a restart) in one snapshot whose stored offsets must equal the ones read
+//! at start. The rows enter History as listens at their `last` (each user's latest first:
+//! `H(u)` fills without swaps) and the stats as plays and likes, with the stored
+//! recommendations, all in one epoch fed in chunks with dataflow steps between them, so the
+//! operators compute their result once and the pair changes in flight stay bounded. Then the
+//! worker consumes from the stored offsets, one message early (`resume_at`). The topic before
+//! them is never read: retention may have deleted it. A restart's time and memory grow with
+//! the state (distinct pairs, tracks), not with the topic.
 //!
-//! A restart loads its share of both tables (`user_id` resp. `track_id` modulo the number of
-//! workers, so any `-n`/`-w` loads the same state: a rescale is a restart), in one snapshot
-//! whose stored offsets must equal the ones read at start. The rows enter History as listens
-//! at their `last` (each user's latest first: `H(u)` fills without swaps) and the stats as
-//! plays and likes, all in one epoch fed in chunks with dataflow steps between them, so the
-//! operators compute their result once and the pair changes in flight stay bounded. Then each
-//! worker consumes from the stored offsets ([`resume_at`] says how exactly). The topic before
-//! them is never read: retention may have deleted it. The time and memory of a restart grow
-//! with the state (distinct pairs, tracks), not with the topic.
-//!
-//! **Replay** remains for tables without a durable state (written before it existed; they
-//! record `durable_state = false` in `encore_parameters`) and on request (`--replay-topic`,
-//! for a lost or damaged state table): the topic is read from its beginning up to the stored
-//! offsets into replay epochs, and the replayed state is written with the first live commit,
-//! which records it as complete. It needs every message since offset 0.
+//! **Replaying** ([`Recovery::Replay`]) remains for tables without a durable state (they record
+//! `durable_state = false` in `encore_parameters`) and on request (`--replay-topic`, for a lost
+//! or damaged state table): the topic is read from its beginning up to the stored offsets into
+//! replay epochs, and the replayed state is written with the first live commit, which records
+//! it as complete. It needs every message since offset 0.
 //!
 //! A partition that no longer holds a message the job needs — below the stored offset
 //! replaying, from it loading, from 0 on a fresh start — is refused at start (its low
@@ -68,19 +57,16 @@
 //!  partition p ──► worker p mod W (all workers of all processes; static, no rebalances)
 //!  worker: poll its BaseConsumer (zero timeout) ─► parse ─► listens / dead letters
 //!          every --epoch-ms (or --epoch-events messages): report (p, next offset), advance
-//!  worker 0: EpochSink ══ bounded queue (2) ══► committer thread (process 0): PgSink,
-//!            hands over closed live epochs          one transaction per epoch (or per run of
-//!                                                   epochs queued meanwhile), in order
 //! ```
 //!
 //! Every worker advances its epoch on its own clock, even when its partitions are idle, so
 //! the frontier keeps moving. Under a backlog a due epoch stays open while the dataflow is
 //! at its in-flight bound, so epochs grow until the job keeps up (adaptive batching: a big
 //! epoch costs far less per event than many small ones); `--epoch-events` caps them. At
-//! most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the hand-over to the committer, whose
-//! queue holds at most `COMMIT_QUEUE` more: when Postgres is slow, worker 0 blocks on the
-//! hand-over and the consumers fall behind, with bounded memory. Each worker publishes its progress to [`crate::metrics`] when it closes an
-//! epoch, and the committer after each commit ([`crate::job::run_with_metrics`]); never per message.
+//! most [`MAX_EPOCHS_IN_FLIGHT`] epochs run ahead of the sink, so when Postgres is slow the
+//! consumers fall behind, with bounded memory (`sink/committer.rs`, "Backpressure"). Each
+//! worker publishes its progress to [`crate::metrics`] when it closes an epoch, never per
+//! message.
 //!
 //! # Progress logs
 //!
@@ -92,48 +78,42 @@
 
 mod client;
 mod consumer_errors;
+mod epochs;
+mod partition;
 mod restore;
+mod watermarks;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use rdkafka::Message;
+use timely::worker::Worker;
+use tracing::info;
 
-use crate::engine::{Epoch, RefreshBudget};
-use crate::metrics::{Consumed, Metrics, PartitionGauges, WorkerReport};
-use crate::pipeline::{self, MessageKind, MAX_EPOCHS_IN_FLIGHT};
+use crate::engine::Epoch;
+use crate::metrics::{Consumed, WorkerReport};
+use crate::pipeline::{Inputs, MessageKind, MAX_EPOCHS_IN_FLIGHT};
+use crate::shutdown::Shutdown;
 use crate::sink::postgres::{SinkError, StateReader};
-use crate::tables::{Params, RankedList};
-use client::consumer;
-use consumer_errors::ErrorWatch;
+use crate::tables::RankedList;
 pub use consumer_errors::DEFAULT_ERROR_TIMEOUT;
-use restore::{restore, resume_at};
+use epochs::EpochClock;
+use partition::{Arrival, Polled, Reader};
+use restore::restore;
+pub(crate) use watermarks::watch_watermarks;
+pub use watermarks::{partition_count, WATERMARK_INTERVAL};
 
 /// The first live epoch; epochs below it replay already-committed messages.
 pub const LIVE: Epoch = 1 << 40;
 /// Messages a worker reads between two steps of its dataflow while messages keep coming.
 const STEP_EVERY_MESSAGES: usize = 1024;
-/// Under `--until-caught-up`, an epoch at `--epoch-events` stays open for the rest of the
-/// worker's share when that rest is at most this fraction of `--epoch-events` (1/8).
-const TAIL_DIVISOR: usize = 8;
 /// How long metadata and watermark requests may take before the broker counts as unreachable.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of the start-up metadata request (with backoff) before giving up.
-const KAFKA_ATTEMPTS: u32 = 3;
-/// How often served metrics refresh the high watermarks of this process's partitions.
-pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(5);
-/// Bound on one watermark request of the metrics poller: a slow broker delays the next
-/// refresh, never the job (the poller has a thread and a client of its own).
-const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A Kafka-to-Postgres job.
+/// What the workers read and how they cut it into epochs.
 #[derive(Clone, Debug)]
-pub struct StreamJob {
+pub struct KafkaSource {
     /// Bootstrap servers.
     pub brokers: String,
     /// The events topic.
@@ -142,21 +122,12 @@ pub struct StreamJob {
     pub group: String,
     /// Extra librdkafka settings (`--kafka-option key=value`), applied last.
     pub kafka_options: Vec<(String, String)>,
-    /// SPEC §2 parameters.
-    pub params: Params,
-    /// Whether to maintain `co_listens`.
-    pub emit_co_listens: bool,
-    /// Whether to append every valid live event to the event log (`--emit-events`; the sink
-    /// must be [`crate::sink::postgres::PgSink::with_event_log`]).
-    pub emit_events: bool,
-    /// Exit once the high watermarks seen at start are consumed and committed.
+    /// Stop once the high watermarks seen at start are consumed.
     pub until_caught_up: bool,
     /// Longest epoch, in milliseconds of wall-clock time.
     pub epoch_ms: u64,
     /// Most messages one worker puts in one epoch.
     pub epoch_events: usize,
-    /// Stale users refreshed per worker per epoch (`--refresh-idle`).
-    pub refresh: RefreshBudget,
     /// Offsets committed in Postgres, read at start (same for every process).
     pub committed: BTreeMap<i32, i64>,
     /// How the state of the committed offsets is rebuilt.
@@ -166,7 +137,14 @@ pub struct StreamJob {
     pub error_timeout: Duration,
 }
 
-/// How a job rebuilds the state of the committed offsets (see "Durable state" above).
+impl KafkaSource {
+    /// The committed offset of partition `p` (0: nothing committed).
+    fn committed(&self, p: i32) -> i64 {
+        self.committed.get(&p).copied().unwrap_or(0)
+    }
+}
+
+/// How a worker rebuilds the state of the committed offsets (see "Durable state" above).
 #[derive(Clone, Debug)]
 pub enum Recovery {
     /// Load it from Postgres (`encore_last_listen`, `track_stats`), each worker its share, and
@@ -179,9 +157,9 @@ pub enum Recovery {
     Replay(Box<StateReader>),
 }
 
-/// A failure of the Kafka job.
+/// Why a worker could not read what it must.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
+pub enum SourceError {
     /// The broker did not answer.
     #[error("Kafka at {brokers} unreachable: {reason}")]
     KafkaUnreachable {
@@ -223,36 +201,29 @@ pub enum StreamError {
         /// What failed and why it ends the job.
         reason: String,
     },
-    /// Postgres failed for good.
+    /// The stored state could not be read.
     #[error("Postgres: {0}")]
     Postgres(SinkError),
-    /// A worker failed (a panic or a lost peer process).
-    #[error("worker failed: {0}")]
-    Worker(String),
-    /// A worker of a multi-process job failed with this error (its message), returned before
-    /// the other workers end.
-    #[error("{0}")]
-    WorkerFailed(String),
 }
 
 // By hand rather than `#[from]`, which would also make the error a `source`: the messages
 // already carry it, and `{:#}` (encore-flow's exit line) would print it twice.
-impl From<KafkaError> for StreamError {
+impl From<KafkaError> for SourceError {
     fn from(err: KafkaError) -> Self {
-        StreamError::Kafka(err)
+        SourceError::Kafka(err)
     }
 }
 
-impl From<SinkError> for StreamError {
+impl From<SinkError> for SourceError {
     fn from(err: SinkError) -> Self {
-        StreamError::Postgres(err)
+        SourceError::Postgres(err)
     }
 }
 
-/// What a run did, per process.
+/// What workers consumed: one worker's, or a process's (the sum of its workers').
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StreamSummary {
-    /// Messages this process's workers consumed live (after the replay).
+pub struct Consumption {
+    /// Messages consumed live (after the replay).
     pub live_messages: u64,
     /// Messages replayed to rebuild state.
     pub replayed_messages: u64,
@@ -263,412 +234,278 @@ pub struct StreamSummary {
     /// Seconds spent rebuilding the state before live consumption: loading it, or replaying
     /// the topic (slowest worker).
     pub replay_seconds: f64,
-    /// Rows of durable state this process's workers loaded (`encore_last_listen`,
-    /// `track_stats` and the stored `user_recommendations`).
+    /// Rows of durable state loaded (`encore_last_listen`, `track_stats` and the stored
+    /// `user_recommendations`).
     pub restored_rows: u64,
     /// Seconds in all (slowest worker).
     pub seconds: f64,
 }
 
-/// The partitions of `topic`, asking with bounded retries.
-pub fn partition_count(job: &StreamJob) -> Result<i32, StreamError> {
-    let consumer = consumer(job, "encore-flow-metadata")?;
-    let mut last_error = String::new();
-    for attempt in 0..KAFKA_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(500 << attempt));
-        }
-        match consumer.fetch_metadata(Some(&job.topic), KAFKA_TIMEOUT) {
-            Ok(metadata) => {
-                let Some(topic) = metadata.topics().iter().find(|t| t.name() == job.topic) else {
-                    return Err(StreamError::NoTopic(job.topic.clone()));
-                };
-                if topic.error().is_some() || topic.partitions().is_empty() {
-                    return Err(StreamError::NoTopic(job.topic.clone()));
-                }
-                return Ok(topic.partitions().len() as i32);
-            }
-            Err(error) => last_error = error.to_string(),
+impl Consumption {
+    /// Adds a worker's consumption: counts add up, times are the slowest worker's.
+    pub fn add(&mut self, worker: &Consumption) {
+        self.live_messages += worker.live_messages;
+        self.replayed_messages += worker.replayed_messages;
+        self.invalid += worker.invalid;
+        self.listens += worker.listens;
+        self.replay_seconds = self.replay_seconds.max(worker.replay_seconds);
+        self.restored_rows += worker.restored_rows;
+        self.seconds = self.seconds.max(worker.seconds);
+    }
+
+    /// Counts one live message by what it was.
+    fn count_live(&mut self, kind: MessageKind) {
+        self.live_messages += 1;
+        match kind {
+            MessageKind::Listen => self.listens += 1,
+            MessageKind::Invalid => self.invalid += 1,
+            MessageKind::Other => {}
         }
     }
-    let reason = format!("{last_error}{}", encore_kafkaconf::unreachable_hint(&job.kafka_options));
-    Err(StreamError::KafkaUnreachable { brokers: job.brokers.clone(), reason })
-}
 
-/// Refreshes the high watermarks of the partitions this process reads (as registered in
-/// `metrics` by its workers) every [`WATERMARK_INTERVAL`], until `finished`. Off the hot
-/// path: a thread and a Kafka client of its own, since `fetch_watermarks` blocks.
-pub(crate) fn watch_watermarks(job: StreamJob, metrics: Arc<Metrics>, finished: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
-    let spawned = std::thread::Builder::new().name("watermarks".to_owned()).spawn(move || {
-        let consumer = match consumer(&job, "encore-flow-watermarks") {
-            Ok(consumer) => consumer,
-            Err(error) => return warn!(%error, "no watermark client: metrics show the watermarks seen at start"),
-        };
-        loop {
-            let next_round = Instant::now() + WATERMARK_INTERVAL;
-            while Instant::now() < next_round {
-                if finished.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            for p in metrics.partitions() {
-                match consumer.fetch_watermarks(&job.topic, p, WATERMARK_TIMEOUT) {
-                    Ok((_low, high)) => metrics.partition(p).set_high_watermark(high),
-                    Err(error) => {
-                        metrics.watermark_error();
-                        tracing::debug!(%error, p, "watermark request failed");
-                    }
-                }
-            }
+    /// The counts as the metrics take them.
+    fn counts(&self) -> Consumed {
+        Consumed {
+            events: self.live_messages,
+            replayed: self.replayed_messages,
+            restored: self.restored_rows,
+            listens: self.listens,
+            invalid: self.invalid,
         }
-    });
-    spawned.map_err(|error| warn!(%error, "no watermark thread: metrics show the watermarks seen at start")).ok()
-}
-
-/// Counts one live message by what it was.
-fn count_live(summary: &mut StreamSummary, kind: MessageKind) {
-    summary.live_messages += 1;
-    match kind {
-        MessageKind::Listen => summary.listens += 1,
-        MessageKind::Invalid => summary.invalid += 1,
-        MessageKind::Other => {}
     }
 }
 
-/// Publishes a worker's progress to the metrics (once per epoch, never per message).
-fn publish(report: &mut WorkerReport, gauges: &[(i32, Arc<PartitionGauges>)], summary: &StreamSummary, next: &BTreeMap<i32, i64>) {
-    for (p, gauge) in gauges {
-        gauge.set_next_offset(next.get(p).copied().unwrap_or(0));
-    }
-    report.publish(Consumed {
-        events: summary.live_messages,
-        replayed: summary.replayed_messages,
-        restored: summary.restored_rows,
-        listens: summary.listens,
-        invalid: summary.invalid,
-    });
-}
+/// A live message read while other partitions were still replaying: `(partition, offset,
+/// payload)`.
+type Waiting = (i32, i64, Vec<u8>);
 
-/// One worker's consumption: rebuild the state (load or replay), then live epochs, until
-/// caught up or stopped.
-///
-/// Loading, the worker reads its share of the durable state and feeds it into the first
-/// epoch (below [`LIVE`]); its consumer then starts at the committed offsets, checked as
-/// [`resume_at`] says. Replaying, one consumer reads every partition of the worker from its
-/// beginning and is never moved: messages below the committed offsets feed replay epochs,
-/// later ones live epochs. A live message that arrives while another partition is still
-/// replaying waits in memory until the replay ends (so the buffer holds at most the
-/// difference in replay progress between the worker's partitions).
+/// One worker's consumption of `partitions`: rebuild the state (load or replay), then live
+/// epochs, until caught up or the `shutdown` is requested.
 pub(crate) fn consume(
-    worker: &mut timely::worker::Worker,
-    inputs: &mut pipeline::Inputs,
-    job: &StreamJob,
+    worker: &mut Worker,
+    inputs: &mut Inputs,
+    source: &KafkaSource,
     partitions: &[i32],
-    stop: &AtomicBool,
+    shutdown: &Shutdown,
     report: &mut WorkerReport,
-) -> Result<StreamSummary, StreamError> {
+) -> Result<Consumption, SourceError> {
     let started = Instant::now();
-    let mut summary = StreamSummary::default();
-    let replay = matches!(job.recovery, Recovery::Replay(_));
-    // Replaying, the stored recommendations are read now (in the snapshot of the committed
-    // offsets) and fed once every replay epoch is done: see `go_live`.
-    let mut stored_recommendations = None;
-    match &job.recovery {
-        Recovery::Load(reader) if !job.committed.is_empty() => {
-            report.metrics().replaying(true);
-            summary.restored_rows = restore(worker, inputs, reader, job)?;
-            publish(report, &[], &summary, &BTreeMap::new());
-            report.metrics().replaying(false);
-            summary.replay_seconds = started.elapsed().as_secs_f64();
-            info!(worker = worker.index(), rows = summary.restored_rows, seconds = summary.replay_seconds, "state loaded");
-        }
-        Recovery::Replay(reader) if !job.committed.is_empty() => {
-            stored_recommendations = Some(reader.load_recommendations(&job.topic, &job.committed, worker.peers(), worker.index())?);
-        }
-        _ => {}
-    }
-    if !replay {
-        inputs.advance_to(LIVE);
-    }
+    let mut consumed = Consumption::default();
+    let stored_recommendations = rebuild(worker, inputs, source, report, &mut consumed, started)?;
     if partitions.is_empty() {
-        go_live(inputs, &mut stored_recommendations);
-        return Ok(summary);
+        go_live(inputs, stored_recommendations);
+        return Ok(consumed);
     }
-    let consumer = consumer(job, &format!("encore-flow-{}", worker.index()))?;
-    let committed = |p: i32| job.committed.get(&p).copied().unwrap_or(0);
-
-    // Where the topic ends now, whether it still holds what we need, and where to start.
-    let mut targets = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    let mut gauges = Vec::new();
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    // Partitions started one message early, with the committed offset: their first message
-    // must come at or before it (see `resume_at`).
-    let mut unverified: BTreeMap<i32, i64> = BTreeMap::new();
-    for &p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&job.topic, p, KAFKA_TIMEOUT)?;
-        let needed = if replay { 0 } else { committed(p) };
-        if low > needed {
-            return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed, low });
-        }
-        targets.insert(p, high);
-        let gauge = report.metrics().partition(p);
-        gauge.set_high_watermark(high);
-        gauges.push((p, gauge));
-        let (start, verify) = if replay { (0, false) } else { resume_at(committed(p), low, high) };
-        if verify {
-            unverified.insert(p, committed(p));
-        }
-        next.insert(p, start);
-        let offset = if start == 0 { Offset::Beginning } else { Offset::Offset(start) };
-        assignment.add_partition_offset(&job.topic, p, offset)?;
-    }
-    consumer.assign(&assignment)?;
-    // Partitions read again from their beginning: their first message must still come at or
-    // before the committed offset, or messages after it are gone (deleted since the start-up
-    // check): refused, as at start.
-    let mut rewound: BTreeMap<i32, i64> = BTreeMap::new();
-    // The broker answered a fetch one message before the committed offset with a message
-    // after it (or none): read the partition from its beginning instead, skipping what the
-    // state holds.
-    let rewind = |p: i32,
-                  committed: i64,
-                  got: Option<i64>,
-                  next: &mut BTreeMap<i32, i64>,
-                  rewound: &mut BTreeMap<i32, i64>|
-     -> Result<(), StreamError> {
-        warn!(
-            p,
-            committed,
-            ?got,
-            "the broker may have skipped messages from the committed offset on: reading the partition from its beginning"
-        );
-        consumer.seek(&job.topic, p, Offset::Beginning, KAFKA_TIMEOUT)?;
-        next.insert(p, 0);
-        rewound.insert(p, committed);
-        Ok(())
-    };
-
-    let mut replaying = replay && partitions.iter().any(|&p| committed(p) > 0);
-    let mut waiting: Vec<(i32, i64, Vec<u8>)> = Vec::new();
-    // Partitions consumed up to where they ended at start. A partition counts only once the
-    // consumer also reached its end (an end-of-partition event): Tansu 0.6 reports the base
-    // offset of its last batch + 1 as the high watermark, short of the true end, and the
-    // event makes the check right for every broker.
-    let mut caught_up = std::collections::BTreeSet::new();
-    // Live progress of the current epoch, reported when it closes.
-    let mut advanced: BTreeMap<i32, i64> = BTreeMap::new();
-    let epoch_length = Duration::from_millis(job.epoch_ms.max(1));
-    let mut epoch_started = Instant::now();
-    let mut in_epoch = 0usize;
-    let mut read_since_step = 0usize;
-    let mut errors = ErrorWatch::new(job.error_timeout);
-    if replaying {
-        report.metrics().replaying(true);
+    let replay = matches!(source.recovery, Recovery::Replay(_));
+    let reader = Reader::assign(source, &format!("encore-flow-{}", worker.index()), partitions, report.metrics(), replay)?;
+    let clock = EpochClock::new(source.epoch_ms, source.epoch_events);
+    let mut consumer = WorkerConsumer { worker, inputs, source, shutdown, report, reader, clock, consumed, read_since_step: 0 };
+    if replay && consumer.reader.any_committed() {
+        let Some(waiting) = consumer.replay()? else { return Ok(consumer.finish(started)) };
+        consumer.report.metrics().replaying(false);
+        go_live(consumer.inputs, stored_recommendations);
+        consumer.consumed.replay_seconds = started.elapsed().as_secs_f64();
+        let (replayed, seconds) = (consumer.consumed.replayed_messages, consumer.consumed.replay_seconds);
+        info!(worker = consumer.worker.index(), replayed, seconds, "replay read");
+        consumer.feed_waiting(waiting);
     } else {
-        go_live(inputs, &mut stored_recommendations);
+        go_live(consumer.inputs, stored_recommendations);
     }
-    loop {
-        if replaying && next.iter().all(|(&p, &n)| n >= committed(p)) {
-            replaying = false;
-            report.metrics().replaying(false);
-            go_live(inputs, &mut stored_recommendations);
-            summary.replay_seconds = started.elapsed().as_secs_f64();
-            info!(worker = worker.index(), replayed = summary.replayed_messages, seconds = summary.replay_seconds, "replay read");
-            for (p, offset, payload) in std::mem::take(&mut waiting) {
-                advanced.insert(p, offset + 1);
-                count_live(&mut summary, inputs.feed(&payload, &job.topic, p, offset));
-                in_epoch += 1;
+    consumer.live()?;
+    Ok(consumer.finish(started))
+}
+
+/// Rebuilds the state of the committed offsets before the worker reads the topic: loads its
+/// share of the durable state into the current epoch and opens the first live one, or (to
+/// replay the topic) reads the stored recommendations, which [`go_live`] feeds.
+fn rebuild(
+    worker: &mut Worker,
+    inputs: &mut Inputs,
+    source: &KafkaSource,
+    report: &mut WorkerReport,
+    consumed: &mut Consumption,
+    started: Instant,
+) -> Result<Option<Vec<(u64, RankedList)>>, SourceError> {
+    match &source.recovery {
+        Recovery::Load(reader) => {
+            if !source.committed.is_empty() {
+                report.metrics().replaying(true);
+                consumed.restored_rows = restore(worker, inputs, reader, source)?;
+                report.publish(consumed.counts());
+                report.metrics().replaying(false);
+                consumed.replay_seconds = started.elapsed().as_secs_f64();
+                info!(worker = worker.index(), rows = consumed.restored_rows, seconds = consumed.replay_seconds, "state loaded");
             }
-            publish(report, &gauges, &summary, &next);
-            epoch_started = Instant::now();
+            inputs.advance_to(LIVE);
+            Ok(None)
         }
-        let stopping = stop.load(Ordering::SeqCst);
-        if replaying {
-            if stopping {
-                break;
-            }
-            if in_epoch >= job.epoch_events {
-                // Replay epochs are sized by count only: they commit nothing.
-                in_epoch = 0;
-                let epoch = inputs.epoch() + 1;
-                inputs.advance_to(epoch);
-                publish(report, &gauges, &summary, &next);
-                inputs.wait_for_sink(worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
-            }
-        } else {
-            let done = stopping || (job.until_caught_up && caught_up.len() == partitions.len());
-            // An epoch that is due stays open while the dataflow still has MAX_EPOCHS_IN_FLIGHT
-            // epochs to finish: the consumer keeps reading into it (up to --epoch-events)
-            // instead of waiting, so under a backlog epochs grow and the cost per event falls
-            // (one big epoch costs far less per event than many small ones); without a
-            // backlog they close every --epoch-ms as before.
-            let due = epoch_started.elapsed() >= epoch_length
-                && !inputs.pending_before((inputs.epoch() + 1).saturating_sub(MAX_EPOCHS_IN_FLIGHT));
-            let rest = || {
-                job.until_caught_up
-                    .then(|| targets.iter().map(|(p, &target)| (target - next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
-            };
-            if done || epoch_full(in_epoch, job.epoch_events, rest) || due {
-                for (&p, &n) in &advanced {
-                    inputs.offsets.insert((p, n));
-                }
-                if done && job.until_caught_up && !stopping {
-                    // The last commit of --until-caught-up is at rest (SPEC §2 step 6).
-                    inputs.refresh_all_in_this_epoch();
-                }
-                advanced.clear();
-                let epoch = inputs.epoch() + 1;
-                inputs.advance_to(epoch);
-                if worker.index() == 0 {
-                    // The committer times the epoch from here to its commit.
-                    report.metrics().epoch_closed(epoch - 1 - LIVE);
-                }
-                publish(report, &gauges, &summary, &next);
-                in_epoch = 0;
-                epoch_started = Instant::now();
-                // Keep within a few epochs of the sink, stepping the dataflow meanwhile.
-                inputs.wait_for_sink(worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
-                if done {
-                    break;
-                }
-            }
+        Recovery::Replay(reader) if !source.committed.is_empty() => {
+            Ok(Some(reader.load_recommendations(&source.topic, &source.committed, worker.peers(), worker.index())?))
         }
-        match consumer.poll(Duration::ZERO) {
-            None => {
-                // Nothing to read: do dataflow work, or sleep briefly.
-                worker.step_or_park(Some(Duration::from_millis(2)));
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                errors.progress();
-                if let Some(must) = unverified.remove(&p) {
-                    rewind(p, must, None, &mut next, &mut rewound)?;
-                    continue;
-                }
-                let (Some(&n), Some(&target)) = (next.get(&p), targets.get(&p)) else { continue };
-                tracing::debug!(p, next = n, target, committed = committed(p), "end of partition");
-                if n < committed(p) {
-                    // The partition ends before the committed offset: recreated or truncated.
-                    return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed: committed(p), low: n });
-                }
-                if n >= target {
-                    caught_up.insert(p);
-                }
-            }
-            Some(Err(error)) => {
-                warn!(%error, "Kafka consumer error");
-                if matches!(error, KafkaError::MessageConsumption(code) if code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
-                {
-                    return Err(StreamError::NoTopic(job.topic.clone()));
-                }
-                if let Some(reason) = errors.error(&error, Instant::now()) {
-                    return Err(StreamError::KafkaFailed { brokers: job.brokers.clone(), topic: job.topic.clone(), reason });
-                }
-            }
-            Some(Ok(message)) => {
-                errors.progress();
-                let (p, offset) = (message.partition(), message.offset());
-                if let Some(must) = unverified.remove(&p) {
-                    if offset > must {
-                        rewind(p, must, Some(offset), &mut next, &mut rewound)?;
-                        continue;
-                    }
-                }
-                if let Some(needed) = rewound.remove(&p) {
-                    if offset > needed {
-                        return Err(StreamError::Truncated { topic: job.topic.clone(), partition: p, needed, low: offset });
-                    }
-                }
-                let Some(n) = next.get_mut(&p) else { continue };
-                if offset < *n {
-                    continue; // delivered twice
-                }
-                *n = offset + 1;
-                let payload = message.payload().unwrap_or_default();
-                if offset < committed(p) {
-                    if !replay {
-                        continue; // in the loaded state
-                    }
-                    inputs.feed(payload, &job.topic, p, offset);
-                    summary.replayed_messages += 1;
-                    in_epoch += 1;
-                } else if replaying {
-                    waiting.push((p, offset, payload.to_vec()));
-                } else {
-                    advanced.insert(p, offset + 1);
-                    count_live(&mut summary, inputs.feed(payload, &job.topic, p, offset));
-                    in_epoch += 1;
-                }
-                // With a backlog the poll never comes back empty: step the dataflow now and
-                // then, so that earlier epochs complete while this one fills.
-                read_since_step += 1;
-                if read_since_step >= STEP_EVERY_MESSAGES {
-                    read_since_step = 0;
-                    worker.step();
-                }
-            }
-        }
+        Recovery::Replay(_) => Ok(None),
     }
-    publish(report, &gauges, &summary, &next);
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
 }
 
 /// Opens the first live epoch. After a replay, the epoch before it, the same on every worker
 /// and after every replay epoch of every worker, carries the stored recommendations: the
 /// replay rebuilt every list, not when each stored one was refreshed
 /// ([`crate::engine::recommend`], "Restarts"). (A loaded state carries them in its own epoch.)
-fn go_live(inputs: &mut pipeline::Inputs, stored_recommendations: &mut Option<Vec<(u64, RankedList)>>) {
-    if let Some(rows) = stored_recommendations.take() {
+fn go_live(inputs: &mut Inputs, stored_recommendations: Option<Vec<(u64, RankedList)>>) {
+    if let Some(rows) = stored_recommendations {
         inputs.advance_to(LIVE - 1);
         inputs.restore_recommendations(rows);
     }
     inputs.advance_to(LIVE);
 }
 
-/// Whether a live epoch of `in_epoch` messages is full at `--epoch-events` = `cap`. With
-/// `rest()` = the messages this worker still has to read up to the caught-up offsets
-/// (`--until-caught-up`), a full epoch stays open when the rest is small: a last epoch of a
-/// few messages costs about as much as a big one, because at a large state its listens
-/// still rescore the pairs and users they touch and their rows are rewritten (at 10 M events,
-/// 5 M-message epochs left one of 28 000 messages that took 14 s of a 112 s catch-up). An
-/// epoch never holds more than `cap + cap / TAIL_DIVISOR` messages, even when the topic grows
-/// past the offsets seen at start (or lies beyond them: Tansu 0.6 reports a high watermark
-/// short of the true end, so `rest()` is an estimate).
-///
-/// `rest` is only called once the epoch reaches the cap (it walks the worker's partitions).
-fn epoch_full(in_epoch: usize, cap: usize, rest: impl FnOnce() -> Option<u64>) -> bool {
-    let tail = cap / TAIL_DIVISOR;
-    in_epoch >= cap && (in_epoch >= cap + tail || rest().is_none_or(|rest| rest > tail as u64))
+/// One worker reading its partitions into its inputs.
+struct WorkerConsumer<'a> {
+    worker: &'a mut Worker,
+    inputs: &'a mut Inputs,
+    source: &'a KafkaSource,
+    shutdown: &'a Shutdown,
+    report: &'a mut WorkerReport,
+    reader: Reader,
+    clock: EpochClock,
+    consumed: Consumption,
+    read_since_step: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_catch_up_folds_a_small_rest_into_its_last_epoch() {
-        // Live (no caught-up target): full at the cap.
-        assert!(!epoch_full(999, 1000, || None));
-        assert!(epoch_full(1000, 1000, || None));
-        // Catching up: a rest of up to an eighth of the cap joins the epoch.
-        assert!(!epoch_full(1000, 1000, || Some(125)));
-        assert!(!epoch_full(1100, 1000, || Some(25)));
-        assert!(epoch_full(1000, 1000, || Some(126)));
-        assert!(epoch_full(1000, 1000, || Some(5000)));
-        assert!(!epoch_full(999, 1000, || Some(5000)));
-        // Never beyond cap + cap/8, whatever the rest (a topic that grows while it is read).
-        assert!(!epoch_full(1124, 1000, || Some(0)));
-        assert!(epoch_full(1125, 1000, || Some(0)));
+impl WorkerConsumer<'_> {
+    /// Replays the topic up to the committed offsets into epochs below [`LIVE`]; one consumer
+    /// reads every partition of the worker from its beginning and is never moved. Live
+    /// messages that arrive while another partition is still replaying wait in memory (at
+    /// most the difference in replay progress between the worker's partitions) and are
+    /// returned once every partition is replayed; `None` when the shutdown came first.
+    fn replay(&mut self) -> Result<Option<Vec<Waiting>>, SourceError> {
+        self.report.metrics().replaying(true);
+        let mut waiting = Vec::new();
+        loop {
+            if self.reader.replayed() {
+                return Ok(Some(waiting));
+            }
+            if self.shutdown.is_requested() {
+                return Ok(None);
+            }
+            if self.clock.replay_full() {
+                self.close_replay_epoch();
+            }
+            match self.reader.poll(self.source)? {
+                Polled::Nothing => self.idle(),
+                Polled::Handled => {}
+                Polled::Message(message, Arrival::Live) => {
+                    waiting.push((message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec()));
+                    self.step_now_and_then();
+                }
+                Polled::Message(message, _) => {
+                    let payload = message.payload().unwrap_or_default();
+                    self.inputs.feed(payload, &self.source.topic, message.partition(), message.offset());
+                    self.consumed.replayed_messages += 1;
+                    self.clock.count();
+                    self.step_now_and_then();
+                }
+            }
+        }
     }
 
-    #[test]
-    fn exit_lines_say_each_cause_once() {
-        // encore-flow prints `{:#}`, which appends every `source` to the message.
-        let err = anyhow::Error::from(StreamError::from(KafkaError::ClientCreation("boom".into())));
-        assert_eq!(format!("{err:#}"), "Kafka: Client creation error: boom");
-        let err = anyhow::Error::from(StreamError::from(SinkError::Config("bad URL".into())));
-        assert_eq!(format!("{err:#}"), "Postgres: bad URL");
+    /// Feeds the live messages that waited for the replay into the first live epoch.
+    fn feed_waiting(&mut self, waiting: Vec<Waiting>) {
+        for (p, offset, payload) in waiting {
+            self.consumed.count_live(self.inputs.feed(&payload, &self.source.topic, p, offset));
+            self.clock.count();
+        }
+        self.publish();
+        self.clock.restart_timer();
+    }
+
+    /// Live epochs until caught up (`--until-caught-up`) or the shutdown is requested; the
+    /// last one closed with the consumed offsets, as every one.
+    fn live(&mut self) -> Result<(), SourceError> {
+        loop {
+            let stopping = self.shutdown.is_requested();
+            let done = stopping || (self.source.until_caught_up && self.reader.caught_up());
+            let full = self.clock.full(|| self.source.until_caught_up.then(|| self.reader.rest()));
+            let room = || !self.inputs.pending_before((self.inputs.epoch() + 1).saturating_sub(MAX_EPOCHS_IN_FLIGHT));
+            if done || full || self.clock.due(room) {
+                // The last commit of --until-caught-up is at rest (SPEC §2 step 6).
+                self.close_live_epoch(done && self.source.until_caught_up && !stopping);
+                if done {
+                    return Ok(());
+                }
+            }
+            match self.reader.poll(self.source)? {
+                Polled::Nothing => self.idle(),
+                Polled::Handled => {}
+                Polled::Message(message, _) => {
+                    let kind =
+                        self.inputs.feed(message.payload().unwrap_or_default(), &self.source.topic, message.partition(), message.offset());
+                    self.consumed.count_live(kind);
+                    self.clock.count();
+                    self.step_now_and_then();
+                }
+            }
+        }
+    }
+
+    /// Closes a live epoch with the offsets its messages reached; `at_rest`: every stale user
+    /// is refreshed in it.
+    fn close_live_epoch(&mut self, at_rest: bool) {
+        for (p, next) in self.reader.take_advanced() {
+            self.inputs.offsets.insert((p, next));
+        }
+        if at_rest {
+            self.inputs.refresh_all_in_this_epoch();
+        }
+        let epoch = self.inputs.epoch() + 1;
+        self.inputs.advance_to(epoch);
+        if self.worker.index() == 0 {
+            // The committer times the epoch from here to its commit.
+            self.report.metrics().epoch_closed(epoch - 1 - LIVE);
+        }
+        self.publish();
+        self.clock.restart();
+        self.keep_up(epoch);
+    }
+
+    /// Closes a replay epoch: they are sized by count only, as they commit nothing.
+    fn close_replay_epoch(&mut self) {
+        self.clock.restart_count();
+        let epoch = self.inputs.epoch() + 1;
+        self.inputs.advance_to(epoch);
+        self.publish();
+        self.keep_up(epoch);
+    }
+
+    /// Keeps within a few epochs of the sink, running the dataflow meanwhile.
+    fn keep_up(&mut self, epoch: Epoch) {
+        self.inputs.wait_for_sink(self.worker, epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT));
+    }
+
+    /// Nothing to read: do dataflow work, or sleep briefly.
+    fn idle(&mut self) {
+        self.worker.step_or_park(Some(Duration::from_millis(2)));
+    }
+
+    /// With a backlog the poll never comes back empty: step the dataflow now and then, so
+    /// that earlier epochs complete while this one fills.
+    fn step_now_and_then(&mut self) {
+        self.read_since_step += 1;
+        if self.read_since_step >= STEP_EVERY_MESSAGES {
+            self.read_since_step = 0;
+            self.worker.step();
+        }
+    }
+
+    /// Publishes the worker's progress to the metrics (once per epoch, never per message).
+    fn publish(&mut self) {
+        self.reader.publish_offsets();
+        self.report.publish(self.consumed.counts());
+    }
+
+    /// The worker's consumption, once it stops reading.
+    fn finish(mut self, started: Instant) -> Consumption {
+        self.publish();
+        self.consumed.seconds = started.elapsed().as_secs_f64();
+        self.consumed
     }
 }

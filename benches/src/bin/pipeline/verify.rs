@@ -16,9 +16,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use encore_dataflow::oracle;
 use encore_dataflow::sink::postgres::{PgSink, RetryPolicy};
 use encore_dataflow::tables::{Params, Tables};
+use encore_dataflow::testing::oracle;
 use encore_generator::catalog::Catalog;
 use encore_generator::stream::EventStream;
 

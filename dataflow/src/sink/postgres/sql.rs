@@ -180,8 +180,8 @@ pub(super) const CO_LISTENS: TableSpec =
 pub(super) const LAST_LISTENS: TableSpec =
     TableSpec { name: "encore_last_listen", keys: &["user_id", "track_id"], values: &[("last_ms", "BIGINT")], stamped: false };
 
-/// The columns a schema written by encore-flow before 2026-12-07 has and today's does not:
-/// one row per list member. Such tables are refused, not mixed ([`Statements::old_list_rows`]).
+/// The columns a schema of the older list layout has and today's does not: one row per list
+/// member. Such tables are refused, not mixed ([`Statements::old_list_rows`]).
 const MEMBER_ROW_COLUMNS: [(&str, &str); 2] = [("track_neighbors", "neighbor_id"), ("user_recommendations", "track_id")];
 
 /// The keyed tables in the order a commit merges them.
@@ -223,49 +223,7 @@ impl Statements {
         let s = quote_ident(schema);
         let keyed: Vec<&TableSpec> = KEYED.into_iter().filter(|spec| emit_co_listens || spec.name != CO_LISTENS.name).collect();
 
-        let mut create_tables = String::new();
-        for spec in &keyed {
-            create_tables.push_str(&spec.create_table(&s));
-        }
-        create_tables.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {s}.dead_letters (id BIGSERIAL PRIMARY KEY, topic TEXT, \
-             kafka_partition INT, kafka_offset BIGINT, payload BYTEA, error TEXT, \
-             received_at TIMESTAMPTZ DEFAULT now());\n\
-             -- Not in SPEC §3's column list but no change to it: a message is dead-lettered at \
-             most once even if a commit is replayed (ON CONFLICT DO NOTHING below).\n\
-             CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_source ON {s}.dead_letters \
-             (topic, kafka_partition, kafka_offset);\n\
-             -- The next Kafka offset to consume per partition, committed with the deltas.\n\
-             CREATE TABLE IF NOT EXISTS {s}.encore_progress (topic TEXT NOT NULL, \
-             kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL, \
-             committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, kafka_partition));\n\
-             -- The SPEC §2 parameters the tables of a topic were computed with: a restart with \
-             other ones would replay a different state under them (see PgSink::check_parameters).\n\
-             CREATE TABLE IF NOT EXISTS {s}.encore_parameters (topic TEXT PRIMARY KEY, \
-             parameters TEXT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now());\n\
-             -- Whether encore_last_listen holds the state of every committed offset of the \
-             topic (tables from before the durable state have offsets but no state).\n\
-             ALTER TABLE {s}.encore_parameters ADD COLUMN IF NOT EXISTS durable_state BOOLEAN \
-             NOT NULL DEFAULT false;\n\
-             -- One row per member (SPEC §3), rank 1-based in list order.\n\
-             CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT n.track_id, m.rank, \
-             m.neighbor_id, m.score FROM {s}.track_neighbors AS n, \
-             unnest(n.neighbor_ids, n.scores) WITH ORDINALITY AS m(neighbor_id, score, rank);\n\
-             CREATE OR REPLACE VIEW {s}.user_recommendations_ranked AS SELECT r.user_id, m.rank, \
-             m.track_id, m.score, r.updated_at FROM {s}.user_recommendations AS r, \
-             unnest(r.track_ids, r.scores) WITH ORDINALITY AS m(track_id, score, rank);\n"
-        ));
-
-        let mut create_staging = String::new();
-        for spec in &keyed {
-            create_staging.push_str(&spec.create_staging());
-        }
-        create_staging.push_str(
-            "CREATE TEMP TABLE IF NOT EXISTS encore_stage_dead_letters (topic TEXT NOT NULL, \
-             kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL, payload BYTEA, \
-             error TEXT) ON COMMIT DELETE ROWS;\n",
-        );
-
+        let (create_tables, create_staging) = (create_tables(&s, &keyed), create_staging(&keyed));
         Statements {
             create_tables,
             create_staging,
@@ -364,6 +322,58 @@ impl Statements {
     pub(super) fn copy_share(&self, table: &str, columns: &str, key_column: &str, peers: usize, index: usize) -> String {
         format!("COPY (SELECT {columns} FROM {}.{table} WHERE {key_column} % {peers} = {index}) TO STDOUT (FORMAT binary)", self.schema)
     }
+}
+
+/// The DDL of the schema `s` (quoted): the `keyed` tables, dead letters, progress,
+/// parameters and the ranked views.
+fn create_tables(s: &str, keyed: &[&TableSpec]) -> String {
+    let mut create_tables = String::new();
+    for spec in keyed {
+        create_tables.push_str(&spec.create_table(s));
+    }
+    create_tables.push_str(&format!(
+        "CREATE TABLE IF NOT EXISTS {s}.dead_letters (id BIGSERIAL PRIMARY KEY, topic TEXT, \
+         kafka_partition INT, kafka_offset BIGINT, payload BYTEA, error TEXT, \
+         received_at TIMESTAMPTZ DEFAULT now());\n\
+         -- Not in SPEC §3's column list but no change to it: a message is dead-lettered at \
+         most once even if a commit is replayed (ON CONFLICT DO NOTHING below).\n\
+         CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_source ON {s}.dead_letters \
+         (topic, kafka_partition, kafka_offset);\n\
+         -- The next Kafka offset to consume per partition, committed with the deltas.\n\
+         CREATE TABLE IF NOT EXISTS {s}.encore_progress (topic TEXT NOT NULL, \
+         kafka_partition INT NOT NULL, next_offset BIGINT NOT NULL, \
+         committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, kafka_partition));\n\
+         -- The SPEC §2 parameters the tables of a topic were computed with: a restart with \
+         other ones would replay a different state under them (see PgSink::check_parameters).\n\
+         CREATE TABLE IF NOT EXISTS {s}.encore_parameters (topic TEXT PRIMARY KEY, \
+         parameters TEXT NOT NULL, recorded_at TIMESTAMPTZ NOT NULL DEFAULT now());\n\
+         -- Whether encore_last_listen holds the state of every committed offset of the \
+         topic (tables from before the durable state have offsets but no state).\n\
+         ALTER TABLE {s}.encore_parameters ADD COLUMN IF NOT EXISTS durable_state BOOLEAN \
+         NOT NULL DEFAULT false;\n\
+         -- One row per member (SPEC §3), rank 1-based in list order.\n\
+         CREATE OR REPLACE VIEW {s}.track_neighbors_ranked AS SELECT n.track_id, m.rank, \
+         m.neighbor_id, m.score FROM {s}.track_neighbors AS n, \
+         unnest(n.neighbor_ids, n.scores) WITH ORDINALITY AS m(neighbor_id, score, rank);\n\
+         CREATE OR REPLACE VIEW {s}.user_recommendations_ranked AS SELECT r.user_id, m.rank, \
+         m.track_id, m.score, r.updated_at FROM {s}.user_recommendations AS r, \
+         unnest(r.track_ids, r.scores) WITH ORDINALITY AS m(track_id, score, rank);\n"
+    ));
+    create_tables
+}
+
+/// The DDL of one connection's staging tables.
+fn create_staging(keyed: &[&TableSpec]) -> String {
+    let mut create_staging = String::new();
+    for spec in keyed {
+        create_staging.push_str(&spec.create_staging());
+    }
+    create_staging.push_str(
+        "CREATE TEMP TABLE IF NOT EXISTS encore_stage_dead_letters (topic TEXT NOT NULL, \
+         kafka_partition INT NOT NULL, kafka_offset BIGINT NOT NULL, payload BYTEA, \
+         error TEXT) ON COMMIT DELETE ROWS;\n",
+    );
+    create_staging
 }
 
 #[cfg(test)]

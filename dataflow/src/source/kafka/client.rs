@@ -8,13 +8,13 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use tracing::warn;
 
-use super::StreamJob;
+use super::KafkaSource;
 
-/// Routes librdkafka's error callbacks to our logs, minus end-of-partition events, which the
-/// consumer loop handles and which are not errors.
-pub(super) struct Quiet;
+/// The consumers' client context: logs librdkafka's error callbacks, minus end-of-partition
+/// events, which the consume loop handles and which are not errors.
+pub(super) struct LoggingContext;
 
-impl ClientContext for Quiet {
+impl ClientContext for LoggingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_)) {
             warn!(%error, reason, "Kafka client error");
@@ -22,21 +22,21 @@ impl ClientContext for Quiet {
     }
 }
 
-impl ConsumerContext for Quiet {}
+impl ConsumerContext for LoggingContext {}
 
 /// Builds the consumer of one worker.
-pub(super) fn consumer(job: &StreamJob, client_id: &str) -> Result<BaseConsumer<Quiet>, KafkaError> {
-    consumer_config(job, client_id).create_with_context(Quiet)
+pub(super) fn consumer(source: &KafkaSource, client_id: &str) -> Result<BaseConsumer<LoggingContext>, KafkaError> {
+    consumer_config(source, client_id).create_with_context(LoggingContext)
 }
 
 /// The consumers' settings: ours, then the user's `--kafka-option`s over them. Every setting
 /// says why it has its value.
-fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
+fn consumer_config(source: &KafkaSource, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", &job.brokers)
+        .set("bootstrap.servers", &source.brokers)
         // Required by librdkafka; offsets are never committed to the group (see below).
-        .set("group.id", &job.group)
+        .set("group.id", &source.group)
         .set("client.id", client_id)
         // Progress lives in Postgres, in the same transaction as the results: Kafka's group
         // offsets would be a second, inconsistent truth.
@@ -44,7 +44,7 @@ fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         // Only reached when an assigned offset is out of range (deleted since the start-up
         // checks): "earliest" is then the low watermark, and the first message's offset shows
-        // the gap, which the consume loop refuses (source/kafka.rs, `resume_at`).
+        // the gap, which the consume loop refuses (`partition.rs`, `resume_at`).
         .set("auto.offset.reset", "earliest")
         // End-of-partition events tell the job that a partition holds fewer messages than the
         // committed offsets say, or that a resumed partition answered nothing.
@@ -56,10 +56,10 @@ fn consumer_config(job: &StreamJob, client_id: &str) -> ClientConfig {
         .set("socket.timeout.ms", "10000")
         // A fetch that finds no new message waits this long at the broker. Apache Kafka
         // answers as soon as data arrives, but Tansu answers only at the deadline, so
-        // librdkafka's 500 ms default added ~400 ms to every event's latency there
+        // librdkafka's 500 ms default adds most of that to every event's latency there
         // (benches/README.md, "Kafka fetch wait"). Shorter waits cost idle CPU on Tansu.
         .set("fetch.wait.max.ms", "100");
-    for (key, value) in &job.kafka_options {
+    for (key, value) in &source.kafka_options {
         config.set(key, value);
     }
     config
@@ -70,34 +70,31 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::tables::Params;
+    use crate::sink::postgres::StateReader;
+    use crate::source::kafka::{Recovery, DEFAULT_ERROR_TIMEOUT};
 
-    fn job(kafka_options: &[(&str, &str)]) -> StreamJob {
-        StreamJob {
+    fn source(kafka_options: &[(&str, &str)]) -> KafkaSource {
+        KafkaSource {
             brokers: "127.0.0.1:9092".into(),
             topic: "t".into(),
             group: "g".into(),
             kafka_options: kafka_options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            params: Params::default(),
-            emit_co_listens: false,
-            emit_events: false,
             until_caught_up: false,
             epoch_ms: 250,
             epoch_events: 10_000,
-            refresh: Default::default(),
             committed: BTreeMap::new(),
-            recovery: crate::source::kafka::Recovery::Load(Box::new(
-                crate::sink::postgres::StateReader::new_for("postgres://127.0.0.1/encore", "public", 4, false).expect("a valid URL"),
+            recovery: Recovery::Load(Box::new(
+                StateReader::new_for("postgres://127.0.0.1/encore", "public", 4, false).expect("a valid URL"),
             )),
-            error_timeout: crate::source::kafka::DEFAULT_ERROR_TIMEOUT,
+            error_timeout: DEFAULT_ERROR_TIMEOUT,
         }
     }
 
     #[test]
     fn the_fetch_wait_is_short_unless_the_user_says_otherwise() {
-        // librdkafka's 500 ms default added ~400 ms to live latency on Tansu (README).
-        assert_eq!(consumer_config(&job(&[]), "c").get("fetch.wait.max.ms"), Some("100"));
-        let config = consumer_config(&job(&[("fetch.wait.max.ms", "500"), ("enable.auto.commit", "true")]), "c");
+        // librdkafka's 500 ms default adds latency on Tansu (benches/README.md).
+        assert_eq!(consumer_config(&source(&[]), "c").get("fetch.wait.max.ms"), Some("100"));
+        let config = consumer_config(&source(&[("fetch.wait.max.ms", "500"), ("enable.auto.commit", "true")]), "c");
         assert_eq!(config.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(config.get("enable.auto.commit"), Some("true"), "--kafka-option is applied last");
     }
@@ -116,7 +113,7 @@ mod tests {
             ],
             &[("security.protocol", "SASL_SSL"), ("sasl.mechanism", "PLAIN"), ("sasl.username", "u"), ("sasl.password", "p")],
         ] {
-            let created = consumer_config(&job(options), "c").create_with_context::<_, BaseConsumer<Quiet>>(Quiet);
+            let created = consumer_config(&source(options), "c").create_with_context::<_, BaseConsumer<LoggingContext>>(LoggingContext);
             assert!(created.is_ok(), "{options:?}: {:?}", created.err());
         }
     }

@@ -5,7 +5,7 @@
 //! It is written to be obviously correct, not fast: [`compute`] is seven calls, one per SPEC §2
 //! step, each a short function over ordered maps (`BTreeMap`, so iteration order never depends
 //! on a hash seed). Nothing is incremental and nothing is shared with the dataflow engine: the
-//! only common code is the parser and the score formula of `encore-udfs` (the rounding `q` of
+//! only common code is the parser and the score formula of `encore-core` (the rounding `q` of
 //! the counts and the cosine), which both sides must use verbatim because SPEC §2 step 4 fixes
 //! the floating-point evaluation order. The tests below check `q` by other means.
 //!
@@ -16,7 +16,7 @@
 //! included") and change nothing else.
 //!
 //! ```
-//! use encore_dataflow::{oracle, tables::Params};
+//! use encore_dataflow::{tables::Params, testing::oracle};
 //! use encore_core::{Event, EventType};
 //!
 //! let listen = |user_id, track_id| Event {
@@ -563,8 +563,26 @@ mod tests {
                 *n.entry(track).or_default() += 1;
             }
         }
+        assert_co_listens(tables, &histories, &n);
+        let neighbors = assert_neighbors(tables, params, &n);
+        assert_recommendations(tables, params, &histories, &neighbors);
+        assert_track_stats(events, &listens, tables);
+        format!(
+            "{} listens, {} users, {} tracks with neighbours, {} users with recommendations; rows: \
+             track_neighbors {}, user_recommendations {}, track_stats {}, co_listens {}",
+            listens.len(),
+            histories.len(),
+            neighbors.len(),
+            tables.user_recommendations.keys().map(|&(u, _)| u).collect::<BTreeSet<_>>().len(),
+            tables.track_neighbors.len(),
+            tables.user_recommendations.len(),
+            tables.track_stats.len(),
+            tables.co_listens.len(),
+        )
+    }
 
-        // co_listens: a < b, c ≥ 1, c ≤ min(n(a), n(b)), and the pairs add up per user.
+    /// co_listens: a < b, c ≥ 1, c ≤ min(n(a), n(b)), and the pairs add up per user.
+    fn assert_co_listens(tables: &Tables, histories: &BTreeMap<u64, BTreeSet<u64>>, n: &BTreeMap<u64, u64>) {
         let pairs: u64 = histories.values().map(|h| (h.len() as u64) * (h.len() as u64).saturating_sub(1) / 2).sum();
         assert_eq!(tables.co_listens.values().sum::<u64>(), pairs);
         for (&(a, b), &c) in &tables.co_listens {
@@ -575,8 +593,12 @@ mod tests {
             let users = histories.values().filter(|h| h.contains(&a) && h.contains(&b)).count() as u64;
             assert_eq!(c, users, "c({a},{b})");
         }
+    }
 
-        // Similarities from the co_listens table: i → [(j, s)] with c ≥ C, s > 0.
+    /// track_neighbors, from the co_listens table: the right scores, at most k, and no
+    /// outsider outranks an insider. Returns the neighbour lists.
+    fn assert_neighbors(tables: &Tables, params: &Params, n: &BTreeMap<u64, u64>) -> BTreeMap<u64, BTreeMap<u64, i64>> {
+        // Similarities: i → [(j, s)] with c ≥ C, s > 0.
         let mut candidates: BTreeMap<u64, Vec<(u64, i64)>> = BTreeMap::new();
         for (&(a, b), &c) in &tables.co_listens {
             if c < params.min_co {
@@ -591,7 +613,6 @@ mod tests {
                 }
             }
         }
-        // track_neighbors: the right scores, at most k, and no outsider outranks an insider.
         let mut neighbors: BTreeMap<u64, BTreeMap<u64, i64>> = BTreeMap::new();
         for (&(i, j), &s) in &tables.track_neighbors {
             neighbors.entry(i).or_default().insert(j, s);
@@ -608,13 +629,21 @@ mod tests {
             }
         }
         assert!(neighbors.keys().all(|i| candidates.contains_key(i)));
+        neighbors
+    }
 
-        // user_recommendations: at most N, never heard, the sum over the history, top N.
+    /// user_recommendations: at most N, never heard, the sum over the history, top N.
+    fn assert_recommendations(
+        tables: &Tables,
+        params: &Params,
+        histories: &BTreeMap<u64, BTreeSet<u64>>,
+        neighbors: &BTreeMap<u64, BTreeMap<u64, i64>>,
+    ) {
         let mut recommended: BTreeMap<u64, BTreeMap<u64, i64>> = BTreeMap::new();
         for (&(u, j), &score) in &tables.user_recommendations {
             recommended.entry(u).or_default().insert(j, score);
         }
-        for (user, history) in &histories {
+        for (user, history) in histories {
             let mut scores: BTreeMap<u64, i64> = BTreeMap::new();
             for i in history {
                 for (&j, &s) in neighbors.get(i).into_iter().flatten() {
@@ -635,8 +664,10 @@ mod tests {
             }
         }
         assert!(recommended.is_empty(), "recommendations for users without history");
+    }
 
-        // track_stats: every listened track, plays and likes add up, 1 ≤ listeners ≤ plays.
+    /// track_stats: every listened track, plays and likes add up, 1 ≤ listeners ≤ plays.
+    fn assert_track_stats(events: &[Event], listens: &[&Event], tables: &Tables) {
         let listened: BTreeSet<u64> = listens.iter().map(|l| l.track_id).collect();
         assert!(tables.track_stats.keys().eq(listened.iter()));
         assert_eq!(tables.track_stats.values().map(|s| s.plays).sum::<u64>(), listens.len() as u64);
@@ -645,19 +676,6 @@ mod tests {
         let listener_pairs: BTreeSet<(u64, u64)> = listens.iter().map(|l| (l.track_id, l.user_id)).collect();
         assert_eq!(tables.track_stats.values().map(|s| s.listeners).sum::<u64>(), listener_pairs.len() as u64);
         assert!(tables.track_stats.values().all(|s| 1 <= s.listeners && s.listeners <= s.plays && s.likes <= s.plays));
-
-        format!(
-            "{} listens, {} users, {} tracks with neighbours, {} users with recommendations; rows: \
-             track_neighbors {}, user_recommendations {}, track_stats {}, co_listens {}",
-            listens.len(),
-            histories.len(),
-            neighbors.len(),
-            tables.user_recommendations.keys().map(|&(u, _)| u).collect::<BTreeSet<_>>().len(),
-            tables.track_neighbors.len(),
-            tables.user_recommendations.len(),
-            tables.track_stats.len(),
-            tables.co_listens.len(),
-        )
     }
 
     #[test]

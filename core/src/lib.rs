@@ -1,7 +1,8 @@
 //! encore's per-record logic, shared by the dataflow, the generator and the Arroyo UDFs: the
 //! SPEC §1 event model and its strict parser, the listen rule, and the SPEC §2 step 4 cosine
 //! score. Keeping them in one dependency-light crate is what makes every consumer agree to the
-//! last digit.
+//! last digit. With the `invalid` feature, [`invalid`] writes the messages SPEC §1 calls
+//! invalid, one kind per rule, for the generator and the tests.
 //!
 //! ```
 //! use encore_core::{cosine_units, parse_event, EventType};
@@ -25,6 +26,8 @@
 #![warn(missing_docs)]
 
 mod event;
+#[cfg(feature = "invalid")]
+pub mod invalid;
 mod score;
 mod timestamp;
 
