@@ -210,22 +210,33 @@ pub fn compute<'scope>(
     // R(u): refreshed where each user lives, from its history and a replica of the neighbour
     // lists (broadcast to all): for every user that listened, and for stale users as the
     // budget allows.
-    let mut stat_parts = listens
+    let restored_stats = restored.map(|restored| {
+        user_inputs = user_inputs.clone().concat(restored.recommendations.map(|(user, list)| UserInput::Restored { user, list }));
+        restored.track_stats
+    });
+    let recommendation_lists = recommend::recommendations(user_inputs, neighbor_lists.clone(), sources, recommendations, refresh);
+    let track_stats = track_statistics(listens, firsts, restored_stats);
+
+    Outputs { track_neighbors: neighbor_lists, user_recommendations: recommendation_lists, track_stats, co_listens, last_listens }
+}
+
+/// SPEC §2 step 7: plays, listeners and likes per track, as one three-part diff accumulated
+/// per track (plays and likes of a restored state count as such; its listeners are rebuilt
+/// from the first listens).
+fn track_statistics<'scope>(
+    listens: Collection<'scope, Listen>,
+    firsts: Collection<'scope, u64>,
+    restored: Option<Collection<'scope, (u64, TrackStats)>>,
+) -> Collection<'scope, (u64, TrackStats)> {
+    let mut parts = listens
         .explode(|l| Some((l.track, (1isize, 0isize, isize::from(l.like)))))
         .concat(firsts.explode(|track| Some((track, (0isize, 1isize, 0isize)))));
     if let Some(restored) = restored {
-        user_inputs = user_inputs.concat(restored.recommendations.map(|(user, list)| UserInput::Restored { user, list }));
-        stat_parts = stat_parts
-            .concat(restored.track_stats.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))));
+        parts = parts.concat(restored.explode(|(track, stats)| Some((track, (stats.plays as isize, 0isize, stats.likes as isize)))));
     }
-    let recommendation_lists = recommend::recommendations(user_inputs, neighbor_lists.clone(), sources, recommendations, refresh);
-
-    // plays, listeners and likes as one three-part diff, accumulated per track.
-    let track_stats = stat_parts.count_total().map(|(track, (plays, listeners, likes))| {
+    parts.count_total().map(|(track, (plays, listeners, likes))| {
         (track, TrackStats { plays: plays as u64, listeners: listeners as u64, likes: likes as u64 })
-    });
-
-    Outputs { track_neighbors: neighbor_lists, user_recommendations: recommendation_lists, track_stats, co_listens, last_listens }
+    })
 }
 
 /// The `c(a,b)` updates among the similarity operator's records, as a collection.

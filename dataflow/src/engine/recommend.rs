@@ -448,6 +448,41 @@ impl Recommender {
     }
 }
 
+impl Recommender {
+    /// Steps 1–4 for one complete epoch: its list, membership and listen changes, then the
+    /// refreshes (none in an epoch that carries a restart's stored lists).
+    fn apply(
+        &mut self,
+        epoch: Epoch,
+        staged: Staged,
+        n: usize,
+        budget: RefreshBudget,
+        emit: impl FnMut(u64, &RankedList, isize),
+    ) -> Refreshed {
+        let Staged { mut members, listened, restored, mut neighbors, sources } = staged;
+        // Per track the new list if there is one, else the empty one.
+        neighbors.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
+        neighbors.dedup_by_key(|(track, _)| *track);
+        for (track, list) in &neighbors {
+            self.neighbors_changed(*track, list);
+        }
+        super::sorted::consolidate(&mut members);
+        for &((user, track), diff) in &members {
+            self.membership_changed(user, track, diff);
+        }
+        for user in listened {
+            self.listened(user, epoch);
+        }
+        if sources.iter().any(|s| s.restored) {
+            self.restore(restored);
+            return Refreshed::default();
+        }
+        let busy = sources.iter().any(|s| s.listens > 0);
+        let budget = if sources.iter().any(|s| s.refresh_all) { usize::MAX } else { budget.per_worker(busy) };
+        self.refresh(epoch, n, budget, emit)
+    }
+}
+
 /// The data of one epoch, staged until it is complete.
 #[derive(Default)]
 struct Staged {
@@ -514,29 +549,10 @@ pub fn recommendations<'scope>(
                     // Complete once both frontiers have passed it: until then it may still get changes.
                     let complete = |epoch: &Epoch| !users_frontier.less_equal(epoch) && !shared_frontier.less_equal(epoch);
                     while let Some((epoch, capability, staged)) = staged.pop_complete(complete) {
-                        let Staged { mut members, listened, restored, mut neighbors, sources } = staged;
-                        // Per track the new list if there is one, else the empty one.
-                        neighbors.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.len().cmp(&a.1.len())));
-                        neighbors.dedup_by_key(|(track, _)| *track);
-                        for (track, list) in &neighbors {
-                            state.neighbors_changed(*track, list);
-                        }
-                        super::sorted::consolidate(&mut members);
-                        for &((user, track), diff) in &members {
-                            state.membership_changed(user, track, diff);
-                        }
-                        for user in listened {
-                            state.listened(user, epoch);
-                        }
-                        let busy = sources.iter().any(|s| s.listens > 0);
-                        let refreshed = if sources.iter().any(|s| s.restored) {
-                            state.restore(restored);
-                            Refreshed::default()
-                        } else {
-                            let budget = if sources.iter().any(|s| s.refresh_all) { usize::MAX } else { budget.per_worker(busy) };
-                            let mut session = output.session(&capability);
-                            state.refresh(epoch, n, budget, |user, list, diff| session.give(((user, list.clone()), epoch, diff)))
-                        };
+                        let mut session = output.session(&capability);
+                        let refreshed = state.apply(epoch, staged, n, budget, |user, list, diff| {
+                            session.give(((user, list.clone()), epoch, diff));
+                        });
                         let (stale, oldest) = state.staleness();
                         super::work::add_refresh(worker, refreshed, stale, oldest);
                     }
@@ -637,6 +653,22 @@ mod tests {
         assert_eq!(out, vec![(5, vec![(4, 1)], -1), (6, vec![(8, 5)], -1), (6, vec![(9, 10), (8, 5)], 1)]);
     }
 
+    /// SPEC §2 step 6's `R(u)` at `N = 2` for `history` over `lists`.
+    fn definition(history: &[u64], lists: &BTreeMap<u64, RankedList>) -> RankedList {
+        let mut scores: BTreeMap<u64, i64> = BTreeMap::new();
+        for i in history {
+            for &(j, s) in lists.get(i).map_or(&[][..], |l| &l[..]) {
+                if !history.contains(&j) {
+                    *scores.entry(j).or_default() += s;
+                }
+            }
+        }
+        let mut ranked: RankedList = scores.into_iter().collect();
+        ranked.sort_by_key(|&(j, s)| (Reverse(s), j));
+        ranked.truncate(2);
+        ranked
+    }
+
     /// Over random epochs of list and history changes: every user that listened holds the
     /// definition over the current lists; with an unlimited budget every user does; with a
     /// budget of `M`, at most `M` are refreshed in the background per epoch and a stale user
@@ -700,21 +732,7 @@ mod tests {
                         assert_eq!(stored.insert(user, list), None, "seed {seed} epoch {at}: two rows for user {user}");
                     }
                 }
-                let definition = |user: u64| -> RankedList {
-                    let history = &histories[&user];
-                    let mut scores: BTreeMap<u64, i64> = BTreeMap::new();
-                    for i in history {
-                        for &(j, s) in lists.get(i).map_or(&[][..], |l| &l[..]) {
-                            if !history.contains(&j) {
-                                *scores.entry(j).or_default() += s;
-                            }
-                        }
-                    }
-                    let mut ranked: RankedList = scores.into_iter().collect();
-                    ranked.sort_by_key(|&(j, s)| (Reverse(s), j));
-                    ranked.truncate(2);
-                    ranked
-                };
+                let definition = |user: u64| definition(&histories[&user], &lists);
                 for &user in &listened {
                     assert_eq!(stored.get(&user).cloned().unwrap_or_default(), definition(user), "seed {seed} epoch {at}: user {user}");
                 }

@@ -30,10 +30,8 @@
 //! scores drift) leaves the leaders alone. Only when fewer than `k` leaders would remain
 //! above the floor are all the key's items ranked again, `O(n)`; that happens when most of
 //! its best scores fall at once, i.e. when about as many of its items changed. An ordered
-//! set per key (`O(log n)` per change, with a cache miss per level for a popular track) was
-//! the previous design: at 10 M events it was a quarter of a 1 000-event epoch's time, and
-//! the map and leaders made that epoch 15 % faster at the same memory (about 26 bytes per
-//! item either way). Ties fall to the smaller item, because `(Reverse(weight), item)`
+//! set per key costs `O(log n)` per change, a cache miss per level for a popular track; the
+//! map and leaders cost the same memory (about 26 bytes an item). Ties fall to the smaller item, because `(Reverse(weight), item)`
 //! orders that way, which is SPEC §2's order for both lists.
 //!
 //! Epochs are applied in order, each only once complete, as in [`super::history`]; the

@@ -24,13 +24,6 @@ pub struct Work {
     pub refreshed_background: u64,
 }
 
-impl Work {
-    /// Users refreshed, for either reason: the users an epoch touched.
-    pub fn users_refreshed(&self) -> u64 {
-        self.refreshed_active + self.refreshed_background
-    }
-}
-
 static PAIRS_RESCORED: AtomicU64 = AtomicU64::new(0);
 static SIMILARITIES_CHANGED: AtomicU64 = AtomicU64::new(0);
 static REFRESHED_ACTIVE: AtomicU64 = AtomicU64::new(0);

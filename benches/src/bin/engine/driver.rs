@@ -9,13 +9,13 @@
 //!             /proc/self/status (VmRSS, VmHWM) after chosen epochs
 //! ```
 //!
-//! `encore_dataflow::source::file::run` has one epoch size for a whole run; the benchmarks need a
+//! `encore_dataflow::job::file::run` has one epoch size for a whole run; the benchmarks need a
 //! big load followed by small epochs, so this driver repeats its skeleton (the same
 //! `pipeline::install`, the same `Inputs::feed` parsing JSON, the same wait on the sink's probe)
 //! with a per-epoch size.
 //!
 //! **What is timed.** Every worker runs its own copy of the generator (the same seed gives
-//! the same bytes) and keeps its share of the lines, as `source::file::run` does with a file. The
+//! the same bytes) and keeps its share of the lines, as the file job (`job::file::run`, feeding through `source::file::feed`) does with a file. The
 //! generation happens *outside* the timed span: all workers generate an epoch's lines (in
 //! chunks of [`CHUNK`] for big epochs), meet at a barrier, then worker 0 starts its clock,
 //! feeds (JSON parsing included), closes the epoch and waits until the sink on worker 0 has
