@@ -569,19 +569,8 @@ mod tests {
     use super::*;
 
     /// Applies one epoch to `r` (as the operator does) and returns the emitted row changes,
-    /// retractions first.
+    /// retractions first, and the users refreshed.
     fn epoch(
-        r: &mut Recommender,
-        at: Epoch,
-        lists: &[(u64, &[(u64, i64)])],
-        members: &[(u64, u64, isize)],
-        listened: &[u64],
-        budget: usize,
-    ) -> Vec<(u64, RankedList, isize)> {
-        epoch_counted(r, at, lists, members, listened, budget).0
-    }
-
-    fn epoch_counted(
         r: &mut Recommender,
         at: Epoch,
         lists: &[(u64, &[(u64, i64)])],
@@ -608,16 +597,16 @@ mod tests {
     fn a_listen_refreshes_its_user_from_its_history_and_the_lists() {
         let mut r = Recommender::default();
         // N(1) = [6: 20, 5: 10]; user 7 takes track 1 and listens: recommended 6 then 5.
-        let out = epoch(&mut r, 1, &[(1, &[(6, 20), (5, 10)])], &[(7, 1, 1)], &[7], 0);
+        let out = epoch(&mut r, 1, &[(1, &[(6, 20), (5, 10)])], &[(7, 1, 1)], &[7], 0).0;
         assert_eq!(out, vec![(7, vec![(6, 20), (5, 10)], 1)]);
         // N(2) = [5: 15] and user 7 takes track 2: 5 sums to 25. One row: old out, new in.
-        let out = epoch(&mut r, 2, &[(2, &[(5, 15)])], &[(7, 2, 1)], &[7], 0);
+        let out = epoch(&mut r, 2, &[(2, &[(5, 15)])], &[(7, 2, 1)], &[7], 0).0;
         assert_eq!(out, vec![(7, vec![(6, 20), (5, 10)], -1), (7, vec![(5, 25), (6, 20)], 1)]);
         // Track 5 enters H(7): never recommended.
-        let out = epoch(&mut r, 3, &[], &[(7, 5, 1)], &[7], 0);
+        let out = epoch(&mut r, 3, &[], &[(7, 5, 1)], &[7], 0).0;
         assert_eq!(out, vec![(7, vec![(5, 25), (6, 20)], -1), (7, vec![(6, 20)], 1)]);
         // A listen that changes nothing writes nothing.
-        assert!(epoch(&mut r, 4, &[], &[], &[7], 0).is_empty());
+        assert!(epoch(&mut r, 4, &[], &[], &[7], 0).0.is_empty());
     }
 
     #[test]
@@ -628,17 +617,17 @@ mod tests {
         epoch(&mut r, 3, &[], &[(6, 2, 1)], &[6], 0);
         assert_eq!(r.stale.len(), 0);
         // N(1) changes: users 7 and 8 (not 6) are stale; with no budget they keep their lists.
-        assert!(epoch(&mut r, 4, &[(1, &[(9, 12)])], &[], &[], 0).is_empty());
+        assert!(epoch(&mut r, 4, &[(1, &[(9, 12)])], &[], &[], 0).0.is_empty());
         assert_eq!(r.stale.iter().map(|&(e, u)| (e, r.users[u as usize].id)).collect::<Vec<_>>(), vec![(1, 7), (2, 8)]);
         // A budget of one refreshes 7 (refreshed at epoch 1), then 8.
-        assert_eq!(epoch(&mut r, 5, &[], &[], &[], 1), vec![(7, vec![(9, 10)], -1), (7, vec![(9, 12)], 1)]);
-        assert_eq!(epoch(&mut r, 6, &[], &[], &[], 1), vec![(8, vec![(9, 10)], -1), (8, vec![(9, 12)], 1)]);
+        assert_eq!(epoch(&mut r, 5, &[], &[], &[], 1).0, vec![(7, vec![(9, 10)], -1), (7, vec![(9, 12)], 1)]);
+        assert_eq!(epoch(&mut r, 6, &[], &[], &[], 1).0, vec![(8, vec![(9, 10)], -1), (8, vec![(9, 12)], 1)]);
         assert!(r.stale.is_empty());
         // Another change reaches only the users refreshed since: all three hold a stale mark once.
         epoch(&mut r, 7, &[(1, &[]), (2, &[(3, 1)])], &[], &[], 0);
         assert_eq!(r.stale.len(), 3);
         // A listen refreshes its user whatever the budget; an emptied list deletes the row.
-        assert_eq!(epoch(&mut r, 8, &[], &[], &[8], 0), vec![(8, vec![(9, 12)], -1)]);
+        assert_eq!(epoch(&mut r, 8, &[], &[], &[8], 0).0, vec![(8, vec![(9, 12)], -1)]);
         assert_eq!(r.stale.len(), 2);
     }
 
@@ -649,7 +638,7 @@ mod tests {
         // The stored rows: 7's is current, 6's is an older one, 5 has a row but no history.
         r.restore(vec![(7, vec![(9, 10), (8, 5)]), (6, vec![(8, 5)]), (5, vec![(4, 1)])]);
         assert_eq!(r.stale.len(), 3);
-        let out = epoch(&mut r, 2, &[], &[], &[], usize::MAX);
+        let out = epoch(&mut r, 2, &[], &[], &[], usize::MAX).0;
         assert_eq!(out, vec![(5, vec![(4, 1)], -1), (6, vec![(8, 5)], -1), (6, vec![(9, 10), (8, 5)], 1)]);
     }
 
@@ -723,7 +712,7 @@ mod tests {
                     members.push((user, track, diff));
                 }
                 let changed: Vec<(u64, &[(u64, i64)])> = changed.iter().map(|(t, l)| (*t, &l[..])).collect();
-                let (out, refreshed) = epoch_counted(&mut r, at, &changed, &members, &listened, m);
+                let (out, refreshed) = epoch(&mut r, at, &changed, &members, &listened, m);
                 assert!(refreshed.background as usize <= m && refreshed.active == listened.len() as u64, "seed {seed} epoch {at}");
                 for (user, list, diff) in out {
                     if diff < 0 {
