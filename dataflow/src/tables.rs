@@ -128,6 +128,20 @@ impl LoggedEvent {
 /// descending, ties to the smaller id). One list is one row of its SPEC §3 table.
 pub type RankedList = Vec<(u64, i64)>;
 
+/// The rows of a list table as [`Tables`] holds them (`(key, member) → units`), as one list
+/// per key in rank order (score descending, ties to the smaller member): the table's rows,
+/// as the sink writes them and the ranked views and CSV files list their members.
+pub fn lists_by_key(members: &BTreeMap<(u64, u64), i64>) -> BTreeMap<u64, RankedList> {
+    let mut lists: BTreeMap<u64, RankedList> = BTreeMap::new();
+    for (&(key, member), &units) in members {
+        lists.entry(key).or_default().push((member, units));
+    }
+    for list in lists.values_mut() {
+        list.sort_by_key(|&(member, units)| (std::cmp::Reverse(units), member));
+    }
+    lists
+}
+
 /// The complete current value of every SPEC §3 table (but `dead_letters`), lists spread
 /// into one entry per member, as the ranked views and the CSV files show them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

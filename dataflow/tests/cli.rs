@@ -88,7 +88,7 @@ fn one_and_two_processes_write_the_same_tables_as_the_oracle() {
     let want = oracle::compute(&events, &params);
     // One line per member, by track and then in rank order (SPEC §4).
     let mut expected = String::from("track_id,neighbor_id,score\n");
-    for (i, list) in oracle::lists_by_key(&want.track_neighbors) {
+    for (i, list) in encore_dataflow::tables::lists_by_key(&want.track_neighbors) {
         for (j, units) in list {
             expected.push_str(&format!("{i},{j},{}\n", units as f64 / 1e4));
         }

@@ -465,8 +465,8 @@ fn live_run_serves_metrics_that_match_the_topic_and_postgres() {
     let net = |table: &str| rows(table, "insert") - rows(table, "delete");
     // A list is one row: one per track with neighbours, one per user with recommendations.
     for (table, held) in [
-        ("track_neighbors", encore_dataflow::testing::oracle::lists_by_key(&tables.track_neighbors).len()),
-        ("user_recommendations", encore_dataflow::testing::oracle::lists_by_key(&tables.user_recommendations).len()),
+        ("track_neighbors", encore_dataflow::tables::lists_by_key(&tables.track_neighbors).len()),
+        ("user_recommendations", encore_dataflow::tables::lists_by_key(&tables.user_recommendations).len()),
         ("track_stats", tables.track_stats.len()),
         ("co_listens", tables.co_listens.len()),
     ] {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use encore_dataflow::sink::postgres::{CommitStats, PgSink, RetryPolicy, SinkError};
+use encore_dataflow::tables::lists_by_key;
 use encore_dataflow::tables::{Changes, DeadLetter, RankedList, Tables, TrackStats};
-use encore_dataflow::testing::oracle::lists_by_key;
 use encore_pgconnect::Target;
 use encore_testkit::{Postgres, TestCa};
 use postgres::{Client, NoTls};

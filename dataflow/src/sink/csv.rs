@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::engine::Epoch;
 use crate::sink::EpochSink;
-use crate::tables::{score_value, Changes, DeadLetter, LoggedEvent, Tables};
+use crate::tables::{lists_by_key, score_value, Changes, DeadLetter, LoggedEvent, Tables};
 
 /// A sink that keeps the current tables in memory, for `--output-dir` and tests.
 #[derive(Debug, Default)]
@@ -50,14 +50,18 @@ pub fn write_tables(
     let score = |units: i64| score_value(units, score_precision);
 
     write_csv(dir, "track_neighbors", "track_id,neighbor_id,score", |out| {
-        for (track, neighbor, units) in ranked(&tables.track_neighbors) {
-            writeln!(out, "{track},{neighbor},{}", score(units))?;
+        for (track, list) in lists_by_key(&tables.track_neighbors) {
+            for (neighbor, units) in list {
+                writeln!(out, "{track},{neighbor},{}", score(units))?;
+            }
         }
         Ok(())
     })?;
     write_csv(dir, "user_recommendations", "user_id,track_id,score", |out| {
-        for (user, track, units) in ranked(&tables.user_recommendations) {
-            writeln!(out, "{user},{track},{}", score(units))?;
+        for (user, list) in lists_by_key(&tables.user_recommendations) {
+            for (track, units) in list {
+                writeln!(out, "{user},{track},{}", score(units))?;
+            }
         }
         Ok(())
     })?;
@@ -124,14 +128,6 @@ fn write_csv(dir: &Path, table: &str, header: &str, rows: impl FnOnce(&mut BufWr
     rows(&mut out)?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     fs::rename(partial, path)
-}
-
-/// The members of every list, by key and then in rank order (score descending, ties to the
-/// smaller id): the rows of the ranked view, as SPEC §4 has the CSV files list them.
-fn ranked(members: &std::collections::BTreeMap<(u64, u64), i64>) -> Vec<(u64, u64, i64)> {
-    let mut rows: Vec<(u64, u64, i64)> = members.iter().map(|(&(key, member), &units)| (key, member, units)).collect();
-    rows.sort_by_key(|&(key, member, units)| (key, std::cmp::Reverse(units), member));
-    rows
 }
 
 /// RFC 4180 quoting, only where a field needs it.

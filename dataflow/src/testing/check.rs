@@ -126,14 +126,14 @@ pub fn check_lines_every_epoch_with(
         refreshes.epoch(want, &listened[epoch], refresh == RefreshBudget::All || last);
         let admitted = Tables { user_recommendations: current.user_recommendations.clone(), ..want.clone() };
         assert_tables_eq(&current, &admitted, &context(epoch));
-        let stored = oracle::lists_by_key(&current.user_recommendations);
+        let stored = crate::tables::lists_by_key(&current.user_recommendations);
         for user in refreshes.users().chain(stored.keys().copied()) {
             let list = stored.get(&user).map_or(&[][..], |list| &list[..]);
             assert!(
                 refreshes.admits(user, list),
                 "user_recommendations of user {user} ({}): {list:?}, the definition is {:?}",
                 context(epoch),
-                oracle::lists_by_key(&want.user_recommendations).get(&user)
+                crate::tables::lists_by_key(&want.user_recommendations).get(&user)
             );
         }
         if last {

@@ -202,7 +202,7 @@ impl Refreshes {
     /// One more epoch: `definition` is [`compute`] over every listen so far, `listened` the
     /// users with a listen in the epoch; `all` says every user was refreshed at its end.
     pub fn epoch(&mut self, definition: &Tables, listened: &BTreeSet<User>, all: bool) {
-        let lists = lists_by_key(&definition.user_recommendations);
+        let lists = crate::tables::lists_by_key(&definition.user_recommendations);
         let users: BTreeSet<User> = self.admitted.keys().copied().chain(lists.keys().copied()).chain(listened.iter().copied()).collect();
         for user in users {
             let now = lists.get(&user).cloned().unwrap_or_default();
@@ -228,18 +228,6 @@ impl Refreshes {
     pub fn users(&self) -> impl Iterator<Item = User> + '_ {
         self.admitted.keys().copied()
     }
-}
-
-/// The rows of a list table (`(key, member) → units`) as lists per key, in rank order.
-pub fn lists_by_key(members: &BTreeMap<(u64, u64), Units>) -> BTreeMap<u64, Vec<(u64, Units)>> {
-    let mut lists: BTreeMap<u64, Vec<(u64, Units)>> = BTreeMap::new();
-    for (&(key, member), &units) in members {
-        lists.entry(key).or_default().push((member, units));
-    }
-    for list in lists.values_mut() {
-        list.sort_by_key(|&(member, units)| (Reverse(units), member));
-    }
-    lists
 }
 
 /// Step 7: `plays` (listen events, repeats included), `listeners` (distinct users with a
