@@ -62,18 +62,17 @@
 //!   recommendation scores are exact integer sums.
 
 pub mod history;
+pub mod neighbours;
 pub mod recommend;
 pub mod similarity;
 pub(crate) mod sorted;
 pub(crate) mod stash;
-pub mod top_k;
 pub mod work;
 
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Operator;
 use timely::dataflow::Stream;
 
@@ -191,21 +190,16 @@ pub fn compute<'scope>(
         .map(move |(track, n)| (track, encore_core::round_count(n as u64, count_bits) as isize))
         .consolidate_stream();
 
-    // c(i,j) and s(i,j) = cosine over q(c), q(n) in score units, where the exact c ≥ C and s > 0.
-    let pair_records = similarity::similarities(
+    // c(i,j), s(i,j) = cosine over q(c), q(n) in score units where the exact c ≥ C and s > 0,
+    // and N(i): the k most similar tracks, ties to the smaller id.
+    let neighbours::NeighbourLists { lists: neighbor_lists, records } = neighbours::neighbour_lists(
         pairs,
         rounded_counts,
         similarity::Scoring { min_co, precision: score_precision, count_bits },
+        neighbors,
         emit_co_listens,
     );
-    let co_listens = emit_co_listens.then(|| co_listen_updates(pair_records.clone()));
-    let similarities = pair_records.flat_map(|record| match record {
-        PairRecord::Similar { track, partner, old, new } => Some((track, partner, old, new)),
-        PairRecord::CoListen { .. } => None,
-    });
-
-    // N(i): the k most similar tracks, ties to the smaller id; s(i,j) is the weight of j under i.
-    let neighbor_lists = top_k::top_k("Neighbors", similarities, neighbors);
+    let co_listens = emit_co_listens.then(|| co_listen_updates(records));
 
     // R(u): refreshed where each user lives, from its history and a replica of the neighbour
     // lists (broadcast to all): for every user that listened, and for stale users as the

@@ -71,7 +71,10 @@
 //! epoch), and, when co-listens are wanted, the updates of `c` per pair `a < b` as a
 //! differential collection's.
 
-use differential_dataflow::{Hashable, VecCollection};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use differential_dataflow::Hashable;
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
@@ -88,17 +91,25 @@ use super::Epoch;
 /// A record of the operator's output, at the epoch of its message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PairRecord {
-    /// `s(track, partner)` changed from `old` to `new` units of 10^-P in the epoch (0: no
-    /// similarity); both directions of a pair are present, each once.
-    Similar {
-        /// The track whose neighbour `partner` may be.
-        track: u64,
+    /// `N(key)` must see that `s(key, item)` is now `score` (0: no similarity): `item` was
+    /// one of its leaders, or now scores above its floor ([`super::neighbours`]).
+    Score {
+        /// The track whose neighbour `item` may be.
+        key: u64,
         /// The other track.
-        partner: u64,
-        /// `s` before the epoch.
-        old: i64,
-        /// `s` after the epoch.
-        new: i64,
+        item: u64,
+        /// `s(key, item)` after the epoch.
+        score: i64,
+    },
+    /// `q(n(key))` changed from `from` to `to` in the epoch: every `s(key, ·)` changed by one
+    /// factor, so `N(key)` rescores its leaders and scales its floor.
+    Rescale {
+        /// The track.
+        key: u64,
+        /// `q(n(key))` before the epoch.
+        from: u64,
+        /// `q(n(key))` after it.
+        to: u64,
     },
     /// `c(a, b) = count` asserted (`diff` 1) or retracted (`diff` -1), `a < b`, `count ≥ 1`:
     /// a differential collection's update.
@@ -112,6 +123,16 @@ pub enum PairRecord {
         /// +1 or -1.
         diff: isize,
     },
+}
+
+impl PairRecord {
+    /// The track whose neighbour list the record is for (none for a `c` update).
+    pub fn key(&self) -> Option<u64> {
+        match *self {
+            PairRecord::Score { key, .. } | PairRecord::Rescale { key, .. } => Some(key),
+            PairRecord::CoListen { .. } => None,
+        }
+    }
 }
 
 /// How a pair is scored: SPEC §2 step 4's `C`, `P` and `B`.
@@ -287,8 +308,10 @@ fn diff(before: &[Entry], after: &[Entry], changes: &mut Vec<(u32, u32, u32)>) {
     }
 }
 
-/// A worker's state: its tracks' partners, `q(n)` for every track, and the open epoch's changes.
-struct Similarity {
+/// A worker's state: its tracks' partners, `q(n)` and the neighbour-list floor of every
+/// track, and the open epoch's changes. Shared with the worker's [`super::neighbours`]
+/// operator, which reads the partners and `q(n)` after an epoch is closed.
+pub(super) struct Similarity {
     scoring: Scoring,
     emit_co_listens: bool,
     /// Track id of each interned index, and the reverse.
@@ -300,6 +323,13 @@ struct Similarity {
     n_changed: Vec<bool>,
     /// Indices whose `q(n)` changed in the open epoch.
     changed_n: Vec<u32>,
+    /// The floor of `N(t)` by index, as of the last complete epoch: every partner of `t`
+    /// that is not one of its leaders scores at most this ([`super::neighbours`]). A change
+    /// of `s(t, ·)` that stays at or below it is not sent.
+    floor: Vec<i64>,
+    /// The earliest epoch the neighbours operator may still read this state for: an epoch
+    /// opens (and may merge its changes into the partners early) only from there on.
+    pub(super) neighbours_frontier: Epoch,
     /// This worker's tracks (those that hash here), by index.
     tracks: HashMap<u32, Partners>,
     /// The open epoch's pair changes not merged yet, appended as they arrive: sorting them
@@ -319,8 +349,11 @@ struct Similarity {
     reported: (u64, u64),
 }
 
+/// The state of one worker's Similarity and neighbours operators.
+pub(super) type Shared = Rc<RefCell<Similarity>>;
+
 impl Similarity {
-    fn new(scoring: Scoring, emit_co_listens: bool) -> Self {
+    pub(super) fn new(scoring: Scoring, emit_co_listens: bool) -> Self {
         Similarity {
             scoring,
             emit_co_listens,
@@ -330,6 +363,8 @@ impl Similarity {
             n_next: Vec::new(),
             n_changed: Vec::new(),
             changed_n: Vec::new(),
+            floor: Vec::new(),
+            neighbours_frontier: 0,
             tracks: HashMap::default(),
             buffer: Vec::new(),
             flushed: Vec::new(),
@@ -342,19 +377,47 @@ impl Similarity {
         }
     }
 
-    fn intern(&mut self, track: u64) -> u32 {
+    pub(super) fn intern(&mut self, track: u64) -> u32 {
         *self.index.entry(track).or_insert_with(|| {
             let at = u32::try_from(self.ids.len()).expect("fewer than 2^32 distinct tracks");
             self.ids.push(track);
             self.n.push(0);
             self.n_next.push(0);
             self.n_changed.push(false);
+            self.floor.push(0);
             at
         })
     }
 
+    /// The id of an interned track.
+    pub(super) fn id(&self, at: u32) -> u64 {
+        self.ids[at as usize]
+    }
+
+    /// `s(key, item)` after the last closed epoch (`key` local).
+    pub(super) fn score_of(&self, key: u32, item: u32) -> i64 {
+        let Some(partners) = self.tracks.get(&key) else { return 0 };
+        match partners.entries.binary_search_by_key(&item, |e| e.partner) {
+            Ok(at) => self.scoring.score(partners.entries[at].count, self.n[key as usize], self.n[item as usize]),
+            Err(_) => 0,
+        }
+    }
+
+    /// Every partner of `key` (local) with `s > 0` after the last closed epoch, as
+    /// `(index, id, s)`.
+    pub(super) fn scores_of(&self, key: u32, mut each: impl FnMut(u32, u64, i64)) {
+        let Some(partners) = self.tracks.get(&key) else { return };
+        let n_key = self.n[key as usize];
+        for entry in &partners.entries {
+            let score = self.scoring.score(entry.count, n_key, self.n[entry.partner as usize]);
+            if score > 0 {
+                each(entry.partner, self.ids[entry.partner as usize], score);
+            }
+        }
+    }
+
     /// `c(track, partner)` changes by `delta` in the open epoch (`track` is local).
-    fn pair(&mut self, track: u64, partner: u64, delta: i32) {
+    pub(super) fn pair(&mut self, track: u64, partner: u64, delta: i32) {
         let (track, partner) = (self.intern(track), self.intern(partner));
         self.buffer.push(((track, partner), delta));
         if self.buffer.len() >= FLUSH_AT {
@@ -379,7 +442,7 @@ impl Similarity {
     }
 
     /// A `count_total` update of `q(n(track))` in the open epoch.
-    fn count(&mut self, track: u64, n: isize, diff: isize) {
+    pub(super) fn count(&mut self, track: u64, n: isize, diff: isize) {
         let at = self.intern(track) as usize;
         if !self.n_changed[at] {
             self.n_changed[at] = true;
@@ -391,8 +454,30 @@ impl Similarity {
         }
     }
 
-    /// Closes the open epoch: emits every changed `s` and `c` through `emit`.
-    fn finish(&mut self, mut emit: impl FnMut(PairRecord)) {
+    /// The floor of `N(track)` after the last complete epoch.
+    pub(super) fn set_floor(&mut self, track: u64, floor: i64) {
+        let at = self.intern(track) as usize;
+        self.floor[at] = floor;
+    }
+
+    /// The floor `N(t)` will have after the open epoch at least: scaled with `q(n(t))`
+    /// where that changed, as the neighbours operator scales it ([`super::neighbours::scaled_floor`]).
+    fn floor_after(&self, t: usize) -> i64 {
+        if self.n_changed[t] {
+            super::neighbours::scaled_floor(self.floor[t], self.n[t], self.n_next[t])
+        } else {
+            self.floor[t]
+        }
+    }
+
+    /// Whether a change of `s(key, ·)` from `old` to `new` must reach `N(key)`: the item was
+    /// one of its leaders (above the floor), or will be.
+    fn matters(&self, key: usize, old: i64, new: i64) -> bool {
+        old > self.floor[key] || new > self.floor_after(key)
+    }
+
+    /// Closes the open epoch: emits what changed through `emit`.
+    pub(super) fn finish(&mut self, mut emit: impl FnMut(PairRecord)) {
         // A retraction and an assertion of the same q(n) that reached here in different
         // batches (upstream cancels those it sees together): not a change, nothing to rescore.
         let (n, n_next, n_changed) = (&self.n, &self.n_next, &mut self.n_changed);
@@ -421,7 +506,7 @@ impl Similarity {
             if closed.binary_search(&track).is_err() {
                 if let Some(partners) = self.tracks.get_mut(&track) {
                     let entries = std::mem::take(&mut partners.entries);
-                    self.rescore(track, &entries, &[], &mut emit);
+                    self.rescale(track, &entries, &[], &mut emit);
                     self.tracks.get_mut(&track).expect("present").entries = entries;
                 }
             }
@@ -444,20 +529,16 @@ impl Similarity {
         self.reported = counts;
     }
 
-    /// Ends the open epoch for one local track (`run`: its last changes, sorted) and emits
-    /// the pairs it is the emitter of.
+    /// Ends the open epoch for one local track (`run`: its last changes, sorted).
     fn close(&mut self, track: u32, run: &[Delta], emit: &mut impl FnMut(PairRecord)) {
         let mut partners = self.tracks.remove(&track).unwrap_or_default();
         let mut changes = std::mem::take(&mut self.changes);
         partners.close(run, &mut self.scratch, &mut changes);
+        for &(partner, before, after) in &changes {
+            self.count_changed(track, partner, before, after, emit);
+        }
         if self.n_changed[track as usize] {
-            self.rescore(track, &partners.entries, &changes, emit);
-        } else {
-            for &(partner, before, after) in &changes {
-                if self.ids[track as usize] < self.ids[partner as usize] {
-                    self.emit_pair(track, partner, before, after, emit);
-                }
-            }
+            self.rescale(track, &partners.entries, &changes, emit);
         }
         self.changes = changes;
         if !partners.entries.is_empty() {
@@ -465,36 +546,10 @@ impl Similarity {
         }
     }
 
-    /// Every pair of `track` (whose `n` changed): `entries` are the counts after the epoch,
-    /// `changes` the changed ones with their counts before, both sorted by partner.
-    fn rescore(&mut self, track: u32, entries: &[Entry], changes: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
-        self.rescored_pairs += entries.len() as u64;
-        let this = &*self;
-        let id = this.ids[track as usize];
-        let mut changed = changes.iter().peekable();
-        let mut visit = |partner: u32, before: u32, after: u32| {
-            let smaller = id < this.ids[partner as usize];
-            let emits = if before != after { smaller } else { smaller || !this.n_changed[partner as usize] };
-            if emits {
-                this.emit_pair(track, partner, before, after, emit);
-            }
-        };
-        for entry in entries {
-            while let Some(&(partner, before, after)) = changed.next_if(|c| c.0 < entry.partner) {
-                visit(partner, before, after); // removed: no entry after the epoch
-            }
-            match changed.next_if(|c| c.0 == entry.partner) {
-                Some(&(partner, before, after)) => visit(partner, before, after),
-                None => visit(entry.partner, entry.count, entry.count),
-            }
-        }
-        for &(partner, before, after) in changed {
-            visit(partner, before, after);
-        }
-    }
-
-    /// Emits the changes of pair `(track, partner)` (both directions of `s`, and `c` once).
-    fn emit_pair(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord)) {
+    /// `c(track, partner)` went from `before` to `after`: the change of `s(track, partner)`
+    /// for `N(track)` (the partner's worker sends the other direction from its own copy of
+    /// the count), and of `c` once, from the smaller track's worker.
+    fn count_changed(&self, track: u32, partner: u32, before: u32, after: u32, emit: &mut impl FnMut(PairRecord)) {
         let (t, p) = (track as usize, partner as usize);
         let (i, j) = (self.ids[t], self.ids[p]);
         // Same q(n)s and the same rounded count: the same s, no cosine to evaluate.
@@ -502,47 +557,89 @@ impl Similarity {
         if rescored {
             let old = self.scoring.score(before, self.n[t], self.n[p]);
             let new = self.scoring.score(after, self.n_next[t], self.n_next[p]);
-            if old != new {
+            if old != new && i < j {
                 self.changed_pairs.set(self.changed_pairs.get() + 1);
-                emit(PairRecord::Similar { track: i, partner: j, old, new });
-                emit(PairRecord::Similar { track: j, partner: i, old, new });
+            }
+            // Where q(n(track)) changed, N(track) scales its floor as if s(track, partner)
+            // moved by that factor alone: so an s that moved otherwise (or not at all) must
+            // be sent whenever it matters, even unchanged.
+            if (old != new || self.n_changed[t]) && self.matters(t, old, new) {
+                emit(PairRecord::Score { key: i, item: j, score: new });
             }
         }
-        if self.emit_co_listens && before != after {
-            let (a, b) = (i.min(j), i.max(j));
+        if self.emit_co_listens && before != after && i < j {
             for (count, diff) in [(before, -1), (after, 1)] {
                 if count > 0 {
-                    emit(PairRecord::CoListen { a, b, count: u64::from(count), diff });
+                    emit(PairRecord::CoListen { a: i, b: j, count: u64::from(count), diff });
                 }
+            }
+        }
+    }
+
+    /// `q(n(track))` changed: `N(track)` rescales its leaders and floor (one record), and
+    /// every partner whose count did not change (`changed`, sorted, has those that did) hears
+    /// of its new `s(partner, track)` where that matters to `N(partner)`. `entries` are the
+    /// counts after the epoch.
+    fn rescale(&mut self, track: u32, entries: &[Entry], changed: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
+        self.rescored_pairs += entries.len() as u64;
+        let t = track as usize;
+        let id = self.ids[t];
+        emit(PairRecord::Rescale { key: id, from: self.n[t], to: self.n_next[t] });
+        let mut changed = changed.iter().map(|c| c.0).peekable();
+        for entry in entries {
+            while changed.next_if(|&partner| partner < entry.partner).is_some() {}
+            if changed.next_if(|&partner| partner == entry.partner).is_some() {
+                continue; // the partner's worker sends this direction with the count's change
+            }
+            let p = entry.partner as usize;
+            let old = self.scoring.score(entry.count, self.n[p], self.n[t]);
+            let new = self.scoring.score(entry.count, self.n_next[p], self.n_next[t]);
+            if old != new && (!self.n_changed[p] || id < self.ids[p]) {
+                self.changed_pairs.set(self.changed_pairs.get() + 1);
+            }
+            // As in `count_changed`: where N(partner) rescales too, an s that did not move by
+            // its factor alone is sent whenever it matters.
+            if (old != new || self.n_changed[p]) && self.matters(p, old, new) {
+                emit(PairRecord::Score { key: self.ids[p], item: id, score: new });
             }
         }
     }
 }
 
-/// `s` (and `c`, with `emit_co_listens`) from directed pair changes `(i, j)` (each change of
-/// `c(i,j)` present once in each direction) and the rounded counts `(t, q(n(t)))`.
-pub fn similarities<'scope>(
+/// What the operator reads besides the pair changes, replicated to every worker: the
+/// `count_total` updates of `q(n)`, and the floors of the neighbour lists that changed in
+/// the previous epoch (fed back from the neighbours operator, one epoch later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum Replicated {
+    /// `((track, q(n)), time, diff)`.
+    Count((u64, isize), Epoch, isize),
+    /// `(track, floor)`, at the epoch after the one that set it.
+    Floor(u64, i64),
+}
+
+/// The Similarity operator of every worker: from directed pair changes `(i, j)` (each
+/// change of `c(i,j)` present once in each direction) and the replicated `q(n)` and floors,
+/// the changes of `s` that the neighbour lists must see, and of `c` when asked for.
+pub(super) fn similarities<'scope>(
     pairs: Stream<'scope, Epoch, Vec<PairChange>>,
-    rounded_counts: VecCollection<'scope, Epoch, (u64, isize)>,
-    scoring: Scoring,
-    emit_co_listens: bool,
+    replicated: Stream<'scope, Epoch, Vec<Replicated>>,
+    state: Shared,
 ) -> Stream<'scope, Epoch, Vec<PairRecord>> {
     let by_track = Exchange::new(|(track, _partner, _diff): &PairChange| track.hashed());
     pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<PairRecord>>, _, _, _, _>(
-        rounded_counts.inner.broadcast(),
+        replicated.broadcast(),
         by_track,
         Pipeline,
         "Similarity",
         move |_capability, _info| {
-            let mut state = Similarity::new(scoring, emit_co_listens);
             // Per epoch, with the capability to emit at it: pair changes of epochs other than
-            // the open one, and every epoch's n changes.
-            type Count = ((u64, isize), isize);
-            let mut staged: EpochStash<_, (Vec<PairChange>, Vec<Count>)> = EpochStash::default();
+            // the open one, and every epoch's n and floor changes.
+            let mut staged: EpochStash<_, (Vec<PairChange>, Vec<Replicated>)> = EpochStash::default();
             // The epoch whose pair changes are applied as they arrive.
             let mut open: Option<Epoch> = None;
-            move |(pairs, pairs_frontier), (counts, counts_frontier), output| {
+            move |(pairs, pairs_frontier), (replicated, replicated_frontier), output| {
                 let port = output.output_index();
+                let mut state = state.borrow_mut();
                 pairs.for_each(|cap, data| {
                     // Pair changes travel at their capability's time.
                     let Some(&time) = cap.least() else { return };
@@ -551,10 +648,12 @@ pub fn similarities<'scope>(
                     // either input: the open epoch is the next one `finish` closes, so
                     // an earlier epoch's n changes arriving later would close it with
                     // this epoch's pair changes in its buffer (emitted at the wrong time,
-                    // scored with the wrong n).
+                    // scored with the wrong n). And only once the neighbours operator is
+                    // done with every earlier epoch: an early flush changes the partners
+                    // it reads.
                     let earliest = staged.first_epoch() == Some(time);
-                    let nothing_earlier = !pairs_frontier.less_than(&time) && !counts_frontier.less_than(&time);
-                    if open.is_none() && earliest && nothing_earlier {
+                    let nothing_earlier = !pairs_frontier.less_than(&time) && !replicated_frontier.less_than(&time);
+                    if open.is_none() && earliest && nothing_earlier && state.neighbours_frontier >= time {
                         open = Some(time);
                         // This epoch's pair changes staged before it could open arrived
                         // first, so they go first: each user's changes must reach the
@@ -572,19 +671,29 @@ pub fn similarities<'scope>(
                         staged.stage(time, || cap.delayed(&time, port)).0.append(data);
                     }
                 });
-                counts.for_each(|cap, data| {
-                    for (count, time, diff) in data.drain(..) {
-                        staged.stage(time, || cap.delayed(&time, port)).1.push((count, diff));
+                replicated.for_each(|cap, data| {
+                    let Some(&cap_time) = cap.least() else { return };
+                    for record in data.drain(..) {
+                        let time = match record {
+                            Replicated::Count(_, time, _) => time,
+                            Replicated::Floor(..) => cap_time,
+                        };
+                        staged.stage(time, || cap.delayed(&time, port)).1.push(record);
                     }
                 });
-                // Complete once both frontiers have passed it: until then it may still get changes.
-                let complete = |epoch: &Epoch| !pairs_frontier.less_equal(epoch) && !counts_frontier.less_equal(epoch);
-                while let Some((_epoch, capability, (pairs, counts))) = staged.pop_complete(complete) {
+                // Complete once both frontiers have passed it: until then it may still get
+                // changes. The floors come back from the neighbours operator one epoch later,
+                // so an epoch is complete only once that operator has finished the one before.
+                let complete = |epoch: &Epoch| !pairs_frontier.less_equal(epoch) && !replicated_frontier.less_equal(epoch);
+                while let Some((_epoch, capability, (pairs, replicated))) = staged.pop_complete(complete) {
                     for (track, partner, diff) in pairs {
                         state.pair(track, partner, diff);
                     }
-                    for ((track, n), diff) in counts {
-                        state.count(track, n, diff);
+                    for record in replicated {
+                        match record {
+                            Replicated::Count((track, n), _, diff) => state.count(track, n, diff),
+                            Replicated::Floor(track, floor) => state.set_floor(track, floor),
+                        }
                     }
                     open = None;
                     let mut session = output.session(&capability);

@@ -1,4 +1,4 @@
-//! Tests of the Similarity operator: its closing paths, flushes, who emits a pair, the
+//! Tests of the Similarity operator: its closing paths, flushes, who sends what, the
 //! order of staged changes, and what a change within a rounding step costs.
 
 use super::*;
@@ -71,14 +71,16 @@ fn flushed_epochs_emit_like_unflushed_ones() {
     assert_eq!(flushed.iter().filter(|r| matches!(r, PairRecord::CoListen { .. })).count(), 4);
 }
 
-/// A pair whose count and `n(min)` change is emitted once, by the smaller track's owner,
-/// in both directions; a pair where only `n(max)` changed by the larger's owner.
+/// Each worker sends the count changes of its own tracks' lists (it holds both directions
+/// of their pairs), and a change of `q(n(j))` for the lists of `j`'s partners where it
+/// matters to them: not where the pair scores at or below a list's floor before and after.
 #[test]
-fn one_worker_emits_each_pair() {
+fn each_worker_sends_what_its_tracks_see() {
     // Two "workers": a owns track 1, b owns track 2; both know n(1), n(2).
-    let run = |first_epoch: bool, owner_of: u64| {
+    let run = |owner_of: u64| {
         let mut s = Similarity::new(Scoring { min_co: 2, precision: 4, count_bits: 0 }, true);
         let (mine, other) = if owner_of == 1 { (1, 2) } else { (2, 1) };
+        let mut epochs = Vec::new();
         for _ in 0..2 {
             s.pair(mine, other, 1);
         }
@@ -86,23 +88,37 @@ fn one_worker_emits_each_pair() {
         s.count(2, 3, 1);
         let mut out = Vec::new();
         s.finish(|r| out.push(r));
-        if first_epoch {
-            return out;
-        }
+        epochs.push(std::mem::take(&mut out));
         // Second epoch: only n(2) grows 3 → 4.
-        out.clear();
         s.count(2, 3, -1);
         s.count(2, 4, 1);
         s.finish(|r| out.push(r));
-        out
+        epochs.push(std::mem::take(&mut out));
+        // Third: N(1)'s floor is above s(1,2) before and after n(2) 4 → 5 (7071 → 6325).
+        s.set_floor(1, 7_100);
+        s.count(2, 4, -1);
+        s.count(2, 5, 1);
+        s.finish(|r| out.push(r));
+        epochs.push(out);
+        epochs
     };
-    let first = run(true, 1);
-    assert_eq!(first.len(), 3, "{first:?}"); // s both ways and c(1,2)
-    assert!(run(true, 2).is_empty());
-    let second = run(false, 2);
-    assert_eq!(second.len(), 2, "{second:?}"); // s both ways, old to new
-    assert!(second.iter().all(|r| matches!(r, PairRecord::Similar { old, new, .. } if old != new && *old > 0)));
-    assert!(run(false, 1).is_empty());
+    let (a, b) = (run(1), run(2));
+    // c(1,2) 0 → 2, n(1) 0 → 2, n(2) 0 → 3: s = 2·10^4/sqrt(6) = 8165 each way.
+    assert_eq!(
+        a[0],
+        vec![
+            PairRecord::Score { key: 1, item: 2, score: 8165 },
+            PairRecord::CoListen { a: 1, b: 2, count: 2, diff: 1 },
+            PairRecord::Rescale { key: 1, from: 0, to: 2 },
+        ]
+    );
+    assert_eq!(b[0], vec![PairRecord::Score { key: 2, item: 1, score: 8165 }, PairRecord::Rescale { key: 2, from: 0, to: 3 }]);
+    // n(2) 3 → 4: 2's worker rescales N(2) and tells N(1), where 2 leads; 1's sends nothing.
+    assert!(a[1].is_empty(), "{:?}", a[1]);
+    assert_eq!(b[1], vec![PairRecord::Rescale { key: 2, from: 3, to: 4 }, PairRecord::Score { key: 1, item: 2, score: 7071 }]);
+    // Below N(1)'s floor before and after: N(1) hears nothing.
+    assert!(a[2].is_empty(), "{:?}", a[2]);
+    assert_eq!(b[2], vec![PairRecord::Rescale { key: 2, from: 4, to: 5 }]);
 }
 
 /// B = 2: q(4) = q(5) = 4, q(6) = 6, q(12) = q(13) = 12. A change of n or c that leaves
@@ -125,9 +141,19 @@ fn changes_within_a_rounding_step_cost_nothing() {
     }
     both(&mut s, 1, 3, 1);
     s.finish(|r| out.push(r));
-    // s(1,2) = q(5)·10^4 / sqrt(12·4) = 5774 both ways; c(1,3) = 1 < C.
-    assert_eq!(out.len(), 2, "{out:?}");
-    assert!(out.iter().all(|r| matches!(r, PairRecord::Similar { old: 0, new: 5774, .. })), "{out:?}");
+    // s(1,2) = q(5)·10^4 / sqrt(12·4) = 5774 both ways; c(1,3) = 1 < C. Every track's n
+    // changed: each list rescales.
+    out.sort();
+    assert_eq!(
+        out,
+        vec![
+            PairRecord::Score { key: 1, item: 2, score: 5774 },
+            PairRecord::Score { key: 2, item: 1, score: 5774 },
+            PairRecord::Rescale { key: 1, from: 0, to: 12 },
+            PairRecord::Rescale { key: 2, from: 0, to: 4 },
+            PairRecord::Rescale { key: 3, from: 0, to: 4 },
+        ]
+    );
 
     // n(2) 4 → 5 (q(n) stays 4: a retraction and assertion of 4) and c(1,2) 5 → 4 (q
     // stays 4): no record, no pair visited.
@@ -150,12 +176,12 @@ fn changes_within_a_rounding_step_cost_nothing() {
     s.finish(|r| out.push(r));
     assert!(out.is_empty() && s.rescored_pairs == visited, "{out:?}");
 
-    // n(2) 5 → 6: q(n(2)) 4 → 6, s(1,2) 5774 → 4·10^4 / sqrt(12·6) = 4714.
+    // n(2) 5 → 6: q(n(2)) 4 → 6, s(1,2) 5774 → 4·10^4 / sqrt(12·6) = 4714: N(2) rescales,
+    // N(1) hears of its leader 2.
     s.count(2, 4, -1);
     s.count(2, 6, 1);
     s.finish(|r| out.push(r));
-    assert_eq!(out.len(), 2, "{out:?}");
-    assert!(out.iter().all(|r| matches!(r, PairRecord::Similar { old: 5774, new: 4714, .. })), "{out:?}");
+    assert_eq!(out, vec![PairRecord::Rescale { key: 2, from: 4, to: 6 }, PairRecord::Score { key: 1, item: 2, score: 4714 }]);
     assert!(s.rescored_pairs > visited);
 }
 
@@ -177,7 +203,9 @@ fn staged_pair_changes_count_before_later_ones_of_their_epoch() {
         let (mut counts_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
             let (counts_in, counts) = scope.new_collection::<(u64, isize), isize>();
             let pairs = scope.input_from(&mut pairs_in);
-            let (probe, out) = similarities(pairs, counts, Scoring { min_co: 1, precision: 4, count_bits: 0 }, true).probe();
+            let scoring = Scoring { min_co: 1, precision: 4, count_bits: 0 };
+            let neighbours = crate::engine::neighbours::neighbour_lists(pairs, counts, scoring, 3, true);
+            let (probe, out) = neighbours.records.probe();
             out.capture_into(sender.lock().expect("one worker").clone());
             (counts_in, probe)
         });
