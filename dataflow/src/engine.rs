@@ -13,11 +13,13 @@
 //!   │
 //!   ├─ q(n(i))     members → map t → count_total → round to B bits    (i, q(n))
 //!   │              → consolidate_stream: an unchanged q(n) cancels here, before the broadcast
-//!   ├─ c, s        Similarity: pairs (by track) + q(n) (broadcast)    (i, j, old s, new s)
-//!   │              per track its partners' counts → cosine of q(c),   both ways (a stream);
-//!   │              q(n)s; work only where a rounded count moved
-//!   │              where c ≥ C, s > 0 (engine/similarity.rs)          ((a,b), c) a < b
-//!   ├─ N(i)        s changes → TopK per track (weights, 2k leaders)   (i, list) one row a track
+//!   ├─ c, s        Similarity: pairs (by track) + q(n) and floors     (i, j, new s) where N(i)
+//!   │              (broadcast): per track its partners' counts →      must see it, rescales
+//!   │              cosine of q(c), q(n)s; work only where a rounded   ((a,b), c) a < b
+//!   │              count moved (engine/similarity.rs)
+//!   ├─ N(i)        Neighbours, by track: 2k leaders above a floor;    (i, list) one row a track
+//!   │              scores read from Similarity's counts (shared);     floors ─► back to
+//!   │              (engine/neighbours.rs)                             Similarity, next epoch
 //!   ├─ R(u)        Recommend: members, listened (by user) + N(i)      (u, list) one row a user
 //!   │              lists and source epochs (broadcast): refresh the
 //!   │              users that listened and, up to --refresh-idle,
@@ -46,10 +48,11 @@
 //! * **History** is a custom operator rather than `reduce`s: listens are append-only, so the
 //!   latest listen per track and the top `K` can be kept exactly in `O(log K)` per listen
 //!   without storing every listen (see [`history`]).
-//! * **Top-k** for neighbours keeps per track a map of weighted items and its `2k` best in
-//!   order above a floor ([`top_k`]): `O(1)` per change, and an epoch reads only the best of
-//!   each track it touched, so a change to a popular track's pair list does not re-read the
-//!   whole list, and no stage stores the pairs twice.
+//! * **Neighbour lists** keep per track only its `2k` best partners in order above a floor
+//!   ([`neighbours`]), beside the pair counts they are computed from: a score is evaluated
+//!   from `c` and `q(n)` when needed, never stored; an epoch reads only the best of each
+//!   track it touched; and a change of `s` that a list cannot see (at or below its floor,
+//!   before and after) is never sent.
 //! * **Recommendations are refreshed, not maintained** (SPEC §2 step 6, [`recommend`]): a
 //!   change of a popular track's `N(i)` would otherwise reach every user holding `i`. A
 //!   refresh costs one user's `K·k` candidates; stale users are found through registrations

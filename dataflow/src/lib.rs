@@ -7,7 +7,7 @@
 //! source   Kafka topic (source::kafka)       JSON-lines file (source::file)
 //!                    └──────────────┬──────────────┘
 //!                                   ▼  parse (encore_core); invalid messages → dead letters
-//! engine   history H(u) ─► similarity s(i,j) ─► top_k N(i) ─► recommend R(u);
+//! engine   history H(u) ─► similarity s(i,j) ─► neighbours N(i) ─► recommend R(u);
 //!          track statistics                          (engine, installed by pipeline)
 //!                                   ▼  row changes of each closed epoch, to worker 0 (sink)
 //! sink     Postgres: the closed epochs in order,   or    CSV files at exit (sink::csv)

@@ -165,9 +165,10 @@ struct Leaders {
 
 /// One epoch's changes of one track's `s`.
 #[derive(Default, Debug)]
-struct Change {
+struct Change<'a> {
     rescale: Option<(u64, u64)>,
-    scores: Vec<Leader>,
+    /// At most one per partner, unless the duplicates agree.
+    scores: &'a [Leader],
 }
 
 impl Leaders {
@@ -176,14 +177,14 @@ impl Leaders {
     }
 
     /// Applies one epoch's changes of `key` (a local track); `state` is after the epoch.
-    fn apply(&mut self, key: u32, change: &Change, k: usize, state: &Similarity, scratch: &mut Vec<Leader>) {
+    fn apply(&mut self, key: u32, change: &Change<'_>, k: usize, state: &Similarity, scratch: &mut Vec<Leader>) {
         if let Some((from, to)) = change.rescale {
             for leader in &mut self.items {
                 leader.score = state.score_of(key, leader.at);
             }
             self.floor = scaled_floor(self.floor, from, to);
         }
-        for &update in &change.scores {
+        for &update in change.scores {
             match self.items.iter_mut().find(|leader| leader.at == update.at) {
                 Some(leader) => leader.score = update.score,
                 None if update.score > self.floor => self.items.push(update),
@@ -251,13 +252,15 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
     records.unary_frontier::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(by_key, "Neighbours", move |_capability, _info| {
         let mut tracks: HashMap<u32, Leaders> = HashMap::default();
         let mut staged: EpochStash<_, Vec<PairRecord>> = EpochStash::default();
-        let mut changes: HashMap<u32, Change> = HashMap::default();
-        let (mut scratch, mut before) = (Vec::new(), Vec::new());
+        // One epoch's records by key: scores, and rescales (reused).
+        let mut scores: Vec<(u32, Leader)> = Vec::new();
+        let mut rescales: Vec<(u32, (u64, u64))> = Vec::new();
+        let (mut scratch, mut before, mut run_scores) = (Vec::new(), Vec::new(), Vec::new());
         move |(input, frontier), output| {
             let port = output.output_index();
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
-                staged.stage(time, || cap.delayed(&time, port)).extend(data.drain(..).filter(|record| record.key().is_some()));
+                staged.stage(time, || cap.delayed(&time, port)).append(data);
             });
             let mut state = state.borrow_mut();
             while let Some((epoch, capability, records)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
@@ -269,16 +272,26 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                     match record {
                         PairRecord::Score { key, item, score } => {
                             let (key, at) = (state.intern(key), state.intern(item));
-                            changes.entry(key).or_default().scores.push(Leader { score, id: item, at });
+                            scores.push((key, Leader { score, id: item, at }));
                         }
-                        PairRecord::Rescale { key, from, to } => {
-                            let key = state.intern(key);
-                            changes.entry(key).or_default().rescale = Some((from, to));
-                        }
+                        PairRecord::Rescale { key, from, to } => rescales.push((state.intern(key), (from, to))),
                         PairRecord::CoListen { .. } => {}
                     }
                 }
-                for (key, change) in changes.drain() {
+                scores.sort_unstable_by_key(|&(key, _)| key);
+                rescales.sort_unstable_by_key(|&(key, _)| key);
+                let mut rescaled = rescales.iter().peekable();
+                let mut runs = scores.chunk_by(|a, b| a.0 == b.0).peekable();
+                loop {
+                    // The next key with a rescale or scores, and its change.
+                    let next_scored = runs.peek().map(|run| run[0].0);
+                    let next_rescaled = rescaled.peek().map(|&&(key, _)| key);
+                    let Some(key) = next_scored.into_iter().chain(next_rescaled).min() else { break };
+                    let rescale = rescaled.next_if(|&&(k, _)| k == key).map(|&(_, rescale)| rescale);
+                    let run = runs.next_if(|run| run[0].0 == key).unwrap_or(&[]);
+                    run_scores.clear();
+                    run_scores.extend(run.iter().map(|&(_, leader)| leader));
+                    let change = Change { rescale, scores: &run_scores };
                     let leaders = tracks.entry(key).or_default();
                     before.clear();
                     before.extend_from_slice(leaders.top(k));
@@ -301,6 +314,8 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                         tracks.remove(&key);
                     }
                 }
+                scores.clear();
+                rescales.clear();
             }
             // The Similarity operator may change the shared counts for an epoch only once
             // nothing earlier is left here to read them.
@@ -415,14 +430,15 @@ mod tests {
                 // The floor of every partner stays 0 here: only track 0's list is kept.
                 state.finish(|record| records.push(record));
                 let key = state.intern(0);
-                let mut change = Change::default();
+                let (mut rescale, mut scores) = (None, Vec::new());
                 for record in records {
                     match record {
-                        PairRecord::Score { key: 0, item, score } => change.scores.push(Leader { score, id: item, at: state.intern(item) }),
-                        PairRecord::Rescale { key: 0, from, to } => change.rescale = Some((from, to)),
+                        PairRecord::Score { key: 0, item, score } => scores.push(Leader { score, id: item, at: state.intern(item) }),
+                        PairRecord::Rescale { key: 0, from, to } => rescale = Some((from, to)),
                         _ => {}
                     }
                 }
+                let change = Change { rescale, scores: &scores };
                 leaders.apply(key, &change, k, &state, &mut scratch);
                 state.set_floor(0, leaders.floor);
                 let mut expected: Vec<(Reverse<i64>, u64)> = counts

@@ -4,9 +4,10 @@
 //! ```text
 //!  pair changes (i, j) ±1, both directions ── exchanged by i ──┐
 //!  (History emits them as a track enters or leaves H(u))       ├─► Similarity (per worker)
-//!  q(n(t)) changes ────────────────────────────── broadcast ───┘    per local track i: its
+//!  q(n(t)) changes, floors of N(t) ────────────── broadcast ───┘    per local track i: its
 //!  (only where the rounded count changed)                           partners j with c(i,j)
-//!                                                                   ─► s(i,j) and s(j,i) changes,
+//!                                                                   ─► s changes N must see,
+//!                                                                      rescales of N(i),
 //!                                                                      c(i,j) changes (i < j)
 //! ```
 //!
@@ -56,20 +57,23 @@
 //! compares with that copy at the end. Untouched entries are never visited, except where
 //! `n(i)` changed: then every `s(i,·)` is recomputed, which is the work itself.
 //!
-//! ## Who emits a pair
+//! ## Who sends what
 //!
 //! `s(i,j)` depends on `c(i,j)`, `n(i)` and `n(j)`. Both workers holding the pair know all
-//! three (counts are stored both ways, `n` is replicated), so exactly one of them emits each
-//! changed pair, both directions at once, by a rule both evaluate alike:
+//! three (counts are stored both ways, `n` is replicated); each sends only what the lists
+//! of its own tracks cannot learn otherwise ([`super::neighbours`] has the reasons):
 //!
-//! * `c(i,j)` changed, or `n(min(i,j))` changed: the worker of `min(i,j)`;
-//! * only `n(max(i,j))` changed: the worker of `max(i,j)`.
+//! * `c(i,j)` changed: `i`'s worker sends the new `s(i,j)` to `N(i)` (and `j`'s sends
+//!   `s(j,i)` to `N(j)`), where the list must see it;
+//! * `q(n(i))` changed: `i`'s worker sends `N(i)` one `Rescale`, and visits `i`'s partners
+//!   `j` (this visit is the `O(partners)` work rounding spreads out), sending `s(j,i)` to
+//!   `N(j)` only where `i` led `N(j)` or now scores above its floor;
+//! * `c(i,j)` once per pair, from the worker of `min(i,j)`, when co-listens are wanted.
 //!
-//! The output is one plain stream of two kinds of records: each changed `s` per directed
-//! pair as one `(old, new)` record for the neighbour lists (half the records of a retraction
-//! plus an assertion, and nothing to consolidate downstream: a pair changes at most once an
-//! epoch), and, when co-listens are wanted, the updates of `c` per pair `a < b` as a
-//! differential collection's.
+//! "Where the list must see it" is decided from the floors of every list, which the
+//! neighbours operator feeds back to every worker one epoch later. The output is one plain
+//! stream: per directed pair its new `s`, per track whose `q(n)` changed a `Rescale`, and
+//! the updates of `c` per pair `a < b` as a differential collection's.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -199,39 +203,54 @@ impl Partners {
     }
 
     /// Ends the open epoch with its last run of changes: pushes `(partner, c before,
-    /// c after)` of every changed count, sorted by partner, into `changes`.
-    fn close(&mut self, run: &[Delta], scratch: &mut Vec<Entry>, changes: &mut Vec<(u32, u32, u32)>) {
+    /// c after)` of every changed count, sorted by partner, into `changes`. `positions` is
+    /// scratch.
+    fn close(&mut self, run: &[Delta], scratch: &mut Vec<Entry>, positions: &mut Vec<u32>, changes: &mut Vec<(u32, u32, u32)>) {
         changes.clear();
         if let Some(before) = self.before.take() {
             merge(&self.entries, run, scratch, |_, _, _| ());
             replace_tight(&mut self.entries, scratch);
             diff(&before, &self.entries, changes);
-        } else if run.len() > self.entries.len() / 16 + 16 || self.moves(run) > MOVES_IN_PLACE {
-            // Many changes, or several that insert or remove an entry: one pass over the
-            // entries costs less than shifting the tail of a long vector for each of them.
-            merge(&self.entries, run, scratch, |partner, old, new| changes.push((partner, old, new)));
-            replace_tight(&mut self.entries, scratch);
-        } else {
+            return;
+        }
+        if run.len() <= self.entries.len() / 16 + 16 {
+            // Few changes: find each by binary search, once, and change the counts in place,
+            // unless several insert or remove an entry.
+            positions.clear();
+            let mut moves = 0;
             for &((_, partner), delta) in run {
-                match self.entries.binary_search_by_key(&partner, |e| e.partner) {
-                    Ok(at) => {
-                        let old = self.entries[at].count;
-                        let new = add(old, delta);
-                        changes.push((partner, old, new));
-                        if new == 0 {
+                let (at, old) = match self.entries.binary_search_by_key(&partner, |e| e.partner) {
+                    Ok(at) => (at, self.entries[at].count),
+                    Err(at) => (at, 0),
+                };
+                let new = add(old, delta);
+                moves += usize::from(old == 0 || new == 0);
+                if moves > MOVES_IN_PLACE {
+                    break;
+                }
+                changes.push((partner, old, new));
+                positions.push(at as u32);
+            }
+            if moves <= MOVES_IN_PLACE {
+                // Last first, so that an insert or removal leaves the earlier positions valid.
+                for (&(partner, old, new), &at) in changes.iter().zip(positions.iter()).rev() {
+                    let at = at as usize;
+                    match (old, new) {
+                        (0, _) => self.entries.insert(at, Entry { partner, count: new }),
+                        (_, 0) => {
                             self.entries.remove(at);
-                        } else {
-                            self.entries[at].count = new;
                         }
-                    }
-                    Err(at) => {
-                        let new = add(0, delta);
-                        changes.push((partner, 0, new));
-                        self.entries.insert(at, Entry { partner, count: new });
+                        _ => self.entries[at].count = new,
                     }
                 }
+                return;
             }
+            changes.clear();
         }
+        // Many changes, or several that insert or remove an entry: one pass over the entries
+        // costs less than shifting the tail of a long vector for each of them.
+        merge(&self.entries, run, scratch, |partner, old, new| changes.push((partner, old, new)));
+        replace_tight(&mut self.entries, scratch);
     }
 }
 
@@ -239,20 +258,6 @@ impl Partners {
 /// the run is merged in one pass. At 10 M events the shifts of inserting new partners into
 /// popular tracks' vectors were ~6 % of the engine's CPU (`memmove`).
 const MOVES_IN_PLACE: usize = 2;
-
-impl Partners {
-    /// How many of `run`'s changes insert a partner or remove one (a count from or to
-    /// zero), counted up to one more than [`MOVES_IN_PLACE`].
-    fn moves(&self, run: &[Delta]) -> usize {
-        run.iter()
-            .filter(|&&((_, partner), delta)| match self.entries.binary_search_by_key(&partner, |e| e.partner) {
-                Ok(at) => add(self.entries[at].count, delta) == 0,
-                Err(_) => true,
-            })
-            .take(MOVES_IN_PLACE + 1)
-            .count()
-    }
-}
 
 /// `count + delta` for a complete epoch, which never takes a count below zero.
 fn add(count: u32, delta: i32) -> u32 {
@@ -340,6 +345,7 @@ pub(super) struct Similarity {
     /// Local tracks closed by the last epoch (reused).
     closed: Vec<u32>,
     scratch: Vec<Entry>,
+    positions: Vec<u32>,
     changes: Vec<(u32, u32, u32)>,
     /// Pairs visited because an `n` changed, since the start: the work that rounding saves.
     rescored_pairs: u64,
@@ -370,6 +376,7 @@ impl Similarity {
             flushed: Vec::new(),
             closed: Vec::new(),
             scratch: Vec::new(),
+            positions: Vec::new(),
             changes: Vec::new(),
             rescored_pairs: 0,
             changed_pairs: std::cell::Cell::new(0),
@@ -533,7 +540,7 @@ impl Similarity {
     fn close(&mut self, track: u32, run: &[Delta], emit: &mut impl FnMut(PairRecord)) {
         let mut partners = self.tracks.remove(&track).unwrap_or_default();
         let mut changes = std::mem::take(&mut self.changes);
-        partners.close(run, &mut self.scratch, &mut changes);
+        partners.close(run, &mut self.scratch, &mut self.positions, &mut changes);
         for &(partner, before, after) in &changes {
             self.count_changed(track, partner, before, after, emit);
         }

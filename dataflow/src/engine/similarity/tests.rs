@@ -29,7 +29,7 @@ fn closing_paths_agree() {
             last.clear();
         }
         let mut changes = Vec::new();
-        p.close(&last, &mut scratch, &mut changes);
+        p.close(&last, &mut scratch, &mut Vec::new(), &mut changes);
         let mut expected = expected_entries.clone();
         let mut expected_changes = expected_changes.clone();
         if path == "merge" {
