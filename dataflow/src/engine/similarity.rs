@@ -322,16 +322,11 @@ pub(super) struct Similarity {
     /// Track id of each interned index, and the reverse.
     ids: Vec<u64>,
     index: HashMap<u64, u32>,
-    /// `q(n)` by index as of the last complete epoch, and after the open one.
-    n: Vec<u64>,
-    n_next: Vec<u64>,
-    n_changed: Vec<bool>,
+    /// What every worker knows of every track, by index (one cache line visited per partner
+    /// where four arrays cost four).
+    replica: Vec<Replica>,
     /// Indices whose `q(n)` changed in the open epoch.
     changed_n: Vec<u32>,
-    /// The floor of `N(t)` by index, as of the last complete epoch: every partner of `t`
-    /// that is not one of its leaders scores at most this ([`super::neighbours`]). A change
-    /// of `s(t, ·)` that stays at or below it is not sent.
-    floor: Vec<i64>,
     /// The earliest epoch the neighbours operator may still read this state for: an epoch
     /// opens (and may merge its changes into the partners early) only from there on.
     pub(super) neighbours_frontier: Epoch,
@@ -355,6 +350,20 @@ pub(super) struct Similarity {
     reported: (u64, u64),
 }
 
+/// What every worker knows of a track.
+#[derive(Clone, Copy, Debug, Default)]
+struct Replica {
+    /// `q(n)` as of the last complete epoch, and after the open one.
+    n: u64,
+    n_next: u64,
+    /// Whether `q(n)` changes in the open epoch.
+    changed: bool,
+    /// The floor of the track's `N`, as of the last complete epoch: every partner that is
+    /// not one of its leaders scores at most this ([`super::neighbours`]). A change of
+    /// `s(t, ·)` that stays at or below it is not sent.
+    floor: i64,
+}
+
 /// The state of one worker's Similarity and neighbours operators.
 pub(super) type Shared = Rc<RefCell<Similarity>>;
 
@@ -365,11 +374,8 @@ impl Similarity {
             emit_co_listens,
             ids: Vec::new(),
             index: HashMap::default(),
-            n: Vec::new(),
-            n_next: Vec::new(),
-            n_changed: Vec::new(),
+            replica: Vec::new(),
             changed_n: Vec::new(),
-            floor: Vec::new(),
             neighbours_frontier: 0,
             tracks: HashMap::default(),
             buffer: Vec::new(),
@@ -388,10 +394,7 @@ impl Similarity {
         *self.index.entry(track).or_insert_with(|| {
             let at = u32::try_from(self.ids.len()).expect("fewer than 2^32 distinct tracks");
             self.ids.push(track);
-            self.n.push(0);
-            self.n_next.push(0);
-            self.n_changed.push(false);
-            self.floor.push(0);
+            self.replica.push(Replica::default());
             at
         })
     }
@@ -405,7 +408,7 @@ impl Similarity {
     pub(super) fn score_of(&self, key: u32, item: u32) -> i64 {
         let Some(partners) = self.tracks.get(&key) else { return 0 };
         match partners.entries.binary_search_by_key(&item, |e| e.partner) {
-            Ok(at) => self.scoring.score(partners.entries[at].count, self.n[key as usize], self.n[item as usize]),
+            Ok(at) => self.scoring.score(partners.entries[at].count, self.replica[key as usize].n, self.replica[item as usize].n),
             Err(_) => 0,
         }
     }
@@ -414,9 +417,9 @@ impl Similarity {
     /// `(index, id, s)`.
     pub(super) fn scores_of(&self, key: u32, mut each: impl FnMut(u32, u64, i64)) {
         let Some(partners) = self.tracks.get(&key) else { return };
-        let n_key = self.n[key as usize];
+        let n_key = self.replica[key as usize].n;
         for entry in &partners.entries {
-            let score = self.scoring.score(entry.count, n_key, self.n[entry.partner as usize]);
+            let score = self.scoring.score(entry.count, n_key, self.replica[entry.partner as usize].n);
             if score > 0 {
                 each(entry.partner, self.ids[entry.partner as usize], score);
             }
@@ -451,47 +454,47 @@ impl Similarity {
     /// A `count_total` update of `q(n(track))` in the open epoch.
     pub(super) fn count(&mut self, track: u64, n: isize, diff: isize) {
         let at = self.intern(track) as usize;
-        if !self.n_changed[at] {
-            self.n_changed[at] = true;
+        if !self.replica[at].changed {
+            self.replica[at].changed = true;
             self.changed_n.push(at as u32);
-            self.n_next[at] = 0; // a retraction without an assertion: n fell to zero
+            self.replica[at].n_next = 0; // a retraction without an assertion: n fell to zero
         }
         if diff > 0 {
-            self.n_next[at] = n as u64;
+            self.replica[at].n_next = n as u64;
         }
     }
 
     /// The floor of `N(track)` after the last complete epoch.
     pub(super) fn set_floor(&mut self, track: u64, floor: i64) {
         let at = self.intern(track) as usize;
-        self.floor[at] = floor;
+        self.replica[at].floor = floor;
     }
 
     /// The floor `N(t)` will have after the open epoch at least: scaled with `q(n(t))`
     /// where that changed, as the neighbours operator scales it ([`super::neighbours::scaled_floor`]).
     fn floor_after(&self, t: usize) -> i64 {
-        if self.n_changed[t] {
-            super::neighbours::scaled_floor(self.floor[t], self.n[t], self.n_next[t])
+        if self.replica[t].changed {
+            super::neighbours::scaled_floor(self.replica[t].floor, self.replica[t].n, self.replica[t].n_next)
         } else {
-            self.floor[t]
+            self.replica[t].floor
         }
     }
 
     /// Whether a change of `s(key, ·)` from `old` to `new` must reach `N(key)`: the item was
     /// one of its leaders (above the floor), or will be.
     fn matters(&self, key: usize, old: i64, new: i64) -> bool {
-        old > self.floor[key] || new > self.floor_after(key)
+        old > self.replica[key].floor || new > self.floor_after(key)
     }
 
     /// Closes the open epoch: emits what changed through `emit`.
     pub(super) fn finish(&mut self, mut emit: impl FnMut(PairRecord)) {
         // A retraction and an assertion of the same q(n) that reached here in different
         // batches (upstream cancels those it sees together): not a change, nothing to rescore.
-        let (n, n_next, n_changed) = (&self.n, &self.n_next, &mut self.n_changed);
+        let replica = &mut self.replica;
         self.changed_n.retain(|&at| {
-            let changed = n[at as usize] != n_next[at as usize];
-            n_changed[at as usize] = changed;
-            changed
+            let track = &mut replica[at as usize];
+            track.changed = track.n != track.n_next;
+            track.changed
         });
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut closed = std::mem::take(&mut self.closed);
@@ -520,8 +523,8 @@ impl Similarity {
         }
         for &at in &self.changed_n {
             let at = at as usize;
-            self.n[at] = self.n_next[at];
-            self.n_changed[at] = false;
+            self.replica[at].n = self.replica[at].n_next;
+            self.replica[at].changed = false;
         }
         self.changed_n.clear();
         closed.clear();
@@ -544,7 +547,7 @@ impl Similarity {
         for &(partner, before, after) in &changes {
             self.count_changed(track, partner, before, after, emit);
         }
-        if self.n_changed[track as usize] {
+        if self.replica[track as usize].changed {
             self.rescale(track, &partners.entries, &changes, emit);
         }
         self.changes = changes;
@@ -560,17 +563,18 @@ impl Similarity {
         let (t, p) = (track as usize, partner as usize);
         let (i, j) = (self.ids[t], self.ids[p]);
         // Same q(n)s and the same rounded count: the same s, no cosine to evaluate.
-        let rescored = self.n_changed[t] || self.n_changed[p] || self.scoring.scored_count(before) != self.scoring.scored_count(after);
+        let rescored =
+            self.replica[t].changed || self.replica[p].changed || self.scoring.scored_count(before) != self.scoring.scored_count(after);
         if rescored {
-            let old = self.scoring.score(before, self.n[t], self.n[p]);
-            let new = self.scoring.score(after, self.n_next[t], self.n_next[p]);
+            let old = self.scoring.score(before, self.replica[t].n, self.replica[p].n);
+            let new = self.scoring.score(after, self.replica[t].n_next, self.replica[p].n_next);
             if old != new && i < j {
                 self.changed_pairs.set(self.changed_pairs.get() + 1);
             }
             // Where q(n(track)) changed, N(track) scales its floor as if s(track, partner)
             // moved by that factor alone: so an s that moved otherwise (or not at all) must
             // be sent whenever it matters, even unchanged.
-            if (old != new || self.n_changed[t]) && self.matters(t, old, new) {
+            if (old != new || self.replica[t].changed) && self.matters(t, old, new) {
                 emit(PairRecord::Score { key: i, item: j, score: new });
             }
         }
@@ -591,22 +595,25 @@ impl Similarity {
         self.rescored_pairs += entries.len() as u64;
         let t = track as usize;
         let id = self.ids[t];
-        emit(PairRecord::Rescale { key: id, from: self.n[t], to: self.n_next[t] });
+        emit(PairRecord::Rescale { key: id, from: self.replica[t].n, to: self.replica[t].n_next });
         let mut changed = changed.iter().map(|c| c.0).peekable();
         for entry in entries {
+            if u64::from(entry.count) < self.scoring.min_co {
+                continue; // below C: no similarity before or after, and nothing to read
+            }
             while changed.next_if(|&partner| partner < entry.partner).is_some() {}
             if changed.next_if(|&partner| partner == entry.partner).is_some() {
                 continue; // the partner's worker sends this direction with the count's change
             }
             let p = entry.partner as usize;
-            let old = self.scoring.score(entry.count, self.n[p], self.n[t]);
-            let new = self.scoring.score(entry.count, self.n_next[p], self.n_next[t]);
-            if old != new && (!self.n_changed[p] || id < self.ids[p]) {
+            let old = self.scoring.score(entry.count, self.replica[p].n, self.replica[t].n);
+            let new = self.scoring.score(entry.count, self.replica[p].n_next, self.replica[t].n_next);
+            if old != new && (!self.replica[p].changed || id < self.ids[p]) {
                 self.changed_pairs.set(self.changed_pairs.get() + 1);
             }
             // As in `count_changed`: where N(partner) rescales too, an s that did not move by
             // its factor alone is sent whenever it matters.
-            if (old != new || self.n_changed[p]) && self.matters(p, old, new) {
+            if (old != new || self.replica[p].changed) && self.matters(p, old, new) {
                 emit(PairRecord::Score { key: self.ids[p], item: id, score: new });
             }
         }
