@@ -97,13 +97,14 @@ pub fn neighbour_lists<'scope>(
         .clone()
         .flat_map(|out| match out {
             Out::Floor(track, floor) => Some(Replicated::Floor(track, floor)),
+            Out::Leads { leader, list, leads } => Some(Replicated::Leads { leader, list, leads }),
             Out::List(..) => None,
         })
         .connect_loop(floors_back);
     let lists = outputs
         .flat_map(|out| match out {
             Out::List(row, time, diff) => Some((row, time, diff)),
-            Out::Floor(..) => None,
+            Out::Floor(..) | Out::Leads { .. } => None,
         })
         .as_collection();
     NeighbourLists { lists, records }
@@ -116,6 +117,8 @@ enum Out {
     List((u64, RankedList), Epoch, isize),
     /// A track's new floor.
     Floor(u64, i64),
+    /// `leader` joined (`leads`) or left the leaders of `list`.
+    Leads { leader: u64, list: u64, leads: bool },
 }
 
 /// The floor of `N(i)` after `q(n(i))` moved from `from` to `to`: every partner that scored at
@@ -256,6 +259,9 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
         let mut scores: Vec<(u32, Leader)> = Vec::new();
         let mut rescales: Vec<(u32, (u64, u64))> = Vec::new();
         let (mut scratch, mut before, mut run_scores) = (Vec::new(), Vec::new(), Vec::new());
+        // Each list's leaders as `(index, id)`, before and after an epoch (reused).
+        let mut led_before: Vec<(u32, u64)> = Vec::new();
+        let mut led_after: Vec<(u32, u64)> = Vec::new();
         move |(input, frontier), output| {
             let port = output.output_index();
             input.for_each(|cap, data| {
@@ -295,9 +301,16 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                     let leaders = tracks.entry(key).or_default();
                     before.clear();
                     before.extend_from_slice(leaders.top(k));
+                    led_before.clear();
+                    led_before.extend(leaders.items.iter().map(|leader| (leader.at, leader.id)));
                     let floor = leaders.floor;
                     leaders.apply(key, &change, k, &state, &mut scratch);
                     let id = state.id(key);
+                    led_after.clear();
+                    led_after.extend(leaders.items.iter().map(|leader| (leader.at, leader.id)));
+                    membership_changes(&mut led_before, &mut led_after, |leader, leads| {
+                        session.give(Out::Leads { leader, list: id, leads })
+                    });
                     let after = leaders.top(k);
                     if before[..] != *after {
                         if !before.is_empty() {
@@ -323,6 +336,32 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                 staged.first_epoch().into_iter().chain(frontier.frontier().iter().copied()).min().unwrap_or(Epoch::MAX);
         }
     })
+}
+
+/// Calls `changed(leader, joined)` for every leader in only one of `before` and `after`
+/// (`(index, id)` pairs, sorted here).
+fn membership_changes(before: &mut [(u32, u64)], after: &mut [(u32, u64)], mut changed: impl FnMut(u64, bool)) {
+    before.sort_unstable();
+    after.sort_unstable();
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                b.next();
+                a.next();
+            }
+            (Some(x), y) if y.is_none_or(|y| x.0 < y.0) => {
+                changed(x.1, false);
+                b.next();
+            }
+            (_, Some(y)) => {
+                changed(y.1, true);
+                a.next();
+            }
+            (Some(_), None) => unreachable!("handled above"),
+        }
+    }
 }
 
 /// A list as `(item, score)`, in rank order.
@@ -439,8 +478,11 @@ mod tests {
                     }
                 }
                 let change = Change { rescale, scores: &scores };
+                let mut before: Vec<(u32, u64)> = leaders.items.iter().map(|l| (l.at, l.id)).collect();
                 leaders.apply(key, &change, k, &state, &mut scratch);
+                let mut after: Vec<(u32, u64)> = leaders.items.iter().map(|l| (l.at, l.id)).collect();
                 state.set_floor(0, leaders.floor);
+                membership_changes(&mut before, &mut after, |leader, leads| state.set_leads(leader, 0, leads));
                 let mut expected: Vec<(Reverse<i64>, u64)> = counts
                     .iter()
                     .map(|(&partner, &c)| {

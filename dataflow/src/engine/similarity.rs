@@ -327,6 +327,9 @@ pub(super) struct Similarity {
     replica: Vec<Replica>,
     /// Indices whose `q(n)` changed in the open epoch.
     changed_n: Vec<u32>,
+    /// Per local track, the tracks whose neighbour lists it leads, as of the last complete
+    /// epoch (fed back with the floors): where a rise of its `q(n)` must be sent.
+    leads: HashMap<u32, Vec<u32>>,
     /// The earliest epoch the neighbours operator may still read this state for: an epoch
     /// opens (and may merge its changes into the partners early) only from there on.
     pub(super) neighbours_frontier: Epoch,
@@ -342,8 +345,9 @@ pub(super) struct Similarity {
     scratch: Vec<Entry>,
     positions: Vec<u32>,
     changes: Vec<(u32, u32, u32)>,
-    /// Pairs visited because an `n` changed, since the start: the work that rounding saves.
-    rescored_pairs: u64,
+    /// Partners visited because an `n` changed, since the start: the work that rounding and
+    /// the leaders' index save.
+    rescored_pairs: std::cell::Cell<u64>,
     /// Pairs whose `s` changed, since the start.
     changed_pairs: std::cell::Cell<u64>,
     /// Both counters as last reported to [`super::work`].
@@ -376,6 +380,7 @@ impl Similarity {
             index: HashMap::default(),
             replica: Vec::new(),
             changed_n: Vec::new(),
+            leads: HashMap::default(),
             neighbours_frontier: 0,
             tracks: HashMap::default(),
             buffer: Vec::new(),
@@ -384,7 +389,7 @@ impl Similarity {
             scratch: Vec::new(),
             positions: Vec::new(),
             changes: Vec::new(),
-            rescored_pairs: 0,
+            rescored_pairs: std::cell::Cell::new(0),
             changed_pairs: std::cell::Cell::new(0),
             reported: (0, 0),
         }
@@ -470,6 +475,24 @@ impl Similarity {
         self.replica[at].floor = floor;
     }
 
+    /// `leader` joined or left the leaders of `list` in the last complete epoch. Kept for local
+    /// leaders only: a leader has `list` as a partner, so a local one has partners here.
+    pub(super) fn set_leads(&mut self, leader: u64, list: u64, leads: bool) {
+        let (leader, list) = (self.intern(leader), self.intern(list));
+        if leads {
+            if self.tracks.contains_key(&leader) {
+                self.leads.entry(leader).or_default().push(list);
+            }
+        } else if let Some(lists) = self.leads.get_mut(&leader) {
+            if let Some(at) = lists.iter().position(|&l| l == list) {
+                lists.swap_remove(at);
+            }
+            if lists.is_empty() {
+                self.leads.remove(&leader);
+            }
+        }
+    }
+
     /// The floor `N(t)` will have after the open epoch at least: scaled with `q(n(t))`
     /// where that changed, as the neighbours operator scales it ([`super::neighbours::scaled_floor`]).
     fn floor_after(&self, t: usize) -> i64 {
@@ -534,7 +557,7 @@ impl Similarity {
             buffer = Vec::new(); // a big epoch's buffer is not kept for small ones
         }
         self.buffer = buffer;
-        let counts = (self.rescored_pairs, self.changed_pairs.get());
+        let counts = (self.rescored_pairs.get(), self.changed_pairs.get());
         super::work::add_similarity(counts.0 - self.reported.0, counts.1 - self.reported.1);
         self.reported = counts;
     }
@@ -592,10 +615,26 @@ impl Similarity {
     /// of its new `s(partner, track)` where that matters to `N(partner)`. `entries` are the
     /// counts after the epoch.
     fn rescale(&mut self, track: u32, entries: &[Entry], changed: &[(u32, u32, u32)], emit: &mut impl FnMut(PairRecord)) {
-        self.rescored_pairs += entries.len() as u64;
         let t = track as usize;
         let id = self.ids[t];
         emit(PairRecord::Rescale { key: id, from: self.replica[t].n, to: self.replica[t].n_next });
+        if self.replica[t].n_next > self.replica[t].n {
+            // A rise of q(n(track)) lowers every s(·, track), and a lower s cannot pass a
+            // list's floor (scaled as it may be: s(p, track) falls by more than N(p)'s own
+            // factor). So only the lists `track` leads can see it: no other partner is read.
+            let lists = self.leads.get(&track).map_or(&[][..], Vec::as_slice);
+            self.rescored_pairs.set(self.rescored_pairs.get() + lists.len() as u64);
+            for &p in lists {
+                if changed.binary_search_by_key(&p, |c| c.0).is_ok() {
+                    continue; // the partner's worker sends this direction with the count's change
+                }
+                if let Ok(at) = entries.binary_search_by_key(&p, |e| e.partner) {
+                    self.rescored(track, p, entries[at].count, emit);
+                }
+            }
+            return;
+        }
+        self.rescored_pairs.set(self.rescored_pairs.get() + entries.len() as u64);
         let mut changed = changed.iter().map(|c| c.0).peekable();
         for entry in entries {
             if u64::from(entry.count) < self.scoring.min_co {
@@ -605,17 +644,24 @@ impl Similarity {
             if changed.next_if(|&partner| partner == entry.partner).is_some() {
                 continue; // the partner's worker sends this direction with the count's change
             }
-            let p = entry.partner as usize;
-            let old = self.scoring.score(entry.count, self.replica[p].n, self.replica[t].n);
-            let new = self.scoring.score(entry.count, self.replica[p].n_next, self.replica[t].n_next);
-            if old != new && (!self.replica[p].changed || id < self.ids[p]) {
-                self.changed_pairs.set(self.changed_pairs.get() + 1);
-            }
-            // As in `count_changed`: where N(partner) rescales too, an s that did not move by
-            // its factor alone is sent whenever it matters.
-            if (old != new || self.replica[p].changed) && self.matters(p, old, new) {
-                emit(PairRecord::Score { key: self.ids[p], item: id, score: new });
-            }
+            self.rescored(track, entry.partner, entry.count, emit);
+        }
+    }
+
+    /// `s(partner, track)` with an unchanged count after `q(n(track))` changed: sent to
+    /// `N(partner)` where it matters.
+    fn rescored(&self, track: u32, partner: u32, count: u32, emit: &mut impl FnMut(PairRecord)) {
+        let (t, p) = (track as usize, partner as usize);
+        let id = self.ids[t];
+        let old = self.scoring.score(count, self.replica[p].n, self.replica[t].n);
+        let new = self.scoring.score(count, self.replica[p].n_next, self.replica[t].n_next);
+        if old != new && (!self.replica[p].changed || id < self.ids[p]) {
+            self.changed_pairs.set(self.changed_pairs.get() + 1);
+        }
+        // As in `count_changed`: where N(partner) rescales too, an s that did not move by
+        // its factor alone is sent whenever it matters.
+        if (old != new || self.replica[p].changed) && self.matters(p, old, new) {
+            emit(PairRecord::Score { key: self.ids[p], item: id, score: new });
         }
     }
 }
@@ -629,6 +675,15 @@ pub(super) enum Replicated {
     Count((u64, isize), Epoch, isize),
     /// `(track, floor)`, at the epoch after the one that set it.
     Floor(u64, i64),
+    /// `leader` joined (`leads`) or left the leaders of `list`, at the epoch after.
+    Leads {
+        /// The partner that leads.
+        leader: u64,
+        /// The track whose list it leads.
+        list: u64,
+        /// Joined, or left.
+        leads: bool,
+    },
 }
 
 /// The Similarity operator of every worker: from directed pair changes `(i, j)` (each
@@ -690,7 +745,7 @@ pub(super) fn similarities<'scope>(
                     for record in data.drain(..) {
                         let time = match record {
                             Replicated::Count(_, time, _) => time,
-                            Replicated::Floor(..) => cap_time,
+                            Replicated::Floor(..) | Replicated::Leads { .. } => cap_time,
                         };
                         staged.stage(time, || cap.delayed(&time, port)).1.push(record);
                     }
@@ -707,6 +762,7 @@ pub(super) fn similarities<'scope>(
                         match record {
                             Replicated::Count((track, n), _, diff) => state.count(track, n, diff),
                             Replicated::Floor(track, floor) => state.set_floor(track, floor),
+                            Replicated::Leads { leader, list, leads } => state.set_leads(leader, list, leads),
                         }
                     }
                     open = None;
