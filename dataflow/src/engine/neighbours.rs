@@ -5,7 +5,7 @@
 //! ```text
 //!  pair changes (i, j) ±1 ── by i ──►┌────────────┐  s changes that matter    ┌────────────┐
 //!  q(n) changes ──────── broadcast ─►│ Similarity │── and rescales ── by i ─►│ Neighbours │─► (i, N(i))
-//!  floors of N(t), one epoch later ─►└────────────┘                          └────────────┘
+//!  floors, who leads, epoch after ──►└────────────┘                          └────────────┘
 //!         ▲            (feedback, broadcast)   │  partners and q(n), shared per worker  │
 //!         └────────────────────────────────────┴─────────────────────────────────────────┘
 //! ```
@@ -26,12 +26,16 @@
 //!
 //! * **A count change** `c(i,j)`: `i`'s worker sees it (each pair's counts are kept both
 //!   ways) and sends `s(i,j)` if `j` was a leader of `i` or now scores above the floor.
-//! * **A change of `q(n(j))`** changes `s(i,j)` for every partner `i` of `j`. `j`'s worker
-//!   visits its partners, and sends `s(i,j)` only where it matters to `N(i)`: every worker
-//!   has every track's floor (broadcast, fed back one epoch later), so it knows whether `j`
-//!   was a leader of `i` (`s` above the floor) and whether it now scores above it. A popular
-//!   track's `n` changes touch thousands of partners, of which a handful hold it among their
-//!   leaders: the rest is decided where the pairs are and sends nothing.
+//! * **A change of `q(n(j))`** changes `s(i,j)` for every partner `i` of `j`, and `j`'s
+//!   worker sends `s(i,j)` only where it matters to `N(i)`: `j` led `N(i)` (scored above its
+//!   floor) or now scores above it. Every worker has every track's floor (broadcast, fed back
+//!   one epoch later), and, for its own tracks, the lists each one leads (fed back by the
+//!   same edge, to the leader's worker). A *rise* of `q(n(j))` lowers every `s(·,j)`, and a
+//!   lower score cannot pass a floor (not even a floor this epoch scales: `s(i,j)` falls by
+//!   `N(i)`'s own factor and more), so only the lists `j` leads are read, from that index. A
+//!   *fall* visits all of `j`'s partners; a popular track has thousands, of which a handful
+//!   hold it among their leaders, and the rest is decided where the pairs are and sends
+//!   nothing.
 //! * **A change of `q(n(i))`** multiplies every `s(i,·)` by `sqrt(q_old/q_new)`: one `Rescale`
 //!   record. The leaders are rescored exactly (`O(k)`), and the floor is scaled by the same
 //!   factor, rounded up with a margin for the floating point of the cosine
@@ -46,10 +50,12 @@
 //!
 //! A neighbour list needs every worker's sends of its epoch before it is closed, so it is a
 //! second operator after an exchange; it reads the first one's counts for a re-ranking, so
-//! the two share their worker's state (`Rc<RefCell<_>>`). The floors go back to every
-//! Similarity operator through a timely feedback edge of one epoch: an epoch there completes
-//! only once the neighbour lists of the one before are closed, which also keeps the first
-//! operator from changing the counts while the second may still read the earlier epoch's.
+//! the two share their worker's state (`Rc<RefCell<_>>`). The floors and the changes of who
+//! leads which list go back to every Similarity operator through a timely feedback edge of
+//! one epoch (broadcast; a worker keeps the leadership of its own tracks): an epoch there
+//! completes only once the neighbour lists of the one before are closed, which also keeps the
+//! first operator from changing the counts while the second may still read the earlier
+//! epoch's.
 //!
 //! The output at an epoch is exactly the change of each track's top-`k` list between the
 //! states before and after it: a differential collection of `(track, list)` rows.
@@ -255,9 +261,6 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
     records.unary_frontier::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(by_key, "Neighbours", move |_capability, _info| {
         let mut tracks: HashMap<u32, Leaders> = HashMap::default();
         let mut staged: EpochStash<_, Vec<PairRecord>> = EpochStash::default();
-        // One epoch's records by key: scores, and rescales (reused).
-        let mut scores: Vec<(u32, Leader)> = Vec::new();
-        let mut rescales: Vec<(u32, (u64, u64))> = Vec::new();
         let (mut scratch, mut before, mut run_scores) = (Vec::new(), Vec::new(), Vec::new());
         // Each list's leaders as `(index, id)`, before and after an epoch (reused).
         let mut led_before: Vec<(u32, u64)> = Vec::new();
@@ -269,34 +272,27 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                 staged.stage(time, || cap.delayed(&time, port)).append(data);
             });
             let mut state = state.borrow_mut();
-            while let Some((epoch, capability, records)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
+            while let Some((epoch, capability, mut records)) = staged.pop_complete(|epoch| !frontier.less_equal(epoch)) {
                 let mut session = output.session(&capability);
                 if k == 0 {
                     continue;
                 }
-                for record in records {
-                    match record {
-                        PairRecord::Score { key, item, score } => {
-                            let (key, at) = (state.intern(key), state.intern(item));
-                            scores.push((key, Leader { score, id: item, at }));
-                        }
-                        PairRecord::Rescale { key, from, to } => rescales.push((state.intern(key), (from, to))),
-                        PairRecord::CoListen { .. } => {}
-                    }
-                }
-                scores.sort_unstable_by_key(|&(key, _)| key);
-                rescales.sort_unstable_by_key(|&(key, _)| key);
-                let mut rescaled = rescales.iter().peekable();
-                let mut runs = scores.chunk_by(|a, b| a.0 == b.0).peekable();
-                loop {
-                    // The next key with a rescale or scores, and its change.
-                    let next_scored = runs.peek().map(|run| run[0].0);
-                    let next_rescaled = rescaled.peek().map(|&&(key, _)| key);
-                    let Some(key) = next_scored.into_iter().chain(next_rescaled).min() else { break };
-                    let rescale = rescaled.next_if(|&&(k, _)| k == key).map(|&(_, rescale)| rescale);
-                    let run = runs.next_if(|run| run[0].0 == key).unwrap_or(&[]);
+                // By key, its rescale first: sorted in place, as a load's epoch holds a record
+                // for every scored pair, and a copy of them was most of its peak memory.
+                records.sort_unstable_by_key(|record| (record.key(), !matches!(record, PairRecord::Rescale { .. })));
+                for run in records.chunk_by(|a, b| a.key() == b.key()) {
+                    let Some(key) = run[0].key() else { continue };
+                    let key = state.intern(key);
+                    let rescale = match run[0] {
+                        PairRecord::Rescale { from, to, .. } => Some((from, to)),
+                        _ => None,
+                    };
                     run_scores.clear();
-                    run_scores.extend(run.iter().map(|&(_, leader)| leader));
+                    for record in run {
+                        if let PairRecord::Score { item, score, .. } = *record {
+                            run_scores.push(Leader { score, id: item, at: state.intern(item) });
+                        }
+                    }
                     let change = Change { rescale, scores: &run_scores };
                     let leaders = tracks.entry(key).or_default();
                     before.clear();
@@ -327,8 +323,6 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                         tracks.remove(&key);
                     }
                 }
-                scores.clear();
-                rescales.clear();
             }
             // The Similarity operator may change the shared counts for an epoch only once
             // nothing earlier is left here to read them.

@@ -65,9 +65,12 @@
 //!
 //! * `c(i,j)` changed: `i`'s worker sends the new `s(i,j)` to `N(i)` (and `j`'s sends
 //!   `s(j,i)` to `N(j)`), where the list must see it;
-//! * `q(n(i))` changed: `i`'s worker sends `N(i)` one `Rescale`, and visits `i`'s partners
-//!   `j` (this visit is the `O(partners)` work rounding spreads out), sending `s(j,i)` to
-//!   `N(j)` only where `i` led `N(j)` or now scores above its floor;
+//! * `q(n(i))` changed: `i`'s worker sends `N(i)` one `Rescale`. If it rose, every `s(·,i)`
+//!   fell, and a falling `s` cannot pass a floor: `i`'s worker sends the new `s(j,i)` to the
+//!   lists `N(j)` that `i` leads, found in an index of them (fed back with the floors), and
+//!   reads no other partner. If it fell, it visits all of `i`'s partners `j` (the
+//!   `O(partners)` work that rounding spreads out), sending `s(j,i)` to `N(j)` only where `i`
+//!   led `N(j)` or now scores above its floor;
 //! * `c(i,j)` once per pair, from the worker of `min(i,j)`, when co-listens are wanted.
 //!
 //! "Where the list must see it" is decided from the floors of every list, which the
