@@ -662,7 +662,7 @@ fn verify_latency_run(
     }
     let mut at_rest = flags.to_vec();
     at_rest.push("--until-caught-up".to_owned());
-    flow::start(target, layout, schema, &at_rest, &format!("{}-at-rest", label.replace(' ', "-")))?.wait(timeout)?;
+    flow::start(target, layout, schema, &at_rest, &format!("{}-at-rest", label.replace([' ', '/'], "-")))?.wait(timeout)?;
     let (params, emit_co_listens) = verify::params_of(flags)?;
     let messages: i64 = ends.values().sum();
     let want = verify::expected(catalog, messages as u64, &params)?;

@@ -42,9 +42,9 @@
 //!   ([`scaled_floor`]): no partner below it can pass it, so none need be visited. Leaders
 //!   that fall to the new floor leave; if fewer than `k` remain, the track is ranked again.
 //!
-//! A pair with several causes in one epoch is sent with its final `s` by whichever rule
-//! applies, and more than once at worst: applying one is setting a leader's score, so
-//! duplicates agree. Ties fall to the smaller track id, as SPEC §2 orders `N(i)`.
+//! A directed pair is sent at most once an epoch, with its final `s`: by `i`'s worker if
+//! `c(i,j)` changed, else by `j`'s if `q(n(j))` did (a change of `q(n(i))` alone is the
+//! `Rescale`). Ties fall to the smaller track id, as SPEC §2 orders `N(i)`.
 //!
 //! ## Why a shared state and a loop
 //!
@@ -176,7 +176,7 @@ struct Leaders {
 #[derive(Default, Debug)]
 struct Change<'a> {
     rescale: Option<(u64, u64)>,
-    /// At most one per partner, unless the duplicates agree.
+    /// At most one per partner.
     scores: &'a [Leader],
 }
 
@@ -193,30 +193,56 @@ impl Leaders {
             }
             self.floor = scaled_floor(self.floor, from, to);
         }
-        for &update in change.scores {
-            match self.items.iter_mut().find(|leader| leader.at == update.at) {
-                Some(leader) => leader.score = update.score,
-                None if update.score > self.floor => self.items.push(update),
-                None => {}
+        if change.scores.len() <= 8 {
+            for &update in change.scores {
+                match self.items.iter_mut().find(|leader| leader.at == update.at) {
+                    Some(leader) => leader.score = update.score,
+                    None if update.score > self.floor => self.items.push(update),
+                    None => {}
+                }
+            }
+        } else {
+            // Many (a big epoch gives a popular track thousands): found by binary search
+            // among the leaders there were, so that new ones do not slow the search down.
+            // A partner's score is sent at most once an epoch, so no new one comes twice.
+            let known = self.items.len();
+            self.items.sort_unstable_by_key(|leader| leader.at);
+            for &update in change.scores {
+                match self.items[..known].binary_search_by_key(&update.at, |leader| leader.at) {
+                    Ok(at) => self.items[at].score = update.score,
+                    Err(_) if update.score > self.floor => self.items.push(update),
+                    Err(_) => {}
+                }
             }
         }
         let floor = self.floor;
         self.items.retain(|leader| leader.score > floor);
         if self.items.len() < k && self.floor > 0 {
             // Too few are known to lead: rank every partner.
-            scratch.clear();
-            state.scores_of(key, |at, id, score| scratch.push(Leader { score, id, at }));
-            self.floor = cut(scratch, k, 0);
-            std::mem::swap(&mut self.items, scratch);
-            if self.items.capacity() > 4 * k + 16 {
-                self.items.shrink_to(2 * k + 8);
+            self.rank_all(key, k, state, scratch);
+        } else {
+            if self.items.len() > 2 * k {
+                self.floor = cut(&mut self.items, k, self.floor);
             }
-        } else if self.items.len() > 2 * k {
-            self.floor = cut(&mut self.items, k, self.floor);
+            self.items.sort_unstable_by_key(Leader::rank);
         }
-        self.items.sort_unstable_by_key(Leader::rank);
         #[cfg(test)]
         self.check(key, state);
+    }
+
+    /// Ranks every partner of `key` again, from the counts (`O(partners)`).
+    fn rank_all(&mut self, key: u32, k: usize, state: &Similarity, scratch: &mut Vec<Leader>) {
+        scratch.clear();
+        state.scores_of(key, |at, id, score| scratch.push(Leader { score, id, at }));
+        self.floor = cut(scratch, k, 0);
+        std::mem::swap(&mut self.items, scratch);
+        if self.items.capacity() > 4 * k + 16 {
+            self.items.shrink_to(2 * k + 8);
+        }
+        self.items.sort_unstable_by_key(Leader::rank);
+        if scratch.capacity() > 64 * k + 1024 {
+            *scratch = Vec::new(); // a popular track's partners: not kept for small ones
+        }
     }
 
     /// The invariant, from every partner's score: the leaders are exactly the partners
