@@ -480,7 +480,8 @@ impl Live<'_> {
         };
         let schema = schema_of(args.latency_layout);
         let mut restarts = Vec::new();
-        for mode in &args.restarts {
+        // `--restarts ""` (the documented "none") parses as one empty item.
+        for mode in args.restarts.iter().filter(|mode| !mode.is_empty()) {
             let mode: &'static str = match mode.as_str() {
                 "load" => "load",
                 "replay" => "replay",
