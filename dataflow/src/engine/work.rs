@@ -14,9 +14,11 @@ use super::recommend::Refreshed;
 /// Work done so far, or between two readings ([`Work::since`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Work {
-    /// Pairs visited because the rounded `n` of one of their tracks changed.
+    /// Pairs visited because the rounded `n` of one of their tracks changed (after a rise,
+    /// only those of the lists the track leads; after a fall, all its partners).
     pub pairs_rescored: u64,
-    /// Pairs whose similarity changed (each pair once, for both directions).
+    /// Pairs whose similarity changed, among those evaluated (each pair once, for both
+    /// directions): a rise of `q(n(i))` changes the `s` of partners it does not visit.
     pub similarities_changed: u64,
     /// Users refreshed because they listened (SPEC §2 step 6).
     pub refreshed_active: u64,

@@ -104,8 +104,8 @@ pub fn parent(args: &Args) -> Result<()> {
     );
     println!("Each B runs in a fresh process. Latencies and events/s are wall clock; CPU is the process's user + system time over the");
     println!("same spans (all workers). Row changes count distinct keys changed per input event. RSS is read after each checkpoint's");
-    println!("measured epochs; the peak is the process's VmHWM so far (loading included). Internal work per event: pairs whose s");
-    println!("was evaluated because a rounded n changed, similarities that changed; users refreshed per epoch (each costs one user's");
+    println!("measured epochs; the peak is the process's VmHWM so far (loading included). Internal work per event: pairs visited");
+    println!("because a rounded n changed, similarities evaluated that changed; users refreshed per epoch (each costs one user's");
     println!("K·k candidates): those that listened in it (active), and stale ones up to --refresh-idle per worker (background).\n");
     table_header!("bits", "| B | state | epoch events | epochs | p50 ms | p99 ms | max ms | events/s | CPU ms/epoch | CPU µs/event | neighbors rows/ev | recs rows/ev | pairs rescored/ev | s changes/ev | refreshed active/epoch | refreshed background/epoch | loading events/s | RSS | peak RSS |");
     println!("|--:|------:|-------------:|-------:|-------:|-------:|-------:|---------:|-------------:|-------------:|------------------:|-------------:|------------------:|-------------:|-----------------------:|---------------------------:|-----------------:|----:|---------:|");
