@@ -49,11 +49,11 @@ fn default_parameters() {
 }
 
 /// Dense listening: 120 users over 12 tracks with a history cap of 4, so n(i) and c(i,j) are
-/// in the tens and move up and down as histories evict; B = 1, 2, 3 round most of them.
+/// in the tens and move up and down as histories evict; B = 1, 2, 3, 4 round most of them.
 #[test]
 fn rounded_counts_on_dense_listening() {
     for (seed, workers) in [(50u64, 1usize), (51, 2), (52, 3), (53, 4)] {
-        for bits in [1, 2, 3] {
+        for bits in [1, 2, 3, 4] {
             let lines = testing::dense_lines(seed, 1_500, 120, 12);
             testing::check_lines_every_epoch(&format!("dense seed {seed}"), lines, small(4, 2, 3, 3, 4, bits), 100, workers);
         }
