@@ -40,7 +40,7 @@
 //! * **A change of `q(n(i))`** multiplies every `s(i,·)` by `sqrt(q_old/q_new)`: one `Rescale`
 //!   record. The leaders are rescored exactly (`O(k)`), and the floor is scaled by the same
 //!   factor, rounded up with a margin for the floating point of the cosine
-//!   ([`scaled_floor`]): no partner below it can pass it, so none need be visited. Leaders
+//!   (`scaled_floor`): no partner below it can pass it, so none need be visited. Leaders
 //!   that fall to the new floor leave; if fewer than `k` remain, the track is ranked again.
 //!   The scaled floor covers only partners whose `s` moved by that factor alone, so one whose
 //!   count or own `q(n)` changed in the same epoch is sent wherever it matters, even with an
