@@ -72,6 +72,7 @@ use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::HashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, ConnectLoop, Feedback, Operator};
 use timely::dataflow::Stream;
@@ -102,7 +103,9 @@ pub fn neighbour_lists<'scope>(
     let (floors_back, floors) = pairs.scope().feedback::<Vec<Replicated>>(1);
     let replicated = rounded_counts.inner.map(|(count, time, diff)| Replicated::Count(count, time, diff)).concat(floors);
     let records = similarity::similarities(pairs, replicated, Rc::clone(&state));
-    let outputs = neighbours(records.clone(), state, k);
+    // The `c` updates go only to the co-listens table, never across the exchange.
+    let for_lists = if emit_co_listens { records.clone().filter(|record| record.key().is_some()) } else { records.clone() };
+    let outputs = neighbours(for_lists, state, k);
     outputs
         .clone()
         .flat_map(|out| match out {
@@ -177,7 +180,7 @@ struct Leaders {
 }
 
 /// One epoch's changes of one track's `s`.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Change<'a> {
     rescale: Option<(u64, u64)>,
     /// At most one per partner.
@@ -287,7 +290,8 @@ fn cut(items: &mut Vec<Leader>, k: usize, floor: i64) -> i64 {
 /// The neighbours operator of every worker: Similarity's records, exchanged by the track
 /// whose list they change; outputs each changed list as a row update and each changed floor.
 fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Shared, k: usize) -> Stream<'scope, Epoch, Vec<Out>> {
-    let by_key = Exchange::new(|record: &PairRecord| record.key().unwrap_or(0).hashed());
+    // Every record here has a key (the `c` updates are filtered out before).
+    let by_key = Exchange::new(|record: &PairRecord| record.key().unwrap_or_default().hashed());
     records.unary_frontier::<CapacityContainerBuilder<Vec<Out>>, _, _, _>(by_key, "Neighbours", move |_capability, _info| {
         let mut tracks: HashMap<u32, Leaders> = HashMap::default();
         let mut staged: EpochStash<_, Vec<PairRecord>> = EpochStash::default();
