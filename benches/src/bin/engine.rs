@@ -47,6 +47,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use encore_benches::results::Recording;
 use encore_benches::{table_header, table_row};
+use encore_dataflow::engine::RefreshBudget;
 use encore_dataflow::tables::Params;
 use encore_generator::catalog::{Catalog, CatalogSizes};
 
@@ -88,6 +89,11 @@ struct Args {
     /// the first value; `--which bits` runs each.
     #[arg(long, value_delimiter = ',', default_value = "5")]
     count_bits: Vec<u32>,
+    /// SPEC §2 `M` (`encore-flow --refresh-idle`): stale users each worker refreshes in the
+    /// background per epoch, a number or `all`. Per worker, so 2 workers refresh twice as many
+    /// per epoch as 1.
+    #[arg(long, default_value_t = RefreshBudget::default())]
+    refresh_idle: RefreshBudget,
     /// `--which bits`: event counts of state after which the epochs are measured.
     #[arg(long, value_delimiter = ',', default_value = "1000000,3000000,10000000")]
     checkpoints: Vec<usize>,
@@ -200,7 +206,7 @@ fn latency_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Ve
         epochs.extend(std::iter::repeat_n(size.max(1), count));
     }
     eprintln!("latency run: {workers} worker(s), {} epochs ... ({})", epochs.len(), load_average());
-    let schedule = Schedule { workers, params: args.params(), epochs, memory_after: BTreeSet::from([0]), reach: true };
+    let schedule = Schedule { workers, params: args.params(), refresh: args.refresh_idle, epochs, memory_after: BTreeSet::from([0]), reach: true };
     driver::run(catalog.clone(), &schedule).context("latency run")
 }
 
@@ -218,7 +224,7 @@ fn growth_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Vec
         }
     }
     eprintln!("growth run: {workers} worker(s), {count} epochs of {} ... ({})", args.growth_epoch, load_average());
-    let schedule = Schedule { workers, params: args.params(), epochs, memory_after, reach: true };
+    let schedule = Schedule { workers, params: args.params(), refresh: args.refresh_idle, epochs, memory_after, reach: true };
     driver::run(catalog.clone(), &schedule).context("growth run")
 }
 

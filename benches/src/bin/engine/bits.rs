@@ -116,6 +116,7 @@ pub fn parent(args: &Args) -> Result<()> {
             .args(["--seed", &args.seed.to_string(), "--workers", &workers.to_string()])
             .args(["--checkpoints", &list(&args.checkpoints), "--load-epoch", &args.load_epoch.to_string()])
             .args(["--epoch-sizes", &list(&args.epoch_sizes), "--epoch-counts", &list(&args.epoch_counts)])
+            .args(["--refresh-idle", &args.refresh_idle.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -224,7 +225,7 @@ pub fn child(args: &Args) -> Result<()> {
     eprintln!("bits run: B = {bits}, {workers} workers, {} epochs, {fed} events ... ({})", epochs.len(), load_average());
     let catalog = Arc::new(Catalog::generate(args.seed, CatalogSizes::default()));
     let params = Params { count_bits: bits, ..Params::default() };
-    let schedule = Schedule { workers, params, epochs, memory_after, reach: false };
+    let schedule = Schedule { workers, params, refresh: args.refresh_idle, epochs, memory_after, reach: false };
     let records = driver::run(catalog, &schedule).with_context(|| format!("run with B = {bits}"))?;
 
     for checkpoint in &plan {

@@ -32,6 +32,7 @@ use encore_dataflow::engine::work::Work;
 use encore_dataflow::engine::Epoch;
 use encore_dataflow::pipeline;
 use encore_dataflow::sink::EpochSink;
+use encore_dataflow::engine::RefreshBudget;
 use encore_dataflow::tables::{Changes, Params};
 use encore_generator::catalog::Catalog;
 use encore_generator::stream::EventStream;
@@ -47,6 +48,8 @@ pub struct Schedule {
     pub workers: usize,
     /// SPEC §2 parameters.
     pub params: Params,
+    /// SPEC §2 `M`, stale users each worker refreshes per epoch (`--refresh-idle`).
+    pub refresh: RefreshBudget,
     /// Events of each epoch, in order.
     pub epochs: Vec<usize>,
     /// Epoch indices after which worker 0 reads the process's memory figures.
@@ -230,7 +233,7 @@ pub fn run(catalog: Arc<Catalog>, schedule: &Schedule) -> Result<Vec<EpochRecord
         let index = worker.index() as u64;
         let peers = worker.peers() as u64;
         let sink = CountingSink { received: received.clone() };
-        let mut inputs = pipeline::install(worker, &schedule.params, pipeline::Options::default(), sink);
+        let mut inputs = pipeline::install(worker, &schedule.params, pipeline::Options { refresh: schedule.refresh, ..Default::default() }, sink);
         let mut stream = EventStream::new(&catalog, 0.0);
         let mut payload = Vec::with_capacity(512);
         // This worker's lines of the current chunk, back to back, and where each ends.
