@@ -51,7 +51,8 @@
 //! load); the buffer is sorted in bulk instead, so each track is visited once per sort. When the epoch is complete
 //! (both inputs' frontiers have passed it), the buffer is sorted and consolidated, and every
 //! track in it turns its run of changes into `(partner, c before, c after)`: by binary search
-//! and insert when they are few against its entries, by one merge otherwise. An epoch bigger
+//! and bulk moves in place when they are few against its entries (one per 256), by one
+//! galloping merge otherwise ([`partners`] has the measurements). An epoch bigger
 //! than the buffer (`FLUSH_AT` changes, 48 MB) merges the full buffer into its tracks early,
 //! after keeping a copy of each such track's entries as they were at the epoch's start, and
 //! compares with that copy at the end. Untouched entries are never visited, except where

@@ -251,3 +251,56 @@ fn staged_pair_changes_count_before_later_ones_of_their_epoch() {
         records.iter().filter(|r| matches!(r, PairRecord::CoListen { a: 1, .. })).collect::<Vec<_>>()
     );
 }
+
+/// Closing by search and in place (few changes against many entries: inserts, removals and
+/// updates mixed) and by the galloping merge give the entries and changes of a plain map,
+/// on random runs.
+#[test]
+fn closing_agrees_with_a_map() {
+    use rand::rngs::ChaCha8Rng;
+    use rand::{RngExt, SeedableRng};
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut scratch = Vec::new();
+    for case in 0..3_000 {
+        let len = rng.random_range(0..[10, 200, 3_000][case % 3]);
+        let mut keys: Vec<u32> = (0..len).map(|_| rng.random_range(0..10_000u32)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let start: Vec<Entry> = keys.iter().map(|&partner| Entry { partner, count: rng.random_range(1..4) }).collect();
+        let mut run: Vec<Delta> = Vec::new();
+        // Up to 40 changes: on the short vectors more than the searching path takes.
+        for _ in 0..rng.random_range(0..40) {
+            if !start.is_empty() && rng.random_range(0..2) == 0 {
+                // An existing partner: up, down, or to zero.
+                let entry = start[rng.random_range(0..start.len())];
+                let delta = [1, -1, -(entry.count as i32)][rng.random_range(0..3)];
+                run.push(((0, entry.partner), delta));
+            } else {
+                let partner = rng.random_range(0..10_000u32);
+                if keys.binary_search(&partner).is_err() {
+                    run.push(((0, partner), rng.random_range(1..3)));
+                }
+            }
+        }
+        run.sort_unstable_by_key(|(key, _)| *key);
+        run.dedup_by_key(|(key, _)| *key);
+        let mut map: std::collections::BTreeMap<u32, u32> = start.iter().map(|e| (e.partner, e.count)).collect();
+        let mut expected_changes = Vec::new();
+        for &((_, partner), delta) in &run {
+            let before = map.get(&partner).copied().unwrap_or(0);
+            let after = (before as i32 + delta) as u32;
+            expected_changes.push((partner, before, after));
+            if after == 0 {
+                map.remove(&partner);
+            } else {
+                map.insert(partner, after);
+            }
+        }
+        let expected: Vec<Entry> = map.into_iter().map(|(partner, count)| Entry { partner, count }).collect();
+        let mut p = Partners { entries: start.clone(), ..Partners::default() };
+        let mut changes = Vec::new();
+        p.close(&run, &mut scratch, &mut Vec::new(), &mut changes);
+        assert_eq!(p.entries, expected, "case {case}: {run:?}");
+        assert_eq!(changes, expected_changes, "case {case}");
+    }
+}
