@@ -193,7 +193,10 @@ impl Leaders {
     }
 
     /// Applies one epoch's changes of `key` (a local track); `state` is after the epoch.
-    fn apply(&mut self, key: u32, change: &Change<'_>, k: usize, state: &Similarity, scratch: &mut Vec<Leader>) {
+    /// Returns whether a partner may have joined or left the leaders (`false`: only their
+    /// scores changed).
+    fn apply(&mut self, key: u32, change: &Change<'_>, k: usize, state: &Similarity, scratch: &mut Vec<Leader>) -> bool {
+        let known = self.items.len();
         if let Some((from, to)) = change.rescale {
             for leader in &mut self.items {
                 leader.score = state.score_of(key, leader.at);
@@ -212,7 +215,6 @@ impl Leaders {
             // Many (a big epoch gives a popular track thousands): found by binary search
             // among the leaders there were, so that new ones do not slow the search down.
             // A partner's score is sent at most once an epoch, so no new one comes twice.
-            let known = self.items.len();
             self.items.sort_unstable_by_key(|leader| leader.at);
             for &update in change.scores {
                 match self.items[..known].binary_search_by_key(&update.at, |leader| leader.at) {
@@ -222,19 +224,24 @@ impl Leaders {
                 }
             }
         }
+        let joined = self.items.len() > known;
         let floor = self.floor;
         self.items.retain(|leader| leader.score > floor);
+        let mut moved = joined || self.items.len() < known;
         if self.items.len() < k && self.floor > 0 {
             // Too few are known to lead: rank every partner.
             self.rank_all(key, k, state, scratch);
+            moved = true;
         } else {
             if self.items.len() > 2 * k {
                 self.floor = cut(&mut self.items, k, self.floor);
+                moved = true;
             }
             self.items.sort_unstable_by_key(Leader::rank);
         }
         #[cfg(test)]
         self.check(key, state);
+        moved
     }
 
     /// Ranks every partner of `key` again, from the counts (`O(partners)`).
@@ -334,13 +341,14 @@ fn neighbours<'scope>(records: Stream<'scope, Epoch, Vec<PairRecord>>, state: Sh
                     led_before.clear();
                     led_before.extend(leaders.items.iter().map(|leader| (leader.at, leader.id)));
                     let floor = leaders.floor;
-                    leaders.apply(key, &change, k, &state, &mut scratch);
                     let id = state.id(key);
-                    led_after.clear();
-                    led_after.extend(leaders.items.iter().map(|leader| (leader.at, leader.id)));
-                    membership_changes(&mut led_before, &mut led_after, |leader, leads| {
-                        session.give(Out::Leads { leader, list: id, leads })
-                    });
+                    if leaders.apply(key, &change, k, &state, &mut scratch) {
+                        led_after.clear();
+                        led_after.extend(leaders.items.iter().map(|leader| (leader.at, leader.id)));
+                        membership_changes(&mut led_before, &mut led_after, |leader, leads| {
+                            session.give(Out::Leads { leader, list: id, leads })
+                        });
+                    }
                     let after = leaders.top(k);
                     if before[..] != *after {
                         if !before.is_empty() {
@@ -507,10 +515,16 @@ mod tests {
                 }
                 let change = Change { rescale, scores: &scores };
                 let mut before: Vec<(u32, u64)> = leaders.items.iter().map(|l| (l.at, l.id)).collect();
-                leaders.apply(key, &change, k, &state, &mut scratch);
+                let moved = leaders.apply(key, &change, k, &state, &mut scratch);
                 let mut after: Vec<(u32, u64)> = leaders.items.iter().map(|l| (l.at, l.id)).collect();
                 state.set_floor(0, leaders.floor);
-                membership_changes(&mut before, &mut after, |leader, leads| state.set_leads(leader, 0, leads));
+                let mut joined_or_left = false;
+                membership_changes(&mut before, &mut after, |leader, leads| {
+                    joined_or_left = true;
+                    state.set_leads(leader, 0, leads);
+                });
+                // The operator reads the leaders' membership only where `apply` says it moved.
+                assert!(moved || !joined_or_left, "seed {seed} epoch {epoch}: membership changed unreported");
                 let mut expected: Vec<(Reverse<i64>, u64)> = counts
                     .iter()
                     .map(|(&partner, &c)| {
