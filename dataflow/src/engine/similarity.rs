@@ -50,9 +50,11 @@
 //! track's vector cost a cache miss per change (the hottest instruction of a 10 M-event
 //! load); the buffer is sorted in bulk instead, so each track is visited once per sort. When the epoch is complete
 //! (both inputs' frontiers have passed it), the buffer is sorted and consolidated, and every
-//! track in it turns its run of changes into `(partner, c before, c after)`: by binary search
-//! and bulk moves in place when they are few against its entries (one per 256), by one
-//! galloping merge otherwise ([`partners`] has the measurements). An epoch bigger
+//! track in it turns its run of changes into `(partner, c before, c after)`. Where they are
+//! few against its entries (one per 8), each is found by a binary search, the run's searches
+//! advancing in lockstep so that their cache misses overlap, and the entries change in place
+//! with bulk moves; otherwise by one galloping merge ([`partners`] has the measurements). An
+//! epoch bigger
 //! than the buffer (`FLUSH_AT` changes, 48 MB) merges the full buffer into its tracks early,
 //! after keeping a copy of each such track's entries as they were at the epoch's start, and
 //! compares with that copy at the end. Untouched entries are never visited, except where
