@@ -46,8 +46,8 @@ impl Partners {
             return;
         }
         if run.len() <= self.entries.len() / FEW + 16 {
-            // Fewer changes than entries: find all of them at once, then change the entries
-            // in place, moving the entries between changes in bulk.
+            // Few changes against many entries: find them all (in lockstep), then change the
+            // entries in place, moving the entries between changes in bulk.
             search_all(&self.entries, run, positions);
             for (&((_, partner), delta), &at) in run.iter().zip(positions.iter()) {
                 let old = match self.entries.get(at as usize) {
