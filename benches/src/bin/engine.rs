@@ -206,7 +206,8 @@ fn latency_run(catalog: &Arc<Catalog>, args: &Args, workers: usize) -> Result<Ve
         epochs.extend(std::iter::repeat_n(size.max(1), count));
     }
     eprintln!("latency run: {workers} worker(s), {} epochs ... ({})", epochs.len(), load_average());
-    let schedule = Schedule { workers, params: args.params(), refresh: args.refresh_idle, epochs, memory_after: BTreeSet::from([0]), reach: true };
+    let schedule =
+        Schedule { workers, params: args.params(), refresh: args.refresh_idle, epochs, memory_after: BTreeSet::from([0]), reach: true };
     driver::run(catalog.clone(), &schedule).context("latency run")
 }
 
